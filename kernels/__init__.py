@@ -1,0 +1,1 @@
+"""Triton kernels of semask, installed as ``semask.kernels``."""

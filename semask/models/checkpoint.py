@@ -1,0 +1,180 @@
+"""Loading official Swin / SeMask checkpoints and saving our own (safetensors).
+
+Accepted inputs of :func:`load_checkpoint`:
+  * official SeMask mmseg checkpoints (``{"state_dict": {"backbone.*", "decode_head.*"}}``),
+  * official Swin ImageNet checkpoints (``{"model": {...}}``, backbone keys without
+    prefix; ``attn_mask``, ``norm.*`` and ``head.*`` are dropped) -> into the backbone,
+  * bare state dicts (full model, or backbone keys without prefix),
+  * our safetensors files.
+Relative position bias tables of another window size are resized bicubically over the
+(2w-1) x (2w-1) grid (as the official Swin does for fine-tuning at another window).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+COMPUTED_SUFFIXES = ("relative_position_index", "attn_mask")  # recomputed, never loaded
+CLASS_DEPENDENT = ("decode_head.conv_seg.", ".mlp_cls_q.", ".mlp_cls_k.")
+IMAGENET_DROPPED_PREFIXES = ("head.", "norm.")  # classifier and final norm of Swin ImageNet
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_checkpoint` did, key by key."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    converted: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"checkpoint ({self.source}): {len(self.loaded)} tensors loaded"]
+        for name in ("missing", "unexpected", "converted", "dropped", "skipped"):
+            keys = getattr(self, name)
+            if keys:
+                shown = ", ".join(keys[:6]) + (f", ... (+{len(keys) - 6})" if len(keys) > 6 else "")
+                lines.append(f"  {name} ({len(keys)}): {shown}")
+        return "\n".join(lines)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], str]:
+    """Read a checkpoint file -> (flat state dict, source kind)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path)), "safetensors"
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"could not read checkpoint {path}: it is corrupt or not a PyTorch "
+                         f"/ safetensors file ({type(exc).__name__}: {exc})") from exc
+    return unwrap_state_dict(raw, str(path))
+
+
+def unwrap_state_dict(raw, where: str = "checkpoint") -> tuple[dict[str, Tensor], str]:
+    """Find the state dict inside an mmseg / Swin ImageNet / bare checkpoint object."""
+    if isinstance(raw, dict):
+        for key, source in (("state_dict", "semask_mmseg"), ("model", "swin_imagenet")):
+            if isinstance(raw.get(key), dict):
+                return dict(raw[key]), source
+        if raw and all(isinstance(v, Tensor) for v in raw.values()):
+            return dict(raw), "state_dict"
+    keys = list(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
+    raise ValueError(f"{where}: no state dict found (expected 'state_dict', 'model' or a "
+                     f"dict of tensors; found {keys})")
+
+
+def resize_relative_position_table(table: Tensor, window: int) -> Tensor:
+    """[(2w'-1)^2, heads] -> [(2w-1)^2, heads] by bicubic interpolation on the grid."""
+    old = int(round(table.shape[0] ** 0.5))
+    new = 2 * window - 1
+    grid = table.float().T.reshape(1, -1, old, old)
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    return grid.reshape(-1, new * new).T.contiguous().to(table.dtype)
+
+
+def _normalise_keys(sd: dict[str, Tensor], source: str, report: LoadReport) -> dict[str, Tensor]:
+    """Strip DDP prefixes, map backbone-only dicts under ``backbone.``, drop computed keys."""
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    full_model = any(k.startswith(("backbone.", "decode_head.")) for k in sd)
+    out = {}
+    for key, value in sd.items():
+        if not full_model:
+            if key.startswith(IMAGENET_DROPPED_PREFIXES):
+                report.dropped.append(key)
+                continue
+            key = "backbone." + key
+        if key.endswith(COMPUTED_SUFFIXES):
+            report.dropped.append(key)
+            continue
+        out[key] = value
+    report.source = source if full_model or source == "swin_imagenet" else source + " (backbone)"
+    return out
+
+
+def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bool = False,
+                    strict: bool = True) -> LoadReport:
+    """Load weights into ``model`` (a :class:`~semask.SeMaskSwin`) and report key by key.
+
+    Full-model checkpoints must cover every parameter (``strict``); backbone-only ones
+    (Swin ImageNet) must match every backbone tensor they hold, and what they lack
+    (semantic layers, norms, head) is reported as missing. A shape mismatch raises,
+    except for class-dependent tensors with ``skip_mismatched=True`` (they keep their
+    init) and relative position tables of another window size (resized). Nothing is
+    written into the model unless the whole check passes.
+    """
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        sd, source = read_checkpoint(path_or_state_dict)
+    else:
+        sd, source = unwrap_state_dict(path_or_state_dict)
+    report = LoadReport(source)
+    sd = _normalise_keys(sd, source, report)
+    full_model = not report.source.endswith("(backbone)") and source != "swin_imagenet"
+    own = model.state_dict()
+    to_load, problems, class_problems = {}, [], []
+    for key, value in sd.items():
+        if key not in own:
+            report.unexpected.append(key)
+            continue
+        target = own[key]
+        if value.shape != target.shape:
+            if key.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]:
+                window = (int(round(target.shape[0] ** 0.5)) + 1) // 2
+                value = resize_relative_position_table(value, window)
+                report.converted.append(key)
+            elif any(c in key for c in CLASS_DEPENDENT):
+                class_problems.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+                report.skipped.append(key)
+                continue
+            else:
+                problems.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+                continue
+        to_load[key] = value.to(target.dtype)
+    report.missing = [k for k in own if k not in to_load and k not in report.skipped
+                      and not k.endswith(COMPUTED_SUFFIXES)]
+    if problems:
+        raise ValueError("checkpoint does not match this architecture (variant / window / "
+                         "semantic layers?):\n  " + "\n  ".join(problems[:10]))
+    if class_problems and not skip_mismatched:
+        raise ValueError("checkpoint was trained for another number of classes; pass "
+                         "skip_mismatched=True to keep these tensors freshly initialised:\n  "
+                         + "\n  ".join(class_problems))
+    if report.unexpected:
+        raise ValueError("checkpoint has tensors this model does not own (another "
+                         "architecture?): " + ", ".join(report.unexpected[:10]))
+    if strict and full_model and [k for k in report.missing if k not in report.skipped]:
+        raise ValueError(f"checkpoint lacks {len(report.missing)} tensors of this model: "
+                         + ", ".join(report.missing[:10]) + " (pass strict=False to allow)")
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    return report
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write the model's weights as safetensors, atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": "semask", **{k: str(v) for k, v in (metadata or {}).items()}}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -1,0 +1,191 @@
+"""Swin Transformer backbone with optional SeMask semantic layers.
+
+Follows the official Swin for segmentation (Liu et al. 2021) and the SeMask release
+(arXiv 2112.12782); key names match their checkpoints (``patch_embed``, ``layers.{i}``,
+``norm{i}``). Token maps are kept as [B, H, W, C] between modules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..ops.window_attention import WindowAttention
+from .semantic_layer import SemanticLayer
+
+
+@dataclass
+class BackboneOutput:
+    """features: 4 maps [B, C_i, H_i, W_i] after norm_i; semantic_logits: 4 prior maps
+    [B, K, H_i, W_i] (None without semantic layers)."""
+
+    features: list[Tensor]
+    semantic_logits: list[Tensor] | None
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (Huang et al. 2016)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3f}"
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Conv 4x4 stride 4 + LayerNorm; [B, 3, H, W] -> [B, ceil(H/4), ceil(W/4), C]."""
+
+    def __init__(self, embed_dim: int, patch: int = 4, in_chans: int = 3):
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch, stride=patch)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, _, H, W = x.shape
+        x = F.pad(x, (0, (-W) % self.patch, 0, (-H) % self.patch))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """2x2 merge: [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), 2C] (odd sizes zero-padded)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, H, W, _ = x.shape
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x))
+
+
+class SwinBlock(nn.Module):
+    """x = x + DropPath(Attn(LN(x))); x = x + DropPath(MLP(LN(x))) on [B, H, W, C]."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, shift: int, drop_path: float,
+                 mlp_ratio: float = 4.0, backend: str = "torch"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window, shift, backend=backend)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class BasicLayer(nn.Module):
+    """One stage: Swin blocks (W-MSA / SW-MSA alternating), a semantic layer, PatchMerging.
+
+    forward(x [B, H, W, C]) -> (stage output [B, H, W, C], prior [B, K, H, W] or None,
+    next-stage input [B, H/2, W/2, 2C] or None).
+    """
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window: int, drop_path: list[float],
+                 num_classes: int, semantic: bool, semantic_window: int, downsample: bool,
+                 backend: str = "torch"):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window, 0 if j % 2 == 0 else window // 2, drop_path[j],
+                      backend=backend)
+            for j in range(depth))
+        self.semantic_layer = (SemanticLayer(dim, num_classes, semantic_window, backend=backend)
+                               if semantic else None)
+        self.downsample = PatchMerging(dim) if downsample else None
+        self.grad_checkpointing = False
+
+    def _run(self, x: Tensor):
+        for blk in self.blocks:
+            x = blk(x)
+        prior = None
+        if self.semantic_layer is not None:
+            x, prior = self.semantic_layer(x)
+        down = self.downsample(x) if self.downsample is not None else None
+        return x, prior, down
+
+    def forward(self, x: Tensor):
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self._run, x, use_reentrant=False)
+        return self._run(x)
+
+
+class SwinBackbone(nn.Module):
+    """SeMask-Swin (``semantic=True``) or plain Swin backbone.
+
+    images [B, 3, H, W] -> :class:`BackboneOutput` with 4 NCHW feature maps at strides
+    4, 8, 16, 32 (sizes rounded up) and, with semantic layers, 4 prior maps.
+    """
+
+    def __init__(self, embed_dim: int, depths: tuple[int, ...], num_heads: tuple[int, ...],
+                 window: int, num_classes: int, semantic: bool = True,
+                 semantic_windowed: tuple[bool, ...] = (True,) * 4, drop_path_rate: float = 0.3,
+                 backend: str = "torch"):
+        super().__init__()
+        self.num_stages = len(depths)
+        self.channels = [embed_dim * 2 ** i for i in range(self.num_stages)]
+        self.semantic = semantic
+        self.patch_embed = PatchEmbed(embed_dim)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # linear stochastic depth
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            start = sum(depths[:i])
+            self.layers.append(BasicLayer(
+                self.channels[i], depth, num_heads[i], window, dpr[start:start + depth],
+                num_classes, semantic, window if semantic_windowed[i] else 0,
+                downsample=i < self.num_stages - 1, backend=backend))
+        for i, c in enumerate(self.channels):
+            self.add_module(f"norm{i}", nn.LayerNorm(c))
+        self.apply(init_weights)
+
+    def set_grad_checkpointing(self, stages=(0, 1, 2, 3)) -> None:
+        """Recompute the given stages in backward (saves activation memory)."""
+        for i, layer in enumerate(self.layers):
+            layer.grad_checkpointing = i in stages
+
+    def forward(self, images: Tensor) -> BackboneOutput:
+        x = self.patch_embed(images)
+        features, priors = [], []
+        for i, layer in enumerate(self.layers):
+            out, prior, x = layer(x)
+            features.append(getattr(self, f"norm{i}")(out).permute(0, 3, 1, 2).contiguous())
+            if prior is not None:
+                priors.append(prior.permute(0, 3, 1, 2).contiguous())
+        return BackboneOutput(features, priors if self.semantic else None)
+
+
+def init_weights(m: nn.Module) -> None:
+    """trunc_normal(.02) Linear weights, zero biases, LayerNorm (1, 0) (official init)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

@@ -1,0 +1,9 @@
+"""Public functional ops, their fused custom ops and the backend choice."""
+from .backend import BackendUnavailable, not_supported_reasons, requested_backend
+from .semantic_attention import SemanticAttention, semantic_attention
+from .window_attention import WindowAttention, window_attention
+
+__all__ = [
+    "BackendUnavailable", "SemanticAttention", "WindowAttention", "not_supported_reasons",
+    "requested_backend", "semantic_attention", "window_attention",
+]

@@ -1,0 +1,110 @@
+"""Backend choice for the fused ops (in the manner of xformers' dispatch).
+
+``fused=False`` always runs the plain PyTorch reference ("torch"). ``fused=True`` means
+"auto", unless ``SEMASK_BACKEND=auto|torch|triton|cuda`` says otherwise; a string
+picks a backend directly. "auto" takes the first fused provider that supports the
+inputs and otherwise falls back to the reference with one warning; an explicitly
+requested provider that cannot run raises :class:`BackendUnavailable` listing why.
+
+A provider lives in its own module, imported only when first asked for, and exposes
+``PROVIDER`` with ``reasons(op, tensors, params) -> list[str]`` (empty when it can run)
+and the four launchers (same signatures for every provider)::
+
+    window_attention_fwd(qkv, table, num_heads, window, shift, scale) -> (out, lse)
+    window_attention_bwd(dout, qkv, table, out, lse, num_heads, window, shift, scale)
+        -> (dqkv, dtable)
+    semantic_attention_fwd(q, k, v, window) -> (out, lse)
+    semantic_attention_bwd(dout, q, k, v, out, lse, window) -> (dq, dk, dv)
+
+Layouts are documented in :mod:`semask.ops.reference`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+import torch
+from torch import Tensor
+
+BACKEND_ENV = "SEMASK_BACKEND"
+CHOICES = ("auto", "torch", "triton", "cuda")
+FUSED_PROVIDERS = ("triton", "cuda")  # in order of preference for "auto"
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_PROVIDER_MODULES = {
+    "triton": "semask.kernels.provider",
+    "cuda": "semask.ops.cuda_provider",
+}
+_providers: dict = {}
+_warned: set = set()
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run the given inputs."""
+
+
+def requested_backend(fused: bool | str) -> str:
+    """Map the ``fused=`` argument (and ``SEMASK_BACKEND``) to one of :data:`CHOICES`."""
+    if fused is False:
+        return "torch"
+    choice = os.environ.get(BACKEND_ENV, "auto") if fused is True else fused
+    choice = str(choice).strip().lower()
+    if choice not in CHOICES:
+        raise ValueError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
+    return choice
+
+
+def get_provider(name: str):
+    """The provider object of a fused backend, or None when its module cannot load."""
+    if name not in _providers:
+        try:
+            _providers[name] = importlib.import_module(_PROVIDER_MODULES[name]).PROVIDER
+        except Exception as exc:  # an optional backend must never break import
+            _providers[name] = None
+            _providers[name + ":error"] = f"{type(exc).__name__}: {exc}"
+    return _providers[name]
+
+
+def not_supported_reasons(name: str, op: str, tensors: list[Tensor], params: dict) -> list[str]:
+    """Why provider ``name`` cannot run ``op`` on these inputs (empty list: it can)."""
+    provider = get_provider(name)
+    if provider is None:
+        return [f"{name} backend failed to load ({_providers.get(name + ':error')})"]
+    return list(provider.reasons(op, tensors, params))
+
+
+def check_inputs(op: str, tensors: dict[str, Tensor]) -> None:
+    """Errors every backend shares: mixed devices, unsupported or mixed dtypes."""
+    devices = {t.device for t in tensors.values()}
+    if len(devices) > 1:
+        listing = ", ".join(f"{n} on {t.device}" for n, t in tensors.items())
+        raise ValueError(f"{op}: all inputs must be on one device, got {listing}")
+    for n, t in tensors.items():
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{op}: {n} has dtype {t.dtype}; supported: float32, float16, bfloat16")
+
+
+def choose(requested: str, op: str, tensors: list[Tensor], params: dict) -> str:
+    """Resolve ``requested`` (one of :data:`CHOICES`) to a runnable backend name."""
+    if requested == "torch":
+        return "torch"
+    if requested != "auto":
+        reasons = not_supported_reasons(requested, op, tensors, params)
+        if reasons:
+            raise BackendUnavailable(
+                f"{BACKEND_ENV}={requested} cannot run {op}: " + "; ".join(reasons)
+            )
+        return requested
+    why = {}
+    for name in FUSED_PROVIDERS:
+        reasons = not_supported_reasons(name, op, tensors, params)
+        if not reasons:
+            return name
+        why[name] = reasons
+    key = (op, tuple(tuple(r) for r in why.values()))
+    if key not in _warned:
+        _warned.add(key)
+        detail = "; ".join(f"{n}: {', '.join(r)}" for n, r in why.items())
+        warnings.warn(f"semask: no fused backend can run {op} here ({detail}); "
+                      "using the PyTorch reference", stacklevel=3)
+    return "torch"

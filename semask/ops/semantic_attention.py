@@ -1,0 +1,108 @@
+"""SeMask semantic attention: functional op, fused custom ops and the module.
+
+``semantic_attention(q, k, v, window)`` computes softmax(Q K^T) V (single head, no
+scaling) inside windows (``window`` > 0) or over the whole map (``window`` = 0); the
+fused backends are reached through ``semask::semantic_attention_fwd/bwd``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import backend as _backend
+from .reference import pad_to_multiple, semantic_attention_reference
+
+OP = "semantic_attention"
+
+
+@torch.library.custom_op("semask::semantic_attention_fwd", mutates_args=())
+def _fwd(q: Tensor, k: Tensor, v: Tensor, window: int, provider: str) -> tuple[Tensor, Tensor]:
+    return _backend.get_provider(provider).semantic_attention_fwd(q, k, v, window)
+
+
+@_fwd.register_fake
+def _fwd_fake(q, k, v, window, provider):
+    B, Hp, Wp, _ = v.shape
+    nW, N = ((Hp // window) * (Wp // window), window * window) if window else (1, Hp * Wp)
+    return torch.empty_like(v), v.new_empty(B, nW, N, dtype=torch.float32)
+
+
+@torch.library.custom_op("semask::semantic_attention_bwd", mutates_args=())
+def _bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, window: int,
+         provider: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _backend.get_provider(provider).semantic_attention_bwd(dout, q, k, v, out, lse, window)
+
+
+@_bwd.register_fake
+def _bwd_fake(dout, q, k, v, out, lse, window, provider):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, window, provider = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.params = (window, provider)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _bwd(dout.contiguous(), q, k, v, out, lse, *ctx.params)
+    return dq, dk, dv, None, None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def check_semantic_attention_inputs(q: Tensor, k: Tensor, v: Tensor, window: int) -> None:
+    """Raise a clear error for inputs no backend can run."""
+    _backend.check_inputs(OP, {"q": q, "k": k, "v": v})
+    if q.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3] or v.dim() != 4:
+        raise ValueError(f"{OP}: expected q, k [B, Hp, Wp, K] and v [B, Hp, Wp, C], got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if window < 0 or (window and (q.shape[1] % window or q.shape[2] % window)):
+        raise ValueError(f"{OP}: map {tuple(q.shape[1:3])} is not a multiple of window {window}")
+
+
+def semantic_attention(q: Tensor, k: Tensor, v: Tensor, window: int, backend: str = "torch") -> Tensor:
+    """q, k [B, Hp, Wp, K], v [B, Hp, Wp, C] -> [B, Hp, Wp, C]; window 0 = global."""
+    if backend == "torch":
+        return semantic_attention_reference(q, k, v, window)
+    check_semantic_attention_inputs(q, k, v, window)
+    name = _backend.choose(backend, OP, [q, k, v], dict(window=window))
+    if name == "torch":
+        return semantic_attention_reference(q, k, v, window)
+    return _fwd(q.contiguous(), k.contiguous(), v.contiguous(), window, name)[0]
+
+
+class SemanticAttention(nn.Module):
+    """The SeMask block's class injection (``class_injection.0`` in official checkpoints).
+
+    y [B, H, W, C] = LN(x) -> (gamma * Dropout(mlp_res(A V)) + y [B, H, W, C],
+    prior Q_s [B, H, W, K]), A = softmax(Q_s K_s^T) (arXiv 2112.12782, Sec. 3.2;
+    residual on y and scalar gamma as in the released code).
+    """
+
+    def __init__(self, dim: int, num_classes: int, window: int, proj_drop: float = 0.1,
+                 backend: str = "torch"):
+        super().__init__()
+        self.window, self.backend = window, backend
+        self.mlp_cls_q = nn.Linear(dim, num_classes)
+        self.mlp_cls_k = nn.Linear(dim, num_classes)
+        self.mlp_v = nn.Linear(dim, dim)
+        self.mlp_res = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        _, H, W, _ = y.shape
+        yp = pad_to_multiple(y, self.window) if self.window else y
+        q = self.mlp_cls_q(yp)
+        out = semantic_attention(q, self.mlp_cls_k(yp), self.mlp_v(yp), self.window, self.backend)
+        z = self.proj_drop(self.mlp_res(out[:, :H, :W]))
+        return self.gamma * z + y, q[:, :H, :W]
+
+    def extra_repr(self) -> str:
+        mode = f"window={self.window}" if self.window else "global"
+        return f"{mode}, backend={self.backend}"

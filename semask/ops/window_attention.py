@@ -1,0 +1,129 @@
+"""Shifted-window attention: functional op, fused custom ops and the module.
+
+``window_attention(qkv, table, ...)`` runs on padded qkv in the natural layout
+(see :mod:`semask.ops.reference`); the fused backends are reached through the
+``semask::window_attention_fwd/bwd`` custom ops so ``torch.compile`` sees one opaque
+op per call with a fake (meta) implementation.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import backend as _backend
+from .reference import pad_to_multiple, relative_position_index, window_attention_reference
+
+OP = "window_attention"
+
+
+@torch.library.custom_op("semask::window_attention_fwd", mutates_args=())
+def _fwd(qkv: Tensor, table: Tensor, num_heads: int, window: int, shift: int, scale: float,
+         provider: str) -> tuple[Tensor, Tensor]:
+    return _backend.get_provider(provider).window_attention_fwd(qkv, table, num_heads, window, shift, scale)
+
+
+@_fwd.register_fake
+def _fwd_fake(qkv, table, num_heads, window, shift, scale, provider):
+    B, Hp, Wp, C3 = qkv.shape
+    nW = (Hp // window) * (Wp // window)
+    out = qkv.new_empty(B, Hp, Wp, C3 // 3)
+    lse = qkv.new_empty(B, nW, num_heads, window * window, dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("semask::window_attention_bwd", mutates_args=())
+def _bwd(dout: Tensor, qkv: Tensor, table: Tensor, out: Tensor, lse: Tensor, num_heads: int,
+         window: int, shift: int, scale: float, provider: str) -> tuple[Tensor, Tensor]:
+    return _backend.get_provider(provider).window_attention_bwd(
+        dout, qkv, table, out, lse, num_heads, window, shift, scale)
+
+
+@_bwd.register_fake
+def _bwd_fake(dout, qkv, table, out, lse, num_heads, window, shift, scale, provider):
+    return torch.empty_like(qkv), torch.empty_like(table)
+
+
+def _setup_context(ctx, inputs, output):
+    qkv, table, num_heads, window, shift, scale, provider = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, table, out, lse)
+    ctx.params = (num_heads, window, shift, scale, provider)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    qkv, table, out, lse = ctx.saved_tensors
+    dqkv, dtable = _bwd(dout.contiguous(), qkv, table, out, lse, *ctx.params)
+    return dqkv, dtable, None, None, None, None, None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def check_window_attention_inputs(qkv: Tensor, table: Tensor, num_heads: int, window: int,
+                                  shift: int) -> None:
+    """Raise a clear error for inputs no backend can run."""
+    _backend.check_inputs(OP, {"qkv": qkv, "table": table})
+    if qkv.dim() != 4 or qkv.shape[-1] % 3 or (qkv.shape[-1] // 3) % num_heads:
+        raise ValueError(f"{OP}: qkv must be [B, Hp, Wp, 3C] with C divisible by "
+                         f"num_heads={num_heads}, got {tuple(qkv.shape)}")
+    if window < 1 or qkv.shape[1] % window or qkv.shape[2] % window:
+        raise ValueError(f"{OP}: padded map {tuple(qkv.shape[1:3])} is not a multiple of "
+                         f"window {window}")
+    if not 0 <= shift < window:
+        raise ValueError(f"{OP}: shift {shift} must lie in [0, window={window})")
+    if tuple(table.shape) != ((2 * window - 1) ** 2, num_heads):
+        raise ValueError(f"{OP}: table must be [{(2 * window - 1) ** 2}, {num_heads}], "
+                         f"got {tuple(table.shape)}")
+
+
+def window_attention(qkv: Tensor, table: Tensor, num_heads: int, window: int, shift: int,
+                     scale: float, backend: str = "torch") -> Tensor:
+    """Shifted-window attention with relative position bias.
+
+    qkv [B, Hp, Wp, 3C] of the zero-padded map, table [(2w-1)^2, heads]
+    -> [B, Hp, Wp, C]. ``backend`` is one of ``backend.CHOICES``.
+    """
+    if backend == "torch":
+        return window_attention_reference(qkv, table, num_heads, window, shift, scale)
+    check_window_attention_inputs(qkv, table, num_heads, window, shift)
+    params = dict(num_heads=num_heads, window=window, shift=shift)
+    name = _backend.choose(backend, OP, [qkv, table], params)
+    if name == "torch":
+        return window_attention_reference(qkv, table, num_heads, window, shift, scale)
+    return _fwd(qkv.contiguous(), table.contiguous(), num_heads, window, shift, scale, name)[0]
+
+
+class WindowAttention(nn.Module):
+    """(S)W-MSA of a Swin block: pad, qkv, attention, crop, proj.
+
+    Parameter and buffer names follow the official Swin checkpoints (``qkv``, ``proj``,
+    ``relative_position_bias_table``, ``relative_position_index``).
+    x [B, H, W, C] (already normed) -> [B, H, W, C].
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: int, shift: int = 0,
+                 qkv_bias: bool = True, proj_drop: float = 0.0, backend: str = "torch"):
+        super().__init__()
+        self.dim, self.num_heads, self.window, self.shift = dim, num_heads, window, shift
+        self.scale = (dim // num_heads) ** -0.5
+        self.backend = backend
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window), persistent=True)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, H, W, _ = x.shape
+        # Padding the normed tokens with zeros (before qkv) as the official Swin does:
+        # padded tokens carry q, k, v = qkv bias and take part in attention.
+        qkv = self.qkv(pad_to_multiple(x, self.window))
+        out = window_attention(qkv, self.relative_position_bias_table, self.num_heads,
+                               self.window, self.shift, self.scale, self.backend)
+        return self.proj_drop(self.proj(out[:, :H, :W]))
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, heads={self.num_heads}, window={self.window}, "
+                f"shift={self.shift}, backend={self.backend}")
