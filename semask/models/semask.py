@@ -28,6 +28,9 @@ VARIANTS = {
     "small": Variant(96, (2, 2, 18, 2), (3, 6, 12, 24), 7),
     "base": Variant(128, (2, 2, 18, 2), (4, 8, 16, 32), 12),
     "large": Variant(192, (2, 2, 18, 2), (6, 12, 24, 48), 12),
+    # Not in the paper: a small SeMask-Swin (head dim 32 like the others) for CPU demos
+    # and tests, e.g. the README's synthetic training job.
+    "micro": Variant(32, (1, 1, 2, 1), (1, 2, 4, 8), 7),
 }
 HEADS = ("fpn",)
 
