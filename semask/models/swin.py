@@ -152,7 +152,7 @@ class SwinBackbone(nn.Module):
         self.channels = [embed_dim * 2 ** i for i in range(self.num_stages)]
         self.semantic = semantic
         self.patch_embed = PatchEmbed(embed_dim)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # linear stochastic depth
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # linear stochastic depth
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             start = sum(depths[:i])

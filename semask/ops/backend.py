@@ -74,37 +74,44 @@ def not_supported_reasons(name: str, op: str, tensors: list[Tensor], params: dic
 
 
 def check_inputs(op: str, tensors: dict[str, Tensor]) -> None:
-    """Errors every backend shares: mixed devices, unsupported or mixed dtypes."""
+    """The error every backend shares: inputs on more than one device."""
     devices = {t.device for t in tensors.values()}
     if len(devices) > 1:
         listing = ", ".join(f"{n} on {t.device}" for n, t in tensors.items())
         raise ValueError(f"{op}: all inputs must be on one device, got {listing}")
-    for n, t in tensors.items():
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{op}: {n} has dtype {t.dtype}; supported: float32, float16, bfloat16")
+
+
+def common_reasons(tensors: list[Tensor]) -> list[str]:
+    """Why no fused provider can run these inputs (dtype), before asking any of them."""
+    bad = sorted({str(t.dtype) for t in tensors if t.dtype not in SUPPORTED_DTYPES})
+    return [f"dtype {', '.join(bad)} is not supported (float32, float16, bfloat16)"] if bad else []
 
 
 def choose(requested: str, op: str, tensors: list[Tensor], params: dict) -> str:
     """Resolve ``requested`` (one of :data:`CHOICES`) to a runnable backend name."""
     if requested == "torch":
         return "torch"
+    common = common_reasons(tensors)
     if requested != "auto":
-        reasons = not_supported_reasons(requested, op, tensors, params)
+        reasons = common or not_supported_reasons(requested, op, tensors, params)
         if reasons:
             raise BackendUnavailable(
                 f"{BACKEND_ENV}={requested} cannot run {op}: " + "; ".join(reasons)
             )
         return requested
     why = {}
-    for name in FUSED_PROVIDERS:
+    if common:
+        why["all"] = common
+    elif tensors[0].device.type != "cuda":  # interpreter runs only when asked for by name
+        why["auto"] = [f"inputs are on {tensors[0].device.type}, fused kernels need CUDA"]
+    for name in FUSED_PROVIDERS if not why else ():
         reasons = not_supported_reasons(name, op, tensors, params)
         if not reasons:
             return name
         why[name] = reasons
-    key = (op, tuple(tuple(r) for r in why.values()))
-    if key not in _warned:
-        _warned.add(key)
-        detail = "; ".join(f"{n}: {', '.join(r)}" for n, r in why.items())
-        warnings.warn(f"semask: no fused backend can run {op} here ({detail}); "
-                      "using the PyTorch reference", stacklevel=3)
+    detail = "; ".join(f"{n}: {', '.join(r)}" for n, r in why.items())
+    if detail not in _warned:  # one warning per distinct reason, not per call or op
+        _warned.add(detail)
+        warnings.warn(f"semask: fused kernels cannot run here ({detail}); using the "
+                      f"PyTorch reference (first seen in {op})", stacklevel=3)
     return "torch"

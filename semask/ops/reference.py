@@ -48,7 +48,8 @@ def window_reverse(windows: Tensor, window: int, H: int, W: int) -> Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _relative_position_index_cpu(window: int) -> Tensor:
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
+    r = torch.arange(window, device="cpu")  # explicit: the result is cached
+    coords = torch.stack(torch.meshgrid(r, r, indexing="ij"))
     coords = coords.flatten(1)  # [2, N]
     rel = coords[:, :, None] - coords[:, None, :]  # [2, N, N]: (dh, dw) of query minus key
     # index = (dh + w - 1) * (2w - 1) + (dw + w - 1)   (Swin, Liu et al. 2021)

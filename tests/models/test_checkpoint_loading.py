@@ -1,0 +1,150 @@
+"""Loading official-layout Swin / SeMask checkpoints and our safetensors files."""
+import re
+
+import pytest
+import torch
+
+import semask
+from semask.models.checkpoint import resize_relative_position_table
+
+
+def micro(**kw):
+    kw.setdefault("num_classes", 11)
+    return semask.SeMaskSwin("micro", head_channels=16, **kw).eval()
+
+
+def official_imagenet_dict(model):
+    """Reverse mapping: our backbone weights in the layout of an official Swin ImageNet
+    classification checkpoint ({"model": ...}, no prefix, attn_mask, norm, head)."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("backbone.") and "semantic_layer" not in k and not re.match(r"backbone\.norm\d", k):
+            sd[k[len("backbone."):]] = v.clone()
+    for i, layer in enumerate(model.backbone.layers):
+        for j, blk in enumerate(layer.blocks):
+            if blk.attn.shift:
+                w = blk.attn.window
+                sd[f"layers.{i}.blocks.{j}.attn_mask"] = torch.zeros(4, w * w, w * w)
+    last = model.backbone.channels[-1]
+    sd.update({"norm.weight": torch.ones(last), "norm.bias": torch.zeros(last),
+               "head.weight": torch.randn(1000, last), "head.bias": torch.zeros(1000)})
+    return {"model": sd}
+
+
+def test_official_semask_checkpoint_loads_strictly(tmp_path):
+    src, dst = micro(), micro()
+    path = tmp_path / "semask_official.pth"
+    torch.save({"meta": {"iter": 80000}, "state_dict": src.state_dict()}, path)
+    report = semask.load_checkpoint(dst, path)
+    assert report.source == "semask_mmseg" and not report.missing and not report.unexpected
+    assert all(k.endswith("relative_position_index") for k in report.dropped)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        assert torch.equal(src(x).logits, dst(x).logits)
+
+
+def test_official_swin_imagenet_checkpoint_loads_into_backbone(tmp_path):
+    src, dst = micro(), micro()
+    path = tmp_path / "swin_imagenet.pth"
+    torch.save(official_imagenet_dict(src), path)
+    report = semask.load_checkpoint(dst, path)
+    assert report.source == "swin_imagenet" and not report.unexpected
+    assert {"norm.weight", "norm.bias", "head.weight", "head.bias"} <= set(report.dropped)
+    assert any(k.endswith("attn_mask") for k in report.dropped)
+    expected_missing = {k for k in src.state_dict() if "semantic_layer" in k or k.startswith("decode_head.")
+                        or re.match(r"backbone\.norm\d", k)}
+    assert set(report.missing) == expected_missing
+    dst.load_state_dict({k: src.state_dict()[k] for k in report.missing}, strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(src(x).logits, dst(x).logits)
+
+
+def test_window_7_table_resized_to_window_12_keeps_centre(tmp_path):
+    src, dst = micro(), micro(window_size=12)
+    report = semask.load_checkpoint(dst, official_imagenet_dict(src))
+    tables = [k for k in report.converted if k.endswith("relative_position_bias_table")]
+    assert len(tables) == 5
+    for key in tables:
+        old, new = src.state_dict()[key], dst.state_dict()[key]
+        assert new.shape == (23 * 23, old.shape[1])
+        torch.testing.assert_close(new.view(23, 23, -1)[11, 11], old.view(13, 13, -1)[6, 6])
+
+
+def test_resize_is_identity_at_same_size():
+    table = torch.randn(13 * 13, 3)
+    torch.testing.assert_close(resize_relative_position_table(table, 7), table)
+
+
+def test_safetensors_roundtrip_is_atomic(tmp_path):
+    src, dst = micro(), micro()
+    path = semask.save_checkpoint(src, tmp_path / "m.safetensors", {"variant": "micro"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    report = semask.load_checkpoint(dst, path)
+    assert report.source == "safetensors" and not report.missing
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+    model = semask.SeMaskSwin("micro", num_classes=11, head_channels=16, pretrained=str(path)).eval()
+    assert torch.equal(model.decode_head.conv_seg.weight, src.decode_head.conv_seg.weight)
+
+
+def test_bare_and_ddp_prefixed_state_dicts():
+    src, dst = micro(), micro()
+    report = semask.load_checkpoint(dst, {"module." + k: v for k, v in src.state_dict().items()})
+    assert report.source == "state_dict" and not report.missing
+    assert torch.equal(dst.backbone.patch_embed.proj.weight, src.backbone.patch_embed.proj.weight)
+
+
+def test_missing_and_corrupt_files_raise(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        semask.load_checkpoint(micro(), tmp_path / "nope.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x80\x02 this is not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        semask.load_checkpoint(micro(), bad)
+    with pytest.raises(ValueError, match="no state dict"):
+        semask.load_checkpoint(micro(), {"epoch": 3})
+
+
+def unchanged(model, before):
+    return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_other_architecture_raises_and_writes_nothing():
+    dst = micro()
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match="does not match this architecture"):
+        semask.load_checkpoint(dst, semask.SeMaskSwin("micro", num_classes=11, head_channels=32).state_dict())
+    assert unchanged(dst, before)
+
+
+def test_other_depth_or_width_raises():
+    with torch.device("meta"):
+        tiny_sd = semask.SeMaskSwin("tiny", num_classes=11).state_dict()
+    dst = micro()
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match="does not match this architecture|does not own"):
+        semask.load_checkpoint(dst, tiny_sd)
+    assert unchanged(dst, before)
+
+
+def test_other_number_of_classes():
+    src, dst = micro(num_classes=150), micro(num_classes=19)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match="number of classes.*skip_mismatched"):
+        semask.load_checkpoint(dst, src.state_dict())
+    assert unchanged(dst, before)
+    report = semask.load_checkpoint(dst, src.state_dict(), skip_mismatched=True)
+    assert report.skipped and all(("conv_seg" in k or "mlp_cls" in k) for k in report.skipped)
+    assert len(report.skipped) == 2 + 4 * 4
+    assert torch.equal(dst.backbone.patch_embed.proj.weight, src.backbone.patch_embed.proj.weight)
+    assert torch.equal(dst.decode_head.conv_seg.weight, before["decode_head.conv_seg.weight"])
+
+
+def test_full_checkpoint_missing_tensors_is_an_error_unless_not_strict():
+    src, dst = micro(), micro()
+    sd = {k: v for k, v in src.state_dict().items() if "semantic_layer" not in k}
+    with pytest.raises(ValueError, match="lacks"):
+        semask.load_checkpoint(dst, sd)
+    report = semask.load_checkpoint(dst, sd, strict=False)
+    assert report.missing and all("semantic_layer" in k for k in report.missing)

@@ -1,0 +1,87 @@
+"""Backend choice: fused=/SEMASK_BACKEND mapping, auto fallback, explicit errors."""
+import warnings
+
+import pytest
+import torch
+
+import semask
+from semask.ops import backend
+from semask.ops.reference import semantic_attention_reference, window_attention_reference
+
+
+def test_requested_backend(monkeypatch):
+    monkeypatch.delenv("SEMASK_BACKEND", raising=False)
+    assert backend.requested_backend(False) == "torch"
+    assert backend.requested_backend(True) == "auto"
+    assert backend.requested_backend("Triton") == "triton"
+    monkeypatch.setenv("SEMASK_BACKEND", "cuda")
+    assert backend.requested_backend(True) == "cuda"
+    assert backend.requested_backend(False) == "torch"
+    monkeypatch.setenv("SEMASK_BACKEND", "magic")
+    with pytest.raises(ValueError, match="magic"):
+        backend.requested_backend(True)
+
+
+def test_auto_on_cpu_uses_reference_with_one_warning(monkeypatch):
+    monkeypatch.setattr(backend, "_warned", set())
+    qkv, table = torch.randn(1, 7, 7, 3 * 32), torch.randn(169, 1)
+    q, k, v = torch.randn(1, 7, 7, 5), torch.randn(1, 7, 7, 5), torch.randn(1, 7, 7, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            out = semask.ops.window_attention(qkv, table, 1, 7, 3, 0.2, backend="auto")
+            sem = semask.ops.semantic_attention(q, k, v, 7, backend="auto")
+    assert len([w for w in caught if "PyTorch reference" in str(w.message)]) == 1
+    torch.testing.assert_close(out, window_attention_reference(qkv, table, 1, 7, 3, 0.2))
+    torch.testing.assert_close(sem, semantic_attention_reference(q, k, v, 7))
+
+
+def test_auto_model_on_cpu_equals_reference_model(monkeypatch):
+    monkeypatch.delenv("SEMASK_BACKEND", raising=False)
+    ref = semask.SeMaskSwin("micro", num_classes=5, head_channels=16).eval()
+    fused = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, fused=True).eval()
+    fused.load_state_dict(ref.state_dict())
+    assert sorted(ref.state_dict()) == sorted(fused.state_dict())
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(ref(x).logits, fused(x).logits)
+
+
+def test_explicit_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(backend.BackendUnavailable, match="TRITON_INTERPRET"):
+        semask.ops.window_attention(torch.randn(1, 7, 7, 96), torch.randn(169, 1), 1, 7, 0, 0.2,
+                                    backend="triton")
+
+
+def test_explicit_cuda_on_cpu_raises():
+    with pytest.raises(backend.BackendUnavailable, match="cuda"):
+        semask.ops.semantic_attention(torch.randn(1, 7, 7, 5), torch.randn(1, 7, 7, 5),
+                                      torch.randn(1, 7, 7, 8), 7, backend="cuda")
+
+
+def test_unsupported_dtype_falls_back_in_auto_and_raises_when_explicit(monkeypatch):
+    monkeypatch.setattr(backend, "_warned", set())
+    qkv, table = torch.randn(1, 7, 7, 96, dtype=torch.float64), torch.randn(169, 1, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="float64"):
+        out = semask.ops.window_attention(qkv, table, 1, 7, 0, 0.2, backend="auto")
+    torch.testing.assert_close(out, window_attention_reference(qkv, table, 1, 7, 0, 0.2))
+    with pytest.raises(backend.BackendUnavailable, match="float64"):
+        semask.ops.window_attention(qkv, table, 1, 7, 0, 0.2, backend="triton")
+
+
+def test_bad_shapes_raise_clear_errors():
+    table = torch.randn(169, 2)
+    with pytest.raises(ValueError, match="multiple of window"):
+        semask.ops.window_attention(torch.randn(1, 8, 7, 96), table, 2, 7, 0, 0.2, backend="auto")
+    with pytest.raises(ValueError, match="table must be"):
+        semask.ops.window_attention(torch.randn(1, 7, 7, 96), torch.randn(100, 2), 2, 7, 0, 0.2, backend="auto")
+    with pytest.raises(ValueError, match="shift"):
+        semask.ops.window_attention(torch.randn(1, 7, 7, 96), table, 2, 7, 7, 0.2, backend="auto")
+    with pytest.raises(ValueError, match=r"q, k \[B, Hp, Wp, K\]"):
+        semask.ops.semantic_attention(torch.randn(1, 7, 7, 5), torch.randn(1, 7, 7, 4),
+                                      torch.randn(1, 7, 7, 8), 7, backend="auto")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="one device"):
+            semask.ops.window_attention(torch.randn(1, 7, 7, 96).cuda(), table, 2, 7, 0, 0.2, backend="auto")
