@@ -1,0 +1,48 @@
+"""``python -m semask``: build a model, run it on a generated batch, print a summary
+(parameters, GFLOPs as multiply-adds, output shapes, time)."""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import create_model, list_models
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m semask", description=__doc__)
+    parser.add_argument("--model", default="semask_swin_tiny_fpn", choices=list_models())
+    parser.add_argument("--num-classes", type=int, default=150)
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--fused", action="store_true", help="use the fused kernels (auto backend)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    model = create_model(args.model, num_classes=args.num_classes, fused=args.fused)
+    model = model.to(args.device).eval()
+    images = torch.randn(args.batch, 3, *args.size, device=args.device)
+    params = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = model(images)
+        start = time.perf_counter()
+        model(images)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    semantic = f", semantic windowed per stage {model.semantic_windowed}" if model.semantic else ""
+    print(f"{args.model}: {params / 1e6:.2f}M parameters, K={args.num_classes}{semantic}")
+    print(f"input {tuple(images.shape)}: {counter.get_total_flops() / 2e9 / args.batch:.2f} GFLOPs "
+          "(multiply-adds) per image")
+    print(f"logits {tuple(out.logits.shape)}")
+    if out.semantic_logits is not None:
+        print("semantic prior maps " + ", ".join(str(tuple(p.shape)) for p in out.semantic_logits))
+    print(f"forward {elapsed * 1e3:.1f} ms on {args.device}")
+
+
+if __name__ == "__main__":
+    main()
