@@ -1,0 +1,143 @@
+"""Readers for the ADE20K and Cityscapes folder layouts.
+
+ADE20K (ADEChallengeData2016)::
+
+    root/images/{training,validation}/*.jpg
+    root/annotations/{training,validation}/*.png    0 = other (ignored), 1..150 = classes
+
+``reduce_zero_label`` (the recipe): 0 -> 255, k -> k - 1, so training sees 0..149.
+
+Cityscapes::
+
+    root/leftImg8bit/{train,val,test}/<city>/<name>_leftImg8bit.png
+    root/gtFine/{train,val,test}/<city>/<name>_gtFine_labelTrainIds.png   0..18, 255
+
+The ``*_labelTrainIds.png`` files are made from the released ``*_labelIds.png`` by
+cityscapesscripts' ``createTrainIdLabelImgs``; a folder that only has labelIds gets an
+error saying so.
+
+Every problem with a sample (missing label, image / label size mismatch, label values
+outside the class range) raises :class:`DataError` naming the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ADE20K_SPLITS = {"train": "training", "val": "validation"}
+CITYSCAPES_SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+                      "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
+                      "truck", "bus", "train", "motorcycle", "bicycle")
+
+
+class DataError(ValueError):
+    """A dataset file is missing or malformed; the message names the file."""
+
+
+class SegmentationFolder:
+    """(image path, label path) pairs -> (image [H, W, 3] uint8, label [H, W] uint8, name).
+
+    Labels are checked on read: same size as the image, values in 0..num_classes-1 or 255
+    (after ``reduce_zero_label``).
+    """
+
+    ignore_index = 255
+
+    def __init__(self, pairs: list[tuple[Path, Path]], num_classes: int, reduce_zero_label: bool = False,
+                 classes: tuple[str, ...] | None = None):
+        if not pairs:
+            raise DataError("no samples found")
+        self.pairs, self.num_classes, self.reduce_zero_label = pairs, num_classes, reduce_zero_label
+        self.classes = classes or tuple(f"class_{i}" for i in range(num_classes))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        image_path, label_path = self.pairs[index]
+        try:
+            with Image.open(image_path) as im:
+                image = np.asarray(im.convert("RGB"))
+        except OSError as exc:
+            raise DataError(f"cannot read image {image_path}: {exc}") from exc
+        try:
+            with Image.open(label_path) as im:
+                label = np.asarray(im)
+        except OSError as exc:
+            raise DataError(f"cannot read label {label_path}: {exc}") from exc
+        if label.ndim != 2:
+            raise DataError(f"label {label_path} must be a single-channel PNG of class ids, "
+                            f"got shape {label.shape} (mode {im.mode})")
+        if label.shape != image.shape[:2]:
+            raise DataError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image "
+                            f"{image_path} is {image.shape[1]}x{image.shape[0]} (W x H)")
+        label = self._convert(label.astype(np.int64))
+        bad = (label >= self.num_classes) & (label != self.ignore_index)
+        if bad.any() or (label < 0).any():
+            values = np.unique(label[bad | (label < 0)])[:8]
+            raise DataError(f"label {label_path} has values {values.tolist()} outside 0..{self.num_classes - 1} "
+                            f"(and {self.ignore_index} = ignore)"
+                            + (" after reduce_zero_label" if self.reduce_zero_label else ""))
+        return image, label.astype(np.uint8), image_path.stem
+
+    def _convert(self, label: np.ndarray) -> np.ndarray:
+        if not self.reduce_zero_label:
+            return label
+        out = label - 1
+        out[label == 0] = self.ignore_index
+        out[label == self.ignore_index] = self.ignore_index
+        return out
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"{what} folder not found: {path}")
+    return path
+
+
+def ade20k(root: str | Path, split: str = "train", num_classes: int = 150) -> SegmentationFolder:
+    """ADEChallengeData2016 reader (reduce_zero_label)."""
+    if split not in ADE20K_SPLITS:
+        raise ValueError(f"unknown ADE20K split {split!r}; choose one of {', '.join(ADE20K_SPLITS)}")
+    root = Path(root)
+    sub = ADE20K_SPLITS[split]
+    image_dir = _require_dir(root / "images" / sub, "ADE20K images")
+    label_dir = _require_dir(root / "annotations" / sub, "ADE20K annotations")
+    pairs = []
+    for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        label = label_dir / (image.stem + ".png")
+        if not label.is_file():
+            raise DataError(f"missing label for image {image}: expected {label}")
+        pairs.append((image, label))
+    if not pairs:
+        raise DataError(f"no images (*.jpg / *.png) in {image_dir}")
+    return SegmentationFolder(pairs, num_classes, reduce_zero_label=True)
+
+
+def cityscapes(root: str | Path, split: str = "train") -> SegmentationFolder:
+    """Cityscapes leftImg8bit + gtFine *_labelTrainIds.png reader (19 classes)."""
+    if split not in CITYSCAPES_SPLITS:
+        raise ValueError(f"unknown Cityscapes split {split!r}; choose one of {', '.join(CITYSCAPES_SPLITS)}")
+    root = Path(root)
+    image_dir = _require_dir(root / "leftImg8bit" / split, "Cityscapes leftImg8bit")
+    label_dir = _require_dir(root / "gtFine" / split, "Cityscapes gtFine")
+    images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
+    if not images:
+        raise DataError(f"no *_leftImg8bit.png images in {image_dir}/<city>/")
+    if not any(label_dir.glob("*/*_gtFine_labelTrainIds.png")) and any(label_dir.glob("*/*_gtFine_labelIds.png")):
+        raise DataError(f"{label_dir} has *_gtFine_labelIds.png but no *_gtFine_labelTrainIds.png: "
+                        "convert them first with cityscapesscripts "
+                        "(CITYSCAPES_DATASET=<root> csCreateTrainIdLabelImgs); training uses the 19 train ids")
+    pairs = []
+    for image in images:
+        stem = image.name[: -len("_leftImg8bit.png")]
+        label = label_dir / image.parent.name / f"{stem}_gtFine_labelTrainIds.png"
+        if not label.is_file():
+            raise DataError(f"missing label for image {image}: expected {label}")
+        pairs.append((image, label))
+    return SegmentationFolder(pairs, len(CITYSCAPES_CLASSES), classes=CITYSCAPES_CLASSES)

@@ -1,0 +1,180 @@
+"""Training configuration: one dataclass, JSON presets in ``configs/``, command-line overrides.
+
+``load_config("ade20k_semask_tiny_fpn", lr=2e-4)`` or ``semask-train ade20k_semask_tiny_fpn --lr 2e-4``:
+defaults of :class:`TrainConfig` <- preset JSON <- ``--field-name value`` overrides.
+Lists are given comma-separated (or as JSON), ``none`` clears an optional field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_PRESET = "synthetic_cpu"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; the defaults are the synthetic CPU preset."""
+
+    name: str = "synthetic_cpu"
+    # data
+    dataset: str = "synthetic"            # synthetic | ade20k | cityscapes
+    data_root: str | None = None
+    num_classes: int = 6
+    synthetic_train_size: int = 2000
+    synthetic_val_size: int = 100
+    synthetic_size: list[int] = field(default_factory=lambda: [96, 192])      # min, max image side
+    crop_size: list[int] = field(default_factory=lambda: [128, 128])            # h, w
+    img_scale: list[int] | None = field(default_factory=lambda: [256, 128])     # long, short edge
+    ratio_range: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    cat_max_ratio: float = 0.75
+    photometric: bool = True
+    num_workers: int = 1
+    # model
+    variant: str = "micro"                # micro | tiny | small | base | large
+    semantic: bool = True
+    head_channels: int = 64
+    drop_path_rate: float = 0.1
+    window_size: int | None = None
+    fused: bool = False
+    pretrained: str | None = None          # ImageNet Swin checkpoint for the backbone
+    grad_checkpointing: list[int] = field(default_factory=list)   # backbone stages to recompute
+    sync_bn: bool = True                   # SyncBatchNorm in the head under multi-GPU DDP
+    # optimisation
+    iters: int = 1500
+    batch_size: int = 8                    # per process and micro-step
+    accum_steps: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_iters: int = 50
+    warmup_ratio: float = 1e-6
+    poly_power: float = 1.0
+    min_lr: float = 0.0
+    grad_clip: float | None = None
+    amp: str = "auto"                      # auto (bf16 on GPU when supported, else fp16) | bf16 | fp16 | none
+    max_nonfinite: int = 5                 # stop after this many non-finite losses in a row
+    # evaluation
+    test_scale: list[int] | None = None    # keep-ratio (long, short) resize before inference
+    eval_mode: str = "whole"               # whole | slide | ms_flip
+    slide_crop: list[int] = field(default_factory=lambda: [512, 512])
+    slide_stride: list[int] = field(default_factory=lambda: [341, 341])
+    ms_ratios: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
+    eval_interval: int = 0                 # 0: evaluate at the end only
+    # bookkeeping
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "runs/synthetic_cpu"
+    log_interval: int = 25
+    ckpt_interval: int = 500
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=False)
+
+    def describe(self) -> str:
+        width = max(len(f.name) for f in dataclasses.fields(self))
+        return "\n".join(f"  {k:<{width}} = {v!r}" for k, v in self.to_dict().items())
+
+
+def _field_types() -> dict[str, object]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _strip_optional(tp):
+    """(inner type, optional?) for ``X | None``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def parse_value(name: str, text: str):
+    """Parse a command-line string for field ``name`` to its declared type."""
+    tp, optional = _strip_optional(_field_types()[name])
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    if typing.get_origin(tp) is list:
+        (elem,) = typing.get_args(tp)
+        items = json.loads(text) if text.strip().startswith("[") else [t for t in text.split(",") if t.strip()]
+        return [_scalar(name, elem, str(i)) for i in items]
+    return _scalar(name, tp, text)
+
+
+def _scalar(name: str, tp, text: str):
+    if tp is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--{name.replace('_', '-')}: expected true/false, got {text!r}")
+    try:
+        return tp(text)
+    except ValueError as exc:
+        raise ValueError(f"--{name.replace('_', '-')}: expected {tp.__name__}, got {text!r}") from exc
+
+
+def from_dict(values: dict, where: str = "config") -> TrainConfig:
+    """Build a config; keys starting with "_" are comments and ignored."""
+    values = {k: v for k, v in values.items() if not k.startswith("_")}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown config keys {unknown}")
+    return TrainConfig(**values)
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.json"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.json")) if CONFIG_DIR.is_dir() else []
+    raise ValueError(f"unknown config {name_or_path!r}: not a .json file and not a preset in {CONFIG_DIR} "
+                     f"(presets: {', '.join(known) or 'none found'})")
+
+
+def load_preset(name_or_path: str) -> TrainConfig:
+    path = resolve_preset(name_or_path)
+    return from_dict(json.loads(path.read_text()), str(path))
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, str]) -> TrainConfig:
+    """``{"lr": "2e-4"}`` (strings from the command line) -> new config."""
+    values = cfg.to_dict()
+    for key, text in overrides.items():
+        name = key.replace("-", "_")
+        if name not in values:
+            raise ValueError(f"unknown option --{key}")
+        values[name] = parse_value(name, text)
+    return from_dict(values)
+
+
+def add_config_arguments(parser) -> None:
+    """One ``--field-name VALUE`` option per config field (default: keep the preset's)."""
+    for f in dataclasses.fields(TrainConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f"cfg_{f.name}", default=None,
+                            metavar="VALUE", help=f"(config) default {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r}")
+
+
+def config_from_args(args) -> TrainConfig:
+    """Preset (``args.config``, default synthetic_cpu) + the ``--field`` options given."""
+    cfg = load_preset(args.config) if args.config else TrainConfig()
+    overrides = {k[len("cfg_"):]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    return apply_overrides(cfg, overrides)
+
+
+def load_config(preset: str | None = None, **overrides) -> TrainConfig:
+    """Preset (default: the dataclass defaults = synthetic_cpu) with Python-valued overrides."""
+    cfg = load_preset(preset) if preset else TrainConfig()
+    return from_dict({**cfg.to_dict(), **overrides})

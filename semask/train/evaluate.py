@@ -1,0 +1,42 @@
+"""Evaluate a model on a dataset: confusion matrix -> mIoU, per-class IoU, pixel accuracy."""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from ..data import TransformedDataset, eval_loader, eval_transforms
+from .distributed import DistInfo, all_reduce_sum
+from .inference import predict_probs
+from .metrics import best_constant_miou, confusion_matrix, summarize
+
+
+@torch.no_grad()
+def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", test_scale=None,
+             ms_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), crop=(512, 512), stride=(341, 341),
+             info: DistInfo | None = None, progress: bool = False, autocast=None) -> dict:
+    """Score ``raw_dataset`` (items image, label, name) at each label's own size.
+
+    Returns summarize()'s dict plus ``confusion`` (list of lists), ``mode`` and the best
+    constant-class baseline (``baseline_class``, ``baseline_mIoU``). Under DDP every rank
+    scores a shard and the confusion matrices are summed.
+    """
+    info = info or DistInfo(device=torch.device(device))
+    was_training = model.training
+    model.eval()
+    dataset = TransformedDataset(raw_dataset, eval_transforms())
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loader = eval_loader(dataset, rank=info.rank, world_size=info.world_size)
+    for image, label, _ in tqdm(loader, desc=f"eval ({mode})", disable=not (progress and info.is_main),
+                                leave=False, dynamic_ncols=True):
+        image = image.to(device)
+        with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
+            probs = predict_probs(model, image, label.shape[-2:], mode, test_scale, ms_ratios, crop, stride)
+        conf += confusion_matrix(probs.argmax(1).cpu(), label, num_classes)
+    conf = all_reduce_sum(conf.to(info.device), info).cpu()
+    model.train(was_training)
+    result = summarize(conf, getattr(raw_dataset, "classes", None))
+    cls, base = best_constant_miou(conf)
+    classes = getattr(raw_dataset, "classes", None)
+    result.update(mode=mode, confusion=conf.tolist(), baseline_mIoU=base,
+                  baseline_class=classes[cls] if classes else cls)
+    return result

@@ -1,0 +1,86 @@
+"""Inference modes of the recipe: whole image, sliding window, multi-scale + flip.
+
+All take a normalised image [1, 3, H, W] and return class probabilities [1, K, h, w] at
+``out_size`` (the label's size), like mmseg's ``inference`` (softmax of the logits;
+multi-scale + flip averages the probabilities of every scale and flip).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.transforms import keep_ratio_size
+
+MIN_SIZE = 32  # the model's smallest input
+
+
+def _logits(model, x: Tensor) -> Tensor:
+    out = model(x)
+    return (out.logits if hasattr(out, "logits") else out).float()
+
+
+def _resize(x: Tensor, size, mode: str = "bilinear") -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(int(s) for s in size), mode=mode, align_corners=False)
+
+
+def scaled_size(h: int, w: int, test_scale=None, ratio: float = 1.0) -> tuple[int, int]:
+    """Inference size: keep-ratio rescale to test_scale (long, short) * ratio, or (h, w) * ratio."""
+    if test_scale is not None:
+        nh, nw = keep_ratio_size(h, w, tuple(test_scale), ratio)
+    else:
+        nh, nw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    return max(nh, MIN_SIZE), max(nw, MIN_SIZE)
+
+
+def slide_logits(model, x: Tensor, crop, stride) -> Tensor:
+    """Logits [1, K, H, W] averaged over overlapping crop windows (mmseg slide_inference:
+    the last window in each direction is aligned to the border)."""
+    _, _, H, W = x.shape
+    ch, cw = min(crop[0], H), min(crop[1], W)
+    sh, sw = stride
+    rows = max(H - ch + sh - 1, 0) // sh + 1
+    cols = max(W - cw + sw - 1, 0) // sw + 1
+    total, count = None, x.new_zeros(1, 1, H, W)
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * sh + ch, H), min(c * sw + cw, W)
+            y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
+            logits = _logits(model, x[:, :, y1:y2, x1:x2])
+            if total is None:
+                total = x.new_zeros(1, logits.shape[1], H, W)
+            total[:, :, y1:y2, x1:x2] += logits
+            count[:, :, y1:y2, x1:x2] += 1
+    return total / count
+
+
+def single_scale_probs(model, image: Tensor, out_size, mode: str = "whole", test_scale=None,
+                       ratio: float = 1.0, flip: bool = False, crop=(512, 512), stride=(341, 341)) -> Tensor:
+    x = _resize(image, scaled_size(*image.shape[-2:], test_scale, ratio))
+    if flip:
+        x = x.flip(-1)
+    logits = slide_logits(model, x, crop, stride) if mode == "slide" else _logits(model, x)
+    if flip:
+        logits = logits.flip(-1)
+    return _resize(logits, out_size).softmax(1)
+
+
+@torch.no_grad()
+def predict_probs(model, image: Tensor, out_size=None, mode: str = "whole", test_scale=None,
+                  ms_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), crop=(512, 512), stride=(341, 341),
+                  ms_base: str = "whole") -> Tensor:
+    """mode: ``whole`` | ``slide`` | ``ms_flip`` (every ratio, plain and flipped, each run
+    as ``ms_base``) -> probabilities [1, K, *out_size]."""
+    out_size = tuple(out_size or image.shape[-2:])
+    if mode in ("whole", "slide"):
+        return single_scale_probs(model, image, out_size, mode, test_scale, 1.0, False, crop, stride)
+    if mode != "ms_flip":
+        raise ValueError(f"unknown eval mode {mode!r}; choose whole, slide or ms_flip")
+    probs = None
+    for ratio in ms_ratios:
+        for flip in (False, True):
+            p = single_scale_probs(model, image, out_size, ms_base, test_scale, ratio, flip, crop, stride)
+            probs = p if probs is None else probs + p
+    return probs / (2 * len(ms_ratios))

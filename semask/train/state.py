@@ -1,0 +1,100 @@
+"""Checkpoints of a training run, written atomically.
+
+``<out>/last.safetensors``   model weights (semask.save_checkpoint), metadata: config JSON,
+                              iteration
+``<out>/last_state.pt``      optimizer, scheduler, grad scaler, RNG states, iteration,
+                              config; plain tensors / containers only, so
+                              ``torch.load(path, weights_only=True)`` reads it
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+
+WEIGHTS_NAME, STATE_NAME = "last.safetensors", "last_state.pt"
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return dict(
+        torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
+                   has_gauss=int(np_state[3]), cached=float(np_state[4])),
+        python=[list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    )
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_training_state(out_dir: str | Path, model, optimizer, scheduler, scaler, iteration: int,
+                        config: dict) -> Path:
+    """Write weights, then the state file (each atomically); returns the state path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, out / WEIGHTS_NAME, {"config": json.dumps(config), "iteration": iteration})
+    state = dict(iteration=iteration, config=json.dumps(config), weights=WEIGHTS_NAME,
+                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                 scaler=scaler.state_dict() if scaler is not None else {}, rng=rng_state())
+    _atomic_torch_save(state, out / STATE_NAME)
+    return out / STATE_NAME
+
+
+def resolve_resume(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / STATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+    return path
+
+
+def load_training_state(path: str | Path, model, optimizer, scheduler, scaler) -> dict:
+    """Restore everything :func:`save_training_state` wrote; returns the state dict
+    (``iteration``, ``config`` JSON). RNG states are restored last by the caller."""
+    path = resolve_resume(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = path.parent / state["weights"]
+    meta_iter = int(read_metadata(weights).get("iteration", -1))
+    if meta_iter != state["iteration"]:
+        raise ValueError(f"{weights} holds iteration {meta_iter} but {path} iteration {state['iteration']}: "
+                         "the pair was not written together")
+    load_checkpoint(model, weights)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    return state
+
+
+def read_metadata(path: str | Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})

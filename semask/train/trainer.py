@@ -1,0 +1,223 @@
+"""The training loop: read it top to bottom.
+
+train(cfg) builds data, model, optimizer and schedule, optionally resumes, runs
+``cfg.iters`` optimizer steps (each ``accum_steps`` micro-batches, under DDP when started
+by torchrun), logs JSON lines, checkpoints, and evaluates at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..data import TransformedDataset, build_raw_dataset, train_loader, train_transforms
+from ..models import SeMaskSwin, load_checkpoint, save_checkpoint
+from . import distributed
+from .config import TrainConfig
+from .evaluate import evaluate
+from .metrics import markdown_table
+from .optim import build_optimizer, build_scheduler
+from .plot import plot_metrics
+from .state import load_training_state, save_training_state, set_rng_state
+
+PRETRAINED_WARNING = (
+    "\n" + "!" * 78 + "\n"
+    "!! Training SeMask on a real dataset WITHOUT an ImageNet-pretrained backbone.\n"
+    "!! Expect roughly 30 mIoU less than the paper (the most common mistake with the\n"
+    "!! official code). Pass --pretrained swin_tiny_patch4_window7_224.pth (T/S: ImageNet-1k\n"
+    "!! 224; B/L: ImageNet-22k 384 window 12) from the official Swin release.\n" + "!" * 78)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``max_nonfinite`` non-finite losses in a row."""
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> SeMaskSwin:
+    return SeMaskSwin(cfg.variant, num_classes=num_classes, semantic=cfg.semantic, fused=cfg.fused,
+                      drop_path_rate=cfg.drop_path_rate, window_size=cfg.window_size,
+                      head_channels=cfg.head_channels)
+
+
+def autocast_factory(cfg: TrainConfig, device: torch.device):
+    """-> (context factory, GradScaler or None, dtype name); mixed precision on GPU only."""
+    if device.type != "cuda" or cfg.amp == "none":
+        return contextlib.nullcontext, None, "float32"
+    amp = cfg.amp
+    if amp == "auto":
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be auto, bf16, fp16 or none, got {cfg.amp!r}")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler, amp
+
+
+def _log(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = None) -> dict:
+    """Run training (and the final evaluation); returns the evaluation result (rank 0:
+    also written to ``<out_dir>/eval.json``). ``stop_at``: leave after that iteration's
+    checkpoint, as an interrupted run would (tests)."""
+    info = distributed.setup(cfg.device)
+    t_start = time.perf_counter()
+    out = Path(cfg.out_dir)
+    say = print if info.is_main else (lambda *a, **k: None)
+    say(f"semask-train  world size {info.world_size}, device {info.device}\nconfig:\n{cfg.describe()}")
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+
+    # data
+    train_raw = build_raw_dataset(cfg.dataset, "train", cfg.data_root, cfg.num_classes, cfg.seed,
+                                  cfg.synthetic_train_size, cfg.synthetic_size)
+    val_raw = build_raw_dataset(cfg.dataset, "val", cfg.data_root, cfg.num_classes, cfg.seed,
+                                cfg.synthetic_val_size, cfg.synthetic_size)
+    num_classes = len(train_raw.classes) if cfg.dataset != "ade20k" else cfg.num_classes
+    if num_classes != cfg.num_classes:
+        raise ValueError(f"{cfg.dataset} has {num_classes} classes but the config says num_classes={cfg.num_classes}")
+    transforms = train_transforms(tuple(cfg.crop_size), cfg.img_scale and tuple(cfg.img_scale),
+                                  tuple(cfg.ratio_range), cfg.cat_max_ratio, photometric=cfg.photometric)
+    say(f"data: {cfg.dataset}, {len(train_raw)} train / {len(val_raw)} val images, {num_classes} classes")
+
+    # model
+    model = build_model(cfg, num_classes)
+    if cfg.pretrained:
+        say(load_checkpoint(model, cfg.pretrained))
+    elif cfg.dataset != "synthetic" and info.is_main:
+        warnings.warn(PRETRAINED_WARNING, stacklevel=2)
+    if cfg.grad_checkpointing:
+        model.backbone.set_grad_checkpointing(tuple(cfg.grad_checkpointing))
+    model.to(info.device)
+    if info.enabled and info.device.type == "cuda" and cfg.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    say(f"model: SeMask-Swin {cfg.variant}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    autocast, scaler, amp_name = autocast_factory(cfg, info.device)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas,
+                                fused=True if info.device.type == "cuda" else None)
+    scheduler = build_scheduler(optimizer, cfg.iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power,
+                                cfg.min_lr, cfg.lr)
+    start_iter = 0
+    metrics_path = out / "metrics.jsonl"
+    if resume:
+        state = load_training_state(resume, model, optimizer, scheduler, scaler)
+        start_iter = state["iteration"]
+        say(f"resumed from {resume} at iteration {start_iter}")
+    elif info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("")
+    ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
+        if info.enabled else model
+    per_step = cfg.batch_size * cfg.accum_steps
+    loader = train_loader(TransformedDataset(train_raw, transforms), cfg.batch_size, cfg.seed, info.rank,
+                          info.world_size, start_iter * per_step, cfg.num_workers)
+    batches = iter(loader)
+    # RNG last: nothing above may draw from it after a resume (dropout / drop path use it)
+    if resume:
+        set_rng_state(state["rng"])
+    else:
+        torch.manual_seed(cfg.seed + info.rank)
+
+    # loop
+    model.train()
+    nonfinite_in_row = 0
+    bar = tqdm(total=cfg.iters, initial=start_iter, desc="train", dynamic_ncols=True,
+               disable=not (cfg.progress and info.is_main))
+    t_log, imgs_since_log = time.perf_counter(), 0
+    for it in range(start_iter, cfg.iters):
+        sums = torch.zeros(3, device=info.device)
+        for micro in range(cfg.accum_steps):
+            images, labels, _ = next(batches)
+            images, labels = images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
+            sync = contextlib.nullcontext() if (not info.enabled or micro == cfg.accum_steps - 1) else ddp.no_sync()
+            with sync:
+                with autocast():
+                    losses = model.loss(ddp(images), labels)
+                loss = losses["loss"] / cfg.accum_steps
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            sums += torch.stack([losses["loss"], losses["loss_main"], losses["loss_semantic"]]).detach().float()
+        sums = distributed.all_reduce_sum(sums, info) / (cfg.accum_steps * info.world_size)
+        if not bool(torch.isfinite(sums).all()):
+            nonfinite_in_row += 1
+            optimizer.zero_grad(set_to_none=True)
+            warnings.warn(f"iteration {it + 1}: non-finite loss {sums[0].item()}; step skipped "
+                          f"({nonfinite_in_row} in a row, limit {cfg.max_nonfinite})", stacklevel=2)
+            if nonfinite_in_row >= cfg.max_nonfinite:
+                raise NonFiniteLossError(f"{nonfinite_in_row} non-finite losses in a row (iteration {it + 1}); "
+                                         "lower the lr, check the data or use --amp bf16/none")
+        else:
+            nonfinite_in_row = 0
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        done = it + 1
+        imgs_since_log += per_step * info.world_size
+        bar.update(1)
+        if done % cfg.log_interval == 0 or done == cfg.iters:
+            now = time.perf_counter()
+            ips = imgs_since_log / max(now - t_log, 1e-9)
+            t_log, imgs_since_log = now, 0
+            record = dict(iter=done, loss=sums[0].item(), loss_main=sums[1].item(),
+                          loss_semantic=sums[2].item(), lr=lr, img_per_s=ips,
+                          elapsed_s=now - t_start)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+            if info.is_main:
+                _log(metrics_path, record)
+        evaluate_now = cfg.eval_interval and done % cfg.eval_interval == 0 and done != cfg.iters
+        save_now = (cfg.ckpt_interval and done % cfg.ckpt_interval == 0) or done in (cfg.iters, stop_at)
+        if evaluate_now or save_now:  # rank-independent BatchNorm statistics for eval / checkpoints
+            distributed.broadcast_buffers(model, info)
+        if evaluate_now:
+            res = _evaluate(cfg, model, val_raw, num_classes, info, autocast)
+            if info.is_main:
+                _log(metrics_path, dict(iter=done, mIoU=res["mIoU"], aAcc=res["aAcc"]))
+                bar.write(f"iter {done}: val mIoU {100 * res['mIoU']:.2f}")
+        if save_now:
+            if info.is_main:
+                save_training_state(out, model, optimizer, scheduler, scaler, done, cfg.to_dict())
+            distributed.barrier(info)
+        if done == stop_at:
+            bar.close()
+            distributed.cleanup(info)
+            return {}
+    bar.close()
+    train_s = time.perf_counter() - t_start
+
+    # final evaluation, artefacts
+    res = _evaluate(cfg, model, val_raw, num_classes, info, autocast)
+    total_s = time.perf_counter() - t_start
+    res.update(iteration=cfg.iters, train_s=train_s, total_s=total_s, amp=amp_name)
+    if info.is_main:
+        _log(metrics_path, dict(iter=cfg.iters, mIoU=res["mIoU"], aAcc=res["aAcc"]))
+        save_checkpoint(model, out / "model.safetensors", {"config": cfg.to_json(), "iteration": cfg.iters})
+        (out / "eval.json").write_text(json.dumps(res, indent=1))
+        (out / "eval.md").write_text(markdown_table(res) + "\n")
+        plot_metrics(metrics_path, out / "curves.png")
+        print(markdown_table(res))
+        print(f"\nval mIoU {res['mIoU']:.4f} ({100 * res['mIoU']:.2f}%), pixel accuracy {res['aAcc']:.4f}; "
+              f"constant-class baseline (always '{res['baseline_class']}') mIoU {res['baseline_mIoU']:.4f}")
+        print(f"time: {train_s:.0f} s training, {total_s:.0f} s in all; outputs in {out}/ "
+              "(model.safetensors, eval.json, eval.md, metrics.jsonl, curves.png)")
+    distributed.cleanup(info)
+    return res
+
+
+def _evaluate(cfg, model, val_raw, num_classes, info, autocast) -> dict:
+    return evaluate(model, val_raw, num_classes, info.device, cfg.eval_mode, cfg.test_scale, cfg.ms_ratios,
+                    tuple(cfg.slide_crop), tuple(cfg.slide_stride), info, progress=cfg.progress,
+                    autocast=autocast)

@@ -1,0 +1,69 @@
+"""ADE20K / Cityscapes readers on generated fixture folders, and their bad-data errors."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from semask.data import DataError, ade20k, cityscapes
+
+
+def test_ade20k_loads_with_reduce_zero_label(ade_root):
+    train, val = ade20k(ade_root, "train"), ade20k(ade_root, "val")
+    assert (len(train), len(val)) == (3, 2)
+    raw = np.asarray(Image.open(ade_root / "annotations" / "training" / "ADE_training_00000001.png"))
+    image, label, name = train[1]
+    assert name == "ADE_training_00000001"
+    assert image.shape == (41, 50, 3) and image.dtype == np.uint8 and label.shape == (41, 50)
+    assert label[0, :4].tolist() == [255, 0, 149, 74]          # 0 -> ignore, k -> k - 1
+    expected = np.where(raw == 0, 255, raw.astype(np.int64) - 1)
+    np.testing.assert_array_equal(label, expected)
+
+
+def test_cityscapes_loads_train_ids(cityscapes_root):
+    train = cityscapes(cityscapes_root, "train")
+    assert len(train) == 3 and len(train.classes) == 19
+    image, label, name = train[2]
+    assert name == "bochum_000000_000019_leftImg8bit"
+    assert image.shape == (32, 64, 3) and label[0, :3].tolist() == [255, 0, 18]
+    assert len(cityscapes(cityscapes_root, "val")) == 1
+
+
+def test_cityscapes_with_only_label_ids_says_how_to_convert(cityscapes_root):
+    for p in (cityscapes_root / "gtFine").rglob("*_labelTrainIds.png"):
+        p.rename(p.with_name(p.name.replace("labelTrainIds", "labelIds")))
+    with pytest.raises(DataError, match="labelTrainIds.*createTrainIdLabelImgs|csCreateTrainIdLabelImgs"):
+        cityscapes(cityscapes_root, "train")
+
+
+def test_missing_label_names_the_image(ade_root):
+    (ade_root / "annotations" / "training" / "ADE_training_00000002.png").unlink()
+    with pytest.raises(DataError, match="missing label for image .*ADE_training_00000002.jpg"):
+        ade20k(ade_root, "train")
+
+
+def test_size_mismatch_names_the_files(ade_root, write_pair):
+    label = np.ones((10, 12), np.uint8)
+    write_pair(ade_root / "images" / "training" / "ADE_training_00000000.jpg",
+               ade_root / "annotations" / "training" / "ADE_training_00000000.png", label, image_size=(11, 12))
+    with pytest.raises(DataError, match=r"ADE_training_00000000.png is 12x10 but image .*ADE_training_00000000.jpg is 12x11"):
+        ade20k(ade_root, "train")[0]
+
+
+def test_label_values_out_of_range_name_the_file(ade_root, cityscapes_root, write_pair):
+    label = np.full((8, 8), 151, np.uint8)    # -> 150 after reduce_zero_label: outside 0..149
+    write_pair(ade_root / "images" / "validation" / "ADE_validation_00000001.jpg",
+               ade_root / "annotations" / "validation" / "ADE_validation_00000001.png", label)
+    with pytest.raises(DataError, match=r"ADE_validation_00000001.png has values \[150\] outside 0..149"):
+        ade20k(ade_root, "val")[1]
+    bad = next((cityscapes_root / "gtFine" / "val").rglob("*.png"))
+    Image.fromarray(np.full((32, 64), 19, np.uint8)).save(bad)
+    with pytest.raises(DataError, match=rf"{bad.name} has values \[19\] outside 0..18"):
+        cityscapes(cityscapes_root, "val")[0]
+
+
+def test_rgb_label_and_missing_folder(ade_root, tmp_path):
+    lp = ade_root / "annotations" / "training" / "ADE_training_00000000.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(lp)
+    with pytest.raises(DataError, match="ADE_training_00000000.png must be a single-channel"):
+        ade20k(ade_root, "train")[0]
+    with pytest.raises(DataError, match="ADE20K images folder not found"):
+        ade20k(tmp_path / "nowhere", "train")

@@ -1,0 +1,108 @@
+"""Synthetic data set, recipe augmentations (joint image / mask) and the resumable sampler."""
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from semask.data import (IMAGENET_MEAN, IMAGENET_STD, InfiniteShardedSampler, SyntheticShapes,
+                         TransformedDataset, keep_ratio_size, render_sample, train_transforms)
+from semask.data.transforms import CatMaxRatioCrop, PadTo
+
+
+def test_synthetic_is_deterministic_varied_and_uses_every_class():
+    a, b = render_sample(3, "train", 7), render_sample(3, "train", 7)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(render_sample(3, "val", 7)[1], a[1])
+    ds = SyntheticShapes("train", 30, seed=3, size_range=(64, 100))
+    sizes, counts = set(), np.zeros(6)
+    for i in range(len(ds)):
+        image, label, _ = ds[i]
+        assert image.dtype == np.uint8 and image.shape[:2] == label.shape
+        assert 64 <= min(label.shape) and max(label.shape) <= 100
+        sizes.add(label.shape)
+        counts += np.bincount(label.ravel(), minlength=6)
+    assert len(sizes) > 20 and (counts > 0).all()
+
+
+def test_synthetic_colour_alone_does_not_tell_the_class():
+    """Mean colours of disks and squares cover the same range: the class needs shape."""
+    means = {1: [], 2: []}
+    for i in range(60):
+        image, label, _ = SyntheticShapes("train", 60, seed=0)[i]
+        for cls in means:
+            if (label == cls).sum() > 50:
+                means[cls].append(image[label == cls].mean(0))
+    disks, squares = np.array(means[1]), np.array(means[2])
+    assert len(disks) > 5 and len(squares) > 5
+    for c in range(3):
+        assert disks[:, c].min() < squares[:, c].mean() < disks[:, c].max()
+
+
+def test_keep_ratio_size_by_hand():
+    # mmseg Resize(img_scale=(2048, 512), keep_ratio): factor = min(2048 / long, 512 / short)
+    assert keep_ratio_size(512, 683, (2048, 512)) == (512, 683)
+    assert keep_ratio_size(1000, 500, (2048, 512)) == (1024, 512)
+    assert keep_ratio_size(256, 2048, (2048, 512), ratio=0.5) == (128, 1024)   # long edge binds
+
+
+def _colour_coded(label: np.ndarray) -> np.ndarray:
+    palette = np.array([[200, 10, 10], [10, 200, 10], [10, 10, 200], [200, 200, 10]], np.uint8)
+    return palette[label]
+
+
+def test_train_pipeline_keeps_image_and_mask_aligned():
+    """Image colour encodes the label; after resize / crop / flip / pad both still agree."""
+    label = np.zeros((90, 120), np.uint8)
+    label[10:60, 5:50], label[40:85, 60:115], label[:, 100:] = 1, 2, 3
+    image = _colour_coded(label)
+    pipe = train_transforms((64, 96), (160, 80), (0.5, 1.5), cat_max_ratio=1.0, photometric=False)
+    ds = TransformedDataset([(image, label, "x")], pipe)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    palette = torch.tensor(_colour_coded(np.arange(4)), dtype=torch.float32)
+    flipped = set()
+    for seed in range(12):
+        img, mask, _ = ds[(0, seed)]
+        assert img.shape == (3, 64, 96) and img.dtype == torch.float32 and mask.shape == (64, 96)
+        valid = mask != 255
+        pixels = (img * std + mean).permute(1, 2, 0)[valid]
+        nearest = torch.cdist(pixels, palette).argmin(1)
+        assert (nearest == mask[valid]).float().mean() > 0.95, seed
+        assert set(mask.unique().tolist()) <= {0, 1, 2, 3, 255}
+        assert (img[:, ~valid] == 0).all()   # padded after Normalize with 0, as mmseg's Pad
+        flipped.add(bool((mask[:, -1] == 3).float().mean() < (mask[:, 0] == 3).float().mean()))
+    assert flipped == {True, False}    # class 3 (right edge) ends up on either side
+    a, b = ds[(0, 5)], ds[(0, 5)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])   # same key, same sample
+
+
+def test_pad_and_cat_max_ratio_crop():
+    img = tv_tensors.Image(torch.zeros(3, 20, 30, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.zeros(20, 30, dtype=torch.long))
+    pimg, pmask = PadTo((25, 40))(img, mask)
+    assert pimg.shape == (3, 25, 40) and (pmask[20:] == 255).all() and (pmask[:, 30:] == 255).all()
+    assert (pmask[:20, :30] == 0).all()
+    # class 1 fills columns 70..99: a uniform 50x50 crop has class 0 below 75% only when its
+    # left edge is >= 33 (18 of 51 offsets, 35%); with 10 retries that becomes ~99%
+    label = torch.zeros(100, 100, dtype=torch.long)
+    label[:, 70:] = 1
+    torch.manual_seed(0)
+    crop = CatMaxRatioCrop((50, 50), 0.75)
+    balanced = 0
+    for _ in range(30):
+        m = crop(img.new_zeros(3, 100, 100), tv_tensors.Mask(label))[1]
+        assert m.shape == (50, 50)
+        balanced += int((m == 0).float().mean() < 0.75)
+    assert balanced >= 25
+
+
+def test_sampler_shards_and_resumes():
+    full = InfiniteShardedSampler(7, seed=1)
+    it = iter(full)
+    stream = [next(it) for _ in range(20)]
+    assert sorted(i for i, _ in stream[:7]) == list(range(7))           # one permutation per epoch
+    r0, r1 = iter(InfiniteShardedSampler(7, 1, rank=0, world_size=2)), iter(InfiniteShardedSampler(7, 1, rank=1, world_size=2))
+    assert [next(r0) for _ in range(10)] == stream[0:20:2]
+    assert [next(r1) for _ in range(10)] == stream[1:20:2]
+    resumed = iter(InfiniteShardedSampler(7, 1, start=5))
+    assert [next(resumed) for _ in range(15)] == stream[5:]

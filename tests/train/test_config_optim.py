@@ -1,0 +1,69 @@
+"""Config presets / overrides, no-decay parameter groups and the lr schedule."""
+import json
+
+import pytest
+import torch
+
+import semask
+from semask.train.config import CONFIG_DIR, TrainConfig, apply_overrides, load_config, load_preset
+from semask.train.optim import build_optimizer, build_scheduler, param_groups, poly_warmup_factor
+
+
+def test_default_config_is_the_synthetic_preset():
+    assert load_preset("synthetic_cpu") == TrainConfig()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.json")), ids=lambda p: p.stem)
+def test_every_preset_loads(path):
+    cfg = load_preset(str(path))
+    assert cfg.name == path.stem
+    if cfg.dataset == "ade20k":
+        assert (cfg.num_classes, cfg.lr, cfg.weight_decay, cfg.warmup_iters, cfg.crop_size) == (150, 1e-4, 1e-4, 1500, [512, 512])
+    if cfg.dataset == "cityscapes":
+        assert (cfg.num_classes, cfg.lr, cfg.weight_decay) == (19, 1e-3, 0.05)
+
+
+def test_overrides_parse_types_and_reject_unknown():
+    cfg = apply_overrides(TrainConfig(), {"lr": "2e-4", "crop-size": "64,96", "pretrained": "x.pth",
+                                          "test_scale": "none", "photometric": "false", "ms_ratios": "[0.5, 1]"})
+    assert (cfg.lr, cfg.crop_size, cfg.pretrained, cfg.test_scale, cfg.photometric, cfg.ms_ratios) == \
+        (2e-4, [64, 96], "x.pth", None, False, [0.5, 1.0])
+    with pytest.raises(ValueError, match="unknown option --bogus"):
+        apply_overrides(TrainConfig(), {"bogus": "1"})
+    with pytest.raises(ValueError, match="expected int"):
+        apply_overrides(TrainConfig(), {"iters": "many"})
+    with pytest.raises(ValueError, match="unknown config"):
+        load_config(None, bogus=1)
+    assert json.loads(TrainConfig().to_json())["variant"] == "micro"
+
+
+def test_no_decay_groups():
+    model = semask.SeMaskSwin("micro", num_classes=5, head_channels=8)
+    groups = {g["name"]: g for g in param_groups(model, 0.05)}
+    ids = {n: id(p) for n, p in model.named_parameters()}
+    no_decay = {id(p) for p in groups["no_decay"]["params"]}
+    decay = {id(p) for p in groups["decay"]["params"]}
+    assert groups["no_decay"]["weight_decay"] == 0.0 and groups["decay"]["weight_decay"] == 0.05
+    for name, pid in ids.items():
+        expect_no_decay = ("relative_position_bias_table" in name or "norm" in name or name.endswith(".bias")
+                           or name.endswith("gamma") or ".bn." in name)
+        assert (pid in no_decay) == expect_no_decay, name
+        assert (pid in decay) != expect_no_decay, name
+    assert len(no_decay) + len(decay) == len(ids)
+
+
+def test_poly_schedule_with_warmup_by_hand():
+    # total 100, warmup 10 from ratio 1e-6, power 1: lr(it) = (1 - it/100) * (1 - (1 - it/10)(1 - 1e-6))
+    assert poly_warmup_factor(0, 100, 10, 1e-6) == pytest.approx(1e-6)
+    assert poly_warmup_factor(5, 100, 10, 1e-6) == pytest.approx(0.95 * (1 - 0.5 * (1 - 1e-6)))
+    assert poly_warmup_factor(10, 100, 10, 1e-6) == pytest.approx(0.9)
+    assert poly_warmup_factor(100, 100, 10, 1e-6) == 0.0
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, 0.5, 0.01)
+    sched = build_scheduler(opt, 100, 10, 1e-6, base_lr=0.5)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[10] == pytest.approx(0.45) and lrs[15] == pytest.approx(0.5 * 0.85)

@@ -1,0 +1,76 @@
+"""Whole / sliding-window / multi-scale+flip inference agree on a model whose output is
+scale-invariant by construction: a 1x1 convolution (identity on the normalised RGB
+channels). Bilinear resizing commutes with a per-pixel affine map, so every mode must
+reproduce the whole-image result, except within a few pixels of colour edges, where
+down- and up-sampling blurs."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from semask.data import IMAGENET_MEAN, IMAGENET_STD
+from semask.train.evaluate import evaluate
+from semask.train.inference import predict_probs
+
+H, W, K = 90, 118, 3
+
+
+def colour_model() -> nn.Module:
+    conv = nn.Conv2d(3, K, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(3)[:, :, None, None])
+        conv.bias.zero_()
+    return conv.eval()
+
+
+def quadrant_sample(seed: int):
+    """Label: 4 blocks split at a random (row, col); image: pure R / G / B per class."""
+    rng = np.random.default_rng(seed)
+    r, c = int(rng.integers(30, 60)), int(rng.integers(30, 90))
+    cls = rng.permutation([0, 1, 2, int(rng.integers(0, 3))])
+    label = np.zeros((H, W), np.uint8)
+    label[:r, :c], label[:r, c:], label[r:, :c], label[r:, c:] = cls
+    image = (np.eye(3, dtype=np.uint8)[label] * 255)
+    return image, label, (r, c)
+
+
+def normalised(image):
+    x = torch.from_numpy(image).permute(2, 0, 1).float()[None]
+    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
+def far_from_edges(r: int, c: int, margin: int = 3) -> torch.Tensor:
+    rows, cols = torch.arange(H)[:, None], torch.arange(W)[None, :]
+    return ((rows - r).abs() >= margin) & ((cols - c).abs() >= margin)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_modes_agree(seed):
+    image, label, (r, c) = quadrant_sample(seed)
+    model, x = colour_model(), normalised(image)
+    whole = predict_probs(model, x, mode="whole")
+    assert torch.equal(whole.argmax(1)[0], torch.from_numpy(label).long())
+    slide = predict_probs(model, x, mode="slide", crop=(40, 48), stride=(25, 30))
+    torch.testing.assert_close(slide, whole, rtol=1e-5, atol=1e-6)      # per-pixel model: exact
+    ms = predict_probs(model, x, mode="ms_flip", ms_ratios=(0.5, 0.75, 1.0, 1.5))
+    ms_slide = predict_probs(model, x, mode="ms_flip", ms_ratios=(0.75, 1.25), ms_base="slide",
+                             crop=(40, 48), stride=(25, 30))
+    scaled = predict_probs(model, x, mode="whole", test_scale=(180, 130))   # keep-ratio resize and back
+    far = far_from_edges(r, c)
+    for probs in (ms, ms_slide, scaled):
+        assert probs.shape == whole.shape
+        torch.testing.assert_close(probs[0][:, far], whole[0][:, far], rtol=1e-4, atol=1e-5)
+        assert (probs.argmax(1) == whole.argmax(1)).float().mean() > 0.97
+
+
+def test_evaluate_scores_every_mode():
+    samples = [quadrant_sample(s)[:2] + (f"s{s}",) for s in range(3)]
+    model = colour_model()
+    whole = evaluate(model, samples, K, "cpu", "whole")
+    slide = evaluate(model, samples, K, "cpu", "slide", crop=(40, 48), stride=(25, 30))
+    ms = evaluate(model, samples, K, "cpu", "ms_flip", ms_ratios=(0.5, 1.0, 1.5))
+    assert whole["mIoU"] == 1.0 and whole["aAcc"] == 1.0 and slide["confusion"] == whole["confusion"]
+    assert whole["pixels"] == 3 * H * W
+    assert 0.97 < ms["mIoU"] <= 1.0 and ms["pixels"] == whole["pixels"]
+    with pytest.raises(ValueError, match="unknown eval mode"):
+        predict_probs(model, normalised(samples[0][0]), mode="tiles")

@@ -1,0 +1,49 @@
+"""mIoU / pixel accuracy against a confusion matrix and IoUs computed by hand."""
+import math
+
+import pytest
+import torch
+
+from semask.train.metrics import best_constant_miou, confusion_matrix, markdown_table, summarize
+
+
+def test_confusion_and_iou_by_hand():
+    # 3 classes, 255 ignored.      gt:  0 0 0 1 1 2 2 2 255 255
+    target = torch.tensor([[0, 0, 0, 1, 1], [2, 2, 2, 255, 255]])
+    pred = torch.tensor([[0, 0, 1, 1, 2], [2, 2, 0, 1, 0]])
+    conf = confusion_matrix(pred, target, 3)
+    # rows gt, cols pred: gt0 -> pred 0,0,1 ; gt1 -> 1,2 ; gt2 -> 2,2,0
+    assert conf.tolist() == [[2, 1, 0], [0, 1, 1], [1, 0, 2]]
+    res = summarize(conf, ["a", "b", "c"])
+    # IoU_a = 2 / (3 + 3 - 2) = 0.5 ; IoU_b = 1 / (2 + 2 - 1) = 1/3 ; IoU_c = 2 / (3 + 3 - 2) = 0.5
+    assert res["IoU"] == pytest.approx({"a": 0.5, "b": 1 / 3, "c": 0.5})
+    assert res["mIoU"] == pytest.approx((0.5 + 1 / 3 + 0.5) / 3)
+    assert res["aAcc"] == pytest.approx(5 / 8)
+    assert res["pixels"] == 8
+    assert "| **mIoU** | **44.44** |" in markdown_table(res)
+
+
+def test_absent_class_is_left_out_of_the_mean():
+    target = torch.tensor([0, 0, 1, 1])
+    pred = torch.tensor([0, 0, 1, 0])
+    res = summarize(confusion_matrix(pred, target, 3))
+    assert res["IoU"]["2"] is None  # never in labels nor predictions
+    assert res["mIoU"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_best_constant_baseline():
+    # gt counts: class0 6, class1 3, class2 1 -> always predicting 0: IoU0 = 6/10, others 0
+    conf = torch.tensor([[6, 0, 0], [0, 3, 0], [0, 0, 1]])
+    cls, miou = best_constant_miou(conf)
+    assert cls == 0 and miou == pytest.approx(0.6 / 3)
+    # and it equals summarize() of that actual prediction
+    target = torch.tensor([0] * 6 + [1] * 3 + [2])
+    assert summarize(confusion_matrix(torch.zeros_like(target), target, 3))["mIoU"] == pytest.approx(miou)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="differ in shape"):
+        confusion_matrix(torch.zeros(2, 3), torch.zeros(3, 2), 2)
+    with pytest.raises(ValueError, match="outside 0..1"):
+        confusion_matrix(torch.zeros(4), torch.tensor([0, 1, 2, 255]), 2)
+    assert math.isnan(summarize(torch.zeros(2, 2, dtype=torch.long))["mIoU"])

@@ -1,0 +1,56 @@
+"""--resume continues exactly: on CPU the loss curve after resuming equals an uninterrupted run."""
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from semask.models.semask import SeMaskSwin
+from semask.train.plot import read_metrics
+from semask.train.state import STATE_NAME, read_metadata
+from semask.train.trainer import NonFiniteLossError, train
+
+
+def _losses(out_dir):
+    return [(r["iter"], r["loss"], r["lr"]) for r in read_metrics(out_dir / "metrics.jsonl") if "loss" in r]
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_run(tmp_path, tiny_config):
+    # dropout, drop path, accumulation and a data-loader worker all take part
+    kw = dict(accum_steps=2, num_workers=1)
+    full = train(tiny_config(tmp_path / "full", **kw))
+    assert train(tiny_config(tmp_path / "split", **kw), stop_at=3) == {}
+    state = torch.load(tmp_path / "split" / STATE_NAME, weights_only=True)   # plain tensors / containers
+    assert state["iteration"] == 3 and json.loads(state["config"])["accum_steps"] == 2
+    assert read_metadata(tmp_path / "split" / "last.safetensors")["iteration"] == "3"
+    resumed = train(tiny_config(tmp_path / "split", **kw), resume=str(tmp_path / "split"))
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "split")
+    assert [i for i, _, _ in a] == list(range(1, 7)) and a == b      # bit-identical loss and lr per iteration
+    wa, wb = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "split" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert full["mIoU"] == resumed["mIoU"]
+    assert (tmp_path / "full" / "curves.png").stat().st_size > 1000
+    assert "| **mIoU** |" in (tmp_path / "full" / "eval.md").read_text()
+
+
+def test_nonfinite_loss_skips_then_stops(tmp_path, tiny_config, monkeypatch):
+    real_loss = SeMaskSwin.loss
+    calls = {"n": 0}
+
+    def flaky_loss(self, out, target):
+        calls["n"] += 1
+        losses = real_loss(self, out, target)
+        if calls["n"] == 2 or calls["n"] >= 4:        # iteration 2 once, then from iteration 4 on
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses
+
+    monkeypatch.setattr(SeMaskSwin, "loss", flaky_loss)
+    cfg = tiny_config(tmp_path, max_nonfinite=2, iters=10, drop_path_rate=0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(NonFiniteLossError, match="2 non-finite losses in a row"):
+            train(cfg)
+    messages = [str(w.message) for w in caught if "non-finite" in str(w.message)]
+    assert len(messages) == 3 and "iteration 2" in messages[0] and "iteration 5" in messages[2]
