@@ -1,0 +1,1 @@
+"""semask benchmarks: ``python benchmarks/run.py --help``."""

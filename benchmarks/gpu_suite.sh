@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The GPU check of semask in one call of the device machine (under 10 minutes):
+#   setup     install the package on top of the machine's torch/Triton (no network)
+#   build     build the CUDA extension (python -m semask.ops.build_cuda)
+#   tests     GPU tests of both backends (pytest -m gpu)
+#   memcheck  compute-sanitizer --tool memcheck python benchmarks/cuda_memcheck.py
+#   bench     op and end-to-end benchmarks (benchmarks/run.py --device cuda --isolate)
+# Every stage has a hard time limit and its failure is recorded; the later stages still run.
+#
+# Usage, from the repository root:
+#   SEMASK_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_suite.sh            # all stages
+#   bash benchmarks/gpu_suite.sh setup bench                                    # some stages
+# Environment: OUT (results go to $OUT/<device>-<date>/, default benchmarks/results/),
+#   SUITE_BUDGET (seconds for the whole suite, default 560), BENCH_ARGS (extra run.py
+#   arguments, e.g. "--cases window/swin_t-512"), PYTHON (default python3).
+# Output folder: suite.log (all output), suite_summary.txt (one line per stage), and the
+# benchmark's results.json, results.md, speedup.png, memory.png.
+set -u
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 1
+PY=${PYTHON:-python3}
+START=$(date +%s)
+BUDGET=${SUITE_BUDGET:-560}
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(setup build tests memcheck bench)
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+unset TRITON_INTERPRET
+if [ -z "${SEMASK_COMMIT:-}" ]; then
+  SEMASK_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+fi
+export SEMASK_COMMIT
+
+# planned seconds per stage; a stage gets min(plan, what is left after the minimum of the
+# stages still to come), so a fast early stage leaves more time to the benchmarks
+declare -A PLAN=([setup]=90 [build]=200 [tests]=180 [memcheck]=90 [bench]=600)
+declare -A MIN=([setup]=20 [build]=30 [tests]=30 [memcheck]=20 [bench]=120)
+
+slug=$(timeout 60 "$PY" -c "from benchmarks.measure import device_slug; print(device_slug('cuda'))" 2>/dev/null | tail -n 1)
+[ -n "$slug" ] || slug=gpu
+RES="${OUT:-$ROOT/benchmarks/results}/${slug}-$(date -u +%Y-%m-%d)"
+mkdir -p "$RES"
+LOG="$RES/suite.log"
+SUMMARY="$RES/suite_summary.txt"
+: >"$LOG"
+{
+  echo "semask GPU suite: commit $SEMASK_COMMIT, started $(date -u +%FT%TZ), budget ${BUDGET}s, stages: ${STAGES[*]}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | head -n 3
+  "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name(0))" 2>&1
+  "$PY" -c "import triton; print('triton', triton.__version__)" 2>&1
+  command -v nvcc >/dev/null && nvcc --version | tail -n 2
+} | tee "$SUMMARY" | tee -a "$LOG"
+FAILED=0
+
+later_minimum() {  # sum of MIN over the stages after $1
+  local seen=0 sum=0 s
+  for s in "${STAGES[@]}"; do
+    if [ $seen -eq 1 ]; then sum=$((sum + ${MIN[$s]:-0})); fi
+    [ "$s" = "$1" ] && seen=1
+  done
+  echo $sum
+}
+
+run_stage() {  # run_stage NAME: stage_NAME LIMIT, time-limited; output to the log, outcome to the summary
+  local name=$1
+  local now left limit rc t0 tmp
+  now=$(date +%s)
+  left=$((START + BUDGET - now - $(later_minimum "$name")))
+  limit=${PLAN[$name]}
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 10 ]; then
+    echo "$name: SKIPPED (no time left in the ${BUDGET}s budget)" | tee -a "$SUMMARY" "$LOG"
+    FAILED=1
+    return 1
+  fi
+  echo "=== $name (limit ${limit}s)" | tee -a "$LOG"
+  tmp=$(mktemp)
+  t0=$(date +%s)
+  # timeout signals the whole process group: the stage's children go with it
+  timeout -k 15 "$limit" bash -c "stage_$name \"\$1\"" _ "$limit" >"$tmp" 2>&1
+  rc=$?
+  cat "$tmp" >>"$LOG"
+  tail -n 25 "$tmp"
+  rm -f "$tmp"
+  local status=ok
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status="TIMEOUT after ${limit}s"; FAILED=1
+  elif [ $rc -ne 0 ]; then status="FAILED (exit $rc)"; FAILED=1; fi
+  echo "$name: $status, $(( $(date +%s) - t0 ))s" | tee -a "$SUMMARY" "$LOG"
+  return $rc
+}
+
+# The machine's python has torch, Triton and every dependency; install ours on top without
+# network or build isolation (editable, so csrc/ and kernels/ are used in place).
+stage_setup() {
+  "$PY" -m pip install --no-index --no-deps --no-build-isolation -q -e . &&
+    "$PY" -c "import semask, semask.kernels, semask.ops.flops; print('semask', semask.__version__, 'from', semask.__file__)"
+}
+
+stage_build() {
+  if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('semask.ops.build_cuda') is None)"; then
+    echo "semask.ops.build_cuda does not exist yet (issue 5): nothing to build"
+    return 3
+  fi
+  "$PY" -m semask.ops.build_cuda
+}
+
+stage_tests() {
+  "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider tests
+}
+
+stage_memcheck() {
+  if [ ! -f benchmarks/cuda_memcheck.py ]; then
+    echo "benchmarks/cuda_memcheck.py does not exist yet (issue 5)"
+    return 3
+  fi
+  if ! command -v compute-sanitizer >/dev/null; then
+    echo "compute-sanitizer is not on PATH"
+    return 3
+  fi
+  compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 "$PY" benchmarks/cuda_memcheck.py
+}
+
+stage_bench() {  # $1: the stage's time limit
+  local budget=$(($1 - 75))  # room for the last measurement, model FLOPs, report
+  [ "$budget" -lt 30 ] && budget=30
+  # shellcheck disable=SC2086
+  "$PY" benchmarks/run.py --device cuda --isolate --time-budget "$budget" --out "$RES" ${BENCH_ARGS:-}
+}
+
+export PY RES
+export -f stage_setup stage_build stage_tests stage_memcheck stage_bench
+for s in "${STAGES[@]}"; do
+  case "$s" in
+    setup|build|tests|memcheck|bench) run_stage "$s" ;;
+    *) echo "unknown stage $s (setup build tests memcheck bench)" | tee -a "$SUMMARY"; FAILED=1 ;;
+  esac
+done
+echo "total $(( $(date +%s) - START ))s; results in $RES" | tee -a "$SUMMARY" "$LOG"
+cat "$SUMMARY"
+exit $FAILED

@@ -1,0 +1,196 @@
+"""Timing, peak memory, FLOP counting and the environment (device, versions, commit).
+
+GPU: ``triton.testing.do_bench`` (CUDA events, L2 flushed, median) after its warm-up, or
+a CUDA-event loop when Triton is missing or for long steps; CPU: repeated
+``time.perf_counter`` after warm-up, median. Peak memory: ``torch.cuda.max_memory_allocated``
+on GPU; on CPU the process peak RSS (VmHWM, reset through /proc/self/clear_refs so each
+measurement has its own peak).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import semask.ops.flops  # noqa: F401  (FLOP formulas of the fused custom ops)
+
+from .cases import PEAK_BANDWIDTH
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], object], device: str, target_s: float = 0.3, max_reps: int = 100,
+            long_step: bool = False, min_reps: int = 3) -> float:
+    """Median time of ``fn`` in milliseconds (see module docstring)."""
+    if device.startswith("cuda"):
+        if not long_step:
+            try:
+                from triton.testing import do_bench
+            except Exception:
+                pass
+            else:
+                return float(do_bench(fn, warmup=25, rep=max(1, int(target_s * 1e3)),
+                                      return_mode="median"))
+        return _cuda_event_loop(fn, target_s, max_reps)
+    fn()  # warm-up
+    times, start = [], time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < target_s and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _cuda_event_loop(fn, target_s: float, max_reps: int) -> float:
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    estimate = max(time.perf_counter() - t0, 1e-6)
+    reps = int(min(max_reps, max(3, target_s / estimate)))
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+             for _ in range(reps)]
+    for start, end in pairs:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in pairs)
+
+
+# ----------------------------------------------------------------------------- memory
+def _rss_peak_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
+    except (OSError, AttributeError):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_rss_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # then the peak is the process's lifetime peak
+
+
+def peak_memory_mb(fn: Callable[[], object], device: str) -> float | None:
+    """Peak memory of one call of ``fn`` (GPU allocator peak, or process peak RSS)."""
+    if device.startswith("cuda"):
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    _reset_rss_peak()
+    fn()
+    return _rss_peak_mb()
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` as FlopCounterMode counts them (2 per multiply-add)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------- environment
+def git_commit() -> str:
+    """HEAD (with '-dirty' when the tree has changes), or $SEMASK_COMMIT, or 'unknown'."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except Exception:
+        return os.environ.get("SEMASK_COMMIT", "unknown")
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"model name\s*:\s*(.+)", f.read())
+        if match:
+            return f"CPU: {match.group(1).strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def device_slug(device: str) -> str:
+    """Short folder-safe device label: 'h100', 'h200', 'a100', ... or 'cpu'."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    name = device_name(device)
+    match = re.search(r"\b([A-Z]\d{2,4}[A-Z]?)\b", name.upper())
+    return (match.group(1) if match else re.sub(r"[^A-Za-z0-9]+", "-", name)).lower()
+
+
+def nominal_bandwidth(device: str) -> float | None:
+    """Copy bandwidth PERF_MODEL.md gives for this GPU (bytes/s), None if unknown."""
+    if not device.startswith("cuda"):
+        return None
+    name = device_name(device).upper()
+    for key, bw in PEAK_BANDWIDTH.items():
+        if key in name:
+            return bw
+    return None
+
+
+def measure_device(device: str) -> dict:
+    """Measured device-to-device copy bandwidth (bytes read + written per second) and a
+    large matmul's rate, so every result states the ceilings it was taken under."""
+    big = device.startswith("cuda")
+    nbytes = (1 << 30) if big else (1 << 27)
+    x = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    y = torch.empty_like(x)
+    t = time_ms(lambda: y.copy_(x), device, target_s=0.2 if big else 0.5, max_reps=20)
+    copy_bps = 2 * nbytes / (t * 1e-3)
+    del x, y
+    n, dtype = (8192, torch.bfloat16) if big else (1024, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = time_ms(lambda: a @ b, device, target_s=0.2 if big else 0.5, max_reps=20)
+    return dict(copy_gbps=copy_bps / 1e9, matmul_tflops=2 * n ** 3 / (t * 1e-3) / 1e12,
+                matmul=f"{n}x{n}x{n} {str(dtype).replace('torch.', '')}")
+
+
+def environment(device: str) -> dict:
+    """Device, versions, commit and date for results.json."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception as exc:
+        triton_version = f"not importable ({type(exc).__name__})"
+    env = dict(device=device_name(device), device_type="cuda" if device.startswith("cuda") else "cpu",
+               torch=torch.__version__, triton=triton_version, python=platform.python_version(),
+               commit=git_commit(), date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               cpu_threads=torch.get_num_threads(),
+               triton_interpret=os.environ.get("TRITON_INTERPRET") == "1")
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        env.update(cuda=torch.version.cuda, capability=f"{props.major}.{props.minor}",
+                   sm_count=props.multi_processor_count,
+                   memory_gb=round(props.total_memory / 2 ** 30, 1))
+    return env

@@ -1,0 +1,317 @@
+"""The five providers of every case, as callables the runner times.
+
+reference  eager PyTorch (``semask.ops.reference``; models with ``fused=False``)
+sdpa       the same roll / pad / partition, with the attention call done by
+           ``F.scaled_dot_product_attention`` (bias + shift mask as ``attn_mask``); models:
+           the reference model with its attention calls swapped for these
+compile    ``torch.compile`` of the reference function / model
+triton     ``backend="triton"`` (models: ``fused="triton"``)
+cuda       ``backend="cuda"``   (models: ``fused="cuda"``)
+
+``prepare(case, provider, ...)`` returns a :class:`Prepared` step (one forward, or one
+forward + backward / training step) or raises :class:`Skip` with the reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import semask
+from semask.ops import backend as _backend
+from semask.ops.reference import (relative_position_bias, semantic_attention_reference,
+                                  shift_attn_mask, window_attention_reference, window_partition,
+                                  window_reverse)
+
+from .cases import Case
+
+# the op modules (``semask.ops`` re-exports functions under the same names)
+_win_mod = importlib.import_module("semask.ops.window_attention")
+_sem_mod = importlib.import_module("semask.ops.semantic_attention")
+
+PROVIDERS = ("reference", "sdpa", "compile", "triton", "cuda")
+FUSED = ("triton", "cuda")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OP_NAME = {"window": "window_attention", "semantic": "semantic_attention"}
+
+
+class Skip(Exception):
+    """The provider cannot run this case; the message is the reason."""
+
+
+@dataclass
+class Prepared:
+    """``step()`` is what gets timed; ``count()`` runs it once for FLOP counting (eager);
+    ``note`` qualifies the numbers (e.g. the Triton interpreter)."""
+
+    step: Callable[[], object]
+    count: Callable[[], object]
+    long_step: bool = False
+    note: str = ""
+    max_reps: int = 100
+
+
+# ----------------------------------------------------------------------------- SDPA ops
+@functools.lru_cache(maxsize=64)
+def _shift_mask(Hp: int, Wp: int, window: int, shift: int, device: str, dtype: torch.dtype):
+    return shift_attn_mask(Hp, Wp, window, shift, device).to(dtype)
+
+
+def sdpa_window_attention(qkv, table, num_heads: int, window: int, shift: int, scale: float):
+    """Same contract as ``window_attention_reference``; the attention is one SDPA call
+    with the relative position bias (+ shift mask, computed once per shape) as attn_mask."""
+    B, Hp, Wp, C3 = qkv.shape
+    C = C3 // 3
+    D, N = C // num_heads, window * window
+    x = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2)) if shift else qkv
+    q, k, v = window_partition(x, window).view(-1, N, 3, num_heads, D).permute(2, 0, 3, 1, 4)
+    bias = relative_position_bias(table, window).to(qkv.dtype)  # [heads, N, N]
+    if shift:
+        mask = _shift_mask(Hp, Wp, window, shift, str(qkv.device), qkv.dtype)  # [nW, N, N]
+        nW = mask.shape[0]
+        attn_mask = (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, nW * num_heads, N, N)
+        q, k, v = (t.reshape(B, nW * num_heads, N, D) for t in (q, k, v))
+    else:
+        attn_mask = bias.unsqueeze(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    out = out.reshape(-1, num_heads, N, D).transpose(1, 2).reshape(-1, N, C)
+    out = window_reverse(out, window, Hp, Wp)
+    return torch.roll(out, shifts=(shift, shift), dims=(1, 2)) if shift else out
+
+
+def sdpa_semantic_attention(q, k, v, window: int):
+    """Same contract as ``semantic_attention_reference`` (no scaling: scale=1)."""
+    B, Hp, Wp, _ = v.shape
+
+    def windows(t):
+        return (window_partition(t, window) if window else t.flatten(1, 2)).unsqueeze(1)
+
+    out = F.scaled_dot_product_attention(windows(q), windows(k), windows(v), scale=1.0).squeeze(1)
+    return window_reverse(out, window, Hp, Wp) if window else out.reshape(B, Hp, Wp, -1)
+
+
+@contextlib.contextmanager
+def sdpa_in_reference_model():
+    """Make the reference path of the model modules call the SDPA ops (benchmark only)."""
+    saved = (_win_mod.window_attention_reference, _sem_mod.semantic_attention_reference)
+    _win_mod.window_attention_reference = sdpa_window_attention
+    _sem_mod.semantic_attention_reference = sdpa_semantic_attention
+    try:
+        yield
+    finally:
+        _win_mod.window_attention_reference, _sem_mod.semantic_attention_reference = saved
+
+
+# ----------------------------------------------------------------------------- availability
+def fused_reasons(provider: str, op: str, tensors: list, params: dict) -> list[str]:
+    """Why a fused provider cannot run (empty: it can); any failure becomes a reason."""
+    try:
+        reasons = _backend.common_reasons(tensors) or _backend.not_supported_reasons(
+            provider, op, tensors, params)
+    except Exception as exc:  # e.g. the kernel module is not written yet
+        reasons = [f"{provider} backend failed to load ({type(exc).__name__}: {exc})"]
+    return [str(r) for r in reasons]
+
+
+def interpreter_note(provider: str, device: str) -> str:
+    if provider == "triton" and device == "cpu":
+        return "Triton interpreter on CPU (TRITON_INTERPRET=1): correctness path, not performance"
+    return ""
+
+
+# ----------------------------------------------------------------------------- op cases
+def op_inputs(case: Case, device: str, dtype: torch.dtype, requires_grad: bool) -> dict:
+    p, B = case.params, case.batch
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rnd(*shape, std=1.0):
+        t = (torch.randn(*shape, generator=g) * std).to(device=device, dtype=dtype)
+        return t.requires_grad_(requires_grad)
+
+    if case.kind == "window":
+        return dict(qkv=rnd(B, p["Hp"], p["Wp"], 3 * p["C"]),
+                    table=rnd((2 * p["window"] - 1) ** 2, p["heads"], std=0.02))
+    # semantic logits of a trained layer are larger than unit scale; 0.5 keeps the
+    # unscaled softmax well-conditioned for every K
+    return dict(q=rnd(B, p["Hp"], p["Wp"], p["K"], std=0.5), k=rnd(B, p["Hp"], p["Wp"], p["K"], std=0.5),
+                v=rnd(B, p["Hp"], p["Wp"], p["C"]))
+
+
+def op_forward(case: Case, provider: str) -> Callable:
+    """f(**inputs) -> out for an op case."""
+    p = case.params
+    if case.kind == "window":
+        args = (p["heads"], p["window"], p["shift"], (p["C"] // p["heads"]) ** -0.5)
+        if provider in FUSED:
+            return lambda qkv, table: _win_mod.window_attention(qkv, table, *args, backend=provider)
+        fn = sdpa_window_attention if provider == "sdpa" else window_attention_reference
+        return lambda qkv, table: fn(qkv, table, *args)
+    w = p["window"]
+    if provider in FUSED:
+        return lambda q, k, v: _sem_mod.semantic_attention(q, k, v, w, backend=provider)
+    fn = sdpa_semantic_attention if provider == "sdpa" else semantic_attention_reference
+    return lambda q, k, v: fn(q, k, v, w)
+
+
+def _op_step(forward: Callable, inputs: dict, mode: str, device: str, dtype) -> Callable:
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                return forward(**inputs)
+        return step
+    leaves = tuple(inputs.values())
+    first = leaves[0]
+    out_shape = (*first.shape[:3], (first.shape[3] // 3) if "qkv" in inputs else inputs["v"].shape[3])
+    dout = torch.randn(out_shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+
+    def step():
+        out = forward(**inputs)
+        return torch.autograd.grad(out, leaves, dout)
+    return step
+
+
+def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepared:
+    dtype = DTYPES[dtype_name]
+    inputs = op_inputs(case, device, dtype, case.mode == "fwd_bwd")
+    note = ""
+    if provider in FUSED:
+        p = case.params
+        params = (dict(num_heads=p["heads"], window=p["window"], shift=p["shift"])
+                  if case.kind == "window" else dict(window=p["window"]))
+        reasons = fused_reasons(provider, OP_NAME[case.kind], list(inputs.values()), params)
+        if reasons:
+            raise Skip("; ".join(reasons))
+        note = interpreter_note(provider, device)
+    eager = op_forward(case, "reference" if provider == "compile" else provider)
+    forward = eager
+    if provider == "compile":
+        torch._dynamo.reset()  # fresh cache per case: no recompile limit, no stale graphs
+        forward = torch.compile(eager, dynamic=False)
+    step = _op_step(forward, inputs, case.mode, device, dtype)
+    count = _op_step(eager, inputs, case.mode, device, dtype) if provider == "compile" else step
+    # the interpreter is slow and its time means nothing: one timed call is enough
+    return Prepared(step, count, note=note, max_reps=1 if note else 100)
+
+
+def meta_flops(case: Case, provider: str, dtype_name: str) -> int:
+    """FLOPs of an op case counted on meta tensors (no kernel runs): fused providers go
+    through their custom op's fake implementation and the formula in semask.ops.flops."""
+    from .measure import count_flops
+
+    dtype = DTYPES[dtype_name]
+    inputs = op_inputs_meta(case, dtype, case.mode == "fwd_bwd")
+    p = case.params
+    if provider in FUSED and case.kind == "window":
+        args = (p["heads"], p["window"], p["shift"], (p["C"] // p["heads"]) ** -0.5, provider)
+        forward = lambda qkv, table: torch.ops.semask.window_attention_fwd(qkv, table, *args)[0]  # noqa: E731
+    elif provider in FUSED:
+        forward = lambda q, k, v: torch.ops.semask.semantic_attention_fwd(q, k, v, p["window"], provider)[0]  # noqa: E731
+    else:
+        forward = op_forward(case, "reference" if provider == "compile" else provider)
+    leaves = tuple(inputs.values())
+
+    def step():
+        out = forward(**inputs)
+        if case.mode == "fwd_bwd":
+            torch.autograd.grad(out, leaves, torch.empty_like(out))
+    return count_flops(step)
+
+
+def op_inputs_meta(case: Case, dtype, requires_grad: bool) -> dict:
+    p, B = case.params, case.batch
+
+    def empty(*shape):
+        return torch.empty(*shape, device="meta", dtype=dtype, requires_grad=requires_grad)
+
+    if case.kind == "window":
+        return dict(qkv=empty(B, p["Hp"], p["Wp"], 3 * p["C"]),
+                    table=empty((2 * p["window"] - 1) ** 2, p["heads"]))
+    return dict(q=empty(B, p["Hp"], p["Wp"], p["K"]), k=empty(B, p["Hp"], p["Wp"], p["K"]),
+                v=empty(B, p["Hp"], p["Wp"], p["C"]))
+
+
+# ----------------------------------------------------------------------------- model cases
+def _model_probe(provider: str, device: str, dtype) -> list[str]:
+    """Reasons a fused provider cannot run the model's two ops (tiny probe tensors)."""
+    x = torch.zeros(1, 7, 7, 96, device=device, dtype=dtype)
+    table = torch.zeros(169, 3, device=device, dtype=dtype)
+    reasons = fused_reasons(provider, "window_attention", [x, table],
+                            dict(num_heads=3, window=7, shift=3))
+    q = torch.zeros(1, 7, 7, 150, device=device, dtype=dtype)
+    reasons += fused_reasons(provider, "semantic_attention", [q, q, x], dict(window=7))
+    return list(dict.fromkeys(reasons))
+
+
+def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
+                  allow_interpreter: bool = False) -> Prepared:
+    dtype = DTYPES[dtype_name]
+    if provider == "compile" and device == "cpu":
+        raise Skip("torch.compile of a whole model takes minutes on a CPU; left out there")
+    if provider in FUSED:
+        reasons = _model_probe(provider, device, torch.float32)
+        if reasons:
+            raise Skip("; ".join(reasons))
+        if provider == "triton" and device == "cpu" and not allow_interpreter:
+            raise Skip("whole models under the Triton interpreter are too slow to benchmark "
+                       "(the op cases cover the interpreter path)")
+    p = case.params
+    torch.manual_seed(0)
+    fused = provider if provider in FUSED else False
+    model = semask.create_model(p["model"], num_classes=p["K"], fused=fused).to(device)
+    images = torch.randn(case.batch, 3, p["img"], p["img"], device=device)
+    target = torch.randint(0, p["K"], (case.batch, p["img"], p["img"]), device=device)
+    use_autocast = dtype != torch.float32
+    autocast = (lambda: torch.autocast(device_type=device.split(":")[0], dtype=dtype)) if use_autocast \
+        else contextlib.nullcontext
+    patch = sdpa_in_reference_model if provider == "sdpa" else contextlib.nullcontext
+    if provider == "compile":
+        torch._dynamo.reset()
+    runner = torch.compile(model) if provider == "compile" else model
+
+    if case.mode == "fwd":
+        model.eval()
+
+        def make(net, patch=patch):
+            def step():
+                with patch(), torch.no_grad(), autocast():
+                    return net(images).logits
+            return step
+    else:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+
+        def make(net, patch=patch):
+            def step():
+                with patch():
+                    with autocast():
+                        out = net(images)
+                        loss = model.loss(out, target)["loss"]
+                    loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return loss
+            return step
+    note = "" if dtype == torch.float32 else f"autocast {dtype_name} (weights fp32)"
+    if case.mode == "fwd_bwd":
+        note = "; ".join(x for x in (note, "training step: forward, loss, backward, AdamW step") if x)
+    # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
+    # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel)
+    return Prepared(make(runner), make(model, contextlib.nullcontext), long_step=True, note=note)
+
+
+def prepare(case: Case, provider: str, device: str, dtype_name: str,
+            allow_interpreter_models: bool = False) -> Prepared:
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
+    if provider == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise Skip("inputs are on the CPU and TRITON_INTERPRET is not 1 (the Triton kernels "
+                   "run on CPU only in the interpreter)")
+    if case.kind == "model":
+        return prepare_model(case, provider, device, dtype_name, allow_interpreter_models)
+    return prepare_op(case, provider, device, dtype_name)

@@ -1,0 +1,383 @@
+#!/usr/bin/env python
+"""semask benchmarks: time, throughput, FLOPs, bandwidth and memory of every provider
+(reference, sdpa, compile, triton, cuda) per op (window / semantic attention at real stage
+shapes) and end to end (SeMask-Swin FPN inference and training step).
+
+Writes results.json, results.md and PNG plots (speed-up, memory) into --out. Examples:
+    python benchmarks/run.py --quick                      # CPU smoke run, < 3 minutes
+    python benchmarks/run.py --device cuda                # full GPU run (bf16, batch 16)
+    python benchmarks/run.py --device cuda --cases window/swin_t-512 --providers reference,triton
+    python benchmarks/run.py --device cuda --isolate --time-budget 300   # one process per provider
+A provider that cannot run a case is recorded as skipped with its reason.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.dirname(HERE) not in sys.path:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, os.path.dirname(HERE))
+
+import torch  # noqa: E402
+
+from benchmarks import cases as _cases  # noqa: E402
+from benchmarks import measure, providers, report  # noqa: E402
+
+SCHEMA_VERSION = 1
+RECORD_FIELDS = ("case", "kind", "shape", "dtype", "mode", "provider", "batch", "time_ms",
+                 "throughput", "flops", "flops_source", "tflops", "bytes", "gbps", "floor_frac",
+                 "peak_mem_mb", "speedup", "skipped_reason", "note")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="a few small cases at batch 1 (CPU smoke run; finishes in < 3 minutes)")
+    ap.add_argument("--device", default=None,
+                    help="cpu or cuda[:i] (default: cuda when available, else cpu)")
+    ap.add_argument("--cases", default=None,
+                    help="comma-separated substrings of case names to keep, e.g. "
+                         "'window/swin_t-512,model/' (see --list)")
+    ap.add_argument("--providers", default=",".join(providers.PROVIDERS),
+                    help="comma-separated subset of " + ",".join(providers.PROVIDERS))
+    ap.add_argument("--dtype", choices=sorted(providers.DTYPES), default=None,
+                    help="op dtype / model autocast dtype (default: bf16 on GPU, fp32 on CPU)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="batch of the op cases (default 16; --quick: 1)")
+    ap.add_argument("--model-batch", type=int, default=None,
+                    help="batch of the model cases (default: 16 for SeMask-T, 8 for S/B/L; --quick: 1)")
+    ap.add_argument("--out", default=None,
+                    help="output folder (default benchmarks/results/<device>-<date>/, "
+                         "<device>-quick-<date>/ with --quick)")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds for all measurements; later cases are recorded as skipped "
+                         "(default: none; --quick: 150)")
+    ap.add_argument("--compile-budget", type=float, default=None,
+                    help="seconds the compile provider may spend in total (compilation included); "
+                         "default: half the time budget, --quick: 45")
+    ap.add_argument("--target-time", type=float, default=None,
+                    help="seconds of repetitions per measurement (default 0.1 GPU, 0.3 CPU)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (default: torch's choice; --quick on CPU: 1, "
+                         "since a shared small machine makes multi-threaded timings erratic)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="run each provider in its own process (a crashing kernel cannot take "
+                         "the others down); the time budget is shared out between them")
+    ap.add_argument("--list", action="store_true", help="print the selected cases and exit")
+    ap.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-model-flops", action="store_true", help="skip the model FLOPs table")
+    args = ap.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available")
+    gpu = args.device.startswith("cuda")
+    args.dtype = args.dtype or ("bf16" if gpu else "fp32")
+    args.providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    bad = [p for p in args.providers if p not in providers.PROVIDERS]
+    if bad:
+        ap.error(f"unknown provider(s) {', '.join(bad)}; choose from {', '.join(providers.PROVIDERS)}")
+    args.cases = [c.strip() for c in args.cases.split(",")] if args.cases else None
+    if args.quick:
+        args.time_budget = 150.0 if args.time_budget is None else args.time_budget
+        args.compile_budget = 45.0 if args.compile_budget is None else args.compile_budget
+    if args.compile_budget is None and args.time_budget is not None:
+        args.compile_budget = args.time_budget / 2
+    args.target_time = args.target_time or (0.1 if gpu else 0.3)
+    if args.threads is None and args.quick and not gpu:
+        args.threads = 1
+    return args
+
+
+def select_cases(args) -> list:
+    if args.quick:
+        cases = _cases.quick_cases(args.batch)
+        if args.model_batch:
+            for c in cases:
+                if c.kind == "model":
+                    c.batch = args.model_batch
+    else:
+        cases = _cases.full_cases(args.batch or 16, args.model_batch)
+    return _cases.select(cases, args.cases)
+
+
+def default_out(args) -> str:
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+    name = f"{measure.device_slug(args.device)}-{'quick-' if args.quick else ''}{date}"
+    return os.path.join(HERE, "results", name)
+
+
+# ----------------------------------------------------------------------------- one record
+def new_record(case, provider: str, dtype: str) -> dict:
+    rec = dict.fromkeys(RECORD_FIELDS)
+    rec.update(case=case.name, kind=case.kind, shape=case.shape(), dtype=dtype, mode=case.mode,
+               provider=provider, batch=case.batch, bytes=_cases.bytes_moved(case, dtype))
+    return rec
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+def measure_one(case, provider: str, args, rec: dict) -> None:
+    """Fill ``rec`` with the measurements of ``provider`` on ``case`` (or a skip reason)."""
+    prepared = None
+    try:
+        prepared = providers.prepare(case, provider, args.device, args.dtype)
+        rec["note"] = prepared.note or None
+        rec["time_ms"] = measure.time_ms(prepared.step, args.device, args.target_time,
+                                         max_reps=prepared.max_reps, long_step=prepared.long_step,
+                                         min_reps=min(3, prepared.max_reps))
+        rec["peak_mem_mb"] = measure.peak_memory_mb(prepared.step, args.device)
+        rec["flops"] = measure.count_flops(prepared.count)
+        rec["flops_source"] = ("run (eager reference)" if provider == "compile"
+                               or (provider == "sdpa" and case.kind == "model") else "run")
+    except providers.Skip as exc:
+        rec["skipped_reason"] = str(exc)
+    except torch.cuda.OutOfMemoryError as exc:
+        rec["skipped_reason"] = f"out of memory ({_short(exc)[:120]})"
+    except Exception as exc:  # a failing provider must not stop the others
+        rec["skipped_reason"] = f"error: {_short(exc)}"
+    finally:
+        if rec["skipped_reason"]:
+            rec["time_ms"] = rec["peak_mem_mb"] = None
+        del prepared
+        gc.collect()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    if case.kind != "model" and not rec["flops"]:
+        # skipped, or a kernel FlopCounterMode has no formula for (e.g. SDPA's CPU flash
+        # path): count the same call on meta tensors
+        try:
+            rec["flops"] = providers.meta_flops(case, provider, args.dtype)
+            rec["flops_source"] = "meta"
+        except Exception as exc:
+            rec["note"] = "; ".join(x for x in (rec["note"], f"FLOP count failed: {_short(exc)}") if x)
+
+
+def cuda_broken(device: str) -> str | None:
+    """The error text if the CUDA context no longer works (after an illegal access)."""
+    if not device.startswith("cuda"):
+        return None
+    try:
+        torch.cuda.synchronize()
+        torch.zeros(1, device=device).add_(1).item()
+        return None
+    except Exception as exc:
+        return _short(exc)
+
+
+def run_cases(cases, args, on_record=None) -> list[dict]:
+    """Measure every case x provider; ``on_record(records)`` after each (partial saves)."""
+    start = time.perf_counter()
+    compile_spent, broken, records = 0.0, None, []
+    for case in cases:
+        for provider in args.providers:
+            rec = new_record(case, provider, args.dtype)
+            elapsed = time.perf_counter() - start
+            if broken:
+                rec["skipped_reason"] = f"CUDA context broken by an earlier error ({broken})"
+            elif args.time_budget is not None and elapsed > args.time_budget:
+                rec["skipped_reason"] = f"time budget of {args.time_budget:.0f} s exhausted"
+            elif provider == "compile" and args.compile_budget is not None \
+                    and compile_spent > args.compile_budget:
+                rec["skipped_reason"] = f"compile time budget of {args.compile_budget:.0f} s exhausted"
+            if rec["skipped_reason"]:
+                if case.kind != "model":
+                    try:
+                        rec["flops"], rec["flops_source"] = providers.meta_flops(case, provider, args.dtype), "meta"
+                    except Exception:
+                        pass
+            else:
+                t0 = time.perf_counter()
+                measure_one(case, provider, args, rec)
+                if provider == "compile":
+                    compile_spent += time.perf_counter() - t0
+                broken = cuda_broken(args.device)
+            records.append(rec)
+            _print_record(rec, time.perf_counter() - start)
+            if on_record is not None:
+                on_record(records)
+    return records
+
+
+def _print_record(rec: dict, elapsed: float) -> None:
+    what = f"{rec['case']} {rec['mode']}"
+    if rec["time_ms"] is None:
+        print(f"[{elapsed:6.1f}s] {what:42s} {rec['provider']:9s} skipped: {rec['skipped_reason']}",
+              flush=True)
+    else:
+        print(f"[{elapsed:6.1f}s] {what:42s} {rec['provider']:9s} {rec['time_ms']:10.3f} ms  "
+              f"peak {rec['peak_mem_mb']:9.1f} MB", flush=True)
+
+
+def finalize(records: list[dict], peak_bandwidth: float | None) -> None:
+    """Derived figures: throughput, TFLOP/s, GB/s, fraction of the bandwidth floor, speed-up
+    over the reference of the same case and mode."""
+    ref = {(r["case"], r["mode"]): r["time_ms"] for r in records
+           if r["provider"] == "reference" and r["time_ms"]}
+    for r in records:
+        t = r["time_ms"]
+        if not t:
+            r["throughput"] = r["tflops"] = r["gbps"] = r["floor_frac"] = r["speedup"] = None
+            continue
+        r["throughput"] = r["batch"] / (t * 1e-3)
+        r["tflops"] = r["flops"] / (t * 1e-3) / 1e12 if r["flops"] else None
+        r["gbps"] = r["bytes"] / (t * 1e-3) / 1e9 if r["bytes"] else None
+        r["floor_frac"] = (r["bytes"] / peak_bandwidth / (t * 1e-3)
+                           if r["bytes"] and peak_bandwidth else None)
+        base = ref.get((r["case"], r["mode"]))
+        r["speedup"] = base / t if base else None
+
+
+# ----------------------------------------------------------------------------- whole runs
+def settings(args, cases) -> dict:
+    return dict(quick=args.quick, device=args.device, dtype=args.dtype, batch=args.batch,
+                model_batch=args.model_batch, providers=args.providers,
+                cases=sorted({c.name for c in cases}), time_budget_s=args.time_budget,
+                compile_budget_s=args.compile_budget, target_time_s=args.target_time,
+                threads=torch.get_num_threads(), isolate=args.isolate)
+
+
+def run_in_process(args, cases, out: str) -> dict:
+    """All providers in this process; results.json is rewritten after every record, so a
+    run killed from outside keeps what it measured."""
+    results = dict(schema=SCHEMA_VERSION, environment=measure.environment(args.device),
+                   measured=measure.measure_device(args.device), records=[])
+
+    def save(records):
+        results["records"] = records
+        _write_json(results, out)
+
+    results["records"] = run_cases(cases, args, save)
+    return results
+
+
+def _write_json(results: dict, out: str) -> None:
+    tmp = os.path.join(out, "results.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, os.path.join(out, "results.json"))
+
+
+def run_isolated(args, cases) -> dict:
+    """One child process per provider, sharing the time budget; a child that dies leaves
+    its records skipped with the reason."""
+    results, t_start = None, time.perf_counter()
+    records, scratch = [], tempfile.mkdtemp(prefix="semask-bench-")
+    # fused providers right after the reference; compile last, as it can use up any time
+    # the others leave
+    order = sorted(args.providers, key=lambda p: ("reference", "triton", "cuda", "sdpa", "compile").index(p))
+    for i, provider in enumerate(order):
+        child_out = os.path.join(scratch, provider)
+        argv = [sys.executable, os.path.abspath(__file__), "--device", args.device,
+                "--dtype", args.dtype, "--providers", provider, "--out", child_out,
+                "--no-report", "--no-model-flops", "--target-time", str(args.target_time)]
+        for flag, value in (("--batch", args.batch), ("--model-batch", args.model_batch),
+                            ("--cases", ",".join(args.cases) if args.cases else None)):
+            if value is not None:
+                argv += [flag, str(value)]
+        if args.quick:
+            argv.append("--quick")
+        if args.threads:
+            argv += ["--threads", str(args.threads)]
+        timeout = None
+        if args.time_budget is not None:
+            left = args.time_budget - (time.perf_counter() - t_start)
+            share = max(left / (len(order) - i), 5.0)
+            argv += ["--time-budget", f"{share:.0f}"]
+            if provider == "compile":
+                argv += ["--compile-budget", f"{min(share, args.compile_budget or share):.0f}"]
+            timeout = share + 45  # the last measurement may overrun; partial results are kept
+        elif args.compile_budget is not None and provider == "compile":
+            argv += ["--compile-budget", f"{args.compile_budget:.0f}"]
+        print(f"== provider {provider}: {' '.join(argv[2:])}", flush=True)
+        reason = _run_child(argv, timeout)
+        path = os.path.join(child_out, "results.json")
+        child = None
+        if os.path.exists(path):
+            with open(path) as f:
+                child = json.load(f)
+        done = set()
+        if child is not None:
+            records += child["records"]
+            done = {(r["case"], r["mode"]) for r in child["records"]}
+            results = results or child
+        for case in cases:  # what a killed or crashed child did not measure
+            if (case.name, case.mode) not in done:
+                rec = new_record(case, provider, args.dtype)
+                rec["skipped_reason"] = reason or "provider process wrote no results"
+                records.append(rec)
+    shutil.rmtree(scratch, ignore_errors=True)
+    if results is None:
+        results = dict(schema=SCHEMA_VERSION, environment=measure.environment(args.device), measured={})
+    results = dict(results, records=records)
+    return results
+
+
+def _run_child(argv: list[str], timeout: float | None) -> str | None:
+    """Run one provider's process (its own session, so a kill takes its compile workers
+    too); the reason its records may be missing, or None."""
+    proc = subprocess.Popen(argv, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return f"provider process killed after {timeout:.0f} s"
+    return f"provider process exited with code {rc}" if rc else None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")  # SDPA / inductor chatter; reasons are recorded instead
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases = select_cases(args)
+    if args.list:
+        for c in cases:
+            print(f"{c.name:36s} {c.mode:8s} {c.shape()}")
+        return 0
+    if not cases:
+        print("no case matches --cases", file=sys.stderr)
+        return 2
+    out = args.out or default_out(args)
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    results = run_isolated(args, cases) if args.isolate else run_in_process(args, cases, out)
+    env, measured = results["environment"], results["measured"]
+    nominal = _cases.PEAK_BANDWIDTH.get(next((k for k in _cases.PEAK_BANDWIDTH
+                                              if k in env["device"].upper()), ""), None)
+    peak_bw = nominal or (measured.get("copy_gbps", 0) * 1e9 or None)
+    finalize(results["records"], peak_bw)
+    results.update(settings=settings(args, cases),
+                   peak_bandwidth=dict(gbps=peak_bw / 1e9 if peak_bw else None,
+                                       source="PERF_MODEL.md (measured d2d copy)" if nominal
+                                       else "measured here (d2d copy)"),
+                   perf_model=_cases.perf_model_rows("bf16"),
+                   wall_s=None)
+    if not args.no_model_flops:
+        from benchmarks.model_flops import model_flops
+        results["model_flops"] = model_flops()
+    results["wall_s"] = time.perf_counter() - t0
+    _write_json(results, out)
+    if not args.no_report:
+        report.write_report(results, out)
+        print(report.summary_table(results))
+    print(f"wrote {out} in {results['wall_s']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

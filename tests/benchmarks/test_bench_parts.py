@@ -1,0 +1,186 @@
+"""Parts of the benchmark harness: FLOP formulas of the fused custom ops, the SDPA
+provider's numerics, the bytes model against PERF_MODEL.md, and the fused-provider path
+of the runner (driven by a stand-in provider that computes with the reference ops)."""
+import argparse
+import concurrent.futures
+import os
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # the `benchmarks` package lives at the repository root
+
+import semask  # noqa: E402
+import semask.ops.flops  # noqa: E402,F401
+from benchmarks import cases as C  # noqa: E402
+from benchmarks import providers as P  # noqa: E402
+from benchmarks import run as R  # noqa: E402
+from semask.ops import backend  # noqa: E402
+from semask.ops.reference import (semantic_attention_lse_reference, semantic_attention_reference,  # noqa: E402
+                                  window_attention_lse_reference, window_attention_reference)
+
+
+def _flops(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("B,H,W,C,heads,window,shift", [(1, 14, 14, 96, 3, 7, 3), (2, 24, 12, 64, 2, 12, 0)])
+def test_window_flop_formula_equals_reference_matmuls(B, H, W, C, heads, window, shift):
+    """Fused op on meta tensors (fake impl + formula) vs the reference's counted matmuls."""
+    scale = (C // heads) ** -0.5
+    qkv = torch.randn(B, H, W, 3 * C, requires_grad=True)
+    table = torch.randn((2 * window - 1) ** 2, heads, requires_grad=True)
+    mq, mt = (torch.empty(t.shape, device="meta", requires_grad=True) for t in (qkv, table))
+    ref_f = _flops(lambda: window_attention_reference(qkv, table, heads, window, shift, scale))
+    ref_fb = _flops(lambda: window_attention_reference(qkv, table, heads, window, shift, scale).sum().backward())
+    op = torch.ops.semask.window_attention_fwd
+    fused_f = _flops(lambda: op(mq, mt, heads, window, shift, scale, "triton"))
+    fused_fb = _flops(lambda: op(mq, mt, heads, window, shift, scale, "triton")[0].sum().backward())
+    assert fused_f == ref_f == 4 * B * H * W * window ** 2 * C
+    assert fused_fb == ref_fb == 3 * ref_f
+
+
+@pytest.mark.parametrize("window", [7, 0])
+def test_semantic_flop_formula_equals_reference_matmuls(window):
+    q, k = (torch.randn(2, 14, 14, 19, requires_grad=True) for _ in range(2))
+    v = torch.randn(2, 14, 14, 40, requires_grad=True)
+    meta = [torch.empty(t.shape, device="meta", requires_grad=True) for t in (q, k, v)]
+    ref_fb = _flops(lambda: semantic_attention_reference(q, k, v, window).sum().backward())
+    fused_fb = _flops(lambda: torch.ops.semask.semantic_attention_fwd(*meta, window, "cuda")[0].sum().backward())
+    n = window * window if window else 14 * 14
+    assert fused_fb == ref_fb == 3 * 2 * 2 * 14 * 14 * n * (19 + 40)
+
+
+@pytest.mark.parametrize("window,shift,H", [(7, 3, 14), (7, 0, 21), (12, 6, 24)])
+def test_sdpa_window_matches_reference(window, shift, H):
+    heads, C = 3, 96
+    qkv = torch.randn(2, H, H, 3 * C, dtype=torch.float64, requires_grad=True)
+    table = (torch.randn((2 * window - 1) ** 2, heads, dtype=torch.float64) * 0.5).requires_grad_()
+    args = (heads, window, shift, (C // heads) ** -0.5)
+    ref = window_attention_reference(qkv, table, *args)
+    out = P.sdpa_window_attention(qkv, table, *args)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    dout = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, (qkv, table), dout)
+    g_out = torch.autograd.grad(out, (qkv, table), dout)
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("window", [7, 0])
+def test_sdpa_semantic_matches_reference(window):
+    q, k = (torch.randn(1, 14, 21, 19, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(1, 14, 21, 32, dtype=torch.float64)
+    torch.testing.assert_close(P.sdpa_semantic_attention(q, k, v, window),
+                               semantic_attention_reference(q, k, v, window), rtol=1e-10, atol=1e-10)
+
+
+def test_sdpa_model_patch_is_exact_and_restored():
+    mod = P._win_mod
+    original = mod.window_attention_reference
+    model = semask.SeMaskSwin("micro", num_classes=19, drop_path_rate=0.0).double().eval()
+    x = torch.randn(1, 3, 64, 80, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x).logits
+        with P.sdpa_in_reference_model():
+            assert mod.window_attention_reference is P.sdpa_window_attention
+            out = model(x).logits
+    assert mod.window_attention_reference is original
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_bytes_model_reproduces_perf_model():
+    """Numbers as printed in shared/PERF_MODEL.md (MB, GFLOP, H100 floor in us)."""
+    published = {"swin_t-224": (11.4, 0.28, 3.8), "swin_t-512": (70.2, 1.72, 23.4),
+                 "swin_b-224": (57.5, 4.14, 19.2), "swin_b-512": (161.9, 11.66, 54.0),
+                 "semask_t-512": (27.2, 1.83, 9.1), "semask_b-512": (33.9, 2.44, 11.3)}
+    rows = {r["name"]: r for r in C.perf_model_rows("bf16")}
+    for name, (mb, gflop, floor) in published.items():
+        assert round(rows[name]["bytes"] / 1e6, 1) == mb, name
+        assert rows[name]["flops"] / 1e9 == pytest.approx(gflop, abs=0.006), name
+        assert round(rows[name]["floor_us"]["H100"], 1) == floor, name
+    stage0 = rows["swin_t-512"]["stages"][0]
+    assert (stage0["side"], stage0["padded"], round(stage0["bytes"] / 1e6, 2)) == (128, 133, 27.17)
+
+
+class _ReferenceAsFused:
+    """Stand-in fused provider (answers the launcher signatures with the reference ops):
+    exercises the runner's fused path through the custom ops without a GPU kernel."""
+
+    def reasons(self, op, tensors, params):
+        return []
+
+    def window_attention_fwd(self, qkv, table, num_heads, window, shift, scale):
+        args = (num_heads, window, shift, scale)
+        return window_attention_reference(qkv, table, *args), window_attention_lse_reference(qkv, table, *args)
+
+    def window_attention_bwd(self, dout, qkv, table, out, lse, num_heads, window, shift, scale):
+        return _vjp(lambda q, t: window_attention_reference(q, t, num_heads, window, shift, scale),
+                    (qkv, table), dout)
+
+    def semantic_attention_fwd(self, q, k, v, window):
+        return semantic_attention_reference(q, k, v, window), semantic_attention_lse_reference(q, k, window)
+
+    def semantic_attention_bwd(self, dout, q, k, v, out, lse, window):
+        return _vjp(lambda *t: semantic_attention_reference(*t, window), (q, k, v), dout)
+
+
+def _vjp(fn, inputs, dout):
+    """Autograd of ``fn`` from inside a custom op's kernel, where autograd is switched off
+    for the calling thread: run it in a fresh thread (dispatch state is thread-local)."""
+    def work():
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        return torch.autograd.grad(fn(*leaves), leaves, dout)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return tuple(pool.submit(work).result())
+
+
+def _args():
+    return argparse.Namespace(device="cpu", dtype="fp32", target_time=0.01)
+
+
+@pytest.fixture
+def one_thread():
+    """Timing loops on a shared 2-core machine: one thread avoids spin-wait stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_runner_fused_path_counts_reference_flops(monkeypatch, one_thread, mode):
+    monkeypatch.setitem(backend._providers, "cuda", _ReferenceAsFused())
+    cases = [C.window_case("swin_t", 224, 3, True, mode, 1), C.semantic_case("semask_t", 224, 1, mode, 1),
+             C.model_case("semask_swin_micro_fpn", 64, mode, 1, num_classes=19)]
+    for case in cases:
+        recs = {}
+        for provider in ("reference", "cuda"):
+            rec = R.new_record(case, provider, "fp32")
+            R.measure_one(case, provider, _args(), rec)
+            assert rec["skipped_reason"] is None and rec["time_ms"] > 0, rec
+            recs[provider] = rec
+        assert recs["cuda"]["flops"] == recs["reference"]["flops"] > 0, case.name
+        assert recs["cuda"]["flops_source"] == "run"
+        if case.kind != "model":
+            assert recs["reference"]["flops"] == C.attention_flops(case)
+
+
+def test_unavailable_provider_is_skipped_with_reason(monkeypatch):
+    class Broken(_ReferenceAsFused):
+        def reasons(self, op, tensors, params):
+            raise ModuleNotFoundError("No module named 'semask.kernels.window_attention'")
+
+    monkeypatch.setitem(backend._providers, "cuda", Broken())
+    case = C.window_case("swin_t", 224, 3, False, "fwd", 1)
+    rec = R.new_record(case, "cuda", "fp32")
+    R.measure_one(case, "cuda", _args(), rec)
+    assert rec["time_ms"] is None and "semask.kernels.window_attention" in rec["skipped_reason"]
+    assert rec["flops"] == C.attention_flops(case) and rec["flops_source"] == "meta"

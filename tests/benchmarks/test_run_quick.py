@@ -1,0 +1,125 @@
+"""``benchmarks/run.py --quick`` end to end on the CPU: results.json schema, FLOPs of every
+provider equal to the reference's matmuls, derived figures, report files.
+
+The run gets TRITON_INTERPRET=1: once the Triton kernels exist, the triton provider runs
+them in the interpreter on the (small) op cases; until then it is skipped with the reason.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # the `benchmarks` package lives at the repository root
+
+from benchmarks import cases as C  # noqa: E402
+from benchmarks.run import RECORD_FIELDS  # noqa: E402
+RUN = os.path.join(REPO, "benchmarks", "run.py")
+PROVIDERS = {"reference", "sdpa", "compile", "triton", "cuda"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, RUN, "--quick", "--out", str(out), "--time-budget", "100",
+                           "--compile-budget", "20"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out / "results.json") as f:
+        return json.load(f), out
+
+
+def test_help_runs():
+    proc = subprocess.run([sys.executable, RUN, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--quick", "--device", "--cases", "--providers", "--dtype", "--batch", "--out"):
+        assert flag in proc.stdout
+
+
+def test_schema(quick):
+    res, _ = quick
+    env = res["environment"]
+    for key in ("device", "torch", "triton", "commit", "date"):
+        assert env[key], key
+    assert env["device_type"] == "cpu"
+    records = res["records"]
+    expected = {(c.name, c.mode) for c in C.quick_cases(None)}
+    assert {(r["case"], r["mode"]) for r in records} == expected
+    for key in expected:  # every provider once per case and mode
+        assert sorted(r["provider"] for r in records if (r["case"], r["mode"]) == key) == sorted(PROVIDERS)
+    for r in records:
+        assert set(RECORD_FIELDS) <= set(r), r
+        assert r["mode"] in ("fwd", "fwd_bwd") and r["dtype"] == "fp32"
+        if r["time_ms"] is None:
+            assert isinstance(r["skipped_reason"], str) and r["skipped_reason"]
+            assert r["speedup"] is None and r["throughput"] is None
+        else:
+            assert r["skipped_reason"] is None
+            assert r["time_ms"] > 0 and r["peak_mem_mb"] > 0
+            assert r["throughput"] == pytest.approx(r["batch"] / (r["time_ms"] * 1e-3))
+
+
+def test_reference_runs_and_fused_skips_say_why(quick):
+    res, _ = quick
+    for r in res["records"]:
+        if r["provider"] == "reference" and r["kind"] != "model":
+            assert r["time_ms"] is not None or "time budget" in r["skipped_reason"], r
+            if r["time_ms"] is not None:
+                assert r["speedup"] == pytest.approx(1.0)
+        if r["provider"] == "cuda":  # no GPU here: never measured on this machine
+            assert r["time_ms"] is None and r["skipped_reason"]
+
+
+def test_fused_flops_equal_reference_flops(quick):
+    """The formulas of semask/ops/flops.py make fused providers count what the reference's
+    matmuls count; both equal the hand count (4 N C per token forward, 3x for fwd+bwd)."""
+    res, _ = quick
+    by_case = {}
+    for r in res["records"]:
+        by_case.setdefault((r["case"], r["mode"]), {})[r["provider"]] = r
+    cases = {(c.name, c.mode): c for c in C.quick_cases(None)}
+    n_op = 0
+    for key, recs in by_case.items():
+        case = cases[key]
+        if case.kind == "model":
+            assert recs["reference"]["flops"] > 0
+            continue
+        n_op += 1
+        hand = C.attention_flops(case)
+        assert recs["reference"]["flops"] == hand, key
+        for p in ("sdpa", "compile", "triton", "cuda"):
+            assert recs[p]["flops"] == hand, (key, p, recs[p]["flops_source"])
+    assert n_op == 10
+
+
+def test_derived_figures(quick):
+    res, _ = quick
+    bw = res["peak_bandwidth"]["gbps"]
+    assert bw > 0
+    for r in res["records"]:
+        if r["time_ms"] is None or r["kind"] == "model":
+            continue
+        seconds = r["time_ms"] * 1e-3
+        assert r["gbps"] == pytest.approx(r["bytes"] / seconds / 1e9)
+        assert r["tflops"] == pytest.approx(r["flops"] / seconds / 1e12)
+        assert r["floor_frac"] == pytest.approx(r["gbps"] / bw)
+
+
+def test_model_flops_match_published(quick):
+    res, _ = quick
+    for row in res["model_flops"]["swin"]:  # published to 1 decimal: within 1.5 %
+        assert abs(row["gmacs"] / row["published_gmacs"] - 1) < 0.015, row
+    for row in res["model_flops"]["semask"]:
+        assert abs(row["params_m"] - row["published_params_m"]) < 1.0, row
+        assert row["semantic_layers_gmacs"] > 0
+
+
+def test_report_files(quick):
+    _, out = quick
+    md = (out / "results.md").read_text()
+    assert "CPU numbers" in md and "Model FLOPs" in md
+    for name in ("speedup.png", "memory.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
