@@ -79,7 +79,7 @@ run_stage() {  # run_stage NAME: stage_NAME LIMIT, time-limited; output to the l
   timeout -k 15 "$limit" bash -c "stage_$name \"\$1\"" _ "$limit" >"$tmp" 2>&1
   rc=$?
   cat "$tmp" >>"$LOG"
-  tail -n 25 "$tmp"
+  if [ "$name" = bench ]; then tail -n 110 "$tmp"; else tail -n 30 "$tmp"; fi
   rm -f "$tmp"
   local status=ok
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status="TIMEOUT after ${limit}s"; FAILED=1

@@ -36,6 +36,8 @@ def time_ms(fn: Callable[[], object], device: str, target_s: float = 0.3, max_re
             long_step: bool = False, min_reps: int = 3) -> float:
     """Median time of ``fn`` in milliseconds (see module docstring)."""
     if device.startswith("cuda"):
+        fn()  # first call outside the timing: autotuning, compilation, lazy init
+        torch.cuda.synchronize()
         if not long_step:
             try:
                 from triton.testing import do_bench
@@ -44,7 +46,7 @@ def time_ms(fn: Callable[[], object], device: str, target_s: float = 0.3, max_re
             else:
                 return float(do_bench(fn, warmup=25, rep=max(1, int(target_s * 1e3)),
                                       return_mode="median"))
-        return _cuda_event_loop(fn, target_s, max_reps)
+        return _cuda_event_loop(fn, max(target_s, 0.5 if long_step else 0.0), max_reps)
     fn()  # warm-up
     times, start = [], time.perf_counter()
     while len(times) < min_reps or (time.perf_counter() - start < target_s and len(times) < max_reps):
