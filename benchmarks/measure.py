@@ -47,7 +47,8 @@ def time_ms(fn: Callable[[], object], device: str, target_s: float = 0.3, max_re
                 return float(do_bench(fn, warmup=25, rep=max(1, int(target_s * 1e3)),
                                       return_mode="median"))
         return _cuda_event_loop(fn, max(target_s, 0.5 if long_step else 0.0), max_reps)
-    fn()  # warm-up
+    if max_reps > 1:
+        fn()  # warm-up (a single-shot measurement, e.g. the Triton interpreter, has none)
     times, start = [], time.perf_counter()
     while len(times) < min_reps or (time.perf_counter() - start < target_s and len(times) < max_reps):
         t0 = time.perf_counter()

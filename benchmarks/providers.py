@@ -48,13 +48,15 @@ class Skip(Exception):
 @dataclass
 class Prepared:
     """``step()`` is what gets timed; ``count()`` runs it once for FLOP counting (eager);
-    ``note`` qualifies the numbers (e.g. the Triton interpreter)."""
+    ``error()`` checks the result (op cases); ``note`` qualifies the numbers (e.g. the
+    Triton interpreter)."""
 
     step: Callable[[], object]
     count: Callable[[], object]
     long_step: bool = False
     note: str = ""
     max_reps: int = 100
+    error: Callable[[], float] | None = None  # max relative error against the fp32 reference
 
 
 # ----------------------------------------------------------------------------- SDPA ops
@@ -159,21 +161,33 @@ def op_forward(case: Case, provider: str) -> Callable:
     return lambda q, k, v: fn(q, k, v, w)
 
 
-def _op_step(forward: Callable, inputs: dict, mode: str, device: str, dtype) -> Callable:
+def _out_shape(inputs: dict) -> tuple:
+    first = next(iter(inputs.values()))
+    C = first.shape[3] // 3 if "qkv" in inputs else inputs["v"].shape[3]
+    return (*first.shape[:3], C)
+
+
+def _op_step(forward: Callable, inputs: dict, mode: str, dout) -> Callable:
+    """fwd: out under no_grad; fwd_bwd: the input gradients for ``dout``."""
     if mode == "fwd":
         def step():
             with torch.no_grad():
                 return forward(**inputs)
         return step
     leaves = tuple(inputs.values())
-    first = leaves[0]
-    out_shape = (*first.shape[:3], (first.shape[3] // 3) if "qkv" in inputs else inputs["v"].shape[3])
-    dout = torch.randn(out_shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
 
     def step():
         out = forward(**inputs)
         return torch.autograd.grad(out, leaves, dout)
     return step
+
+
+def _rel_error(outputs, reference) -> float:
+    """max |a - ref| / max |ref| over the outputs (forward output, or every gradient)."""
+    if isinstance(outputs, torch.Tensor):
+        outputs, reference = (outputs,), (reference,)
+    return max(float((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-30))
+               for a, b in zip(outputs, reference))
 
 
 def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepared:
@@ -193,10 +207,21 @@ def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepa
     if provider == "compile":
         torch._dynamo.reset()  # fresh cache per case: no recompile limit, no stale graphs
         forward = torch.compile(eager, dynamic=False)
-    step = _op_step(forward, inputs, case.mode, device, dtype)
-    count = _op_step(eager, inputs, case.mode, device, dtype) if provider == "compile" else step
+    dout = None
+    if case.mode == "fwd_bwd":
+        dout = torch.randn(_out_shape(inputs), generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    step = _op_step(forward, inputs, case.mode, dout)
+    count = _op_step(eager, inputs, case.mode, dout) if provider == "compile" else step
+
+    def error() -> float:
+        """Against the float32 reference on the same (rounded) inputs."""
+        ref_inputs = {k: v.detach().float().requires_grad_(v.requires_grad) for k, v in inputs.items()}
+        ref_step = _op_step(op_forward(case, "reference"), ref_inputs, case.mode,
+                            None if dout is None else dout.float())
+        return _rel_error(step(), ref_step())
+
     # the interpreter is slow and its time means nothing: one timed call is enough
-    return Prepared(step, count, note=note, max_reps=1 if note else 100)
+    return Prepared(step, count, note=note, max_reps=1 if note else 100, error=error)
 
 
 def meta_flops(case: Case, provider: str, dtype_name: str) -> int:

@@ -89,7 +89,9 @@ def markdown(results: dict) -> str:
               "multiply-add; fused ops through the formulas in `semask/ops/flops.py`, equal to "
               "the reference's matmuls). GB/s and % floor use the bytes model of "
               "`shared/PERF_MODEL.md` (see `benchmarks/cases.py`). Model `fwd_bwd` is a whole "
-              "training step (forward, loss, backward, AdamW).", "",
+              "training step (forward, loss, backward, AdamW). Rel. err (op cases): "
+              "max |out - ref| / max |ref| of the output (fwd) or of every input gradient "
+              "(fwd_bwd) against the float32 reference on the same inputs.", "",
               "![speed-up](speedup.png)", "", "![peak memory](memory.png)", ""]
     lines += _speedup_matrix(rec)
     lines += _goals(results)
@@ -188,7 +190,7 @@ def _goals(results) -> list[str]:
 def _details(records) -> list[str]:
     out = ["## All records", "",
            "| case | mode | provider | shape | time | img/s | GFLOP | TFLOP/s | GB/s | % floor | "
-           "peak MB | speed-up |", "|" + "---|" * 12]
+           "peak MB | speed-up | rel. err |", "|" + "---|" * 13]
     for r in records:
         if r["time_ms"] is None:
             continue
@@ -197,7 +199,8 @@ def _details(records) -> list[str]:
                    f"{_fmt(r['flops'] / 1e9 if r['flops'] else None, '.4g')} | "
                    f"{_fmt(r['tflops'], '.3g')} | {_fmt(r['gbps'], '.4g')} | "
                    f"{_fmt(r['floor_frac'] * 100 if r['floor_frac'] else None, '.1f')} | "
-                   f"{_fmt(r['peak_mem_mb'], '.0f')} | {_fmt(r['speedup'], '.2f')} |")
+                   f"{_fmt(r['peak_mem_mb'], '.0f')} | {_fmt(r['speedup'], '.2f')} | "
+                   f"{_fmt(r.get('max_rel_err'), '.1e')} |")
     return out + [""]
 
 

@@ -37,7 +37,7 @@ from benchmarks import measure, providers, report  # noqa: E402
 SCHEMA_VERSION = 1
 RECORD_FIELDS = ("case", "kind", "shape", "dtype", "mode", "provider", "batch", "time_ms",
                  "throughput", "flops", "flops_source", "tflops", "bytes", "gbps", "floor_frac",
-                 "peak_mem_mb", "speedup", "skipped_reason", "note")
+                 "peak_mem_mb", "speedup", "max_rel_err", "skipped_reason", "note")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -145,6 +145,8 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
                                          min_reps=min(3, prepared.max_reps))
         rec["peak_mem_mb"] = measure.peak_memory_mb(prepared.step, args.device)
         rec["flops"] = measure.count_flops(prepared.count)
+        if prepared.error is not None:
+            rec["max_rel_err"] = prepared.error()
         rec["flops_source"] = ("run (eager reference)" if provider == "compile"
                                or (provider == "sdpa" and case.kind == "model") else "run")
     except providers.Skip as exc:
@@ -155,7 +157,7 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
         rec["skipped_reason"] = f"error: {_short(exc)}"
     finally:
         if rec["skipped_reason"]:
-            rec["time_ms"] = rec["peak_mem_mb"] = None
+            rec["time_ms"] = rec["peak_mem_mb"] = rec["max_rel_err"] = None
         del prepared
         gc.collect()
         if args.device.startswith("cuda"):

@@ -171,6 +171,22 @@ def test_runner_fused_path_counts_reference_flops(monkeypatch, one_thread, mode)
         assert recs["cuda"]["flops_source"] == "run"
         if case.kind != "model":
             assert recs["reference"]["flops"] == C.attention_flops(case)
+            assert recs["cuda"]["max_rel_err"] < 1e-5
+
+
+def test_triton_on_cpu_is_an_interpreter_run(monkeypatch, one_thread):
+    """Under TRITON_INTERPRET=1 op cases run once and are labelled; models are skipped."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(backend._providers, "triton", _ReferenceAsFused())
+    op = C.window_case("swin_t", 224, 3, False, "fwd_bwd", 1)
+    rec = R.new_record(op, "triton", "fp32")
+    R.measure_one(op, "triton", _args(), rec)
+    assert rec["time_ms"] > 0 and "interpreter" in rec["note"]
+    assert rec["flops"] == C.attention_flops(op)
+    model = C.model_case("semask_swin_micro_fpn", 64, "fwd", 1, num_classes=19)
+    rec = R.new_record(model, "triton", "fp32")
+    R.measure_one(model, "triton", _args(), rec)
+    assert rec["time_ms"] is None and "interpreter" in rec["skipped_reason"]
 
 
 def test_unavailable_provider_is_skipped_with_reason(monkeypatch):

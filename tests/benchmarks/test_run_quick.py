@@ -95,6 +95,18 @@ def test_fused_flops_equal_reference_flops(quick):
     assert n_op == 10
 
 
+def test_every_op_result_matches_the_fp32_reference(quick):
+    """The harness checks what it times: fp32 outputs / gradients of every provider that
+    ran agree with the reference (the reference against itself is exact)."""
+    res, _ = quick
+    ran = [r for r in res["records"] if r["kind"] != "model" and r["time_ms"] is not None]
+    assert ran
+    for r in ran:
+        assert r["max_rel_err"] is not None and r["max_rel_err"] < 1e-4, r
+        if r["provider"] == "reference":
+            assert r["max_rel_err"] == 0.0
+
+
 def test_derived_figures(quick):
     res, _ = quick
     bw = res["peak_bandwidth"]["gbps"]
