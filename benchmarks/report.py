@@ -94,6 +94,7 @@ def markdown(results: dict) -> str:
               "(fwd_bwd) against the float32 reference on the same inputs.", "",
               "![speed-up](speedup.png)", "", "![peak memory](memory.png)", ""]
     lines += _speedup_matrix(rec)
+    lines += _per_image(results)
     lines += _goals(results)
     lines += _details(rec)
     if results.get("model_flops"):
@@ -184,6 +185,51 @@ def _goals(results) -> list[str]:
         else:
             out.append(f"| {g['goal']} | {g['provider']} | {g['n']} | {g['geomean']:.2f} | "
                        f"{g['worst']:.2f} | {'yes' if g['met'] else 'no'} |")
+    return out + [""]
+
+
+def per_image_rows(results) -> list[dict]:
+    """Window attention of a whole network per image (forward): the stage cases summed as
+    the network calls them (depth/2 unshifted + depth/2 shifted blocks per stage), against
+    the bytes model's floor. Only where every stage of both kinds was measured."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.cases import ARCH, VARIANTS, window_case
+
+    idx, rows = _index(results["records"]), []
+    bw = (results.get("peak_bandwidth") or {}).get("gbps")
+    for arch in ARCH:
+        for img in (224, 512):
+            depths = VARIANTS[ARCH[arch]].depths
+            for prov in _providers(results["records"]):
+                total, nbytes, batch = 0.0, 0, None
+                for stage, depth in enumerate(depths):
+                    for shifted in (False, True):
+                        name = window_case(arch, img, stage, shifted, "fwd", 1).name
+                        r = idx.get((name, "fwd", prov))
+                        if r is None or r["time_ms"] is None or (batch and r["batch"] != batch):
+                            break
+                        batch = r["batch"]
+                        total += depth / 2 * r["time_ms"] / r["batch"]
+                        nbytes += depth / 2 * r["bytes"] / r["batch"]
+                    else:
+                        continue
+                    break
+                else:
+                    rows.append(dict(network=f"{arch}-{img}", provider=prov, us_per_image=total * 1e3,
+                                     floor_us=nbytes / (bw * 1e9) * 1e6 if bw else None))
+    return rows
+
+
+def _per_image(results) -> list[str]:
+    rows = per_image_rows(results)
+    if not rows:
+        return []
+    out = ["## Window attention per image (forward, all blocks of the network)", "",
+           "| network | provider | us per image | floor us | % of floor |", "|---|---|---|---|---|"]
+    for r in rows:
+        frac = r["floor_us"] / r["us_per_image"] * 100 if r["floor_us"] else None
+        out.append(f"| {r['network']} | {r['provider']} | {r['us_per_image']:.1f} | "
+                   f"{_fmt(r['floor_us'], '.1f')} | {_fmt(frac, '.1f')} |")
     return out + [""]
 
 
@@ -301,7 +347,7 @@ def _bar_plot(results: dict, path: str, field: str, skip_reference: bool, xlabel
                 ax.barh(ys, xs, height=bar, color=COLORS.get(p), label=p)
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels([f"{c.split('/', 1)[1]} {m}" for c, m in rows], fontsize=7)
-        ax.invert_yaxis()
+        ax.set_ylim(len(rows) - 0.5, -0.5)  # first case on top, no empty margins
         ax.set_xscale("log")
         ax.set_xlim(lo, hi)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}" + ("x" if field == "speedup" else "")))
@@ -316,7 +362,7 @@ def _bar_plot(results: dict, path: str, field: str, skip_reference: bool, xlabel
     env = results["environment"]
     fig.suptitle(f"{title}: {env['device']}, {results.get('settings', {}).get('dtype', '')}, "
                  f"commit {env['commit'][:10]}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / sum(heights)))  # room for the suptitle
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

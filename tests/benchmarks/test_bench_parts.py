@@ -200,3 +200,48 @@ def test_unavailable_provider_is_skipped_with_reason(monkeypatch):
     R.measure_one(case, "cuda", _args(), rec)
     assert rec["time_ms"] is None and "semask.kernels.window_attention" in rec["skipped_reason"]
     assert rec["flops"] == C.attention_flops(case) and rec["flops_source"] == "meta"
+
+
+def test_gpu_report_from_synthetic_records(tmp_path):
+    """The GPU-only parts of the report (goals, per-image table, plots) on made-up records
+    with known ratios: triton 5x faster than the reference, sdpa 2x, all at 80% of the
+    floor for window fwd."""
+    from benchmarks import report
+
+    records = []
+    for case in C.full_cases(16, None):
+        base = 10.0
+        for prov, t in (("reference", base), ("sdpa", base / 2), ("compile", base / 3), ("triton", base / 5)):
+            r = R.new_record(case, prov, "bf16")
+            if prov == "triton" and case.kind == "window" and case.mode == "fwd":
+                t = r["bytes"] / 3e12 / 0.8 * 1e3  # 80% of the floor; the others follow below
+            r.update(time_ms=t, peak_mem_mb=100.0 if prov != "triton" else 50.0, flops=10 ** 9)
+            records.append(r)
+        refs = {r["provider"]: r for r in records[-4:]}
+        if case.kind == "window" and case.mode == "fwd":
+            refs["reference"]["time_ms"] = refs["triton"]["time_ms"] * 5
+            refs["sdpa"]["time_ms"] = refs["triton"]["time_ms"] * 2
+            refs["compile"]["time_ms"] = refs["triton"]["time_ms"] * 1.6
+        records.append(dict(R.new_record(case, "cuda", "bf16"), skipped_reason="not built"))
+    R.finalize(records, 3e12)
+    results = dict(environment=dict(device="NVIDIA H100 80GB HBM3", device_type="cuda", torch="2.11",
+                                    triton="3.6", python="3.12", commit="abc", date="today",
+                                    capability="9.0", sm_count=132, memory_gb=79.1, cuda="13.0"),
+                   measured=dict(copy_gbps=3000.0, matmul_tflops=790.0, matmul="8192^3 bf16"),
+                   peak_bandwidth=dict(gbps=3000.0, source="PERF_MODEL.md"),
+                   settings=dict(dtype="bf16"), records=records, perf_model=C.perf_model_rows())
+    goals = {(g["goal"], g["provider"]): g for g in report.goal_values(records)}
+    g = goals[("window attention fwd >= 4x eager", "triton")]
+    assert g["n"] == 16 and g["worst"] == pytest.approx(5.0) and g["met"]  # 2 archs x 4 stages x w/sw
+    assert goals[("window attention fwd >= 1.5x SDPA", "triton")]["worst"] == pytest.approx(2.0)
+    assert goals[("window attention fwd >= 60% of the HBM floor", "triton")]["worst"] == pytest.approx(0.8)
+    assert goals[("SeMask-T FPN peak training memory <= 0.6x eager", "triton")]["worst"] == pytest.approx(0.5)
+    assert goals[("window attention fwd >= 4x eager", "cuda")]["n"] == 0
+    per_image = {(r["network"], r["provider"]): r for r in report.per_image_rows(results)}
+    row = per_image[("swin_t-512", "triton")]
+    assert row["floor_us"] == pytest.approx(23.4, abs=0.05)
+    assert row["floor_us"] / row["us_per_image"] == pytest.approx(0.8)
+    report.write_report(results, str(tmp_path))
+    md = (tmp_path / "results.md").read_text()
+    assert "Speed goals of issue 4" in md and "not measured" in md and "CPU numbers" not in md
+    assert (tmp_path / "speedup.png").stat().st_size > 10_000
