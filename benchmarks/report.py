@@ -327,7 +327,7 @@ def _bar_plot(results: dict, path: str, field: str, skip_reference: bool, xlabel
     if field == "speedup":
         lo, hi = min(lo, 0.5), max(hi, 2.0)
     rows_per_kind = {k: _rows([r for r in records if r["kind"] == k]) for k in kinds}
-    heights = [max(1.5, 0.12 * len(rows) * len(provs) + 0.8) for rows in rows_per_kind.values()]
+    heights = [max(2.2, 0.12 * len(rows) * len(provs) + 0.8) for rows in rows_per_kind.values()]
     fig, axes = plt.subplots(len(kinds), 1, figsize=(9, sum(heights)),
                              gridspec_kw=dict(height_ratios=heights), squeeze=False)
     idx = _index(records)
@@ -380,7 +380,8 @@ def plot_memory(results: dict, path: str) -> None:
 # ----------------------------------------------------------------------------- CLI
 def merge(paths: list[str]) -> dict:
     """Records of several results.json of one device in one results dict (the first
-    file's environment); speed-ups are recomputed by the caller."""
+    file's environment). Per case, mode and provider a measured record wins over a
+    skipped one, and a later file over an earlier; speed-ups are recomputed by the caller."""
     runs = []
     for p in paths:
         with open(os.path.join(p, "results.json") if os.path.isdir(p) else p) as f:
@@ -388,8 +389,13 @@ def merge(paths: list[str]) -> dict:
     devices = {r["environment"]["device"] for r in runs}
     if len(devices) > 1:
         raise SystemExit(f"refusing to merge results of different devices: {sorted(devices)}")
-    merged = dict(runs[0])
-    merged["records"] = [rec for r in runs for rec in r["records"]]
+    merged, chosen = dict(runs[0]), {}
+    for run in runs:
+        for rec in run["records"]:
+            key = (rec["case"], rec["mode"], rec["provider"])
+            if key not in chosen or rec["time_ms"] is not None or chosen[key]["time_ms"] is None:
+                chosen[key] = rec
+    merged["records"] = list(chosen.values())
     merged["merged_from"] = [dict(commit=r["environment"]["commit"], date=r["environment"]["date"])
                              for r in runs]
     return merged

@@ -245,3 +245,26 @@ def test_gpu_report_from_synthetic_records(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "Speed goals of issue 4" in md and "not measured" in md and "CPU numbers" not in md
     assert (tmp_path / "speedup.png").stat().st_size > 10_000
+
+
+def test_merge_prefers_measured_records(tmp_path):
+    import json
+
+    from benchmarks import report
+
+    case = C.window_case("swin_t", 224, 3, False, "fwd", 1)
+    env = dict(device="CPU: test", device_type="cpu", torch="x", triton="x", python="x", commit="c", date="d")
+
+    def run(recs):
+        return dict(environment=env, measured={}, peak_bandwidth=dict(gbps=10.0), records=recs)
+
+    ref = dict(R.new_record(case, "reference", "fp32"), time_ms=2.0, flops=1)
+    skipped = dict(R.new_record(case, "compile", "fp32"), skipped_reason="compile time budget exhausted")
+    measured = dict(R.new_record(case, "compile", "fp32"), time_ms=0.5, flops=1)
+    for name, recs in (("a.json", [ref, skipped]), ("b.json", [measured, dict(skipped)])):
+        (tmp_path / name).write_text(json.dumps(run(recs)))
+    report.main(["--merge", str(tmp_path / "m"), str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    by_provider = {r["provider"]: r for r in merged["records"]}
+    assert len(merged["records"]) == 2
+    assert by_provider["compile"]["time_ms"] == 0.5 and by_provider["compile"]["speedup"] == pytest.approx(4.0)
