@@ -130,10 +130,10 @@ def interpreter_note(provider: str, device: str) -> str:
 # ----------------------------------------------------------------------------- op cases
 def op_inputs(case: Case, device: str, dtype: torch.dtype, requires_grad: bool) -> dict:
     p, B = case.params, case.batch
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)  # drawn on the device: large inputs
 
     def rnd(*shape, std=1.0):
-        t = (torch.randn(*shape, generator=g) * std).to(device=device, dtype=dtype)
+        t = (torch.randn(*shape, generator=g, device=device) * std).to(dtype)
         return t.requires_grad_(requires_grad)
 
     if case.kind == "window":
@@ -209,7 +209,8 @@ def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepa
         forward = torch.compile(eager, dynamic=False)
     dout = None
     if case.mode == "fwd_bwd":
-        dout = torch.randn(_out_shape(inputs), generator=torch.Generator().manual_seed(1)).to(device, dtype)
+        g = torch.Generator(device=device).manual_seed(1)
+        dout = torch.randn(_out_shape(inputs), generator=g, device=device).to(dtype)
     step = _op_step(forward, inputs, case.mode, dout)
     count = _op_step(eager, inputs, case.mode, dout) if provider == "compile" else step
 
