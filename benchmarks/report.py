@@ -77,8 +77,8 @@ def markdown(results: dict) -> str:
               f"| torch / Triton / Python | {env['torch']} / {env['triton']} / {env['python']}"
               + (f" (CUDA {env['cuda']})" if env.get("cuda") else "") + " |",
               f"| commit | `{env['commit']}` |", f"| date (UTC) | {env['date']} |",
-              f"| dtype, op batch, model batch | {s.get('dtype')}, {s.get('batch') or 'default'}, "
-              f"{s.get('model_batch') or 'default'} |",
+              f"| dtype, op batch, model batch | {s.get('dtype')}, {_batches(rec, False)}, "
+              f"{_batches(rec, True)} |",
               f"| measured copy bandwidth | {_fmt(measured.get('copy_gbps'), '.0f')} GB/s "
               f"(read + write); {measured.get('matmul', 'matmul')}: "
               f"{_fmt(measured.get('matmul_tflops'), '.1f')} TFLOP/s |",
@@ -102,6 +102,11 @@ def markdown(results: dict) -> str:
     if results.get("perf_model"):
         lines += _perf_model(results["perf_model"])
     return "\n".join(lines) + "\n"
+
+
+def _batches(records, models: bool) -> str:
+    sizes = sorted({r["batch"] for r in records if (r["kind"] == "model") == models})
+    return "/".join(map(str, sizes)) or "–"
 
 
 def _speedup_matrix(records) -> list[str]:
