@@ -62,7 +62,7 @@ later_minimum() {  # sum of MIN over the stages after $1
 
 run_stage() {  # run_stage NAME: stage_NAME LIMIT, time-limited; output to the log, outcome to the summary
   local name=$1
-  local now left limit rc t0 tmp
+  local now left limit rc t0 before shown
   now=$(date +%s)
   left=$((START + BUDGET - now - $(later_minimum "$name")))
   limit=${PLAN[$name]}
@@ -73,14 +73,14 @@ run_stage() {  # run_stage NAME: stage_NAME LIMIT, time-limited; output to the l
     return 1
   fi
   echo "=== $name (limit ${limit}s)" | tee -a "$LOG"
-  tmp=$(mktemp)
+  before=$(wc -l <"$LOG")
   t0=$(date +%s)
-  # timeout signals the whole process group: the stage's children go with it
-  timeout -k 15 "$limit" bash -c "stage_$name \"\$1\"" _ "$limit" >"$tmp" 2>&1
+  # straight into the log (kept if the whole call is cut short); timeout signals the
+  # whole process group, so the stage's children go with it
+  timeout -k 15 "$limit" bash -c "stage_$name \"\$1\"" _ "$limit" >>"$LOG" 2>&1
   rc=$?
-  cat "$tmp" >>"$LOG"
-  if [ "$name" = bench ]; then tail -n 110 "$tmp"; else tail -n 30 "$tmp"; fi
-  rm -f "$tmp"
+  if [ "$name" = bench ]; then shown=110; else shown=30; fi
+  tail -n +"$((before + 1))" "$LOG" | tail -n "$shown"
   local status=ok
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status="TIMEOUT after ${limit}s"; FAILED=1
   elif [ $rc -ne 0 ]; then status="FAILED (exit $rc)"; FAILED=1; fi
