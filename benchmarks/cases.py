@@ -152,6 +152,9 @@ def full_cases(batch: int, model_batch: int | None) -> list[Case]:
                 for stage in range(4):
                     for mode in MODES:
                         cases.append(semantic_case(arch, img, stage, mode, batch))
+            for stage in (2, 3):  # global attention at SeMask-B's shapes too (a per-stage option)
+                for mode in MODES:
+                    cases.append(semantic_case("semask_b", img, stage, mode, batch, windowed=False))
             for model in MODELS:
                 b = model_batch or MODEL_BATCH.get(model, 8)
                 for mode in MODES:
