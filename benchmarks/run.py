@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "<device>-quick-<date>/ with --quick)")
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds for all measurements; later cases are recorded as skipped "
-                         "(default: none; --quick: 150)")
+                         "(default: none; --quick: 130)")
     ap.add_argument("--compile-budget", type=float, default=None,
                     help="seconds the compile provider may spend in total (compilation included); "
                          "default: half the time budget, --quick: 45")
@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"unknown provider(s) {', '.join(bad)}; choose from {', '.join(providers.PROVIDERS)}")
     args.cases = [c.strip() for c in args.cases.split(",")] if args.cases else None
     if args.quick:
-        args.time_budget = 150.0 if args.time_budget is None else args.time_budget
+        args.time_budget = 130.0 if args.time_budget is None else args.time_budget
         args.compile_budget = 45.0 if args.compile_budget is None else args.compile_budget
     if args.compile_budget is None and args.time_budget is not None:
         args.compile_budget = args.time_budget / 2
