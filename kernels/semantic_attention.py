@@ -1,0 +1,302 @@
+"""Fused SeMask semantic attention in Triton: out = softmax(Q K^T) V, forward and backward.
+
+What it computes (single head, no scaling; ``semask.ops.reference.semantic_attention_reference``)
+    q, k [B, Hp, Wp, K]  (K = number of classes, any K <= MAX_K)
+    v    [B, Hp, Wp, C]
+    window > 0: attention inside non-overlapping window x window tiles (windows row-major,
+                tokens row-major inside a window; no shift, no mask), N = window^2;
+    window = 0: global attention over all N = Hp*Wp tokens of an image.
+    out [B, Hp, Wp, C] in q's dtype; lse float32 [B, nW, N] = log-sum-exp of each score row
+    (nW = (Hp/window)*(Wp/window), or 1 when global).
+The window partition is pure address arithmetic (``_token_rows``): every program reads and
+writes the natural [B, Hp, Wp, *] layout; no partition copy, no N x N tensor in memory.
+Every dot accumulates in fp32; fp32 inputs use ``input_precision="ieee"`` (no TF32).
+
+One "sequence" s in [0, B*nW) is one window (or one image when global). Block sizes:
+BLOCK_M query tokens, BLOCK_N key tokens, BLOCK_K = K padded to a power of two (masked),
+BLOCK_C channels of v/out; chosen by ``_config`` (no autotuning yet).
+
+Forward ``_fwd_kernel``, grid (num_m_blocks * S, num_c_chunks): one program owns BLOCK_M
+query rows and one BLOCK_C channel chunk, loops over all key blocks with the online
+softmax of flash attention (Dao et al. 2022, Alg. 1) and writes its out chunk; the c = 0
+program also writes lse. Scores are recomputed per channel chunk (cost K per chunk, cheap
+next to C when C is split in few chunks).
+
+Backward (flash attention 2, Dao 2023, Alg. 2, with P recomputed from q, k and lse):
+    D  = rowsum(dO * O)                    (``_bwd_delta_kernel``, grid (m blocks * S))
+    P  = exp(q k^T - lse),  dP = dO v^T,  dS = P * (dP - D)
+    dv = P^T dO,  dk = dS^T q,  dq = dS k.
+``_bwd_kernel``, grid (num_n_blocks * S, num_c_chunks): a program owns BLOCK_N key rows
+and one channel chunk c, loops over all query blocks and accumulates dv[:, c] (complete,
+stored directly) and dk. dP is a sum over channel chunks, so dS splits linearly:
+dS = sum_c P * dP_c - P * D, with the -P*D term taken by chunk 0. Each program's partial
+dk (if several chunks) and partial dq (if several key blocks or chunks) are added with fp32
+atomics into zeroed fp32 buffers, cast to the input dtype at the end; when a window fits one
+block and C one chunk (e.g. window 7, C <= 128) everything is stored directly. Atomics make
+dq/dk summation order, hence their last bits, non-deterministic in that case.
+
+Limits: K <= 256 (BLOCK_K = next power of two, registers); any C (chunked); fp32, fp16,
+bf16 (q, k, v of one dtype); contiguous inputs; int64 addressing. In Triton's CPU
+interpreter bf16 dots are wrong (Triton 3.8), so there the already-rounded bf16 operands
+are widened to fp32 before each dot (``UPCAST``); compiled GPU code uses bf16 dots.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_K = 256
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _token_rows(s, t, N, Hp, Wp, nWc, nW, WIN: tl.constexpr):
+    """Row index (b*Hp*Wp + y*Wp + x, int64) of token t of sequence s (a window or an image)."""
+    if WIN > 0:
+        b = s // nW
+        wi = s % nW
+        y = (wi // nWc) * WIN + t // WIN
+        x = (wi % nWc) * WIN + t % WIN
+        rows = (b.to(tl.int64) * Hp + y) * Wp + x
+    else:
+        rows = s.to(tl.int64) * N + t
+    return rows
+
+
+@triton.jit
+def _mm(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b accumulated in fp32; UPCAST widens the (already rounded) operands to fp32 first
+    (used only by Triton's CPU interpreter, whose bf16 dot is wrong)."""
+    if UPCAST:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        c = tl.dot(a, b, input_precision=PREC)
+    return c
+
+
+@triton.jit
+def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
+                WIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
+                UPCAST: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    s = pid // num_m
+    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_m = offs_m < N
+    mask_k = offs_k < KD
+    mask_c = offs_c < C
+    rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN)
+    q = tl.load(Q + rows_m[:, None] * KD + offs_k[None, :],
+                mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        rows_n = _token_rows(s, offs_n, N, Hp, Wp, nWc, nW, WIN)
+        k = tl.load(Kt + rows_n[:, None] * KD + offs_k[None, :],
+                    mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        scores = _mm(q, tl.trans(k), PREC, UPCAST)
+        scores = tl.where(mask_n[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + rows_n[:, None] * C + offs_c[None, :],
+                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+        acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, PREC, UPCAST)
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    tl.store(O + rows_m[:, None] * C + offs_c[None, :], out.to(O.dtype.element_ty),
+             mask=mask_m[:, None] & mask_c[None, :])
+    if pid_c == 0:
+        tl.store(LSE + s.to(tl.int64) * N + offs_m, m_i + tl.log(l_i), mask=mask_m)
+
+
+@triton.jit
+def _bwd_delta_kernel(O, DO, DELTA, N, C, Hp, Wp, nWc, nW, num_m,
+                      WIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    s = pid // num_m
+    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < N
+    rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN)
+    delta = tl.zeros([BLOCK_M], tl.float32)
+    for start_c in range(0, C, BLOCK_C):
+        offs_c = start_c + tl.arange(0, BLOCK_C)
+        mask = mask_m[:, None] & (offs_c < C)[None, :]
+        ptr = rows_m[:, None] * C + offs_c[None, :]
+        o = tl.load(O + ptr, mask=mask, other=0.0).to(tl.float32)
+        do = tl.load(DO + ptr, mask=mask, other=0.0).to(tl.float32)
+        delta += tl.sum(o * do, 1)
+    tl.store(DELTA + s.to(tl.int64) * N + offs_m, delta, mask=mask_m)
+
+
+@triton.jit
+def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n,
+                WIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
+                UPCAST: tl.constexpr,
+                DQ_ATOMIC: tl.constexpr, DK_ATOMIC: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    s = pid // num_n
+    offs_n = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_n = offs_n < N
+    mask_k = offs_k < KD
+    mask_c = offs_c < C
+    mask_nk = mask_n[:, None] & mask_k[None, :]
+    mask_nc = mask_n[:, None] & mask_c[None, :]
+    rows_n = _token_rows(s, offs_n, N, Hp, Wp, nWc, nW, WIN)
+    k = tl.load(Kt + rows_n[:, None] * KD + offs_k[None, :], mask=mask_nk, other=0.0)
+    v = tl.load(V + rows_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+    # chunk 0 carries the -P*D term of dS (see module docstring)
+    delta_weight = (pid_c == 0).to(tl.float32)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
+    for start_m in range(0, N, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < N
+        mask_mk = mask_m[:, None] & mask_k[None, :]
+        rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN)
+        q = tl.load(Q + rows_m[:, None] * KD + offs_k[None, :], mask=mask_mk, other=0.0)
+        # padded query rows get lse = +inf, hence P = 0
+        lse = tl.load(LSE + s.to(tl.int64) * N + offs_m, mask=mask_m, other=float("inf"))
+        delta = tl.load(DELTA + s.to(tl.int64) * N + offs_m, mask=mask_m, other=0.0)
+        do = tl.load(DO + rows_m[:, None] * C + offs_c[None, :],
+                     mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+        scores = _mm(q, tl.trans(k), PREC, UPCAST)
+        p = tl.exp(scores - lse[:, None])
+        p = tl.where(mask_n[None, :], p, 0.0)
+        dv += _mm(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
+        dp = _mm(do, tl.trans(v), PREC, UPCAST)
+        ds = p * (dp - delta_weight * delta[:, None])
+        dk += _mm(tl.trans(ds.to(q.dtype)), q, PREC, UPCAST)
+        dq = _mm(ds.to(k.dtype), k, PREC, UPCAST)
+        dq_ptr = DQ + rows_m[:, None] * KD + offs_k[None, :]
+        if DQ_ATOMIC:
+            tl.atomic_add(dq_ptr, dq, mask=mask_mk)
+        else:
+            tl.store(dq_ptr, dq.to(DQ.dtype.element_ty), mask=mask_mk)
+
+    tl.store(DV + rows_n[:, None] * C + offs_c[None, :], dv.to(DV.dtype.element_ty), mask=mask_nc)
+    dk_ptr = DK + rows_n[:, None] * KD + offs_k[None, :]
+    if DK_ATOMIC:
+        tl.atomic_add(dk_ptr, dk, mask=mask_nk)
+    else:
+        tl.store(dk_ptr, dk.to(DK.dtype.element_ty), mask=mask_nk)
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+def _config(N: int, K: int, C: int, backward: bool) -> dict:
+    """Block sizes and warps for sequences of N tokens, K classes, C channels.
+
+    BLOCK_C is the power of two (32..256 forward, 32..128 backward) minimising the work
+    per (query, key) pair, chunks * (score recompute + padded channel work); BLOCK_M/N are
+    64 (one tile covers a 7x7 window), 32 for tiny sequences.
+    """
+    block_k = _pow2(K)
+    block_mn = 32 if N <= 32 else 64
+    score_cost = (3 if backward else 1) * block_k
+    chan_cost = 2 if backward else 1
+    cands = (32, 64, 128) if backward else (32, 64, 128, 256)
+    block_c = min(cands, key=lambda bc: (triton.cdiv(C, bc) * (score_cost + chan_cost * bc), bc))
+    block_c = min(block_c, _pow2(C))
+    regs = block_mn * (block_k + block_c) * (2 if backward else 1)
+    return dict(BLOCK_M=block_mn, BLOCK_N=block_mn, BLOCK_K=block_k, BLOCK_C=block_c,
+                num_warps=8 if regs > 64 * 128 else 4, num_stages=2)
+
+
+def _geometry(q: torch.Tensor, window: int):
+    """(S, N, Hp, Wp, nWc, nW): sequences, tokens per sequence and window grid."""
+    B, Hp, Wp, _ = q.shape
+    if window:
+        nWc, nW = Wp // window, (Hp // window) * (Wp // window)
+        return B * nW, window * window, Hp, Wp, nWc, nW
+    return B, Hp * Wp, Hp, Wp, 1, 1
+
+
+def _dot_args(t: torch.Tensor) -> dict:
+    """PREC: "ieee" keeps fp32 dots exact (no TF32); UPCAST: bf16 in the CPU interpreter."""
+    interpreted = t.device.type == "cpu"
+    return dict(PREC="ieee" if t.dtype == torch.float32 else "tf32",
+                UPCAST=interpreted and t.dtype == torch.bfloat16)
+
+
+def reasons(tensors, params: dict) -> list[str]:
+    """Why these kernels cannot run ``[q, k, v]`` with ``params['window']`` (empty: they can)."""
+    q, k, v = tensors
+    window = params.get("window", 0)
+    why = []
+    if len({t.dtype for t in (q, k, v)}) > 1:
+        why.append(f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
+    if q.dtype not in DTYPES:
+        why.append(f"dtype {q.dtype} is not supported (float32, float16, bfloat16)")
+    if len({t.device for t in (q, k, v)}) > 1:
+        why.append("q, k, v are on different devices")
+    if q.dim() != 4 or v.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
+        why.append(f"expected q, k [B, Hp, Wp, K] and v [B, Hp, Wp, C], got "
+                   f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        return why
+    if q.shape[-1] > MAX_K:
+        why.append(f"K = {q.shape[-1]} classes exceeds the kernel's limit {MAX_K}")
+    if any(t.numel() == 0 for t in (q, k, v)):
+        why.append("empty input")
+    if not all(t.is_contiguous() for t in (q, k, v)):
+        why.append("q, k, v must be contiguous")
+    if not isinstance(window, int) or window < 0:
+        why.append(f"window must be an int >= 0, got {window!r}")
+    elif window and (q.shape[1] % window or q.shape[2] % window):
+        why.append(f"map {tuple(q.shape[1:3])} is not a multiple of window {window}")
+    return why
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
+    """q, k [B, Hp, Wp, K], v [B, Hp, Wp, C] -> (out [B, Hp, Wp, C], lse fp32 [B, nW, N])."""
+    S, N, Hp, Wp, nWc, nW = _geometry(q, window)
+    KD, C = q.shape[-1], v.shape[-1]
+    cfg = _config(N, KD, C, backward=False)
+    out = torch.empty_like(v)
+    lse = torch.empty(q.shape[0], S // q.shape[0], N, device=q.device, dtype=torch.float32)
+    num_m = triton.cdiv(N, cfg["BLOCK_M"])
+    grid = (num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))
+    _fwd_kernel[grid](q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW, num_m,
+                      WIN=window, **_dot_args(q), **cfg)
+    return out, lse
+
+
+def backward(dout, q, k, v, out, lse, window: int):
+    """Gradients (dq, dk, dv) of :func:`forward`, recomputing P from q, k and lse."""
+    S, N, Hp, Wp, nWc, nW = _geometry(q, window)
+    KD, C = q.shape[-1], v.shape[-1]
+    dout = dout.to(v.dtype).contiguous()
+    lse = lse.contiguous()
+    cfg = _config(N, KD, C, backward=True)
+    num_m = triton.cdiv(N, cfg["BLOCK_M"])
+    num_n = triton.cdiv(N, cfg["BLOCK_N"])
+    num_c = triton.cdiv(C, cfg["BLOCK_C"])
+    delta = torch.empty_like(lse)
+    _bwd_delta_kernel[(num_m * S,)](out, dout, delta, N, C, Hp, Wp, nWc, nW, num_m, WIN=window,
+                                    BLOCK_M=cfg["BLOCK_M"], BLOCK_C=cfg["BLOCK_C"],
+                                    num_warps=4)
+    dq_atomic, dk_atomic = num_n * num_c > 1, num_c > 1
+    dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if dq_atomic else torch.empty_like(q)
+    dk = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if dk_atomic else torch.empty_like(k)
+    dv = torch.empty_like(v)
+    _bwd_kernel[(num_n * S, num_c)](q, k, v, dout, lse, delta, dq, dk, dv,
+                                    N, KD, C, Hp, Wp, nWc, nW, num_n, WIN=window, **_dot_args(q),
+                                    DQ_ATOMIC=dq_atomic, DK_ATOMIC=dk_atomic, **cfg)
+    return dq.to(q.dtype), dk.to(k.dtype), dv

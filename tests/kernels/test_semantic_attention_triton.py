@@ -1,0 +1,188 @@
+"""Triton semantic attention kernels against the PyTorch reference (fp64 autograd as truth).
+
+CPU: runs in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py) on small
+maps. GPU (marker ``gpu``): real SeMask stage shapes, accuracy rule
+max|kernel - truth| <= 2 * max|torch same dtype - truth| + atol per tensor.
+"""
+import importlib
+
+import pytest
+import torch
+
+from semask.kernels import semantic_attention as sa
+from semask.ops.reference import semantic_attention_lse_reference, semantic_attention_reference
+
+sem_op = importlib.import_module("semask.ops.semantic_attention")
+
+EPS = {torch.float32: 1e-5, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+
+def make_inputs(B, H, W, K, C, scale=0.5, device="cpu"):
+    """q, k [B, H, W, K], v [B, H, W, C] and an upstream gradient: float64 tensors holding
+    float32 values, so that fp32 results differ from them only by the kernel's own error."""
+    g = torch.Generator(device="cpu").manual_seed(B * 1000 + H * 100 + W * 10 + K + C)
+    q = torch.randn(B, H, W, K, generator=g) * scale
+    k = torch.randn(B, H, W, K, generator=g) * scale
+    v = torch.randn(B, H, W, C, generator=g)
+    dout = torch.randn(B, H, W, C, generator=g)
+    return [t.to(device=device, dtype=torch.float64) for t in (q, k, v, dout)]
+
+
+def reference_grads(q, k, v, dout, window):
+    """out, dq, dk, dv of the reference op through torch autograd, in the inputs' dtype."""
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = semantic_attention_reference(q, k, v, window)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout.to(out.dtype))
+    return out.detach(), dq, dk, dv
+
+
+def kernel_grads(q, k, v, dout, window):
+    """out, lse, dq, dk, dv of the Triton kernels called directly."""
+    out, lse = sa.forward(q, k, v, window)
+    dq, dk, dv = sa.backward(dout, q, k, v, out, lse, window)
+    return out, lse, dq, dk, dv
+
+
+def rel_err(x, truth):
+    return ((x.double() - truth).abs().max() / truth.abs().max()).item()
+
+
+def check_rule(name, kernel, same_dtype, truth, dtype):
+    """max|kernel - truth| <= 2 * max|same dtype torch - truth| + eps(dtype) * max|truth|."""
+    err = (kernel.double() - truth).abs().max().item()
+    err_torch = (same_dtype.double() - truth).abs().max().item()
+    atol = EPS[dtype] * truth.abs().max().item()
+    assert err <= 2 * err_torch + atol, f"{name}: {err:.3g} > 2 * {err_torch:.3g} + {atol:.3g}"
+
+
+# (B, H, W, K, C, window): windows 7 and 12, global on odd and square maps, odd/large K,
+# C under, over and not a multiple of the channel block.
+FP32_CASES = [
+    (2, 14, 14, 19, 32, 7),
+    (1, 14, 21, 150, 40, 7),
+    (1, 7, 7, 6, 96, 7),
+    (1, 12, 24, 150, 32, 12),
+    (2, 12, 12, 19, 40, 12),
+    (2, 9, 11, 19, 40, 0),
+    (1, 16, 16, 150, 32, 0),
+    (1, 9, 11, 6, 320, 0),
+    (2, 12, 12, 6, 300, 12),
+]
+
+
+def test_cases_cover_every_kernel_path():
+    """Single and multiple query/key blocks, channel chunks (dk atomics), dq atomics."""
+    seen = set()
+    for B, H, W, K, C, w in FP32_CASES:
+        N = w * w if w else H * W
+        fwd, bwd = sa._config(N, K, C, backward=False), sa._config(N, K, C, backward=True)
+        seen.add(("blocks", N > bwd["BLOCK_N"]))
+        seen.add(("fwd chunks", C > fwd["BLOCK_C"]))
+        seen.add(("bwd chunks", C > bwd["BLOCK_C"]))
+        seen.add(("C ragged", C % bwd["BLOCK_C"] != 0))
+        seen.add(("K padded", K != bwd["BLOCK_K"]))
+    assert seen >= {(p, v) for p in ("blocks", "fwd chunks", "bwd chunks") for v in (False, True)}
+    assert ("C ragged", True) in seen and ("K padded", True) in seen
+
+
+@pytest.mark.parametrize("B,H,W,K,C,window", FP32_CASES)
+def test_fp32_matches_reference(B, H, W, K, C, window):
+    q, k, v, dout = make_inputs(B, H, W, K, C)
+    truth = reference_grads(q, k, v, dout, window)
+    lse_truth = semantic_attention_lse_reference(q, k, window)
+    got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
+    assert got[1].shape == lse_truth.shape
+    for name, x, t in zip(("out", "lse", "dq", "dk", "dv"), got, (truth[0], lse_truth, *truth[1:])):
+        assert x.shape == t.shape, name
+        assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
+
+
+@pytest.mark.parametrize("window", [7, 0])
+def test_fp32_peaked_scores_finite_and_within_torch_error(window):
+    """Scores of std ~40 (K = 150, inputs x3): the online softmax must not overflow; dS
+    cancels (P near one-hot), so gradients are held to torch fp32's own error."""
+    q, k, v, dout = make_inputs(1, 7, 14, 150, 32, scale=3.0)
+    truth = reference_grads(q, k, v, dout, window)
+    fp32 = [t.float() for t in (q, k, v, dout)]
+    same = reference_grads(*fp32, window)
+    got = kernel_grads(*fp32, window)
+    for name, x, s, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), same, truth):
+        assert torch.isfinite(x).all(), name
+        check_rule(name, x, s, t, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("B,H,W,K,C,window", [(2, 14, 14, 19, 40, 7), (1, 9, 11, 150, 32, 0)])
+def test_half_precision_within_torch_error(dtype, B, H, W, K, C, window):
+    q, k, v, dout = make_inputs(B, H, W, K, C)
+    truth = reference_grads(q, k, v, dout, window)
+    low = [t.to(dtype) for t in (q, k, v, dout)]
+    same = reference_grads(*low, window)
+    got = kernel_grads(*low, window)
+    assert all(x.dtype == dtype for x in (got[0], *got[2:]))
+    assert got[1].dtype == torch.float32
+    for name, x, s, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), same, truth):
+        check_rule(name, x, s, t, dtype)
+
+
+@pytest.mark.parametrize("window", [7, 0])
+def test_public_op_triton_matches_torch(window):
+    q, k, v, dout = (t.float() for t in make_inputs(2, 7, 14, 19, 40))
+    results = {}
+    for backend in ("torch", "triton"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = sem_op.semantic_attention(*leaves, window, backend=backend)
+        out.backward(dout)
+        results[backend] = (out.detach(), *(t.grad for t in leaves))
+    for name, x, t in zip(("out", "dq", "dk", "dv"), results["triton"], results["torch"]):
+        torch.testing.assert_close(x, t, rtol=1e-5, atol=1e-5 * t.abs().max().item(), msg=name)
+
+
+def test_reasons_accepts_supported_inputs():
+    q, k, v, _ = (t.float() for t in make_inputs(1, 14, 14, 171, 96))
+    assert sa.reasons([q, k, v], dict(window=7)) == []
+    assert sa.reasons([q, k, v], dict(window=0)) == []
+    assert sa.reasons([q.half(), k.half(), v.half()], dict(window=14)) == []
+
+
+def test_reasons_rejects_bad_inputs():
+    q, k, v, _ = (t.float() for t in make_inputs(1, 14, 14, 19, 32))
+
+    def why(tensors, window=7):
+        return " ".join(sa.reasons(tensors, dict(window=window)))
+
+    assert "dtype" in why([q.double(), k.double(), v.double()])
+    assert "differ" in why([q, k.half(), v])
+    assert "exceeds" in why([torch.zeros(1, 14, 14, 300)] * 2 + [v])
+    assert "contiguous" in why([q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)])
+    assert "multiple of window" in why([q, k, v], window=12)
+    assert "window" in why([q, k, v], window=-1)
+    assert "expected" in why([q, k[:, :7], v])
+    assert "empty" in why([q[:0], k[:0], v[:0]])
+
+
+# ---------------------------------------------------------------- GPU, real stage shapes
+GPU_CASES = [
+    # SeMask-T 512, stage 1: 128x128 padded to 133x133, C=96, ADE20K K=150, window 7
+    (2, 133, 133, 150, 96, 7),
+    # SeMask-B 512, stage 3: 32x32 global, C=512, K=150
+    (2, 32, 32, 150, 512, 0),
+    # Cityscapes K=19, window 12, Swin-B stage 1 at 512 (64x64 padded to 72x72), C=256
+    (2, 72, 72, 19, 256, 12),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("B,H,W,K,C,window", GPU_CASES)
+def test_gpu_stage_shapes_accuracy_rule(dtype, B, H, W, K, C, window):
+    q, k, v, dout = make_inputs(B, H, W, K, C, device="cuda")
+    truth = reference_grads(q, k, v, dout, window)
+    low = [t.to(dtype) for t in (q, k, v, dout)]
+    same = reference_grads(*low, window)
+    got = kernel_grads(*low, window)
+    lse_err = rel_err(got[1], semantic_attention_lse_reference(q, k, window))
+    assert lse_err < 1e-5, f"lse: relative error {lse_err:.3g}"
+    for name, x, s, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), same, truth):
+        check_rule(name, x, s, t, dtype)
