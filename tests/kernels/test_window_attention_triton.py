@@ -1,0 +1,178 @@
+"""Triton window attention (kernels/window_attention.py) against the PyTorch reference.
+
+On CPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1);
+the oracle is semask.ops.reference run through autograd in float64.
+"""
+import importlib
+
+import pytest
+import torch
+
+from semask.kernels import window_attention as kernels
+from semask.ops import BackendUnavailable
+from semask.ops.reference import (pad_to_multiple, window_attention_lse_reference,
+                                  window_attention_reference)
+
+wa_op = importlib.import_module("semask.ops.window_attention")  # the name is shadowed in semask.ops
+
+
+def make_inputs(batch, height, width, heads, head_dim, window, device="cpu"):
+    """float64 qkv of the zero-padded map and a bias table. Padding comes before the qkv
+    Linear (as in the model), so padded tokens carry the qkv bias and are not zero."""
+    C = heads * head_dim
+    x = torch.randn(batch, height, width, C, dtype=torch.float64, device=device)
+    x = pad_to_multiple(x, window)
+    weight = torch.randn(3 * C, C, dtype=torch.float64, device=device) * C ** -0.5
+    bias = torch.randn(3 * C, dtype=torch.float64, device=device)
+    table = torch.randn((2 * window - 1) ** 2, heads, dtype=torch.float64, device=device)
+    return x @ weight.T + bias, table
+
+
+def reference_grads(qkv, table, dout, heads, window, shift, scale):
+    """(out, dqkv, dtable) of the reference through autograd, in the inputs' dtype."""
+    qkv, table = qkv.detach().requires_grad_(), table.detach().requires_grad_()
+    out = window_attention_reference(qkv, table, heads, window, shift, scale)
+    out.backward(dout.to(out.dtype))
+    return out.detach(), qkv.grad, table.grad
+
+
+def max_rel_err(got, want):
+    """max |got - want| / max |want| (errors measured against the tensor's scale)."""
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
+
+
+def run_kernels(qkv, table, dout, heads, window, shift, scale, wpp=None):
+    out, lse = kernels.forward(qkv, table, heads, window, shift, scale, windows_per_program=wpp)
+    dqkv, dtable = kernels.backward(dout, qkv, table, out, lse, heads, window, shift, scale,
+                                    windows_per_program=wpp)
+    return out, lse, dqkv, dtable
+
+
+# (batch, height, width, heads, head_dim, window, shift, windows_per_program)
+FP32_CASES = [
+    (1, 14, 14, 2, 32, 7, 0, None),   # W-MSA, no padding
+    (2, 14, 14, 1, 32, 7, 3, None),   # SW-MSA, batch 2
+    (1, 10, 17, 3, 32, 7, 3, None),   # padded to 14 x 21, shifted, 3 heads
+    (1, 10, 17, 2, 16, 7, 0, None),   # padded, not shifted, head_dim 16
+    (2, 14, 21, 2, 32, 7, 3, 5),      # 12 windows in groups of 5: last group masked
+    (1, 7, 14, 6, 16, 7, 3, None),    # many heads on a tiny map (one window row)
+    (1, 7, 7, 1, 64, 7, 0, None),     # head_dim 64
+    (1, 24, 24, 1, 32, 12, 0, None),  # window 12
+    (2, 24, 24, 1, 32, 12, 6, 3),     # window 12 shifted, batch 2, masked last group
+    (1, 20, 13, 2, 32, 12, 6, None),  # window 12 padded to 24 x 24, shifted, 2 heads
+]
+
+
+@pytest.mark.parametrize("case", FP32_CASES,
+                         ids=lambda c: "b{}_{}x{}_h{}_d{}_w{}_s{}_g{}".format(*c))
+def test_fp32_forward_backward_match_reference(case):
+    batch, height, width, heads, head_dim, window, shift, wpp = case
+    scale = head_dim ** -0.5
+    qkv, table = make_inputs(batch, height, width, heads, head_dim, window)
+    dout = torch.randn(qkv.shape[:3] + (heads * head_dim,), dtype=torch.float64)
+    out_ref, dqkv_ref, dtable_ref = reference_grads(qkv, table, dout, heads, window, shift, scale)
+    lse_ref = window_attention_lse_reference(qkv, table, heads, window, shift, scale)
+
+    out, lse, dqkv, dtable = run_kernels(qkv.float(), table.float(), dout.float(), heads,
+                                         window, shift, scale, wpp)
+    assert out.dtype == dqkv.dtype == dtable.dtype == lse.dtype == torch.float32
+    assert lse.shape == lse_ref.shape and dqkv.shape == qkv.shape and dtable.shape == table.shape
+    for name, got, want in (("out", out, out_ref), ("lse", lse, lse_ref), ("dqkv", dqkv, dqkv_ref),
+                            ("dtable", dtable, dtable_ref)):
+        assert max_rel_err(got, want) < 1e-5, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("window,shift", [(7, 3), (12, 6)])
+def test_half_qkv_with_fp32_table(dtype, window, shift):
+    """Autocast's mix: qkv in fp16/bf16, table in fp32. The inputs are exact in both paths;
+    the kernel rounds P and dS to the input dtype before their dots and rounds its results
+    once, each worth <= eps/2 relative, so 3 eps of each tensor's scale bounds the error."""
+    heads, head_dim = 2, 32
+    scale = head_dim ** -0.5
+    qkv, table = make_inputs(1, 2 * window - 3, 2 * window - 1, heads, head_dim, window)
+    qkv, table = qkv.to(dtype), table.float()
+    dout = torch.randn(qkv.shape[:3] + (heads * head_dim,)).to(dtype)
+    out_ref, dqkv_ref, dtable_ref = reference_grads(qkv.double(), table.double(), dout.double(),
+                                                    heads, window, shift, scale)
+
+    out, lse, dqkv, dtable = run_kernels(qkv, table, dout, heads, window, shift, scale)
+    assert out.dtype == dqkv.dtype == dtype and dtable.dtype == torch.float32
+    tol = 3 * torch.finfo(dtype).eps
+    for name, got, want in (("out", out, out_ref), ("dqkv", dqkv, dqkv_ref),
+                            ("dtable", dtable, dtable_ref)):
+        assert max_rel_err(got, want) < tol, name
+    lse_ref = window_attention_lse_reference(qkv, table, heads, window, shift, scale)
+    assert max_rel_err(lse, lse_ref) < 1e-5  # scores from exact inputs, accumulated in fp32
+
+
+def test_reasons_accept_and_reject():
+    qkv, table = make_inputs(1, 7, 7, 2, 32, 7)
+    qkv, table = qkv.float(), table.float()
+    params = dict(num_heads=2, window=7, shift=3)
+    assert kernels.reasons([qkv, table], params) == []
+    assert kernels.reasons([qkv.half(), table], params) == []  # fp32 table under autocast
+
+    bad_dim = torch.zeros(1, 7, 7, 3 * 48)  # C = 48, 2 heads: head_dim 24
+    assert any("head_dim 24" in r for r in kernels.reasons([bad_dim, table], params))
+    assert any("float64" in r for r in kernels.reasons([qkv.double(), table], params))
+    assert any("contiguous" in r for r in kernels.reasons([qkv.transpose(1, 2), table], params))
+    big = dict(num_heads=2, window=17, shift=0)
+    big_table = torch.zeros(33 * 33, 2)
+    big_qkv = torch.zeros(1, 17, 17, 192)
+    assert any("window 17" in r for r in kernels.reasons([big_qkv, big_table], big))
+
+
+def test_public_op_rejects_unsupported_head_dim():
+    qkv, table = torch.zeros(1, 7, 7, 3 * 48), torch.zeros(13 * 13, 2)
+    with pytest.raises(BackendUnavailable, match="head_dim"):
+        wa_op.window_attention(qkv, table, 2, 7, 0, 24 ** -0.5, backend="triton")
+
+
+@pytest.mark.parametrize("window,shift", [(7, 3), (12, 0)])
+def test_public_op_triton_equals_torch(window, shift):
+    """window_attention(..., backend="triton") through the custom op and its autograd."""
+    heads, head_dim = 2, 32
+    scale = head_dim ** -0.5
+    qkv, table = make_inputs(1, window + 3, window + 5, heads, head_dim, window)
+    qkv, table = qkv.float(), table.float()
+    dout = torch.randn(qkv.shape[:3] + (heads * head_dim,))
+    results = {}
+    for backend in ("torch", "triton"):
+        q, t = qkv.clone().requires_grad_(), table.clone().requires_grad_()
+        out = wa_op.window_attention(q, t, heads, window, shift, scale, backend=backend)
+        out.backward(dout)
+        results[backend] = (out.detach(), q.grad, t.grad)
+    for name, got, want in zip(("out", "dqkv", "dtable"), results["triton"], results["torch"]):
+        assert max_rel_err(got, want) < 1e-5, name
+
+
+# Real stage shapes at 512 x 512 input: (name, batch, map, C, heads, window)
+GPU_SHAPES = [
+    ("swin_t_stage1_w7", 2, 128, 96, 3, 7),
+    ("swin_b_stage3_w7", 2, 32, 512, 16, 7),
+    ("swin_b_stage1_w12", 2, 128, 128, 4, 12),
+    ("swin_b_stage3_w12", 2, 32, 512, 16, 12),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: s[0])
+def test_gpu_accuracy_rule_at_stage_shapes(monkeypatch, shape, dtype):
+    """|kernel - fp32 ref| <= 2 |torch same dtype - fp32 ref| + atol (max abs error per
+    tensor) for out, dqkv and dtable; shifted blocks (the harder case)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    _, batch, size, C, heads, window = shape
+    shift, scale = window // 2, (C // heads) ** -0.5
+    qkv, table = make_inputs(batch, size, size, heads, C // heads, window, "cuda")
+    qkv, table = qkv.float().to(dtype), table.float().to(dtype)
+    dout = torch.randn(qkv.shape[:3] + (C,), device="cuda").to(dtype)
+    gold = reference_grads(qkv.float(), table.float(), dout.float(), heads, window, shift, scale)
+    same = reference_grads(qkv, table, dout, heads, window, shift, scale)
+    out, _, dqkv, dtable = run_kernels(qkv, table, dout, heads, window, shift, scale)
+    for name, got, ref, want in zip(("out", "dqkv", "dtable"), (out, dqkv, dtable), same, gold):
+        err = (got.float() - want).abs().max().item()
+        err_torch = (ref.float() - want).abs().max().item()
+        atol = 1e-5 * want.abs().max().item()
+        assert err <= 2 * err_torch + atol, f"{name}: kernel {err:.3g}, torch {err_torch:.3g}"
