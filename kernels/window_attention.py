@@ -75,7 +75,7 @@ _MASK_LOG2 = tl.constexpr(MASK_VALUE * LOG2E)
 # (forward BLOCK_M, backward BLOCK_M, num_warps) per window; BLOCK_N = next_pow2(w*w).
 _CONFIG = {7: (64, 64, 4), 12: (32, 16, 4)}
 # Programs per SM that the window grouping aims at (forward, backward).
-_PROGRAMS_PER_SM = (16, 4)
+_PROGRAMS_PER_SM = (16, 8)
 
 
 @triton.jit

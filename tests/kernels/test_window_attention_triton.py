@@ -60,6 +60,7 @@ FP32_CASES = [
     (1, 24, 24, 1, 32, 12, 0, None),  # window 12
     (2, 24, 24, 1, 32, 12, 6, 3),     # window 12 shifted, batch 2, masked last group
     (1, 20, 13, 2, 32, 12, 6, None),  # window 12 padded to 24 x 24, shifted, 2 heads
+    (1, 9, 7, 2, 32, 5, 2, None),     # another window (generic tiles), padded to 10 x 10
 ]
 
 
