@@ -323,8 +323,10 @@ def _windows_per_program(n_windows: int, programs_per_window: int, device: torch
                          per_sm: int) -> int:
     """Windows a program loops over so that the grid holds about ``per_sm`` programs per SM
     (on the CPU interpreter: as few programs as possible)."""
-    slots = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
-        * per_sm if device.type == "cuda" else 1
+    slots = 1
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        slots = _sm_count(index) * per_sm
     groups = max(1, min(n_windows, slots // programs_per_window))
     return triton.cdiv(n_windows, groups)
 
@@ -382,7 +384,9 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, out: to
     common = dict(HEADS=num_heads, HEAD_DIM=C // num_heads, WINDOW=window, BLOCK_M=bwd_m,
                   BLOCK_N=block_n, SHIFTED=shift > 0, num_warps=warps, **_dot_flags(qkv))
     geometry = (n_windows, nW, nWw, Hp, Wp, shift, wpp)
-    delta = torch.empty_like(lse) if num_qb > 1 else lse  # D, only stored for the dk/dv pass
+    # D (lse's layout) is only stored for the dk/dv pass; with one query block the argument
+    # is a placeholder the kernel never touches.
+    delta = torch.empty_like(lse) if num_qb > 1 else lse
     _bwd_dq_kernel[grid](dout, qkv, table, lse, delta, dqkv, dtable, scale, scale * LOG2E,
                          *geometry, NUM_QB=num_qb, WITH_DKDV=num_qb == 1, **common)
     if num_qb > 1:
