@@ -1,0 +1,93 @@
+// Shared pieces of the semask CUDA kernels: warp reductions, dtype dispatch, input checks,
+// dynamic shared memory set-up. With SEMASK_CPU_EMULATION defined only the device code is
+// compiled, against cpu_emulator/cuda_shim.h (tests run it on the CPU).
+#pragma once
+#ifdef SEMASK_CPU_EMULATION
+#include "cpu_emulator/cuda_shim.h"
+#define SEMASK_SHARED_MEMORY(name) float* name = emu::shared_memory()
+#else
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include <initializer_list>
+#define SEMASK_SHARED_MEMORY(name) extern __shared__ float name[]
+#endif
+
+namespace semask {
+
+constexpr int kWarp = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+#ifndef SEMASK_CPU_EMULATION
+// float32, float16 and bfloat16 only (no float64 kernels are compiled).
+#define SEMASK_DISPATCH(TYPE, NAME, ...)                         \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                 \
+                     AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__) \
+                     AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
+                     AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
+
+inline void check_cuda(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ", t.device(),
+              " (the semask cuda backend runs on CUDA tensors only)");
+}
+
+inline void check_same_device(const char* op, const char* name, const at::Tensor& t,
+                              const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ",
+              ref_name, " is on ", ref.device());
+}
+
+inline void check_float_dtype(const char* op, const char* name, const at::Tensor& t) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kHalf || s == at::kBFloat16, op, ": ", name,
+              " must be float32, float16 or bfloat16, got ", s);
+}
+
+inline void check_dtype(const char* op, const char* name, const at::Tensor& t,
+                        at::ScalarType expected) {
+  TORCH_CHECK(t.scalar_type() == expected, op, ": ", name, " must be ", expected, ", got ",
+              t.scalar_type());
+}
+
+inline void check_contiguous(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+inline void check_shape(const char* op, const char* name, const at::Tensor& t,
+                        std::initializer_list<int64_t> expected) {
+  TORCH_CHECK(t.sizes().equals(at::IntArrayRef(expected)), op, ": ", name, " must have shape ",
+              at::IntArrayRef(expected), ", got ", t.sizes());
+}
+
+// Allow `bytes` of dynamic shared memory for `kernel` on the current device (opt-in above
+// 48 KB), with a clear error when the device has less.
+template <typename Kernel>
+void allow_shared_memory(const char* op, Kernel kernel, size_t bytes) {
+  int device = 0, optin = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  TORCH_CHECK(bytes <= static_cast<size_t>(optin), op, ": needs ", bytes,
+              " bytes of shared memory per block for these shapes, the device allows ", optin);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+}
+
+#endif  // SEMASK_CPU_EMULATION
+
+}  // namespace semask
