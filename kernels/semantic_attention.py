@@ -36,7 +36,7 @@ block and C one chunk (e.g. window 7, C <= 128) everything is stored directly. A
 dq/dk summation order, hence their last bits, non-deterministic in that case.
 
 Limits: K <= 256 (BLOCK_K = next power of two, registers); any C (chunked); fp32, fp16,
-bf16 (q, k, v of one dtype); contiguous inputs; int64 addressing. In Triton's CPU
+bf16 (q, k, v of one dtype); contiguous inputs; int32 offsets, int64 when a tensor has >= 2^31 elements. In Triton's CPU
 interpreter bf16 dots are wrong (Triton 3.8), so there the already-rounded bf16 operands
 are widened to fp32 before each dot (``UPCAST``); compiled GPU code uses bf16 dots.
 """
@@ -51,16 +51,19 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _token_rows(s, t, N, Hp, Wp, nWc, nW, WIN: tl.constexpr):
-    """Row index (b*Hp*Wp + y*Wp + x, int64) of token t of sequence s (a window or an image)."""
+def _token_rows(s, t, N, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr):
+    """Row index b*Hp*Wp + y*Wp + x of token t of sequence s (a window or an image); int64
+    when ROW64 (element offsets may pass 2^31), else int32 (fewer registers)."""
+    if ROW64:
+        s = s.to(tl.int64)
     if WIN > 0:
         b = s // nW
         wi = s % nW
         y = (wi // nWc) * WIN + t // WIN
         x = (wi % nWc) * WIN + t % WIN
-        rows = (b.to(tl.int64) * Hp + y) * Wp + x
+        rows = (b * Hp + y) * Wp + x
     else:
-        rows = s.to(tl.int64) * N + t
+        rows = s * N + t
     return rows
 
 
@@ -77,7 +80,7 @@ def _mm(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
-                WIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
                 UPCAST: tl.constexpr):
     pid = tl.program_id(0)
@@ -89,7 +92,7 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
     mask_m = offs_m < N
     mask_k = offs_k < KD
     mask_c = offs_c < C
-    rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN)
+    rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN, ROW64)
     q = tl.load(Q + rows_m[:, None] * KD + offs_k[None, :],
                 mask=mask_m[:, None] & mask_k[None, :], other=0.0)
 
@@ -99,7 +102,7 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        rows_n = _token_rows(s, offs_n, N, Hp, Wp, nWc, nW, WIN)
+        rows_n = _token_rows(s, offs_n, N, Hp, Wp, nWc, nW, WIN, ROW64)
         k = tl.load(Kt + rows_n[:, None] * KD + offs_k[None, :],
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         scores = _mm(q, tl.trans(k), PREC, UPCAST)
@@ -117,17 +120,17 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
     tl.store(O + rows_m[:, None] * C + offs_c[None, :], out.to(O.dtype.element_ty),
              mask=mask_m[:, None] & mask_c[None, :])
     if pid_c == 0:
-        tl.store(LSE + s.to(tl.int64) * N + offs_m, m_i + tl.log(l_i), mask=mask_m)
+        tl.store(LSE + s * N + offs_m, m_i + tl.log(l_i), mask=mask_m)
 
 
 @triton.jit
 def _bwd_delta_kernel(O, DO, DELTA, N, C, Hp, Wp, nWc, nW, num_m,
-                      WIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                      WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     s = pid // num_m
     offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < N
-    rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN)
+    rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN, ROW64)
     delta = tl.zeros([BLOCK_M], tl.float32)
     for start_c in range(0, C, BLOCK_C):
         offs_c = start_c + tl.arange(0, BLOCK_C)
@@ -136,12 +139,12 @@ def _bwd_delta_kernel(O, DO, DELTA, N, C, Hp, Wp, nWc, nW, num_m,
         o = tl.load(O + ptr, mask=mask, other=0.0).to(tl.float32)
         do = tl.load(DO + ptr, mask=mask, other=0.0).to(tl.float32)
         delta += tl.sum(o * do, 1)
-    tl.store(DELTA + s.to(tl.int64) * N + offs_m, delta, mask=mask_m)
+    tl.store(DELTA + s * N + offs_m, delta, mask=mask_m)
 
 
 @triton.jit
 def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n,
-                WIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
                 UPCAST: tl.constexpr,
                 DQ_ATOMIC: tl.constexpr, DK_ATOMIC: tl.constexpr):
@@ -156,7 +159,7 @@ def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
     mask_c = offs_c < C
     mask_nk = mask_n[:, None] & mask_k[None, :]
     mask_nc = mask_n[:, None] & mask_c[None, :]
-    rows_n = _token_rows(s, offs_n, N, Hp, Wp, nWc, nW, WIN)
+    rows_n = _token_rows(s, offs_n, N, Hp, Wp, nWc, nW, WIN, ROW64)
     k = tl.load(Kt + rows_n[:, None] * KD + offs_k[None, :], mask=mask_nk, other=0.0)
     v = tl.load(V + rows_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
     # chunk 0 carries the -P*D term of dS (see module docstring)
@@ -168,11 +171,11 @@ def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < N
         mask_mk = mask_m[:, None] & mask_k[None, :]
-        rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN)
+        rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN, ROW64)
         q = tl.load(Q + rows_m[:, None] * KD + offs_k[None, :], mask=mask_mk, other=0.0)
         # padded query rows get lse = +inf, hence P = 0
-        lse = tl.load(LSE + s.to(tl.int64) * N + offs_m, mask=mask_m, other=float("inf"))
-        delta = tl.load(DELTA + s.to(tl.int64) * N + offs_m, mask=mask_m, other=0.0)
+        lse = tl.load(LSE + s * N + offs_m, mask=mask_m, other=float("inf"))
+        delta = tl.load(DELTA + s * N + offs_m, mask=mask_m, other=0.0)
         do = tl.load(DO + rows_m[:, None] * C + offs_c[None, :],
                      mask=mask_m[:, None] & mask_c[None, :], other=0.0)
         scores = _mm(q, tl.trans(k), PREC, UPCAST)
@@ -201,23 +204,27 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
-def _config(N: int, K: int, C: int, backward: bool) -> dict:
+def _config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
     """Block sizes and warps for sequences of N tokens, K classes, C channels.
 
-    BLOCK_C is the power of two (32..256 forward, 32..128 backward) minimising the work
-    per (query, key) pair, chunks * (score recompute + padded channel work); BLOCK_M/N are
-    64 (one tile covers a 7x7 window), 32 for tiny sequences.
+    BLOCK_C is the power of two (32..256 forward, 32..128 backward, 32..64 fp32) minimising
+    the work per (query, key) pair, chunks * (score recompute + padded channel work).
+    BLOCK_M/N are 64 (one tile covers a 7x7 window); 32 for tiny sequences, for fp32 (ieee
+    dots run on FMA units) and for the backward with BLOCK_K > 64, whose k/dk and q/dq tiles
+    spill registers at 64. Register counts of ``ptxas -v`` for sm_90 guided these choices,
+    not timings.
     """
+    fp32 = dtype == torch.float32
     block_k = _pow2(K)
-    block_mn = 32 if N <= 32 else 64
+    block_mn = 32 if N <= 32 or fp32 or (backward and block_k > 64) else 64
     score_cost = (3 if backward else 1) * block_k
     chan_cost = 2 if backward else 1
-    cands = (32, 64, 128) if backward else (32, 64, 128, 256)
+    cands = (32, 64) if fp32 else (32, 64, 128) if backward else (32, 64, 128, 256)
     block_c = min(cands, key=lambda bc: (triton.cdiv(C, bc) * (score_cost + chan_cost * bc), bc))
     block_c = min(block_c, _pow2(C))
-    regs = block_mn * (block_k + block_c) * (2 if backward else 1)
+    tile = block_mn * (block_k + block_c) * (2 if backward else 1)
     return dict(BLOCK_M=block_mn, BLOCK_N=block_mn, BLOCK_K=block_k, BLOCK_C=block_c,
-                num_warps=8 if regs > 64 * 128 else 4, num_stages=2)
+                num_warps=8 if fp32 or tile > 64 * 128 else 4, num_stages=2)
 
 
 def _geometry(q: torch.Tensor, window: int):
@@ -227,6 +234,11 @@ def _geometry(q: torch.Tensor, window: int):
         nWc, nW = Wp // window, (Hp // window) * (Wp // window)
         return B * nW, window * window, Hp, Wp, nWc, nW
     return B, Hp * Wp, Hp, Wp, 1, 1
+
+
+def _row64(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether element offsets need int64."""
+    return max(q.numel(), v.numel()) >= 2 ** 31
 
 
 def _dot_args(t: torch.Tensor) -> dict:
@@ -268,13 +280,13 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
     """q, k [B, Hp, Wp, K], v [B, Hp, Wp, C] -> (out [B, Hp, Wp, C], lse fp32 [B, nW, N])."""
     S, N, Hp, Wp, nWc, nW = _geometry(q, window)
     KD, C = q.shape[-1], v.shape[-1]
-    cfg = _config(N, KD, C, backward=False)
+    cfg = _config(N, KD, C, backward=False, dtype=q.dtype)
     out = torch.empty_like(v)
     lse = torch.empty(q.shape[0], S // q.shape[0], N, device=q.device, dtype=torch.float32)
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
     grid = (num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))
     _fwd_kernel[grid](q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW, num_m,
-                      WIN=window, **_dot_args(q), **cfg)
+                      WIN=window, ROW64=_row64(q, v), **_dot_args(q), **cfg)
     return out, lse
 
 
@@ -284,12 +296,13 @@ def backward(dout, q, k, v, out, lse, window: int):
     KD, C = q.shape[-1], v.shape[-1]
     dout = dout.to(v.dtype).contiguous()
     lse = lse.contiguous()
-    cfg = _config(N, KD, C, backward=True)
+    cfg = _config(N, KD, C, backward=True, dtype=q.dtype)
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
     num_n = triton.cdiv(N, cfg["BLOCK_N"])
     num_c = triton.cdiv(C, cfg["BLOCK_C"])
     delta = torch.empty_like(lse)
     _bwd_delta_kernel[(num_m * S,)](out, dout, delta, N, C, Hp, Wp, nWc, nW, num_m, WIN=window,
+                                    ROW64=_row64(q, v),
                                     BLOCK_M=cfg["BLOCK_M"], BLOCK_C=cfg["BLOCK_C"],
                                     num_warps=4)
     dq_atomic, dk_atomic = num_n * num_c > 1, num_c > 1
@@ -297,6 +310,6 @@ def backward(dout, q, k, v, out, lse, window: int):
     dk = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if dk_atomic else torch.empty_like(k)
     dv = torch.empty_like(v)
     _bwd_kernel[(num_n * S, num_c)](q, k, v, dout, lse, delta, dq, dk, dv,
-                                    N, KD, C, Hp, Wp, nWc, nW, num_n, WIN=window, **_dot_args(q),
+                                    N, KD, C, Hp, Wp, nWc, nW, num_n, WIN=window, ROW64=_row64(q, v), **_dot_args(q),
                                     DQ_ATOMIC=dq_atomic, DK_ATOMIC=dk_atomic, **cfg)
     return dq.to(q.dtype), dk.to(k.dtype), dv

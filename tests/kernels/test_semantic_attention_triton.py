@@ -55,8 +55,8 @@ def check_rule(name, kernel, same_dtype, truth, dtype):
     assert err <= 2 * err_torch + atol, f"{name}: {err:.3g} > 2 * {err_torch:.3g} + {atol:.3g}"
 
 
-# (B, H, W, K, C, window): windows 7 and 12, global on odd and square maps, odd/large K,
-# C under, over and not a multiple of the channel block.
+# (B, H, W, K, C, window): windows 7 and 12 (and 5), global on odd, square and tiny maps,
+# odd/large K, C under, over and not a multiple of the channel block.
 FP32_CASES = [
     (2, 14, 14, 19, 32, 7),
     (1, 14, 21, 150, 40, 7),
@@ -67,6 +67,8 @@ FP32_CASES = [
     (1, 16, 16, 150, 32, 0),
     (1, 9, 11, 6, 320, 0),
     (2, 12, 12, 6, 300, 12),
+    (2, 4, 6, 19, 40, 0),
+    (1, 10, 10, 6, 32, 5),
 ]
 
 
@@ -75,7 +77,8 @@ def test_cases_cover_every_kernel_path():
     seen = set()
     for B, H, W, K, C, w in FP32_CASES:
         N = w * w if w else H * W
-        fwd, bwd = sa._config(N, K, C, backward=False), sa._config(N, K, C, backward=True)
+        fwd = sa._config(N, K, C, backward=False, dtype=torch.float32)
+        bwd = sa._config(N, K, C, backward=True, dtype=torch.float32)
         seen.add(("blocks", N > bwd["BLOCK_N"]))
         seen.add(("fwd chunks", C > fwd["BLOCK_C"]))
         seen.add(("bwd chunks", C > bwd["BLOCK_C"]))
@@ -95,6 +98,17 @@ def test_fp32_matches_reference(B, H, W, K, C, window):
     assert got[1].shape == lse_truth.shape
     for name, x, t in zip(("out", "lse", "dq", "dk", "dv"), got, (truth[0], lse_truth, *truth[1:])):
         assert x.shape == t.shape, name
+        assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
+
+
+@pytest.mark.parametrize("window", [7, 0])
+def test_int64_offsets_path(monkeypatch, window):
+    """The int64 row arithmetic (taken for tensors of >= 2^31 elements) on a small map."""
+    monkeypatch.setattr(sa, "_row64", lambda q, v: True)
+    q, k, v, dout = make_inputs(2, 7, 14, 19, 40)
+    truth = reference_grads(q, k, v, dout, window)
+    got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
+    for name, x, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), truth):
         assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
 
 
