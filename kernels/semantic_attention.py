@@ -31,16 +31,19 @@ and one channel chunk c, loops over all query blocks and accumulates dv[:, c] (c
 stored directly) and dk. dP is a sum over channel chunks, so dS splits linearly:
 dS = sum_c P * dP_c - P * D, with the -P*D term taken by chunk 0. Each program's partial
 dk (if several chunks) and partial dq (if several key blocks or chunks) are added with fp32
-atomics into zeroed fp32 buffers, cast to the input dtype at the end; when a window fits one
-block and C one chunk (e.g. window 7, C <= 128) everything is stored directly. Atomics make
-dq/dk summation order, hence their last bits, non-deterministic in that case.
+atomics (relaxed) into zeroed fp32 buffers, cast to the input dtype at the end; when a
+sequence fits one block and C one chunk (e.g. window 7, K <= 64, C <= 128, fp16/bf16) all
+is stored directly. Otherwise the atomics make the last bits of dq/dk non-deterministic.
 
 Limits: K <= 256 (BLOCK_K = next power of two, registers); any C (chunked); fp32, fp16,
-bf16 (q, k, v of one dtype); contiguous inputs; int32 offsets, int64 when a tensor has >= 2^31 elements. In Triton's CPU
-interpreter bf16 dots are wrong (Triton 3.8), so there the already-rounded bf16 operands
-are widened to fp32 before each dot (``UPCAST``); compiled GPU code uses bf16 dots.
+bf16 (q, k, v of one dtype); contiguous inputs; int32 offsets (int64 when a tensor has
+>= 2^31 elements). In Triton's CPU interpreter bf16 dots are wrong (Triton 3.8), so there
+the already-rounded bf16 operands are widened to fp32 before each dot (``UPCAST``);
+compiled GPU code uses bf16 dots.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -80,9 +83,9 @@ def _mm(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
-                WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
-                UPCAST: tl.constexpr):
+                WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+                PREC: tl.constexpr, UPCAST: tl.constexpr):
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     s = pid // num_m
@@ -125,7 +128,8 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
 
 @triton.jit
 def _bwd_delta_kernel(O, DO, DELTA, N, C, Hp, Wp, nWc, nW, num_m,
-                      WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                      WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     s = pid // num_m
     offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -144,9 +148,9 @@ def _bwd_delta_kernel(O, DO, DELTA, N, C, Hp, Wp, nWc, nW, num_m,
 
 @triton.jit
 def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n,
-                WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
-                UPCAST: tl.constexpr,
+                WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+                PREC: tl.constexpr, UPCAST: tl.constexpr,
                 DQ_ATOMIC: tl.constexpr, DK_ATOMIC: tl.constexpr):
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -188,14 +192,14 @@ def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
         dq = _mm(ds.to(k.dtype), k, PREC, UPCAST)
         dq_ptr = DQ + rows_m[:, None] * KD + offs_k[None, :]
         if DQ_ATOMIC:
-            tl.atomic_add(dq_ptr, dq, mask=mask_mk)
+            tl.atomic_add(dq_ptr, dq, mask=mask_mk, sem="relaxed")
         else:
             tl.store(dq_ptr, dq.to(DQ.dtype.element_ty), mask=mask_mk)
 
     tl.store(DV + rows_n[:, None] * C + offs_c[None, :], dv.to(DV.dtype.element_ty), mask=mask_nc)
     dk_ptr = DK + rows_n[:, None] * KD + offs_k[None, :]
     if DK_ATOMIC:
-        tl.atomic_add(dk_ptr, dk, mask=mask_nk)
+        tl.atomic_add(dk_ptr, dk, mask=mask_nk, sem="relaxed")
     else:
         tl.store(dk_ptr, dk.to(DK.dtype.element_ty), mask=mask_nk)
 
@@ -248,6 +252,11 @@ def _dot_args(t: torch.Tensor) -> dict:
                 UPCAST=interpreted and t.dtype == torch.bfloat16)
 
 
+def _on_device(t: torch.Tensor):
+    """Launch on the tensor's GPU (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def reasons(tensors, params: dict) -> list[str]:
     """Why these kernels cannot run ``[q, k, v]`` with ``params['window']`` (empty: they can)."""
     q, k, v = tensors
@@ -284,9 +293,10 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
     out = torch.empty_like(v)
     lse = torch.empty(q.shape[0], S // q.shape[0], N, device=q.device, dtype=torch.float32)
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
-    grid = (num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))
-    _fwd_kernel[grid](q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW, num_m,
-                      WIN=window, ROW64=_row64(q, v), **_dot_args(q), **cfg)
+    with _on_device(q):
+        _fwd_kernel[(num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))](
+            q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW, num_m,
+            WIN=window, ROW64=_row64(q, v), **_dot_args(q), **cfg)
     return out, lse
 
 
@@ -300,16 +310,19 @@ def backward(dout, q, k, v, out, lse, window: int):
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
     num_n = triton.cdiv(N, cfg["BLOCK_N"])
     num_c = triton.cdiv(C, cfg["BLOCK_C"])
-    delta = torch.empty_like(lse)
-    _bwd_delta_kernel[(num_m * S,)](out, dout, delta, N, C, Hp, Wp, nWc, nW, num_m, WIN=window,
-                                    ROW64=_row64(q, v),
-                                    BLOCK_M=cfg["BLOCK_M"], BLOCK_C=cfg["BLOCK_C"],
-                                    num_warps=4)
+    row64 = _row64(q, v)
     dq_atomic, dk_atomic = num_n * num_c > 1, num_c > 1
-    dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if dq_atomic else torch.empty_like(q)
-    dk = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if dk_atomic else torch.empty_like(k)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dq = torch.zeros(q.shape, **f32) if dq_atomic else torch.empty_like(q)
+    dk = torch.zeros(k.shape, **f32) if dk_atomic else torch.empty_like(k)
     dv = torch.empty_like(v)
-    _bwd_kernel[(num_n * S, num_c)](q, k, v, dout, lse, delta, dq, dk, dv,
-                                    N, KD, C, Hp, Wp, nWc, nW, num_n, WIN=window, ROW64=_row64(q, v), **_dot_args(q),
-                                    DQ_ATOMIC=dq_atomic, DK_ATOMIC=dk_atomic, **cfg)
+    delta = torch.empty_like(lse)
+    with _on_device(q):
+        _bwd_delta_kernel[(num_m * S,)](
+            out, dout, delta, N, C, Hp, Wp, nWc, nW, num_m, WIN=window, ROW64=row64,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_C=cfg["BLOCK_C"], num_warps=4)
+        _bwd_kernel[(num_n * S, num_c)](
+            q, k, v, dout, lse, delta, dq, dk, dv, N, KD, C, Hp, Wp, nWc, nW, num_n,
+            WIN=window, ROW64=row64, DQ_ATOMIC=dq_atomic, DK_ATOMIC=dk_atomic,
+            **_dot_args(q), **cfg)
     return dq.to(q.dtype), dk.to(k.dtype), dv
