@@ -5,6 +5,10 @@ maps. GPU (marker ``gpu``): real SeMask stage shapes, accuracy rule
 max|kernel - truth| <= 2 * max|torch same dtype - truth| + atol per tensor.
 """
 import importlib
+import inspect
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -174,6 +178,61 @@ def test_reasons_rejects_bad_inputs():
     assert "window" in why([q, k, v], window=-1)
     assert "expected" in why([q, k[:, :7], v])
     assert "empty" in why([q[:0], k[:0], v[:0]])
+
+
+# ------------------------------------------------ compiled (not interpreted) code, on CPU
+def compile_sm90(fn, pointers, constexprs, num_warps):
+    """Compile a kernel for an H100 (sm_90) without a GPU; 16-aligned pointers."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = fn.arg_names
+    sig = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
+    src = ASTSource(fn=fn, signature=sig,
+                    constexprs={(names.index(n),): v for n, v in constexprs.items()},
+                    attrs={(names.index(n),): [["tt.divisibility", 16]] for n in pointers})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+    assert ".entry" in kernel.asm["ptx"]
+
+
+def compile_all_sm90(dtype, N, K, C, window):
+    """Compile forward, delta and backward kernels as ``forward``/``backward`` launch them."""
+    torch_dtype = dict(bf16=torch.bfloat16, fp32=torch.float32)[dtype]
+    common = dict(WIN=window, ROW64=False)
+    dots = dict(PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
+    ptrs = {n: "*" + dtype for n in ("Q", "Kt", "V", "O", "DO", "DV")}
+    ptrs.update(LSE="*fp32", DELTA="*fp32")
+    for fn, backward in ((sa._fwd_kernel, False), (sa._bwd_kernel, True)):
+        cfg = sa._config(N, K, C, backward, torch_dtype)
+        warps = cfg.pop("num_warps")
+        cfg.pop("num_stages")
+        if backward:
+            num_c, num_n = -(-C // cfg["BLOCK_C"]), -(-N // cfg["BLOCK_N"])
+            cfg.update(DQ_ATOMIC=num_n * num_c > 1, DK_ATOMIC=num_c > 1)
+            ptrs.update(DQ="*fp32" if cfg["DQ_ATOMIC"] else "*" + dtype,
+                        DK="*fp32" if cfg["DK_ATOMIC"] else "*" + dtype)
+        compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
+                     dict(**common, **dots, **cfg), warps)
+    compile_sm90(sa._bwd_delta_kernel, dict(O="*" + dtype, DO="*" + dtype, DELTA="*fp32"),
+                 dict(**common, BLOCK_M=32, BLOCK_C=64), 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype,N,K,C,window", [("bf16", 49, 150, 96, 7), ("fp32", 1024, 19, 40, 0)])
+def test_kernels_compile_for_sm90(dtype, N, K, C, window):
+    """The interpreter accepts code the compiler may reject: build every kernel for sm_90
+    (in a fresh process, since TRITON_INTERPRET=1 here replaces the jit functions)."""
+    pytest.importorskip("triton.backends.nvidia")
+    from triton.compiler import ASTSource
+    if "constexprs" not in inspect.signature(ASTSource).parameters:
+        pytest.skip("this Triton's ASTSource takes another signature (written for Triton >= 3.3)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+            f"import {__name__.rpartition('.')[2]} as t; "
+            f"t.compile_all_sm90({dtype!r}, {N}, {K}, {C}, {window})")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 # ---------------------------------------------------------------- GPU, real stage shapes
