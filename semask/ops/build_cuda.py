@@ -15,11 +15,13 @@ and rebuilt only when sources or flags change. Sources, flags and arch handling 
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
 import importlib.util
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 BUILD_COMMAND = "python -m semask.ops.build_cuda"
@@ -107,6 +109,17 @@ def jit_build(archs: list[str] | None = None, verbose: bool = False):
                 build_directory=directory, with_cuda=True, verbose=verbose)
 
 
+def _warn_if_building() -> None:
+    """Say so when a first use is about to compile (minutes), not just stall."""
+    archs = jit_archs(build_definition())
+    name = module_name(archs)
+    directory = build_directory(name)
+    if not glob.glob(os.path.join(glob.escape(directory), name + ".*so")):
+        warnings.warn(f"semask: building the CUDA extension {name} just in time in {directory} "
+                      f"(first use, a few minutes; `{BUILD_COMMAND}` builds it ahead)",
+                      stacklevel=3)
+
+
 def load_extension(verbose: bool = False):
     """The extension module (installed ``semask._C``, else the JIT build, built if needed)."""
     global _loaded, _failure
@@ -118,6 +131,7 @@ def load_extension(verbose: bool = False):
         _loaded = importlib.import_module(AOT_MODULE)
         return _loaded
     try:
+        _warn_if_building()
         _loaded = jit_build(verbose=verbose)
     except ExtensionUnavailable as exc:
         _failure = str(exc)

@@ -74,6 +74,26 @@ def test_jit_build_without_sources_says_how_to_build(monkeypatch, tmp_path):
         build_cuda.jit_build(["9.0"])
 
 
+def test_first_use_build_warns_and_a_failed_build_is_not_retried(monkeypatch, tmp_path):
+    calls = []
+
+    def failing_build(**kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("Error building extension: nvcc fatal")
+
+    monkeypatch.setattr(build_cuda, "_loaded", None)
+    monkeypatch.setattr(build_cuda, "_failure", None)
+    monkeypatch.setattr(build_cuda, "AOT_MODULE", "semask._no_such_module")
+    monkeypatch.setenv("SEMASK_CUDA_BUILD_DIR", str(tmp_path))  # empty: nothing cached
+    monkeypatch.setattr(build_cuda, "jit_build", failing_build)
+    with pytest.warns(UserWarning, match="building the CUDA extension"):
+        with pytest.raises(build_cuda.ExtensionUnavailable, match="nvcc fatal.*semask.ops.build_cuda"):
+            build_cuda.load_extension()
+    with pytest.raises(build_cuda.ExtensionUnavailable, match="nvcc fatal"):
+        build_cuda.load_extension()
+    assert len(calls) == 1
+
+
 def test_build_cuda_help_runs_without_compiling():
     result = subprocess.run([sys.executable, "-m", "semask.ops.build_cuda", "--help"],
                             capture_output=True, text=True, timeout=120)
