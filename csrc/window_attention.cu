@@ -41,14 +41,17 @@ struct WinGeom {
   float scale;
 };
 
-// Pixel (b*Hp + y)*Wp + x of token t of window `win` in the shifted map, and its shift region.
-__device__ __forceinline__ void token_of(const WinGeom& g, int b, int win, int t, int& pix, int& label) {
+// Pixel (b*Hp + y)*Wp + x of token t of window `win` in the shifted map, its shift region
+// and its bias offset ofs = (t / w)(2w-1) + t % w.
+__device__ __forceinline__ void token_of(const WinGeom& g, int b, int win, int t, int& pix,
+                                         int& label, int& ofs) {
   const int ys = (win / g.nWx) * g.w + t / g.w;
   const int xs = (win % g.nWx) * g.w + t % g.w;
   int y = ys + g.shift, x = xs + g.shift;  // shift < w <= Hp, Wp: one wrap at most
   if (y >= g.Hp) y -= g.Hp;
   if (x >= g.Wp) x -= g.Wp;
   pix = (b * g.Hp + y) * g.Wp + x;
+  ofs = (t / g.w) * (2 * g.w - 1) + t % g.w;
   label = 0;
   if (g.shift) {  // 3x3 regions: bands split at n - w and n - shift (shift_region_labels)
     const int by = (ys >= g.Hp - g.w) + (ys >= g.Hp - g.shift);
@@ -57,10 +60,9 @@ __device__ __forceinline__ void token_of(const WinGeom& g, int b, int win, int t
   }
 }
 
-// Row of the bias table for query i and key j: (dh + w-1)(2w-1) + (dw + w-1), d = i - j.
-__device__ __forceinline__ int rel_index(const WinGeom& g, int i, int j) {
-  return (i / g.w - j / g.w + g.w - 1) * (2 * g.w - 1) + (i % g.w - j % g.w + g.w - 1);
-}
+// Row of the bias table for query i and key j, (dh + w-1)(2w-1) + (dw + w-1) with
+// (dh, dw) = coordinates of i minus those of j, is ofs(i) - ofs(j) + center.
+__device__ __forceinline__ int bias_center(const WinGeom& g) { return 2 * g.w * (g.w - 1); }
 
 __device__ __forceinline__ float dot(const float* a, const float* b, int n) {
   float acc = 0.f;
@@ -69,16 +71,30 @@ __device__ __forceinline__ float dot(const float* a, const float* b, int n) {
   return acc;
 }
 
+// scale q_i.k_j + bias[idx] + shift mask (-100 between regions)
 __device__ __forceinline__ float score(const WinGeom& g, const float* Qs, const float* Ks,
-                                       const float* Bs, const int* lab, int i, int j) {
-  const float mask = lab[i] != lab[j] ? kShiftMask : 0.f;
-  return dot(Qs + i * g.ld, Ks + j * g.ld, g.D) * g.scale + Bs[rel_index(g, i, j)] + mask;
+                                       const float* Bs, int i, int j, int idx, bool same_region) {
+  const float mask = same_region ? 0.f : kShiftMask;
+  return dot(Qs + i * g.ld, Ks + j * g.ld, g.D) * g.scale + Bs[idx] + mask;
 }
 
-// Token pixels and labels, the bias column of head h; returns after a barrier.
+// This lane's tokens lane + 32 t: bias offsets (+ `add`) and region labels, in registers.
+__device__ __forceinline__ void lane_tokens(const WinGeom& g, const int* ofs, const int* lab,
+                                            int add, int (&o)[kKeySlots], int (&l)[kKeySlots]) {
+  const int lane = threadIdx.x % kWarp;
+#pragma unroll
+  for (int t = 0; t < kKeySlots; ++t) {
+    const int j = lane + t * kWarp;
+    o[t] = j < g.N ? ofs[j] + add : 0;
+    l[t] = j < g.N ? lab[j] : -1;
+  }
+}
+
+// Token pixels, labels and offsets, the bias column of head h; returns after a barrier.
 __device__ __forceinline__ void setup_window(const WinGeom& g, int b, int win, int h,
-                                             const float* table, int* pix, int* lab, float* Bs) {
-  for (int t = threadIdx.x; t < g.N; t += blockDim.x) token_of(g, b, win, t, pix[t], lab[t]);
+                                             const float* table, int* pix, int* lab, int* ofs,
+                                             float* Bs) {
+  for (int t = threadIdx.x; t < g.N; t += blockDim.x) token_of(g, b, win, t, pix[t], lab[t], ofs[t]);
   for (int e = threadIdx.x; e < g.T2; e += blockDim.x) Bs[e] = table[e * g.heads + h];
   __syncthreads();
 }
@@ -113,18 +129,22 @@ __global__ void __launch_bounds__(256) window_fwd_kernel(const T* __restrict__ q
   float* P = Bs + g.T2 + warp * N;  // this warp's probability row
   int* pix = reinterpret_cast<int*>(Bs + g.T2 + nwarps * N);
   int* lab = pix + N;
+  int* ofs = lab + N;
 
-  setup_window(g, b, win, h, table, pix, lab, Bs);
+  setup_window(g, b, win, h, table, pix, lab, ofs, Bs);
   load_qkv(g, h, qkv, pix, Qs, Ks, Vs);
   __syncthreads();
 
+  int kofs[kKeySlots], klab[kKeySlots];  // this lane's keys
+  lane_tokens(g, ofs, lab, 0, kofs, klab);
   for (int i = warp; i < N; i += nwarps) {
+    const int qofs = ofs[i] + bias_center(g), qlab = lab[i];
     float s[kKeySlots];
     float mx = -INFINITY;
 #pragma unroll
     for (int t = 0; t < kKeySlots; ++t) {
       const int j = lane + t * kWarp;
-      s[t] = j < N ? score(g, Qs, Ks, Bs, lab, i, j) : -INFINITY;
+      s[t] = j < N ? score(g, Qs, Ks, Bs, i, j, qofs - kofs[t], qlab == klab[t]) : -INFINITY;
       mx = fmaxf(mx, s[t]);
     }
     mx = warp_max(mx);  // finite: key 0 is valid
@@ -177,11 +197,12 @@ __global__ void __launch_bounds__(256) window_bwd_kernel(
   float* S = P + N;                   // ... and dS (a row in pass 1, a column in pass 2)
   int* pix = reinterpret_cast<int*>(Dl + N + nwarps * 2 * N);
   int* lab = pix + N;
+  int* ofs = lab + N;
 
   const int64_t lse_base = ((static_cast<int64_t>(b) * g.nW + win) * g.heads + h) * N;
   for (int t = threadIdx.x; t < N; t += blockDim.x) Ls[t] = lse[lse_base + t];
   for (int e = threadIdx.x; e < g.T2; e += blockDim.x) dBs[e] = 0.f;
-  setup_window(g, b, win, h, table, pix, lab, Bs);
+  setup_window(g, b, win, h, table, pix, lab, ofs, Bs);
   load_qkv(g, h, qkv, pix, Qs, Ks, Vs);
   for (int e = threadIdx.x; e < N * g.D; e += blockDim.x) {
     const int t = e / g.D, d = e - t * g.D;
@@ -190,8 +211,11 @@ __global__ void __launch_bounds__(256) window_bwd_kernel(
   __syncthreads();
 
   const int64_t C3 = 3 * static_cast<int64_t>(g.C);
+  int lofs[kKeySlots], llab[kKeySlots];  // this lane's keys (pass 1) or queries (pass 2)
+  lane_tokens(g, ofs, lab, 0, lofs, llab);
   // pass 1: query rows -> Delta, dQ
   for (int i = warp; i < N; i += nwarps) {
+    const int qofs = ofs[i] + bias_center(g), qlab = lab[i];
     float p[kKeySlots], dp[kKeySlots];
     float delta = 0.f;
 #pragma unroll
@@ -200,7 +224,7 @@ __global__ void __launch_bounds__(256) window_bwd_kernel(
       p[t] = 0.f;
       dp[t] = 0.f;
       if (j < N) {
-        p[t] = expf(score(g, Qs, Ks, Bs, lab, i, j) - Ls[i]);
+        p[t] = expf(score(g, Qs, Ks, Bs, i, j, qofs - lofs[t], qlab == llab[t]) - Ls[i]);
         dp[t] = dot(dOs + i * g.ld, Vs + j * g.ld, g.D);
         delta = fmaf(p[t], dp[t], delta);
       }
@@ -229,13 +253,15 @@ __global__ void __launch_bounds__(256) window_bwd_kernel(
 
   // pass 2: key columns -> dK, dV, bias gradient
   for (int j = warp; j < N; j += nwarps) {
+    const int kofs = bias_center(g) - ofs[j], klab = lab[j];
 #pragma unroll
     for (int t = 0; t < kKeySlots; ++t) {
       const int i = lane + t * kWarp;
       if (i < N) {
-        const float pij = expf(score(g, Qs, Ks, Bs, lab, i, j) - Ls[i]);
+        const int idx = lofs[t] + kofs;
+        const float pij = expf(score(g, Qs, Ks, Bs, i, j, idx, llab[t] == klab) - Ls[i]);
         const float ds = pij * (dot(dOs + i * g.ld, Vs + j * g.ld, g.D) - Dl[i]);
-        atomicAdd(&dBs[rel_index(g, i, j)], ds);  // distinct entries across the warp
+        atomicAdd(&dBs[idx], ds);  // distinct entries across the warp
         P[i] = pij;
         S[i] = ds;
       }
@@ -264,12 +290,12 @@ __global__ void __launch_bounds__(256) window_bwd_kernel(
 int block_threads(int N) { return N > 64 ? 256 : 128; }
 
 size_t fwd_smem_bytes(const WinGeom& g, int nwarps) {
-  return sizeof(float) * (3 * g.N * g.ld + g.T2 + nwarps * g.N) + sizeof(int) * 2 * g.N;
+  return sizeof(float) * (3 * g.N * g.ld + g.T2 + nwarps * g.N) + sizeof(int) * 3 * g.N;
 }
 
 size_t bwd_smem_bytes(const WinGeom& g, int nwarps) {
   return sizeof(float) * (4 * g.N * g.ld + 2 * g.T2 + 2 * g.N + 2 * nwarps * g.N) +
-         sizeof(int) * 2 * g.N;
+         sizeof(int) * 3 * g.N;
 }
 
 }  // namespace
