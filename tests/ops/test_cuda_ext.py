@@ -219,8 +219,9 @@ def emulator(tmp_path_factory):
 def _emulate(exe, tmp_path, args, inputs, outputs):
     for name, t in inputs.items():
         t.detach().float().contiguous().numpy().tofile(tmp_path / name)
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0"}  # LSan needs ptrace; not checked here
     result = subprocess.run([str(exe), args[0], str(tmp_path), *map(str, args[1:])],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return {name: torch.from_numpy(np.fromfile(tmp_path / name, dtype=np.float32)).view(shape)
             for name, shape in outputs.items()}
