@@ -19,6 +19,8 @@ import glob
 import importlib
 import importlib.util
 import os
+import re
+import subprocess
 import sys
 import time
 import warnings
@@ -87,16 +89,39 @@ def build_directory(name: str) -> str:
     return os.path.join(root, f"py{sys.version_info.major}{sys.version_info.minor}_cu{cuda}", name)
 
 
+def toolkit_mismatch(cuda_home: str) -> str | None:
+    """Why the toolkit at ``cuda_home`` cannot build for this torch (None: it can)."""
+    import torch
+
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    try:
+        info = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"],
+                              capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"nvcc in {cuda_home} does not run ({exc})"
+    found = re.search(r"release (\d+)\.(\d+)", info)
+    if found and found[1] != torch.version.cuda.split(".")[0]:
+        return (f"nvcc {found[1]}.{found[2]} in {cuda_home} does not match CUDA "
+                f"{torch.version.cuda} of torch {torch.__version__}")
+    return None
+
+
 def jit_build(archs: list[str] | None = None, verbose: bool = False):
     """Build (or reuse the cached build of) the extension just in time; returns the module.
 
-    Raises :class:`ExtensionUnavailable` when nvcc or ninja is missing.
+    Raises :class:`ExtensionUnavailable` when nvcc or ninja is missing or nvcc does not match
+    torch's CUDA major version; compiler errors propagate.
     """
     build = build_definition()
     archs = archs or jit_archs(build)
-    if build.use_cuda_home() is None:
+    cuda_home = build.use_cuda_home()
+    if cuda_home is None:
         raise ExtensionUnavailable(unavailable_message(
             "no CUDA toolkit found: nvcc is not on PATH and CUDA_HOME is not set"))
+    mismatch = toolkit_mismatch(cuda_home)
+    if mismatch:
+        raise ExtensionUnavailable(unavailable_message(mismatch))
     from torch.utils.cpp_extension import is_ninja_available, load
 
     if not is_ninja_available():
