@@ -28,6 +28,29 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Row stride (floats) for tiles read with float4 loads, lane-indexed rows included: a
+// multiple of 4 that is 4 x odd, so 8 lanes of a 128-bit load phase hit distinct banks.
+inline int vec_stride(int width) {
+  const int w4 = (width + 3) / 4 * 4;
+  return (w4 / 4) % 2 ? w4 : w4 + 4;
+}
+
+// sum_c a[c] * b[c] over n4 float4 chunks (16-byte aligned; summed in order c = 0, 1, ...)
+__device__ __forceinline__ float dot4(const float* a, const float* b, int n4) {
+  const float4* a4 = reinterpret_cast<const float4*>(a);
+  const float4* b4 = reinterpret_cast<const float4*>(b);
+  float acc = 0.f;
+#pragma unroll 4
+  for (int c = 0; c < n4; ++c) {
+    const float4 x = a4[c], y = b4[c];
+    acc = fmaf(x.x, y.x, acc);
+    acc = fmaf(x.y, y.y, acc);
+    acc = fmaf(x.z, y.z, acc);
+    acc = fmaf(x.w, y.w, acc);
+  }
+  return acc;
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));

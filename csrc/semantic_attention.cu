@@ -9,7 +9,8 @@
 // Tiles of 32 query rows x 32 keys; 8 warps, each owning 4 rows (or 4 keys in the key-side
 // kernels); lanes run over the other side of the tile, so a score is one lane's dot
 // product over K with the row operand broadcast from shared memory and the lane operand
-// read with an odd row stride (conflict-free). V and dO are read in chunks of 128 channels.
+// read with float4 loads at a 4 x odd row stride (conflict-free; pad columns are zero).
+// V and dO are read in chunks of 128 channels.
 //   forward  grid (B*nW, query tiles, C chunks): online softmax over key tiles (warp
 //            shuffles for row max and sum); lse written by the first C chunk.
 //   backward (P recomputed from lse, flash-attention style; Delta = rowsum(dO * O)):
@@ -33,15 +34,31 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * kWarp;
 constexpr int kTile = kWarps * kRows;      // 32 query rows or keys per tile
 constexpr int kChunk = 128;                // channels of V / dO per pass
-constexpr int kChunkLd = kChunk + 1;       // odd stride for lane-indexed rows
+constexpr int kChunkLd = kChunk + 4;       // 4 x odd stride for lane-indexed rows
 constexpr int kCSlots = kChunk / kWarp;    // channels per lane
 constexpr int kMaxK = 256;
 constexpr int kKSlots = kMaxK / kWarp;     // q/k channels per lane
 static_assert(kTile == kWarp, "one key (or query) per lane");
 
 struct SemGeom {
-  int Hp, Wp, K, C, w, nWx, nW, N, ldk;  // w = 0: global; ldk = K | 1
+  int Hp, Wp, K, C, w, nWx, nW, N, ldk, K4;  // w = 0: global; q/k tile stride, float4 chunks
 };
+
+// Geometry of a (checked) call: map Hp x Wp, K classes, C channels, window (0: global).
+SemGeom semantic_geom(int Hp, int Wp, int K, int C, int window) {
+  SemGeom g;
+  g.Hp = Hp;
+  g.Wp = Wp;
+  g.K = K;
+  g.C = C;
+  g.w = window;
+  g.nWx = window ? Wp / window : 1;
+  g.nW = window ? (Hp / window) * g.nWx : 1;
+  g.N = window ? window * window : Hp * Wp;
+  g.ldk = vec_stride(K);
+  g.K4 = (K + 3) / 4;
+  return g;
+}
 
 // Pixel index b*Hp*Wp + y*Wp + x of token t of window `win`.
 __device__ __forceinline__ int64_t token_pix(const SemGeom& g, int b, int win, int t) {
@@ -64,15 +81,21 @@ __device__ __forceinline__ void load_tile(float* dst, int ld, const T* src, int 
   }
 }
 
-// s[r] = dot(rows[(r0 + r) * K .. ], lane_row[..]) over K for the warp's kRows rows.
-__device__ __forceinline__ void tile_scores(float (&s)[kRows], const float* rows, int r0,
-                                            const float* lane_row, int K) {
+// s[r] += dot(rows[(r0 + r) * ld ..], lane_row[..]) over n4 float4 chunks, for the warp's
+// kRows rows (row operand broadcast, lane operand per lane; summed in column order).
+__device__ __forceinline__ void tile_dots(float (&s)[kRows], const float* rows, int ld, int r0,
+                                          const float* lane_row, int n4) {
+  const float4* x4 = reinterpret_cast<const float4*>(lane_row);
+  for (int c = 0; c < n4; ++c) {
+    const float4 x = x4[c];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) s[r] = 0.f;
-  for (int kk = 0; kk < K; ++kk) {
-    const float x = lane_row[kk];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) s[r] = fmaf(rows[(r0 + r) * K + kk], x, s[r]);
+    for (int r = 0; r < kRows; ++r) {
+      const float4 y = reinterpret_cast<const float4*>(rows + (r0 + r) * ld)[c];
+      s[r] = fmaf(y.x, x.x, s[r]);
+      s[r] = fmaf(y.y, x.y, s[r]);
+      s[r] = fmaf(y.z, x.z, s[r]);
+      s[r] = fmaf(y.w, x.w, s[r]);
+    }
   }
 }
 
@@ -107,12 +130,12 @@ __global__ void __launch_bounds__(kThreads) sem_fwd_kernel(const T* __restrict__
   const int b = blockIdx.x / g.nW, win = blockIdx.x % g.nW;
   const int i0 = blockIdx.y * kTile, c0 = blockIdx.z * kChunk;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, r0 = warp * kRows;
-  float* Qs = smem;                // [kTile][K]     rows broadcast
-  float* Ks = Qs + kTile * g.K;    // [kTile][ldk]   lane = key
+  float* Qs = smem;                // [kTile][ldk]   rows broadcast
+  float* Ks = Qs + kTile * g.ldk;  // [kTile][ldk]   lane = key
   float* Vs = Ks + kTile * g.ldk;  // [kTile][kChunk]
   const int width = min(kChunk, g.C - c0);
 
-  load_tile(Qs, g.K, q, g.K, 0, g.K, g, b, win, i0);
+  load_tile(Qs, g.ldk, q, g.K, 0, 4 * g.K4, g, b, win, i0);
   float m[kRows], l[kRows], acc[kRows][kCSlots];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
@@ -123,11 +146,11 @@ __global__ void __launch_bounds__(kThreads) sem_fwd_kernel(const T* __restrict__
   }
   for (int j0 = 0; j0 < g.N; j0 += kTile) {
     __syncthreads();  // previous tiles consumed
-    load_tile(Ks, g.ldk, k, g.K, 0, g.K, g, b, win, j0);
+    load_tile(Ks, g.ldk, k, g.K, 0, 4 * g.K4, g, b, win, j0);
     load_tile(Vs, kChunk, v, g.C, c0, kChunk, g, b, win, j0);
     __syncthreads();
-    float s[kRows];
-    tile_scores(s, Qs, r0, Ks + lane * g.ldk, g.K);
+    float s[kRows] = {};
+    tile_dots(s, Qs, g.ldk, r0, Ks + lane * g.ldk, g.K4);
     const bool valid = j0 + lane < g.N;  // lane 0 always valid: the new max is finite
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
@@ -185,13 +208,13 @@ __global__ void __launch_bounds__(kThreads) sem_dq_kernel(
   SEMASK_SHARED_MEMORY(smem);
   const int b = blockIdx.x / g.nW, win = blockIdx.x % g.nW, i0 = blockIdx.y * kTile;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, r0 = warp * kRows;
-  float* Qs = smem;                  // [kTile][K]        rows broadcast
-  float* Ks = Qs + kTile * g.K;      // [kTile][ldk]      lane = key
+  float* Qs = smem;                  // [kTile][ldk]      rows broadcast
+  float* Ks = Qs + kTile * g.ldk;    // [kTile][ldk]      lane = key
   float* dOs = Ks + kTile * g.ldk;   // [kTile][kChunk]   rows broadcast
   float* Vs = dOs + kTile * kChunk;  // [kTile][kChunkLd] lane = key
   const int64_t stat = (static_cast<int64_t>(b) * g.nW + win) * g.N;
 
-  load_tile(Qs, g.K, q, g.K, 0, g.K, g, b, win, i0);
+  load_tile(Qs, g.ldk, q, g.K, 0, 4 * g.K4, g, b, win, i0);
   float li[kRows], di[kRows], acc[kRows][kKSlots];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
@@ -203,10 +226,10 @@ __global__ void __launch_bounds__(kThreads) sem_dq_kernel(
   }
   for (int j0 = 0; j0 < g.N; j0 += kTile) {
     __syncthreads();
-    load_tile(Ks, g.ldk, k, g.K, 0, g.K, g, b, win, j0);
+    load_tile(Ks, g.ldk, k, g.K, 0, 4 * g.K4, g, b, win, j0);
     __syncthreads();
-    float p[kRows], dp[kRows] = {};
-    tile_scores(p, Qs, r0, Ks + lane * g.ldk, g.K);
+    float p[kRows] = {}, dp[kRows] = {};
+    tile_dots(p, Qs, g.ldk, r0, Ks + lane * g.ldk, g.K4);
     const bool valid = j0 + lane < g.N;
 #pragma unroll
     for (int r = 0; r < kRows; ++r) p[r] = valid ? expf(p[r] - li[r]) : 0.f;
@@ -215,12 +238,7 @@ __global__ void __launch_bounds__(kThreads) sem_dq_kernel(
       load_tile(dOs, kChunk, dout, g.C, c0, kChunk, g, b, win, i0);
       load_tile(Vs, kChunkLd, v, g.C, c0, kChunk, g, b, win, j0);
       __syncthreads();
-      const int width = min(kChunk, g.C - c0);
-      for (int c = 0; c < width; ++c) {
-        const float x = Vs[lane * kChunkLd + c];
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) dp[r] = fmaf(dOs[(r0 + r) * kChunk + c], x, dp[r]);
-      }
+      tile_dots(dp, dOs, kChunk, r0, Vs + lane * kChunkLd, (min(kChunk, g.C - c0) + 3) / 4);
     }
 #pragma unroll
     for (int r = 0; r < kRows; ++r) p[r] *= dp[r] - di[r];  // dS
@@ -248,15 +266,15 @@ __global__ void __launch_bounds__(kThreads) sem_dk_kernel(
   SEMASK_SHARED_MEMORY(smem);
   const int b = blockIdx.x / g.nW, win = blockIdx.x % g.nW, j0 = blockIdx.y * kTile;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, r0 = warp * kRows;
-  float* Ks = smem;                   // [kTile][K]        keys broadcast
-  float* Qs = Ks + kTile * g.K;       // [kTile][ldk]      lane = query
+  float* Ks = smem;                   // [kTile][ldk]      keys broadcast
+  float* Qs = Ks + kTile * g.ldk;     // [kTile][ldk]      lane = query
   float* Vs = Qs + kTile * g.ldk;     // [kTile][kChunk]   keys broadcast
   float* dOs = Vs + kTile * kChunk;   // [kTile][kChunkLd] lane = query
   float* Ls = dOs + kTile * kChunkLd; // [kTile] lse of the query tile
   float* Ds = Ls + kTile;             // [kTile] Delta of the query tile
   const int64_t stat = (static_cast<int64_t>(b) * g.nW + win) * g.N;
 
-  load_tile(Ks, g.K, k, g.K, 0, g.K, g, b, win, j0);
+  load_tile(Ks, g.ldk, k, g.K, 0, 4 * g.K4, g, b, win, j0);
   float acc[kRows][kKSlots];
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
@@ -264,15 +282,15 @@ __global__ void __launch_bounds__(kThreads) sem_dk_kernel(
     for (int t = 0; t < kKSlots; ++t) acc[r][t] = 0.f;
   for (int i0 = 0; i0 < g.N; i0 += kTile) {
     __syncthreads();
-    load_tile(Qs, g.ldk, q, g.K, 0, g.K, g, b, win, i0);
+    load_tile(Qs, g.ldk, q, g.K, 0, 4 * g.K4, g, b, win, i0);
     if (threadIdx.x < kTile) {
       const int i = i0 + threadIdx.x;
       Ls[threadIdx.x] = i < g.N ? lse[stat + i] : 0.f;
       Ds[threadIdx.x] = i < g.N ? delta[stat + i] : 0.f;
     }
     __syncthreads();
-    float p[kRows], dp[kRows] = {};
-    tile_scores(p, Ks, r0, Qs + lane * g.ldk, g.K);
+    float p[kRows] = {}, dp[kRows] = {};
+    tile_dots(p, Ks, g.ldk, r0, Qs + lane * g.ldk, g.K4);
     const bool valid = i0 + lane < g.N;
 #pragma unroll
     for (int r = 0; r < kRows; ++r) p[r] = valid ? expf(p[r] - Ls[lane]) : 0.f;
@@ -281,12 +299,7 @@ __global__ void __launch_bounds__(kThreads) sem_dk_kernel(
       load_tile(Vs, kChunk, v, g.C, c0, kChunk, g, b, win, j0);
       load_tile(dOs, kChunkLd, dout, g.C, c0, kChunk, g, b, win, i0);
       __syncthreads();
-      const int width = min(kChunk, g.C - c0);
-      for (int c = 0; c < width; ++c) {
-        const float x = dOs[lane * kChunkLd + c];
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) dp[r] = fmaf(Vs[(r0 + r) * kChunk + c], x, dp[r]);
-      }
+      tile_dots(dp, Vs, kChunk, r0, dOs + lane * kChunkLd, (min(kChunk, g.C - c0) + 3) / 4);
     }
 #pragma unroll
     for (int r = 0; r < kRows; ++r) p[r] *= dp[r] - Ds[lane];  // dS (column of the key)
@@ -314,14 +327,14 @@ __global__ void __launch_bounds__(kThreads) sem_dv_kernel(
   const int b = blockIdx.x / g.nW, win = blockIdx.x % g.nW;
   const int j0 = blockIdx.y * kTile, c0 = blockIdx.z * kChunk;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, r0 = warp * kRows;
-  float* Ks = smem;                   // [kTile][K]      keys broadcast
-  float* Qs = Ks + kTile * g.K;       // [kTile][ldk]    lane = query
+  float* Ks = smem;                   // [kTile][ldk]    keys broadcast
+  float* Qs = Ks + kTile * g.ldk;     // [kTile][ldk]    lane = query
   float* dOs = Qs + kTile * g.ldk;    // [kTile][kChunk] lane = channel
   float* Ls = dOs + kTile * kChunk;   // [kTile]
   const int64_t stat = (static_cast<int64_t>(b) * g.nW + win) * g.N;
   const int width = min(kChunk, g.C - c0);
 
-  load_tile(Ks, g.K, k, g.K, 0, g.K, g, b, win, j0);
+  load_tile(Ks, g.ldk, k, g.K, 0, 4 * g.K4, g, b, win, j0);
   float acc[kRows][kCSlots];
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
@@ -329,15 +342,15 @@ __global__ void __launch_bounds__(kThreads) sem_dv_kernel(
     for (int t = 0; t < kCSlots; ++t) acc[r][t] = 0.f;
   for (int i0 = 0; i0 < g.N; i0 += kTile) {
     __syncthreads();
-    load_tile(Qs, g.ldk, q, g.K, 0, g.K, g, b, win, i0);
+    load_tile(Qs, g.ldk, q, g.K, 0, 4 * g.K4, g, b, win, i0);
     load_tile(dOs, kChunk, dout, g.C, c0, kChunk, g, b, win, i0);
     if (threadIdx.x < kTile) {
       const int i = i0 + threadIdx.x;
       Ls[threadIdx.x] = i < g.N ? lse[stat + i] : 0.f;
     }
     __syncthreads();
-    float p[kRows];
-    tile_scores(p, Ks, r0, Qs + lane * g.ldk, g.K);
+    float p[kRows] = {};
+    tile_dots(p, Ks, g.ldk, r0, Qs + lane * g.ldk, g.K4);
     const bool valid = i0 + lane < g.N;
 #pragma unroll
     for (int r = 0; r < kRows; ++r) p[r] = valid ? expf(p[r] - Ls[lane]) : 0.f;
@@ -359,14 +372,14 @@ __global__ void __launch_bounds__(kThreads) sem_dv_kernel(
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Dynamic shared memory of each kernel (the tiles listed at the top of each kernel).
-size_t fwd_smem_bytes(const SemGeom& g) { return sizeof(float) * kTile * (g.K + g.ldk + kChunk); }
+size_t fwd_smem_bytes(const SemGeom& g) { return sizeof(float) * kTile * (2 * g.ldk + kChunk); }
 size_t dq_smem_bytes(const SemGeom& g) {
-  return sizeof(float) * kTile * (g.K + g.ldk + kChunk + kChunkLd);
+  return sizeof(float) * kTile * (2 * g.ldk + kChunk + kChunkLd);
 }
 size_t dk_smem_bytes(const SemGeom& g) {
-  return sizeof(float) * kTile * (g.K + g.ldk + kChunk + kChunkLd + 2);
+  return sizeof(float) * kTile * (2 * g.ldk + kChunk + kChunkLd + 2);
 }
-size_t dv_smem_bytes(const SemGeom& g) { return sizeof(float) * kTile * (g.K + g.ldk + kChunk + 1); }
+size_t dv_smem_bytes(const SemGeom& g) { return sizeof(float) * kTile * (2 * g.ldk + kChunk + 1); }
 
 }  // namespace
 
@@ -401,16 +414,7 @@ SemGeom make_geom(const char* op, const at::Tensor& q, const at::Tensor& k, cons
   TORCH_CHECK(window == 0 || (q.size(1) % window == 0 && q.size(2) % window == 0), op,
               ": map ", q.size(1), "x", q.size(2), " is not a multiple of window ", window);
   TORCH_CHECK(q.size(0) * q.size(1) * q.size(2) < INT_MAX, op, ": too many pixels");
-  SemGeom g;
-  g.Hp = q.size(1);
-  g.Wp = q.size(2);
-  g.K = q.size(3);
-  g.C = v.size(3);
-  g.w = window;
-  g.nWx = window ? g.Wp / window : 1;
-  g.nW = window ? (g.Hp / window) * g.nWx : 1;
-  g.N = window ? window * window : g.Hp * g.Wp;
-  g.ldk = g.K | 1;
+  const SemGeom g = semantic_geom(q.size(1), q.size(2), q.size(3), v.size(3), window);
   const int64_t tiles = (g.N + kTile - 1) / kTile;
   TORCH_CHECK(tiles <= 65535, op, ": ", g.N, " tokens per window are too many");
   return g;

@@ -9,7 +9,8 @@
 // of window `win` of the shifted map reads and writes pixel ((ys+shift) % Hp, (xs+shift) % Wp).
 //
 // Grid: one block per (window, head, batch); the whole window (49 or 144 tokens) sits in
-// shared memory as float32 tiles [N][D|1] (odd row stride: conflict-free column reads).
+// shared memory as float32 tiles [N][ld], ld = 4 x odd >= D, columns D.. zero: dot products
+// use conflict-free float4 loads whether the row is per lane or broadcast.
 // Forward: one warp per query row, lanes over keys (<= 5 per lane), warp-shuffle max and
 // sum, then lanes over head channels for P V.
 // Backward (recomputes P from lse, flash-attention style): pass 1, one warp per query row:
@@ -18,7 +19,8 @@
 // Pass 2, one warp per key column: dK = scale dS^T Q, dV = P^T dO, and the bias gradient
 // summed in a shared [(2w-1)^2] buffer with shared atomics, then one global atomicAdd per
 // table entry per block into a float32 buffer.
-// Limits: window <= 12, head dim <= 64 (shared memory up to ~162 KB for w=12, D=64 backward).
+// Limits: window <= 12, head dim <= 64. Shared memory (backward, w=12): 97 KiB for D=32; 169
+// KiB for D=64, more than sm_80 allows (163 KiB): that case needs sm_90 (clear error otherwise).
 #include "common.cuh"
 #ifndef SEMASK_CPU_EMULATION
 #include "semask_ops.h"
@@ -37,9 +39,29 @@ constexpr float kShiftMask = -100.0f;           // official Swin value between r
 
 struct WinGeom {
   int Hp, Wp, C, heads, D, w, shift;
-  int N, nWx, nW, ld, T2;  // tokens per window, windows per row, windows, tile stride, table rows
-  float scale;
+  int N, nWx, nW, ld, D4, T2;  // tokens per window, windows per row, windows, tile stride,
+  float scale;                 // float4 chunks per row, table rows
 };
+
+// Geometry of a (checked) call: padded map Hp x Wp, C channels, `heads`, window, shift.
+WinGeom window_geom(int Hp, int Wp, int C, int heads, int window, int shift, float scale) {
+  WinGeom g;
+  g.Hp = Hp;
+  g.Wp = Wp;
+  g.C = C;
+  g.heads = heads;
+  g.D = C / heads;
+  g.w = window;
+  g.shift = shift;
+  g.N = window * window;
+  g.nWx = Wp / window;
+  g.nW = (Hp / window) * g.nWx;
+  g.ld = vec_stride(g.D);
+  g.D4 = (g.D + 3) / 4;
+  g.T2 = (2 * window - 1) * (2 * window - 1);
+  g.scale = scale;
+  return g;
+}
 
 // Pixel (b*Hp + y)*Wp + x of token t of window `win` in the shifted map, its shift region
 // and its bias offset ofs = (t / w)(2w-1) + t % w.
@@ -64,18 +86,11 @@ __device__ __forceinline__ void token_of(const WinGeom& g, int b, int win, int t
 // (dh, dw) = coordinates of i minus those of j, is ofs(i) - ofs(j) + center.
 __device__ __forceinline__ int bias_center(const WinGeom& g) { return 2 * g.w * (g.w - 1); }
 
-__device__ __forceinline__ float dot(const float* a, const float* b, int n) {
-  float acc = 0.f;
-#pragma unroll 8
-  for (int d = 0; d < n; ++d) acc = fmaf(a[d], b[d], acc);
-  return acc;
-}
-
 // scale q_i.k_j + bias[idx] + shift mask (-100 between regions)
 __device__ __forceinline__ float score(const WinGeom& g, const float* Qs, const float* Ks,
                                        const float* Bs, int i, int j, int idx, bool same_region) {
   const float mask = same_region ? 0.f : kShiftMask;
-  return dot(Qs + i * g.ld, Ks + j * g.ld, g.D) * g.scale + Bs[idx] + mask;
+  return dot4(Qs + i * g.ld, Ks + j * g.ld, g.D4) * g.scale + Bs[idx] + mask;
 }
 
 // This lane's tokens lane + 32 t: bias offsets (+ `add`) and region labels, in registers.
@@ -99,17 +114,24 @@ __device__ __forceinline__ void setup_window(const WinGeom& g, int b, int win, i
   __syncthreads();
 }
 
-// Tiles [N][ld] of q, k, v of head h (float32); no barrier.
+// Tiles [N][ld] of q, k, v of head h (float32, zero in columns D .. 4*D4); no barrier.
 template <typename T>
 __device__ __forceinline__ void load_qkv(const WinGeom& g, int h, const T* qkv, const int* pix,
                                          float* Qs, float* Ks, float* Vs) {
   const int64_t C3 = 3 * static_cast<int64_t>(g.C);
-  for (int e = threadIdx.x; e < g.N * g.D; e += blockDim.x) {
-    const int t = e / g.D, d = e - t * g.D;
-    const T* src = qkv + pix[t] * C3 + h * g.D + d;
-    Qs[t * g.ld + d] = static_cast<float>(src[0]);
-    Ks[t * g.ld + d] = static_cast<float>(src[g.C]);
-    Vs[t * g.ld + d] = static_cast<float>(src[2 * g.C]);
+  const int Dp = 4 * g.D4;
+  for (int e = threadIdx.x; e < g.N * Dp; e += blockDim.x) {
+    const int t = e / Dp, d = e - t * Dp;
+    float q = 0.f, k = 0.f, v = 0.f;
+    if (d < g.D) {
+      const T* src = qkv + pix[t] * C3 + h * g.D + d;
+      q = static_cast<float>(src[0]);
+      k = static_cast<float>(src[g.C]);
+      v = static_cast<float>(src[2 * g.C]);
+    }
+    Qs[t * g.ld + d] = q;
+    Ks[t * g.ld + d] = k;
+    Vs[t * g.ld + d] = v;
   }
 }
 
@@ -204,9 +226,10 @@ __global__ void __launch_bounds__(256) window_bwd_kernel(
   for (int e = threadIdx.x; e < g.T2; e += blockDim.x) dBs[e] = 0.f;
   setup_window(g, b, win, h, table, pix, lab, ofs, Bs);
   load_qkv(g, h, qkv, pix, Qs, Ks, Vs);
-  for (int e = threadIdx.x; e < N * g.D; e += blockDim.x) {
-    const int t = e / g.D, d = e - t * g.D;
-    dOs[t * g.ld + d] = static_cast<float>(dout[static_cast<int64_t>(pix[t]) * g.C + h * g.D + d]);
+  for (int e = threadIdx.x; e < N * 4 * g.D4; e += blockDim.x) {
+    const int t = e / (4 * g.D4), d = e - t * 4 * g.D4;
+    dOs[t * g.ld + d] =
+        d < g.D ? static_cast<float>(dout[static_cast<int64_t>(pix[t]) * g.C + h * g.D + d]) : 0.f;
   }
   __syncthreads();
 
@@ -225,7 +248,7 @@ __global__ void __launch_bounds__(256) window_bwd_kernel(
       dp[t] = 0.f;
       if (j < N) {
         p[t] = expf(score(g, Qs, Ks, Bs, i, j, qofs - lofs[t], qlab == llab[t]) - Ls[i]);
-        dp[t] = dot(dOs + i * g.ld, Vs + j * g.ld, g.D);
+        dp[t] = dot4(dOs + i * g.ld, Vs + j * g.ld, g.D4);
         delta = fmaf(p[t], dp[t], delta);
       }
     }
@@ -260,7 +283,7 @@ __global__ void __launch_bounds__(256) window_bwd_kernel(
       if (i < N) {
         const int idx = lofs[t] + kofs;
         const float pij = expf(score(g, Qs, Ks, Bs, i, j, idx, llab[t] == klab) - Ls[i]);
-        const float ds = pij * (dot(dOs + i * g.ld, Vs + j * g.ld, g.D) - Dl[i]);
+        const float ds = pij * (dot4(dOs + i * g.ld, Vs + j * g.ld, g.D4) - Dl[i]);
         atomicAdd(&dBs[idx], ds);  // distinct entries across the warp
         P[i] = pij;
         S[i] = ds;
@@ -331,21 +354,7 @@ WinGeom make_geom(const char* op, const at::Tensor& qkv, const at::Tensor& table
               ": qkv has too many pixels (batch <= 65535, B*Hp*Wp < 2^31)");
   const int64_t T2 = (2 * window - 1) * (2 * window - 1);
   check_shape(op, "table", table, {T2, heads});
-  WinGeom g;
-  g.Hp = qkv.size(1);
-  g.Wp = qkv.size(2);
-  g.C = C;
-  g.heads = heads;
-  g.D = C / heads;
-  g.w = window;
-  g.shift = shift;
-  g.N = window * window;
-  g.nWx = g.Wp / window;
-  g.nW = (g.Hp / window) * g.nWx;
-  g.ld = g.D | 1;
-  g.T2 = T2;
-  g.scale = static_cast<float>(scale);
-  return g;
+  return window_geom(qkv.size(1), qkv.size(2), C, heads, window, shift, static_cast<float>(scale));
 }
 
 }  // namespace

@@ -28,6 +28,9 @@ struct dim3 {
   dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;  // threadIdx: the running fiber's
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
 using std::max;
 using std::min;
 

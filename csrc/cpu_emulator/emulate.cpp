@@ -37,20 +37,8 @@ void run_window(char** a) {
   using namespace semask;
   const std::string dir = a[0];
   const int B = std::stoi(a[1]);
-  WinGeom g;
-  g.Hp = std::stoi(a[2]);
-  g.Wp = std::stoi(a[3]);
-  g.C = std::stoi(a[4]);
-  g.heads = std::stoi(a[5]);
-  g.w = std::stoi(a[6]);
-  g.shift = std::stoi(a[7]);
-  g.scale = std::stof(a[8]);
-  g.D = g.C / g.heads;
-  g.N = g.w * g.w;
-  g.nWx = g.Wp / g.w;
-  g.nW = (g.Hp / g.w) * g.nWx;
-  g.ld = g.D | 1;
-  g.T2 = (2 * g.w - 1) * (2 * g.w - 1);
+  const WinGeom g = window_geom(std::stoi(a[2]), std::stoi(a[3]), std::stoi(a[4]),
+                                std::stoi(a[5]), std::stoi(a[6]), std::stoi(a[7]), std::stof(a[8]));
   const size_t pixels = static_cast<size_t>(B) * g.Hp * g.Wp;
   const auto qkv = read(dir, "qkv", pixels * 3 * g.C);
   const auto table = read(dir, "table", static_cast<size_t>(g.T2) * g.heads);
@@ -76,16 +64,8 @@ void run_semantic(char** a) {
   using namespace semask;
   const std::string dir = a[0];
   const int B = std::stoi(a[1]);
-  SemGeom g;
-  g.Hp = std::stoi(a[2]);
-  g.Wp = std::stoi(a[3]);
-  g.K = std::stoi(a[4]);
-  g.C = std::stoi(a[5]);
-  g.w = std::stoi(a[6]);
-  g.nWx = g.w ? g.Wp / g.w : 1;
-  g.nW = g.w ? (g.Hp / g.w) * g.nWx : 1;
-  g.N = g.w ? g.w * g.w : g.Hp * g.Wp;
-  g.ldk = g.K | 1;
+  const SemGeom g = semantic_geom(std::stoi(a[2]), std::stoi(a[3]), std::stoi(a[4]),
+                                  std::stoi(a[5]), std::stoi(a[6]));
   const size_t pixels = static_cast<size_t>(B) * g.Hp * g.Wp;
   const auto q = read(dir, "q", pixels * g.K), k = read(dir, "k", pixels * g.K);
   const auto v = read(dir, "v", pixels * g.C), dout = read(dir, "dout", pixels * g.C);
