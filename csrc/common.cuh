@@ -14,7 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <initializer_list>
-#define SEMASK_SHARED_MEMORY(name) extern __shared__ float name[]
+#define SEMASK_SHARED_MEMORY(name) extern __shared__ __align__(16) float name[]
 #endif
 
 namespace semask {
