@@ -297,6 +297,13 @@ def test_semantic_kernels_on_cpu_emulator(emulator, tmp_path, B, Hp, Wp, K, C, w
 
 # ---------------------------------------------------------------- GPU
 
+
+@pytest.fixture(autouse=True)
+def _exact_fp32_reference(monkeypatch):
+    """The fp32 reference must not run its matmuls in TF32."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ATOL = {torch.float32: 5e-5, torch.float16: 1e-3, torch.bfloat16: 4e-3}  # x max(1, max|ref32|)
 
