@@ -299,9 +299,12 @@ def test_semantic_kernels_on_cpu_emulator(emulator, tmp_path, B, Hp, Wp, K, C, w
 
 
 @pytest.fixture(autouse=True)
-def _exact_fp32_reference(monkeypatch):
+def _exact_fp32_reference():
     """The fp32 reference must not run its matmuls in TF32."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(saved)
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
