@@ -99,5 +99,6 @@ def cuda_extension():
         EXTENSION_NAME,
         sources=[os.path.relpath(p) for p in source_paths()],
         include_dirs=[CSRC],
+        depends=[os.path.relpath(os.path.join(CSRC, h)) for h in HEADERS],
         extra_compile_args={"cxx": list(CXX_FLAGS), "nvcc": nvcc_flags()},
     )
