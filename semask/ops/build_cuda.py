@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExtensionUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"built in {time.perf_counter() - start:.1f} s: {module.__file__}")
+    print(f"ready in {time.perf_counter() - start:.1f} s (a cached build only loads): {module.__file__}")
     return 0
 
 
