@@ -62,12 +62,12 @@ class SegmentationFolder:
         image_path, label_path = self.pairs[index]
         try:
             with Image.open(image_path) as im:
-                image = np.asarray(im.convert("RGB"))
+                image = np.array(im.convert("RGB"))
         except OSError as exc:
             raise DataError(f"cannot read image {image_path}: {exc}") from exc
         try:
             with Image.open(label_path) as im:
-                label = np.asarray(im)
+                label = np.array(im)
         except OSError as exc:
             raise DataError(f"cannot read label {label_path}: {exc}") from exc
         if label.ndim != 2:

@@ -5,16 +5,16 @@ set needs no download and no disk, and is identical on every machine and worker.
 
 Classes (``SYNTHETIC_CLASSES``) and how they look:
 
-    0 background  flat or smooth gradient
-    1 disk        flat                      (vs. background / ring: outline, hole)
-    2 square      stripes, rotated          (vs. triangle with stripes: outline)
-    3 triangle    stripes or noise          (vs. square: outline; vs. noise: region)
-    4 ring        flat, with a hole         (vs. disk: the hole)
-    5 checker     ellipse, checkerboard     (texture)
+    0 background  flat or smooth gradient (+ faint noise)
+    1 disk        flat                      (vs. a flat background: only the outline)
+    2 square      stripes, rotated
+    3 triangle    speckle noise
+    4 ring        dots, with a hole         (the hole shows what lies beneath)
+    5 checker     ellipse, checkerboard
 
-Every colour (objects and background) is drawn from the same distribution, so no single
-pixel tells the class: it takes a neighbourhood (texture) or the whole outline (shape),
-e.g. the interior of a flat disk, a flat ring and a flat background look alike. Objects
+Every colour (objects and background, both colours of a texture) is drawn from the same
+distribution, so no single pixel tells the class: it takes a neighbourhood (texture) or
+the outline (the interior of a flat disk looks exactly like a flat background). Objects
 have random sizes, positions and overlap (later ones occlude earlier ones); image sizes
 vary per sample.
 """
@@ -24,11 +24,19 @@ import numpy as np
 
 SYNTHETIC_CLASSES = ("background", "disk", "square", "triangle", "ring", "checker")
 SPLITS = {"train": 0, "val": 1, "test": 2}
-TEXTURES = {1: ["flat"], 2: ["stripes"], 3: ["stripes", "noise"], 4: ["flat"], 5: ["checker"]}
+TEXTURES = {1: "flat", 2: "stripes", 3: "noise", 4: "dots", 5: "checker"}
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, size=3)
+
+
+def _contrasting(rng: np.random.Generator, c: np.ndarray) -> np.ndarray:
+    """A random colour at least 120 (Euclidean, RGB 0-255) away from c."""
+    while True:
+        d = _colour(rng)
+        if np.linalg.norm(d - c) >= 120:
+            return d
 
 
 def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, kind: str) -> np.ndarray:
@@ -38,13 +46,15 @@ def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, kind: str
     if kind == "flat":
         return np.broadcast_to(c1, (H, W, 3)).copy()
     if kind == "noise":
-        return np.clip(c1 + rng.normal(0, 30, size=(H, W, 3)), 0, 255)
-    c2 = _colour(rng)
-    period = rng.uniform(4, 10)
+        return np.clip(c1 + rng.normal(0, 40, size=(H, W, 3)), 0, 255)
+    c2 = _contrasting(rng, c1)
+    period = rng.uniform(5, 10)
     if kind == "stripes":
         angle = rng.uniform(0, np.pi)
         phase = (np.cos(angle) * xx + np.sin(angle) * yy) / period
         sel = (np.floor(phase) % 2).astype(bool)
+    elif kind == "dots":
+        sel = ((xx % period - period / 2) ** 2 + (yy % period - period / 2) ** 2) <= (0.3 * period) ** 2
     elif kind == "checker":
         sel = ((np.floor(xx / period) + np.floor(yy / period)) % 2).astype(bool)
     elif kind == "gradient":
@@ -95,10 +105,10 @@ def render_sample(seed: int, split: str, index: int, size_range: tuple[int, int]
     label = np.zeros((H, W), np.uint8)
     for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         cls = int(rng.integers(1, len(SYNTHETIC_CLASSES)))
-        r = rng.uniform(0.1, 0.3) * min(H, W)
+        r = rng.uniform(0.12, 0.32) * min(H, W)
         cy, cx = rng.uniform(0, 1) * H, rng.uniform(0, 1) * W
         mask = _shape_mask(cls, rng, yy, xx, cy, cx, r)
-        kind = str(rng.choice(TEXTURES[cls]))
+        kind = TEXTURES[cls]
         image = np.where(mask[..., None], _texture(rng, yy, xx, kind), image)
         label[mask] = cls
     image = image + rng.normal(0, 6, size=image.shape)

@@ -34,7 +34,7 @@ class TrainConfig:
     ratio_range: list[float] = field(default_factory=lambda: [0.75, 1.5])
     cat_max_ratio: float = 0.75
     photometric: bool = True
-    num_workers: int = 1
+    num_workers: int = 0
     # model
     variant: str = "micro"                # micro | tiny | small | base | large
     semantic: bool = True
@@ -46,7 +46,7 @@ class TrainConfig:
     grad_checkpointing: list[int] = field(default_factory=list)   # backbone stages to recompute
     sync_bn: bool = True                   # SyncBatchNorm in the head under multi-GPU DDP
     # optimisation
-    iters: int = 1500
+    iters: int = 3000
     batch_size: int = 8                    # per process and micro-step
     accum_steps: int = 1
     lr: float = 1e-3
@@ -65,7 +65,7 @@ class TrainConfig:
     slide_crop: list[int] = field(default_factory=lambda: [512, 512])
     slide_stride: list[int] = field(default_factory=lambda: [341, 341])
     ms_ratios: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
-    eval_interval: int = 0                 # 0: evaluate at the end only
+    eval_interval: int = 1000              # 0: evaluate at the end only
     # bookkeeping
     seed: int = 0
     device: str = "auto"
@@ -83,6 +83,57 @@ class TrainConfig:
     def describe(self) -> str:
         width = max(len(f.name) for f in dataclasses.fields(self))
         return "\n".join(f"  {k:<{width}} = {v!r}" for k, v in self.to_dict().items())
+
+
+FIELD_HELP = {
+    "name": "run name (stored in checkpoints)",
+    "dataset": "synthetic | ade20k | cityscapes",
+    "data_root": "dataset folder (ADEChallengeData2016 or the Cityscapes root); not used by synthetic",
+    "num_classes": "number of classes (ADE20K 150, Cityscapes 19, synthetic 6)",
+    "synthetic_train_size": "synthetic training images (rendered once, then cached)",
+    "synthetic_val_size": "synthetic validation images",
+    "synthetic_size": "min,max side of the synthetic images",
+    "crop_size": "h,w training crop",
+    "img_scale": "long,short keep-ratio resize before the crop (none: no resize)",
+    "ratio_range": "min,max random factor on img_scale",
+    "cat_max_ratio": "crop retries while one class covers more than this share (1: off)",
+    "photometric": "brightness / contrast / saturation / hue distortion (true/false)",
+    "num_workers": "data-loader worker processes",
+    "variant": "micro | tiny | small | base | large",
+    "semantic": "SeMask layers (false: the plain Swin + FPN baseline)",
+    "head_channels": "Semantic FPN channels (256 in the paper)",
+    "drop_path_rate": "stochastic depth rate of the backbone",
+    "window_size": "attention window (none: the variant's 7 or 12)",
+    "fused": "fused attention kernels (true: the best backend for the device; SEMASK_BACKEND picks one)",
+    "pretrained": "ImageNet Swin (or SeMask) checkpoint for the model; none: from scratch",
+    "grad_checkpointing": "backbone stages to recompute in backward, e.g. 0,1,2,3",
+    "sync_bn": "SyncBatchNorm in the head under multi-GPU DDP",
+    "iters": "optimizer steps",
+    "batch_size": "images per process and micro-step",
+    "accum_steps": "micro-steps accumulated per optimizer step",
+    "lr": "AdamW peak learning rate",
+    "weight_decay": "AdamW weight decay (norms, biases, tables, gamma: none)",
+    "betas": "AdamW betas",
+    "warmup_iters": "linear warmup steps",
+    "warmup_ratio": "lr factor at step 0 of the warmup",
+    "poly_power": "power of the poly decay",
+    "min_lr": "lr floor of the poly decay",
+    "grad_clip": "max gradient norm (none: no clipping)",
+    "amp": "GPU autocast: auto (bf16 if supported, else fp16) | bf16 | fp16 | none; CPU: fp32",
+    "max_nonfinite": "stop after this many non-finite losses in a row (each is skipped)",
+    "test_scale": "long,short keep-ratio resize at evaluation (none: the image's own size)",
+    "eval_mode": "whole | slide | ms_flip",
+    "slide_crop": "h,w window of slide mode",
+    "slide_stride": "h,w stride of slide mode",
+    "ms_ratios": "scales of ms_flip mode",
+    "eval_interval": "evaluate every N iterations (0: at the end only)",
+    "seed": "seed of weights, data order, augmentation and synthetic data",
+    "device": "auto | cpu | cuda",
+    "out_dir": "folder for checkpoints, metrics.jsonl, eval.json / eval.md, curves.png",
+    "log_interval": "iterations between metrics.jsonl records",
+    "ckpt_interval": "iterations between checkpoints (0: at the end only)",
+    "progress": "tqdm progress bars",
+}
 
 
 def _field_types() -> dict[str, object]:
@@ -132,6 +183,11 @@ def from_dict(values: dict, where: str = "config") -> TrainConfig:
     return TrainConfig(**values)
 
 
+def preset_names() -> list[str]:
+    """Names of the JSON presets in ``configs/``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json")) if CONFIG_DIR.is_dir() else []
+
+
 def resolve_preset(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".json" and path.is_file():
@@ -139,9 +195,8 @@ def resolve_preset(name_or_path: str) -> Path:
     candidate = CONFIG_DIR / f"{name_or_path}.json"
     if candidate.is_file():
         return candidate
-    known = sorted(p.stem for p in CONFIG_DIR.glob("*.json")) if CONFIG_DIR.is_dir() else []
     raise ValueError(f"unknown config {name_or_path!r}: not a .json file and not a preset in {CONFIG_DIR} "
-                     f"(presets: {', '.join(known) or 'none found'})")
+                     f"(presets: {', '.join(preset_names()) or 'none found'})")
 
 
 def load_preset(name_or_path: str) -> TrainConfig:
@@ -161,10 +216,12 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, str]) -> TrainConfig:
 
 
 def add_config_arguments(parser) -> None:
-    """One ``--field-name VALUE`` option per config field (default: keep the preset's)."""
+    """One ``--field-name VALUE`` option per config field (default: keep the preset's; the
+    help shows the dataclass default)."""
     for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f"cfg_{f.name}", default=None,
-                            metavar="VALUE", help=f"(config) default {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r}")
+                            metavar="VALUE", help=f"{FIELD_HELP[f.name]} (default {default!r})")
 
 
 def config_from_args(args) -> TrainConfig:

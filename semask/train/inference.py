@@ -13,11 +13,18 @@ from torch import Tensor
 from ..data.transforms import keep_ratio_size
 
 MIN_SIZE = 32  # the model's smallest input
+PAD_MULTIPLE = 32  # the backbone's total stride
 
 
 def _logits(model, x: Tensor) -> Tensor:
+    """Logits [1, K, H, W] for x [1, 3, H, W]. x is zero-padded (zero = the mean colour after
+    normalisation, like the training crops' padding) right / bottom to a multiple of 32 and
+    the logits cropped back, so that the stride-4 logit grid stays aligned with the pixels
+    (the model itself pads to 4 and resizes the stride-4 logits over the padded extent)."""
+    H, W = x.shape[-2:]
+    x = F.pad(x, (0, (-W) % PAD_MULTIPLE, 0, (-H) % PAD_MULTIPLE))
     out = model(x)
-    return (out.logits if hasattr(out, "logits") else out).float()
+    return (out.logits if hasattr(out, "logits") else out).float()[:, :, :H, :W]
 
 
 def _resize(x: Tensor, size, mode: str = "bilinear") -> Tensor:

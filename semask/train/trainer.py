@@ -129,7 +129,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     nonfinite_in_row = 0
     bar = tqdm(total=cfg.iters, initial=start_iter, desc="train", dynamic_ncols=True,
                disable=not (cfg.progress and info.is_main))
-    t_log, imgs_since_log = time.perf_counter(), 0
+    t_loop = t_log = time.perf_counter()
+    imgs_since_log = 0
     for it in range(start_iter, cfg.iters):
         sums = torch.zeros(3, device=info.device)
         for micro in range(cfg.accum_steps):
@@ -197,11 +198,12 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
             return {}
     bar.close()
     train_s = time.perf_counter() - t_start
+    it_per_s = (cfg.iters - start_iter) / max(time.perf_counter() - t_loop, 1e-9)
 
     # final evaluation, artefacts
     res = _evaluate(cfg, model, val_raw, num_classes, info, autocast)
     total_s = time.perf_counter() - t_start
-    res.update(iteration=cfg.iters, train_s=train_s, total_s=total_s, amp=amp_name)
+    res.update(iteration=cfg.iters, train_s=train_s, it_per_s=it_per_s, total_s=total_s, amp=amp_name)
     if info.is_main:
         _log(metrics_path, dict(iter=cfg.iters, mIoU=res["mIoU"], aAcc=res["aAcc"]))
         save_checkpoint(model, out / "model.safetensors", {"config": cfg.to_json(), "iteration": cfg.iters})
@@ -211,7 +213,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         print(markdown_table(res))
         print(f"\nval mIoU {res['mIoU']:.4f} ({100 * res['mIoU']:.2f}%), pixel accuracy {res['aAcc']:.4f}; "
               f"constant-class baseline (always '{res['baseline_class']}') mIoU {res['baseline_mIoU']:.4f}")
-        print(f"time: {train_s:.0f} s training, {total_s:.0f} s in all; outputs in {out}/ "
+        print(f"time: {train_s:.0f} s training ({it_per_s:.2f} it/s), {total_s:.0f} s in all (wall clock); "
+              f"outputs in {out}/ "
               "(model.safetensors, eval.json, eval.md, metrics.jsonl, curves.png)")
     distributed.cleanup(info)
     return res

@@ -16,3 +16,19 @@ def tiny(out_dir, **overrides):
 @pytest.fixture(name="tiny_config")
 def tiny_config_fixture():
     return tiny
+
+
+@pytest.fixture
+def ade_fixture(tmp_path):
+    """A 3 + 2 image ADEChallengeData2016 folder (labels 0..150)."""
+    import numpy as np
+    from PIL import Image
+    root = tmp_path / "ADEChallengeData2016"
+    rng = np.random.default_rng(0)
+    for split, n in (("training", 3), ("validation", 2)):
+        for sub in ("images", "annotations"):
+            (root / sub / split).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (48, 60, 3), dtype=np.uint8)).save(root / "images" / split / f"{i}.jpg")
+            Image.fromarray(rng.integers(0, 151, (48, 60), dtype=np.uint8)).save(root / "annotations" / split / f"{i}.png")
+    return root

@@ -1,0 +1,85 @@
+"""semask-train / semask-eval / semask-infer end to end on a tiny synthetic run."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from semask.train.cli import eval_main, infer_main, palette, train_main
+
+TINY = ["--variant", "micro", "--head-channels", "8", "--crop-size", "64,64", "--img-scale", "96,64",
+        "--synthetic-size", "64,80", "--synthetic-train-size", "8", "--synthetic-val-size", "2",
+        "--batch-size", "2", "--iters", "2", "--warmup-iters", "1", "--num-workers", "0",
+        "--progress", "false", "--log-interval", "1"]
+
+
+@pytest.mark.slow
+def test_train_eval_infer(tmp_path, capsys):
+    run = tmp_path / "run"
+    train_main(["synthetic_cpu", *TINY, "--out-dir", str(run)])
+    printed = capsys.readouterr().out
+    assert "config:" in printed and "head_channels        = 8" in printed
+    assert "val mIoU" in printed and "constant-class baseline" in printed
+    for name in ("model.safetensors", "last.safetensors", "last_state.pt", "eval.json", "eval.md",
+                 "metrics.jsonl", "curves.png"):
+        assert (run / name).is_file(), name
+    trained = json.loads((run / "eval.json").read_text())
+
+    eval_main([str(run), "--mode", "ms_flip", "--ms-ratios", "1.0", "--out", str(tmp_path / "ev.json")])
+    ms = json.loads((tmp_path / "ev.json").read_text())
+    assert ms["mode"] == "ms_flip" and set(ms["IoU"]) == {"background", "disk", "square", "triangle", "ring", "checker"}
+    assert ms["pixels"] == trained["pixels"]
+    assert (tmp_path / "ev.md").read_text().startswith("| class | IoU |")
+    eval_main([str(run / "model.safetensors"), "--out", str(tmp_path / "whole.json")])
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert whole["confusion"] == trained["confusion"]      # same weights, same data, same mode
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 56), (70, 33)]):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+    single = tmp_path / "single.jpg"
+    Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(single)
+    infer_main([str(run), str(images), str(single), "--out-dir", str(tmp_path / "pred")])
+    for stem, size in (("im0", (40, 56)), ("im1", (70, 33)), ("single", (48, 48))):
+        label = np.asarray(Image.open(tmp_path / "pred" / f"{stem}.png"))
+        overlay = np.asarray(Image.open(tmp_path / "pred" / f"{stem}_overlay.png"))
+        assert label.shape == size and label.max() < 6 and overlay.shape == (*size, 3)
+
+
+def test_resume_without_checkpoint_and_bad_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train_main([*TINY, "--out-dir", str(tmp_path / "none"), "--resume"])
+    with pytest.raises(ValueError, match="unknown config 'nope'"):
+        train_main(["nope"])
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        eval_main([str(tmp_path / "missing.safetensors")])
+
+
+def test_palette_distinct():
+    colours = palette(150)
+    assert len({tuple(c) for c in colours}) == 150
+
+
+@pytest.mark.parametrize("main, expected", [
+    (train_main, ["synthetic_cpu", "ade20k_semask_tiny_fpn", "--resume", "torchrun", "--lr", "AdamW peak learning rate",
+                  "--pretrained", "ImageNet Swin", "--eval-mode", "whole | slide | ms_flip"]),
+    (eval_main, ["mIoU, per-class IoU, pixel accuracy", "--mode {whole,slide,ms_flip}", "--data-root", "--split"]),
+    (infer_main, ["_overlay.png", "--out-dir", "--alpha", "--mode"]),
+])
+def test_help_texts(main, expected, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())          # undo argparse's line wrapping
+    for phrase in expected:
+        assert phrase in text, phrase
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "semask.train", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: semask-train"), proc.stderr[-2000:]
