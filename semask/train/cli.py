@@ -96,7 +96,8 @@ def eval_main(argv=None) -> None:
     res = evaluate(model, raw, cfg.num_classes, device, mode, test_scale, ratios, tuple(crop), tuple(stride),
                    progress=True)
     res["eval_s"] = time.perf_counter() - t0
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix("").parent / f"eval_{args.split}_{mode}.json"
+    run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
+    out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_{mode}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     out.with_suffix(".md").write_text(markdown_table(res) + "\n")

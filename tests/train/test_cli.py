@@ -32,8 +32,10 @@ def test_train_eval_infer(tmp_path, capsys):
     assert ms["mode"] == "ms_flip" and set(ms["IoU"]) == {"background", "disk", "square", "triangle", "ring", "checker"}
     assert ms["pixels"] == trained["pixels"]
     assert (tmp_path / "ev.md").read_text().startswith("| class | IoU |")
-    eval_main([str(run / "model.safetensors"), "--out", str(tmp_path / "whole.json")])
-    whole = json.loads((tmp_path / "whole.json").read_text())
+    eval_main([str(run / "model.safetensors")])                # default output: next to the weights
+    whole = json.loads((run / "eval_val_whole.json").read_text())
+    eval_main([str(run), "--split", "train", "--mode", "slide", "--slide-crop", "48,48", "--slide-stride", "32,32"])
+    assert json.loads((run / "eval_train_slide.json").read_text())["mode"] == "slide"
     assert whole["confusion"] == trained["confusion"]      # same weights, same data, same mode
 
     images = tmp_path / "images"
