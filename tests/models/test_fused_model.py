@@ -1,0 +1,72 @@
+"""A whole SeMaskSwin on the fused kernels equals the reference model (same weights)."""
+import pytest
+import torch
+
+import semask
+
+
+def twin_models(monkeypatch, backend, variant="micro", num_classes=19, **kw):
+    monkeypatch.setenv("SEMASK_BACKEND", backend)
+    kw.setdefault("head_channels", 16)
+    ref = semask.SeMaskSwin(variant, num_classes=num_classes, fused=False, **kw)
+    fused = semask.SeMaskSwin(variant, num_classes=num_classes, fused=True, **kw)
+    fused.load_state_dict(ref.state_dict())
+    for m in (ref, fused):
+        m.eval()  # no dropout / drop path / batch statistics: both see the same function
+        for layer in m.backbone.layers:
+            if layer.semantic_layer is not None:
+                torch.nn.init.constant_(layer.semantic_layer.class_injection[0].gamma, 0.5)
+    return ref, fused
+
+
+def forward_backward(model, images, target):
+    model.zero_grad()
+    out = model(images)
+    losses = model.loss(out, target)
+    losses["loss"].backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out, losses, grads
+
+
+@pytest.mark.parametrize("semantic_windowed", [(True, True, False, False), (True,) * 4])
+def test_fused_triton_model_equals_reference_on_cpu(monkeypatch, semantic_windowed):
+    """Triton kernels in the interpreter: padded (45x61 -> odd stage maps), shifted blocks,
+    windowed and global semantic layers; forward, loss and every parameter gradient."""
+    ref, fused = twin_models(monkeypatch, "triton", semantic_windowed=semantic_windowed)
+    images, target = torch.randn(1, 3, 45, 61), torch.randint(0, 19, (1, 45, 61))
+    out_r, loss_r, grad_r = forward_backward(ref, images, target)
+    out_f, loss_f, grad_f = forward_backward(fused, images, target)
+    torch.testing.assert_close(out_f.logits, out_r.logits, rtol=1e-4, atol=1e-5)
+    for a, b in zip(out_f.semantic_logits, out_r.semantic_logits):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss_f["loss"], loss_r["loss"], rtol=1e-5, atol=1e-6)
+    assert grad_f.keys() == grad_r.keys()
+    for name, g in grad_r.items():
+        torch.testing.assert_close(grad_f[name], g, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_model_accuracy_rule_on_gpu(monkeypatch, backend, dtype):
+    """|fused - fp32 ref| <= 2 |torch same-dtype - fp32 ref| + atol for a SeMask-T at 512."""
+    ref, fused = twin_models(monkeypatch, backend, variant="tiny", num_classes=150, head_channels=256)
+    ref, fused = ref.cuda(), fused.cuda()
+    images = torch.randn(2, 3, 512, 512, device="cuda")
+    with torch.no_grad():
+        gold = ref(images).logits.float()
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            same = ref(images).logits.float()
+            got = fused(images).logits.float()
+    tol = 2 * (same - gold).abs().max().item() + 1e-4
+    assert (got - gold).abs().max().item() <= tol
+
+
+@pytest.mark.gpu
+def test_compiled_fused_model_fullgraph_on_gpu(monkeypatch):
+    ref, fused = twin_models(monkeypatch, "triton", variant="tiny", num_classes=150, head_channels=256)
+    ref, fused = ref.cuda(), fused.cuda()
+    compiled = torch.compile(fused, fullgraph=True)
+    images = torch.randn(1, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images).logits, ref(images).logits, rtol=1e-3, atol=1e-3)
