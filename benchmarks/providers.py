@@ -47,15 +47,17 @@ class Skip(Exception):
 
 @dataclass
 class Prepared:
-    """``step()`` is what gets timed; ``count()`` runs it once for FLOP counting (eager);
-    ``error()`` checks the result (op cases); ``note`` qualifies the numbers (e.g. the
-    Triton interpreter)."""
+    """``step()`` is what gets timed; ``count()`` runs it once for FLOP counting (eager;
+    None: count on meta tensors instead); ``error()`` checks the result (op cases); ``note``
+    qualifies the numbers (e.g. the Triton interpreter); ``peak_memory=False`` leaves the
+    memory figure out (a call too slow to repeat for it)."""
 
     step: Callable[[], object]
-    count: Callable[[], object]
+    count: Callable[[], object] | None
     long_step: bool = False
     note: str = ""
     max_reps: int = 100
+    peak_memory: bool = True
     error: Callable[[], float] | None = None  # max relative error against the fp32 reference
 
 
@@ -221,8 +223,10 @@ def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepa
                             None if dout is None else dout.float())
         return _rel_error(step(), ref_step())
 
-    # the interpreter is slow and its time means nothing: one timed call is enough
-    return Prepared(step, count, note=note, max_reps=1 if note else 100, error=error)
+    if note:  # the interpreter is slow and its time means nothing: one timed call, FLOPs
+        # on meta tensors, no memory figure; error() still checks its numbers
+        return Prepared(step, None, note=note, max_reps=1, error=error, peak_memory=False)
+    return Prepared(step, count, error=error)
 
 
 def meta_flops(case: Case, provider: str, dtype_name: str) -> int:
@@ -265,12 +269,13 @@ def op_inputs_meta(case: Case, dtype, requires_grad: bool) -> dict:
 # ----------------------------------------------------------------------------- model cases
 def _model_probe(provider: str, device: str, dtype) -> list[str]:
     """Reasons a fused provider cannot run the model's two ops (tiny probe tensors)."""
-    x = torch.zeros(1, 7, 7, 96, device=device, dtype=dtype)
+    x = torch.zeros(1, 7, 7, 3 * 96, device=device, dtype=dtype)  # C = 96, 3 heads of 32
     table = torch.zeros(169, 3, device=device, dtype=dtype)
     reasons = fused_reasons(provider, "window_attention", [x, table],
                             dict(num_heads=3, window=7, shift=3))
     q = torch.zeros(1, 7, 7, 150, device=device, dtype=dtype)
-    reasons += fused_reasons(provider, "semantic_attention", [q, q, x], dict(window=7))
+    reasons += fused_reasons(provider, "semantic_attention", [q, q, x[..., :96].contiguous()],
+                             dict(window=7))
     return list(dict.fromkeys(reasons))
 
 

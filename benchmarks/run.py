@@ -143,8 +143,10 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
         rec["time_ms"] = measure.time_ms(prepared.step, args.device, args.target_time,
                                          max_reps=prepared.max_reps, long_step=prepared.long_step,
                                          min_reps=min(3, prepared.max_reps))
-        rec["peak_mem_mb"] = measure.peak_memory_mb(prepared.step, args.device)
-        rec["flops"] = measure.count_flops(prepared.count)
+        if prepared.peak_memory:
+            rec["peak_mem_mb"] = measure.peak_memory_mb(prepared.step, args.device)
+        if prepared.count is not None:
+            rec["flops"] = measure.count_flops(prepared.count)
         if prepared.error is not None:
             rec["max_rel_err"] = prepared.error()
         rec["flops_source"] = ("run (eager reference)" if provider == "compile"
@@ -224,8 +226,9 @@ def _print_record(rec: dict, elapsed: float) -> None:
         print(f"[{elapsed:6.1f}s] {what:42s} {rec['provider']:9s} skipped: {rec['skipped_reason']}",
               flush=True)
     else:
-        print(f"[{elapsed:6.1f}s] {what:42s} {rec['provider']:9s} {rec['time_ms']:10.3f} ms  "
-              f"peak {rec['peak_mem_mb']:9.1f} MB", flush=True)
+        mem = "" if rec["peak_mem_mb"] is None else f"  peak {rec['peak_mem_mb']:9.1f} MB"
+        print(f"[{elapsed:6.1f}s] {what:42s} {rec['provider']:9s} {rec['time_ms']:10.3f} ms{mem}",
+              flush=True)
 
 
 def finalize(records: list[dict], peak_bandwidth: float | None) -> None:

@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <initializer_list>
+#include <string>
 #define SEMASK_SHARED_MEMORY(name) extern __shared__ __align__(16) float name[]
 #endif
 
@@ -92,10 +93,19 @@ inline void check_contiguous(const char* op, const char* name, const at::Tensor&
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
+// "[a, b, c]" built by hand: streaming an IntArrayRef into a TORCH_CHECK message from
+// nvcc-compiled code crashed (SIGSEGV) on the H200 machine (torch 2.11, nvcc 13.0).
+inline std::string shape_str(at::IntArrayRef sizes) {
+  std::string s = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+  return s + "]";
+}
+
 inline void check_shape(const char* op, const char* name, const at::Tensor& t,
                         std::initializer_list<int64_t> expected) {
-  TORCH_CHECK(t.sizes().equals(at::IntArrayRef(expected)), op, ": ", name, " must have shape ",
-              at::IntArrayRef(expected), ", got ", t.sizes());
+  const at::IntArrayRef want(expected);
+  TORCH_CHECK(t.sizes().equals(want), op, ": ", name, " must have shape ", shape_str(want),
+              ", got ", shape_str(t.sizes()));
 }
 
 // Allow `bytes` of dynamic shared memory for `kernel` on the current device (opt-in above

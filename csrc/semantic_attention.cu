@@ -402,11 +402,11 @@ void check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const a
 
 SemGeom make_geom(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                int64_t window) {
-  TORCH_CHECK(q.dim() == 4, op, ": q must be [B, Hp, Wp, K], got ", q.sizes());
+  TORCH_CHECK(q.dim() == 4, op, ": q must be [B, Hp, Wp, K], got ", shape_str(q.sizes()));
   check_shape(op, "k", k, {q.size(0), q.size(1), q.size(2), q.size(3)});
   TORCH_CHECK(v.dim() == 4 && v.sizes().slice(0, 3).equals(q.sizes().slice(0, 3)), op,
-              ": v must be [B, Hp, Wp, C] with q's B, Hp, Wp, got ", v.sizes(), " and q ",
-              q.sizes());
+              ": v must be [B, Hp, Wp, C] with q's B, Hp, Wp, got ", shape_str(v.sizes()),
+              " and q ", shape_str(q.sizes()));
   TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= kMaxK, op, ": K=", q.size(3), " (q's last dim) ",
               "must lie in [1, ", kMaxK, "]");
   TORCH_CHECK(v.size(3) >= 1, op, ": v has no channels");

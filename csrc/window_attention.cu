@@ -339,10 +339,10 @@ void check_inputs(const char* op, const at::Tensor& qkv, const at::Tensor& table
 WinGeom make_geom(const char* op, const at::Tensor& qkv, const at::Tensor& table, int64_t heads,
                int64_t window, int64_t shift, double scale) {
   TORCH_CHECK(qkv.dim() == 4 && qkv.size(3) % 3 == 0, op,
-              ": qkv must be [B, Hp, Wp, 3C], got ", qkv.sizes());
+              ": qkv must be [B, Hp, Wp, 3C], got ", shape_str(qkv.sizes()));
   const int64_t C = qkv.size(3) / 3;
   TORCH_CHECK(heads >= 1 && C >= heads && C % heads == 0, op, ": num_heads=", heads,
-              " must divide C=", C, " (qkv ", qkv.sizes(), ")");
+              " must divide C=", C, " (qkv ", shape_str(qkv.sizes()), ")");
   TORCH_CHECK(C / heads <= kMaxHeadDim, op, ": head dim ", C / heads, " > ", kMaxHeadDim,
               " is not supported");
   TORCH_CHECK(window >= 1 && window <= kMaxWindow, op, ": window=", window, " must lie in [1, ",

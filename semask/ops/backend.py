@@ -17,12 +17,18 @@ and the four launchers (same signatures for every provider)::
     semantic_attention_bwd(dout, q, k, v, out, lse, window) -> (dq, dk, dv)
 
 Layouts are documented in :mod:`semask.ops.reference`.
+
+Under ``torch.compile`` the choice is made once per graph at trace time: :func:`choose`
+hands the tensors' shape, dtype, device and contiguity (constants under static shapes) to
+a function marked ``assume_constant_result``, so backend choice never breaks the graph.
 """
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -87,10 +93,35 @@ def common_reasons(tensors: list[Tensor]) -> list[str]:
     return [f"dtype {', '.join(bad)} is not supported (float32, float16, bfloat16)"] if bad else []
 
 
+class TensorInfo(NamedTuple):
+    """What providers' ``reasons`` read of a tensor, as plain constants."""
+
+    shape: tuple
+    dtype: torch.dtype
+    device: torch.device
+    contiguous: bool
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def is_contiguous(self) -> bool:
+        return self.contiguous
+
+
 def choose(requested: str, op: str, tensors: list[Tensor], params: dict) -> str:
     """Resolve ``requested`` (one of :data:`CHOICES`) to a runnable backend name."""
     if requested == "torch":
         return "torch"
+    infos = tuple([(tuple(t.shape), t.dtype, t.device, t.is_contiguous()) for t in tensors])
+    return _choose(requested, op, infos, tuple(sorted(params.items())))
+
+
+@torch.compiler.assume_constant_result
+def _choose(requested: str, op: str, infos: tuple, params: tuple) -> str:
+    tensors, params = [TensorInfo(*info) for info in infos], dict(params)
     common = common_reasons(tensors)
     if requested != "auto":
         reasons = common or not_supported_reasons(requested, op, tensors, params)
@@ -113,5 +144,5 @@ def choose(requested: str, op: str, tensors: list[Tensor], params: dict) -> str:
     if detail not in _warned:  # one warning per distinct reason, not per call or op
         _warned.add(detail)
         warnings.warn(f"semask: fused kernels cannot run here ({detail}); using the "
-                      f"PyTorch reference (first seen in {op})", stacklevel=3)
+                      f"PyTorch reference (first seen in {op})", stacklevel=4)
     return "torch"

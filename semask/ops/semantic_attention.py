@@ -70,10 +70,11 @@ def semantic_attention(q: Tensor, k: Tensor, v: Tensor, window: int, backend: st
     if backend == "torch":
         return semantic_attention_reference(q, k, v, window)
     check_semantic_attention_inputs(q, k, v, window)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     name = _backend.choose(backend, OP, [q, k, v], dict(window=window))
     if name == "torch":
         return semantic_attention_reference(q, k, v, window)
-    return _fwd(q.contiguous(), k.contiguous(), v.contiguous(), window, name)[0]
+    return _fwd(q, k, v, window, name)[0]
 
 
 class SemanticAttention(nn.Module):

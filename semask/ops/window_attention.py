@@ -88,10 +88,11 @@ def window_attention(qkv: Tensor, table: Tensor, num_heads: int, window: int, sh
         return window_attention_reference(qkv, table, num_heads, window, shift, scale)
     check_window_attention_inputs(qkv, table, num_heads, window, shift)
     params = dict(num_heads=num_heads, window=window, shift=shift)
+    qkv, table = qkv.contiguous(), table.contiguous()
     name = _backend.choose(backend, OP, [qkv, table], params)
     if name == "torch":
         return window_attention_reference(qkv, table, num_heads, window, shift, scale)
-    return _fwd(qkv.contiguous(), table.contiguous(), num_heads, window, shift, scale, name)[0]
+    return _fwd(qkv, table, num_heads, window, shift, scale, name)[0]
 
 
 class WindowAttention(nn.Module):

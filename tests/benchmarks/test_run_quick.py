@@ -24,7 +24,7 @@ PROVIDERS = {"reference", "sdpa", "compile", "triton", "cuda"}
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, RUN, "--quick", "--out", str(out), "--time-budget", "100",
+    proc = subprocess.run([sys.executable, RUN, "--quick", "--out", str(out), "--time-budget", "150",
                            "--compile-budget", "20"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -58,7 +58,12 @@ def test_schema(quick):
             assert r["speedup"] is None and r["throughput"] is None
         else:
             assert r["skipped_reason"] is None
-            assert r["time_ms"] > 0 and r["peak_mem_mb"] > 0
+            assert r["time_ms"] > 0
+            if r["provider"] == "triton":  # the interpreter: one call, no memory figure
+                assert "interpreter" in r["note"] and r["peak_mem_mb"] is None
+                assert r["max_rel_err"] < 1e-4, r
+            else:
+                assert r["peak_mem_mb"] > 0
             assert r["throughput"] == pytest.approx(r["batch"] / (r["time_ms"] * 1e-3))
 
 

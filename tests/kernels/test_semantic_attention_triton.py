@@ -255,7 +255,8 @@ def test_gpu_stage_shapes_accuracy_rule(dtype, B, H, W, K, C, window):
     low = [t.to(dtype) for t in (q, k, v, dout)]
     same = reference_grads(*low, window)
     got = kernel_grads(*low, window)
-    lse_err = rel_err(got[1], semantic_attention_lse_reference(q, k, window))
+    # the log-sum-exp of the same (rounded) inputs: the kernel accumulates in fp32
+    lse_err = rel_err(got[1], semantic_attention_lse_reference(low[0].float(), low[1].float(), window))
     assert lse_err < 1e-5, f"lse: relative error {lse_err:.3g}"
     for name, x, s, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), same, truth):
         check_rule(name, x, s, t, dtype)

@@ -417,9 +417,11 @@ def test_semantic_attention_cuda_matches_reference(dtype, B, H, W, K, C, window)
 
 @pytest.mark.gpu
 def test_launcher_checks_name_the_argument_on_gpu():
-    qkv = torch.randn(1, 7, 7, 96, device="cuda")
-    with pytest.raises(RuntimeError, match="table must have shape"):
+    qkv = torch.randn(1, 7, 7, 3 * 96, device="cuda")
+    with pytest.raises(RuntimeError, match=r"table must have shape \[169, 3\], got \[100, 3\]"):
         PROVIDER.window_attention_fwd(qkv, torch.randn(100, 3, device="cuda"), 3, 7, 0, 0.2)
+    with pytest.raises(RuntimeError, match=r"num_heads=5 must divide C=96 \(qkv \[1, 7, 7, 288\]\)"):
+        PROVIDER.window_attention_fwd(qkv, torch.randn(169, 5, device="cuda"), 5, 7, 0, 0.2)
     with pytest.raises(RuntimeError, match="table must be a CUDA tensor, got one on cpu"):
         PROVIDER.window_attention_fwd(qkv, torch.randn(169, 3), 3, 7, 0, 0.2)
     q = torch.randn(1, 7, 7, 19, device="cuda")
