@@ -19,8 +19,9 @@ and the four launchers (same signatures for every provider)::
 Layouts are documented in :mod:`semask.ops.reference`.
 
 Under ``torch.compile`` the choice is made once per graph at trace time: :func:`choose`
-hands the tensors' shape, dtype, device and contiguity (constants under static shapes) to
-a function marked ``assume_constant_result``, so backend choice never breaks the graph.
+hands the tensors' dtype, device, contiguity and static sizes (see :func:`_describe`) as
+constants to a function marked ``assume_constant_result``, so backend choice never breaks
+the graph, with static or dynamic shapes.
 """
 from __future__ import annotations
 
@@ -93,6 +94,11 @@ def common_reasons(tensors: list[Tensor]) -> list[str]:
     return [f"dtype {', '.join(bad)} is not supported (float32, float16, bfloat16)"] if bad else []
 
 
+# What the batch and map sizes stand in as for backend choice: every window up to 16
+# divides it (the real sizes are checked by the ops before the choice).
+MAP_DIM = 720720  # lcm(1, ..., 16)
+
+
 class TensorInfo(NamedTuple):
     """What providers' ``reasons`` read of a tensor, as plain constants."""
 
@@ -100,12 +106,13 @@ class TensorInfo(NamedTuple):
     dtype: torch.dtype
     device: torch.device
     contiguous: bool
+    empty: bool
 
     def dim(self) -> int:
         return len(self.shape)
 
     def numel(self) -> int:
-        return math.prod(self.shape)
+        return 0 if self.empty else math.prod(self.shape)
 
     def is_contiguous(self) -> bool:
         return self.contiguous
@@ -115,8 +122,18 @@ def choose(requested: str, op: str, tensors: list[Tensor], params: dict) -> str:
     """Resolve ``requested`` (one of :data:`CHOICES`) to a runnable backend name."""
     if requested == "torch":
         return "torch"
-    infos = tuple([(tuple(t.shape), t.dtype, t.device, t.is_contiguous()) for t in tensors])
+    infos = tuple([_describe(t) for t in tensors])
     return _choose(requested, op, infos, tuple(sorted(params.items())))
+
+
+def _describe(t: Tensor) -> tuple:
+    """TensorInfo fields of ``t`` as constants, also while torch.compile traces with dynamic
+    sizes: the batch and map sizes of a [B, Hp, Wp, X] activation stand in as
+    :data:`MAP_DIM` (the ops' input checks have tested the real ones); X and the sizes of
+    other tensors (parameters) are static."""
+    shape = (MAP_DIM,) * 3 + (t.shape[-1],) if t.dim() == 4 else tuple(t.shape)
+    empty = True if t.numel() == 0 else False  # a branch: dynamo guards and folds it
+    return shape, t.dtype, t.device, t.is_contiguous(), empty
 
 
 @torch.compiler.assume_constant_result
