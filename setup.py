@@ -1,5 +1,6 @@
-"""setuptools entry: packages (``kernels/`` installed as ``semask.kernels``) and the
-optional CUDA extension, built only when ``SEMASK_BUILD_CUDA=1``."""
+"""setuptools entry: packages (``kernels/`` installed as ``semask.kernels``, ``configs/``
+and ``csrc/`` as data) and the optional CUDA extension, built only when
+``SEMASK_BUILD_CUDA=1``."""
 import os
 
 from setuptools import find_packages, setup
@@ -20,8 +21,12 @@ if os.environ.get("SEMASK_BUILD_CUDA") == "1":
 
 ext_modules, cmdclass = cuda_extensions()
 setup(
-    packages=find_packages(include=["semask", "semask.*"]) + ["semask.kernels"],
-    package_dir={"semask.kernels": "kernels"},
+    # configs/ and csrc/ travel as data (training presets; sources of the just-in-time
+    # CUDA build), so a wheel install trains and builds like a source checkout
+    packages=find_packages(include=["semask", "semask.*"])
+    + ["semask.kernels", "semask.configs", "semask.csrc"],
+    package_dir={"semask.kernels": "kernels", "semask.configs": "configs", "semask.csrc": "csrc"},
+    package_data={"semask.configs": ["*.json"], "semask.csrc": ["*.cu", "*.cuh", "*.cpp", "*.h"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -44,13 +44,17 @@ def unavailable_message(detail: str) -> str:
 
 
 def csrc_dir() -> Path:
-    """The csrc/ sources: ``$SEMASK_CSRC`` or the source checkout beside the package."""
-    path = Path(os.environ.get("SEMASK_CSRC") or Path(__file__).resolve().parents[2] / "csrc")
-    if not (path / "semask_build.py").is_file():
-        raise ExtensionUnavailable(unavailable_message(
-            f"no csrc/ sources at {path}; the just-in-time build needs a source checkout "
-            f"(pip install -e .) or SEMASK_CSRC"))
-    return path
+    """The csrc/ sources: ``$SEMASK_CSRC``, else semask/csrc of an installed wheel, else
+    csrc/ of the source checkout beside the package."""
+    package = Path(__file__).resolve().parents[1]
+    env = os.environ.get("SEMASK_CSRC")
+    candidates = [Path(env)] if env else [package / "csrc", package.parent / "csrc"]
+    for path in candidates:
+        if (path / "semask_build.py").is_file():
+            return path
+    raise ExtensionUnavailable(unavailable_message(
+        f"no csrc/ sources at {' or '.join(map(str, candidates))}; the just-in-time build "
+        f"needs them (a wheel of semask, a source checkout, or SEMASK_CSRC)"))
 
 
 def build_definition():

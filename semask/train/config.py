@@ -13,7 +13,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# semask/configs in an installed wheel, else configs/ of the source checkout
+_PACKAGE = Path(__file__).resolve().parents[1]
+CONFIG_DIR = next((d for d in (_PACKAGE / "configs", _PACKAGE.parent / "configs") if d.is_dir()),
+                  _PACKAGE.parent / "configs")
 DEFAULT_PRESET = "synthetic_cpu"
 
 
