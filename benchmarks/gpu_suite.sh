@@ -5,6 +5,8 @@
 #   tests     GPU tests of both backends (pytest -m gpu)
 #   memcheck  compute-sanitizer --tool memcheck python benchmarks/cuda_memcheck.py
 #   bench     op and end-to-end benchmarks (benchmarks/run.py --device cuda --isolate)
+#   sweep     launch-configuration sweep of the Triton kernels (benchmarks/sweep.py); not
+#             in the default stages: `bash benchmarks/gpu_suite.sh setup sweep`
 # Every stage has a hard time limit and its failure is recorded; the later stages still run.
 #
 # Usage, from the repository root:
@@ -12,9 +14,10 @@
 #   bash benchmarks/gpu_suite.sh setup bench                                    # some stages
 # Environment: OUT (results go to $OUT/<device>-<date>/, default benchmarks/results/),
 #   SUITE_BUDGET (seconds for the whole suite, default 560), BENCH_ARGS (extra run.py
-#   arguments, e.g. "--cases window/swin_t-512"), PYTHON (default python3).
+#   arguments, e.g. "--cases window/swin_t-512"), SWEEP_ARGS (extra sweep.py arguments),
+#   PYTHON (default python3).
 # Output folder: suite.log (all output), suite_summary.txt (one line per stage), and the
-# benchmark's results.json, results.md, speedup.png, memory.png.
+# benchmark's results.json, results.md, speedup.png, memory.png; the sweep's sweep.json, sweep.md.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -32,8 +35,8 @@ export SEMASK_COMMIT
 
 # planned seconds per stage; a stage gets min(plan, what is left after the minimum of the
 # stages still to come), so a fast early stage leaves more time to the benchmarks
-declare -A PLAN=([setup]=90 [build]=200 [tests]=180 [memcheck]=90 [bench]=600)
-declare -A MIN=([setup]=20 [build]=30 [tests]=30 [memcheck]=20 [bench]=120)
+declare -A PLAN=([setup]=90 [build]=200 [tests]=180 [memcheck]=90 [bench]=600 [sweep]=600)
+declare -A MIN=([setup]=20 [build]=30 [tests]=30 [memcheck]=20 [bench]=120 [sweep]=60)
 
 slug=$(timeout 60 "$PY" -c "from benchmarks.measure import device_slug; print(device_slug('cuda'))" 2>/dev/null | tail -n 1)
 [ -n "$slug" ] || slug=gpu
@@ -131,12 +134,19 @@ stage_bench() {  # $1: the stage's time limit
   "$PY" benchmarks/run.py --device cuda --isolate --time-budget "$budget" --out "$RES" ${BENCH_ARGS:-}
 }
 
+stage_sweep() {  # $1: the stage's time limit
+  local budget=$(($1 - 30))
+  [ "$budget" -lt 20 ] && budget=20
+  # shellcheck disable=SC2086
+  "$PY" benchmarks/sweep.py --device cuda --time-budget "$budget" --out "$RES" ${SWEEP_ARGS:-}
+}
+
 export PY RES
-export -f stage_setup stage_build stage_tests stage_memcheck stage_bench
+export -f stage_setup stage_build stage_tests stage_memcheck stage_bench stage_sweep
 for s in "${STAGES[@]}"; do
   case "$s" in
-    setup|build|tests|memcheck|bench) run_stage "$s" ;;
-    *) echo "unknown stage $s (setup build tests memcheck bench)" | tee -a "$SUMMARY"; FAILED=1 ;;
+    setup|build|tests|memcheck|bench|sweep) run_stage "$s" ;;
+    *) echo "unknown stage $s (setup build tests memcheck bench sweep)" | tee -a "$SUMMARY"; FAILED=1 ;;
   esac
 done
 echo "total $(( $(date +%s) - START ))s; results in $RES" | tee -a "$SUMMARY" "$LOG"

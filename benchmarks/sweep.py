@@ -1,0 +1,250 @@
+"""Sweep the Triton kernels' launch configurations at the real stage shapes (for tuning).
+
+For every window / semantic op case of ``benchmarks/cases.py`` (512 inputs) and every
+candidate configuration of each direction (forward kernel; backward kernels given the
+default forward's out and lse), this script runs the kernel, checks its results against
+the default configuration's (max |x - x_default| / max |x_default|; the default is the
+one the tests check against the reference), and times it (``triton.testing.do_bench``
+median on GPU; one call on CPU). Nothing in the package changes: the candidates are set
+in the kernel modules' config tables for the duration of one measurement.
+
+    python benchmarks/sweep.py --device cuda --time-budget 240 --out DIR
+    TRITON_INTERPRET=1 python benchmarks/sweep.py --quick     # the mechanics, on the CPU
+
+Writes ``sweep.json`` (environment, one row per case x direction x configuration) and
+``sweep.md`` (per case and direction: default time, best configuration, its time).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import cases as C  # noqa: E402
+from benchmarks import measure, providers  # noqa: E402
+from semask.kernels import semantic_attention as SA  # noqa: E402
+from semask.kernels import window_attention as WA  # noqa: E402
+
+DIRECTIONS = ("fwd", "bwd")
+
+
+# ----------------------------------------------------------------------------- candidates
+def window_candidates(window: int, direction: str, quick: bool) -> list[dict]:
+    """BLOCK_M (query rows per program), num_warps, programs per SM of the grouping."""
+    block_n = WA._config(window)[2]
+    ms = [m for m in (16, 32, 64) if m <= block_n]
+    grid = itertools.product(ms, (4, 8), (4, 8, 16, 32) if direction == "fwd" else (4, 8, 16))
+    cands = [dict(BLOCK_M=m, num_warps=w, programs_per_sm=p) for m, w, p in grid]
+    return [cands[0], cands[-1]] if quick else cands
+
+
+def semantic_candidates(N: int, K: int, Cv: int, direction: str, quick: bool) -> list[dict]:
+    """BLOCK_M = BLOCK_N, BLOCK_C, num_warps, num_stages; BLOCK_K is K's power of two."""
+    block_k, top_c = SA._pow2(K), SA._pow2(Cv)
+    mns = (32, 64, 128) if direction == "fwd" else (32, 64)
+    cs = [c for c in ((32, 64, 128, 256) if direction == "fwd" else (32, 64, 128)) if c <= top_c]
+    stages = (2, 3) if direction == "fwd" else (2,)
+    cands = [dict(BLOCK_M=mn, BLOCK_N=mn, BLOCK_K=block_k, BLOCK_C=c, num_warps=w, num_stages=s)
+             for mn, c, w, s in itertools.product(mns, cs, (4, 8), stages) if mn <= max(32, SA._pow2(N))]
+    return [cands[0], cands[-1]] if quick else cands
+
+
+@contextlib.contextmanager
+def window_config(window: int, direction: str, cfg: dict):
+    """Set the window kernels' tables to ``cfg`` for ``direction`` (the other keeps its own)."""
+    saved_table, saved_pps = dict(WA._CONFIG), WA._PROGRAMS_PER_SM
+    fwd_m, bwd_m, _, warps = WA._config(window)
+    i = DIRECTIONS.index(direction)
+    ms = [fwd_m, bwd_m]
+    ms[i] = cfg["BLOCK_M"]
+    pps = list(saved_pps)
+    pps[i] = cfg["programs_per_sm"]
+    WA._CONFIG[window] = (ms[0], ms[1], cfg["num_warps"])
+    WA._PROGRAMS_PER_SM = tuple(pps)
+    try:
+        yield
+    finally:
+        WA._CONFIG.clear()
+        WA._CONFIG.update(saved_table)
+        WA._PROGRAMS_PER_SM = saved_pps
+
+
+@contextlib.contextmanager
+def semantic_config(direction: str, cfg: dict):
+    """Make the semantic kernels' ``_config`` answer ``cfg`` for ``direction``."""
+    default = SA._config
+
+    def patched(N, K, Cv, backward, dtype):
+        return dict(cfg) if backward == (direction == "bwd") else default(N, K, Cv, backward, dtype)
+
+    SA._config = patched
+    try:
+        yield
+    finally:
+        SA._config = default
+
+
+# ----------------------------------------------------------------------------- one case
+def _runners(case, device: str, dtype: torch.dtype):
+    """(forward(), backward(out, lse)) of the case's kernel on fixed inputs."""
+    inputs = providers.op_inputs(case, device, dtype, requires_grad=False)
+    p = case.params
+    g = torch.Generator(device=device).manual_seed(1)
+    if case.kind == "window":
+        qkv, table = inputs["qkv"], inputs["table"]
+        args = (p["heads"], p["window"], p["shift"], (p["C"] // p["heads"]) ** -0.5)
+        dout = torch.randn(qkv.shape[:3] + (p["C"],), generator=g, device=device).to(dtype)
+        return (lambda: WA.forward(qkv, table, *args),
+                lambda out, lse: WA.backward(dout, qkv, table, out, lse, *args))
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    dout = torch.randn(v.shape, generator=g, device=device).to(dtype)
+    return (lambda: SA.forward(q, k, v, p["window"]),
+            lambda out, lse: SA.backward(dout, q, k, v, out, lse, p["window"]))
+
+
+def _rel_err(got, want) -> float:
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+               for a, b in zip(got, want))
+
+
+def _time_ms(fn, device: str) -> float:
+    if device.startswith("cuda"):
+        from triton.testing import do_bench
+        return float(do_bench(fn, warmup=10, rep=40, return_mode="median"))
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: float) -> list[dict]:
+    forward, backward = _runners(case, device, dtype)
+    out, lse = forward()
+    expected = {"fwd": (out,), "bwd": tuple(backward(out, lse))}
+    calls = {"fwd": forward, "bwd": lambda: backward(out, lse)}
+    p = case.params
+    rows = []
+    for direction in DIRECTIONS:
+        base = dict(case=case.name, shape=case.shape(), direction=direction)
+        rows.append(dict(base, config="default", time_ms=_time_ms(calls[direction], device),
+                         rel_err=0.0, error=None))
+        if case.kind == "window":
+            cands = window_candidates(p["window"], direction, quick)
+            setting = lambda cfg: window_config(p["window"], direction, cfg)  # noqa: E731
+        else:
+            n = p["window"] ** 2 if p["window"] else p["Hp"] * p["Wp"]
+            cands = semantic_candidates(n, p["K"], p["C"], direction, quick)
+            setting = lambda cfg: semantic_config(direction, cfg)  # noqa: E731
+        for cfg in cands:
+            row = dict(base, config=cfg, time_ms=None, rel_err=None, error=None)
+            if time.perf_counter() > deadline:
+                row["error"] = "time budget exhausted"
+            else:
+                try:
+                    with setting(cfg):
+                        got = calls[direction]()
+                        row["rel_err"] = _rel_err(got if isinstance(got, tuple) else (got,),
+                                                  expected[direction])
+                        row["time_ms"] = _time_ms(calls[direction], device)
+                except Exception as exc:  # a configuration the compiler rejects, say
+                    row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- cases, report
+def sweep_cases(quick: bool, batch: int) -> list:
+    if quick:  # small shapes for the interpreter
+        win = C.Case("window/quick/sw", "window", "fwd", 1,
+                     dict(Hp=14, Wp=14, C=64, heads=2, window=7, shift=3))
+        sem = C.Case("semantic/quick/win7", "semantic", "fwd", 1, dict(Hp=14, Wp=14, K=19, C=32, window=7))
+        glob = C.Case("semantic/quick/global", "semantic", "fwd", 1, dict(Hp=8, Wp=8, K=19, C=32, window=0))
+        return [win, sem, glob]
+    return [c for c in C.full_cases(batch, None)
+            if c.kind in ("window", "semantic") and c.mode == "fwd" and c.params["img"] == 512]
+
+
+def best_rows(rows: list[dict], max_rel_err: float) -> list[dict]:
+    """Per case and direction: the default time and the fastest configuration whose
+    results agree with the default's within ``max_rel_err``."""
+    table = []
+    for key in dict.fromkeys((r["case"], r["direction"]) for r in rows):
+        group = [r for r in rows if (r["case"], r["direction"]) == key]
+        default = next(r for r in group if r["config"] == "default")
+        ok = [r for r in group if r["time_ms"] is not None and r["rel_err"] is not None
+              and r["rel_err"] <= max_rel_err]
+        best = min(ok, key=lambda r: r["time_ms"])
+        table.append(dict(case=key[0], direction=key[1], default_ms=default["time_ms"],
+                          best_ms=best["time_ms"], best_config=best["config"],
+                          speedup=default["time_ms"] / best["time_ms"],
+                          tried=len(group) - 1, failed=sum(r["error"] is not None for r in group)))
+    return table
+
+
+def markdown(env: dict, table: list[dict]) -> str:
+    lines = [f"# Triton launch-configuration sweep: {env['device']}", "",
+             f"torch {env['torch']}, Triton {env['triton']}, commit `{env['commit']}`, "
+             f"{env['dtype']}, batch {env['batch']}, {env['date']}", "",
+             "| case | direction | default ms | best ms | speed-up | best configuration | tried (failed) |",
+             "|---|---|---|---|---|---|---|"]
+    for t in table:
+        cfg = t["best_config"] if isinstance(t["best_config"], str) else \
+            ", ".join(f"{k}={v}" for k, v in t["best_config"].items())
+        lines.append(f"| {t['case']} | {t['direction']} | {t['default_ms']:.4g} | {t['best_ms']:.4g} | "
+                     f"{t['speedup']:.2f}x | {cfg} | {t['tried']} ({t['failed']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cuda (the default when a GPU is visible) or cpu (interpreter)")
+    ap.add_argument("--dtype", choices=sorted(providers.DTYPES), default=None,
+                    help="default: bf16 on GPU, fp32 on CPU")
+    ap.add_argument("--batch", type=int, default=16, help="batch of the op cases (default 16)")
+    ap.add_argument("--cases", default=None, help="comma-separated substrings of case names to keep")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, two candidates each (CPU check)")
+    ap.add_argument("--time-budget", type=float, default=240.0, help="seconds (default 240)")
+    ap.add_argument("--max-rel-err", type=float, default=None,
+                    help="agreement with the default that a best configuration needs "
+                         "(default 1e-5 for fp32, 2e-2 for bf16/fp16)")
+    ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/sweep-<device>-<date>)")
+    args = ap.parse_args(argv)
+    if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        ap.error("on the CPU the kernels run only in Triton's interpreter: set TRITON_INTERPRET=1")
+    dtype_name = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
+    dtype = providers.DTYPES[dtype_name]
+    max_rel = args.max_rel_err if args.max_rel_err is not None else (1e-5 if dtype_name == "fp32" else 2e-2)
+    env = dict(measure.environment(args.device), dtype=dtype_name, batch=1 if args.quick else args.batch)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"sweep-{measure.device_slug(args.device)}-{env['date'][:10]}")
+    os.makedirs(out, exist_ok=True)
+    cases = C.select(sweep_cases(args.quick, args.batch), args.cases.split(",") if args.cases else None)
+    deadline, rows = time.perf_counter() + args.time_budget, []
+    for case in cases:
+        if time.perf_counter() > deadline:
+            print(f"{case.name}: time budget exhausted", flush=True)
+            continue
+        rows += sweep_case(case, args.device, dtype, args.quick, deadline)
+        table = best_rows(rows, max_rel)
+        with open(os.path.join(out, "sweep.json"), "w") as f:
+            json.dump(dict(environment=env, max_rel_err=max_rel, rows=rows, best=table), f, indent=1)
+        with open(os.path.join(out, "sweep.md"), "w") as f:
+            f.write(markdown(env, table))
+        t = table[-2:]
+        print(f"{case.name}: " + "; ".join(f"{x['direction']} {x['default_ms']:.4g} -> {x['best_ms']:.4g} ms"
+                                           for x in t), flush=True)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
