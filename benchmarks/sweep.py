@@ -110,18 +110,9 @@ def _runners(case, device: str, dtype: torch.dtype):
             lambda out, lse: SA.backward(dout, q, k, v, out, lse, p["window"]))
 
 
-def _rel_err(got, want) -> float:
-    return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
-               for a, b in zip(got, want))
-
-
 def _time_ms(fn, device: str) -> float:
-    if device.startswith("cuda"):
-        from triton.testing import do_bench
-        return float(do_bench(fn, warmup=10, rep=40, return_mode="median"))
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
+    """do_bench median on GPU (40 ms of repetitions); a single call in the interpreter."""
+    return measure.time_ms(fn, device, target_s=0.04, max_reps=1, min_reps=1)
 
 
 def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: float) -> list[dict]:
@@ -150,8 +141,8 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
                 try:
                     with setting(cfg):
                         got = calls[direction]()
-                        row["rel_err"] = _rel_err(got if isinstance(got, tuple) else (got,),
-                                                  expected[direction])
+                        row["rel_err"] = providers._rel_error(
+                            got if isinstance(got, tuple) else (got,), expected[direction])
                         row["time_ms"] = _time_ms(calls[direction], device)
                 except Exception as exc:  # a configuration the compiler rejects, say
                     row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"

@@ -157,19 +157,10 @@ GPU_SHAPES = [
 ]
 
 
-@pytest.fixture
-def fp32_matmuls_exact():
-    """The fp32 reference must not run its matmuls in TF32."""
-    saved = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(saved)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: s[0])
-def test_gpu_accuracy_rule_at_stage_shapes(fp32_matmuls_exact, shape, dtype):
+def test_gpu_accuracy_rule_at_stage_shapes(no_tf32, shape, dtype):
     """|kernel - fp32 ref| <= 2 |torch same dtype - fp32 ref| + atol (max abs error per
     tensor) for out, dqkv and dtable; shifted blocks (the harder case)."""
     _, batch, size, C, heads, window = shape

@@ -47,17 +47,6 @@ def test_fused_triton_model_equals_reference_on_cpu(monkeypatch, semantic_window
         torch.testing.assert_close(grad_f[name], g, rtol=1e-3, atol=1e-5, msg=name)
 
 
-@pytest.fixture
-def no_tf32():
-    """TF32 convolutions/matmuls would round away the fp32 differences under test."""
-    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.set_float32_matmul_precision(saved[0])
-    torch.backends.cudnn.allow_tf32 = saved[1]
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

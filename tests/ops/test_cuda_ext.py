@@ -33,6 +33,8 @@ from semask.ops.reference import (pad_to_multiple, semantic_attention_lse_refere
                                   semantic_attention_reference, window_attention_lse_reference,
                                   window_attention_reference)
 
+pytestmark = pytest.mark.usefixtures("no_tf32")  # the fp32 reference without TF32 (conftest)
+
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 REQUIRE_BUILD = os.environ.get("SEMASK_REQUIRE_CUDA_BUILD") == "1"
 
@@ -298,13 +300,6 @@ def test_semantic_kernels_on_cpu_emulator(emulator, tmp_path, B, Hp, Wp, K, C, w
 # ---------------------------------------------------------------- GPU
 
 
-@pytest.fixture(autouse=True)
-def _exact_fp32_reference():
-    """The fp32 reference must not run its matmuls in TF32."""
-    saved = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(saved)
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
