@@ -13,7 +13,9 @@
 #   SEMASK_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_suite.sh            # all stages
 #   bash benchmarks/gpu_suite.sh setup bench                                    # some stages
 # Environment: OUT (results go to $OUT/<device>-<date>/, default benchmarks/results/),
-#   SUITE_BUDGET (seconds for the whole suite, default 560), BENCH_ARGS (extra run.py
+#   SUITE_BUDGET (seconds for the whole suite, default 560), TESTS (pytest arguments that
+#   pick a subset of the GPU tests, e.g. "tests/models/test_fused_model.py -k accuracy";
+#   default: every test file with GPU tests, one process each), BENCH_ARGS (extra run.py
 #   arguments, e.g. "--cases window/swin_t-512"), SWEEP_ARGS (extra sweep.py arguments),
 #   PYTHON (default python3).
 # Output folder: suite.log (all output), suite_summary.txt (one line per stage), and the
@@ -108,6 +110,11 @@ stage_build() {
 
 stage_tests() {  # one process per test file: a crash (a segfault in an extension) loses one file
   local rc=0 f
+  if [ -n "${TESTS:-}" ]; then  # a chosen subset, one process
+    # shellcheck disable=SC2086
+    "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider $TESTS
+    return $?
+  fi
   for f in $(grep -rl --include='test_*.py' "pytest.mark.gpu" tests | sort); do
     echo "--- $f"
     "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider "$f" || rc=1

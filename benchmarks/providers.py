@@ -330,7 +330,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
             return step
     note = "" if dtype == torch.float32 else f"autocast {dtype_name} (weights fp32)"
     if case.mode == "fwd_bwd":
-        note = "; ".join(x for x in (note, "training step: forward, loss, backward, AdamW step") if x)
+        loss = f"chunked loss (loss_chunk={model.loss_chunk})" if model.loss_chunk else ""
+        note = "; ".join(x for x in (note, "training step: forward, loss, backward, AdamW step", loss) if x)
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
     # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel)
     return Prepared(make(runner), make(model, contextlib.nullcontext), long_step=True, note=note)

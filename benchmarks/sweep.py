@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import cases as C  # noqa: E402
 from benchmarks import measure, providers  # noqa: E402
 from semask.kernels import semantic_attention as SA  # noqa: E402
+from semask.kernels import semantic_window as SW  # noqa: E402
 from semask.kernels import window_attention as WA  # noqa: E402
 
 DIRECTIONS = ("fwd", "bwd")
@@ -46,8 +47,17 @@ def window_candidates(window: int, direction: str, quick: bool) -> list[dict]:
     return [cands[0], cands[-1]] if quick else cands
 
 
-def semantic_candidates(N: int, K: int, Cv: int, direction: str, quick: bool) -> list[dict]:
-    """BLOCK_M = BLOCK_N, BLOCK_C, num_warps, num_stages; BLOCK_K is K's power of two."""
+def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, direction: str,
+                        quick: bool) -> list[dict]:
+    """Whole rows (N <= 256): BLOCK_M (query rows), BLOCK_K/BLOCK_C chunks, num_warps.
+    Online softmax: BLOCK_M = BLOCK_N, BLOCK_C, num_warps, num_stages; BLOCK_K is K's power
+    of two."""
+    if whole_rows:
+        block_n = max(16, SA._pow2(N))
+        ms = [m for m in (16, 32, 64) if m <= block_n]
+        cands = [dict(BLOCK_M=m, BLOCK_N=block_n, BLOCK_K=kc, BLOCK_C=c, num_warps=w, num_stages=2)
+                 for m, kc, c, w in itertools.product(ms, (16, 32), (16, 32, 64), (4, 8))]
+        return [cands[0], cands[-1]] if quick else cands
     block_k, top_c = SA._pow2(K), SA._pow2(Cv)
     mns = (32, 64, 128) if direction == "fwd" else (32, 64)
     cs = [c for c in ((32, 64, 128, 256) if direction == "fwd" else (32, 64, 128)) if c <= top_c]
@@ -78,18 +88,20 @@ def window_config(window: int, direction: str, cfg: dict):
 
 
 @contextlib.contextmanager
-def semantic_config(direction: str, cfg: dict):
-    """Make the semantic kernels' ``_config`` answer ``cfg`` for ``direction``."""
-    default = SA._config
+def semantic_config(whole_rows: bool, direction: str, cfg: dict):
+    """Make the semantic kernels' config function (whole rows: ``semantic_window.config``,
+    online softmax: ``semantic_attention._config``) answer ``cfg`` for ``direction``."""
+    owner, name = (SW, "config") if whole_rows else (SA, "_config")
+    default = getattr(owner, name)
 
     def patched(N, K, Cv, backward, dtype):
         return dict(cfg) if backward == (direction == "bwd") else default(N, K, Cv, backward, dtype)
 
-    SA._config = patched
+    setattr(owner, name, patched)
     try:
         yield
     finally:
-        SA._config = default
+        setattr(owner, name, default)
 
 
 # ----------------------------------------------------------------------------- one case
@@ -131,8 +143,9 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
             setting = lambda cfg: window_config(p["window"], direction, cfg)  # noqa: E731
         else:
             n = p["window"] ** 2 if p["window"] else p["Hp"] * p["Wp"]
-            cands = semantic_candidates(n, p["K"], p["C"], direction, quick)
-            setting = lambda cfg: semantic_config(direction, cfg)  # noqa: E731
+            whole_rows = SW.supports(n)
+            cands = semantic_candidates(n, p["K"], p["C"], whole_rows, direction, quick)
+            setting = lambda cfg: semantic_config(whole_rows, direction, cfg)  # noqa: E731
         for cfg in cands:
             row = dict(base, config=cfg, time_ms=None, rel_err=None, error=None)
             if time.perf_counter() > deadline:
@@ -156,7 +169,7 @@ def sweep_cases(quick: bool, batch: int) -> list:
         win = C.Case("window/quick/sw", "window", "fwd", 1,
                      dict(Hp=14, Wp=14, C=64, heads=2, window=7, shift=3))
         sem = C.Case("semantic/quick/win7", "semantic", "fwd", 1, dict(Hp=14, Wp=14, K=19, C=32, window=7))
-        glob = C.Case("semantic/quick/global", "semantic", "fwd", 1, dict(Hp=8, Wp=8, K=19, C=32, window=0))
+        glob = C.Case("semantic/quick/global", "semantic", "fwd", 1, dict(Hp=17, Wp=16, K=19, C=32, window=0))
         return [win, sem, glob]
     return [c for c in C.full_cases(batch, None)
             if c.kind in ("window", "semantic") and c.mode == "fwd" and c.params["img"] == 512]

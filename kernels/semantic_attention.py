@@ -12,6 +12,11 @@ The window partition is pure address arithmetic (``_token_rows``): every program
 writes the natural [B, Hp, Wp, *] layout; no partition copy, no N x N tensor in memory.
 Every dot accumulates in fp32; fp32 inputs use ``input_precision="ieee"`` (no TF32).
 
+Sequences of at most 256 tokens (windows up to 16 x 16, small global maps) run on the
+whole-row kernels of :mod:`semask.kernels.semantic_window`; this module runs the longer
+ones (global maps such as 32 x 32, windows over 16) with the online softmax below, and
+:func:`forward`/:func:`backward` dispatch between the two.
+
 One "sequence" s in [0, B*nW) is one window (or one image when global). Block sizes:
 BLOCK_M query tokens, BLOCK_N key tokens, BLOCK_K = K padded to a power of two (masked),
 BLOCK_C channels of v/out; chosen by ``_config`` (no autotuning yet).
@@ -30,10 +35,9 @@ Backward (flash attention 2, Dao 2023, Alg. 2, with P recomputed from q, k and l
 and one channel chunk c, loops over all query blocks and accumulates dv[:, c] (complete,
 stored directly) and dk. dP is a sum over channel chunks, so dS splits linearly:
 dS = sum_c P * dP_c - P * D, with the -P*D term taken by chunk 0. Each program's partial
-dk (if several chunks) and partial dq (if several key blocks or chunks) are added with fp32
-atomics (relaxed) into zeroed fp32 buffers, cast to the input dtype at the end; when a
-sequence fits one block and C one chunk (e.g. window 7, K <= 64, C <= 128, fp16/bf16) all
-is stored directly. Otherwise the atomics make the last bits of dq/dk non-deterministic.
+dq (sequences here span several key blocks) and partial dk (if several channel chunks) are
+added with fp32 atomics (relaxed) into zeroed fp32 buffers, cast to the input dtype at the
+end; the atomics make the last bits of dq (and dk) non-deterministic.
 
 Limits: K <= 256 (BLOCK_K = next power of two, registers); any C (chunked); fp32, fp16,
 bf16 (q, k, v of one dtype); contiguous inputs; int32 offsets (int64 when a tensor has
@@ -48,6 +52,8 @@ import contextlib
 import torch
 import triton
 import triton.language as tl
+
+from . import semantic_window
 
 MAX_K = 256
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -151,7 +157,7 @@ def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
                 WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
                 PREC: tl.constexpr, UPCAST: tl.constexpr,
-                DQ_ATOMIC: tl.constexpr, DK_ATOMIC: tl.constexpr):
+                DK_ATOMIC: tl.constexpr):
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     s = pid // num_n
@@ -190,11 +196,8 @@ def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
         ds = p * (dp - delta_weight * delta[:, None])
         dk += _mm(tl.trans(ds.to(q.dtype)), q, PREC, UPCAST)
         dq = _mm(ds.to(k.dtype), k, PREC, UPCAST)
-        dq_ptr = DQ + rows_m[:, None] * KD + offs_k[None, :]
-        if DQ_ATOMIC:
-            tl.atomic_add(dq_ptr, dq, mask=mask_mk, sem="relaxed")
-        else:
-            tl.store(dq_ptr, dq.to(DQ.dtype.element_ty), mask=mask_mk)
+        tl.atomic_add(DQ + rows_m[:, None] * KD + offs_k[None, :], dq, mask=mask_mk,
+                      sem="relaxed")
 
     tl.store(DV + rows_n[:, None] * C + offs_c[None, :], dv.to(DV.dtype.element_ty), mask=mask_nc)
     dk_ptr = DK + rows_n[:, None] * KD + offs_k[None, :]
@@ -213,14 +216,14 @@ def _config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
 
     BLOCK_C is the power of two (32..256 forward, 32..128 backward, 32..64 fp32) minimising
     the work per (query, key) pair, chunks * (score recompute + padded channel work).
-    BLOCK_M/N are 64 (one tile covers a 7x7 window); 32 for tiny sequences, for fp32 (ieee
+    BLOCK_M/N are 64; 32 for fp32 (ieee
     dots run on FMA units) and for the backward with BLOCK_K > 64, whose k/dk and q/dq tiles
     spill registers at 64. Register counts of ``ptxas -v`` for sm_90 guided these choices,
     not timings.
     """
     fp32 = dtype == torch.float32
     block_k = _pow2(K)
-    block_mn = 32 if N <= 32 or fp32 or (backward and block_k > 64) else 64
+    block_mn = 32 if fp32 or (backward and block_k > 64) else 64
     score_cost = (3 if backward else 1) * block_k
     chan_cost = 2 if backward else 1
     cands = (32, 64) if fp32 else (32, 64, 128) if backward else (32, 64, 128, 256)
@@ -289,9 +292,14 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
     """q, k [B, Hp, Wp, K], v [B, Hp, Wp, C] -> (out [B, Hp, Wp, C], lse fp32 [B, nW, N])."""
     S, N, Hp, Wp, nWc, nW = _geometry(q, window)
     KD, C = q.shape[-1], v.shape[-1]
-    cfg = _config(N, KD, C, backward=False, dtype=q.dtype)
     out = torch.empty_like(v)
     lse = torch.empty(q.shape[0], S // q.shape[0], N, device=q.device, dtype=torch.float32)
+    if semantic_window.supports(N):
+        with _on_device(q):
+            semantic_window.forward(q, k, v, out, lse, window, (S, N, Hp, Wp, nWc, nW),
+                                    dict(ROW64=_row64(q, v), **_dot_args(q)))
+        return out, lse
+    cfg = _config(N, KD, C, backward=False, dtype=q.dtype)
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
     with _on_device(q):
         _fwd_kernel[(num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))](
@@ -306,14 +314,18 @@ def backward(dout, q, k, v, out, lse, window: int):
     KD, C = q.shape[-1], v.shape[-1]
     dout = dout.to(v.dtype).contiguous()
     lse = lse.contiguous()
+    if semantic_window.supports(N):
+        with _on_device(q):
+            return semantic_window.backward(dout, q, k, v, lse, window, (S, N, Hp, Wp, nWc, nW),
+                                            dict(ROW64=_row64(q, v), **_dot_args(q)))
     cfg = _config(N, KD, C, backward=True, dtype=q.dtype)
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
     num_n = triton.cdiv(N, cfg["BLOCK_N"])
     num_c = triton.cdiv(C, cfg["BLOCK_C"])
     row64 = _row64(q, v)
-    dq_atomic, dk_atomic = num_n * num_c > 1, num_c > 1
+    dk_atomic = num_c > 1
     f32 = dict(device=q.device, dtype=torch.float32)
-    dq = torch.zeros(q.shape, **f32) if dq_atomic else torch.empty_like(q)
+    dq = torch.zeros(q.shape, **f32)
     dk = torch.zeros(k.shape, **f32) if dk_atomic else torch.empty_like(k)
     dv = torch.empty_like(v)
     delta = torch.empty_like(lse)
@@ -323,6 +335,6 @@ def backward(dout, q, k, v, out, lse, window: int):
             BLOCK_M=cfg["BLOCK_M"], BLOCK_C=cfg["BLOCK_C"], num_warps=4)
         _bwd_kernel[(num_n * S, num_c)](
             q, k, v, dout, lse, delta, dq, dk, dv, N, KD, C, Hp, Wp, nWc, nW, num_n,
-            WIN=window, ROW64=row64, DQ_ATOMIC=dq_atomic, DK_ATOMIC=dk_atomic,
+            WIN=window, ROW64=row64, DK_ATOMIC=dk_atomic,
             **_dot_args(q), **cfg)
     return dq.to(q.dtype), dk.to(k.dtype), dv

@@ -74,8 +74,10 @@ _MASK_LOG2 = tl.constexpr(MASK_VALUE * LOG2E)
 
 # (forward BLOCK_M, backward BLOCK_M, num_warps) per window; BLOCK_N = next_pow2(w*w).
 _CONFIG = {7: (64, 64, 4), 12: (32, 16, 4)}
-# Programs per SM that the window grouping aims at (forward, backward).
-_PROGRAMS_PER_SM = (16, 8)
+# Programs per SM that the window grouping aims at (forward, backward): 4 and 4 were the
+# fastest for w = 7 at every Swin-T 512 stage on an H200 (benchmarks/sweep.py, 2026-11-26:
+# backward 1.34-1.66x, forward 1.0-1.19x over the earlier 16 and 8); w = 12 not swept yet.
+_PROGRAMS_PER_SM = (4, 4)
 
 
 @triton.jit

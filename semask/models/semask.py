@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.backend import requested_backend
 from .heads import FPNHead, resize, semantic_decoder
+from .loss import upsampled_cross_entropy
 from .swin import BackboneOutput, SwinBackbone
 
 IGNORE_INDEX = 255
@@ -45,10 +46,18 @@ def default_semantic_windowed(embed_dim: int, num_classes: int) -> tuple[bool, .
 
 @dataclass
 class SegOutput:
-    """logits [B, K, H, W] at input size; semantic_logits: 4 prior maps or None."""
+    """decode_logits [B, K, H/4, W/4] of the FPN head, ``size`` = input (H, W),
+    semantic_logits: 4 prior maps or None; ``logits`` [B, K, H, W]: decode_logits resized
+    to the input (bilinear), computed on first access (the training loss reads
+    decode_logits and upsamples as it needs)."""
 
-    logits: Tensor
+    decode_logits: Tensor
+    size: tuple[int, int]
     semantic_logits: list[Tensor] | None
+
+    @cached_property
+    def logits(self) -> Tensor:
+        return resize(self.decode_logits, self.size)
 
 
 class SeMaskSwin(nn.Module):
@@ -57,13 +66,17 @@ class SeMaskSwin(nn.Module):
     images [B, 3, H, W] (any H, W >= 32) -> :class:`SegOutput`.
     ``fused``: False (PyTorch reference), True (best fused backend, or
     ``SEMASK_BACKEND``), or a backend name ("torch", "triton", "cuda", "auto").
+    ``loss_chunk``: images per piece of the chunked upsample + cross-entropy loss
+    (:mod:`semask.models.loss`; same values, far less memory); None: one piece, as the
+    released code. Default: 1 when ``fused`` asks for fused ops, else None.
     """
 
     def __init__(self, variant: str = "tiny", num_classes: int = 150, head: str = "fpn",
                  semantic: bool = True, semantic_windowed: tuple[bool, ...] | None = None,
                  fused: bool | str = False, drop_path_rate: float = 0.3,
                  pretrained: str | None = None, *, window_size: int | None = None,
-                 head_channels: int = 256, loss_avg_non_ignore: bool = False):
+                 head_channels: int = 256, loss_avg_non_ignore: bool = False,
+                 loss_chunk: int | None | str = "auto"):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -82,6 +95,11 @@ class SeMaskSwin(nn.Module):
         self.semantic, self.semantic_windowed = semantic, semantic_windowed
         self.backend_request = requested_backend(fused)
         self.loss_avg_non_ignore = loss_avg_non_ignore
+        if loss_chunk == "auto":
+            loss_chunk = None if self.backend_request == "torch" else 1
+        if loss_chunk is not None and (not isinstance(loss_chunk, int) or loss_chunk < 1):
+            raise ValueError(f"loss_chunk must be None or a positive int, got {loss_chunk!r}")
+        self.loss_chunk = loss_chunk
         self.backbone = SwinBackbone(v.embed_dim, v.depths, v.num_heads, window, num_classes,
                                      semantic, semantic_windowed, drop_path_rate,
                                      backend=self.backend_request)
@@ -96,8 +114,8 @@ class SeMaskSwin(nn.Module):
         if min(images.shape[2:]) < 32:
             raise ValueError(f"images must be at least 32x32, got {tuple(images.shape[2:])}")
         feats: BackboneOutput = self.backbone(images)
-        logits = resize(self.decode_head(feats.features), images.shape[2:])
-        return SegOutput(logits, feats.semantic_logits)
+        return SegOutput(self.decode_head(feats.features), tuple(images.shape[2:]),
+                         feats.semantic_logits)
 
     def loss(self, out: SegOutput, target: Tensor) -> dict[str, Tensor]:
         """CE(main) + 0.4 * CE(semantic decoder); target [B, H, W] long, 255 ignored.
@@ -105,23 +123,18 @@ class SeMaskSwin(nn.Module):
         Like the released mmseg code, the mean runs over all pixels (ignored ones count
         as 0) unless ``loss_avg_non_ignore`` was set.
         """
-        if target.dim() != 3 or target.shape[0] != out.logits.shape[0]:
-            raise ValueError(f"target must be [B, H, W] long, got {tuple(target.shape)}")
-        size = target.shape[1:]
-        loss_main = self._cross_entropy(resize(out.logits, size), target)
+        loss_main = self._cross_entropy(out.decode_logits, target)
         if out.semantic_logits is None:
             loss_semantic = loss_main.new_zeros(())
         else:
-            sem = resize(semantic_decoder(out.semantic_logits), size)
-            loss_semantic = self._cross_entropy(sem, target)
+            loss_semantic = self._cross_entropy(semantic_decoder(out.semantic_logits), target)
         return dict(loss=loss_main + SEMANTIC_LOSS_WEIGHT * loss_semantic,
                     loss_main=loss_main, loss_semantic=loss_semantic)
 
     def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
-        if self.loss_avg_non_ignore:
-            return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
-        per_pixel = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
-        return per_pixel.mean()
+        """CE of ``logits`` at stride 4 upsampled to ``target`` [B, H, W]."""
+        return upsampled_cross_entropy(logits, target, IGNORE_INDEX, self.loss_avg_non_ignore,
+                                       self.loss_chunk)
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:

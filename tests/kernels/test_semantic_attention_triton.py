@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from semask.kernels import semantic_attention as sa
+from semask.kernels import semantic_window as sw
 from semask.ops.reference import semantic_attention_lse_reference, semantic_attention_reference
 
 sem_op = importlib.import_module("semask.ops.semantic_attention")
@@ -59,8 +60,9 @@ def check_rule(name, kernel, same_dtype, truth, dtype):
     assert err <= 2 * err_torch + atol, f"{name}: {err:.3g} > 2 * {err_torch:.3g} + {atol:.3g}"
 
 
-# (B, H, W, K, C, window): windows 7 and 12 (and 5), global on odd, square and tiny maps,
-# odd/large K, C under, over and not a multiple of the channel block.
+# (B, H, W, K, C, window): windows 7 and 12 (and 5), global on odd, square and tiny maps
+# (up to 256 tokens: whole-row kernels; more: online softmax), odd/large K, C under, over
+# and not a multiple of the channel block.
 FP32_CASES = [
     (2, 14, 14, 19, 32, 7),
     (1, 14, 21, 150, 40, 7),
@@ -69,7 +71,9 @@ FP32_CASES = [
     (2, 12, 12, 19, 40, 12),
     (2, 9, 11, 19, 40, 0),
     (1, 16, 16, 150, 32, 0),
-    (1, 9, 11, 6, 320, 0),
+    (2, 17, 16, 19, 40, 0),
+    (1, 18, 17, 150, 24, 0),
+    (1, 17, 17, 6, 320, 0),
     (2, 12, 12, 6, 300, 12),
     (2, 4, 6, 19, 40, 0),
     (1, 10, 10, 6, 32, 5),
@@ -77,19 +81,32 @@ FP32_CASES = [
 
 
 def test_cases_cover_every_kernel_path():
-    """Single and multiple query/key blocks, channel chunks (dk atomics), dq atomics."""
+    """Whole rows (N <= 256): one and several query blocks (dk/dv pass), several and ragged
+    class and channel chunks, windowed and global. Online softmax (longer global maps):
+    one and several channel chunks (dk atomics), ragged C, padded K."""
     seen = set()
     for B, H, W, K, C, w in FP32_CASES:
         N = w * w if w else H * W
+        if sw.supports(N):
+            seen.add(("whole rows", "global" if w == 0 else "windowed"))
+            cfg = sw.config(N, K, C, backward=True, dtype=torch.float32)
+            seen.add(("win blocks", N > cfg["BLOCK_M"]))
+            seen.add(("win K chunks", K > cfg["BLOCK_K"]))
+            seen.add(("win K ragged", K % cfg["BLOCK_K"] != 0))
+            seen.add(("win C chunks", C > cfg["BLOCK_C"]))
+            seen.add(("win C ragged", C % cfg["BLOCK_C"] != 0))
+            continue
         fwd = sa._config(N, K, C, backward=False, dtype=torch.float32)
         bwd = sa._config(N, K, C, backward=True, dtype=torch.float32)
-        seen.add(("blocks", N > bwd["BLOCK_N"]))
         seen.add(("fwd chunks", C > fwd["BLOCK_C"]))
         seen.add(("bwd chunks", C > bwd["BLOCK_C"]))
         seen.add(("C ragged", C % bwd["BLOCK_C"] != 0))
         seen.add(("K padded", K != bwd["BLOCK_K"]))
-    assert seen >= {(p, v) for p in ("blocks", "fwd chunks", "bwd chunks") for v in (False, True)}
-    assert ("C ragged", True) in seen and ("K padded", True) in seen
+    assert seen >= {(p, v) for p in ("fwd chunks", "bwd chunks", "win blocks")
+                    for v in (False, True)}
+    assert {("whole rows", "global"), ("whole rows", "windowed")} <= seen
+    assert seen >= {(p, True) for p in ("C ragged", "K padded", "win K chunks", "win K ragged",
+                                        "win C chunks", "win C ragged")}
 
 
 @pytest.mark.parametrize("B,H,W,K,C,window", FP32_CASES)
@@ -105,22 +122,24 @@ def test_fp32_matches_reference(B, H, W, K, C, window):
         assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
 
 
-@pytest.mark.parametrize("window", [7, 0])
-def test_int64_offsets_path(monkeypatch, window):
-    """The int64 row arithmetic (taken for tensors of >= 2^31 elements) on a small map."""
+@pytest.mark.parametrize("H,W,window", [(7, 14, 7), (7, 14, 0), (17, 16, 0)])
+def test_int64_offsets_path(monkeypatch, H, W, window):
+    """The int64 row arithmetic (taken for tensors of >= 2^31 elements) on small maps: whole
+    rows windowed and global, online softmax (global, 272 tokens)."""
     monkeypatch.setattr(sa, "_row64", lambda q, v: True)
-    q, k, v, dout = make_inputs(2, 7, 14, 19, 40)
+    q, k, v, dout = make_inputs(2, H, W, 19, 40)
     truth = reference_grads(q, k, v, dout, window)
     got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
     for name, x, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), truth):
         assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
 
 
-@pytest.mark.parametrize("window", [7, 0])
-def test_fp32_peaked_scores_finite_and_within_torch_error(window):
-    """Scores of std ~40 (K = 150, inputs x3): the online softmax must not overflow; dS
-    cancels (P near one-hot), so gradients are held to torch fp32's own error."""
-    q, k, v, dout = make_inputs(1, 7, 14, 150, 32, scale=3.0)
+@pytest.mark.parametrize("H,W,window", [(7, 14, 7), (7, 14, 0), (17, 16, 0)])
+def test_fp32_peaked_scores_finite_and_within_torch_error(H, W, window):
+    """Scores of std ~40 (K = 150, inputs x3): neither softmax (whole rows; online over 272
+    tokens) may overflow; dS cancels (P near one-hot), so gradients are held to torch
+    fp32's own error."""
+    q, k, v, dout = make_inputs(1, H, W, 150, 32, scale=3.0)
     truth = reference_grads(q, k, v, dout, window)
     fp32 = [t.float() for t in (q, k, v, dout)]
     same = reference_grads(*fp32, window)
@@ -131,7 +150,8 @@ def test_fp32_peaked_scores_finite_and_within_torch_error(window):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("B,H,W,K,C,window", [(2, 14, 14, 19, 40, 7), (1, 9, 11, 150, 32, 0)])
+@pytest.mark.parametrize("B,H,W,K,C,window", [(2, 14, 14, 19, 40, 7), (1, 9, 11, 150, 32, 0),
+                                               (1, 12, 12, 19, 40, 12), (1, 17, 16, 150, 32, 0)])
 def test_half_precision_within_torch_error(dtype, B, H, W, K, C, window):
     q, k, v, dout = make_inputs(B, H, W, K, C)
     truth = reference_grads(q, k, v, dout, window)
@@ -197,21 +217,31 @@ def compile_sm90(fn, pointers, constexprs, num_warps):
 
 
 def compile_all_sm90(dtype, N, K, C, window):
-    """Compile forward, delta and backward kernels as ``forward``/``backward`` launch them."""
+    """Compile the kernels that ``forward``/``backward`` launch for these sizes, as they
+    launch them (windowed: whole-row kernels; global: online-softmax, delta, backward)."""
     torch_dtype = dict(bf16=torch.bfloat16, fp32=torch.float32)[dtype]
     common = dict(WIN=window, ROW64=False)
     dots = dict(PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
-    ptrs = {n: "*" + dtype for n in ("Q", "Kt", "V", "O", "DO", "DV")}
+    ptrs = {n: "*" + dtype for n in ("Q", "Kt", "V", "O", "DO", "DQ", "DK", "DV")}
     ptrs.update(LSE="*fp32", DELTA="*fp32")
+    if sw.supports(N):
+        for fn, backward in ((sw._fwd_kernel, False), (sw._bwd_dq_kernel, True),
+                             (sw._bwd_dkdv_kernel, True)):
+            cfg = sw.config(N, K, C, backward, torch_dtype)
+            warps = cfg.pop("num_warps")
+            cfg.pop("num_stages")
+            blocks = -(-N // cfg["BLOCK_M"])
+            cfg["NUM_KB" if fn is sw._bwd_dkdv_kernel else "NUM_QB"] = blocks
+            compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
+                         dict(**common, **dots, **cfg), warps)
+        return
     for fn, backward in ((sa._fwd_kernel, False), (sa._bwd_kernel, True)):
         cfg = sa._config(N, K, C, backward, torch_dtype)
         warps = cfg.pop("num_warps")
         cfg.pop("num_stages")
         if backward:
-            num_c, num_n = -(-C // cfg["BLOCK_C"]), -(-N // cfg["BLOCK_N"])
-            cfg.update(DQ_ATOMIC=num_n * num_c > 1, DK_ATOMIC=num_c > 1)
-            ptrs.update(DQ="*fp32" if cfg["DQ_ATOMIC"] else "*" + dtype,
-                        DK="*fp32" if cfg["DK_ATOMIC"] else "*" + dtype)
+            cfg.update(DK_ATOMIC=C > cfg["BLOCK_C"])
+            ptrs.update(DQ="*fp32", DK="*fp32" if cfg["DK_ATOMIC"] else "*" + dtype)
         compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
                      dict(**common, **dots, **cfg), warps)
     compile_sm90(sa._bwd_delta_kernel, dict(O="*" + dtype, DO="*" + dtype, DELTA="*fp32"),
@@ -219,7 +249,9 @@ def compile_all_sm90(dtype, N, K, C, window):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype,N,K,C,window", [("bf16", 49, 150, 96, 7), ("fp32", 1024, 19, 40, 0)])
+@pytest.mark.parametrize("dtype,N,K,C,window", [("bf16", 49, 150, 96, 7), ("bf16", 144, 150, 256, 12),
+                                                 ("fp32", 144, 19, 40, 12), ("bf16", 256, 150, 768, 0),
+                                                 ("bf16", 1024, 150, 384, 0), ("fp32", 1024, 19, 40, 0)])
 def test_kernels_compile_for_sm90(dtype, N, K, C, window):
     """The interpreter accepts code the compiler may reject: build every kernel for sm_90
     (in a fresh process, since TRITON_INTERPRET=1 here replaces the jit functions)."""
@@ -239,8 +271,10 @@ def test_kernels_compile_for_sm90(dtype, N, K, C, window):
 GPU_CASES = [
     # SeMask-T 512, stage 1: 128x128 padded to 133x133, C=96, ADE20K K=150, window 7
     (2, 133, 133, 150, 96, 7),
-    # SeMask-B 512, stage 3: 32x32 global, C=512, K=150
+    # SeMask-B 512, stage 3: 32x32 global, C=512, K=150 (online softmax)
     (2, 32, 32, 150, 512, 0),
+    # SeMask-T 512, stage 4: 16x16 global, C=768, K=150 (whole rows)
+    (2, 16, 16, 150, 768, 0),
     # Cityscapes K=19, window 12, Swin-B stage 1 at 512 (64x64 padded to 72x72), C=256
     (2, 72, 72, 19, 256, 12),
 ]

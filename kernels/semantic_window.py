@@ -1,0 +1,262 @@
+"""Windowed SeMask semantic attention in Triton with whole score rows: forward and backward.
+
+What it computes: :mod:`semask.kernels.semantic_attention` (same tensors, layouts and
+lse) for sequences of N <= 256 tokens: windows of w <= 16 (N = w*w), or whole images of
+at most 256 tokens in global mode (window = 0, e.g. the last stage of SeMask-T at 512:
+16 x 16). A program owns BLOCK_M query rows of one sequence and all of its keys (BLOCK_N = next power of two >= N,
+masked), so the softmax is one exact pass (no online rescaling) and every score is
+computed once per direction: the classes (K) and channels (C) are looped over in chunks
+of BLOCK_K and BLOCK_C, so neither is padded to a power of two (K = 150 runs as 5 chunks
+of 32 = 160, not 256), and a chunk loop never recomputes scores.
+
+Forward ``_fwd_kernel``, grid (windows * query blocks,):
+    S = sum_k q[:, k] k[:, k]^T,  P = softmax(S) (fp32, normalised before rounding),
+    out[:, c] = P v[:, c] per channel chunk; lse = max + log(sum).
+Backward (recompute P = exp(S - lse); Dao 2023, Alg. 2, with whole rows):
+    dP = sum_c dO[:, c] v[:, c]^T,  D = rowsum(P * dP) (fp32, from the rows in hand, so no
+    delta pass over out and dO),  dS = P * (dP - D),
+    dq[:, k] = dS k[:, k],  dk[:, k] = dS^T q[:, k],  dv[:, c] = P^T dO[:, c].
+``_bwd_dq_kernel`` (query rows x all keys) stores dq; when one query block covers the
+window (w <= 8) it also stores dk and dv (no atomics, no second pass); otherwise it stores
+D and ``_bwd_dkdv_kernel`` (key rows x all queries, the transposed tiles) stores dk and dv.
+All stores are plain (deterministic results).
+
+Limits: N <= 256 (w <= 16): [BLOCK_M, BLOCK_N] fp32 score tiles stay in registers; other
+limits as :mod:`semask.kernels.semantic_attention` (which dispatches here).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_TOKENS = 256
+
+
+@triton.jit
+def _rows(s, t, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr):
+    """Row b*Hp*Wp + y*Wp + x of token t of window s, or of image s when WIN = 0 (global);
+    int64 when ROW64."""
+    if ROW64:
+        s = s.to(tl.int64)
+    if WIN > 0:
+        b = s // nW
+        wi = s % nW
+        y = (wi // nWc) * WIN + t // WIN
+        x = (wi % nWc) * WIN + t % WIN
+        rows = (b * Hp + y) * Wp + x
+    else:
+        rows = s * (Hp * Wp) + t
+    return rows
+
+
+@triton.jit
+def _mm(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b in fp32; UPCAST (CPU interpreter, bf16) widens the rounded operands first."""
+    if UPCAST:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        c = tl.dot(a, b, input_precision=PREC)
+    return c
+
+
+@triton.jit
+def _scores(A, B, rows_a, rows_b, mask_a, mask_b, KD,
+            BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+            PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """sum over class chunks of A[rows_a, k] B[rows_b, k]^T -> [BLOCK_A, BLOCK_B] fp32."""
+    acc = tl.zeros([BLOCK_A, BLOCK_B], tl.float32)
+    for k0 in range(0, KD, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < KD
+        a = tl.load(A + rows_a[:, None] * KD + offs_k[None, :],
+                    mask=mask_a[:, None] & mask_k[None, :], other=0.0)
+        b = tl.load(B + rows_b[:, None] * KD + offs_k[None, :],
+                    mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+        acc += _mm(a, tl.trans(b), PREC, UPCAST)
+    return acc
+
+
+@triton.jit
+def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW,
+                WIN: tl.constexpr, ROW64: tl.constexpr, NUM_QB: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    pid = tl.program_id(0)
+    s = pid // NUM_QB
+    offs_m = (pid % NUM_QB) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_m = offs_m < N
+    mask_n = offs_n < N
+    rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
+    rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
+    scores = _scores(Q, Kt, rows_m, rows_n, mask_m, mask_n, KD, BLOCK_M, BLOCK_N, BLOCK_K,
+                     PREC, UPCAST)
+    scores = tl.where(mask_n[None, :], scores, float("-inf"))
+    m = tl.max(scores, 1)
+    p = tl.exp(scores - m[:, None])
+    l = tl.sum(p, 1)
+    p = (p / l[:, None]).to(V.dtype.element_ty)
+    tl.store(LSE + s * N + offs_m, m + tl.log(l), mask=mask_m)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        v = tl.load(V + rows_n[:, None] * C + offs_c[None, :],
+                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+        out = _mm(p, v, PREC, UPCAST)
+        tl.store(O + rows_m[:, None] * C + offs_c[None, :], out.to(O.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
+                   WIN: tl.constexpr, ROW64: tl.constexpr, NUM_QB: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    pid = tl.program_id(0)
+    s = pid // NUM_QB
+    offs_m = (pid % NUM_QB) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_m = offs_m < N
+    mask_n = offs_n < N
+    rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
+    rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
+    scores = _scores(Q, Kt, rows_m, rows_n, mask_m, mask_n, KD, BLOCK_M, BLOCK_N, BLOCK_K,
+                     PREC, UPCAST)
+    # padded query rows get lse = +inf, hence P = 0 (and no dk/dv contribution)
+    lse = tl.load(LSE + s * N + offs_m, mask=mask_m, other=float("inf"))
+    p = tl.where(mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
+    p_lo = p.to(DO.dtype.element_ty)
+    dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        do = tl.load(DO + rows_m[:, None] * C + offs_c[None, :],
+                     mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+        v = tl.load(V + rows_n[:, None] * C + offs_c[None, :],
+                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+        dp += _mm(do, tl.trans(v), PREC, UPCAST)
+        if NUM_QB == 1:
+            dv = _mm(tl.trans(p_lo), do, PREC, UPCAST)
+            tl.store(DV + rows_n[:, None] * C + offs_c[None, :], dv.to(DV.dtype.element_ty),
+                     mask=mask_n[:, None] & mask_c[None, :])
+    delta = tl.sum(p * dp, 1)
+    ds = (p * (dp - delta[:, None])).to(Q.dtype.element_ty)
+    if NUM_QB > 1:
+        tl.store(DELTA + s * N + offs_m, delta, mask=mask_m)
+    for k0 in range(0, KD, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < KD
+        k = tl.load(Kt + rows_n[:, None] * KD + offs_k[None, :],
+                    mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        dq = _mm(ds, k, PREC, UPCAST)
+        tl.store(DQ + rows_m[:, None] * KD + offs_k[None, :], dq.to(DQ.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_k[None, :])
+        if NUM_QB == 1:
+            q = tl.load(Q + rows_m[:, None] * KD + offs_k[None, :],
+                        mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            dk = _mm(tl.trans(ds), q, PREC, UPCAST)
+            tl.store(DK + rows_n[:, None] * KD + offs_k[None, :], dk.to(DK.dtype.element_ty),
+                     mask=mask_n[:, None] & mask_k[None, :])
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
+                     WIN: tl.constexpr, ROW64: tl.constexpr, NUM_KB: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Key rows (BLOCK_M of them) x all queries (BLOCK_N): the transposed tiles."""
+    pid = tl.program_id(0)
+    s = pid // NUM_KB
+    offs_j = (pid % NUM_KB) * BLOCK_M + tl.arange(0, BLOCK_M)  # keys
+    offs_i = tl.arange(0, BLOCK_N)  # queries
+    mask_j = offs_j < N
+    mask_i = offs_i < N
+    rows_j = _rows(s, offs_j, Hp, Wp, nWc, nW, WIN, ROW64)
+    rows_i = _rows(s, offs_i, Hp, Wp, nWc, nW, WIN, ROW64)
+    scores_t = _scores(Kt, Q, rows_j, rows_i, mask_j, mask_i, KD, BLOCK_M, BLOCK_N, BLOCK_K,
+                       PREC, UPCAST)
+    lse = tl.load(LSE + s * N + offs_i, mask=mask_i, other=float("inf"))
+    delta = tl.load(DELTA + s * N + offs_i, mask=mask_i, other=0.0)
+    p_t = tl.exp(scores_t - lse[None, :])  # padded queries: exp(-inf) = 0
+    p_lo = p_t.to(DO.dtype.element_ty)
+    dp_t = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        do = tl.load(DO + rows_i[:, None] * C + offs_c[None, :],
+                     mask=mask_i[:, None] & mask_c[None, :], other=0.0)
+        v = tl.load(V + rows_j[:, None] * C + offs_c[None, :],
+                    mask=mask_j[:, None] & mask_c[None, :], other=0.0)
+        dp_t += _mm(v, tl.trans(do), PREC, UPCAST)
+        dv = _mm(p_lo, do, PREC, UPCAST)
+        tl.store(DV + rows_j[:, None] * C + offs_c[None, :], dv.to(DV.dtype.element_ty),
+                 mask=mask_j[:, None] & mask_c[None, :])
+    ds_t = (p_t * (dp_t - delta[None, :])).to(Q.dtype.element_ty)
+    for k0 in range(0, KD, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < KD
+        q = tl.load(Q + rows_i[:, None] * KD + offs_k[None, :],
+                    mask=mask_i[:, None] & mask_k[None, :], other=0.0)
+        dk = _mm(ds_t, q, PREC, UPCAST)
+        tl.store(DK + rows_j[:, None] * KD + offs_k[None, :], dk.to(DK.dtype.element_ty),
+                 mask=mask_j[:, None] & mask_k[None, :])
+
+
+def _chunk(n: int, sizes: tuple) -> int:
+    """The chunk of ``sizes`` that pads n least (the larger one on a tie)."""
+    return min(sizes, key=lambda b: (triton.cdiv(n, b) * b, -b))
+
+
+def config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
+    """Tiles for windows of N tokens, K classes, C channels (``dtype`` is unused so far).
+
+    BLOCK_N = next power of two >= N (all keys); BLOCK_M = BLOCK_N when N <= 64 (one query
+    block: w = 7 pads 49 rows to 64), else 16 (w = 12: 9 blocks, exact); class and channel
+    chunks of 32 or 16 (64 for the channels of the w <= 8 forward), whichever pads least;
+    8 warps. Chosen from ``ptxas -v`` register counts for sm_90 (the largest chunks that
+    do not spill at bf16), not from timings.
+    """
+    block_n = max(16, triton.next_power_of_2(N))
+    wide = block_n > 64
+    return dict(BLOCK_M=16 if wide else block_n, BLOCK_N=block_n,
+                BLOCK_K=16 if wide else _chunk(K, (32, 16)),
+                BLOCK_C=_chunk(C, (32, 16) if wide or backward else (64, 32, 16)),
+                num_warps=8, num_stages=2)
+
+
+def supports(N: int) -> bool:
+    """Whether sequences (windows, or whole images when global) of N tokens run here; longer
+    ones run on the online-softmax kernels of :mod:`semask.kernels.semantic_attention`."""
+    return N <= MAX_TOKENS
+
+
+def forward(q, k, v, out, lse, window: int, geometry, flags: dict) -> None:
+    """Fill ``out`` [B, Hp, Wp, C] and ``lse`` [B, nW, N] (see the module docstring);
+    ``window`` 0 = global, ``geometry`` = (S, N, Hp, Wp, nWc, nW), ``flags`` = ROW64, PREC,
+    UPCAST."""
+    S, N, Hp, Wp, nWc, nW = geometry
+    KD, C = q.shape[-1], v.shape[-1]
+    cfg = config(N, KD, C, backward=False, dtype=q.dtype)
+    num_qb = triton.cdiv(N, cfg["BLOCK_M"])
+    _fwd_kernel[(S * num_qb,)](q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW,
+                               WIN=window, NUM_QB=num_qb, **flags, **cfg)
+
+
+def backward(dout, q, k, v, lse, window: int, geometry, flags: dict):
+    """(dq, dk, dv) of :func:`forward` in the inputs' dtype."""
+    S, N, Hp, Wp, nWc, nW = geometry
+    KD, C = q.shape[-1], v.shape[-1]
+    cfg = config(N, KD, C, backward=True, dtype=q.dtype)
+    num_qb = triton.cdiv(N, cfg["BLOCK_M"])
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # D is stored only for the dk/dv pass; with one query block lse stands in, unread
+    delta = torch.empty_like(lse) if num_qb > 1 else lse
+    common = dict(WIN=window, **flags, **cfg)
+    args = (N, KD, C, Hp, Wp, nWc, nW)
+    _bwd_dq_kernel[(S * num_qb,)](q, k, v, dout, lse, delta, dq, dk, dv, *args,
+                                  NUM_QB=num_qb, **common)
+    if num_qb > 1:
+        _bwd_dkdv_kernel[(S * num_qb,)](q, k, v, dout, lse, delta, dk, dv, *args,
+                                        NUM_KB=num_qb, **common)
+    return dq, dk, dv

@@ -1,0 +1,111 @@
+"""The chunked upsample + cross-entropy loss against the one-piece loss and by hand."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import semask
+from semask.models.loss import upsampled_cross_entropy
+
+IGNORE = 255
+
+
+def make(B=3, K=5, h=7, w=9, H=27, W=35, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, K, h, w, generator=g, dtype=torch.float64).to(dtype)
+    target = torch.randint(0, K, (B, H, W), generator=g)
+    target[:, :3] = IGNORE  # some ignored pixels
+    return logits.requires_grad_(), target
+
+
+def by_hand(logits, target, avg_non_ignore):
+    """-log softmax at the label, from logsumexp and gather, on the bilinear upsample."""
+    up = F.interpolate(logits, size=target.shape[1:], mode="bilinear", align_corners=False).double()
+    valid = target != IGNORE
+    label = torch.where(valid, target, 0).unsqueeze(1)
+    nll = (up.logsumexp(1) - up.gather(1, label).squeeze(1)) * valid
+    return nll.sum() / (valid.sum() if avg_non_ignore else target.numel())
+
+
+@pytest.mark.parametrize("avg_non_ignore", [False, True])
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3, 8])
+def test_matches_hand_computed_loss_and_gradient(chunk, avg_non_ignore):
+    logits, target = make()
+    got = upsampled_cross_entropy(logits, target, IGNORE, avg_non_ignore, chunk)
+    (grad,) = torch.autograd.grad(got, logits)
+    want = by_hand(logits, target, avg_non_ignore)
+    (want_grad,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-14)
+
+
+def test_chunked_gradcheck():
+    logits, target = make(B=2, K=3, h=3, w=4, H=7, W=9)
+    assert torch.autograd.gradcheck(
+        lambda x: upsampled_cross_entropy(x, target, IGNORE, False, 1), (logits,))
+
+
+def test_bf16_chunked_equals_one_piece():
+    """Per image the chunked loss runs the one-piece loss's operations (upsample in bf16,
+    then fp32), so both agree up to fp32 summation order."""
+    logits, target = make(dtype=torch.bfloat16)
+    one = upsampled_cross_entropy(logits, target)
+    (g_one,) = torch.autograd.grad(one, logits)
+    chunked = upsampled_cross_entropy(logits, target, chunk=1)
+    (g_chunked,) = torch.autograd.grad(chunked, logits)
+    assert g_chunked.dtype == torch.bfloat16
+    torch.testing.assert_close(chunked, one, rtol=1e-6, atol=0)
+    torch.testing.assert_close(g_chunked.float(), g_one.float(), rtol=1e-2, atol=1e-6)
+
+
+def saved_elements(fn) -> int:
+    """Elements of every tensor autograd saves while ``fn`` runs."""
+    count = []
+
+    def pack(t):
+        count.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(count)
+
+
+def test_chunked_loss_saves_only_its_inputs():
+    logits, target = make(B=4, K=6)
+    full = 4 * 6 * 27 * 35  # one upsampled [B, K, H, W] map
+    one = saved_elements(lambda: upsampled_cross_entropy(logits, target))
+    chunked = saved_elements(lambda: upsampled_cross_entropy(logits, target, chunk=1))
+    assert one >= full  # cross-entropy keeps the full-size log-softmax
+    assert chunked == logits.numel() + target.numel()
+
+
+def test_bad_arguments_raise():
+    logits, target = make()
+    with pytest.raises(ValueError, match="chunk must be a positive"):
+        upsampled_cross_entropy(logits, target, chunk=0)
+    with pytest.raises(ValueError, match="target must be"):
+        upsampled_cross_entropy(logits, target[0])
+    with pytest.raises(ValueError, match="loss_chunk must be"):
+        semask.SeMaskSwin("micro", num_classes=5, loss_chunk=-2)
+
+
+def test_model_loss_chunk_default_follows_fused_and_keeps_values():
+    torch.manual_seed(0)
+    ref = semask.SeMaskSwin("micro", num_classes=5, drop_path_rate=0.0).double()
+    assert ref.loss_chunk is None
+    assert semask.SeMaskSwin("micro", num_classes=5, fused="triton").loss_chunk == 1
+    images = torch.randn(2, 3, 40, 48, dtype=torch.float64)
+    target = torch.randint(0, 5, (2, 40, 48))
+    losses, grads = [], []
+    for chunk in (None, 1):
+        ref.loss_chunk = chunk
+        ref.zero_grad()
+        torch.manual_seed(1)  # the same dropout draws in both passes
+        loss = ref.loss(ref(images), target)
+        loss["loss"].backward()
+        losses.append(loss)
+        grads.append([p.grad.clone() for p in ref.parameters() if p.grad is not None])
+    for key in ("loss", "loss_main", "loss_semantic"):
+        torch.testing.assert_close(losses[1][key], losses[0][key], rtol=1e-12, atol=0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15)
