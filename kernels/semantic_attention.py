@@ -8,7 +8,8 @@ What it computes (single head, no scaling; ``semask.ops.reference.semantic_atten
     window = 0: global attention over all N = Hp*Wp tokens of an image.
     out [B, Hp, Wp, C] in q's dtype; lse float32 [B, nW, N] = log-sum-exp of each score row
     (nW = (Hp/window)*(Wp/window), or 1 when global).
-The window partition is pure address arithmetic (``_token_rows``): every program reads and
+The window partition is pure address arithmetic (``semantic_window._rows``, shared with
+the whole-row kernels, as is ``_mm``): every program reads and
 writes the natural [B, Hp, Wp, *] layout; no partition copy, no N x N tensor in memory.
 Every dot accumulates in fp32; fp32 inputs use ``input_precision="ieee"`` (no TF32).
 
@@ -54,37 +55,10 @@ import triton
 import triton.language as tl
 
 from . import semantic_window
+from .semantic_window import _mm, _rows
 
 MAX_K = 256
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@triton.jit
-def _token_rows(s, t, N, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr):
-    """Row index b*Hp*Wp + y*Wp + x of token t of sequence s (a window or an image); int64
-    when ROW64 (element offsets may pass 2^31), else int32 (fewer registers)."""
-    if ROW64:
-        s = s.to(tl.int64)
-    if WIN > 0:
-        b = s // nW
-        wi = s % nW
-        y = (wi // nWc) * WIN + t // WIN
-        x = (wi % nWc) * WIN + t % WIN
-        rows = (b * Hp + y) * Wp + x
-    else:
-        rows = s * N + t
-    return rows
-
-
-@triton.jit
-def _mm(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """a @ b accumulated in fp32; UPCAST widens the (already rounded) operands to fp32 first
-    (used only by Triton's CPU interpreter, whose bf16 dot is wrong)."""
-    if UPCAST:
-        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        c = tl.dot(a, b, input_precision=PREC)
-    return c
 
 
 @triton.jit
@@ -101,7 +75,7 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
     mask_m = offs_m < N
     mask_k = offs_k < KD
     mask_c = offs_c < C
-    rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN, ROW64)
+    rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
     q = tl.load(Q + rows_m[:, None] * KD + offs_k[None, :],
                 mask=mask_m[:, None] & mask_k[None, :], other=0.0)
 
@@ -111,7 +85,7 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        rows_n = _token_rows(s, offs_n, N, Hp, Wp, nWc, nW, WIN, ROW64)
+        rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
         k = tl.load(Kt + rows_n[:, None] * KD + offs_k[None, :],
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         scores = _mm(q, tl.trans(k), PREC, UPCAST)
@@ -140,7 +114,7 @@ def _bwd_delta_kernel(O, DO, DELTA, N, C, Hp, Wp, nWc, nW, num_m,
     s = pid // num_m
     offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < N
-    rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN, ROW64)
+    rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
     delta = tl.zeros([BLOCK_M], tl.float32)
     for start_c in range(0, C, BLOCK_C):
         offs_c = start_c + tl.arange(0, BLOCK_C)
@@ -169,7 +143,7 @@ def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
     mask_c = offs_c < C
     mask_nk = mask_n[:, None] & mask_k[None, :]
     mask_nc = mask_n[:, None] & mask_c[None, :]
-    rows_n = _token_rows(s, offs_n, N, Hp, Wp, nWc, nW, WIN, ROW64)
+    rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
     k = tl.load(Kt + rows_n[:, None] * KD + offs_k[None, :], mask=mask_nk, other=0.0)
     v = tl.load(V + rows_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
     # chunk 0 carries the -P*D term of dS (see module docstring)
@@ -181,7 +155,7 @@ def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < N
         mask_mk = mask_m[:, None] & mask_k[None, :]
-        rows_m = _token_rows(s, offs_m, N, Hp, Wp, nWc, nW, WIN, ROW64)
+        rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
         q = tl.load(Q + rows_m[:, None] * KD + offs_k[None, :], mask=mask_mk, other=0.0)
         # padded query rows get lse = +inf, hence P = 0
         lse = tl.load(LSE + s * N + offs_m, mask=mask_m, other=float("inf"))
@@ -212,14 +186,13 @@ def _pow2(n: int, lo: int = 16) -> int:
 
 
 def _config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
-    """Block sizes and warps for sequences of N tokens, K classes, C channels.
+    """Block sizes and warps for sequences of N > 256 tokens, K classes, C channels.
 
     BLOCK_C is the power of two (32..256 forward, 32..128 backward, 32..64 fp32) minimising
     the work per (query, key) pair, chunks * (score recompute + padded channel work).
-    BLOCK_M/N are 64; 32 for fp32 (ieee
-    dots run on FMA units) and for the backward with BLOCK_K > 64, whose k/dk and q/dq tiles
-    spill registers at 64. Register counts of ``ptxas -v`` for sm_90 guided these choices,
-    not timings.
+    BLOCK_M/N are 64; 32 for fp32 (ieee dots run on FMA units) and for the backward with
+    BLOCK_K > 64, whose k/dk and q/dq tiles spill registers at 64. Register counts of
+    ``ptxas -v`` for sm_90 guided these choices, not timings.
     """
     fp32 = dtype == torch.float32
     block_k = _pow2(K)
