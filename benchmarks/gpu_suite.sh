@@ -10,7 +10,9 @@
 # Every stage has a hard time limit and its failure is recorded; the later stages still run.
 #
 # Usage, from the repository root:
-#   SEMASK_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_suite.sh            # all stages
+#   SEMASK_COMMIT=<hash> bash benchmarks/gpu_suite.sh                           # all stages
+# (give the hash of the checkout that was sent: the device machine's copy of .git can be
+# stale, and the results record SEMASK_COMMIT)
 #   bash benchmarks/gpu_suite.sh setup bench                                    # some stages
 # Environment: OUT (results go to $OUT/<device>-<date>/, default benchmarks/results/),
 #   SUITE_BUDGET (seconds for the whole suite, default 560), TESTS (pytest arguments that

@@ -117,7 +117,10 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 # ----------------------------------------------------------------------------- environment
 def git_commit() -> str:
-    """HEAD (with '-dirty' when the tree has changes), or $SEMASK_COMMIT, or 'unknown'."""
+    """$SEMASK_COMMIT when set (a copied checkout, as on a lent GPU machine, can carry stale
+    git metadata), else HEAD (with '-dirty' when the tree has changes), else 'unknown'."""
+    if os.environ.get("SEMASK_COMMIT"):
+        return os.environ["SEMASK_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
@@ -125,7 +128,7 @@ def git_commit() -> str:
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except Exception:
-        return os.environ.get("SEMASK_COMMIT", "unknown")
+        return "unknown"
 
 
 def device_name(device: str) -> str:

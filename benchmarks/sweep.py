@@ -49,7 +49,7 @@ def window_candidates(window: int, direction: str, quick: bool) -> list[dict]:
 
 def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, direction: str,
                         quick: bool) -> list[dict]:
-    """Whole rows (N <= 256): BLOCK_M (query rows), BLOCK_K/BLOCK_C chunks, num_warps.
+    """Whole rows (``semantic_window.supports``): BLOCK_M (query rows), BLOCK_K/BLOCK_C chunks, num_warps.
     Online softmax: BLOCK_M = BLOCK_N, BLOCK_C, num_warps, num_stages; BLOCK_K is K's power
     of two."""
     if whole_rows:
@@ -143,7 +143,7 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
             setting = lambda cfg: window_config(p["window"], direction, cfg)  # noqa: E731
         else:
             n = p["window"] ** 2 if p["window"] else p["Hp"] * p["Wp"]
-            whole_rows = SW.supports(n)
+            whole_rows = SW.supports(n, p["window"])
             cands = semantic_candidates(n, p["K"], p["C"], whole_rows, direction, quick)
             setting = lambda cfg: semantic_config(whole_rows, direction, cfg)  # noqa: E731
         for cfg in cands:

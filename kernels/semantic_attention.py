@@ -13,10 +13,10 @@ the whole-row kernels, as is ``_mm``): every program reads and
 writes the natural [B, Hp, Wp, *] layout; no partition copy, no N x N tensor in memory.
 Every dot accumulates in fp32; fp32 inputs use ``input_precision="ieee"`` (no TF32).
 
-Sequences of at most 256 tokens (windows up to 16 x 16, small global maps) run on the
-whole-row kernels of :mod:`semask.kernels.semantic_window`; this module runs the longer
-ones (global maps such as 32 x 32, windows over 16) with the online softmax below, and
-:func:`forward`/:func:`backward` dispatch between the two.
+Windows of up to 8 x 8 and global maps of up to 256 tokens run on the whole-row kernels
+of :mod:`semask.kernels.semantic_window` (see its ``supports``); this module runs the
+others (windows 9..16 such as 12 x 12, global maps such as 32 x 32) with the online
+softmax below, and :func:`forward`/:func:`backward` dispatch between the two.
 
 One "sequence" s in [0, B*nW) is one window (or one image when global). Block sizes:
 BLOCK_M query tokens, BLOCK_N key tokens, BLOCK_K = K padded to a power of two (masked),
@@ -267,7 +267,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
     KD, C = q.shape[-1], v.shape[-1]
     out = torch.empty_like(v)
     lse = torch.empty(q.shape[0], S // q.shape[0], N, device=q.device, dtype=torch.float32)
-    if semantic_window.supports(N):
+    if semantic_window.supports(N, window):
         with _on_device(q):
             semantic_window.forward(q, k, v, out, lse, window, (S, N, Hp, Wp, nWc, nW),
                                     dict(ROW64=_row64(q, v), **_dot_args(q)))
@@ -287,7 +287,7 @@ def backward(dout, q, k, v, out, lse, window: int):
     KD, C = q.shape[-1], v.shape[-1]
     dout = dout.to(v.dtype).contiguous()
     lse = lse.contiguous()
-    if semantic_window.supports(N):
+    if semantic_window.supports(N, window):
         with _on_device(q):
             return semantic_window.backward(dout, q, k, v, lse, window, (S, N, Hp, Wp, nWc, nW),
                                             dict(ROW64=_row64(q, v), **_dot_args(q)))

@@ -1,9 +1,10 @@
 """Windowed SeMask semantic attention in Triton with whole score rows: forward and backward.
 
 What it computes: :mod:`semask.kernels.semantic_attention` (same tensors, layouts and
-lse) for sequences of N <= 256 tokens: windows of w <= 16 (N = w*w), or whole images of
-at most 256 tokens in global mode (window = 0, e.g. the last stage of SeMask-T at 512:
-16 x 16). A program owns BLOCK_M query rows of one sequence and all of its keys (BLOCK_N = next power of two >= N,
+lse) for the sequences that :func:`supports` takes: windows of w <= 8 (w = 7: N = 49), and
+whole images of at most 256 tokens in global mode (window = 0, e.g. the last stage of
+SeMask-T at 512: 16 x 16). A program owns BLOCK_M query rows of one sequence and all of
+its keys (BLOCK_N = next power of two >= N,
 masked), so the softmax is one exact pass (no online rescaling) and every score is
 computed once per direction: the classes (K) and channels (C) are looped over in chunks
 of BLOCK_K and BLOCK_C, so neither is padded to a power of two (K = 150 runs as 5 chunks
@@ -17,12 +18,13 @@ Backward (recompute P = exp(S - lse); Dao 2023, Alg. 2, with whole rows):
     delta pass over out and dO),  dS = P * (dP - D),
     dq[:, k] = dS k[:, k],  dk[:, k] = dS^T q[:, k],  dv[:, c] = P^T dO[:, c].
 ``_bwd_dq_kernel`` (query rows x all keys) stores dq; when one query block covers the
-window (w <= 8) it also stores dk and dv (no atomics, no second pass); otherwise it stores
-D and ``_bwd_dkdv_kernel`` (key rows x all queries, the transposed tiles) stores dk and dv.
+sequence (N <= 64) it also stores dk and dv (no atomics, no second pass); otherwise
+(global maps of 65..256 tokens) it stores D and ``_bwd_dkdv_kernel`` (key rows x all
+queries, the transposed tiles) stores dk and dv.
 All stores are plain (deterministic results).
 
-Limits: N <= 256 (w <= 16): [BLOCK_M, BLOCK_N] fp32 score tiles stay in registers; other
-limits as :mod:`semask.kernels.semantic_attention` (which dispatches here).
+Limits: N <= 256: [BLOCK_M, BLOCK_N] fp32 score tiles stay in registers; other limits as
+:mod:`semask.kernels.semantic_attention` (which dispatches here).
 """
 from __future__ import annotations
 
@@ -212,7 +214,7 @@ def config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
     """Tiles for windows of N tokens, K classes, C channels (``dtype`` is unused so far).
 
     BLOCK_N = next power of two >= N (all keys); BLOCK_M = BLOCK_N when N <= 64 (one query
-    block: w = 7 pads 49 rows to 64), else 16 (w = 12: 9 blocks, exact); class and channel
+    block: w = 7 pads 49 rows to 64), else 16 (a 16 x 16 map: 16 blocks); class and channel
     chunks of 32 or 16 (64 for the channels of the w <= 8 forward), whichever pads least;
     8 warps. Chosen from ``ptxas -v`` register counts for sm_90 (the largest chunks that
     do not spill at bf16), not from timings.
@@ -225,10 +227,14 @@ def config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
                 num_warps=8, num_stages=2)
 
 
-def supports(N: int) -> bool:
-    """Whether sequences (windows, or whole images when global) of N tokens run here; longer
-    ones run on the online-softmax kernels of :mod:`semask.kernels.semantic_attention`."""
-    return N <= MAX_TOKENS
+def supports(N: int, window: int) -> bool:
+    """Whether sequences of N tokens run here: windows that one query block covers
+    (N <= 64, w <= 8) and global maps of up to 256 tokens. Larger windows (w = 12: nine
+    query blocks, each re-reading the window's keys, padded 144 -> 256) measured slower
+    than the online-softmax kernels of :mod:`semask.kernels.semantic_attention` on an H200
+    (SeMask-B 512 stage 1, bf16: 6.3 ms against 2.6 ms forward + backward), so they run
+    there, as do longer global maps."""
+    return N <= 64 or (window == 0 and N <= MAX_TOKENS)
 
 
 def forward(q, k, v, out, lse, window: int, geometry, flags: dict) -> None:

@@ -5,12 +5,15 @@
 all pixels, ignored ones counting 0, as the released mmseg code does; or over the
 non-ignored ones), the loss of the official SeMask recipe. ``chunk=None`` computes it in
 one piece like that; ``chunk=n`` runs it n images at a time inside one autograd Function
-that keeps only the low-resolution logits: the full-size upsampled logits, their fp32
-copy and the log-softmax that cross-entropy saves (per loss at batch 16, 512 x 512,
-150 classes: 1.3 GB bf16 + 2 x 2.5 GB fp32) never exist for the whole batch, and the
-backward recomputes them one chunk at a time (twice the upsample and softmax work of
-those chunks, no extra parameters). Per image the operations are the same, so values and
-gradients agree with the one-piece loss up to fp32 summation order.
+that takes each chunk's gradient in the forward and keeps only a gradient of the
+low-resolution logits' size: the full-size upsampled logits, their fp32 copy and the
+log-softmax that cross-entropy saves (per loss at batch 16, 512 x 512, 150 classes:
+1.3 GB bf16 + 2 x 2.5 GB fp32) never exist for the whole batch, and the work is the
+one-piece loss's (forward and backward kernels of each chunk once). Per image the
+operations are the same, so the values agree with the one-piece loss up to fp32
+summation order; the gradient is taken for an upstream gradient of 1 and scaled in the
+backward, so half-precision logits see one more rounding (the scaling) than the
+one-piece loss's.
 """
 from __future__ import annotations
 
@@ -32,29 +35,39 @@ def _pixel_loss_sum(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor
     return F.cross_entropy(up, target, ignore_index=ignore_index, reduction="sum")
 
 
+def _chunked_sum(logits: Tensor, target: Tensor, ignore_index: int, chunk: int) -> Tensor:
+    """:func:`_pixel_loss_sum` over the batch, ``chunk`` images at a time (no gradient)."""
+    total = torch.zeros((), device=logits.device, dtype=_loss_dtype(logits.dtype))
+    for i in range(0, logits.shape[0], chunk):
+        total += _pixel_loss_sum(logits[i:i + chunk], target[i:i + chunk], ignore_index)
+    return total
+
+
 class _ChunkedLossSum(torch.autograd.Function):
     """logits [B, K, h, w], target [B, H, W] -> scalar, computed ``chunk`` images at a
-    time; saves only its inputs and recomputes each chunk in the backward."""
+    time. Each chunk's gradient (for an upstream gradient of 1) is taken in the forward,
+    while the chunk's upsampled maps exist, and kept at the logits' size; the backward
+    only scales it (no recomputation, no second pass over the full-size maps). Single
+    differentiation only."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, ignore_index: int, chunk: int) -> Tensor:
-        ctx.save_for_backward(logits, target)
-        ctx.ignore_index, ctx.chunk = ignore_index, chunk
         total = torch.zeros((), device=logits.device, dtype=_loss_dtype(logits.dtype))
+        dlogits = torch.empty_like(logits)
         for i in range(0, logits.shape[0], chunk):
-            total += _pixel_loss_sum(logits[i:i + chunk], target[i:i + chunk], ignore_index)
+            with torch.enable_grad():
+                part = logits[i:i + chunk].detach().requires_grad_()
+                loss = _pixel_loss_sum(part, target[i:i + chunk], ignore_index)
+                dlogits[i:i + chunk] = torch.autograd.grad(loss, part)[0]
+            total += loss.detach()
+        ctx.save_for_backward(dlogits)
         return total
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        logits, target = ctx.saved_tensors
-        dlogits = torch.empty_like(logits)
-        for i in range(0, logits.shape[0], ctx.chunk):
-            with torch.enable_grad():
-                part = logits[i:i + ctx.chunk].detach().requires_grad_()
-                loss = _pixel_loss_sum(part, target[i:i + ctx.chunk], ctx.ignore_index)
-                dlogits[i:i + ctx.chunk] = torch.autograd.grad(loss, part, grad)[0]
-        return dlogits, None, None, None
+        (dlogits,) = ctx.saved_tensors
+        scaled = dlogits.to(_loss_dtype(dlogits.dtype)) * grad
+        return scaled.to(dlogits.dtype), None, None, None
 
 
 def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255,
@@ -71,7 +84,9 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
         raise ValueError(f"chunk must be a positive number of images, got {chunk}")
     if chunk is None:
         total = _pixel_loss_sum(logits, target, ignore_index)
-    else:
+    elif torch.is_grad_enabled() and logits.requires_grad:
         total = _ChunkedLossSum.apply(logits, target, ignore_index, chunk)
+    else:  # no gradient wanted: nothing to take in the forward
+        total = _chunked_sum(logits, target, ignore_index, chunk)
     count = (target != ignore_index).sum() if avg_non_ignore else target.numel()
     return total / count

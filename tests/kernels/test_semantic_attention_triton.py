@@ -81,13 +81,14 @@ FP32_CASES = [
 
 
 def test_cases_cover_every_kernel_path():
-    """Whole rows (N <= 256): one and several query blocks (dk/dv pass), several and ragged
-    class and channel chunks, windowed and global. Online softmax (longer global maps):
-    one and several channel chunks (dk atomics), ragged C, padded K."""
+    """Whole rows (w <= 8, global <= 256 tokens): one and several query blocks (dk/dv
+    pass), several and ragged class and channel chunks, windowed and global. Online
+    softmax (w = 12, longer global maps): one and several channel chunks (dk atomics),
+    ragged C, padded K, windowed and global."""
     seen = set()
     for B, H, W, K, C, w in FP32_CASES:
         N = w * w if w else H * W
-        if sw.supports(N):
+        if sw.supports(N, w):
             seen.add(("whole rows", "global" if w == 0 else "windowed"))
             cfg = sw.config(N, K, C, backward=True, dtype=torch.float32)
             seen.add(("win blocks", N > cfg["BLOCK_M"]))
@@ -96,6 +97,7 @@ def test_cases_cover_every_kernel_path():
             seen.add(("win C chunks", C > cfg["BLOCK_C"]))
             seen.add(("win C ragged", C % cfg["BLOCK_C"] != 0))
             continue
+        seen.add(("online", "global" if w == 0 else "windowed"))
         fwd = sa._config(N, K, C, backward=False, dtype=torch.float32)
         bwd = sa._config(N, K, C, backward=True, dtype=torch.float32)
         seen.add(("fwd chunks", C > fwd["BLOCK_C"]))
@@ -104,7 +106,7 @@ def test_cases_cover_every_kernel_path():
         seen.add(("K padded", K != bwd["BLOCK_K"]))
     assert seen >= {(p, v) for p in ("fwd chunks", "bwd chunks", "win blocks")
                     for v in (False, True)}
-    assert {("whole rows", "global"), ("whole rows", "windowed")} <= seen
+    assert {(kind, mode) for kind in ("whole rows", "online") for mode in ("global", "windowed")} <= seen
     assert seen >= {(p, True) for p in ("C ragged", "K padded", "win K chunks", "win K ragged",
                                         "win C chunks", "win C ragged")}
 
@@ -224,7 +226,7 @@ def compile_all_sm90(dtype, N, K, C, window):
     dots = dict(PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
     ptrs = {n: "*" + dtype for n in ("Q", "Kt", "V", "O", "DO", "DQ", "DK", "DV")}
     ptrs.update(LSE="*fp32", DELTA="*fp32")
-    if sw.supports(N):
+    if sw.supports(N, window):
         for fn, backward in ((sw._fwd_kernel, False), (sw._bwd_dq_kernel, True),
                              (sw._bwd_dkdv_kernel, True)):
             cfg = sw.config(N, K, C, backward, torch_dtype)
