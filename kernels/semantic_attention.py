@@ -9,7 +9,7 @@ What it computes (single head, no scaling; ``semask.ops.reference.semantic_atten
     out [B, Hp, Wp, C] in q's dtype; lse float32 [B, nW, N] = log-sum-exp of each score row
     (nW = (Hp/window)*(Wp/window), or 1 when global).
 The window partition is pure address arithmetic (``semantic_window._rows``, shared with
-the whole-row kernels, as is ``_mm``): every program reads and
+the whole-row kernels): every program reads and
 writes the natural [B, Hp, Wp, *] layout; no partition copy, no N x N tensor in memory.
 Every dot accumulates in fp32; fp32 inputs use ``input_precision="ieee"`` (no TF32).
 
@@ -55,7 +55,8 @@ import triton
 import triton.language as tl
 
 from . import semantic_window
-from .semantic_window import _mm, _rows
+from .common import dot
+from .semantic_window import _rows
 
 MAX_K = 256
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -88,7 +89,7 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
         rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
         k = tl.load(Kt + rows_n[:, None] * KD + offs_k[None, :],
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        scores = _mm(q, tl.trans(k), PREC, UPCAST)
+        scores = dot(q, tl.trans(k), PREC, UPCAST)
         scores = tl.where(mask_n[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp(m_i - m_new)
@@ -96,7 +97,7 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + rows_n[:, None] * C + offs_c[None, :],
                     mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-        acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, PREC, UPCAST)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, PREC, UPCAST)
         m_i = m_new
 
     out = acc / l_i[:, None]
@@ -162,14 +163,14 @@ def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
         delta = tl.load(DELTA + s * N + offs_m, mask=mask_m, other=0.0)
         do = tl.load(DO + rows_m[:, None] * C + offs_c[None, :],
                      mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-        scores = _mm(q, tl.trans(k), PREC, UPCAST)
+        scores = dot(q, tl.trans(k), PREC, UPCAST)
         p = tl.exp(scores - lse[:, None])
         p = tl.where(mask_n[None, :], p, 0.0)
-        dv += _mm(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
-        dp = _mm(do, tl.trans(v), PREC, UPCAST)
+        dv += dot(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
+        dp = dot(do, tl.trans(v), PREC, UPCAST)
         ds = p * (dp - delta_weight * delta[:, None])
-        dk += _mm(tl.trans(ds.to(q.dtype)), q, PREC, UPCAST)
-        dq = _mm(ds.to(k.dtype), k, PREC, UPCAST)
+        dk += dot(tl.trans(ds.to(q.dtype)), q, PREC, UPCAST)
+        dq = dot(ds.to(k.dtype), k, PREC, UPCAST)
         tl.atomic_add(DQ + rows_m[:, None] * KD + offs_k[None, :], dq, mask=mask_mk,
                       sem="relaxed")
 

@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import dot
+
 MAX_TOKENS = 256
 
 
@@ -53,13 +55,17 @@ def _rows(s, t, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr):
 
 
 @triton.jit
-def _mm(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """a @ b in fp32; UPCAST (CPU interpreter, bf16) widens the rounded operands first."""
-    if UPCAST:
-        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        c = tl.dot(a, b, input_precision=PREC)
-    return c
+def _load(X, rows, mask_rows, cols, mask_cols, width):
+    """X[rows, cols] of a row-major [*, width] tensor (0 where masked)."""
+    return tl.load(X + rows[:, None] * width + cols[None, :],
+                   mask=mask_rows[:, None] & mask_cols[None, :], other=0.0)
+
+
+@triton.jit
+def _store(X, value, rows, mask_rows, cols, mask_cols, width):
+    """X[rows, cols] = value, in X's dtype."""
+    tl.store(X + rows[:, None] * width + cols[None, :], value.to(X.dtype.element_ty),
+             mask=mask_rows[:, None] & mask_cols[None, :])
 
 
 @triton.jit
@@ -71,12 +77,23 @@ def _scores(A, B, rows_a, rows_b, mask_a, mask_b, KD,
     for k0 in range(0, KD, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < KD
-        a = tl.load(A + rows_a[:, None] * KD + offs_k[None, :],
-                    mask=mask_a[:, None] & mask_k[None, :], other=0.0)
-        b = tl.load(B + rows_b[:, None] * KD + offs_k[None, :],
-                    mask=mask_b[:, None] & mask_k[None, :], other=0.0)
-        acc += _mm(a, tl.trans(b), PREC, UPCAST)
+        a = _load(A, rows_a, mask_a, offs_k, mask_k, KD)
+        b = _load(B, rows_b, mask_b, offs_k, mask_k, KD)
+        acc += dot(a, tl.trans(b), PREC, UPCAST)
     return acc
+
+
+@triton.jit
+def _block(pid, N, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr,
+           NUM_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Program ``pid``'s sequence s, its BLOCK_M own tokens (block pid % NUM_BLOCKS) and all
+    BLOCK_N tokens of the sequence: (s, offs_m, offs_n, mask_m, mask_n, rows_m, rows_n)."""
+    s = pid // NUM_BLOCKS
+    offs_m = (pid % NUM_BLOCKS) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
+    rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
+    return s, offs_m, offs_n, offs_m < N, offs_n < N, rows_m, rows_n
 
 
 @triton.jit
@@ -84,14 +101,8 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW,
                 WIN: tl.constexpr, ROW64: tl.constexpr, NUM_QB: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                 BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    pid = tl.program_id(0)
-    s = pid // NUM_QB
-    offs_m = (pid % NUM_QB) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_m = offs_m < N
-    mask_n = offs_n < N
-    rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
-    rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
+    s, offs_m, _, mask_m, mask_n, rows_m, rows_n = _block(
+        tl.program_id(0), N, Hp, Wp, nWc, nW, WIN, ROW64, NUM_QB, BLOCK_M, BLOCK_N)
     scores = _scores(Q, Kt, rows_m, rows_n, mask_m, mask_n, KD, BLOCK_M, BLOCK_N, BLOCK_K,
                      PREC, UPCAST)
     scores = tl.where(mask_n[None, :], scores, float("-inf"))
@@ -103,11 +114,9 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW,
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
-        v = tl.load(V + rows_n[:, None] * C + offs_c[None, :],
-                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-        out = _mm(p, v, PREC, UPCAST)
-        tl.store(O + rows_m[:, None] * C + offs_c[None, :], out.to(O.dtype.element_ty),
-                 mask=mask_m[:, None] & mask_c[None, :])
+        v = _load(V, rows_n, mask_n, offs_c, mask_c, C)
+        out = dot(p, v, PREC, UPCAST)
+        _store(O, out, rows_m, mask_m, offs_c, mask_c, C)
 
 
 @triton.jit
@@ -115,14 +124,8 @@ def _bwd_dq_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, 
                    WIN: tl.constexpr, ROW64: tl.constexpr, NUM_QB: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    pid = tl.program_id(0)
-    s = pid // NUM_QB
-    offs_m = (pid % NUM_QB) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_m = offs_m < N
-    mask_n = offs_n < N
-    rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
-    rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
+    s, offs_m, _, mask_m, mask_n, rows_m, rows_n = _block(
+        tl.program_id(0), N, Hp, Wp, nWc, nW, WIN, ROW64, NUM_QB, BLOCK_M, BLOCK_N)
     scores = _scores(Q, Kt, rows_m, rows_n, mask_m, mask_n, KD, BLOCK_M, BLOCK_N, BLOCK_K,
                      PREC, UPCAST)
     # padded query rows get lse = +inf, hence P = 0 (and no dk/dv contribution)
@@ -133,15 +136,12 @@ def _bwd_dq_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, 
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
-        do = tl.load(DO + rows_m[:, None] * C + offs_c[None, :],
-                     mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-        v = tl.load(V + rows_n[:, None] * C + offs_c[None, :],
-                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-        dp += _mm(do, tl.trans(v), PREC, UPCAST)
+        do = _load(DO, rows_m, mask_m, offs_c, mask_c, C)
+        v = _load(V, rows_n, mask_n, offs_c, mask_c, C)
+        dp += dot(do, tl.trans(v), PREC, UPCAST)
         if NUM_QB == 1:
-            dv = _mm(tl.trans(p_lo), do, PREC, UPCAST)
-            tl.store(DV + rows_n[:, None] * C + offs_c[None, :], dv.to(DV.dtype.element_ty),
-                     mask=mask_n[:, None] & mask_c[None, :])
+            dv = dot(tl.trans(p_lo), do, PREC, UPCAST)
+            _store(DV, dv, rows_n, mask_n, offs_c, mask_c, C)
     delta = tl.sum(p * dp, 1)
     ds = (p * (dp - delta[:, None])).to(Q.dtype.element_ty)
     if NUM_QB > 1:
@@ -149,17 +149,13 @@ def _bwd_dq_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, 
     for k0 in range(0, KD, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < KD
-        k = tl.load(Kt + rows_n[:, None] * KD + offs_k[None, :],
-                    mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        dq = _mm(ds, k, PREC, UPCAST)
-        tl.store(DQ + rows_m[:, None] * KD + offs_k[None, :], dq.to(DQ.dtype.element_ty),
-                 mask=mask_m[:, None] & mask_k[None, :])
+        k = _load(Kt, rows_n, mask_n, offs_k, mask_k, KD)
+        dq = dot(ds, k, PREC, UPCAST)
+        _store(DQ, dq, rows_m, mask_m, offs_k, mask_k, KD)
         if NUM_QB == 1:
-            q = tl.load(Q + rows_m[:, None] * KD + offs_k[None, :],
-                        mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-            dk = _mm(tl.trans(ds), q, PREC, UPCAST)
-            tl.store(DK + rows_n[:, None] * KD + offs_k[None, :], dk.to(DK.dtype.element_ty),
-                     mask=mask_n[:, None] & mask_k[None, :])
+            q = _load(Q, rows_m, mask_m, offs_k, mask_k, KD)
+            dk = dot(tl.trans(ds), q, PREC, UPCAST)
+            _store(DK, dk, rows_n, mask_n, offs_k, mask_k, KD)
 
 
 @triton.jit
@@ -168,14 +164,9 @@ def _bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp, nWc, nW
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     """Key rows (BLOCK_M of them) x all queries (BLOCK_N): the transposed tiles."""
-    pid = tl.program_id(0)
-    s = pid // NUM_KB
-    offs_j = (pid % NUM_KB) * BLOCK_M + tl.arange(0, BLOCK_M)  # keys
-    offs_i = tl.arange(0, BLOCK_N)  # queries
-    mask_j = offs_j < N
-    mask_i = offs_i < N
-    rows_j = _rows(s, offs_j, Hp, Wp, nWc, nW, WIN, ROW64)
-    rows_i = _rows(s, offs_i, Hp, Wp, nWc, nW, WIN, ROW64)
+    # own rows j: keys; all rows i: queries
+    s, _, offs_i, mask_j, mask_i, rows_j, rows_i = _block(
+        tl.program_id(0), N, Hp, Wp, nWc, nW, WIN, ROW64, NUM_KB, BLOCK_M, BLOCK_N)
     scores_t = _scores(Kt, Q, rows_j, rows_i, mask_j, mask_i, KD, BLOCK_M, BLOCK_N, BLOCK_K,
                        PREC, UPCAST)
     lse = tl.load(LSE + s * N + offs_i, mask=mask_i, other=float("inf"))
@@ -186,23 +177,18 @@ def _bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp, nWc, nW
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
-        do = tl.load(DO + rows_i[:, None] * C + offs_c[None, :],
-                     mask=mask_i[:, None] & mask_c[None, :], other=0.0)
-        v = tl.load(V + rows_j[:, None] * C + offs_c[None, :],
-                    mask=mask_j[:, None] & mask_c[None, :], other=0.0)
-        dp_t += _mm(v, tl.trans(do), PREC, UPCAST)
-        dv = _mm(p_lo, do, PREC, UPCAST)
-        tl.store(DV + rows_j[:, None] * C + offs_c[None, :], dv.to(DV.dtype.element_ty),
-                 mask=mask_j[:, None] & mask_c[None, :])
+        do = _load(DO, rows_i, mask_i, offs_c, mask_c, C)
+        v = _load(V, rows_j, mask_j, offs_c, mask_c, C)
+        dp_t += dot(v, tl.trans(do), PREC, UPCAST)
+        dv = dot(p_lo, do, PREC, UPCAST)
+        _store(DV, dv, rows_j, mask_j, offs_c, mask_c, C)
     ds_t = (p_t * (dp_t - delta[None, :])).to(Q.dtype.element_ty)
     for k0 in range(0, KD, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < KD
-        q = tl.load(Q + rows_i[:, None] * KD + offs_k[None, :],
-                    mask=mask_i[:, None] & mask_k[None, :], other=0.0)
-        dk = _mm(ds_t, q, PREC, UPCAST)
-        tl.store(DK + rows_j[:, None] * KD + offs_k[None, :], dk.to(DK.dtype.element_ty),
-                 mask=mask_j[:, None] & mask_k[None, :])
+        q = _load(Q, rows_i, mask_i, offs_k, mask_k, KD)
+        dk = dot(ds_t, q, PREC, UPCAST)
+        _store(DK, dk, rows_j, mask_j, offs_k, mask_k, KD)
 
 
 def _chunk(n: int, sizes: tuple) -> int:

@@ -52,7 +52,7 @@ on the order of programs.
 
 Limits: head_dim in {16, 32, 64}; window <= 16 (N <= 256); qkv fp32/fp16/bf16, table
 fp32/fp16/bf16; contiguous inputs; int64 addressing of the maps. Under the CPU interpreter
-bf16 dot operands are widened to fp32 first (``_dot``: the interpreter of Triton 3.8
+bf16 dot operands are widened to fp32 first (``common.dot``: the interpreter of Triton 3.8
 multiplies the raw bits of bf16), which gives the products a GPU's bf16 MMA gives.
 """
 from __future__ import annotations
@@ -62,6 +62,8 @@ import functools
 import torch
 import triton
 import triton.language as tl
+
+from .common import dot
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HEAD_DIMS = (16, 32, 64)
@@ -108,17 +110,6 @@ def _bias_index(qi, kj, WINDOW: tl.constexpr):
 
 
 @triton.jit
-def _dot(a, b, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """a @ b accumulated in fp32. UPCAST: bf16 operands go through fp32 (exact products),
-    because Triton's CPU interpreter multiplies the raw bits of bf16 operands."""
-    if UPCAST:
-        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        acc = tl.dot(a, b, input_precision=DOT_PREC)
-    return acc
-
-
-@triton.jit
 def _fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift, wpp,
                 HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_QB: tl.constexpr,
@@ -148,13 +139,13 @@ def _fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, sh
         q = tl.load(qkv + q_rows[:, None] * (3 * C) + head, mask=q_ok[:, None], other=0.0)
         k = tl.load(qkv + k_rows[:, None] * (3 * C) + C + head, mask=k_ok[:, None], other=0.0)
         v = tl.load(qkv + k_rows[:, None] * (3 * C) + 2 * C + head, mask=k_ok[:, None], other=0.0)
-        s = _dot(q, tl.trans(k), DOT_PREC, UPCAST) * scale_log2 + bias  # log2 units
+        s = dot(q, tl.trans(k), DOT_PREC, UPCAST) * scale_log2 + bias  # log2 units
         if SHIFTED:
             s = tl.where(q_lab[:, None] != k_lab[None, :], s + _MASK_LOG2, s)
         m = tl.max(s, 1)
         p = tl.exp2(s - m[:, None])
         l = tl.sum(p, 1)
-        o = _dot(p.to(v.dtype), v, DOT_PREC, UPCAST) / l[:, None]
+        o = dot(p.to(v.dtype), v, DOT_PREC, UPCAST) / l[:, None]
         tl.store(out + q_rows[:, None] * C + head, o.to(out.dtype.element_ty), mask=q_ok[:, None])
         lse_rows = (wid.to(tl.int64) * HEADS + h) * N + rows
         tl.store(lse + lse_rows, (m + tl.log2(l)) * _LN2, mask=q_ok)
@@ -198,21 +189,21 @@ def _bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, scale_log2
         do = tl.load(dout + q_rows[:, None] * C + head, mask=q_ok[:, None], other=0.0)
         stat_rows = (wid.to(tl.int64) * HEADS + h) * N + rows
         row_lse = tl.load(lse + stat_rows, mask=q_ok, other=0.0)
-        s = _dot(q, tl.trans(k), DOT_PREC, UPCAST) * scale_log2 + bias
+        s = dot(q, tl.trans(k), DOT_PREC, UPCAST) * scale_log2 + bias
         if SHIFTED:
             s = tl.where(q_lab[:, None] != k_lab[None, :], s + _MASK_LOG2, s)
         p = tl.exp2(s - row_lse[:, None] * _LOG2E)
         p = tl.where(q_ok[:, None], p, 0.0)
-        dp = _dot(do, tl.trans(v), DOT_PREC, UPCAST)
+        dp = dot(do, tl.trans(v), DOT_PREC, UPCAST)
         row_delta = tl.sum(p * dp, 1)  # = rowsum(dO * O), without O's rounding
         ds = p * (dp - row_delta[:, None])
         dbias += ds
-        dq = _dot(ds.to(k.dtype), k, DOT_PREC, UPCAST) * scale
+        dq = dot(ds.to(k.dtype), k, DOT_PREC, UPCAST) * scale
         tl.store(dqkv + q_rows[:, None] * (3 * C) + head, dq.to(dqkv.dtype.element_ty),
                  mask=q_ok[:, None])
         if WITH_DKDV:
-            dk = _dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC, UPCAST) * scale
-            dv = _dot(tl.trans(p.to(do.dtype)), do, DOT_PREC, UPCAST)
+            dk = dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC, UPCAST) * scale
+            dv = dot(tl.trans(p.to(do.dtype)), do, DOT_PREC, UPCAST)
             tl.store(dqkv + k_rows[:, None] * (3 * C) + C + head, dk.to(dqkv.dtype.element_ty),
                      mask=k_ok[:, None])
             tl.store(dqkv + k_rows[:, None] * (3 * C) + 2 * C + head,
@@ -257,15 +248,15 @@ def _bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log2,
         stat_cols = (wid.to(tl.int64) * HEADS + h) * N + queries
         col_lse = tl.load(lse + stat_cols, mask=q_ok, other=0.0)
         col_delta = tl.load(delta + stat_cols, mask=q_ok, other=0.0)
-        s_t = _dot(k, tl.trans(q), DOT_PREC, UPCAST) * scale_log2 + bias
+        s_t = dot(k, tl.trans(q), DOT_PREC, UPCAST) * scale_log2 + bias
         if SHIFTED:
             s_t = tl.where(k_lab[:, None] != q_lab[None, :], s_t + _MASK_LOG2, s_t)
         p_t = tl.exp2(s_t - col_lse[None, :] * _LOG2E)
         p_t = tl.where(k_ok[:, None] & q_ok[None, :], p_t, 0.0)
-        dp_t = _dot(v, tl.trans(do), DOT_PREC, UPCAST)
+        dp_t = dot(v, tl.trans(do), DOT_PREC, UPCAST)
         ds_t = p_t * (dp_t - col_delta[None, :])
-        dk = _dot(ds_t.to(q.dtype), q, DOT_PREC, UPCAST) * scale
-        dv = _dot(p_t.to(do.dtype), do, DOT_PREC, UPCAST)
+        dk = dot(ds_t.to(q.dtype), q, DOT_PREC, UPCAST) * scale
+        dv = dot(p_t.to(do.dtype), do, DOT_PREC, UPCAST)
         tl.store(dqkv + k_rows[:, None] * (3 * C) + C + head, dk.to(dqkv.dtype.element_ty),
                  mask=k_ok[:, None])
         tl.store(dqkv + k_rows[:, None] * (3 * C) + 2 * C + head, dv.to(dqkv.dtype.element_ty),
