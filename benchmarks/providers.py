@@ -280,7 +280,7 @@ def _model_probe(provider: str, device: str, dtype) -> list[str]:
 
 
 def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
-                  allow_interpreter: bool = False) -> Prepared:
+                  allow_interpreter: bool = False, loss_chunk="auto") -> Prepared:
     dtype = DTYPES[dtype_name]
     if provider == "compile" and device == "cpu":
         raise Skip("torch.compile of a whole model takes minutes on a CPU; left out there")
@@ -295,6 +295,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
     torch.manual_seed(0)
     fused = provider if provider in FUSED else False
     model = semask.create_model(p["model"], num_classes=p["K"], fused=fused).to(device)
+    if loss_chunk != "auto":
+        model.loss_chunk = loss_chunk
     images = torch.randn(case.batch, 3, p["img"], p["img"], device=device)
     target = torch.randint(0, p["K"], (case.batch, p["img"], p["img"]), device=device)
     use_autocast = dtype != torch.float32
@@ -338,12 +340,14 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
 
 
 def prepare(case: Case, provider: str, device: str, dtype_name: str,
-            allow_interpreter_models: bool = False) -> Prepared:
+            allow_interpreter_models: bool = False, loss_chunk="auto") -> Prepared:
+    """``loss_chunk`` ("auto": the model's default, None or an int) applies to model cases."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
     if provider == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise Skip("inputs are on the CPU and TRITON_INTERPRET is not 1 (the Triton kernels "
                    "run on CPU only in the interpreter)")
     if case.kind == "model":
-        return prepare_model(case, provider, device, dtype_name, allow_interpreter_models)
+        return prepare_model(case, provider, device, dtype_name, allow_interpreter_models,
+                             loss_chunk)
     return prepare_op(case, provider, device, dtype_name)

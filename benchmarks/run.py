@@ -40,6 +40,15 @@ RECORD_FIELDS = ("case", "kind", "shape", "dtype", "mode", "provider", "batch", 
                  "peak_mem_mb", "speedup", "max_rel_err", "skipped_reason", "note")
 
 
+def _loss_chunk(text: str):
+    """'auto', 'none' (-> None) or a positive int."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected auto, none or a positive int, got {text!r}")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
@@ -71,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch (default: torch's choice; --quick on CPU: 1, "
                          "since a shared small machine makes multi-threaded timings erratic)")
+    ap.add_argument("--loss-chunk", type=_loss_chunk, default="auto",
+                    help="images per piece of the models' loss: an int, 'none' (one piece) or "
+                         "'auto' (each model's default: none for the reference, 4 with fused "
+                         "ops); applies to every provider's model cases")
     ap.add_argument("--isolate", action="store_true",
                     help="run each provider in its own process (a crashing kernel cannot take "
                          "the others down); the time budget is shared out between them")
@@ -138,7 +151,8 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
     """Fill ``rec`` with the measurements of ``provider`` on ``case`` (or a skip reason)."""
     prepared = None
     try:
-        prepared = providers.prepare(case, provider, args.device, args.dtype)
+        prepared = providers.prepare(case, provider, args.device, args.dtype,
+                                     loss_chunk=args.loss_chunk)
         rec["note"] = prepared.note or None
         rec["time_ms"] = measure.time_ms(prepared.step, args.device, args.target_time,
                                          max_reps=prepared.max_reps, long_step=prepared.long_step,
@@ -292,7 +306,8 @@ def run_isolated(args, cases) -> dict:
         child_out = os.path.join(scratch, provider)
         argv = [sys.executable, os.path.abspath(__file__), "--device", args.device,
                 "--dtype", args.dtype, "--providers", provider, "--out", child_out,
-                "--no-report", "--no-model-flops", "--target-time", str(args.target_time)]
+                "--no-report", "--no-model-flops", "--target-time", str(args.target_time),
+                "--loss-chunk", "none" if args.loss_chunk is None else str(args.loss_chunk)]
         for flag, value in (("--batch", args.batch), ("--model-batch", args.model_batch),
                             ("--cases", ",".join(args.cases) if args.cases else None)):
             if value is not None:

@@ -142,8 +142,8 @@ def _vjp(fn, inputs, dout):
         return tuple(pool.submit(work).result())
 
 
-def _args():
-    return argparse.Namespace(device="cpu", dtype="fp32", target_time=0.01)
+def _args(loss_chunk="auto"):
+    return argparse.Namespace(device="cpu", dtype="fp32", target_time=0.01, loss_chunk=loss_chunk)
 
 
 @pytest.fixture
@@ -172,6 +172,28 @@ def test_runner_fused_path_counts_reference_flops(monkeypatch, one_thread, mode)
         if case.kind != "model":
             assert recs["reference"]["flops"] == C.attention_flops(case)
             assert recs["cuda"]["max_rel_err"] < 1e-5
+
+
+def test_loss_chunk_option_reaches_the_models(monkeypatch, one_thread):
+    """--loss-chunk: auto keeps each model's default (none for the reference, 4 fused);
+    an int or none applies to every provider; the record's note names the chunking."""
+    assert R.parse_args(["--loss-chunk", "none"]).loss_chunk is None
+    assert R.parse_args(["--loss-chunk", "2"]).loss_chunk == 2
+    assert R.parse_args([]).loss_chunk == "auto"
+    with pytest.raises(SystemExit):
+        R.parse_args(["--loss-chunk", "0"])
+    monkeypatch.setitem(backend._providers, "cuda", _ReferenceAsFused())
+    case = C.model_case("semask_swin_micro_fpn", 64, "fwd_bwd", 2, num_classes=19)
+    notes = {}
+    for provider, chunk in (("reference", "auto"), ("cuda", "auto"), ("cuda", None), ("reference", 1)):
+        rec = R.new_record(case, provider, "fp32")
+        R.measure_one(case, provider, _args(chunk), rec)
+        assert rec["skipped_reason"] is None, rec
+        notes[provider, chunk] = rec["note"]
+    assert "chunked loss" not in notes["reference", "auto"]
+    assert f"loss_chunk={semask.models.semask.DEFAULT_LOSS_CHUNK}" in notes["cuda", "auto"]
+    assert "chunked loss" not in notes["cuda", None]
+    assert "loss_chunk=1" in notes["reference", 1]
 
 
 def test_triton_on_cpu_is_an_interpreter_run(monkeypatch, one_thread):
