@@ -171,7 +171,8 @@ def _bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp, nWc, nW
                        PREC, UPCAST)
     lse = tl.load(LSE + s * N + offs_i, mask=mask_i, other=float("inf"))
     delta = tl.load(DELTA + s * N + offs_i, mask=mask_i, other=0.0)
-    p_t = tl.exp(scores_t - lse[None, :])  # padded queries: exp(-inf) = 0
+    # padded queries: exp(-inf) = 0; padded keys zeroed too (their exp(-lse) may overflow)
+    p_t = tl.where(mask_j[:, None], tl.exp(scores_t - lse[None, :]), 0.0)
     p_lo = p_t.to(DO.dtype.element_ty)
     dp_t = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for c0 in range(0, C, BLOCK_C):

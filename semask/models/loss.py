@@ -64,6 +64,7 @@ class _ChunkedLossSum(torch.autograd.Function):
         return total
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         (dlogits,) = ctx.saved_tensors
         scaled = dlogits.to(_loss_dtype(dlogits.dtype)) * grad
@@ -75,14 +76,18 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
     """Cross-entropy of ``logits`` [B, K, h, w] resized (bilinear) to ``target`` [B, H, W].
 
     Mean over all B*H*W pixels (ignored ones count 0), or over the non-ignored pixels when
-    ``avg_non_ignore``; ``chunk``: images per piece (None: the whole batch at once).
+    ``avg_non_ignore`` (NaN when none is, as ``F.cross_entropy``); ``chunk``: images per
+    piece (None: the whole batch at once; also under ``torch.compile``). The chunked loss
+    takes its gradient in the forward whenever the logits require one, and differentiates
+    once (no ``create_graph`` double backward: use ``chunk=None`` for gradient penalties).
     """
     if target.dim() != 3 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"target must be [B, H, W] long with B = {logits.shape[0]}, "
                          f"got {tuple(target.shape)}")
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be a positive number of images, got {chunk}")
-    if chunk is None:
+    if chunk is None or torch.compiler.is_compiling():
+        # one piece under torch.compile: it traces no autograd.grad inside a forward
         total = _pixel_loss_sum(logits, target, ignore_index)
     elif torch.is_grad_enabled() and logits.requires_grad:
         total = _ChunkedLossSum.apply(logits, target, ignore_index, chunk)

@@ -77,6 +77,8 @@ FP32_CASES = [
     (2, 12, 12, 6, 300, 12),
     (2, 4, 6, 19, 40, 0),
     (1, 10, 10, 6, 32, 5),
+    (1, 8, 16, 19, 24, 8),
+    (2, 4, 6, 6, 24, 2),
 ]
 
 
@@ -220,7 +222,8 @@ def compile_sm90(fn, pointers, constexprs, num_warps):
 
 def compile_all_sm90(dtype, N, K, C, window):
     """Compile the kernels that ``forward``/``backward`` launch for these sizes, as they
-    launch them (windowed: whole-row kernels; global: online-softmax, delta, backward)."""
+    launch them (whole-row kernels where ``semantic_window.supports``, else online-softmax,
+    delta and backward)."""
     torch_dtype = dict(bf16=torch.bfloat16, fp32=torch.float32)[dtype]
     common = dict(WIN=window, ROW64=False)
     dots = dict(PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
@@ -251,7 +254,8 @@ def compile_all_sm90(dtype, N, K, C, window):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype,N,K,C,window", [("bf16", 49, 150, 96, 7), ("bf16", 144, 150, 256, 12),
+@pytest.mark.parametrize("dtype,N,K,C,window", [("bf16", 49, 150, 96, 7), ("fp32", 49, 19, 40, 7),
+                                                 ("fp32", 16, 6, 24, 4), ("bf16", 144, 150, 256, 12),
                                                  ("fp32", 144, 19, 40, 12), ("bf16", 256, 150, 768, 0),
                                                  ("bf16", 1024, 150, 384, 0), ("fp32", 1024, 19, 40, 0)])
 def test_kernels_compile_for_sm90(dtype, N, K, C, window):

@@ -132,3 +132,24 @@ def test_chunked_loss_without_gradient():
     torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=0)
     torch.testing.assert_close(upsampled_cross_entropy(logits.detach(), target, chunk=2),
                                want.detach(), rtol=1e-12, atol=0)
+
+
+def test_chunked_loss_refuses_double_backward():
+    logits, target = make()
+    loss = upsampled_cross_entropy(logits, target, chunk=1)
+    (grad,) = torch.autograd.grad(loss, logits, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(grad.square().sum(), logits)
+
+
+def test_chunked_loss_compiles_fullgraph():
+    """Under torch.compile the loss runs in one piece (no autograd.grad in a traced forward)."""
+    logits, target = make(dtype=torch.float32)
+    compiled = torch.compile(lambda x, t: upsampled_cross_entropy(x, t, chunk=2),
+                             fullgraph=True, backend="aot_eager")
+    got = compiled(logits, target)
+    (grad,) = torch.autograd.grad(got, logits)
+    want = upsampled_cross_entropy(logits, target)
+    (want_grad,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(grad, want_grad)
