@@ -222,11 +222,12 @@ def _row64(q: torch.Tensor, v: torch.Tensor) -> bool:
     return max(q.numel(), v.numel()) >= 2 ** 31
 
 
-def _dot_args(t: torch.Tensor) -> dict:
-    """PREC: "ieee" keeps fp32 dots exact (no TF32); UPCAST: bf16 in the CPU interpreter."""
-    interpreted = t.device.type == "cpu"
-    return dict(PREC="ieee" if t.dtype == torch.float32 else "tf32",
-                UPCAST=interpreted and t.dtype == torch.bfloat16)
+def _flags(q: torch.Tensor, v: torch.Tensor) -> dict:
+    """Kernel flags shared by every launch: ROW64 (int64 offsets); PREC: "ieee" keeps fp32
+    dots exact (no TF32); UPCAST: bf16 in the CPU interpreter."""
+    interpreted = q.device.type == "cpu"
+    return dict(ROW64=_row64(q, v), PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                UPCAST=interpreted and q.dtype == torch.bfloat16)
 
 
 def _on_device(t: torch.Tensor):
@@ -268,17 +269,17 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
     KD, C = q.shape[-1], v.shape[-1]
     out = torch.empty_like(v)
     lse = torch.empty(q.shape[0], S // q.shape[0], N, device=q.device, dtype=torch.float32)
+    flags = _flags(q, v)
     if semantic_window.supports(N, window):
         with _on_device(q):
-            semantic_window.forward(q, k, v, out, lse, window, (S, N, Hp, Wp, nWc, nW),
-                                    dict(ROW64=_row64(q, v), **_dot_args(q)))
+            semantic_window.forward(q, k, v, out, lse, window, (S, N, Hp, Wp, nWc, nW), flags)
         return out, lse
     cfg = _config(N, KD, C, backward=False, dtype=q.dtype)
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
     with _on_device(q):
         _fwd_kernel[(num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))](
             q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW, num_m,
-            WIN=window, ROW64=_row64(q, v), **_dot_args(q), **cfg)
+            WIN=window, **flags, **cfg)
     return out, lse
 
 
@@ -288,15 +289,15 @@ def backward(dout, q, k, v, out, lse, window: int):
     KD, C = q.shape[-1], v.shape[-1]
     dout = dout.to(v.dtype).contiguous()
     lse = lse.contiguous()
+    flags = _flags(q, v)
     if semantic_window.supports(N, window):
         with _on_device(q):
             return semantic_window.backward(dout, q, k, v, lse, window, (S, N, Hp, Wp, nWc, nW),
-                                            dict(ROW64=_row64(q, v), **_dot_args(q)))
+                                            flags)
     cfg = _config(N, KD, C, backward=True, dtype=q.dtype)
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
     num_n = triton.cdiv(N, cfg["BLOCK_N"])
     num_c = triton.cdiv(C, cfg["BLOCK_C"])
-    row64 = _row64(q, v)
     dk_atomic = num_c > 1
     f32 = dict(device=q.device, dtype=torch.float32)
     dq = torch.zeros(q.shape, **f32)
@@ -305,10 +306,9 @@ def backward(dout, q, k, v, out, lse, window: int):
     delta = torch.empty_like(lse)
     with _on_device(q):
         _bwd_delta_kernel[(num_m * S,)](
-            out, dout, delta, N, C, Hp, Wp, nWc, nW, num_m, WIN=window, ROW64=row64,
+            out, dout, delta, N, C, Hp, Wp, nWc, nW, num_m, WIN=window, ROW64=flags["ROW64"],
             BLOCK_M=cfg["BLOCK_M"], BLOCK_C=cfg["BLOCK_C"], num_warps=4)
         _bwd_kernel[(num_n * S, num_c)](
             q, k, v, dout, lse, delta, dq, dk, dv, N, KD, C, Hp, Wp, nWc, nW, num_n,
-            WIN=window, ROW64=row64, DK_ATOMIC=dk_atomic,
-            **_dot_args(q), **cfg)
+            WIN=window, DK_ATOMIC=dk_atomic, **flags, **cfg)
     return dq.to(q.dtype), dk.to(k.dtype), dv
