@@ -280,7 +280,8 @@ def _model_probe(provider: str, device: str, dtype) -> list[str]:
 
 
 def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
-                  allow_interpreter: bool = False, loss_chunk="auto") -> Prepared:
+                  allow_interpreter: bool = False, loss_chunk="auto",
+                  fused_loss: bool = True) -> Prepared:
     dtype = DTYPES[dtype_name]
     if provider == "compile" and device == "cpu":
         raise Skip("torch.compile of a whole model takes minutes on a CPU; left out there")
@@ -297,6 +298,7 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
     model = semask.create_model(p["model"], num_classes=p["K"], fused=fused).to(device)
     if loss_chunk != "auto":
         model.loss_chunk = loss_chunk
+    model.fused_loss = model.fused_loss and fused_loss
     images = torch.randn(case.batch, 3, p["img"], p["img"], device=device)
     target = torch.randint(0, p["K"], (case.batch, p["img"], p["img"]), device=device)
     use_autocast = dtype != torch.float32
@@ -332,7 +334,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
             return step
     note = "" if dtype == torch.float32 else f"autocast {dtype_name} (weights fp32)"
     if case.mode == "fwd_bwd":
-        loss = f"chunked loss (loss_chunk={model.loss_chunk})" if model.loss_chunk else ""
+        loss = ("fused upsample + cross-entropy loss kernel" if model.fused_loss else
+                f"chunked loss (loss_chunk={model.loss_chunk})" if model.loss_chunk else "")
         note = "; ".join(x for x in (note, "training step: forward, loss, backward, AdamW step", loss) if x)
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
     # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel)
@@ -340,8 +343,10 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
 
 
 def prepare(case: Case, provider: str, device: str, dtype_name: str,
-            allow_interpreter_models: bool = False, loss_chunk="auto") -> Prepared:
-    """``loss_chunk`` ("auto": the model's default, None or an int) applies to model cases."""
+            allow_interpreter_models: bool = False, loss_chunk="auto",
+            fused_loss: bool = True) -> Prepared:
+    """``loss_chunk`` ("auto": the model's default, None or an int) and ``fused_loss``
+    (False: never the fused loss kernel) apply to model cases."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
     if provider == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -349,5 +354,5 @@ def prepare(case: Case, provider: str, device: str, dtype_name: str,
                    "run on CPU only in the interpreter)")
     if case.kind == "model":
         return prepare_model(case, provider, device, dtype_name, allow_interpreter_models,
-                             loss_chunk)
+                             loss_chunk, fused_loss)
     return prepare_op(case, provider, device, dtype_name)

@@ -84,6 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="images per piece of the models' loss: an int, 'none' (one piece) or "
                          "'auto' (each model's default: none for the reference, 4 with fused "
                          "ops); applies to every provider's model cases")
+    ap.add_argument("--no-fused-loss", dest="fused_loss", action="store_false",
+                    help="the triton provider's models compute the loss without the fused "
+                         "upsample + cross-entropy kernel (chunked or one piece, as "
+                         "--loss-chunk says)")
     ap.add_argument("--isolate", action="store_true",
                     help="run each provider in its own process (a crashing kernel cannot take "
                          "the others down); the time budget is shared out between them")
@@ -152,7 +156,7 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
     prepared = None
     try:
         prepared = providers.prepare(case, provider, args.device, args.dtype,
-                                     loss_chunk=args.loss_chunk)
+                                     loss_chunk=args.loss_chunk, fused_loss=args.fused_loss)
         rec["note"] = prepared.note or None
         rec["time_ms"] = measure.time_ms(prepared.step, args.device, args.target_time,
                                          max_reps=prepared.max_reps, long_step=prepared.long_step,
@@ -308,6 +312,8 @@ def run_isolated(args, cases) -> dict:
                 "--dtype", args.dtype, "--providers", provider, "--out", child_out,
                 "--no-report", "--no-model-flops", "--target-time", str(args.target_time),
                 "--loss-chunk", "none" if args.loss_chunk is None else str(args.loss_chunk)]
+        if not args.fused_loss:
+            argv.append("--no-fused-loss")
         for flag, value in (("--batch", args.batch), ("--model-batch", args.model_batch),
                             ("--cases", ",".join(args.cases) if args.cases else None)):
             if value is not None:

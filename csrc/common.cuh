@@ -66,6 +66,14 @@ __device__ __forceinline__ float warp_max(float v) {
                      AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
                      AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
 
+// Numbers enter TORCH_CHECK messages as strings: streaming an integer or an IntArrayRef
+// into the message from nvcc-compiled code crashed (SIGSEGV) on the H200 machine (torch
+// 2.11, nvcc 13.0, g++ 13.3), while messages made of strings, devices and dtypes raised.
+template <typename T>
+inline std::string num(T value) {
+  return std::to_string(value);
+}
+
 inline void check_cuda(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ", t.device(),
               " (the semask cuda backend runs on CUDA tensors only)");
@@ -93,8 +101,7 @@ inline void check_contiguous(const char* op, const char* name, const at::Tensor&
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
-// "[a, b, c]" built by hand: streaming an IntArrayRef into a TORCH_CHECK message from
-// nvcc-compiled code crashed (SIGSEGV) on the H200 machine (torch 2.11, nvcc 13.0).
+// "[a, b, c]" built by hand (see num).
 inline std::string shape_str(at::IntArrayRef sizes) {
   std::string s = "[";
   for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
@@ -115,8 +122,8 @@ void allow_shared_memory(const char* op, Kernel kernel, size_t bytes) {
   int device = 0, optin = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  TORCH_CHECK(bytes <= static_cast<size_t>(optin), op, ": needs ", bytes,
-              " bytes of shared memory per block for these shapes, the device allows ", optin);
+  TORCH_CHECK(bytes <= static_cast<size_t>(optin), op, ": needs ", num(bytes),
+              " bytes of shared memory per block for these shapes, the device allows ", num(optin));
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(bytes)));
 }

@@ -407,16 +407,17 @@ SemGeom make_geom(const char* op, const at::Tensor& q, const at::Tensor& k, cons
   TORCH_CHECK(v.dim() == 4 && v.sizes().slice(0, 3).equals(q.sizes().slice(0, 3)), op,
               ": v must be [B, Hp, Wp, C] with q's B, Hp, Wp, got ", shape_str(v.sizes()),
               " and q ", shape_str(q.sizes()));
-  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= kMaxK, op, ": K=", q.size(3), " (q's last dim) ",
-              "must lie in [1, ", kMaxK, "]");
+  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= kMaxK, op, ": K=", num(q.size(3)), " (q's last dim) ",
+              "must lie in [1, ", num(kMaxK), "]");
   TORCH_CHECK(v.size(3) >= 1, op, ": v has no channels");
-  TORCH_CHECK(window >= 0, op, ": window=", window, " must be >= 0 (0 = global)");
+  TORCH_CHECK(window >= 0, op, ": window=", num(window), " must be >= 0 (0 = global)");
   TORCH_CHECK(window == 0 || (q.size(1) % window == 0 && q.size(2) % window == 0), op,
-              ": map ", q.size(1), "x", q.size(2), " is not a multiple of window ", window);
+              ": map ", num(q.size(1)), "x", num(q.size(2)), " is not a multiple of window ",
+              num(window));
   TORCH_CHECK(q.size(0) * q.size(1) * q.size(2) < INT_MAX, op, ": too many pixels");
   const SemGeom g = semantic_geom(q.size(1), q.size(2), q.size(3), v.size(3), window);
   const int64_t tiles = (g.N + kTile - 1) / kTile;
-  TORCH_CHECK(tiles <= 65535, op, ": ", g.N, " tokens per window are too many");
+  TORCH_CHECK(tiles <= 65535, op, ": ", num(g.N), " tokens per window are too many");
   return g;
 }
 

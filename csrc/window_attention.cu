@@ -341,15 +341,15 @@ WinGeom make_geom(const char* op, const at::Tensor& qkv, const at::Tensor& table
   TORCH_CHECK(qkv.dim() == 4 && qkv.size(3) % 3 == 0, op,
               ": qkv must be [B, Hp, Wp, 3C], got ", shape_str(qkv.sizes()));
   const int64_t C = qkv.size(3) / 3;
-  TORCH_CHECK(heads >= 1 && C >= heads && C % heads == 0, op, ": num_heads=", heads,
-              " must divide C=", C, " (qkv ", shape_str(qkv.sizes()), ")");
-  TORCH_CHECK(C / heads <= kMaxHeadDim, op, ": head dim ", C / heads, " > ", kMaxHeadDim,
+  TORCH_CHECK(heads >= 1 && C >= heads && C % heads == 0, op, ": num_heads=", num(heads),
+              " must divide C=", num(C), " (qkv ", shape_str(qkv.sizes()), ")");
+  TORCH_CHECK(C / heads <= kMaxHeadDim, op, ": head dim ", num(C / heads), " > ", num(kMaxHeadDim),
               " is not supported");
-  TORCH_CHECK(window >= 1 && window <= kMaxWindow, op, ": window=", window, " must lie in [1, ",
-              kMaxWindow, "]");
+  TORCH_CHECK(window >= 1 && window <= kMaxWindow, op, ": window=", num(window), " must lie in [1, ",
+              num(kMaxWindow), "]");
   TORCH_CHECK(qkv.size(1) % window == 0 && qkv.size(2) % window == 0, op, ": qkv map ",
-              qkv.size(1), "x", qkv.size(2), " is not a multiple of window ", window);
-  TORCH_CHECK(shift >= 0 && shift < window, op, ": shift=", shift, " must lie in [0, window)");
+              num(qkv.size(1)), "x", num(qkv.size(2)), " is not a multiple of window ", num(window));
+  TORCH_CHECK(shift >= 0 && shift < window, op, ": shift=", num(shift), " must lie in [0, window)");
   TORCH_CHECK(qkv.size(0) <= 65535 && qkv.size(0) * qkv.size(1) * qkv.size(2) < INT_MAX, op,
               ": qkv has too many pixels (batch <= 65535, B*Hp*Wp < 2^31)");
   const int64_t T2 = (2 * window - 1) * (2 * window - 1);

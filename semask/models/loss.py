@@ -13,7 +13,10 @@ one-piece loss's (forward and backward kernels of each chunk once). Per image th
 operations are the same, so the values agree with the one-piece loss up to fp32
 summation order; the gradient is taken for an upstream gradient of 1 and scaled in the
 backward, so half-precision logits see one more rounding (the scaling) than the
-one-piece loss's.
+one-piece loss's. ``fused=True`` computes the loss and its gradient with the Triton kernel
+of :mod:`semask.kernels.upsample_cross_entropy` (no full-size map at all) where it runs
+(CUDA, or CPU under ``TRITON_INTERPRET=1``; upsampling; float32/16, bfloat16), else falls
+back to the above.
 """
 from __future__ import annotations
 
@@ -71,8 +74,36 @@ class _ChunkedLossSum(torch.autograd.Function):
         return scaled.to(dlogits.dtype), None, None, None
 
 
+class _FusedLossSum(torch.autograd.Function):
+    """logits [B, K, h, w], target [B, H, W] -> scalar by the fused Triton kernel, which
+    takes the gradient (for an upstream gradient of 1; when ``grad``) in the same
+    launch; the backward scales it. Single differentiation only."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, ignore_index: int, grad: bool) -> Tensor:
+        from semask.kernels.upsample_cross_entropy import upsample_cross_entropy
+        total, dlogits = upsample_cross_entropy(logits, target, ignore_index, grad)
+        ctx.dtype = logits.dtype
+        if grad:
+            ctx.save_for_backward(dlogits)
+        return total.to(_loss_dtype(logits.dtype))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (dlogits,) = ctx.saved_tensors
+        return (dlogits * grad).to(ctx.dtype), None, None, None
+
+
+def fused_loss_reasons(logits: Tensor, target: Tensor) -> list[str]:
+    """Why the fused Triton loss cannot take these inputs (empty: it can)."""
+    from semask.kernels.provider import PROVIDER
+    return PROVIDER.reasons("upsample_cross_entropy", [logits, target], {})
+
+
 def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255,
-                            avg_non_ignore: bool = False, chunk: int | None = None) -> Tensor:
+                            avg_non_ignore: bool = False, chunk: int | None = None,
+                            fused: bool = False) -> Tensor:
     """Cross-entropy of ``logits`` [B, K, h, w] resized (bilinear) to ``target`` [B, H, W].
 
     Mean over all B*H*W pixels (ignored ones count 0), or over the non-ignored pixels when
@@ -80,14 +111,21 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
     piece (None: the whole batch at once; also under ``torch.compile``). The chunked loss
     takes its gradient in the forward whenever the logits require one, and differentiates
     once (no ``create_graph`` double backward: use ``chunk=None`` for gradient penalties).
+    ``fused``: use the fused Triton kernel where it runs (``chunk`` then does not matter);
+    it also takes its gradient in the forward and differentiates once.
     """
     if target.dim() != 3 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"target must be [B, H, W] long with B = {logits.shape[0]}, "
                          f"got {tuple(target.shape)}")
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be a positive number of images, got {chunk}")
-    if chunk is None or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         # one piece under torch.compile: it traces no autograd.grad inside a forward
+        total = _pixel_loss_sum(logits, target, ignore_index)
+    elif fused and not fused_loss_reasons(logits, target):
+        grad = torch.is_grad_enabled() and logits.requires_grad
+        total = _FusedLossSum.apply(logits, target, ignore_index, grad)
+    elif chunk is None:
         total = _pixel_loss_sum(logits, target, ignore_index)
     elif torch.is_grad_enabled() and logits.requires_grad:
         total = _ChunkedLossSum.apply(logits, target, ignore_index, chunk)

@@ -76,7 +76,9 @@ class SeMaskSwin(nn.Module):
     ``loss_chunk``: images per piece of the chunked upsample + cross-entropy loss
     (:mod:`semask.models.loss`; same values, far less memory); None: one piece, as the
     released code. Default: ``DEFAULT_LOSS_CHUNK`` when ``fused`` asks for fused ops,
-    else None.
+    else None. ``fused_loss``: compute the loss with the fused Triton upsample +
+    cross-entropy kernel where it runs (then ``loss_chunk`` does not matter); default: when
+    ``fused`` asks for the Triton kernels ("auto" or "triton").
     """
 
     def __init__(self, variant: str = "tiny", num_classes: int = 150, head: str = "fpn",
@@ -84,7 +86,7 @@ class SeMaskSwin(nn.Module):
                  fused: bool | str = False, drop_path_rate: float = 0.3,
                  pretrained: str | None = None, *, window_size: int | None = None,
                  head_channels: int = 256, loss_avg_non_ignore: bool = False,
-                 loss_chunk: int | None | str = "auto"):
+                 loss_chunk: int | None | str = "auto", fused_loss: bool | None = None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -108,6 +110,9 @@ class SeMaskSwin(nn.Module):
         if loss_chunk is not None and (not isinstance(loss_chunk, int) or loss_chunk < 1):
             raise ValueError(f"loss_chunk must be None or a positive int, got {loss_chunk!r}")
         self.loss_chunk = loss_chunk
+        if fused_loss is None:
+            fused_loss = self.backend_request in ("auto", "triton")
+        self.fused_loss = bool(fused_loss)
         self.backbone = SwinBackbone(v.embed_dim, v.depths, v.num_heads, window, num_classes,
                                      semantic, semantic_windowed, drop_path_rate,
                                      backend=self.backend_request)
@@ -142,7 +147,7 @@ class SeMaskSwin(nn.Module):
     def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
         """CE of ``logits`` at stride 4 upsampled to ``target`` [B, H, W]."""
         return upsampled_cross_entropy(logits, target, IGNORE_INDEX, self.loss_avg_non_ignore,
-                                       self.loss_chunk)
+                                       self.loss_chunk, self.fused_loss)
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:

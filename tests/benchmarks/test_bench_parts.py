@@ -142,8 +142,9 @@ def _vjp(fn, inputs, dout):
         return tuple(pool.submit(work).result())
 
 
-def _args(loss_chunk="auto"):
-    return argparse.Namespace(device="cpu", dtype="fp32", target_time=0.01, loss_chunk=loss_chunk)
+def _args(loss_chunk="auto", fused_loss=True):
+    return argparse.Namespace(device="cpu", dtype="fp32", target_time=0.01, loss_chunk=loss_chunk,
+                              fused_loss=fused_loss)
 
 
 @pytest.fixture
@@ -180,6 +181,7 @@ def test_loss_chunk_option_reaches_the_models(monkeypatch, one_thread):
     assert R.parse_args(["--loss-chunk", "none"]).loss_chunk is None
     assert R.parse_args(["--loss-chunk", "2"]).loss_chunk == 2
     assert R.parse_args([]).loss_chunk == "auto"
+    assert R.parse_args([]).fused_loss and not R.parse_args(["--no-fused-loss"]).fused_loss
     with pytest.raises(SystemExit):
         R.parse_args(["--loss-chunk", "0"])
     monkeypatch.setitem(backend._providers, "cuda", _ReferenceAsFused())

@@ -6,9 +6,6 @@ max|kernel - truth| <= 2 * max|torch same dtype - truth| + atol per tensor.
 """
 import importlib
 import inspect
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,6 +13,7 @@ import torch
 from semask.kernels import semantic_attention as sa
 from semask.kernels import semantic_window as sw
 from semask.ops.reference import semantic_attention_lse_reference, semantic_attention_reference
+from sm90 import compile_sm90, run_without_interpreter
 
 sem_op = importlib.import_module("semask.ops.semantic_attention")
 
@@ -205,21 +203,6 @@ def test_reasons_rejects_bad_inputs():
 
 
 # ------------------------------------------------ compiled (not interpreted) code, on CPU
-def compile_sm90(fn, pointers, constexprs, num_warps):
-    """Compile a kernel for an H100 (sm_90) without a GPU; 16-aligned pointers."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    names = fn.arg_names
-    sig = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
-    src = ASTSource(fn=fn, signature=sig,
-                    constexprs={(names.index(n),): v for n, v in constexprs.items()},
-                    attrs={(names.index(n),): [["tt.divisibility", 16]] for n in pointers})
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
-    assert ".entry" in kernel.asm["ptx"]
-
-
 def compile_all_sm90(dtype, N, K, C, window):
     """Compile the kernels that ``forward``/``backward`` launch for these sizes, as they
     launch them (whole-row kernels where ``semantic_window.supports``, else online-softmax,
@@ -265,12 +248,7 @@ def test_kernels_compile_for_sm90(dtype, N, K, C, window):
     from triton.compiler import ASTSource
     if "constexprs" not in inspect.signature(ASTSource).parameters:
         pytest.skip("this Triton's ASTSource takes another signature (written for Triton >= 3.3)")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
-            f"import {__name__.rpartition('.')[2]} as t; "
-            f"t.compile_all_sm90({dtype!r}, {N}, {K}, {C}, {window})")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_without_interpreter(__file__, f"compile_all_sm90({dtype!r}, {N}, {K}, {C}, {window})")
 
 
 # ---------------------------------------------------------------- GPU, real stage shapes

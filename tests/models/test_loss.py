@@ -153,3 +153,30 @@ def test_chunked_loss_compiles_fullgraph():
     (want_grad,) = torch.autograd.grad(want, logits)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(grad, want_grad)
+
+
+def test_model_fused_loss_default_and_values():
+    """fused_loss follows a Triton request; the model's loss through the fused kernel
+    (Triton interpreter on CPU, reference ops) equals the unfused one, with gradients."""
+    assert semask.SeMaskSwin("micro", num_classes=5, fused="triton").fused_loss
+    assert semask.SeMaskSwin("micro", num_classes=5, fused="auto").fused_loss
+    assert not semask.SeMaskSwin("micro", num_classes=5, fused="cuda").fused_loss
+    assert not semask.SeMaskSwin("micro", num_classes=5).fused_loss
+    torch.manual_seed(0)
+    model = semask.SeMaskSwin("micro", num_classes=5, drop_path_rate=0.0, fused_loss=True)
+    images = torch.randn(2, 3, 40, 48)
+    target = torch.randint(0, 5, (2, 40, 48))
+    target[:, :4] = IGNORE
+    out = model(images)
+    results = []
+    for fused_loss in (True, False):
+        model.fused_loss = fused_loss
+        model.zero_grad()
+        loss = model.loss(out, target)
+        loss["loss"].backward(retain_graph=True)
+        results.append((loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (fused, fused_grads), (plain, plain_grads) = results
+    for key in ("loss", "loss_main", "loss_semantic"):
+        torch.testing.assert_close(fused[key], plain[key], rtol=1e-6, atol=0)
+    for a, b in zip(fused_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,52 @@
+"""Compile Triton kernels for an H100 (sm_90) on a machine without a GPU."""
+import os
+import subprocess
+import sys
+
+
+def compile_sm90(fn, pointers, constexprs, num_warps, floats=()):
+    """Compile ``fn`` for sm_90: ``pointers`` {name: "*bf16", ...} (16-aligned), ``floats``
+    the names of fp32 scalars; other arguments are i32 or, in ``constexprs``, constants."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = fn.arg_names
+    sig = {n: "constexpr" if n in constexprs else pointers.get(n, "fp32" if n in floats else "i32")
+           for n in names}
+    src = ASTSource(fn=fn, signature=sig,
+                    constexprs={(names.index(n),): v for n, v in constexprs.items()},
+                    attrs={(names.index(n),): [["tt.divisibility", 16]] for n in pointers})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+    assert ".entry" in kernel.asm["ptx"]
+    return kernel
+
+
+def run_without_interpreter(test_file: str, call: str) -> None:
+    """Run ``call`` of the test module ``test_file`` in a fresh process without
+    TRITON_INTERPRET (which replaces the jit functions in this one); assert it succeeds."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    folder = os.path.dirname(os.path.abspath(test_file))
+    module = os.path.splitext(os.path.basename(test_file))[0]
+    code = f"import sys; sys.path.insert(0, {folder!r}); import {module} as t; t.{call}"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def no_spills(kernel) -> bool:
+    """Whether ptxas (the one on PATH or Triton's) built ``kernel``'s PTX without register
+    spills; True when no ptxas is found (nothing to check with)."""
+    import shutil
+    import tempfile
+
+    ptxas = shutil.which("ptxas")
+    if ptxas is None:
+        return True
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        run = subprocess.run([ptxas, "-arch=sm_90a", "-v", ptx, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return " 0 bytes spill stores" in run.stderr
