@@ -189,3 +189,5 @@ def test_gpu_loss_shapes_accuracy_rule(dtype, B, K, h, w, H, W):
     got = uce.upsample_cross_entropy(low, target, IGNORE, grad=True)
     for name, x, s, t in zip(("loss", "dlogits"), got, same, truth):
         check_rule(name, x, s, t, dtype)
+    loss_only, none = uce.upsample_cross_entropy(low, target, IGNORE, grad=False)
+    assert none is None and torch.allclose(loss_only, got[0], rtol=1e-6)
