@@ -13,11 +13,10 @@ import torch
 from semask.kernels import semantic_attention as sa
 from semask.kernels import semantic_window as sw
 from semask.ops.reference import semantic_attention_lse_reference, semantic_attention_reference
+from rule import check_rule
 from sm90 import compile_sm90, run_without_interpreter
 
 sem_op = importlib.import_module("semask.ops.semantic_attention")
-
-EPS = {torch.float32: 1e-5, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
 
 
 def make_inputs(B, H, W, K, C, scale=0.5, device="cpu"):
@@ -48,14 +47,6 @@ def kernel_grads(q, k, v, dout, window):
 
 def rel_err(x, truth):
     return ((x.double() - truth).abs().max() / truth.abs().max()).item()
-
-
-def check_rule(name, kernel, same_dtype, truth, dtype):
-    """max|kernel - truth| <= 2 * max|same dtype torch - truth| + eps(dtype) * max|truth|."""
-    err = (kernel.double() - truth).abs().max().item()
-    err_torch = (same_dtype.double() - truth).abs().max().item()
-    atol = EPS[dtype] * truth.abs().max().item()
-    assert err <= 2 * err_torch + atol, f"{name}: {err:.3g} > 2 * {err_torch:.3g} + {atol:.3g}"
 
 
 # (B, H, W, K, C, window): windows 7 and 12 (and 5), global on odd, square and tiny maps

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from semask.kernels import upsample_cross_entropy as uce
 from semask.models.loss import upsampled_cross_entropy
+from rule import check_rule
 from sm90 import compile_sm90, no_spills, run_without_interpreter
 
-EPS = {torch.float32: 1e-5, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
 IGNORE = 255
 
 
@@ -41,11 +41,16 @@ def torch_loss_and_grad(logits, target):
     return loss.detach(), grad
 
 
-def check_rule(name, kernel, same_dtype, truth, dtype):
-    err = (kernel.double() - truth).abs().max().item()
-    err_torch = (same_dtype.double() - truth).abs().max().item()
-    atol = EPS[dtype] * truth.abs().max().item()
-    assert err <= 2 * err_torch + atol, f"{name}: {err:.3g} > 2 * {err_torch:.3g} + {atol:.3g}"
+def check_kernel_against_torch(logits, target, dtype):
+    """The kernel's loss and gradient on ``logits`` rounded to ``dtype`` against fp64
+    truth, by the accuracy rule; returns (rounded logits, target, kernel results)."""
+    truth = torch_loss_and_grad(logits, target)
+    low = logits.to(dtype)
+    same = torch_loss_and_grad(low, target)
+    got = uce.upsample_cross_entropy(low, target, IGNORE, grad=True)
+    for name, x, s, t in zip(("loss", "dlogits"), got, same, truth):
+        check_rule(name, x, s, t, dtype)
+    return low, target, got
 
 
 CPU_CASES = [
@@ -71,13 +76,7 @@ def test_fp32_loss_and_gradient_match_float64_autograd(B, K, h, w, H, W):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B,K,h,w,H,W", CPU_CASES[:2])
 def test_half_precision_accuracy_rule(dtype, B, K, h, w, H, W):
-    logits, target = make_inputs(B, K, h, w, H, W, seed=1)
-    truth = torch_loss_and_grad(logits, target)
-    low = logits.to(dtype)
-    same = torch_loss_and_grad(low, target)
-    got = uce.upsample_cross_entropy(low, target, IGNORE, grad=True)
-    for name, x, s, t in zip(("loss", "dlogits"), got, same, truth):
-        check_rule(name, x, s, t, dtype)
+    check_kernel_against_torch(*make_inputs(B, K, h, w, H, W, seed=1), dtype)
 
 
 def test_without_gradient_and_int32_target():
@@ -182,12 +181,7 @@ GPU_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B,K,h,w,H,W", GPU_CASES)
 def test_gpu_loss_shapes_accuracy_rule(dtype, B, K, h, w, H, W):
-    logits, target = make_inputs(B, K, h, w, H, W, device="cuda", seed=2)
-    truth = torch_loss_and_grad(logits, target)
-    low = logits.to(dtype)
-    same = torch_loss_and_grad(low, target)
-    got = uce.upsample_cross_entropy(low, target, IGNORE, grad=True)
-    for name, x, s, t in zip(("loss", "dlogits"), got, same, truth):
-        check_rule(name, x, s, t, dtype)
+    low, target, got = check_kernel_against_torch(
+        *make_inputs(B, K, h, w, H, W, device="cuda", seed=2), dtype)
     loss_only, none = uce.upsample_cross_entropy(low, target, IGNORE, grad=False)
     assert none is None and torch.allclose(loss_only, got[0], rtol=1e-6)
