@@ -7,6 +7,8 @@
 #   bench     op and end-to-end benchmarks (benchmarks/run.py --device cuda --isolate)
 #   sweep     launch-configuration sweep of the Triton kernels (benchmarks/sweep.py); not
 #             in the default stages: `bash benchmarks/gpu_suite.sh setup sweep`
+#   profile   where a SeMask-T training step spends its GPU time, reference and triton
+#             (benchmarks/profile_step.py); not in the default stages either
 # Every stage has a hard time limit and its failure is recorded; the later stages still run.
 #
 # Usage, from the repository root:
@@ -19,9 +21,11 @@
 #   pick a subset of the GPU tests, e.g. "tests/models/test_fused_model.py -k accuracy";
 #   default: every test file with GPU tests, one process each), BENCH_ARGS (extra run.py
 #   arguments, e.g. "--cases window/swin_t-512"), SWEEP_ARGS (extra sweep.py arguments),
+#   PROFILE_ARGS (extra profile_step.py arguments, e.g. "--fused reference,triton,cuda"),
 #   PYTHON (default python3).
 # Output folder: suite.log (all output), suite_summary.txt (one line per stage), and the
-# benchmark's results.json, results.md, speedup.png, memory.png; the sweep's sweep.json, sweep.md.
+# benchmark's results.json, results.md, speedup.png, memory.png; the sweep's sweep.json, sweep.md;
+# the profile's profile.md.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -39,8 +43,8 @@ export SEMASK_COMMIT
 
 # planned seconds per stage; a stage gets min(plan, what is left after the minimum of the
 # stages still to come), so a fast early stage leaves more time to the benchmarks
-declare -A PLAN=([setup]=90 [build]=200 [tests]=180 [memcheck]=90 [bench]=600 [sweep]=600)
-declare -A MIN=([setup]=20 [build]=30 [tests]=30 [memcheck]=20 [bench]=120 [sweep]=60)
+declare -A PLAN=([setup]=90 [build]=200 [tests]=180 [memcheck]=90 [bench]=600 [sweep]=600 [profile]=150)
+declare -A MIN=([setup]=20 [build]=30 [tests]=30 [memcheck]=20 [bench]=120 [sweep]=60 [profile]=40)
 
 slug=$(timeout 60 "$PY" -c "from benchmarks.measure import device_slug; print(device_slug('cuda'))" 2>/dev/null | tail -n 1)
 [ -n "$slug" ] || slug=gpu
@@ -150,12 +154,17 @@ stage_sweep() {  # $1: the stage's time limit
   "$PY" benchmarks/sweep.py --device cuda --time-budget "$budget" --out "$RES" ${SWEEP_ARGS:-}
 }
 
+stage_profile() {
+  # shellcheck disable=SC2086
+  "$PY" benchmarks/profile_step.py --device cuda --out "$RES" ${PROFILE_ARGS:-}
+}
+
 export PY RES
-export -f stage_setup stage_build stage_tests stage_memcheck stage_bench stage_sweep
+export -f stage_setup stage_build stage_tests stage_memcheck stage_bench stage_sweep stage_profile
 for s in "${STAGES[@]}"; do
   case "$s" in
-    setup|build|tests|memcheck|bench|sweep) run_stage "$s" ;;
-    *) echo "unknown stage $s (setup build tests memcheck bench sweep)" | tee -a "$SUMMARY"; FAILED=1 ;;
+    setup|build|tests|memcheck|bench|sweep|profile) run_stage "$s" ;;
+    *) echo "unknown stage $s (setup build tests memcheck bench sweep profile)" | tee -a "$SUMMARY"; FAILED=1 ;;
   esac
 done
 echo "total $(( $(date +%s) - START ))s; results in $RES" | tee -a "$SUMMARY" "$LOG"

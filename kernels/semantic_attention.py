@@ -22,17 +22,17 @@ One "sequence" s in [0, B*nW) is one window (or one image when global). Block si
 BLOCK_M query tokens, BLOCK_N key tokens, BLOCK_K = K padded to a power of two (masked),
 BLOCK_C channels of v/out; chosen by ``_config`` (no autotuning yet).
 
-Forward ``_fwd_kernel``, grid (num_m_blocks * S, num_c_chunks): one program owns BLOCK_M
+Forward ``_semantic_fwd_kernel``, grid (num_m_blocks * S, num_c_chunks): one program owns BLOCK_M
 query rows and one BLOCK_C channel chunk, loops over all key blocks with the online
 softmax of flash attention (Dao et al. 2022, Alg. 1) and writes its out chunk; the c = 0
 program also writes lse. Scores are recomputed per channel chunk (cost K per chunk, cheap
 next to C when C is split in few chunks).
 
 Backward (flash attention 2, Dao 2023, Alg. 2, with P recomputed from q, k and lse):
-    D  = rowsum(dO * O)                    (``_bwd_delta_kernel``, grid (m blocks * S))
+    D  = rowsum(dO * O)                    (``_semantic_bwd_delta_kernel``, grid (m blocks * S))
     P  = exp(q k^T - lse),  dP = dO v^T,  dS = P * (dP - D)
     dv = P^T dO,  dk = dS^T q,  dq = dS k.
-``_bwd_kernel``, grid (num_n_blocks * S, num_c_chunks): a program owns BLOCK_N key rows
+``_semantic_bwd_kernel``, grid (num_n_blocks * S, num_c_chunks): a program owns BLOCK_N key rows
 and one channel chunk c, loops over all query blocks and accumulates dv[:, c] (complete,
 stored directly) and dk. dP is a sum over channel chunks, so dS splits linearly:
 dS = sum_c P * dP_c - P * D, with the -P*D term taken by chunk 0. Each program's partial
@@ -63,10 +63,10 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
-                WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-                PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _semantic_fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
+                         WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+                         PREC: tl.constexpr, UPCAST: tl.constexpr):
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     s = pid // num_m
@@ -108,9 +108,9 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
 
 
 @triton.jit
-def _bwd_delta_kernel(O, DO, DELTA, N, C, Hp, Wp, nWc, nW, num_m,
-                      WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_C: tl.constexpr):
+def _semantic_bwd_delta_kernel(O, DO, DELTA, N, C, Hp, Wp, nWc, nW, num_m,
+                               WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     s = pid // num_m
     offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -128,11 +128,11 @@ def _bwd_delta_kernel(O, DO, DELTA, N, C, Hp, Wp, nWc, nW, num_m,
 
 
 @triton.jit
-def _bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n,
-                WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-                PREC: tl.constexpr, UPCAST: tl.constexpr,
-                DK_ATOMIC: tl.constexpr):
+def _semantic_bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n,
+                         WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+                         PREC: tl.constexpr, UPCAST: tl.constexpr,
+                         DK_ATOMIC: tl.constexpr):
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     s = pid // num_n
@@ -277,7 +277,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
     cfg = _config(N, KD, C, backward=False, dtype=q.dtype)
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
     with _on_device(q):
-        _fwd_kernel[(num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))](
+        _semantic_fwd_kernel[(num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))](
             q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW, num_m,
             WIN=window, **flags, **cfg)
     return out, lse
@@ -305,10 +305,10 @@ def backward(dout, q, k, v, out, lse, window: int):
     dv = torch.empty_like(v)
     delta = torch.empty_like(lse)
     with _on_device(q):
-        _bwd_delta_kernel[(num_m * S,)](
+        _semantic_bwd_delta_kernel[(num_m * S,)](
             out, dout, delta, N, C, Hp, Wp, nWc, nW, num_m, WIN=window, ROW64=flags["ROW64"],
             BLOCK_M=cfg["BLOCK_M"], BLOCK_C=cfg["BLOCK_C"], num_warps=4)
-        _bwd_kernel[(num_n * S, num_c)](
+        _semantic_bwd_kernel[(num_n * S, num_c)](
             q, k, v, dout, lse, delta, dq, dk, dv, N, KD, C, Hp, Wp, nWc, nW, num_n,
             WIN=window, DK_ATOMIC=dk_atomic, **flags, **cfg)
     return dq.to(q.dtype), dk.to(k.dtype), dv

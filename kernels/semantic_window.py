@@ -10,16 +10,16 @@ computed once per direction: the classes (K) and channels (C) are looped over in
 of BLOCK_K and BLOCK_C, so neither is padded to a power of two (K = 150 runs as 5 chunks
 of 32 = 160, not 256), and a chunk loop never recomputes scores.
 
-Forward ``_fwd_kernel``, grid (windows * query blocks,):
+Forward ``_semantic_rows_fwd_kernel``, grid (windows * query blocks,):
     S = sum_k q[:, k] k[:, k]^T,  P = softmax(S) (fp32, normalised before rounding),
     out[:, c] = P v[:, c] per channel chunk; lse = max + log(sum).
 Backward (recompute P = exp(S - lse); Dao 2023, Alg. 2, with whole rows):
     dP = sum_c dO[:, c] v[:, c]^T,  D = rowsum(P * dP) (fp32, from the rows in hand, so no
     delta pass over out and dO),  dS = P * (dP - D),
     dq[:, k] = dS k[:, k],  dk[:, k] = dS^T q[:, k],  dv[:, c] = P^T dO[:, c].
-``_bwd_dq_kernel`` (query rows x all keys) stores dq; when one query block covers the
+``_semantic_rows_bwd_dq_kernel`` (query rows x all keys) stores dq; when one query block covers the
 sequence (N <= 64) it also stores dk and dv (no atomics, no second pass); otherwise
-(global maps of 65..256 tokens) it stores D and ``_bwd_dkdv_kernel`` (key rows x all
+(global maps of 65..256 tokens) it stores D and ``_semantic_rows_bwd_dkdv_kernel`` (key rows x all
 queries, the transposed tiles) stores dk and dv.
 All stores are plain (deterministic results).
 
@@ -97,10 +97,11 @@ def _block(pid, N, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr,
 
 
 @triton.jit
-def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW,
-                WIN: tl.constexpr, ROW64: tl.constexpr, NUM_QB: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _semantic_rows_fwd_kernel(
+        Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, WIN: tl.constexpr,
+        ROW64: tl.constexpr, NUM_QB: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+        PREC: tl.constexpr, UPCAST: tl.constexpr):
     s, offs_m, _, mask_m, mask_n, rows_m, rows_n = _block(
         tl.program_id(0), N, Hp, Wp, nWc, nW, WIN, ROW64, NUM_QB, BLOCK_M, BLOCK_N)
     scores = _scores(Q, Kt, rows_m, rows_n, mask_m, mask_n, KD, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -120,10 +121,11 @@ def _fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW,
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
-                   WIN: tl.constexpr, ROW64: tl.constexpr, NUM_QB: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _semantic_rows_bwd_dq_kernel(
+        Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW, WIN: tl.constexpr,
+        ROW64: tl.constexpr, NUM_QB: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+        PREC: tl.constexpr, UPCAST: tl.constexpr):
     s, offs_m, _, mask_m, mask_n, rows_m, rows_n = _block(
         tl.program_id(0), N, Hp, Wp, nWc, nW, WIN, ROW64, NUM_QB, BLOCK_M, BLOCK_N)
     scores = _scores(Q, Kt, rows_m, rows_n, mask_m, mask_n, KD, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -159,10 +161,11 @@ def _bwd_dq_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, 
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
-                     WIN: tl.constexpr, ROW64: tl.constexpr, NUM_KB: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _semantic_rows_bwd_dkdv_kernel(
+        Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp, nWc, nW, WIN: tl.constexpr,
+        ROW64: tl.constexpr, NUM_KB: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+        PREC: tl.constexpr, UPCAST: tl.constexpr):
     """Key rows (BLOCK_M of them) x all queries (BLOCK_N): the transposed tiles."""
     # own rows j: keys; all rows i: queries
     s, _, offs_i, mask_j, mask_i, rows_j, rows_i = _block(
@@ -232,8 +235,8 @@ def forward(q, k, v, out, lse, window: int, geometry, flags: dict) -> None:
     KD, C = q.shape[-1], v.shape[-1]
     cfg = config(N, KD, C, backward=False, dtype=q.dtype)
     num_qb = triton.cdiv(N, cfg["BLOCK_M"])
-    _fwd_kernel[(S * num_qb,)](q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW,
-                               WIN=window, NUM_QB=num_qb, **flags, **cfg)
+    _semantic_rows_fwd_kernel[(S * num_qb,)](q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW,
+                                             WIN=window, NUM_QB=num_qb, **flags, **cfg)
 
 
 def backward(dout, q, k, v, lse, window: int, geometry, flags: dict):
@@ -247,9 +250,9 @@ def backward(dout, q, k, v, lse, window: int, geometry, flags: dict):
     delta = torch.empty_like(lse) if num_qb > 1 else lse
     common = dict(WIN=window, **flags, **cfg)
     args = (N, KD, C, Hp, Wp, nWc, nW)
-    _bwd_dq_kernel[(S * num_qb,)](q, k, v, dout, lse, delta, dq, dk, dv, *args,
-                                  NUM_QB=num_qb, **common)
+    _semantic_rows_bwd_dq_kernel[(S * num_qb,)](q, k, v, dout, lse, delta, dq, dk, dv, *args,
+                                                NUM_QB=num_qb, **common)
     if num_qb > 1:
-        _bwd_dkdv_kernel[(S * num_qb,)](q, k, v, dout, lse, delta, dk, dv, *args,
-                                        NUM_KB=num_qb, **common)
+        _semantic_rows_bwd_dkdv_kernel[(S * num_qb,)](q, k, v, dout, lse, delta, dk, dv, *args,
+                                                      NUM_KB=num_qb, **common)
     return dq, dk, dv

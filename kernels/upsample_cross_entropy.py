@@ -15,10 +15,10 @@ Bilinear weights as PyTorch's ``upsample_bilinear2d`` (align_corners=False): sou
 coordinate src = max(scale * (y + 0.5) - 0.5, 0) with scale = h / H, y0 = floor(src),
 y1 = min(y0 + 1, h - 1), weights (1 - (src - y0), src - y0); the same along x.
 
-``_kernel``, grid (B * row tiles * column tiles,): a program owns a TILE_Y x TILE_X tile of
-output pixels (P of them). The low-resolution pixels they read lie in a SPAN_Y x SPAN_X
-box (L slots, padded to a power of two); the tile's interpolation matrix Wt [P, L] is
-built in registers, so that per chunk of BLOCK_K classes
+``_upsample_ce_kernel``, grid (B * row tiles * column tiles,): a program owns a TILE_Y x
+TILE_X tile of output pixels (P of them). The low-resolution pixels they read lie in a
+SPAN_Y x SPAN_X box (L slots, padded to a power of two); the tile's interpolation matrix
+Wt [P, L] is built in registers, so that per chunk of BLOCK_K classes
     z = Wt @ logits[box, chunk]            (forward: online logsumexp over the chunks),
     dbox = Wt^T @ (softmax(z) - onehot)    (gradient: second pass, z recomputed),
 are two small matrix products; ``dbox`` is added atomically (boxes of neighbouring tiles
@@ -64,10 +64,10 @@ def _first_source(o, scale):
 
 
 @triton.jit
-def _kernel(X, T, DX, PARTIAL, K, h, w, H, W, scale_y, scale_x, n_ty, n_tx, ignore_index,
-            TILE_Y: tl.constexpr, TILE_X: tl.constexpr, SPAN_Y: tl.constexpr,
-            SPAN_X: tl.constexpr, SLOTS: tl.constexpr, BLOCK_K: tl.constexpr,
-            GRAD: tl.constexpr, PREC: tl.constexpr):
+def _upsample_ce_kernel(X, T, DX, PARTIAL, K, h, w, H, W, scale_y, scale_x, n_ty, n_tx,
+                        ignore_index, TILE_Y: tl.constexpr, TILE_X: tl.constexpr,
+                        SPAN_Y: tl.constexpr, SPAN_X: tl.constexpr, SLOTS: tl.constexpr,
+                        BLOCK_K: tl.constexpr, GRAD: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // (n_ty * n_tx)
     ty = (pid // n_tx) % n_ty
@@ -212,7 +212,7 @@ def upsample_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_in
     partial = torch.empty(B * n_ty * n_tx, device=logits.device, dtype=torch.float32)
     dlogits = torch.zeros(logits.shape, device=logits.device, dtype=torch.float32) if grad else None
     prec = "tf32x3" if logits.dtype == torch.float32 else "tf32"
-    _kernel[(B * n_ty * n_tx,)](
+    _upsample_ce_kernel[(B * n_ty * n_tx,)](
         logits, target, dlogits if grad else partial, partial, K, h, w, H, W, h / H, w / W,
         n_ty, n_tx, ignore_index, GRAD=grad, PREC=prec, **cfg)
     return partial.sum(), dlogits

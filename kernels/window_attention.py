@@ -41,12 +41,12 @@ q, k and the saved lse:
     dtable[index(i, j), head] += sum over batch and windows of dS(i, j).
 D equals flash attention's rowsum(dO * O) (since O = P v); as a program holds whole score
 rows it is taken from P and dP in fp32, so the rounding of a fp16/bf16 ``out`` never enters
-dS (``out`` is not read). ``_bwd_dq_kernel`` (query rows x all keys) writes dq straight into
+dS (``out`` is not read). ``_window_bwd_dq_kernel`` (query rows x all keys) writes dq straight into
 dqkv at the shifted positions and sums dS over its windows in registers, then adds that
 tile to an fp32 [(2w-1)^2, heads] buffer with one masked ``tl.atomic_add`` per program
 (duplicate indices inside the tile are summed by the atomics), cast to the table's dtype at
 the end. When one query block covers the window (w = 7) it also writes dk and dv;
-otherwise it stores D (fp32, lse's layout) and ``_bwd_dkdv_kernel`` (key rows x all
+otherwise it stores D (fp32, lse's layout) and ``_window_bwd_dkdv_kernel`` (key rows x all
 queries, the transposed tile) writes dk and dv. The atomics make dtable's last bits depend
 on the order of programs.
 
@@ -110,10 +110,10 @@ def _bias_index(qi, kj, WINDOW: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift, wpp,
-                HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_QB: tl.constexpr,
-                SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _window_fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift, wpp,
+                       HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_QB: tl.constexpr,
+                       SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     N: tl.constexpr = WINDOW * WINDOW
     C: tl.constexpr = HEADS * HEAD_DIM
     pid = tl.program_id(0)
@@ -152,14 +152,14 @@ def _fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, sh
 
 
 @triton.jit
-def _bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, scale_log2,
-                   n_windows, nW, nWw, Hp, Wp, shift, wpp,
-                   HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_QB: tl.constexpr,
-                   SHIFTED: tl.constexpr, WITH_DKDV: tl.constexpr, DOT_PREC: tl.constexpr,
-                   UPCAST: tl.constexpr):
+def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, scale_log2,
+                          n_windows, nW, nWw, Hp, Wp, shift, wpp,
+                          HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_QB: tl.constexpr,
+                          SHIFTED: tl.constexpr, WITH_DKDV: tl.constexpr, DOT_PREC: tl.constexpr,
+                          UPCAST: tl.constexpr):
     """Query rows x all keys: dq, the bias-table gradient and (WITH_DKDV) dk, dv, else the
-    row sums D for ``_bwd_dkdv_kernel``."""
+    row sums D for ``_window_bwd_dkdv_kernel``."""
     N: tl.constexpr = WINDOW * WINDOW
     C: tl.constexpr = HEADS * HEAD_DIM
     pid = tl.program_id(0)
@@ -214,11 +214,11 @@ def _bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, scale_log2
 
 
 @triton.jit
-def _bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log2,
-                     n_windows, nW, nWw, Hp, Wp, shift, wpp,
-                     HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_KB: tl.constexpr,
-                     SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log2,
+                            n_windows, nW, nWw, Hp, Wp, shift, wpp,
+                            HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_KB: tl.constexpr,
+                            SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     """Key rows x all queries (transposed tiles): dk and dv of windows larger than a block."""
     N: tl.constexpr = WINDOW * WINDOW
     C: tl.constexpr = HEADS * HEAD_DIM
@@ -351,7 +351,7 @@ def forward(qkv: torch.Tensor, table: torch.Tensor, num_heads: int, window: int,
     lse = torch.empty(qkv.shape[0], nW, num_heads, window * window, device=qkv.device,
                       dtype=torch.float32)
     grid = (triton.cdiv(n_windows, wpp) * num_qb * num_heads,)
-    _fwd_kernel[grid](
+    _window_fwd_kernel[grid](
         qkv, table, out, lse, scale * LOG2E, n_windows, nW, nWw, Hp, Wp, shift, wpp,
         HEADS=num_heads, HEAD_DIM=C // num_heads, WINDOW=window, BLOCK_M=fwd_m, BLOCK_N=block_n,
         NUM_QB=num_qb, SHIFTED=shift > 0, num_warps=warps, **_dot_flags(qkv))
@@ -380,9 +380,9 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, out: to
     # D (lse's layout) is only stored for the dk/dv pass; with one query block the argument
     # is a placeholder the kernel never touches.
     delta = torch.empty_like(lse) if num_qb > 1 else lse
-    _bwd_dq_kernel[grid](dout, qkv, table, lse, delta, dqkv, dtable, scale, scale * LOG2E,
-                         *geometry, NUM_QB=num_qb, WITH_DKDV=num_qb == 1, **common)
+    _window_bwd_dq_kernel[grid](dout, qkv, table, lse, delta, dqkv, dtable, scale, scale * LOG2E,
+                                *geometry, NUM_QB=num_qb, WITH_DKDV=num_qb == 1, **common)
     if num_qb > 1:
-        _bwd_dkdv_kernel[grid](dout, qkv, table, lse, delta, dqkv, scale, scale * LOG2E,
-                               *geometry, NUM_KB=num_qb, **common)
+        _window_bwd_dkdv_kernel[grid](dout, qkv, table, lse, delta, dqkv, scale, scale * LOG2E,
+                                      *geometry, NUM_KB=num_qb, **common)
     return dqkv, dtable.to(table.dtype)

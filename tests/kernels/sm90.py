@@ -12,8 +12,8 @@ def compile_sm90(fn, pointers, constexprs, num_warps, floats=()):
     from triton.compiler import ASTSource
 
     names = fn.arg_names
-    sig = {n: "constexpr" if n in constexprs else pointers.get(n, "fp32" if n in floats else "i32")
-           for n in names}
+    sig = {n: "constexpr" if n in constexprs
+           else pointers.get(n, "fp32" if n in floats else "i32") for n in names}
     src = ASTSource(fn=fn, signature=sig,
                     constexprs={(names.index(n),): v for n, v in constexprs.items()},
                     attrs={(names.index(n),): [["tt.divisibility", 16]] for n in pointers})

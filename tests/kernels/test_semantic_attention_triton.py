@@ -204,17 +204,18 @@ def compile_all_sm90(dtype, N, K, C, window):
     ptrs = {n: "*" + dtype for n in ("Q", "Kt", "V", "O", "DO", "DQ", "DK", "DV")}
     ptrs.update(LSE="*fp32", DELTA="*fp32")
     if sw.supports(N, window):
-        for fn, backward in ((sw._fwd_kernel, False), (sw._bwd_dq_kernel, True),
-                             (sw._bwd_dkdv_kernel, True)):
+        for fn, backward in ((sw._semantic_rows_fwd_kernel, False),
+                             (sw._semantic_rows_bwd_dq_kernel, True),
+                             (sw._semantic_rows_bwd_dkdv_kernel, True)):
             cfg = sw.config(N, K, C, backward, torch_dtype)
             warps = cfg.pop("num_warps")
             cfg.pop("num_stages")
             blocks = -(-N // cfg["BLOCK_M"])
-            cfg["NUM_KB" if fn is sw._bwd_dkdv_kernel else "NUM_QB"] = blocks
+            cfg["NUM_KB" if fn is sw._semantic_rows_bwd_dkdv_kernel else "NUM_QB"] = blocks
             compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
                          dict(**common, **dots, **cfg), warps)
         return
-    for fn, backward in ((sa._fwd_kernel, False), (sa._bwd_kernel, True)):
+    for fn, backward in ((sa._semantic_fwd_kernel, False), (sa._semantic_bwd_kernel, True)):
         cfg = sa._config(N, K, C, backward, torch_dtype)
         warps = cfg.pop("num_warps")
         cfg.pop("num_stages")
@@ -223,7 +224,7 @@ def compile_all_sm90(dtype, N, K, C, window):
             ptrs.update(DQ="*fp32", DK="*fp32" if cfg["DK_ATOMIC"] else "*" + dtype)
         compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
                      dict(**common, **dots, **cfg), warps)
-    compile_sm90(sa._bwd_delta_kernel, dict(O="*" + dtype, DO="*" + dtype, DELTA="*fp32"),
+    compile_sm90(sa._semantic_bwd_delta_kernel, dict(O="*" + dtype, DO="*" + dtype, DELTA="*fp32"),
                  dict(**common, BLOCK_M=32, BLOCK_C=64), 4)
 
 

@@ -59,6 +59,8 @@ CPU_CASES = [
     (1, 5, 4, 4, 32, 32),      # 8x
     (1, 6, 5, 3, 5, 3),        # same size: no interpolation
     (1, 3, 3, 2, 40, 5),       # tiles wider than the map, 13x and 2.5x
+    (1, 3, 1, 5, 4, 20),       # a one-pixel-high map
+    (1, 20, 33, 1, 100, 1),    # one column
 ]
 
 
@@ -152,7 +154,7 @@ def compile_for_sm90(dtype, K, h, w, H, W, grad):
     warps = cfg.pop("num_warps")
     ptrs = dict(X="*" + dtype, T="*i64", DX="*fp32", PARTIAL="*fp32")
     prec = "tf32x3" if dtype == "fp32" else "tf32"
-    kernel = compile_sm90(uce._kernel, ptrs, dict(**cfg, GRAD=grad, PREC=prec), warps,
+    kernel = compile_sm90(uce._upsample_ce_kernel, ptrs, dict(**cfg, GRAD=grad, PREC=prec), warps,
                           floats=("scale_y", "scale_x"))
     assert no_spills(kernel), "register spills"
 

@@ -1,0 +1,166 @@
+"""Where a training step spends its time: torch.profiler over one SeMask-Swin step per
+backend, kernels grouped by what they do.
+
+    python benchmarks/profile_step.py --device cuda                    # SeMask-T 512, batch 16, bf16
+    python benchmarks/profile_step.py --device cuda --fused reference,triton --rows 30
+    python benchmarks/profile_step.py --model semask_swin_micro_fpn --img 64 --batch 2   # CPU smoke run
+
+For each backend (``--fused``: reference = the eager PyTorch model, triton, cuda, auto) the
+step (forward under autocast, loss, backward, AdamW step) runs ``--warmup`` times, then
+once under the profiler. Written into ``--out`` (default
+``benchmarks/results/<device>-profile-<date>/``): ``profile.md`` with, per backend, the
+time per group of kernels (attention, matmul, convolution, normalisation, loss, optimizer,
+other elementwise) and the top kernels by own time; ``trace_<backend>.json`` with
+``--trace`` (open in chrome://tracing or Perfetto).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import re
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import semask  # noqa: E402
+from benchmarks.measure import device_slug  # noqa: E402
+
+# Kernel (or CPU op) name patterns per group, tried in order; the first match wins.
+GROUPS = (
+    ("window attention", r"_window_\w*kernel|window_attention|window_fwd|window_bwd"),
+    ("semantic attention", r"_semantic_\w*kernel|semantic_attention|semantic_fwd|semantic_bwd"),
+    ("softmax, upsample, cross-entropy (loss; eager attention softmax)",
+     r"_upsample_ce_kernel|upsample|interpolat|softmax|nll|cross_entropy"),
+    ("matmul", r"gemm|matmul|\bmm\b|bmm|addmm|linear|cutlass|xmma|nvjet"),
+    ("convolution", r"conv|cudnn|winograd"),
+    ("normalisation", r"norm"),
+    ("optimizer", r"adam|foreach|multi_tensor|lerp"),
+    ("copies and layout", r"copy|cat\b|contiguous|transpose|permute|pad|roll|index|gather|"
+                          r"scatter|fill|zero"),
+)
+
+
+def group_of(name: str) -> str:
+    """The group of a kernel or op name (see :data:`GROUPS`); 'other elementwise' else."""
+    low = name.lower()
+    for group, pattern in GROUPS:
+        if re.search(pattern, low):
+            return group
+    return "other elementwise"
+
+
+def step_fn(model, images, target, device: str, dtype: torch.dtype):
+    """One training step (autocast forward and loss, backward, AdamW step)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    autocast = (torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+                if dtype != torch.float32 else contextlib.nullcontext())
+
+    def step():
+        with autocast:
+            loss = model.loss(model(images), target)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def profile_backend(args, fused: str) -> tuple[list[tuple[str, float, int]], float]:
+    """[(name, own time in ms, calls)] of every kernel (GPU) or op (CPU) of one step, and
+    the step's total."""
+    torch.manual_seed(0)
+    model = semask.create_model(args.model, num_classes=args.num_classes,
+                                fused=False if fused == "reference" else fused)
+    model = model.to(args.device).train()
+    images = torch.randn(args.batch, 3, args.img, args.img, device=args.device)
+    target = torch.randint(0, args.num_classes, (args.batch, args.img, args.img), device=args.device)
+    step = step_fn(model, images, target, args.device, args.dtype)
+    cuda = args.device.startswith("cuda")
+    for _ in range(args.warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
+    with profile(activities=[activity]) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    if args.trace:
+        prof.export_chrome_trace(os.path.join(args.out, f"trace_{fused}.json"))
+    rows = []
+    for e in prof.key_averages():
+        own = (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e3
+        if own > 0:
+            rows.append((e.key, own, e.count))
+    rows.sort(key=lambda r: -r[1])
+    return rows, sum(r[1] for r in rows)
+
+
+def report(fused: str, rows, total: float, top: int, unit: str) -> str:
+    """Markdown: time per group, then the top kernels."""
+    groups: dict[str, float] = {}
+    for name, ms, _ in rows:
+        groups[group_of(name)] = groups.get(group_of(name), 0.0) + ms
+    lines = [f"## {fused}: {total:.2f} ms of {unit} time in one step", "",
+             "| group | ms | share |", "|---|---|---|"]
+    for group, ms in sorted(groups.items(), key=lambda g: -g[1]):
+        lines.append(f"| {group} | {ms:.2f} | {100 * ms / total:.1f}% |")
+    lines += ["", f"Top {top} by own time:", "", "| kernel | group | ms | calls |", "|---|---|---|---|"]
+    for name, ms, calls in rows[:top]:
+        short = name if len(name) <= 90 else name[:87] + "..."
+        lines.append(f"| `{short}` | {group_of(name)} | {ms:.3f} | {calls} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default="semask_swin_tiny_fpn", help="a name of semask.create_model")
+    ap.add_argument("--fused", default="reference,triton",
+                    help="comma-separated backends: reference, triton, cuda, auto")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--img", type=int, default=512, help="square input size")
+    ap.add_argument("--num-classes", type=int, default=150)
+    ap.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                    help="autocast dtype (default: bf16 on GPU, fp32 on CPU)")
+    ap.add_argument("--warmup", type=int, default=3, help="steps before the profiled one")
+    ap.add_argument("--rows", type=int, default=20, help="top kernels listed per backend")
+    ap.add_argument("--trace", action="store_true", help="also write a chrome trace per backend")
+    ap.add_argument("--out", default=None, help="output folder")
+    args = ap.parse_args(argv)
+    args.fused = [f.strip() for f in args.fused.split(",") if f.strip()]
+    for f in args.fused:
+        if f not in ("reference", "triton", "cuda", "auto"):
+            ap.error(f"unknown backend {f!r} in --fused (reference, triton, cuda, auto)")
+    name = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[name]
+    if args.out is None:
+        args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                f"{device_slug(args.device)}-profile-{datetime.date.today()}")
+    return args
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    unit = "GPU kernel" if args.device.startswith("cuda") else "CPU op (self)"
+    parts = [f"# Training-step profile: {args.model}, batch {args.batch}, {args.img}x{args.img}, "
+             f"{str(args.dtype).replace('torch.', '')}, {args.device} "
+             f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), "
+             f"torch {torch.__version__}\n"]
+    for fused in args.fused:
+        rows, total = profile_backend(args, fused)
+        parts.append(report(fused, rows, total, args.rows, unit))
+        print(parts[-1], flush=True)
+    text = "\n".join(parts)
+    with open(os.path.join(args.out, "profile.md"), "w") as f:
+        f.write(text)
+    print(f"written to {os.path.join(args.out, 'profile.md')}")
+    return text
+
+
+if __name__ == "__main__":
+    main()

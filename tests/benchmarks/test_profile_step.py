@@ -1,0 +1,35 @@
+"""benchmarks/profile_step.py: kernel grouping and a CPU run on the micro model."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from benchmarks import profile_step as P  # noqa: E402
+
+
+def test_group_of_known_kernel_names():
+    assert P.group_of("_window_bwd_dq_kernel") == "window attention"
+    assert P.group_of("_semantic_rows_fwd_kernel") == "semantic attention"
+    assert P.group_of("_upsample_ce_kernel").startswith("softmax, upsample")
+    assert P.group_of("aten::upsample_bilinear2d_backward").startswith("softmax, upsample")
+    assert P.group_of("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert P.group_of("aten::mm") == "matmul"
+    assert P.group_of("aten::cudnn_convolution") == "convolution"
+    assert P.group_of("vectorized_layer_norm_kernel") == "normalisation"
+    assert P.group_of("multi_tensor_apply_kernel") == "optimizer"
+    assert P.group_of("aten::copy_") == "copies and layout"
+    assert P.group_of("vectorized_elementwise_kernel<GeluCUDAKernelImpl>") == "other elementwise"
+
+
+def test_cpu_profile_of_the_micro_model(tmp_path):
+    text = P.main(["--device", "cpu", "--model", "semask_swin_micro_fpn", "--img", "64",
+                   "--batch", "2", "--num-classes", "5", "--fused", "reference",
+                   "--warmup", "1", "--rows", "5", "--out", str(tmp_path)])
+    assert (tmp_path / "profile.md").read_text() == text
+    section = text.split("## reference: ")[1]
+    total = float(section.split(" ms")[0])
+    groups = [line.split(" | ") for line in section.splitlines()
+              if line.startswith("| ") and line.endswith("% |")]
+    shares = {g[0][2:]: float(g[1]) for g in groups}
+    assert abs(sum(shares.values()) - total) < 0.01 * total + 0.05
+    assert shares["convolution"] > 0 and shares["matmul"] > 0
+    assert text.count("| `") == 5
