@@ -1,7 +1,9 @@
 """The Triton provider of the fused ops (see :mod:`semask.ops.backend`).
 
 Answers the shared launcher signatures by calling the kernels in
-:mod:`semask.kernels.window_attention` and :mod:`semask.kernels.semantic_attention`.
+:mod:`semask.kernels.window_attention` and :mod:`semask.kernels.semantic_attention`, and
+says whether :mod:`semask.kernels.upsample_cross_entropy` (the fused loss, called by
+:mod:`semask.models.loss`) can run (op "upsample_cross_entropy").
 On CPU tensors it runs only under ``TRITON_INTERPRET=1`` (Triton's interpreter).
 """
 from __future__ import annotations

@@ -28,9 +28,11 @@ bitwise reproducible).
 
 Precision: logits are read in their dtype and every product accumulates in fp32; the
 matrix products use tf32 inputs for half-precision logits (their values are exact in
-tf32; the weights and softmax terms round at 2^-11, finer than the bf16 rounding of the
-unfused loss's upsampled logits and gradient) and, for fp32 logits, three tf32 products
-per product (``tf32x3``: operands split into high and low tf32 parts, about fp32 accuracy).
+tf32; the weights and softmax terms lose up to 2^-10 relative, as tensor cores drop the
+low mantissa bits, finer than the bf16 rounding of the unfused loss's upsampled logits and
+gradient; the weights of 2x, 4x, 8x upsampling are exact) and, for fp32 logits, three tf32
+products per product (``tf32x3``: operands split into high and low tf32 parts, about fp32
+accuracy; not on ROCm, where fp32 logits take the unfused loss).
 """
 from __future__ import annotations
 
@@ -190,6 +192,10 @@ def reasons(tensors, params: dict) -> list[str]:
                    f"pixels per tile")
     if max(logits.numel(), target.numel()) >= 2**31:
         why.append("more than 2^31 elements")
+    if not -2**31 <= params.get("ignore_index", 0) < 2**31:
+        why.append("ignore_index outside the int32 range")
+    if logits.dtype == torch.float32 and torch.version.hip and logits.device.type == "cuda":
+        why.append("fp32 logits need tf32x3 products, which Triton's ROCm backend lacks")
     return why
 
 
@@ -197,7 +203,7 @@ def upsample_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_in
                            grad: bool):
     """logits [B, K, h, w], target [B, H, W] -> (loss sum fp32 [], dlogits fp32
     [B, K, h, w] of that sum, or None when not ``grad``). Inputs as :func:`reasons` takes."""
-    why = reasons([logits, target], {})
+    why = reasons([logits, target], dict(ignore_index=ignore_index))
     if why:
         raise ValueError("upsample_cross_entropy: " + "; ".join(why))
     logits, target = logits.contiguous(), target.contiguous()

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.backend import refuse_double_backward
 from .heads import resize
 
 
@@ -35,7 +36,7 @@ def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
 def _pixel_loss_sum(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
     """Sum over pixels of the per-pixel cross-entropy (ignored pixels 0), in fp32 or fp64."""
     up = resize(logits, target.shape[1:]).to(_loss_dtype(logits.dtype))
-    return F.cross_entropy(up, target, ignore_index=ignore_index, reduction="sum")
+    return F.cross_entropy(up, target.long(), ignore_index=ignore_index, reduction="sum")
 
 
 def _chunked_sum(logits: Tensor, target: Tensor, ignore_index: int, chunk: int) -> Tensor:
@@ -44,6 +45,13 @@ def _chunked_sum(logits: Tensor, target: Tensor, ignore_index: int, chunk: int) 
     for i in range(0, logits.shape[0], chunk):
         total += _pixel_loss_sum(logits[i:i + chunk], target[i:i + chunk], ignore_index)
     return total
+
+
+def _scaled(dlogits: Tensor, grad: Tensor, dtype: torch.dtype) -> Tensor:
+    """dlogits * grad in fp32 (or fp64) as ``dtype``; exact zeros stay zero (as the
+    unfused backward's at ignored pixels) when grad is inf, the all-ignored mean's 1/0."""
+    scaled = dlogits.to(_loss_dtype(dlogits.dtype)) * grad
+    return torch.where(dlogits != 0, scaled, 0).to(dtype)
 
 
 class _ChunkedLossSum(torch.autograd.Function):
@@ -67,11 +75,10 @@ class _ChunkedLossSum(torch.autograd.Function):
         return total
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
+        refuse_double_backward("the chunked loss")
         (dlogits,) = ctx.saved_tensors
-        scaled = dlogits.to(_loss_dtype(dlogits.dtype)) * grad
-        return scaled.to(dlogits.dtype), None, None, None
+        return _scaled(dlogits, grad, dlogits.dtype), None, None, None
 
 
 class _FusedLossSum(torch.autograd.Function):
@@ -89,16 +96,17 @@ class _FusedLossSum(torch.autograd.Function):
         return total.to(_loss_dtype(logits.dtype))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
+        refuse_double_backward("the fused loss")
         (dlogits,) = ctx.saved_tensors
-        return (dlogits * grad).to(ctx.dtype), None, None, None
+        return _scaled(dlogits, grad, ctx.dtype), None, None, None
 
 
-def fused_loss_reasons(logits: Tensor, target: Tensor) -> list[str]:
+def fused_loss_reasons(logits: Tensor, target: Tensor, ignore_index: int = 255) -> list[str]:
     """Why the fused Triton loss cannot take these inputs (empty: it can)."""
     from semask.kernels.provider import PROVIDER
-    return PROVIDER.reasons("upsample_cross_entropy", [logits, target], {})
+    return PROVIDER.reasons("upsample_cross_entropy", [logits, target],
+                            dict(ignore_index=ignore_index))
 
 
 def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255,
@@ -110,9 +118,10 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
     ``avg_non_ignore`` (NaN when none is, as ``F.cross_entropy``); ``chunk``: images per
     piece (None: the whole batch at once; also under ``torch.compile``). The chunked loss
     takes its gradient in the forward whenever the logits require one, and differentiates
-    once (no ``create_graph`` double backward: use ``chunk=None`` for gradient penalties).
-    ``fused``: use the fused Triton kernel where it runs (``chunk`` then does not matter);
-    it also takes its gradient in the forward and differentiates once.
+    once (a ``create_graph`` backward raises: use ``chunk=None, fused=False`` for gradient
+    penalties). ``fused``: use the fused Triton kernel where it runs (then ``chunk`` does
+    not matter; not under ``torch.compile``); it also takes its gradient in the forward
+    and differentiates once. ``target``: int64 or int32 class indices.
     """
     if target.dim() != 3 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"target must be [B, H, W] long with B = {logits.shape[0]}, "
@@ -122,7 +131,7 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
     if torch.compiler.is_compiling():
         # one piece under torch.compile: it traces no autograd.grad inside a forward
         total = _pixel_loss_sum(logits, target, ignore_index)
-    elif fused and not fused_loss_reasons(logits, target):
+    elif fused and not fused_loss_reasons(logits, target, ignore_index):
         grad = torch.is_grad_enabled() and logits.requires_grad
         total = _FusedLossSum.apply(logits, target, ignore_index, grad)
     elif chunk is None:

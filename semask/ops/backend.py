@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 BACKEND_ENV = "SEMASK_BACKEND"
 CHOICES = ("auto", "torch", "triton", "cuda")
@@ -44,6 +45,7 @@ _PROVIDER_MODULES = {
 }
 _providers: dict = {}
 _warned: set = set()
+_choices: dict = {}
 
 
 class BackendUnavailable(RuntimeError):
@@ -119,11 +121,41 @@ class TensorInfo(NamedTuple):
 
 
 def choose(requested: str, op: str, tensors: list[Tensor], params: dict) -> str:
-    """Resolve ``requested`` (one of :data:`CHOICES`) to a runnable backend name."""
+    """Resolve ``requested`` (one of :data:`CHOICES`) to a runnable backend name.
+
+    In eager mode a fused choice is remembered per (request, op, tensor descriptions,
+    params, TRITON_INTERPRET, loaded providers), so repeated calls skip the providers'
+    checks; fallbacks to the reference are not remembered (they warn once on their own)."""
     if requested == "torch":
         return "torch"
     infos = tuple([_describe(t) for t in tensors])
-    return _choose(requested, op, infos, tuple(sorted(params.items())))
+    items = tuple(sorted(params.items()))
+    if torch.compiler.is_compiling():
+        return _choose(requested, op, infos, items)
+    key = (requested, op, infos, items, os.environ.get("TRITON_INTERPRET"),
+           tuple(map(id, _providers.values())))
+    name = _choices.get(key)
+    if name is None:
+        name = _choose(requested, op, infos, items)
+        if name != "torch":
+            _choices[key] = name
+    return name
+
+
+def refuse_double_backward(what: str) -> None:
+    """Raise when a backward runs with grad mode on (``create_graph=True``): the fused
+    backwards are not differentiable, and their results would silently drop the second-
+    order terms (e.g. of a gradient penalty)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{what} differentiates once: create_graph=True (a gradient penalty, "
+                           f"a double backward) needs the PyTorch reference path")
+
+
+def eager_dispatch() -> bool:
+    """Whether a fused op may call its provider through a plain autograd Function (far
+    less host time per call than the custom op): not while torch.compile traces and not
+    under a dispatch mode (FlopCounterMode, FakeTensorMode), which must see the custom op."""
+    return not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
 
 
 def _describe(t: Tensor) -> tuple:

@@ -46,13 +46,34 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _backward(ctx, dout, _dlse):
+def _grads(bwd, ctx, dout):
+    """(dq, dk, dv, None, None) from the saved tensors, by ``bwd`` (custom op or launcher)."""
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _bwd(dout.contiguous(), q, k, v, out, lse, *ctx.params)
+    dq, dk, dv = bwd(dout.contiguous(), q, k, v, out, lse, *ctx.params)
     return dq, dk, dv, None, None
 
 
-_fwd.register_autograd(_backward, setup_context=_setup_context)
+def _provider_bwd(dout, q, k, v, out, lse, window, provider):
+    return _backend.get_provider(provider).semantic_attention_bwd(dout, q, k, v, out, lse, window)
+
+
+_fwd.register_autograd(lambda ctx, dout, _dlse: _grads(_bwd, ctx, dout),
+                       setup_context=_setup_context)
+
+
+class _EagerFused(torch.autograd.Function):
+    """The custom op's forward and backward without the dispatcher (eager mode)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, window, provider):
+        output = _backend.get_provider(provider).semantic_attention_fwd(q, k, v, window)
+        _setup_context(ctx, (q, k, v, window, provider), output)
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        _backend.refuse_double_backward("semask semantic_attention (fused)")
+        return _grads(_provider_bwd, ctx, dout)
 
 
 def check_semantic_attention_inputs(q: Tensor, k: Tensor, v: Tensor, window: int) -> None:
@@ -74,7 +95,8 @@ def semantic_attention(q: Tensor, k: Tensor, v: Tensor, window: int, backend: st
     name = _backend.choose(backend, OP, [q, k, v], dict(window=window))
     if name == "torch":
         return semantic_attention_reference(q, k, v, window)
-    return _fwd(q, k, v, window, name)[0]
+    run = _EagerFused.apply if _backend.eager_dispatch() else _fwd
+    return run(q, k, v, window, name)[0]
 
 
 class SemanticAttention(nn.Module):

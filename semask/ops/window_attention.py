@@ -51,13 +51,36 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _backward(ctx, dout, _dlse):
+def _grads(bwd, ctx, dout):
+    """(dqkv, dtable, None x 5) from the saved tensors, by ``bwd`` (custom op or launcher)."""
     qkv, table, out, lse = ctx.saved_tensors
-    dqkv, dtable = _bwd(dout.contiguous(), qkv, table, out, lse, *ctx.params)
+    dqkv, dtable = bwd(dout.contiguous(), qkv, table, out, lse, *ctx.params)
     return dqkv, dtable, None, None, None, None, None
 
 
-_fwd.register_autograd(_backward, setup_context=_setup_context)
+def _provider_bwd(dout, qkv, table, out, lse, num_heads, window, shift, scale, provider):
+    return _backend.get_provider(provider).window_attention_bwd(
+        dout, qkv, table, out, lse, num_heads, window, shift, scale)
+
+
+_fwd.register_autograd(lambda ctx, dout, _dlse: _grads(_bwd, ctx, dout),
+                       setup_context=_setup_context)
+
+
+class _EagerFused(torch.autograd.Function):
+    """The custom op's forward and backward without the dispatcher (eager mode)."""
+
+    @staticmethod
+    def forward(ctx, qkv, table, num_heads, window, shift, scale, provider):
+        output = _backend.get_provider(provider).window_attention_fwd(
+            qkv, table, num_heads, window, shift, scale)
+        _setup_context(ctx, (qkv, table, num_heads, window, shift, scale, provider), output)
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        _backend.refuse_double_backward("semask window_attention (fused)")
+        return _grads(_provider_bwd, ctx, dout)
 
 
 def check_window_attention_inputs(qkv: Tensor, table: Tensor, num_heads: int, window: int,
@@ -92,7 +115,8 @@ def window_attention(qkv: Tensor, table: Tensor, num_heads: int, window: int, sh
     name = _backend.choose(backend, OP, [qkv, table], params)
     if name == "torch":
         return window_attention_reference(qkv, table, num_heads, window, shift, scale)
-    return _fwd(qkv, table, num_heads, window, shift, scale, name)[0]
+    run = _EagerFused.apply if _backend.eager_dispatch() else _fwd
+    return run(qkv, table, num_heads, window, shift, scale, name)[0]
 
 
 class WindowAttention(nn.Module):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from semask.kernels import upsample_cross_entropy as uce
-from semask.models.loss import upsampled_cross_entropy
+from semask.models.loss import fused_loss_reasons, upsampled_cross_entropy
 from rule import check_rule
 from sm90 import compile_sm90, no_spills, run_without_interpreter
 
@@ -111,6 +111,7 @@ def test_bad_inputs_are_named():
     assert "expected logits" in why(logits.float()[0], target)
     assert "not int64 or int32" in why(logits.float(), target.float())
     assert "empty" in why(logits.float()[:0], target[:0])
+    assert "int32 range" in " ".join(uce.reasons([logits.float(), target], dict(ignore_index=2**40)))
     with pytest.raises(ValueError, match="dtype torch.float64"):
         uce.upsample_cross_entropy(logits, target, IGNORE, grad=False)
 
@@ -120,6 +121,7 @@ def test_loss_function_fused_path_matches_the_unfused_one(avg_non_ignore):
     """upsampled_cross_entropy(fused=True): value and gradient (with an upstream scale) as
     the one-piece loss; without grad mode no gradient is kept."""
     logits, target = make_inputs(2, 19, 8, 10, 32, 40, seed=3)
+    assert not fused_loss_reasons(logits.float(), target)  # the kernel does run
     grads = []
     for fused in (True, False):
         x = logits.float().requires_grad_()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import semask
-from semask.models.loss import upsampled_cross_entropy
+from semask.models.loss import fused_loss_reasons, upsampled_cross_entropy
 
 IGNORE = 255
 
@@ -134,12 +134,35 @@ def test_chunked_loss_without_gradient():
                                want.detach(), rtol=1e-12, atol=0)
 
 
-def test_chunked_loss_refuses_double_backward():
-    logits, target = make()
-    loss = upsampled_cross_entropy(logits, target, chunk=1)
-    (grad,) = torch.autograd.grad(loss, logits, create_graph=True)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(grad.square().sum(), logits)
+@pytest.mark.parametrize("kwargs", [dict(chunk=1), dict(fused=True)])
+def test_chunked_and_fused_losses_refuse_create_graph(kwargs):
+    """A gradient penalty needs second-order terms these losses do not have: the
+    create_graph backward raises (instead of returning a gradient that drops them)."""
+    logits, target = make(dtype=torch.float32 if "fused" in kwargs else torch.float64)
+    if "fused" in kwargs:
+        assert not fused_loss_reasons(logits, target)
+    loss = upsampled_cross_entropy(logits, target, **kwargs)
+    with pytest.raises(RuntimeError, match="differentiates once"):
+        torch.autograd.grad(loss, logits, create_graph=True)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(chunk=2), dict(fused=True)])
+def test_all_pixels_ignored_mean_gives_zero_gradients(kwargs):
+    """avg_non_ignore over no counted pixel: the loss is NaN (as F.cross_entropy's) but
+    the gradient is zero, not NaN (the upstream gradient is 1/0)."""
+    logits, _ = make(dtype=torch.float32)
+    target = torch.full((3, 27, 35), IGNORE)
+    loss = upsampled_cross_entropy(logits, target, IGNORE, avg_non_ignore=True, **kwargs)
+    loss.backward()
+    assert loss.isnan() and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_int32_targets_on_every_path():
+    logits, target = make(dtype=torch.float32)
+    want = upsampled_cross_entropy(logits, target)
+    for kwargs in (dict(), dict(chunk=2), dict(fused=True)):
+        got = upsampled_cross_entropy(logits, target.int(), **kwargs)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
 
 def test_chunked_loss_compiles_fullgraph():
@@ -168,6 +191,7 @@ def test_model_fused_loss_default_and_values():
     target = torch.randint(0, 5, (2, 40, 48))
     target[:, :4] = IGNORE
     out = model(images)
+    assert not fused_loss_reasons(out.decode_logits, target)  # the kernel does run
     results = []
     for fused_loss in (True, False):
         model.fused_loss = fused_loss

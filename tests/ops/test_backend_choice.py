@@ -85,3 +85,47 @@ def test_bad_shapes_raise_clear_errors():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="one device"):
             semask.ops.window_attention(torch.randn(1, 7, 7, 96).cuda(), table, 2, 7, 0, 0.2, backend="auto")
+
+
+def test_fused_choice_is_remembered_per_inputs(monkeypatch):
+    """Eager calls ask the provider once per input description; another last dim, another
+    TRITON_INTERPRET or another provider object asks again."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(backend, "_choices", {})
+    provider = backend.get_provider("triton")
+    asked = []
+    real = type(provider).reasons
+    monkeypatch.setattr(type(provider), "reasons",
+                        lambda self, op, tensors, params: asked.append(op) or real(self, op, tensors, params))
+    params = dict(num_heads=1, window=7, shift=0)
+    qkv, table = torch.randn(2, 14, 7, 96), torch.randn(169, 1)
+    for _ in range(3):
+        assert backend.choose("triton", "window_attention", [qkv, table], params) == "triton"
+    assert asked == ["window_attention"]
+    backend.choose("triton", "window_attention", [torch.randn(1, 7, 7, 3 * 64), table], params)
+    assert len(asked) == 2
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(backend.BackendUnavailable, match="TRITON_INTERPRET"):
+        backend.choose("triton", "window_attention", [qkv, table], params)
+
+
+def test_eager_fused_ops_differentiate_once(monkeypatch):
+    """The eager path (a plain autograd Function) refuses a create_graph backward instead
+    of returning gradients without their second-order terms; a plain backward works."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    qkv = torch.randn(1, 7, 7, 3 * 16, requires_grad=True)
+    table = torch.randn(169, 1)
+    q, k, v = (torch.randn(1, 7, 7, n, requires_grad=True) for n in (5, 5, 16))
+    for out, x in ((semask.ops.window_attention(qkv, table, 1, 7, 3, 0.25, backend="triton"), qkv),
+                   (semask.ops.semantic_attention(q, k, v, 7, backend="triton"), v)):
+        with pytest.raises(RuntimeError, match="differentiates once"):
+            torch.autograd.grad(out.square().sum(), x, create_graph=True, retain_graph=True)
+        (grad,) = torch.autograd.grad(out.square().sum(), x)
+        assert grad.shape == x.shape and not grad.requires_grad
+
+
+def test_eager_dispatch_defers_to_dispatch_modes():
+    from torch.utils.flop_counter import FlopCounterMode
+    assert backend.eager_dispatch()
+    with FlopCounterMode(display=False):
+        assert not backend.eager_dispatch()
