@@ -2,7 +2,9 @@
 
 A window-attention case is one attention call of one Swin block at a stage's shape:
 qkv [B, Hp, Wp, 3C] of the zero-padded map -> out [B, Hp, Wp, C]. A semantic case is one
-semantic-layer attention call: q, k [B, Hp, Wp, K], v [B, Hp, Wp, C]. A model case is a
+semantic-layer attention call: q, k [B, Hp, Wp, K], v [B, Hp, Wp, C]. A loss case is one
+of the model's two losses: stride-4 logits [B, K, h, w] upsampled to the labels [B, H, W]
+and cross-entropy (sum over pixels; fwd_bwd: with the logits' gradient). A model case is a
 whole SeMask-Swin FPN: inference (mode ``fwd``) or one training step (mode ``fwd_bwd``:
 forward, loss, backward and an AdamW step).
 
@@ -11,6 +13,8 @@ Bytes model (the fewest bytes a fused kernel must move; PERF_MODEL.md):
              bwd: read qkv, out, dout, lse; write dqkv  T * 8C * e + T * heads * 4
     semantic fwd: read q, k, v, write out              T * (2K + 2C) * e
              bwd: read q, k, v, out, dout, lse; write dq, dk, dv   T * (4K + 4C) * e + T * 4
+    loss     fwd: read logits and int64 labels          B*K*h*w * e + B*H*W * 8
+             fwd_bwd: also write the logits' gradient   + B*K*h*w * e
 T = B * Hp * Wp tokens (padding included), e = bytes per element; the float32 log-sum-exp
 is written by the forward when a backward follows. The small bias table is left out.
 """
@@ -24,7 +28,7 @@ from semask.models.semask import VARIANTS, default_semantic_windowed
 ARCH = {"swin_t": "tiny", "swin_s": "small", "swin_b": "base", "swin_l": "large"}
 SEMASK_ARCH = {"semask_t": "tiny", "semask_s": "small", "semask_b": "base", "semask_l": "large"}
 MODES = ("fwd", "fwd_bwd")
-KINDS = ("window", "semantic", "model")
+KINDS = ("window", "semantic", "loss", "model")
 ADE_CLASSES = 150
 
 
@@ -65,6 +69,8 @@ class Case:
             mode = f"window {p['window']}" if p["window"] else "global"
             return (f"q,k {self.batch}x{p['Hp']}x{p['Wp']}x{p['K']}, v {self.batch}x{p['Hp']}x"
                     f"{p['Wp']}x{p['C']}, {mode}")
+        if self.kind == "loss":
+            return f"logits {self.batch}x{p['K']}x{p['h']}x{p['w']} -> labels {p['H']}x{p['W']}"
         return f"images {self.batch}x3x{p['img']}x{p['img']}, K {p['K']}"
 
     def tokens(self) -> int:
@@ -97,6 +103,19 @@ def semantic_case(arch: str, img: int, stage: int, mode: str, batch: int,
     return Case(name, "semantic", mode, batch, p)
 
 
+# (classes, label height, label width) of the loss cases: ADE20K 512 crops, Cityscapes 512x1024
+LOSS_DATASETS = {"ade20k": (ADE_CLASSES, 512, 512), "cityscapes": (19, 512, 1024)}
+
+
+def loss_case(dataset: str, mode: str, batch: int, size: tuple[int, int] | None = None) -> Case:
+    """The decode loss of a SeMask-Swin FPN model on ``dataset``'s crops (or ``size``):
+    logits at stride 4."""
+    K, H, W = LOSS_DATASETS[dataset]
+    H, W = size or (H, W)
+    p = dict(K=K, H=H, W=W, h=math.ceil(H / 4), w=math.ceil(W / 4), img=H)
+    return Case(f"loss/{dataset}-{H}x{W}", "loss", mode, batch, p)
+
+
 def model_case(model: str, img: int, mode: str, batch: int, num_classes: int = ADE_CLASSES) -> Case:
     return Case(f"model/{model}-{img}", "model", mode, batch, dict(model=model, img=img, K=num_classes))
 
@@ -109,6 +128,11 @@ def bytes_moved(case: Case, dtype_name: str) -> int | None:
     """Fewest bytes the op must move for ``case`` (None for model cases)."""
     if case.kind == "model":
         return None
+    if case.kind == "loss":
+        p, e = case.params, element_size(dtype_name)
+        logits = case.batch * p["K"] * p["h"] * p["w"] * e
+        labels = case.batch * p["H"] * p["W"] * 8
+        return logits + labels if case.mode == "fwd" else 2 * logits + labels
     e, T, p = element_size(dtype_name), case.tokens(), case.params
     if case.kind == "window":
         fwd, lse, bwd = T * 4 * p["C"] * e, T * p["heads"] * 4, T * 8 * p["C"] * e + T * p["heads"] * 4
@@ -119,7 +143,10 @@ def bytes_moved(case: Case, dtype_name: str) -> int | None:
 
 
 def attention_flops(case: Case) -> int:
-    """FLOPs of the reference's attention matmuls (2 per multiply-add): fwd 2, fwd_bwd 6."""
+    """FLOPs of the reference's attention matmuls (2 per multiply-add): fwd 2, fwd_bwd 6;
+    0 for a loss case (FlopCounterMode counts no matmul there)."""
+    if case.kind == "loss":
+        return 0
     p, T = case.params, case.tokens()
     if case.kind == "window":
         fwd = 4 * T * p["window"] ** 2 * p["C"]
@@ -155,6 +182,9 @@ def full_cases(batch: int, model_batch: int | None) -> list[Case]:
             for stage in (2, 3):  # global attention at SeMask-B's shapes too (a per-stage option)
                 for mode in MODES:
                     cases.append(semantic_case("semask_b", img, stage, mode, batch, windowed=False))
+            for dataset in LOSS_DATASETS:
+                for mode in MODES:
+                    cases.append(loss_case(dataset, mode, batch))
             for model in MODELS:
                 b = model_batch or MODEL_BATCH.get(model, 8)
                 for mode in MODES:
@@ -164,13 +194,14 @@ def full_cases(batch: int, model_batch: int | None) -> list[Case]:
 
 def _priority(cases: list[Case]) -> list[Case]:
     """Put the cases the goals of issue 4 name first (Swin-T 512 shifted, SeMask-T 512,
-    SeMask-T model), keeping the rest in order."""
+    the ADE20K loss and the SeMask-T model), keeping the rest in order."""
     def rank(c: Case) -> int:
         if c.kind == "window" and c.params["arch"] == "swin_t" and c.params["img"] == 512:
             return 0
         if c.kind == "semantic" and c.params["arch"] == "semask_t":
             return 1
-        if c.kind == "model" and c.params["model"] == "semask_swin_tiny_fpn":
+        if c.kind == "model" and c.params["model"] == "semask_swin_tiny_fpn" or \
+                c.kind == "loss" and c.name.startswith("loss/ade20k"):
             return 2
         return 3
     return sorted(cases, key=rank)  # stable
@@ -186,6 +217,7 @@ def quick_cases(batch: int | None) -> list[Case]:
                   window_case("swin_t", 224, 0, False, mode, b),
                   semantic_case("semask_t", 224, 1, mode, b),
                   semantic_case("semask_t", 224, 3, mode, b),
+                  loss_case("ade20k", mode, b, size=(64, 64)),
                   model_case("semask_swin_tiny_fpn", 224, mode, b)]
     return cases
 

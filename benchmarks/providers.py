@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import semask
+from semask.models.loss import upsampled_cross_entropy
 from semask.ops import backend as _backend
 from semask.ops.reference import (relative_position_bias, semantic_attention_reference,
                                   shift_attn_mask, window_attention_reference, window_partition,
@@ -38,7 +39,9 @@ _sem_mod = importlib.import_module("semask.ops.semantic_attention")
 PROVIDERS = ("reference", "sdpa", "compile", "triton", "cuda")
 FUSED = ("triton", "cuda")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-OP_NAME = {"window": "window_attention", "semantic": "semantic_attention"}
+OP_NAME = {"window": "window_attention", "semantic": "semantic_attention",
+           "loss": "upsample_cross_entropy"}
+IGNORE = 255  # label of the loss cases' ignored pixels
 
 
 class Skip(Exception):
@@ -116,7 +119,8 @@ def sdpa_in_reference_model():
 def fused_reasons(provider: str, op: str, tensors: list, params: dict) -> list[str]:
     """Why a fused provider cannot run (empty: it can); any failure becomes a reason."""
     try:
-        reasons = _backend.common_reasons(tensors) or _backend.not_supported_reasons(
+        floats = [t for t in tensors if t.is_floating_point()]  # not the loss's labels
+        reasons = _backend.common_reasons(floats) or _backend.not_supported_reasons(
             provider, op, tensors, params)
     except Exception as exc:  # e.g. the kernel module is not written yet
         reasons = [f"{provider} backend failed to load ({type(exc).__name__}: {exc})"]
@@ -141,6 +145,10 @@ def op_inputs(case: Case, device: str, dtype: torch.dtype, requires_grad: bool) 
     if case.kind == "window":
         return dict(qkv=rnd(B, p["Hp"], p["Wp"], 3 * p["C"]),
                     table=rnd((2 * p["window"] - 1) ** 2, p["heads"], std=0.02))
+    if case.kind == "loss":  # a band of ignored pixels, as crops padded with 255
+        target = torch.randint(0, p["K"], (B, p["H"], p["W"]), generator=g, device=device)
+        target[:, : p["H"] // 16] = IGNORE
+        return dict(logits=rnd(B, p["K"], p["h"], p["w"], std=2.0), target=target)
     # semantic logits of a trained layer are larger than unit scale; 0.5 keeps the
     # unscaled softmax well-conditioned for every K
     return dict(q=rnd(B, p["Hp"], p["Wp"], p["K"], std=0.5), k=rnd(B, p["Hp"], p["Wp"], p["K"], std=0.5),
@@ -156,6 +164,9 @@ def op_forward(case: Case, provider: str) -> Callable:
             return lambda qkv, table: _win_mod.window_attention(qkv, table, *args, backend=provider)
         fn = sdpa_window_attention if provider == "sdpa" else window_attention_reference
         return lambda qkv, table: fn(qkv, table, *args)
+    if case.kind == "loss":  # the model's loss: one piece (reference) or the fused kernel
+        fused = provider == "triton"
+        return lambda logits, target: upsampled_cross_entropy(logits, target, IGNORE, fused=fused)
     w = p["window"]
     if provider in FUSED:
         return lambda q, k, v: _sem_mod.semantic_attention(q, k, v, w, backend=provider)
@@ -164,6 +175,8 @@ def op_forward(case: Case, provider: str) -> Callable:
 
 
 def _out_shape(inputs: dict) -> tuple:
+    if "logits" in inputs:  # a loss: a scalar
+        return ()
     first = next(iter(inputs.values()))
     C = first.shape[3] // 3 if "qkv" in inputs else inputs["v"].shape[3]
     return (*first.shape[:3], C)
@@ -176,7 +189,7 @@ def _op_step(forward: Callable, inputs: dict, mode: str, dout) -> Callable:
             with torch.no_grad():
                 return forward(**inputs)
         return step
-    leaves = tuple(inputs.values())
+    leaves = tuple(t for t in inputs.values() if t.requires_grad)
 
     def step():
         out = forward(**inputs)
@@ -196,10 +209,14 @@ def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepa
     dtype = DTYPES[dtype_name]
     inputs = op_inputs(case, device, dtype, case.mode == "fwd_bwd")
     note = ""
+    if case.kind == "loss" and provider in ("sdpa", "cuda"):
+        raise Skip("no fused loss in the cuda extension" if provider == "cuda" else
+                   "SDPA applies to the attention cases only")
     if provider in FUSED:
         p = case.params
         params = (dict(num_heads=p["heads"], window=p["window"], shift=p["shift"])
-                  if case.kind == "window" else dict(window=p["window"]))
+                  if case.kind == "window" else dict(ignore_index=IGNORE)
+                  if case.kind == "loss" else dict(window=p["window"]))
         reasons = fused_reasons(provider, OP_NAME[case.kind], list(inputs.values()), params)
         if reasons:
             raise Skip("; ".join(reasons))
@@ -218,7 +235,8 @@ def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepa
 
     def error() -> float:
         """Against the float32 reference on the same (rounded) inputs."""
-        ref_inputs = {k: v.detach().float().requires_grad_(v.requires_grad) for k, v in inputs.items()}
+        ref_inputs = {k: v.detach().float().requires_grad_(v.requires_grad)
+                      if v.is_floating_point() else v for k, v in inputs.items()}
         ref_step = _op_step(op_forward(case, "reference"), ref_inputs, case.mode,
                             None if dout is None else dout.float())
         return _rel_error(step(), ref_step())
@@ -234,6 +252,8 @@ def meta_flops(case: Case, provider: str, dtype_name: str) -> int:
     through their custom op's fake implementation and the formula in semask.ops.flops."""
     from .measure import count_flops
 
+    if case.kind == "loss":
+        return 0  # upsampling and cross-entropy: no matmul, nothing FlopCounterMode counts
     dtype = DTYPES[dtype_name]
     inputs = op_inputs_meta(case, dtype, case.mode == "fwd_bwd")
     p = case.params

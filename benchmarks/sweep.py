@@ -1,8 +1,9 @@
 """Sweep the Triton kernels' launch configurations at the real stage shapes (for tuning).
 
-For every window / semantic op case of ``benchmarks/cases.py`` (512 inputs) and every
-candidate configuration of each direction (forward kernel; backward kernels given the
-default forward's out and lse), this script runs the kernel, checks its results against
+For every window / semantic / loss op case of ``benchmarks/cases.py`` (512 inputs) and
+every candidate configuration of each direction (forward kernel; backward kernels given
+the default forward's out and lse; for the fused loss, its loss + gradient launch,
+direction "fwd"), this script runs the kernel, checks its results against
 the default configuration's (max |x - x_default| / max |x_default|; the default is the
 one the tests check against the reference), and times it (``triton.testing.do_bench``
 median on GPU; one call on CPU). Nothing in the package changes: the candidates are set
@@ -32,6 +33,7 @@ from benchmarks import cases as C  # noqa: E402
 from benchmarks import measure, providers  # noqa: E402
 from semask.kernels import semantic_attention as SA  # noqa: E402
 from semask.kernels import semantic_window as SW  # noqa: E402
+from semask.kernels import upsample_cross_entropy as UCE  # noqa: E402
 from semask.kernels import window_attention as WA  # noqa: E402
 
 DIRECTIONS = ("fwd", "bwd")
@@ -65,6 +67,31 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, direction: st
     cands = [dict(BLOCK_M=mn, BLOCK_N=mn, BLOCK_K=block_k, BLOCK_C=c, num_warps=w, num_stages=s)
              for mn, c, w, s in itertools.product(mns, cs, (4, 8), stages) if mn <= max(32, SA._pow2(N))]
     return [cands[0], cands[-1]] if quick else cands
+
+
+def loss_candidates(quick: bool) -> list[dict]:
+    """Output tile (TILE_Y x TILE_X pixels), BLOCK_K class chunk, num_warps."""
+    tiles = ((8, 8), (8, 16), (4, 16), (16, 8), (4, 32), (16, 16))
+    cands = [dict(TILE_Y=ty, TILE_X=tx, BLOCK_K=bk, num_warps=w)
+             for (ty, tx), bk, w in itertools.product(tiles, (16, 32, 64), (2, 4, 8))]
+    return [cands[0], cands[-1]] if quick else cands
+
+
+@contextlib.contextmanager
+def loss_config(cfg: dict):
+    """Make the fused loss kernel's ``_config`` answer ``cfg`` (spans and slots derived)."""
+    default = UCE._config
+
+    def patched(h, w, H, W, K, dtype):
+        span_y, span_x = UCE._span(h, H, cfg["TILE_Y"]), UCE._span(w, W, cfg["TILE_X"])
+        slots = max(16, 1 << (span_y * span_x - 1).bit_length())
+        return dict(cfg, SPAN_Y=span_y, SPAN_X=span_x, SLOTS=slots)
+
+    UCE._config = patched
+    try:
+        yield
+    finally:
+        UCE._config = default
 
 
 @contextlib.contextmanager
@@ -127,7 +154,39 @@ def _time_ms(fn, device: str) -> float:
     return measure.time_ms(fn, device, target_s=0.04, max_reps=1, min_reps=1)
 
 
+def _try(base: dict, cfg: dict, setting, call, expected, device: str, deadline: float) -> dict:
+    """One candidate: its agreement with the default configuration's results and its time."""
+    row = dict(base, config=cfg, time_ms=None, rel_err=None, error=None)
+    if time.perf_counter() > deadline:
+        row["error"] = "time budget exhausted"
+        return row
+    try:
+        with setting(cfg):
+            got = call()
+            row["rel_err"] = providers._rel_error(got if isinstance(got, tuple) else (got,), expected)
+            row["time_ms"] = _time_ms(call, device)
+    except Exception as exc:  # a configuration the compiler rejects, say
+        row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+    return row
+
+
+def sweep_loss_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: float) -> list[dict]:
+    """The fused loss kernel's loss + gradient launch under every candidate configuration."""
+    inputs = providers.op_inputs(case, device, dtype, requires_grad=False)
+
+    def call():
+        return UCE.upsample_cross_entropy(inputs["logits"], inputs["target"], providers.IGNORE, True)
+
+    expected = call()
+    base = dict(case=case.name, shape=case.shape(), direction="fwd")
+    rows = [dict(base, config="default", time_ms=_time_ms(call, device), rel_err=0.0, error=None)]
+    return rows + [_try(base, cfg, loss_config, call, expected, device, deadline)
+                   for cfg in loss_candidates(quick)]
+
+
 def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: float) -> list[dict]:
+    if case.kind == "loss":
+        return sweep_loss_case(case, device, dtype, quick, deadline)
     forward, backward = _runners(case, device, dtype)
     out, lse = forward()
     expected = {"fwd": (out,), "bwd": tuple(backward(out, lse))}
@@ -146,20 +205,8 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
             whole_rows = SW.supports(n, p["window"])
             cands = semantic_candidates(n, p["K"], p["C"], whole_rows, direction, quick)
             setting = lambda cfg: semantic_config(whole_rows, direction, cfg)  # noqa: E731
-        for cfg in cands:
-            row = dict(base, config=cfg, time_ms=None, rel_err=None, error=None)
-            if time.perf_counter() > deadline:
-                row["error"] = "time budget exhausted"
-            else:
-                try:
-                    with setting(cfg):
-                        got = calls[direction]()
-                        row["rel_err"] = providers._rel_error(
-                            got if isinstance(got, tuple) else (got,), expected[direction])
-                        row["time_ms"] = _time_ms(calls[direction], device)
-                except Exception as exc:  # a configuration the compiler rejects, say
-                    row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
-            rows.append(row)
+        rows += [_try(base, cfg, setting, calls[direction], expected[direction], device, deadline)
+                 for cfg in cands]
     return rows
 
 
@@ -170,9 +217,10 @@ def sweep_cases(quick: bool, batch: int) -> list:
                      dict(Hp=14, Wp=14, C=64, heads=2, window=7, shift=3))
         sem = C.Case("semantic/quick/win7", "semantic", "fwd", 1, dict(Hp=14, Wp=14, K=19, C=32, window=7))
         glob = C.Case("semantic/quick/global", "semantic", "fwd", 1, dict(Hp=17, Wp=16, K=19, C=32, window=0))
-        return [win, sem, glob]
+        loss = C.loss_case("cityscapes", "fwd", 1, size=(16, 24))
+        return [win, sem, glob, loss]
     return [c for c in C.full_cases(batch, None)
-            if c.kind in ("window", "semantic") and c.mode == "fwd" and c.params["img"] == 512]
+            if c.kind in ("window", "semantic", "loss") and c.mode == "fwd" and c.params["img"] == 512]
 
 
 def best_rows(rows: list[dict], max_rel_err: float) -> list[dict]:

@@ -27,18 +27,22 @@ def test_every_configuration_agrees_with_the_default(result):
     res, _ = result
     rows = [r for r in res["rows"] if r["config"] != "default"]
     keys = {(r["case"], r["direction"]) for r in rows}
-    assert {k[0] for k in keys} == {"window/quick/sw", "semantic/quick/win7", "semantic/quick/global"}
+    assert {k[0] for k in keys} == {"window/quick/sw", "semantic/quick/win7", "semantic/quick/global",
+                                    "loss/cityscapes-16x24"}
     assert {k[1] for k in keys} == {"fwd", "bwd"}
+    assert {k[1] for k in keys if k[0].startswith("loss")} == {"fwd"}  # one launch: loss + gradient
     for r in rows:
         assert r["error"] is None, r
         assert r["rel_err"] <= 1e-5 and r["time_ms"] > 0, r
     window_ms = {r["config"]["BLOCK_M"] for r in rows if r["case"].startswith("window")}
     assert window_ms - {64}  # the sweep really ran other tilings than the default (64)
+    loss_tiles = {(r["config"]["TILE_Y"], r["config"]["TILE_X"]) for r in rows if r["case"].startswith("loss")}
+    assert len(loss_tiles) == 2  # quick: the first and the last candidate
 
 
 def test_report_names_the_best_per_case_and_direction(result):
     res, md = result
-    assert len(res["best"]) == 6
+    assert len(res["best"]) == 7
     for b in res["best"]:
         assert b["best_ms"] <= b["default_ms"] and b["speedup"] >= 1.0
         assert b["case"] in md
