@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import semask
-from semask.models.loss import upsampled_cross_entropy
+from semask.models.loss import fused_loss_reasons, upsampled_cross_entropy
 from semask.ops import backend as _backend
 from semask.ops.reference import (relative_position_bias, semantic_attention_reference,
                                   shift_attn_mask, window_attention_reference, window_partition,
@@ -39,8 +39,7 @@ _sem_mod = importlib.import_module("semask.ops.semantic_attention")
 PROVIDERS = ("reference", "sdpa", "compile", "triton", "cuda")
 FUSED = ("triton", "cuda")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-OP_NAME = {"window": "window_attention", "semantic": "semantic_attention",
-           "loss": "upsample_cross_entropy"}
+OP_NAME = {"window": "window_attention", "semantic": "semantic_attention"}
 IGNORE = 255  # label of the loss cases' ignored pixels
 
 
@@ -119,8 +118,7 @@ def sdpa_in_reference_model():
 def fused_reasons(provider: str, op: str, tensors: list, params: dict) -> list[str]:
     """Why a fused provider cannot run (empty: it can); any failure becomes a reason."""
     try:
-        floats = [t for t in tensors if t.is_floating_point()]  # not the loss's labels
-        reasons = _backend.common_reasons(floats) or _backend.not_supported_reasons(
+        reasons = _backend.common_reasons(tensors) or _backend.not_supported_reasons(
             provider, op, tensors, params)
     except Exception as exc:  # e.g. the kernel module is not written yet
         reasons = [f"{provider} backend failed to load ({type(exc).__name__}: {exc})"]
@@ -214,10 +212,12 @@ def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepa
                    "SDPA applies to the attention cases only")
     if provider in FUSED:
         p = case.params
-        params = (dict(num_heads=p["heads"], window=p["window"], shift=p["shift"])
-                  if case.kind == "window" else dict(ignore_index=IGNORE)
-                  if case.kind == "loss" else dict(window=p["window"]))
-        reasons = fused_reasons(provider, OP_NAME[case.kind], list(inputs.values()), params)
+        if case.kind == "loss":  # exactly the check upsampled_cross_entropy(fused=True) makes
+            reasons = fused_loss_reasons(inputs["logits"], inputs["target"], IGNORE)
+        else:
+            params = (dict(num_heads=p["heads"], window=p["window"], shift=p["shift"])
+                      if case.kind == "window" else dict(window=p["window"]))
+            reasons = fused_reasons(provider, OP_NAME[case.kind], list(inputs.values()), params)
         if reasons:
             raise Skip("; ".join(reasons))
         note = interpreter_note(provider, device)

@@ -182,9 +182,9 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
         gc.collect()
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    if case.kind != "model" and not rec["flops"]:
+    if case.kind != "model" and (rec["flops"] is None or rec["flops"] == 0 and case.kind != "loss"):
         # skipped, or a kernel FlopCounterMode has no formula for (e.g. SDPA's CPU flash
-        # path): count the same call on meta tensors
+        # path): count the same call on meta tensors (a loss counts 0: no matmul)
         try:
             rec["flops"] = providers.meta_flops(case, provider, args.dtype)
             rec["flops_source"] = "meta"

@@ -22,9 +22,10 @@ Wt [P, L] is built in registers, so that per chunk of BLOCK_K classes
     z = Wt @ logits[box, chunk]            (forward: online logsumexp over the chunks),
     dbox = Wt^T @ (softmax(z) - onehot)    (gradient: second pass, z recomputed),
 are two small matrix products; ``dbox`` is added atomically (boxes of neighbouring tiles
-overlap by a pixel) into an fp32 gradient. Each program stores its partial loss sum;
-the launcher adds them (deterministic loss; the gradient's fp32 atomic sums are not
-bitwise reproducible).
+overlap by a pixel) into an fp32 gradient. Each program stores its partial loss sum and
+its count of labels outside [0, K); the launcher adds them (deterministic loss; the
+gradient's fp32 atomic sums are not bitwise reproducible) and asserts the count is 0 on
+the device (no host sync).
 
 Precision: logits are read in their dtype and every product accumulates in fp32; the
 matrix products use tf32 inputs for half-precision logits (their values are exact in
@@ -66,7 +67,7 @@ def _first_source(o, scale):
 
 
 @triton.jit
-def _upsample_ce_kernel(X, T, DX, PARTIAL, K, h, w, H, W, scale_y, scale_x, n_ty, n_tx,
+def _upsample_ce_kernel(X, T, DX, PARTIAL, BAD, K, h, w, H, W, scale_y, scale_x, n_ty, n_tx,
                         ignore_index, TILE_Y: tl.constexpr, TILE_X: tl.constexpr,
                         SPAN_Y: tl.constexpr, SPAN_X: tl.constexpr, SLOTS: tl.constexpr,
                         BLOCK_K: tl.constexpr, GRAD: tl.constexpr, PREC: tl.constexpr):
@@ -83,6 +84,7 @@ def _upsample_ce_kernel(X, T, DX, PARTIAL, K, h, w, H, W, scale_y, scale_x, n_ty
     valid = (y < H) & (x < W)
     t = tl.load(T + b64 * H * W + y * W + x, mask=valid, other=ignore_index).to(tl.int32)
     counted = valid & (t != ignore_index)
+    tl.store(BAD + pid, tl.sum((counted & ((t < 0) | (t >= K))).to(tl.int32), 0))
 
     # the low-resolution box and the tile's interpolation matrix Wt [P, SLOTS]
     y_base = _first_source(ty * TILE_Y, scale_y)
@@ -208,17 +210,18 @@ def upsample_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_in
         raise ValueError("upsample_cross_entropy: " + "; ".join(why))
     logits, target = logits.contiguous(), target.contiguous()
     B, K, h, w = logits.shape
-    bad = ((target < 0) | (target >= K)) & (target != ignore_index)
-    if bad.any():
-        raise ValueError(f"upsample_cross_entropy: target holds class {int(target[bad][0])} "
-                         f"outside [0, {K}) that is not ignore_index {ignore_index}")
     H, W = target.shape[1:]
     cfg = _config(h, w, H, W, K, logits.dtype)
     n_ty, n_tx = triton.cdiv(H, cfg["TILE_Y"]), triton.cdiv(W, cfg["TILE_X"])
     partial = torch.empty(B * n_ty * n_tx, device=logits.device, dtype=torch.float32)
+    bad = torch.empty(B * n_ty * n_tx, device=logits.device, dtype=torch.int32)
     dlogits = torch.zeros(logits.shape, device=logits.device, dtype=torch.float32) if grad else None
     prec = "tf32x3" if logits.dtype == torch.float32 else "tf32"
     _upsample_ce_kernel[(B * n_ty * n_tx,)](
-        logits, target, dlogits if grad else partial, partial, K, h, w, H, W, h / H, w / W,
+        logits, target, dlogits if grad else partial, partial, bad, K, h, w, H, W, h / H, w / W,
         n_ty, n_tx, ignore_index, GRAD=grad, PREC=prec, **cfg)
+    # labels outside [0, K): an error without a host sync (a device-side assert on a GPU,
+    # as F.cross_entropy's; a RuntimeError with this message on the CPU)
+    torch._assert_async(bad.sum() == 0, f"upsample_cross_entropy: target holds labels outside "
+                                        f"[0, {K}) that are not ignore_index {ignore_index}")
     return partial.sum(), dlogits

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops.backend import refuse_double_backward
+from ..ops.backend import single_backward
 from .heads import resize
 
 
@@ -47,11 +47,12 @@ def _chunked_sum(logits: Tensor, target: Tensor, ignore_index: int, chunk: int) 
     return total
 
 
-def _scaled(dlogits: Tensor, grad: Tensor, dtype: torch.dtype) -> Tensor:
-    """dlogits * grad in fp32 (or fp64) as ``dtype``; exact zeros stay zero (as the
-    unfused backward's at ignored pixels) when grad is inf, the all-ignored mean's 1/0."""
-    scaled = dlogits.to(_loss_dtype(dlogits.dtype)) * grad
-    return torch.where(dlogits != 0, scaled, 0).to(dtype)
+def _scaled(dlogits: Tensor, grad: Tensor, dtype: torch.dtype, what: str) -> tuple:
+    """The backward's outputs: dlogits * grad in fp32 (or fp64) as ``dtype``, raising if
+    differentiated again (see :func:`semask.ops.backend.single_backward`)."""
+    with torch.no_grad():
+        scaled = (dlogits.to(_loss_dtype(dlogits.dtype)) * grad).to(dtype)
+    return (*single_backward((scaled,), what), None, None, None)
 
 
 class _ChunkedLossSum(torch.autograd.Function):
@@ -76,9 +77,8 @@ class _ChunkedLossSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        refuse_double_backward("the chunked loss")
         (dlogits,) = ctx.saved_tensors
-        return _scaled(dlogits, grad, dlogits.dtype), None, None, None
+        return _scaled(dlogits, grad, dlogits.dtype, "the chunked loss")
 
 
 class _FusedLossSum(torch.autograd.Function):
@@ -97,9 +97,8 @@ class _FusedLossSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        refuse_double_backward("the fused loss")
         (dlogits,) = ctx.saved_tensors
-        return _scaled(dlogits, grad, ctx.dtype), None, None, None
+        return _scaled(dlogits, grad, ctx.dtype, "the fused loss")
 
 
 def fused_loss_reasons(logits: Tensor, target: Tensor, ignore_index: int = 255) -> list[str]:
@@ -118,8 +117,8 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
     ``avg_non_ignore`` (NaN when none is, as ``F.cross_entropy``); ``chunk``: images per
     piece (None: the whole batch at once; also under ``torch.compile``). The chunked loss
     takes its gradient in the forward whenever the logits require one, and differentiates
-    once (a ``create_graph`` backward raises: use ``chunk=None, fused=False`` for gradient
-    penalties). ``fused``: use the fused Triton kernel where it runs (then ``chunk`` does
+    once (differentiating its gradient raises: use ``chunk=None, fused=False`` for
+    gradient penalties). ``fused``: use the fused Triton kernel where it runs (then ``chunk`` does
     not matter; not under ``torch.compile``); it also takes its gradient in the forward
     and differentiates once. ``target``: int64 or int32 class indices.
     """
@@ -140,5 +139,9 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
         total = _ChunkedLossSum.apply(logits, target, ignore_index, chunk)
     else:  # no gradient wanted: nothing to take in the forward
         total = _chunked_sum(logits, target, ignore_index, chunk)
-    count = (target != ignore_index).sum() if avg_non_ignore else target.numel()
-    return total / count
+    if not avg_non_ignore:
+        return total / target.numel()
+    # mean over the counted pixels; NaN when there is none (as F.cross_entropy), with a
+    # zero gradient rather than 0 * (1/0)
+    count = (target != ignore_index).sum()
+    return total / count.clamp_min(1) + torch.where(count == 0, torch.nan, 0.0)

@@ -124,16 +124,19 @@ def choose(requested: str, op: str, tensors: list[Tensor], params: dict) -> str:
     """Resolve ``requested`` (one of :data:`CHOICES`) to a runnable backend name.
 
     In eager mode a fused choice is remembered per (request, op, tensor descriptions,
-    params, TRITON_INTERPRET, loaded providers), so repeated calls skip the providers'
-    checks; fallbacks to the reference are not remembered (they warn once on their own)."""
+    params with their types, TRITON_INTERPRET, the loaded provider objects), so repeated
+    calls skip the providers' checks; fallbacks to the reference are not remembered (they
+    warn once on their own)."""
     if requested == "torch":
         return "torch"
     infos = tuple([_describe(t) for t in tensors])
     items = tuple(sorted(params.items()))
-    if torch.compiler.is_compiling():
+    if not eager_dispatch(tensors):  # tracing: sizes may be symbolic, the choice is traced once
         return _choose(requested, op, infos, items)
-    key = (requested, op, infos, items, os.environ.get("TRITON_INTERPRET"),
-           tuple(map(id, _providers.values())))
+    for name in FUSED_PROVIDERS if requested == "auto" else (requested,):
+        get_provider(name)  # loaded before the key is made
+    key = (requested, op, infos, tuple((k, type(v), v) for k, v in items),
+           os.environ.get("TRITON_INTERPRET"), tuple(_providers.items()))
     name = _choices.get(key)
     if name is None:
         name = _choose(requested, op, infos, items)
@@ -142,20 +145,32 @@ def choose(requested: str, op: str, tensors: list[Tensor], params: dict) -> str:
     return name
 
 
-def refuse_double_backward(what: str) -> None:
-    """Raise when a backward runs with grad mode on (``create_graph=True``): the fused
-    backwards are not differentiable, and their results would silently drop the second-
-    order terms (e.g. of a gradient penalty)."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(f"{what} differentiates once: create_graph=True (a gradient penalty, "
-                           f"a double backward) needs the PyTorch reference path")
-
-
-def eager_dispatch() -> bool:
+def eager_dispatch(tensors=()) -> bool:
     """Whether a fused op may call its provider through a plain autograd Function (far
-    less host time per call than the custom op): not while torch.compile traces and not
-    under a dispatch mode (FlopCounterMode, FakeTensorMode), which must see the custom op."""
-    return not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+    less host time per call than the custom op): plain tensors (no subclass such as
+    DTensor), and not while torch.compile, make_fx, jit.trace or a functorch transform
+    (vmap, grad) traces, nor under a dispatch mode (FlopCounterMode, FakeTensorMode):
+    these must see the custom op."""
+    return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+            and not torch.jit.is_tracing() and not torch._C._are_functorch_transforms_active()
+            and all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors))
+
+
+def single_backward(grads: tuple, what: str) -> tuple:
+    """Gradients of a fused backward (computed without a graph), made to raise when
+    differentiated: under ``create_graph`` (grad mode on) each is an alias whose backward
+    fails with a message, so a gradient penalty through a fused op errors instead of
+    losing its second-order terms, while create_graph uses that do not differentiate
+    through it still work."""
+    if not torch.is_grad_enabled():
+        return grads
+    present = [g for g in grads if g is not None]
+    err = torch._C._functions.DelayedError(
+        f"{what} differentiates once: a gradient penalty (double backward) through it needs "
+        f"the PyTorch reference path", len(present))
+    wrapped = err(*[g.detach().requires_grad_() for g in present])
+    wrapped = iter((wrapped,) if isinstance(wrapped, Tensor) else wrapped)
+    return tuple(None if g is None else next(wrapped) for g in grads)
 
 
 def _describe(t: Tensor) -> tuple:

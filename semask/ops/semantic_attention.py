@@ -72,8 +72,11 @@ class _EagerFused(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        _backend.refuse_double_backward("semask semantic_attention (fused)")
-        return _grads(_provider_bwd, ctx, dout)
+        # the custom op where the backward is traced or counted (compiled autograd, FLOPs)
+        bwd = _provider_bwd if _backend.eager_dispatch() else _bwd
+        with torch.no_grad():
+            grads = _grads(bwd, ctx, dout)
+        return _backend.single_backward(grads, "semask semantic_attention (fused)")
 
 
 def check_semantic_attention_inputs(q: Tensor, k: Tensor, v: Tensor, window: int) -> None:
@@ -95,7 +98,7 @@ def semantic_attention(q: Tensor, k: Tensor, v: Tensor, window: int, backend: st
     name = _backend.choose(backend, OP, [q, k, v], dict(window=window))
     if name == "torch":
         return semantic_attention_reference(q, k, v, window)
-    run = _EagerFused.apply if _backend.eager_dispatch() else _fwd
+    run = _EagerFused.apply if _backend.eager_dispatch([q, k, v]) else _fwd
     return run(q, k, v, window, name)[0]
 
 

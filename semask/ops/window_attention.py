@@ -79,8 +79,11 @@ class _EagerFused(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        _backend.refuse_double_backward("semask window_attention (fused)")
-        return _grads(_provider_bwd, ctx, dout)
+        # the custom op where the backward is traced or counted (compiled autograd, FLOPs)
+        bwd = _provider_bwd if _backend.eager_dispatch() else _bwd
+        with torch.no_grad():
+            grads = _grads(bwd, ctx, dout)
+        return _backend.single_backward(grads, "semask window_attention (fused)")
 
 
 def check_window_attention_inputs(qkv: Tensor, table: Tensor, num_heads: int, window: int,
@@ -115,7 +118,7 @@ def window_attention(qkv: Tensor, table: Tensor, num_heads: int, window: int, sh
     name = _backend.choose(backend, OP, [qkv, table], params)
     if name == "torch":
         return window_attention_reference(qkv, table, num_heads, window, shift, scale)
-    run = _EagerFused.apply if _backend.eager_dispatch() else _fwd
+    run = _EagerFused.apply if _backend.eager_dispatch([qkv, table]) else _fwd
     return run(qkv, table, num_heads, window, shift, scale, name)[0]
 
 

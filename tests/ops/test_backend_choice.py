@@ -110,22 +110,57 @@ def test_fused_choice_is_remembered_per_inputs(monkeypatch):
 
 
 def test_eager_fused_ops_differentiate_once(monkeypatch):
-    """The eager path (a plain autograd Function) refuses a create_graph backward instead
-    of returning gradients without their second-order terms; a plain backward works."""
+    """The eager path (a plain autograd Function): create_graph works where nothing
+    differentiates through the fused backward, and differentiating its gradients raises
+    (instead of dropping the second-order terms of a gradient penalty)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     qkv = torch.randn(1, 7, 7, 3 * 16, requires_grad=True)
     table = torch.randn(169, 1)
     q, k, v = (torch.randn(1, 7, 7, n, requires_grad=True) for n in (5, 5, 16))
+    w = torch.tensor(2.0, requires_grad=True)
     for out, x in ((semask.ops.window_attention(qkv, table, 1, 7, 3, 0.25, backend="triton"), qkv),
                    (semask.ops.semantic_attention(q, k, v, 7, backend="triton"), v)):
+        gx, gw = torch.autograd.grad(out.square().sum() * w, (x, w), create_graph=True)
+        # gw = sum(out^2) reaches x through the op's forward only: its backward, once
+        (pen,) = torch.autograd.grad(gw.square(), x, retain_graph=True)
+        want = 2 * gw.detach() * gx.detach() / w.detach()
+        assert (pen - want).abs().max() <= 1e-5 * want.abs().max()
         with pytest.raises(RuntimeError, match="differentiates once"):
-            torch.autograd.grad(out.square().sum(), x, create_graph=True, retain_graph=True)
-        (grad,) = torch.autograd.grad(out.square().sum(), x)
-        assert grad.shape == x.shape and not grad.requires_grad
+            gx.square().sum().backward()
 
 
-def test_eager_dispatch_defers_to_dispatch_modes():
+def test_eager_backward_under_flop_counting_goes_through_the_custom_op(monkeypatch):
+    """A forward run eagerly and a backward under FlopCounterMode: the backward takes the
+    custom op, so its FLOPs are counted (twice the forward's, semask/ops/flops.py)."""
     from torch.utils.flop_counter import FlopCounterMode
-    assert backend.eager_dispatch()
+
+    from semask.ops.flops import window_attention_flops
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    qkv = torch.randn(1, 7, 14, 3 * 16, requires_grad=True)
+    y = semask.ops.window_attention(qkv, torch.randn(169, 1), 1, 7, 0, 0.25, backend="triton")
+    with FlopCounterMode(display=False) as counter:
+        y.sum().backward()
+    assert counter.get_total_flops() == 2 * window_attention_flops(qkv.shape, 7)
+
+
+def test_cached_choice_tells_int_from_float_params(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(backend, "_choices", {})
+    q, v = torch.randn(1, 7, 7, 5), torch.randn(1, 7, 7, 8)
+    assert backend.choose("triton", "semantic_attention", [q, q, v], dict(window=7)) == "triton"
+    with pytest.raises(backend.BackendUnavailable, match="window must be an int"):
+        backend.choose("triton", "semantic_attention", [q, q, v], dict(window=7.0))
+
+
+def test_eager_dispatch_defers_to_tracing_modes_and_subclasses():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Sub(torch.Tensor):
+        pass
+
+    x = torch.zeros(2)
+    assert backend.eager_dispatch([x, torch.nn.Parameter(x)])
+    assert not backend.eager_dispatch([x.as_subclass(Sub)])
     with FlopCounterMode(display=False):
-        assert not backend.eager_dispatch()
+        assert not backend.eager_dispatch([x])
+    assert not torch.vmap(lambda t: torch.tensor(backend.eager_dispatch([t])) + t)(x.view(2, 1)).all()
