@@ -4,6 +4,7 @@ On CPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_IN
 the oracle is semask.ops.reference run through autograd in float64.
 """
 import importlib
+import inspect
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from semask.kernels import window_attention as kernels
 from semask.ops import BackendUnavailable
 from semask.ops.reference import (pad_to_multiple, window_attention_lse_reference,
                                   window_attention_reference)
+from sm90 import compile_sm90, run_without_interpreter
 
 wa_op = importlib.import_module("semask.ops.window_attention")  # the name is shadowed in semask.ops
 
@@ -146,6 +148,38 @@ def test_public_op_triton_equals_torch(window, shift):
         results[backend] = (out.detach(), q.grad, t.grad)
     for name, got, want in zip(("out", "dqkv", "dtable"), results["triton"], results["torch"]):
         assert max_rel_err(got, want) < 1e-5, name
+
+
+# ------------------------------------------------ compiled (not interpreted) code, on CPU
+def compile_all_sm90(dtype: str, window: int, heads: int = 3, head_dim: int = 32):
+    """Build the kernels that ``forward``/``backward`` launch for this window (shifted),
+    with their configuration, for sm_90."""
+    fwd_m, bwd_m, block_n, warps = kernels._config(window)
+    e, n = "*" + dtype, window * window
+    common = dict(HEADS=heads, HEAD_DIM=head_dim, WINDOW=window, BLOCK_N=block_n, SHIFTED=True,
+                  DOT_PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
+    compile_sm90(kernels._window_fwd_kernel, dict(qkv=e, table=e, out=e, lse="*fp32"),
+                 dict(common, BLOCK_M=fwd_m, NUM_QB=-(-n // fwd_m)), warps, floats=("scale_log2",))
+    num_qb = -(-n // bwd_m)
+    ptrs = dict(dout=e, qkv=e, table=e, lse="*fp32", delta="*fp32", dqkv=e, dtable="*fp32")
+    compile_sm90(kernels._window_bwd_dq_kernel, ptrs,
+                 dict(common, BLOCK_M=bwd_m, NUM_QB=num_qb, WITH_DKDV=num_qb == 1), warps,
+                 floats=("scale", "scale_log2"))
+    if num_qb > 1:
+        compile_sm90(kernels._window_bwd_dkdv_kernel, {k: v for k, v in ptrs.items() if k != "dtable"},
+                     dict(common, BLOCK_M=bwd_m, NUM_KB=num_qb), warps, floats=("scale", "scale_log2"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype,window", [("bf16", 7), ("fp16", 12), ("fp32", 12)])
+def test_kernels_compile_for_sm90(dtype, window):
+    """The interpreter accepts code the compiler may reject: build every window kernel
+    for sm_90 (in a fresh process, without TRITON_INTERPRET)."""
+    pytest.importorskip("triton.backends.nvidia")
+    from triton.compiler import ASTSource
+    if "constexprs" not in inspect.signature(ASTSource).parameters:
+        pytest.skip("this Triton's ASTSource takes another signature (written for Triton >= 3.3)")
+    run_without_interpreter(__file__, f"compile_all_sm90({dtype!r}, {window})")
 
 
 # Real stage shapes at 512 x 512 input: (name, batch, map, C, heads, window)
