@@ -29,7 +29,7 @@ import importlib
 import math
 import os
 import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -171,6 +171,42 @@ def single_backward(grads: tuple, what: str) -> tuple:
     wrapped = err(*[g.detach().requires_grad_() for g in present])
     wrapped = iter((wrapped,) if isinstance(wrapped, Tensor) else wrapped)
     return tuple(None if g is None else next(wrapped) for g in grads)
+
+
+class FusedOp(NamedTuple):
+    """What the eager path needs of a fused op: its ``name`` (the providers' launchers are
+    ``<name>_fwd`` and ``<name>_bwd``), the custom op's ``setup_context``, ``grads(bwd, ctx,
+    dout)`` (the inputs' gradients by a backward function) and the custom backward op."""
+
+    name: str
+    setup_context: Callable
+    grads: Callable
+    custom_bwd: Callable
+
+    def provider_bwd(self, *args):
+        """The provider's backward launcher; ``args`` as the custom backward op's."""
+        return getattr(get_provider(args[-1]), f"{self.name}_bwd")(*args[:-1])
+
+
+class EagerFused(torch.autograd.Function):
+    """A fused op's custom op without the dispatcher (eager mode, see :func:`eager_dispatch`):
+    ``EagerFused.apply(op, *inputs)``, ``inputs`` as the custom forward op's (provider last)."""
+
+    @staticmethod
+    def forward(ctx, op: FusedOp, *inputs):
+        output = getattr(get_provider(inputs[-1]), f"{op.name}_fwd")(*inputs[:-1])
+        op.setup_context(ctx, inputs, output)
+        ctx.op = op
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        op = ctx.op
+        # the custom op where the backward is traced or counted (compiled autograd, FLOPs)
+        bwd = op.provider_bwd if eager_dispatch() else op.custom_bwd
+        with torch.no_grad():
+            grads = op.grads(bwd, ctx, dout)
+        return (None, *single_backward(grads, f"semask {op.name} (fused)"))
 
 
 def _describe(t: Tensor) -> tuple:

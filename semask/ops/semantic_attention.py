@@ -53,30 +53,9 @@ def _grads(bwd, ctx, dout):
     return dq, dk, dv, None, None
 
 
-def _provider_bwd(dout, q, k, v, out, lse, window, provider):
-    return _backend.get_provider(provider).semantic_attention_bwd(dout, q, k, v, out, lse, window)
-
-
 _fwd.register_autograd(lambda ctx, dout, _dlse: _grads(_bwd, ctx, dout),
                        setup_context=_setup_context)
-
-
-class _EagerFused(torch.autograd.Function):
-    """The custom op's forward and backward without the dispatcher (eager mode)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, window, provider):
-        output = _backend.get_provider(provider).semantic_attention_fwd(q, k, v, window)
-        _setup_context(ctx, (q, k, v, window, provider), output)
-        return output
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        # the custom op where the backward is traced or counted (compiled autograd, FLOPs)
-        bwd = _provider_bwd if _backend.eager_dispatch() else _bwd
-        with torch.no_grad():
-            grads = _grads(bwd, ctx, dout)
-        return _backend.single_backward(grads, "semask semantic_attention (fused)")
+_EAGER = _backend.FusedOp(OP, _setup_context, _grads, _bwd)
 
 
 def check_semantic_attention_inputs(q: Tensor, k: Tensor, v: Tensor, window: int) -> None:
@@ -98,8 +77,9 @@ def semantic_attention(q: Tensor, k: Tensor, v: Tensor, window: int, backend: st
     name = _backend.choose(backend, OP, [q, k, v], dict(window=window))
     if name == "torch":
         return semantic_attention_reference(q, k, v, window)
-    run = _EagerFused.apply if _backend.eager_dispatch([q, k, v]) else _fwd
-    return run(q, k, v, window, name)[0]
+    if _backend.eager_dispatch([q, k, v]):
+        return _backend.EagerFused.apply(_EAGER, q, k, v, window, name)[0]
+    return _fwd(q, k, v, window, name)[0]
 
 
 class SemanticAttention(nn.Module):

@@ -58,32 +58,9 @@ def _grads(bwd, ctx, dout):
     return dqkv, dtable, None, None, None, None, None
 
 
-def _provider_bwd(dout, qkv, table, out, lse, num_heads, window, shift, scale, provider):
-    return _backend.get_provider(provider).window_attention_bwd(
-        dout, qkv, table, out, lse, num_heads, window, shift, scale)
-
-
 _fwd.register_autograd(lambda ctx, dout, _dlse: _grads(_bwd, ctx, dout),
                        setup_context=_setup_context)
-
-
-class _EagerFused(torch.autograd.Function):
-    """The custom op's forward and backward without the dispatcher (eager mode)."""
-
-    @staticmethod
-    def forward(ctx, qkv, table, num_heads, window, shift, scale, provider):
-        output = _backend.get_provider(provider).window_attention_fwd(
-            qkv, table, num_heads, window, shift, scale)
-        _setup_context(ctx, (qkv, table, num_heads, window, shift, scale, provider), output)
-        return output
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        # the custom op where the backward is traced or counted (compiled autograd, FLOPs)
-        bwd = _provider_bwd if _backend.eager_dispatch() else _bwd
-        with torch.no_grad():
-            grads = _grads(bwd, ctx, dout)
-        return _backend.single_backward(grads, "semask window_attention (fused)")
+_EAGER = _backend.FusedOp(OP, _setup_context, _grads, _bwd)
 
 
 def check_window_attention_inputs(qkv: Tensor, table: Tensor, num_heads: int, window: int,
@@ -118,8 +95,10 @@ def window_attention(qkv: Tensor, table: Tensor, num_heads: int, window: int, sh
     name = _backend.choose(backend, OP, [qkv, table], params)
     if name == "torch":
         return window_attention_reference(qkv, table, num_heads, window, shift, scale)
-    run = _EagerFused.apply if _backend.eager_dispatch([qkv, table]) else _fwd
-    return run(qkv, table, num_heads, window, shift, scale, name)[0]
+    if _backend.eager_dispatch([qkv, table]):
+        return _backend.EagerFused.apply(_EAGER, qkv, table, num_heads, window, shift, scale,
+                                         name)[0]
+    return _fwd(qkv, table, num_heads, window, shift, scale, name)[0]
 
 
 class WindowAttention(nn.Module):
