@@ -40,7 +40,7 @@ PROVIDERS = ("reference", "sdpa", "compile", "triton", "cuda")
 FUSED = ("triton", "cuda")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OP_NAME = {"window": "window_attention", "semantic": "semantic_attention"}
-IGNORE = 255  # label of the loss cases' ignored pixels
+IGNORE = semask.models.semask.IGNORE_INDEX  # label of the loss cases' ignored pixels
 
 
 class Skip(Exception):

@@ -118,22 +118,21 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
     piece (None: the whole batch at once; also under ``torch.compile``). The chunked loss
     takes its gradient in the forward whenever the logits require one, and differentiates
     once (differentiating its gradient raises: use ``chunk=None, fused=False`` for
-    gradient penalties). ``fused``: use the fused Triton kernel where it runs (then ``chunk`` does
-    not matter; not under ``torch.compile``); it also takes its gradient in the forward
-    and differentiates once. ``target``: int64 or int32 class indices.
+    gradient penalties). ``fused``: use the fused Triton kernel where it runs (then
+    ``chunk`` does not matter; not under ``torch.compile``); it also takes its gradient in
+    the forward and differentiates once. ``target``: int64 or int32 class indices.
     """
     if target.dim() != 3 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"target must be [B, H, W] long with B = {logits.shape[0]}, "
                          f"got {tuple(target.shape)}")
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be a positive number of images, got {chunk}")
-    if torch.compiler.is_compiling():
-        # one piece under torch.compile: it traces no autograd.grad inside a forward
-        total = _pixel_loss_sum(logits, target, ignore_index)
-    elif fused and not fused_loss_reasons(logits, target, ignore_index):
+    compiling = torch.compiler.is_compiling()
+    if fused and not compiling and not fused_loss_reasons(logits, target, ignore_index):
         grad = torch.is_grad_enabled() and logits.requires_grad
         total = _FusedLossSum.apply(logits, target, ignore_index, grad)
-    elif chunk is None:
+    elif chunk is None or compiling:
+        # one piece under torch.compile: it traces no autograd.grad inside a forward
         total = _pixel_loss_sum(logits, target, ignore_index)
     elif torch.is_grad_enabled() and logits.requires_grad:
         total = _ChunkedLossSum.apply(logits, target, ignore_index, chunk)
