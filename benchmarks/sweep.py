@@ -2,8 +2,9 @@
 
 For every window / semantic / loss op case of ``benchmarks/cases.py`` (512 inputs) and
 every candidate configuration of each direction (forward kernel; backward kernels given
-the default forward's out and lse; for the fused loss, its loss + gradient launch,
-direction "fwd"), this script runs the kernel, checks its results against
+the default forward's out and lse, the online semantic ones swept one at a time as
+"bwd/dq" and "bwd/dkdv"; for the fused loss, its loss + gradient launch, direction
+"fwd"), this script runs the kernel, checks its results against
 the default configuration's (max |x - x_default| / max |x_default|; the default is the
 one the tests check against the reference), and times it (``triton.testing.do_bench``
 median on GPU; one call on CPU). Nothing in the package changes: the candidates are set
@@ -49,23 +50,25 @@ def window_candidates(window: int, direction: str, quick: bool) -> list[dict]:
     return [cands[0], cands[-1]] if quick else cands
 
 
-def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, direction: str,
+def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
                         quick: bool) -> list[dict]:
-    """Whole rows (``semantic_window.supports``): BLOCK_M (query rows), BLOCK_K/BLOCK_C chunks, num_warps.
-    Online softmax: BLOCK_M = BLOCK_N, BLOCK_C, num_warps, num_stages; BLOCK_K is K's power
-    of two."""
+    """Whole rows (``semantic_window.supports``; ``kernel`` "fwd" or "bwd"): BLOCK_M (query
+    rows), BLOCK_K/BLOCK_C chunks, num_warps. Online softmax (``kernel`` one of
+    ``semantic_attention.KERNELS``): BLOCK_M, BLOCK_N, BLOCK_C, num_warps (and num_stages
+    forward); the class tiles are ``semantic_attention._classes``."""
     if whole_rows:
         block_n = max(16, SA._pow2(N))
         ms = [m for m in (16, 32, 64) if m <= block_n]
         cands = [dict(BLOCK_M=m, BLOCK_N=block_n, BLOCK_K=kc, BLOCK_C=c, num_warps=w, num_stages=2)
                  for m, kc, c, w in itertools.product(ms, (16, 32), (16, 32, 64), (4, 8))]
         return [cands[0], cands[-1]] if quick else cands
-    block_k, top_c = SA._pow2(K), SA._pow2(Cv)
-    mns = (32, 64, 128) if direction == "fwd" else (32, 64)
-    cs = [c for c in ((32, 64, 128, 256) if direction == "fwd" else (32, 64, 128)) if c <= top_c]
-    stages = (2, 3) if direction == "fwd" else (2,)
-    cands = [dict(BLOCK_M=mn, BLOCK_N=mn, BLOCK_K=block_k, BLOCK_C=c, num_warps=w, num_stages=s)
-             for mn, c, w, s in itertools.product(mns, cs, (4, 8), stages) if mn <= max(32, SA._pow2(N))]
+    top = max(32, SA._pow2(N))
+    ms = [m for m in ((32, 64, 128) if kernel == "fwd" else (32, 64)) if m <= top]
+    ns = [n for n in (32, 64) if n <= top]
+    cs = [c for c in dict(fwd=(64, 128, 256), dq=(32, 64), dkdv=(64, 128))[kernel] if c <= SA._pow2(Cv)]
+    stages = (2, 3) if kernel == "fwd" else (2,)
+    cands = [dict(BLOCK_M=m, BLOCK_N=n, BLOCK_C=c, **SA._classes(K), num_warps=w, num_stages=st)
+             for m, n, c, w, st in itertools.product(ms, ns, cs or [SA._pow2(Cv)], (4, 8), stages)]
     return [cands[0], cands[-1]] if quick else cands
 
 
@@ -115,14 +118,20 @@ def window_config(window: int, direction: str, cfg: dict):
 
 
 @contextlib.contextmanager
-def semantic_config(whole_rows: bool, direction: str, cfg: dict):
-    """Make the semantic kernels' config function (whole rows: ``semantic_window.config``,
-    online softmax: ``semantic_attention._config``) answer ``cfg`` for ``direction``."""
+def semantic_config(whole_rows: bool, kernel: str, cfg: dict):
+    """Make the semantic kernels' config function answer ``cfg`` for ``kernel`` (the others
+    keep theirs): whole rows ``semantic_window.config`` ("fwd" or "bwd"), online softmax
+    ``semantic_attention._config`` (one of its KERNELS)."""
     owner, name = (SW, "config") if whole_rows else (SA, "_config")
     default = getattr(owner, name)
 
-    def patched(N, K, Cv, backward, dtype):
-        return dict(cfg) if backward == (direction == "bwd") else default(N, K, Cv, backward, dtype)
+    def rows_config(N, K, Cv, backward, dtype):
+        return dict(cfg) if backward == (kernel == "bwd") else default(N, K, Cv, backward, dtype)
+
+    def online_config(N, K, Cv, which, dtype):
+        return dict(cfg) if which == kernel else default(N, K, Cv, which, dtype)
+
+    patched = rows_config if whole_rows else online_config
 
     setattr(owner, name, patched)
     try:
@@ -191,23 +200,33 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
     out, lse = forward()
     expected = {"fwd": (out,), "bwd": tuple(backward(out, lse))}
     calls = {"fwd": forward, "bwd": lambda: backward(out, lse)}
-    p = case.params
     rows = []
-    for direction in DIRECTIONS:
+    for direction, cands, setting in _sweeps(case, quick):
+        call = calls[direction.split("/")[0]]
+        expect = expected[direction.split("/")[0]]
         base = dict(case=case.name, shape=case.shape(), direction=direction)
-        rows.append(dict(base, config="default", time_ms=_time_ms(calls[direction], device),
+        rows.append(dict(base, config="default", time_ms=_time_ms(call, device),
                          rel_err=0.0, error=None))
-        if case.kind == "window":
-            cands = window_candidates(p["window"], direction, quick)
-            setting = lambda cfg: window_config(p["window"], direction, cfg)  # noqa: E731
-        else:
-            n = p["window"] ** 2 if p["window"] else p["Hp"] * p["Wp"]
-            whole_rows = SW.supports(n, p["window"])
-            cands = semantic_candidates(n, p["K"], p["C"], whole_rows, direction, quick)
-            setting = lambda cfg: semantic_config(whole_rows, direction, cfg)  # noqa: E731
-        rows += [_try(base, cfg, setting, calls[direction], expected[direction], device, deadline)
-                 for cfg in cands]
+        rows += [_try(base, cfg, setting, call, expect, device, deadline) for cfg in cands]
     return rows
+
+
+def _sweeps(case, quick: bool):
+    """(direction, candidates, setting) per swept kernel of a window or semantic case:
+    "fwd" and "bwd", or for the online semantic kernels "fwd", "bwd/dq" and "bwd/dkdv"
+    (each timed by the whole launch of its direction, the other kernel at its default)."""
+    p = case.params
+    if case.kind == "window":
+        for d in DIRECTIONS:
+            yield (d, window_candidates(p["window"], d, quick),
+                   lambda cfg, d=d: window_config(p["window"], d, cfg))
+        return
+    n = p["window"] ** 2 if p["window"] else p["Hp"] * p["Wp"]
+    whole_rows = SW.supports(n, p["window"])
+    for kernel in DIRECTIONS if whole_rows else SA.KERNELS:
+        direction = kernel if kernel in DIRECTIONS else "bwd/" + kernel
+        yield (direction, semantic_candidates(n, p["K"], p["C"], whole_rows, kernel, quick),
+               lambda cfg, k=kernel: semantic_config(whole_rows, k, cfg))
 
 
 # ----------------------------------------------------------------------------- cases, report
@@ -291,7 +310,7 @@ def main(argv=None) -> int:
             json.dump(dict(environment=env, max_rel_err=max_rel, rows=rows, best=table), f, indent=1)
         with open(os.path.join(out, "sweep.md"), "w") as f:
             f.write(markdown(env, table))
-        t = table[-2:]
+        t = [x for x in table if x["case"] == case.name]
         print(f"{case.name}: " + "; ".join(f"{x['direction']} {x['default_ms']:.4g} -> {x['best_ms']:.4g} ms"
                                            for x in t), flush=True)
     print(f"wrote {out}")

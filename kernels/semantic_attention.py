@@ -19,8 +19,10 @@ others (windows 9..16 such as 12 x 12, global maps such as 32 x 32) with the onl
 softmax below, and :func:`forward`/:func:`backward` dispatch between the two.
 
 One "sequence" s in [0, B*nW) is one window (or one image when global). Block sizes:
-BLOCK_M query tokens, BLOCK_N key tokens, BLOCK_K = K padded to a power of two (masked),
-BLOCK_C channels of v/out; chosen by ``_config`` (no autotuning yet).
+BLOCK_M query tokens, BLOCK_N key tokens, BLOCK_C channels of v/out; the K classes are
+held as a head tile of BLOCK_K columns (a power of two) and, where that pads less, a tail
+tile of BLOCK_K2 (TAIL; ``_classes``: 150 -> 128 + 32, not 256), every product over
+classes taken as the sum of the two tiles' products; chosen by ``_config`` (no autotuning).
 
 Forward ``_semantic_fwd_kernel``, grid (num_m_blocks * S, num_c_chunks): one program owns BLOCK_M
 query rows and one BLOCK_C channel chunk, loops over all key blocks with the online
@@ -29,18 +31,22 @@ program also writes lse. Scores are recomputed per channel chunk (cost K per chu
 next to C when C is split in few chunks).
 
 Backward (flash attention 2, Dao 2023, Alg. 2, with P recomputed from q, k and lse):
-    D  = rowsum(dO * O)                    (``_semantic_bwd_delta_kernel``, grid (m blocks * S))
-    P  = exp(q k^T - lse),  dP = dO v^T,  dS = P * (dP - D)
+    D  = rowsum(dO * O),  P = exp(q k^T - lse),  dP = dO v^T,  dS = P * (dP - D)
     dv = P^T dO,  dk = dS^T q,  dq = dS k.
-``_semantic_bwd_kernel``, grid (num_n_blocks * S, num_c_chunks): a program owns BLOCK_N key rows
-and one channel chunk c, loops over all query blocks and accumulates dv[:, c] (complete,
-stored directly) and dk. dP is a sum over channel chunks, so dS splits linearly:
-dS = sum_c P * dP_c - P * D, with the -P*D term taken by chunk 0. Each program's partial
-dq (sequences here span several key blocks) and partial dk (if several channel chunks) are
-added with fp32 atomics (relaxed) into zeroed fp32 buffers, cast to the input dtype at the
-end; the atomics make the last bits of dq (and dk) non-deterministic.
+Two kernels, each storing its results once (no dq atomics: with C split over programs and
+key blocks of 32, those were ~100 fp32 atomic adds per dq element):
+``_semantic_bwd_dq_kernel``, grid (num_m_blocks * S,): a program owns BLOCK_M query rows,
+computes their D from O and dO (stored for the next kernel), then loops over all key
+blocks with the channels looped inside (dP needs all of them) and stores dq.
+``_semantic_bwd_dkdv_kernel``, grid (num_n_blocks * S, num_c_chunks): a program owns
+BLOCK_N key rows and one channel chunk c, loops over all query blocks and stores dv[:, c].
+dP is a sum over channel chunks, so dS splits linearly: dS = sum_c P * dP_c - P * D,
+with the -P*D term taken by chunk 0; with several chunks each adds its share of dk with
+fp32 atomics (relaxed, one add per chunk and element) into a zeroed fp32 buffer, cast at
+the end (the last bits of dk are then non-deterministic); with one chunk dk is stored.
+Scores are computed 1 + num_c_chunks times in the backward, dP twice.
 
-Limits: K <= 256 (BLOCK_K = next power of two, registers); any C (chunked); fp32, fp16,
+Limits: K <= 256 (class tiles in registers); any C (chunked); fp32, fp16,
 bf16 (q, k, v of one dtype); contiguous inputs; int32 offsets (int64 when a tensor has
 >= 2^31 elements). In Triton's CPU interpreter bf16 dots are wrong (Triton 3.8), so there
 the already-rounded bf16 operands are widened to fp32 before each dot (``UPCAST``);
@@ -56,29 +62,70 @@ import triton.language as tl
 
 from . import semantic_window
 from .common import dot
-from .semantic_window import _rows
+from .semantic_window import _load, _rows, _store
 
 MAX_K = 256
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
+def _class_tiles(X, rows, mask_rows, KD, BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr,
+                 TAIL: tl.constexpr):
+    """X[rows, :KD] of a row-major [*, KD] tensor as a head tile (classes [0, BLOCK_K)) and
+    a tail tile (classes [BLOCK_K, BLOCK_K + BLOCK_K2); zeros, never loaded, unless TAIL)."""
+    offs = tl.arange(0, BLOCK_K)
+    head = _load(X, rows, mask_rows, offs, offs < KD, KD)
+    if TAIL:
+        offs2 = BLOCK_K + tl.arange(0, BLOCK_K2)
+        tail = _load(X, rows, mask_rows, offs2, offs2 < KD, KD)
+    else:
+        tail = tl.zeros([rows.shape[0], BLOCK_K2], head.dtype)
+    return head, tail
+
+
+@triton.jit
+def _class_scores(a, a2, b, b2, TAIL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """sum over classes of a b^T from head (a, b) and tail (a2, b2) tiles -> fp32."""
+    acc = dot(a, tl.trans(b), PREC, UPCAST)
+    if TAIL:
+        acc += dot(a2, tl.trans(b2), PREC, UPCAST)
+    return acc
+
+
+@triton.jit
+def _store_classes(X, x, x2, rows, mask_rows, KD, BLOCK_K: tl.constexpr,
+                   BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, ATOMIC: tl.constexpr):
+    """X[rows, :KD] = (or, ATOMIC, += in fp32) the head tile x and the tail tile x2."""
+    offs = tl.arange(0, BLOCK_K)
+    if ATOMIC:
+        tl.atomic_add(X + rows[:, None] * KD + offs[None, :], x,
+                      mask=mask_rows[:, None] & (offs < KD)[None, :], sem="relaxed")
+    else:
+        _store(X, x, rows, mask_rows, offs, offs < KD, KD)
+    if TAIL:
+        offs2 = BLOCK_K + tl.arange(0, BLOCK_K2)
+        if ATOMIC:
+            tl.atomic_add(X + rows[:, None] * KD + offs2[None, :], x2,
+                          mask=mask_rows[:, None] & (offs2 < KD)[None, :], sem="relaxed")
+        else:
+            _store(X, x2, rows, mask_rows, offs2, offs2 < KD, KD)
+
+
+@triton.jit
 def _semantic_fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
                          WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-                         PREC: tl.constexpr, UPCAST: tl.constexpr):
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr,
+                         TAIL: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
+                         UPCAST: tl.constexpr):
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     s = pid // num_m
     offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_m = offs_m < N
-    mask_k = offs_k < KD
     mask_c = offs_c < C
     rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
-    q = tl.load(Q + rows_m[:, None] * KD + offs_k[None, :],
-                mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+    q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -87,125 +134,171 @@ def _semantic_fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
-        k = tl.load(Kt + rows_n[:, None] * KD + offs_k[None, :],
-                    mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        scores = dot(q, tl.trans(k), PREC, UPCAST)
+        k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
+        scores = _class_scores(q, q2, k, k2, TAIL, PREC, UPCAST)
         scores = tl.where(mask_n[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + rows_n[:, None] * C + offs_c[None, :],
-                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+        v = _load(V, rows_n, mask_n, offs_c, mask_c, C)
         acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, PREC, UPCAST)
         m_i = m_new
 
-    out = acc / l_i[:, None]
-    tl.store(O + rows_m[:, None] * C + offs_c[None, :], out.to(O.dtype.element_ty),
-             mask=mask_m[:, None] & mask_c[None, :])
+    _store(O, acc / l_i[:, None], rows_m, mask_m, offs_c, mask_c, C)
     if pid_c == 0:
         tl.store(LSE + s * N + offs_m, m_i + tl.log(l_i), mask=mask_m)
 
 
 @triton.jit
-def _semantic_bwd_delta_kernel(O, DO, DELTA, N, C, Hp, Wp, nWc, nW, num_m,
-                               WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                               BLOCK_C: tl.constexpr):
+def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, num_m,
+                            WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                            BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
+                            PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Query rows x all keys: D (stored for the dk/dv kernel) and dq (complete, stored)."""
     pid = tl.program_id(0)
     s = pid // num_m
     offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < N
     rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
     delta = tl.zeros([BLOCK_M], tl.float32)
-    for start_c in range(0, C, BLOCK_C):
-        offs_c = start_c + tl.arange(0, BLOCK_C)
-        mask = mask_m[:, None] & (offs_c < C)[None, :]
-        ptr = rows_m[:, None] * C + offs_c[None, :]
-        o = tl.load(O + ptr, mask=mask, other=0.0).to(tl.float32)
-        do = tl.load(DO + ptr, mask=mask, other=0.0).to(tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        o = _load(O, rows_m, mask_m, offs_c, mask_c, C).to(tl.float32)
+        do = _load(DO, rows_m, mask_m, offs_c, mask_c, C).to(tl.float32)
         delta += tl.sum(o * do, 1)
     tl.store(DELTA + s * N + offs_m, delta, mask=mask_m)
 
+    q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
+    # padded query rows get lse = +inf, hence P = 0 and dS = 0
+    lse = tl.load(LSE + s * N + offs_m, mask=mask_m, other=float("inf"))
+    dq = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
+    dq2 = tl.zeros([BLOCK_M, BLOCK_K2], tl.float32)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
+        k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
+        scores = _class_scores(q, q2, k, k2, TAIL, PREC, UPCAST)
+        p = tl.where(mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
+        dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            mask_c = offs_c < C
+            do = _load(DO, rows_m, mask_m, offs_c, mask_c, C)
+            v = _load(V, rows_n, mask_n, offs_c, mask_c, C)
+            dp += dot(do, tl.trans(v), PREC, UPCAST)
+        ds = (p * (dp - delta[:, None])).to(k.dtype)
+        dq += dot(ds, k, PREC, UPCAST)
+        if TAIL:
+            dq2 += dot(ds, k2, PREC, UPCAST)
+    _store_classes(DQ, dq, dq2, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL, False)
+
 
 @triton.jit
-def _semantic_bwd_kernel(Q, Kt, V, DO, LSE, DELTA, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n,
-                         WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-                         PREC: tl.constexpr, UPCAST: tl.constexpr,
-                         DK_ATOMIC: tl.constexpr):
+def _semantic_bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n,
+                              WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
+                              PREC: tl.constexpr, UPCAST: tl.constexpr,
+                              DK_ATOMIC: tl.constexpr):
+    """Key rows x all queries, one channel chunk: dv[:, c] (complete) and dk (this chunk's
+    share when DK_ATOMIC)."""
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     s = pid // num_n
     offs_n = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_n = offs_n < N
-    mask_k = offs_k < KD
     mask_c = offs_c < C
-    mask_nk = mask_n[:, None] & mask_k[None, :]
-    mask_nc = mask_n[:, None] & mask_c[None, :]
     rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
-    k = tl.load(Kt + rows_n[:, None] * KD + offs_k[None, :], mask=mask_nk, other=0.0)
-    v = tl.load(V + rows_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+    k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
+    v = _load(V, rows_n, mask_n, offs_c, mask_c, C)
     # chunk 0 carries the -P*D term of dS (see module docstring)
     delta_weight = (pid_c == 0).to(tl.float32)
 
     dk = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    dk2 = tl.zeros([BLOCK_N, BLOCK_K2], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
     for start_m in range(0, N, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < N
-        mask_mk = mask_m[:, None] & mask_k[None, :]
         rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
-        q = tl.load(Q + rows_m[:, None] * KD + offs_k[None, :], mask=mask_mk, other=0.0)
+        q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
         # padded query rows get lse = +inf, hence P = 0
         lse = tl.load(LSE + s * N + offs_m, mask=mask_m, other=float("inf"))
         delta = tl.load(DELTA + s * N + offs_m, mask=mask_m, other=0.0)
-        do = tl.load(DO + rows_m[:, None] * C + offs_c[None, :],
-                     mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-        scores = dot(q, tl.trans(k), PREC, UPCAST)
-        p = tl.exp(scores - lse[:, None])
+        do = _load(DO, rows_m, mask_m, offs_c, mask_c, C)
+        p = tl.exp(_class_scores(q, q2, k, k2, TAIL, PREC, UPCAST) - lse[:, None])
         p = tl.where(mask_n[None, :], p, 0.0)
         dv += dot(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
         dp = dot(do, tl.trans(v), PREC, UPCAST)
-        ds = p * (dp - delta_weight * delta[:, None])
-        dk += dot(tl.trans(ds.to(q.dtype)), q, PREC, UPCAST)
-        dq = dot(ds.to(k.dtype), k, PREC, UPCAST)
-        tl.atomic_add(DQ + rows_m[:, None] * KD + offs_k[None, :], dq, mask=mask_mk,
-                      sem="relaxed")
+        ds = tl.trans((p * (dp - delta_weight * delta[:, None])).to(q.dtype))
+        dk += dot(ds, q, PREC, UPCAST)
+        if TAIL:
+            dk2 += dot(ds, q2, PREC, UPCAST)
 
-    tl.store(DV + rows_n[:, None] * C + offs_c[None, :], dv.to(DV.dtype.element_ty), mask=mask_nc)
-    dk_ptr = DK + rows_n[:, None] * KD + offs_k[None, :]
-    if DK_ATOMIC:
-        tl.atomic_add(dk_ptr, dk, mask=mask_nk, sem="relaxed")
-    else:
-        tl.store(dk_ptr, dk.to(DK.dtype.element_ty), mask=mask_nk)
+    _store(DV, dv, rows_n, mask_n, offs_c, mask_c, C)
+    _store_classes(DK, dk, dk2, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL, DK_ATOMIC)
 
 
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
-def _config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
-    """Block sizes and warps for sequences of N > 256 tokens, K classes, C channels.
+KERNELS = ("fwd", "dq", "dkdv")
 
-    BLOCK_C is the power of two (32..256 forward, 32..128 backward, 32..64 fp32) minimising
-    the work per (query, key) pair, chunks * (score recompute + padded channel work).
-    BLOCK_M/N are 64; 32 for fp32 (ieee dots run on FMA units) and for the backward with
-    BLOCK_K > 64, whose k/dk and q/dq tiles spill registers at 64. Register counts of
-    ``ptxas -v`` for sm_90 guided these choices, not timings.
+
+def _classes(K: int) -> dict:
+    """The K classes as tiles: a head of BLOCK_K (power of two) and, where that pads less
+    than one power-of-two tile, a tail of BLOCK_K2 (TAIL): 150 -> 128 + 32 = 160 columns
+    instead of 256; 19 -> 32, no tail. BLOCK_K2 is 16 when there is no tail (unused)."""
+    full = _pow2(K)
+    head = max(16, full // 2)
+    tail = _pow2(K - head)
+    if K <= head or head + tail >= full:
+        return dict(BLOCK_K=full, BLOCK_K2=16, TAIL=False)
+    return dict(BLOCK_K=head, BLOCK_K2=tail, TAIL=True)
+
+
+def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
+    """Block sizes and warps of ``kernel`` (one of KERNELS) for sequences of N > 256 tokens,
+    K classes (tiles of :func:`_classes`, width W), C channels.
+
+    Tiles of 64 rows where registers allow, since on sm_90 Triton issues wgmma (warpgroup
+    MMA) only for dots with M >= 64 and falls back to mma.sync below: forward 64 x 64; dq
+    64 query x 64 key rows, 64 x 32 when W > 64; dk/dv 64 key x 64 query rows, 64 x 32
+    when W > 64. fp32 (ieee dots on FMA units, the exact path rather than the fast one):
+    32 x 32, dq 16 x 16.
+    fwd and dkdv split C over programs and recompute the scores per chunk: their BLOCK_C is
+    the power of two (32..256 forward, 64..128 dk/dv, 32..64 fp32) minimising the work per
+    (query, key) pair, chunks * (score work + padded channel work). dq loops over C inside
+    (dP needs every channel) in the chunk of 64, 32 or 16 that pads C least.
+    Chosen from ``ptxas -v`` for sm_90 (register counts, at most a few dozen bytes of
+    spills at bf16, wgmma count), not from timings.
     """
     fp32 = dtype == torch.float32
-    block_k = _pow2(K)
-    block_mn = 32 if fp32 or (backward and block_k > 64) else 64
-    score_cost = (3 if backward else 1) * block_k
+    classes = _classes(K)
+    width = classes["BLOCK_K"] + classes["BLOCK_K2"] * classes["TAIL"]
+    if kernel == "dq":
+        sizes = (32, 16) if fp32 else (64, 32, 16)
+        block_c = min(sizes, key=lambda bc: (triton.cdiv(C, bc) * bc, -bc))
+        return dict(BLOCK_M=16 if fp32 else 64, BLOCK_N=16 if fp32 else 32 if width > 64 else 64,
+                    BLOCK_C=block_c, **classes, num_warps=8, num_stages=2)
+    backward = kernel == "dkdv"
+    block_n = 32 if fp32 else 64
+    block_m = 32 if fp32 or (backward and width > 64) else 64
+    score_cost = (2 if backward else 1) * width
     chan_cost = 2 if backward else 1
-    cands = (32, 64) if fp32 else (32, 64, 128) if backward else (32, 64, 128, 256)
+    cands = (32, 64) if fp32 else (64, 128) if backward else (32, 64, 128, 256)
     block_c = min(cands, key=lambda bc: (triton.cdiv(C, bc) * (score_cost + chan_cost * bc), bc))
     block_c = min(block_c, _pow2(C))
-    tile = block_mn * (block_k + block_c) * (2 if backward else 1)
-    return dict(BLOCK_M=block_mn, BLOCK_N=block_mn, BLOCK_K=block_k, BLOCK_C=block_c,
-                num_warps=8 if fp32 or tile > 64 * 128 else 4, num_stages=2)
+    tile = block_m * (width + block_c)
+    warps = 8 if fp32 or backward or tile > 64 * 128 else 4
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_C=block_c, **classes,
+                num_warps=warps, num_stages=2)
 
 
 def _geometry(q: torch.Tensor, window: int):
@@ -274,7 +367,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
         with _on_device(q):
             semantic_window.forward(q, k, v, out, lse, window, (S, N, Hp, Wp, nWc, nW), flags)
         return out, lse
-    cfg = _config(N, KD, C, backward=False, dtype=q.dtype)
+    cfg = _config(N, KD, C, "fwd", q.dtype)
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
     with _on_device(q):
         _semantic_fwd_kernel[(num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))](
@@ -294,21 +387,20 @@ def backward(dout, q, k, v, out, lse, window: int):
         with _on_device(q):
             return semantic_window.backward(dout, q, k, v, lse, window, (S, N, Hp, Wp, nWc, nW),
                                             flags)
-    cfg = _config(N, KD, C, backward=True, dtype=q.dtype)
-    num_m = triton.cdiv(N, cfg["BLOCK_M"])
+    cfg = _config(N, KD, C, "dkdv", q.dtype)
+    dq_cfg = _config(N, KD, C, "dq", q.dtype)
+    num_m = triton.cdiv(N, dq_cfg["BLOCK_M"])
     num_n = triton.cdiv(N, cfg["BLOCK_N"])
     num_c = triton.cdiv(C, cfg["BLOCK_C"])
     dk_atomic = num_c > 1
-    f32 = dict(device=q.device, dtype=torch.float32)
-    dq = torch.zeros(q.shape, **f32)
-    dk = torch.zeros(k.shape, **f32) if dk_atomic else torch.empty_like(k)
-    dv = torch.empty_like(v)
+    dq, dv = torch.empty_like(q), torch.empty_like(v)
+    dk = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if dk_atomic else torch.empty_like(k)
     delta = torch.empty_like(lse)
+    args = (N, KD, C, Hp, Wp, nWc, nW)
     with _on_device(q):
-        _semantic_bwd_delta_kernel[(num_m * S,)](
-            out, dout, delta, N, C, Hp, Wp, nWc, nW, num_m, WIN=window, ROW64=flags["ROW64"],
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_C=cfg["BLOCK_C"], num_warps=4)
-        _semantic_bwd_kernel[(num_n * S, num_c)](
-            q, k, v, dout, lse, delta, dq, dk, dv, N, KD, C, Hp, Wp, nWc, nW, num_n,
-            WIN=window, DK_ATOMIC=dk_atomic, **flags, **cfg)
-    return dq.to(q.dtype), dk.to(k.dtype), dv
+        _semantic_bwd_dq_kernel[(num_m * S,)](q, k, v, out, dout, lse, delta, dq, *args, num_m,
+                                              WIN=window, **flags, **dq_cfg)
+        _semantic_bwd_dkdv_kernel[(num_n * S, num_c)](q, k, v, dout, lse, delta, dk, dv, *args,
+                                                      num_n, WIN=window, DK_ATOMIC=dk_atomic,
+                                                      **flags, **cfg)
+    return dq, dk.to(k.dtype), dv

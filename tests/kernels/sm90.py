@@ -33,15 +33,16 @@ def run_without_interpreter(test_file: str, call: str) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
 
 
-def no_spills(kernel) -> bool:
-    """Whether ptxas (the one on PATH or Triton's) built ``kernel``'s PTX without register
-    spills; True when no ptxas is found (nothing to check with)."""
+def spill_bytes(kernel) -> int:
+    """Bytes of register spill stores of ``kernel``'s PTX built by ptxas (the one on PATH)
+    for sm_90a; 0 when no ptxas is found (nothing to check with)."""
+    import re
     import shutil
     import tempfile
 
     ptxas = shutil.which("ptxas")
     if ptxas is None:
-        return True
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "k.ptx")
         with open(ptx, "w") as f:
@@ -49,4 +50,9 @@ def no_spills(kernel) -> bool:
         run = subprocess.run([ptxas, "-arch=sm_90a", "-v", ptx, "-o", os.path.join(tmp, "k.cubin")],
                              capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
-    return " 0 bytes spill stores" in run.stderr
+    return int(re.search(r"(\d+) bytes spill stores", run.stderr).group(1))
+
+
+def no_spills(kernel) -> bool:
+    """Whether ptxas built ``kernel`` without register spills (see :func:`spill_bytes`)."""
+    return spill_bytes(kernel) == 0

@@ -14,7 +14,7 @@ from semask.kernels import semantic_attention as sa
 from semask.kernels import semantic_window as sw
 from semask.ops.reference import semantic_attention_lse_reference, semantic_attention_reference
 from rule import check_rule
-from sm90 import compile_sm90, run_without_interpreter
+from sm90 import compile_sm90, run_without_interpreter, spill_bytes
 
 sem_op = importlib.import_module("semask.ops.semantic_attention")
 
@@ -75,7 +75,8 @@ def test_cases_cover_every_kernel_path():
     """Whole rows (w <= 8, global <= 256 tokens): one and several query blocks (dk/dv
     pass), several and ragged class and channel chunks, windowed and global. Online
     softmax (w = 12, longer global maps): one and several channel chunks (dk atomics),
-    ragged C, padded K, windowed and global."""
+    ragged C, padded K, classes in one tile and in head + tail tiles, windowed and global;
+    dq with one and several, ragged channel chunks."""
     seen = set()
     for B, H, W, K, C, w in FP32_CASES:
         N = w * w if w else H * W
@@ -89,17 +90,21 @@ def test_cases_cover_every_kernel_path():
             seen.add(("win C ragged", C % cfg["BLOCK_C"] != 0))
             continue
         seen.add(("online", "global" if w == 0 else "windowed"))
-        fwd = sa._config(N, K, C, backward=False, dtype=torch.float32)
-        bwd = sa._config(N, K, C, backward=True, dtype=torch.float32)
+        fwd = sa._config(N, K, C, "fwd", torch.float32)
+        bwd = sa._config(N, K, C, "dkdv", torch.float32)
+        dq = sa._config(N, K, C, "dq", torch.float32)
+        seen.add(("dq C chunks", C > dq["BLOCK_C"]))
+        seen.add(("dq C ragged", C % dq["BLOCK_C"] != 0))
         seen.add(("fwd chunks", C > fwd["BLOCK_C"]))
         seen.add(("bwd chunks", C > bwd["BLOCK_C"]))
         seen.add(("C ragged", C % bwd["BLOCK_C"] != 0))
-        seen.add(("K padded", K != bwd["BLOCK_K"]))
-    assert seen >= {(p, v) for p in ("fwd chunks", "bwd chunks", "win blocks")
+        seen.add(("K padded", K != bwd["BLOCK_K"] + bwd["BLOCK_K2"] * bwd["TAIL"]))
+        seen.add(("K tail", bwd["TAIL"]))
+    assert seen >= {(p, v) for p in ("fwd chunks", "bwd chunks", "win blocks", "dq C chunks", "K tail")
                     for v in (False, True)}
     assert {(kind, mode) for kind in ("whole rows", "online") for mode in ("global", "windowed")} <= seen
     assert seen >= {(p, True) for p in ("C ragged", "K padded", "win K chunks", "win K ragged",
-                                        "win C chunks", "win C ragged")}
+                                        "win C chunks", "win C ragged", "dq C ragged")}
 
 
 @pytest.mark.parametrize("B,H,W,K,C,window", FP32_CASES)
@@ -197,7 +202,7 @@ def test_reasons_rejects_bad_inputs():
 def compile_all_sm90(dtype, N, K, C, window):
     """Compile the kernels that ``forward``/``backward`` launch for these sizes, as they
     launch them (whole-row kernels where ``semantic_window.supports``, else online-softmax,
-    delta and backward)."""
+    dq and dk/dv)."""
     torch_dtype = dict(bf16=torch.bfloat16, fp32=torch.float32)[dtype]
     common = dict(WIN=window, ROW64=False)
     dots = dict(PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
@@ -215,17 +220,19 @@ def compile_all_sm90(dtype, N, K, C, window):
             compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
                          dict(**common, **dots, **cfg), warps)
         return
-    for fn, backward in ((sa._semantic_fwd_kernel, False), (sa._semantic_bwd_kernel, True)):
-        cfg = sa._config(N, K, C, backward, torch_dtype)
+    for fn, kernel in ((sa._semantic_fwd_kernel, "fwd"), (sa._semantic_bwd_dq_kernel, "dq"),
+                       (sa._semantic_bwd_dkdv_kernel, "dkdv")):
+        cfg = sa._config(N, K, C, kernel, torch_dtype)
         warps = cfg.pop("num_warps")
         cfg.pop("num_stages")
-        if backward:
+        if kernel == "dkdv":
             cfg.update(DK_ATOMIC=C > cfg["BLOCK_C"])
-            ptrs.update(DQ="*fp32", DK="*fp32" if cfg["DK_ATOMIC"] else "*" + dtype)
-        compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
-                     dict(**common, **dots, **cfg), warps)
-    compile_sm90(sa._semantic_bwd_delta_kernel, dict(O="*" + dtype, DO="*" + dtype, DELTA="*fp32"),
-                 dict(**common, BLOCK_M=32, BLOCK_C=64), 4)
+            ptrs.update(DK="*fp32" if cfg["DK_ATOMIC"] else "*" + dtype)
+        built = compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
+                             dict(**common, **dots, **cfg), warps)
+        # half precision: a few spilled registers at most (the window-12 address arithmetic);
+        # fp32 (ieee dots on FMA units) is the exact path, not the fast one: not checked
+        assert dtype == "fp32" or spill_bytes(built) <= 64, f"{kernel}: {spill_bytes(built)} B spilled"
 
 
 @pytest.mark.slow
