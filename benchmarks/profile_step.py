@@ -33,6 +33,7 @@ from benchmarks.measure import device_slug  # noqa: E402
 GROUPS = (
     ("window attention", r"_window_\w*kernel|window_attention|window_fwd|window_bwd"),
     ("semantic attention", r"_semantic_\w*kernel|semantic_attention|semantic_fwd|semantic_bwd"),
+    ("x2 upsampling (FPN head, semantic decoder; Triton)", r"_upsample2x_\w*kernel"),
     ("softmax, upsample, cross-entropy (loss; eager attention softmax)",
      r"_upsample_ce_kernel|upsample|interpolat|softmax|nll|cross_entropy"),
     ("matmul", r"gemm|matmul|\bmm\b|bmm|addmm|linear|cutlass|xmma|nvjet"),

@@ -88,6 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="the triton provider's models compute the loss without the fused "
                          "upsample + cross-entropy kernel (chunked or one piece, as "
                          "--loss-chunk says)")
+    ap.add_argument("--no-fused-upsample", dest="fused_upsample", action="store_false",
+                    help="the triton provider's models upsample in the FPN head and the "
+                         "semantic decoder as the reference does (no Triton x2 upsampling, "
+                         "no folded chains)")
     ap.add_argument("--isolate", action="store_true",
                     help="run each provider in its own process (a crashing kernel cannot take "
                          "the others down); the time budget is shared out between them")
@@ -156,7 +160,8 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
     prepared = None
     try:
         prepared = providers.prepare(case, provider, args.device, args.dtype,
-                                     loss_chunk=args.loss_chunk, fused_loss=args.fused_loss)
+                                     loss_chunk=args.loss_chunk, fused_loss=args.fused_loss,
+                                     fused_upsample=args.fused_upsample)
         rec["note"] = prepared.note or None
         rec["time_ms"] = measure.time_ms(prepared.step, args.device, args.target_time,
                                          max_reps=prepared.max_reps, long_step=prepared.long_step,
@@ -314,6 +319,8 @@ def run_isolated(args, cases) -> dict:
                 "--loss-chunk", "none" if args.loss_chunk is None else str(args.loss_chunk)]
         if not args.fused_loss:
             argv.append("--no-fused-loss")
+        if not args.fused_upsample:
+            argv.append("--no-fused-upsample")
         for flag, value in (("--batch", args.batch), ("--model-batch", args.model_batch),
                             ("--cases", ",".join(args.cases) if args.cases else None)):
             if value is not None:

@@ -56,12 +56,12 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
     rows), BLOCK_K/BLOCK_C chunks, num_warps. Online softmax (``kernel`` one of
     ``semantic_attention.KERNELS``): BLOCK_M, BLOCK_N, BLOCK_C, num_warps (and num_stages
     forward); the class tiles are ``semantic_attention._classes``."""
-    if whole_rows:
+    if whole_rows:  # and, as one more candidate, the online kernels at their defaults
         block_n = max(16, SA._pow2(N))
         ms = [m for m in (16, 32, 64) if m <= block_n]
         cands = [dict(BLOCK_M=m, BLOCK_N=block_n, BLOCK_K=kc, BLOCK_C=c, num_warps=w, num_stages=2)
                  for m, kc, c, w in itertools.product(ms, (16, 32), (16, 32, 64), (4, 8))]
-        return [cands[0], cands[-1]] if quick else cands
+        return ([cands[0], cands[-1]] if quick else cands) + [dict(path="online")]
     top = max(32, SA._pow2(N))
     ms = [m for m in ((32, 64, 128) if kernel == "fwd" else (32, 64)) if m <= top]
     ns = [n for n in (32, 64) if n <= top]
@@ -121,18 +121,20 @@ def window_config(window: int, direction: str, cfg: dict):
 def semantic_config(whole_rows: bool, kernel: str, cfg: dict):
     """Make the semantic kernels' config function answer ``cfg`` for ``kernel`` (the others
     keep theirs): whole rows ``semantic_window.config`` ("fwd" or "bwd"), online softmax
-    ``semantic_attention._config`` (one of its KERNELS)."""
-    owner, name = (SW, "config") if whole_rows else (SA, "_config")
+    ``semantic_attention._config`` (one of its KERNELS); ``{"path": "online"}``: the online
+    kernels at their defaults where the whole-row ones would run."""
+    if cfg.get("path") == "online":
+        owner, name = SW, "supports"
+        patched = lambda N, window: False  # noqa: E731
+    elif whole_rows:
+        owner, name = SW, "config"
+        patched = lambda N, K, Cv, backward, dtype: (  # noqa: E731
+            dict(cfg) if backward == (kernel == "bwd") else default(N, K, Cv, backward, dtype))
+    else:
+        owner, name = SA, "_config"
+        patched = lambda N, K, Cv, which, dtype: (  # noqa: E731
+            dict(cfg) if which == kernel else default(N, K, Cv, which, dtype))
     default = getattr(owner, name)
-
-    def rows_config(N, K, Cv, backward, dtype):
-        return dict(cfg) if backward == (kernel == "bwd") else default(N, K, Cv, backward, dtype)
-
-    def online_config(N, K, Cv, which, dtype):
-        return dict(cfg) if which == kernel else default(N, K, Cv, which, dtype)
-
-    patched = rows_config if whole_rows else online_config
-
     setattr(owner, name, patched)
     try:
         yield

@@ -1,4 +1,4 @@
-"""Triton helpers shared by the window and semantic attention kernels."""
+"""Triton helpers shared by the kernels: fp32-accumulating dots and the bilinear weights."""
 import triton
 import triton.language as tl
 
@@ -13,3 +13,22 @@ def dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
     else:
         acc = tl.dot(a, b, input_precision=PREC)
     return acc
+
+
+@triton.jit
+def bilinear_source(o, scale):
+    """Source coordinate of output coordinate(s) o of a bilinear resize with
+    ``scale`` = input size / output size (PyTorch's align_corners=False rule)."""
+    return tl.maximum(scale * (o.to(tl.float32) + 0.5) - 0.5, 0.0)
+
+
+@triton.jit
+def bilinear_axis(o, n_in, scale, base):
+    """Per output coordinate o: the indices (relative to ``base``) and weights of its two
+    source pixels along one axis of ``n_in`` pixels, as PyTorch's ``upsample_bilinear2d``:
+    i0 = floor(src), i1 = min(i0 + 1, n_in - 1), weights (1 - (src - i0), src - i0)."""
+    src = bilinear_source(o, scale)
+    i0 = src.to(tl.int32)  # floor: src >= 0
+    i1 = tl.where(i0 < n_in - 1, i0 + 1, i0)
+    lam1 = src - i0.to(tl.float32)
+    return i0 - base, i1 - base, 1.0 - lam1, lam1

@@ -3,7 +3,8 @@
 Answers the shared launcher signatures by calling the kernels in
 :mod:`semask.kernels.window_attention` and :mod:`semask.kernels.semantic_attention`, and
 says whether :mod:`semask.kernels.upsample_cross_entropy` (the fused loss, called by
-:mod:`semask.models.loss`) can run (op "upsample_cross_entropy").
+:mod:`semask.models.loss`) and :mod:`semask.kernels.bilinear_upsample` (called by
+:mod:`semask.ops.upsample`) can run (ops "upsample_cross_entropy", "bilinear_upsample").
 On CPU tensors it runs only under ``TRITON_INTERPRET=1`` (Triton's interpreter).
 """
 from __future__ import annotations

@@ -43,27 +43,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot
+from .common import bilinear_axis, bilinear_source, dot
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SLOTS = 128  # low-resolution box per tile; larger boxes (downsampling) are refused
-
-
-@triton.jit
-def _source(o, scale):
-    """Source coordinate of output coordinate(s) o (PyTorch's align_corners=False rule)."""
-    return tl.maximum(scale * (o.to(tl.float32) + 0.5) - 0.5, 0.0)
-
-
-@triton.jit
-def _axis(o, n_in, scale, base):
-    """Per output coordinate o: slots (relative to ``base``) and weights of its two
-    source pixels along one axis."""
-    src = _source(o, scale)
-    i0 = src.to(tl.int32)  # floor: src >= 0
-    i1 = tl.where(i0 < n_in - 1, i0 + 1, i0)
-    lam1 = src - i0.to(tl.float32)
-    return i0 - base, i1 - base, 1.0 - lam1, lam1
 
 
 @triton.jit
@@ -87,10 +70,10 @@ def _upsample_ce_kernel(X, T, DX, PARTIAL, BAD, K, h, w, H, W, scale_y, scale_x,
     tl.store(BAD + pid, tl.sum((counted & ((t < 0) | (t >= K))).to(tl.int32), 0))
 
     # the low-resolution box and the tile's interpolation matrix Wt [P, SLOTS]
-    y_base = _source(ty * TILE_Y, scale_y).to(tl.int32)  # the box's first row (floor)
-    x_base = _source(tx * TILE_X, scale_x).to(tl.int32)
-    sy0, sy1, wy0, wy1 = _axis(y, h, scale_y, y_base)
-    sx0, sx1, wx0, wx1 = _axis(x, w, scale_x, x_base)
+    y_base = bilinear_source(ty * TILE_Y, scale_y).to(tl.int32)  # the box's first row (floor)
+    x_base = bilinear_source(tx * TILE_X, scale_x).to(tl.int32)
+    sy0, sy1, wy0, wy1 = bilinear_axis(y, h, scale_y, y_base)
+    sx0, sx1, wx0, wx1 = bilinear_axis(x, w, scale_x, x_base)
     slot = tl.arange(0, SLOTS)
     ly = slot // SPAN_X
     lx = slot % SPAN_X

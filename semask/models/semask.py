@@ -75,8 +75,12 @@ class SeMaskSwin(nn.Module):
     (:mod:`semask.models.loss`; same values, far less memory); None: one piece, as the
     released code. Default: ``DEFAULT_LOSS_CHUNK`` when ``fused`` asks for fused ops,
     else None. ``fused_loss``: compute the loss with the fused Triton upsample +
-    cross-entropy kernel where it runs (then ``loss_chunk`` does not matter); default: when
-    ``fused`` asks for the Triton kernels ("auto" or "triton").
+    cross-entropy kernel where it runs (then ``loss_chunk`` does not matter; with "auto",
+    CUDA tensors only); default: when ``fused`` asks for the Triton kernels ("auto" or
+    "triton"). ``fused_upsample``: the x2
+    upsamplings of the FPN head and the semantic decoder on the Triton kernels where they
+    run, their linear chains taken in fewer steps (:mod:`semask.models.heads`; same values
+    up to rounding); same default.
     """
 
     def __init__(self, variant: str = "tiny", num_classes: int = 150, head: str = "fpn",
@@ -84,7 +88,8 @@ class SeMaskSwin(nn.Module):
                  fused: bool | str = False, drop_path_rate: float = 0.3,
                  pretrained: str | None = None, *, window_size: int | None = None,
                  head_channels: int = 256, loss_avg_non_ignore: bool = False,
-                 loss_chunk: int | None | str = "auto", fused_loss: bool | None = None):
+                 loss_chunk: int | None | str = "auto", fused_loss: bool | None = None,
+                 fused_upsample: bool | None = None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -108,9 +113,9 @@ class SeMaskSwin(nn.Module):
         if loss_chunk is not None and (not isinstance(loss_chunk, int) or loss_chunk < 1):
             raise ValueError(f"loss_chunk must be None or a positive int, got {loss_chunk!r}")
         self.loss_chunk = loss_chunk
-        if fused_loss is None:
-            fused_loss = self.backend_request in ("auto", "triton")
-        self.fused_loss = bool(fused_loss)
+        triton = self.backend_request in ("auto", "triton")
+        self.fused_loss = triton if fused_loss is None else bool(fused_loss)
+        self.fused_upsample = triton if fused_upsample is None else bool(fused_upsample)
         self.backbone = SwinBackbone(v.embed_dim, v.depths, v.num_heads, window, num_classes,
                                      semantic, semantic_windowed, drop_path_rate,
                                      backend=self.backend_request)
@@ -125,7 +130,8 @@ class SeMaskSwin(nn.Module):
         if min(images.shape[2:]) < 32:
             raise ValueError(f"images must be at least 32x32, got {tuple(images.shape[2:])}")
         feats: BackboneOutput = self.backbone(images)
-        return SegOutput(self.decode_head(feats.features), tuple(images.shape[2:]),
+        fused = self.fused_upsample and self._triton_here(images)
+        return SegOutput(self.decode_head(feats.features, fused), tuple(images.shape[2:]),
                          feats.semantic_logits)
 
     def loss(self, out: SegOutput, target: Tensor) -> dict[str, Tensor]:
@@ -138,14 +144,21 @@ class SeMaskSwin(nn.Module):
         if out.semantic_logits is None:
             loss_semantic = loss_main.new_zeros(())
         else:
-            loss_semantic = self._cross_entropy(semantic_decoder(out.semantic_logits), target)
+            fused = self.fused_upsample and self._triton_here(target)
+            loss_semantic = self._cross_entropy(semantic_decoder(out.semantic_logits, fused), target)
         return dict(loss=loss_main + SEMANTIC_LOSS_WEIGHT * loss_semantic,
                     loss_main=loss_main, loss_semantic=loss_semantic)
 
     def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
         """CE of ``logits`` at stride 4 upsampled to ``target`` [B, H, W]."""
         return upsampled_cross_entropy(logits, target, IGNORE_INDEX, self.loss_avg_non_ignore,
-                                       self.loss_chunk, self.fused_loss)
+                                       self.loss_chunk, self.fused_loss and self._triton_here(logits))
+
+    def _triton_here(self, t: Tensor) -> bool:
+        """Whether the Triton head kernels (loss, upsampling) may run for tensors like t:
+        on CUDA, and on the CPU (Triton's interpreter) only when not chosen by "auto"
+        (as the attention ops: auto on the CPU is the reference)."""
+        return t.is_cuda or self.backend_request != "auto"
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:

@@ -142,9 +142,9 @@ def _vjp(fn, inputs, dout):
         return tuple(pool.submit(work).result())
 
 
-def _args(loss_chunk="auto", fused_loss=True):
+def _args(loss_chunk="auto", fused_loss=True, fused_upsample=True):
     return argparse.Namespace(device="cpu", dtype="fp32", target_time=0.01, loss_chunk=loss_chunk,
-                              fused_loss=fused_loss)
+                              fused_loss=fused_loss, fused_upsample=fused_upsample)
 
 
 @pytest.fixture
@@ -182,6 +182,8 @@ def test_loss_chunk_option_reaches_the_models(monkeypatch, one_thread):
     assert R.parse_args(["--loss-chunk", "2"]).loss_chunk == 2
     assert R.parse_args([]).loss_chunk == "auto"
     assert R.parse_args([]).fused_loss and not R.parse_args(["--no-fused-loss"]).fused_loss
+    assert R.parse_args([]).fused_upsample
+    assert not R.parse_args(["--no-fused-upsample"]).fused_upsample
     with pytest.raises(SystemExit):
         R.parse_args(["--loss-chunk", "0"])
     monkeypatch.setitem(backend._providers, "cuda", _ReferenceAsFused())

@@ -10,6 +10,7 @@ def test_group_of_known_kernel_names():
     assert P.group_of("_window_bwd_dq_kernel") == "window attention"
     assert P.group_of("_semantic_rows_fwd_kernel") == "semantic attention"
     assert P.group_of("_upsample_ce_kernel").startswith("softmax, upsample")
+    assert P.group_of("_upsample2x_bwd_kernel").startswith("x2 upsampling")
     assert P.group_of("aten::upsample_bilinear2d_backward").startswith("softmax, upsample")
     assert P.group_of("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
     assert P.group_of("aten::mm") == "matmul"

@@ -30,12 +30,16 @@ def forward_backward(model, images, target):
     return out, losses, grads
 
 
-@pytest.mark.parametrize("semantic_windowed", [(True, True, False, False), (True,) * 4])
-def test_fused_triton_model_equals_reference_on_cpu(monkeypatch, semantic_windowed):
+@pytest.mark.parametrize("semantic_windowed,size", [((True, True, False, False), (45, 61)),
+                                                    ((True,) * 4, (45, 61)),
+                                                    ((True, True, False, False), (64, 96))])
+def test_fused_triton_model_equals_reference_on_cpu(monkeypatch, semantic_windowed, size):
     """Triton kernels in the interpreter: padded (45x61 -> odd stage maps), shifted blocks,
-    windowed and global semantic layers; forward, loss and every parameter gradient."""
+    windowed and global semantic layers, upsampling chains exact (64x96: folded in the
+    head and the decoder) or not; forward, loss and every parameter gradient."""
     ref, fused = twin_models(monkeypatch, "triton", semantic_windowed=semantic_windowed)
-    images, target = torch.randn(1, 3, 45, 61), torch.randint(0, 19, (1, 45, 61))
+    assert fused.fused_upsample and not ref.fused_upsample
+    images, target = torch.randn(1, 3, *size), torch.randint(0, 19, (1, *size))
     out_r, loss_r, grad_r = forward_backward(ref, images, target)
     out_f, loss_f, grad_f = forward_backward(fused, images, target)
     torch.testing.assert_close(out_f.logits, out_r.logits, rtol=1e-4, atol=1e-5)

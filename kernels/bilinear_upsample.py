@@ -1,0 +1,175 @@
+"""Bilinear x2 upsampling in Triton, forward and backward, without atomics.
+
+What it computes: ``F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)``
+for x [B, C, H, W] -> y [B, C, 2H, 2W], the upsampling of the Semantic FPN head and of the
+SeMask semantic decoder, and its gradient. Weights as PyTorch's ``upsample_bilinear2d``
+(``common.bilinear_axis`` with scale 1/2): along each axis output 2i reads inputs
+(i - 1, i) with weights (1/4, 3/4) and output 2i + 1 reads (i, i + 1) with (3/4, 1/4),
+indices clamped at the borders (output 0 reads input 0 alone; the last output the last
+input alone). Values in fp32, stored in x's dtype: for bf16/fp16 inputs the fp32 sums are
+exact, so the forward equals PyTorch's bitwise.
+
+Layout: any strides (NCHW or channels-last); y takes x's memory format. A program owns
+BLOCK_C channels x BLOCK_P pixels of one row (of y forward, of dx backward; ``_blocks``);
+the block is oriented along the contiguous dimension (W for NCHW, C for channels-last).
+
+``_upsample2x_fwd_kernel``, grid (B * 2H * pixel tiles, channel tiles): y = the four-tap
+gather above. ``_upsample2x_bwd_kernel``, grid (B * H * pixel tiles, channel tiles): the
+adjoint as a gather, not the scatter of PyTorch's backward (atomic adds into dx): input
+pixel i along an axis receives from outputs 2i - 1 .. 2i + 2, each with its weight for i
+(0 where that output reads other inputs or lies outside), so
+dx[i, j] = sum over 4 x 4 outputs of w_y(o_y, i) w_x(o_x, j) dy[o_y, o_x] in fp32,
+stored once (deterministic).
+
+Limits: fp32, fp16, bf16; 4-D input; int64 offsets throughout.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import bilinear_axis
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _upsample2x_fwd_kernel(X, Y, C, H, W, n_px, sxb, sxc, sxh, sxw, syb, syc, syh, syw,
+                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid = tl.program_id(0)
+    tile = pid % n_px
+    row = pid // n_px  # b * 2H + oy
+    b = (row // (2 * H)).to(tl.int64)
+    oy = row % (2 * H)
+    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    ox = tile * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask = (c < C)[:, None] & (ox < 2 * W)[None, :]
+    y0, y1, wy0, wy1 = bilinear_axis(oy, H, 0.5, 0)
+    x0, x1, wx0, wx1 = bilinear_axis(ox, W, 0.5, 0)
+    base = X + b * sxb + c[:, None] * sxc
+    col0 = x0.to(tl.int64)[None, :] * sxw
+    col1 = x1.to(tl.int64)[None, :] * sxw
+    r0 = base + y0.to(tl.int64) * sxh
+    r1 = base + y1.to(tl.int64) * sxh
+    top = (wx0[None, :] * tl.load(r0 + col0, mask=mask, other=0.0).to(tl.float32)
+           + wx1[None, :] * tl.load(r0 + col1, mask=mask, other=0.0).to(tl.float32))
+    bottom = (wx0[None, :] * tl.load(r1 + col0, mask=mask, other=0.0).to(tl.float32)
+              + wx1[None, :] * tl.load(r1 + col1, mask=mask, other=0.0).to(tl.float32))
+    out = wy0 * top + wy1 * bottom
+    tl.store(Y + b * syb + c[:, None] * syc + oy.to(tl.int64) * syh
+             + ox.to(tl.int64)[None, :] * syw, out.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _weight(o, i, n_in, n_out):
+    """Weight of input i in output o along one axis (0 when o reads other inputs or lies
+    outside [0, n_out))."""
+    i0, i1, w0, w1 = bilinear_axis(o, n_in, 0.5, 0)
+    w = tl.where(i0 == i, w0, 0.0) + tl.where(i1 == i, w1, 0.0)
+    return tl.where((o >= 0) & (o < n_out), w, 0.0)
+
+
+@triton.jit
+def _upsample2x_bwd_kernel(DY, DX, C, H, W, n_px, sdyb, sdyc, sdyh, sdyw, sdxb, sdxc, sdxh, sdxw,
+                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid = tl.program_id(0)
+    tile = pid % n_px
+    row = pid // n_px  # b * H + iy
+    b = (row // H).to(tl.int64)
+    iy = row % H
+    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    ix = tile * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask = (c < C)[:, None] & (ix < W)[None, :]
+    base = DY + b * sdyb + c[:, None] * sdyc
+    acc = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    for dy_ in tl.static_range(4):
+        oy = 2 * iy + dy_ - 1
+        wy = _weight(oy, iy, H, 2 * H)
+        # rows outside [0, 2H) have weight 0: read a valid row instead of masking
+        row_ptr = base + tl.minimum(tl.maximum(oy, 0), 2 * H - 1).to(tl.int64) * sdyh
+        part = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+        for dx_ in tl.static_range(4):
+            ox = 2 * ix + dx_ - 1
+            wx = _weight(ox, ix, W, 2 * W)
+            m = mask & (wx != 0.0)[None, :]
+            g = tl.load(row_ptr + ox.to(tl.int64)[None, :] * sdyw, mask=m, other=0.0)
+            part += wx[None, :] * g.to(tl.float32)
+        acc += wy * part
+    tl.store(DX + b * sdxb + c[:, None] * sdxc + iy.to(tl.int64) * sdxh
+             + ix.to(tl.int64)[None, :] * sdxw, acc.to(DX.dtype.element_ty), mask=mask)
+
+
+def _blocks(t: torch.Tensor, width: int, elements: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_P) of ``elements``, oriented along t's contiguous dimension: up to
+    128 pixels of a row when W has stride 1 (NCHW), else up to 128 channels."""
+    C = t.shape[1]
+    if t.stride(3) == 1 or C == 1:
+        block_p = min(128, triton.next_power_of_2(width))
+        return min(triton.next_power_of_2(C), max(1, elements // block_p)), block_p
+    block_c = min(128, triton.next_power_of_2(C))
+    return block_c, min(triton.next_power_of_2(width), max(1, elements // block_c))
+
+
+# elements per program: 1024 forward (4 loads each), 512 backward (16 loads each: its
+# address tensors dominate the registers, 80 at bf16 for sm_90 against 255 + spills at 2048)
+FWD_ELEMENTS, BWD_ELEMENTS = 1024, 512
+
+
+def _empty(shape, device, dtype, channels_last: bool) -> torch.Tensor:
+    """An empty tensor of ``shape``, channels-last or contiguous."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, device=device, dtype=dtype, memory_format=fmt)
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Whether t is channels-last (and not also plainly contiguous)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _on_device(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def reasons(tensors, params: dict) -> list[str]:
+    """Why the kernels cannot upsample ``[x]`` (empty: they can)."""
+    (x,) = tensors
+    why = []
+    if x.dtype not in DTYPES:
+        why.append(f"dtype {x.dtype} is not supported (float32, float16, bfloat16)")
+    if x.dim() != 4:
+        why.append(f"expected x [B, C, H, W], got {tuple(x.shape)}")
+    elif x.numel() == 0:
+        why.append("empty input")
+    return why
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """x [B, C, H, W] -> bilinear x2 upsampling [B, C, 2H, 2W] (align_corners=False), in
+    x's dtype and memory format (channels-last or contiguous)."""
+    B, C, H, W = x.shape
+    y = _empty((B, C, 2 * H, 2 * W), x.device, x.dtype, is_channels_last(x))
+    block_c, block_p = _blocks(y, 2 * W, FWD_ELEMENTS)
+    n_px = triton.cdiv(2 * W, block_p)
+    with _on_device(x):
+        _upsample2x_fwd_kernel[(B * 2 * H * n_px, triton.cdiv(C, block_c))](
+            x, y, C, H, W, n_px, *x.stride(), *y.stride(), BLOCK_C=block_c, BLOCK_P=block_p,
+            num_warps=4)
+    return y
+
+
+def upsample2x_backward(dy: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """Gradient [B, C, H, W] of :func:`upsample2x` for the upstream gradient dy
+    [B, C, 2H, 2W] (even sizes), in ``dtype``, channels-last or contiguous."""
+    B, C, H2, W2 = dy.shape
+    H, W = H2 // 2, W2 // 2
+    dx = _empty((B, C, H, W), dy.device, dtype, channels_last)
+    block_c, block_p = _blocks(dx, W, BWD_ELEMENTS)
+    n_px = triton.cdiv(W, block_p)
+    with _on_device(dy):
+        _upsample2x_bwd_kernel[(B * H * n_px, triton.cdiv(C, block_c))](
+            dy, dx, C, H, W, n_px, *dy.stride(), *dx.stride(), BLOCK_C=block_c,
+            BLOCK_P=block_p, num_warps=4)
+    return dx

@@ -1,0 +1,157 @@
+"""Triton bilinear x2 upsampling against PyTorch's (float64 autograd as truth).
+
+CPU: Triton's interpreter (TRITON_INTERPRET=1, tests/conftest.py) on small maps, NCHW,
+channels-last and strided inputs. GPU (marker ``gpu``): the FPN head's and the semantic
+decoder's shapes at 512 x 512, batch 16.
+"""
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semask.kernels import bilinear_upsample as bu
+from semask.ops.upsample import fused_upsample_reasons, upsample2x
+from rule import check_rule
+from sm90 import compile_sm90, no_spills, run_without_interpreter
+
+
+def reference(x, dy):
+    """y and dx of PyTorch's upsampling through autograd, in x's dtype."""
+    x = x.detach().requires_grad_()
+    y = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    (dx,) = torch.autograd.grad(y, x, dy.to(y.dtype))
+    return y.detach(), dx
+
+
+def fused(x, dy):
+    """y and dx of the Triton kernels through the public op."""
+    x = x.detach().requires_grad_()
+    y = upsample2x(x, fused=True)
+    (dx,) = torch.autograd.grad(y, x, dy.to(y.dtype))
+    return y.detach(), dx
+
+
+def make(shape, layout="nchw", device="cpu", seed=0):
+    """float64 x [B, C, H, W] in ``layout`` (nchw, channels_last, strided: a view with a
+    stride-2 W) and an upstream gradient [B, C, 2H, 2W]."""
+    g = torch.Generator().manual_seed(seed)
+    B, C, H, W = shape
+    x = torch.randn(B, C, H, 2 * W if layout == "strided" else W, generator=g, dtype=torch.float64)
+    dy = torch.randn(B, C, 2 * H, 2 * W, generator=g, dtype=torch.float64)
+    if layout == "strided":
+        x = x[..., ::2]
+    elif layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(device), dy.to(device)
+
+
+# 1-pixel axes (both borders at once), odd and rectangular maps, channels under, over and
+# not a multiple of the channel block
+SHAPES = [(2, 3, 5, 7), (1, 4, 1, 1), (1, 2, 6, 1), (1, 3, 1, 9), (2, 20, 4, 3), (1, 130, 2, 2)]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fp32_matches_float64_autograd(shape, layout):
+    x, dy = make(shape, layout)
+    y_true, dx_true = reference(x, dy)
+    y, dx = fused(x.float(), dy.float())
+    assert y.shape == y_true.shape and dx.shape == x.shape and y.dtype == torch.float32
+    for name, got, truth in (("y", y, y_true), ("dx", dx, dx_true)):
+        err = ((got.double() - truth).abs().max() / truth.abs().max()).item()
+        assert err < 1e-6, f"{name}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_output_and_gradient_keep_the_memory_format(layout):
+    x, dy = make((2, 8, 4, 6), layout)
+    y, dx = fused(x.float(), dy.float())
+    channels_last = layout == "channels_last"
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert dx.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert y.is_contiguous() != channels_last and dx.is_contiguous() != channels_last
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 130, 2, 2)])
+def test_half_precision(dtype, shape):
+    """Forward: the fp32 sums of half-precision values with weights 1/4, 3/4 are exact, so
+    fp16 y is the exact result rounded once (PyTorch's fp32 path on the same values,
+    rounded); bf16 too on a GPU (test_gpu_accuracy_rule), while Triton's interpreter
+    truncates fp32 -> bf16, so here bf16 y meets the accuracy rule. Backward: the rule
+    against float64, torch same dtype as the yardstick."""
+    x, dy = make(shape)
+    low_x, low_dy = x.to(dtype), dy.to(dtype)
+    y, dx = fused(low_x, low_dy)
+    y_true, dx_true = reference(low_x.double(), low_dy.double())
+    y_same, dx_same = reference(low_x, low_dy)
+    if dtype == torch.float16:
+        assert torch.equal(y, y_true.to(dtype))
+    check_rule("y", y, y_same, y_true, dtype)
+    check_rule("dx", dx, dx_same, dx_true, dtype)
+
+
+def test_unsupported_inputs_fall_back_to_pytorch():
+    x, dy = make((1, 2, 3, 3))
+    assert "dtype" in " ".join(fused_upsample_reasons(x))  # float64
+    assert "expected" in " ".join(fused_upsample_reasons(x[0]))
+    assert "empty" in " ".join(fused_upsample_reasons(x[:0]))
+    y, dx = fused(x, dy)
+    y_true, dx_true = reference(x, dy)
+    assert torch.equal(y, y_true) and torch.equal(dx, dx_true)
+
+
+def test_gradient_cannot_be_differentiated_again():
+    x, _ = make((1, 2, 3, 3))
+    x = x.float().requires_grad_()
+    y = upsample2x(x, fused=True)
+    (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiates once"):
+        dx.sum().backward()
+
+
+# ------------------------------------------------ compiled (not interpreted) code, on CPU
+def compile_for_sm90(dtype, layout):
+    """Build both kernels for sm_90 with the launcher's blocks for a 64x64x256 map."""
+    torch_dtype = dict(fp32=torch.float32, bf16=torch.bfloat16)[dtype]
+    x = torch.empty(1, 256, 64, 64, dtype=torch_dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for fn, (X, Y), width, elements in ((bu._upsample2x_fwd_kernel, ("X", "Y"), 128, bu.FWD_ELEMENTS),
+                                        (bu._upsample2x_bwd_kernel, ("DY", "DX"), 64, bu.BWD_ELEMENTS)):
+        block_c, block_p = bu._blocks(x, width, elements)
+        kernel = compile_sm90(fn, {X: "*" + dtype, Y: "*" + dtype},
+                              dict(BLOCK_C=block_c, BLOCK_P=block_p), 4)
+        assert no_spills(kernel), fn.__name__
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype,layout", [("bf16", "nchw"), ("bf16", "channels_last"), ("fp32", "nchw")])
+def test_kernels_compile_for_sm90(dtype, layout):
+    pytest.importorskip("triton.backends.nvidia")
+    from triton.compiler import ASTSource
+    if "constexprs" not in inspect.signature(ASTSource).parameters:
+        pytest.skip("this Triton's ASTSource takes another signature (written for Triton >= 3.3)")
+    run_without_interpreter(__file__, f"compile_for_sm90({dtype!r}, {layout!r})")
+
+
+# ---------------------------------------------------------------- GPU, real shapes
+# Semantic FPN head (256 channels) and semantic decoder (150 classes), 512 x 512, batch 16
+GPU_SHAPES = [(16, 256, 64, 64), (16, 256, 16, 16), (16, 150, 32, 32)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+def test_gpu_accuracy_rule(shape, dtype, layout):
+    x, dy = make(shape, layout, device="cuda")
+    low_x, low_dy = x.to(dtype), dy.to(dtype)
+    y, dx = fused(low_x, low_dy)
+    y_true, dx_true = reference(low_x.double(), low_dy.double())
+    y_same, dx_same = reference(low_x, low_dy)
+    if dtype != torch.float32:  # exact fp32 sums rounded once, as PyTorch's CUDA kernel
+        assert torch.equal(y, y_same)
+    check_rule("y", y, y_same, y_true, dtype)
+    check_rule("dx", dx, dx_same, dx_true, dtype)
