@@ -62,7 +62,7 @@ import triton.language as tl
 
 from . import semantic_window
 from .common import dot
-from .semantic_window import _load, _rows, _store
+from .semantic_window import _load, _rows, _scores, _store
 
 MAX_K = 256
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -112,6 +112,14 @@ def _store_classes(X, x, x2, rows, mask_rows, KD, BLOCK_K: tl.constexpr,
 
 
 @triton.jit
+def _tokens(s, start, N, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr,
+            BLOCK: tl.constexpr):
+    """Tokens start .. start + BLOCK of sequence s: (offsets, mask of those < N, rows)."""
+    offs = start + tl.arange(0, BLOCK)
+    return offs, offs < N, _rows(s, offs, Hp, Wp, nWc, nW, WIN, ROW64)
+
+
+@triton.jit
 def _semantic_fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
                          WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr,
@@ -120,20 +128,17 @@ def _semantic_fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     s = pid // num_m
-    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m, mask_m, rows_m = _tokens(s, (pid % num_m) * BLOCK_M, N, Hp, Wp, nWc, nW, WIN, ROW64,
+                                     BLOCK_M)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_m = offs_m < N
     mask_c = offs_c < C
-    rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
     q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
     for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
+        _, mask_n, rows_n = _tokens(s, start_n, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_N)
         k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
         scores = _class_scores(q, q2, k, k2, TAIL, PREC, UPCAST)
         scores = tl.where(mask_n[None, :], scores, float("-inf"))
@@ -159,9 +164,8 @@ def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, n
     """Query rows x all keys: D (stored for the dk/dv kernel) and dq (complete, stored)."""
     pid = tl.program_id(0)
     s = pid // num_m
-    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < N
-    rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
+    offs_m, mask_m, rows_m = _tokens(s, (pid % num_m) * BLOCK_M, N, Hp, Wp, nWc, nW, WIN, ROW64,
+                                     BLOCK_M)
     delta = tl.zeros([BLOCK_M], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -177,19 +181,12 @@ def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, n
     dq = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
     dq2 = tl.zeros([BLOCK_M, BLOCK_K2], tl.float32)
     for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
+        _, mask_n, rows_n = _tokens(s, start_n, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_N)
         k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
         scores = _class_scores(q, q2, k, k2, TAIL, PREC, UPCAST)
         p = tl.where(mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
-        dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            offs_c = c0 + tl.arange(0, BLOCK_C)
-            mask_c = offs_c < C
-            do = _load(DO, rows_m, mask_m, offs_c, mask_c, C)
-            v = _load(V, rows_n, mask_n, offs_c, mask_c, C)
-            dp += dot(do, tl.trans(v), PREC, UPCAST)
+        dp = _scores(DO, V, rows_m, rows_n, mask_m, mask_n, C, BLOCK_M, BLOCK_N, BLOCK_C,
+                     PREC, UPCAST)  # dO v^T over channel chunks
         ds = (p * (dp - delta[:, None])).to(k.dtype)
         dq += dot(ds, k, PREC, UPCAST)
         if TAIL:
@@ -209,11 +206,10 @@ def _semantic_bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     s = pid // num_n
-    offs_n = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _, mask_n, rows_n = _tokens(s, (pid % num_n) * BLOCK_N, N, Hp, Wp, nWc, nW, WIN, ROW64,
+                                BLOCK_N)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_n = offs_n < N
     mask_c = offs_c < C
-    rows_n = _rows(s, offs_n, Hp, Wp, nWc, nW, WIN, ROW64)
     k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
     v = _load(V, rows_n, mask_n, offs_c, mask_c, C)
     # chunk 0 carries the -P*D term of dS (see module docstring)
@@ -223,9 +219,7 @@ def _semantic_bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp
     dk2 = tl.zeros([BLOCK_N, BLOCK_K2], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
     for start_m in range(0, N, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < N
-        rows_m = _rows(s, offs_m, Hp, Wp, nWc, nW, WIN, ROW64)
+        offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
         q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
         # padded query rows get lse = +inf, hence P = 0
         lse = tl.load(LSE + s * N + offs_m, mask=mask_m, other=float("inf"))

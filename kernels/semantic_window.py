@@ -72,7 +72,8 @@ def _store(X, value, rows, mask_rows, cols, mask_cols, width):
 def _scores(A, B, rows_a, rows_b, mask_a, mask_b, KD,
             BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
             PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """sum over class chunks of A[rows_a, k] B[rows_b, k]^T -> [BLOCK_A, BLOCK_B] fp32."""
+    """sum over column chunks (of BLOCK_K; classes, or channels for dO v^T) of
+    A[rows_a, k] B[rows_b, k]^T, KD columns -> [BLOCK_A, BLOCK_B] fp32."""
     acc = tl.zeros([BLOCK_A, BLOCK_B], tl.float32)
     for k0 in range(0, KD, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
