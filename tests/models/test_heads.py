@@ -75,3 +75,16 @@ def test_folding_upsamples_fewer_times(monkeypatch, sizes, head_calls, decoder_c
     calls.clear()
     semantic_decoder(features(SIZES[sizes], [5] * 4, torch.float64), fused=True)
     assert len(calls) == decoder_calls
+
+
+def test_fused_head_and_decoder_trace_in_one_graph():
+    """torch.compile(fullgraph=True) through the folded paths (the upsampling there is
+    PyTorch's: the Triton kernels run in eager mode only)."""
+    head = FPNHead([4, 6, 8, 10], num_classes=5, channels=8).eval()
+    feats = features(SIZES["chain"], [4, 6, 8, 10], torch.float32)
+    priors = features(SIZES["chain"], [5] * 4, torch.float32)
+    compiled = torch.compile(lambda f, p: (head(f, fused=True), semantic_decoder(p, True)),
+                             fullgraph=True, backend="eager")
+    out, total = compiled(feats, priors)
+    torch.testing.assert_close(out, head(feats), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total, semantic_decoder(priors), rtol=1e-5, atol=1e-6)
