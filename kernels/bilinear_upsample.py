@@ -6,8 +6,9 @@ SeMask semantic decoder, and its gradient. Weights as PyTorch's ``upsample_bilin
 (``common.bilinear_axis`` with scale 1/2): along each axis output 2i reads inputs
 (i - 1, i) with weights (1/4, 3/4) and output 2i + 1 reads (i, i + 1) with (3/4, 1/4),
 indices clamped at the borders (output 0 reads input 0 alone; the last output the last
-input alone). Values in fp32, stored in x's dtype: for bf16/fp16 inputs the fp32 sums are
-exact, so the forward equals PyTorch's bitwise.
+input alone). Values in fp32, stored in x's dtype. For bf16/fp16 inputs whose four taps
+lie within about 2^10 of each other in magnitude the fp32 sums are exact, so the forward
+equals PyTorch's bitwise there; elsewhere both round in fp32, possibly in another order.
 
 Layout: any strides (NCHW or channels-last); y takes x's memory format. A program owns
 BLOCK_C channels x BLOCK_P pixels of one row (of y forward, of dx backward; ``_blocks``);
@@ -88,13 +89,13 @@ def _upsample2x_bwd_kernel(DY, DX, C, H, W, n_px, sdyb, sdyc, sdyh, sdyw, sdxb, 
     for dy_ in tl.static_range(4):
         oy = 2 * iy + dy_ - 1
         wy = _weight(oy, iy, H, 2 * H)
-        # rows outside [0, 2H) have weight 0: read a valid row instead of masking
+        # rows outside [0, 2H) have weight 0 (not read: an inf there must not give 0 * inf)
         row_ptr = base + tl.minimum(tl.maximum(oy, 0), 2 * H - 1).to(tl.int64) * sdyh
         part = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
         for dx_ in tl.static_range(4):
             ox = 2 * ix + dx_ - 1
             wx = _weight(ox, ix, W, 2 * W)
-            m = mask & (wx != 0.0)[None, :]
+            m = mask & (wx * wy != 0.0)[None, :]
             g = tl.load(row_ptr + ox.to(tl.int64)[None, :] * sdyw, mask=m, other=0.0)
             part += wx[None, :] * g.to(tl.float32)
         acc += wy * part

@@ -264,29 +264,37 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     Tiles of 64 rows where registers allow, since on sm_90 Triton issues wgmma (warpgroup
     MMA) only for dots with M >= 64 and falls back to mma.sync below: forward 64 x 64; dq
     64 query x 64 key rows, 64 x 32 when W > 64; dk/dv 64 key x 64 query rows, 64 x 32
-    when W > 64. fp32 (ieee dots on FMA units, the exact path rather than the fast one):
-    32 x 32, dq 16 x 16.
+    when W > 64; with W = 256 (193..256 classes) 32-row blocks (forward 64 x 32). fp32
+    (ieee dots on FMA units, the exact path rather than the fast one): 32 x 32, dq 16 x 16.
     fwd and dkdv split C over programs and recompute the scores per chunk: their BLOCK_C is
-    the power of two (32..256 forward, 64..128 dk/dv, 32..64 fp32) minimising the work per
-    (query, key) pair, chunks * (score work + padded channel work). dq loops over C inside
-    (dP needs every channel) in the chunk of 64, 32 or 16 that pads C least.
+    the power of two (forward 32..256, 32..128 for W = 256; dk/dv 64..128, 64 for W > 160;
+    fp32 32..64) minimising the work per (query, key) pair, chunks * (score work + padded
+    channel work). dq loops over C inside (dP needs every channel) in the chunk of 64, 32
+    or 16 that pads C least.
     Chosen from ``ptxas -v`` for sm_90 (register counts, at most a few dozen bytes of
     spills at bf16, wgmma count), not from timings.
     """
     fp32 = dtype == torch.float32
     classes = _classes(K)
     width = classes["BLOCK_K"] + classes["BLOCK_K2"] * classes["TAIL"]
+    widest = width > 192  # one 256-column tile: smaller blocks
     if kernel == "dq":
         sizes = (32, 16) if fp32 else (64, 32, 16)
         block_c = min(sizes, key=lambda bc: (triton.cdiv(C, bc) * bc, -bc))
-        return dict(BLOCK_M=16 if fp32 else 64, BLOCK_N=16 if fp32 else 32 if width > 64 else 64,
+        return dict(BLOCK_M=16 if fp32 else 32 if widest else 64,
+                    BLOCK_N=16 if fp32 else 32 if width > 64 else 64,
                     BLOCK_C=block_c, **classes, num_warps=8, num_stages=2)
     backward = kernel == "dkdv"
-    block_n = 32 if fp32 else 64
+    block_n = 32 if fp32 or widest else 64
     block_m = 32 if fp32 or (backward and width > 64) else 64
     score_cost = (2 if backward else 1) * width
     chan_cost = 2 if backward else 1
-    cands = (32, 64) if fp32 else (64, 128) if backward else (32, 64, 128, 256)
+    if fp32:
+        cands = (32, 64)
+    elif backward:  # 128 channels with more than 160 class columns spill registers
+        cands = (64,) if width > 160 else (64, 128)
+    else:
+        cands = (32, 64, 128) if widest else (32, 64, 128, 256)
     block_c = min(cands, key=lambda bc: (triton.cdiv(C, bc) * (score_cost + chan_cost * bc), bc))
     block_c = min(block_c, _pow2(C))
     tile = block_m * (width + block_c)

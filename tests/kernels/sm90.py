@@ -33,21 +33,27 @@ def run_without_interpreter(test_file: str, call: str) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
 
 
-def spill_bytes(kernel) -> int:
-    """Bytes of register spill stores of ``kernel``'s PTX built by ptxas (the one on PATH)
-    for sm_90a; 0 when no ptxas is found (nothing to check with)."""
-    import re
+def _ptxas() -> str:
+    """The ptxas on PATH, else the one Triton ships (triton/backends/nvidia/bin)."""
     import shutil
+
+    import triton.backends.nvidia as nvidia
+
+    found = shutil.which("ptxas") or os.path.join(os.path.dirname(nvidia.__file__), "bin", "ptxas")
+    assert os.path.isfile(found), "no ptxas to check register spills with"
+    return found
+
+
+def spill_bytes(kernel) -> int:
+    """Bytes of register spill stores of ``kernel``'s PTX built by ptxas for sm_90a."""
+    import re
     import tempfile
 
-    ptxas = shutil.which("ptxas")
-    if ptxas is None:
-        return 0
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "k.ptx")
         with open(ptx, "w") as f:
             f.write(kernel.asm["ptx"])
-        run = subprocess.run([ptxas, "-arch=sm_90a", "-v", ptx, "-o", os.path.join(tmp, "k.cubin")],
+        run = subprocess.run([_ptxas(), "-arch=sm_90a", "-v", ptx, "-o", os.path.join(tmp, "k.cubin")],
                              capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     return int(re.search(r"(\d+) bytes spill stores", run.stderr).group(1))

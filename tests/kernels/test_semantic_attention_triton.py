@@ -68,6 +68,8 @@ FP32_CASES = [
     (1, 10, 10, 6, 32, 5),
     (1, 8, 16, 19, 24, 8),
     (2, 4, 6, 6, 24, 2),
+    (1, 12, 12, 171, 72, 12),
+    (1, 17, 16, 65, 40, 0),
 ]
 
 
@@ -120,12 +122,12 @@ def test_fp32_matches_reference(B, H, W, K, C, window):
         assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
 
 
-@pytest.mark.parametrize("H,W,window", [(7, 14, 7), (7, 14, 0), (17, 16, 0)])
-def test_int64_offsets_path(monkeypatch, H, W, window):
+@pytest.mark.parametrize("H,W,window,K", [(7, 14, 7, 19), (7, 14, 0, 19), (17, 16, 0, 150)])
+def test_int64_offsets_path(monkeypatch, H, W, window, K):
     """The int64 row arithmetic (taken for tensors of >= 2^31 elements) on small maps: whole
-    rows windowed and global, online softmax (global, 272 tokens)."""
+    rows windowed and global, online softmax (global, 272 tokens; class head and tail)."""
     monkeypatch.setattr(sa, "_row64", lambda q, v: True)
-    q, k, v, dout = make_inputs(2, H, W, 19, 40)
+    q, k, v, dout = make_inputs(2, H, W, K, 40)
     truth = reference_grads(q, k, v, dout, window)
     got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
     for name, x, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), truth):
@@ -149,7 +151,8 @@ def test_fp32_peaked_scores_finite_and_within_torch_error(H, W, window):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B,H,W,K,C,window", [(2, 14, 14, 19, 40, 7), (1, 9, 11, 150, 32, 0),
-                                               (1, 12, 12, 19, 40, 12), (1, 17, 16, 150, 32, 0)])
+                                               (1, 12, 12, 19, 40, 12), (1, 17, 16, 150, 32, 0),
+                                               (1, 17, 16, 200, 160, 0)])
 def test_half_precision_within_torch_error(dtype, B, H, W, K, C, window):
     q, k, v, dout = make_inputs(B, H, W, K, C)
     truth = reference_grads(q, k, v, dout, window)
@@ -239,7 +242,9 @@ def compile_all_sm90(dtype, N, K, C, window):
 @pytest.mark.parametrize("dtype,N,K,C,window", [("bf16", 49, 150, 96, 7), ("fp32", 49, 19, 40, 7),
                                                  ("fp32", 16, 6, 24, 4), ("bf16", 144, 150, 256, 12),
                                                  ("fp32", 144, 19, 40, 12), ("bf16", 256, 150, 768, 0),
-                                                 ("bf16", 1024, 150, 384, 0), ("fp32", 1024, 19, 40, 0)])
+                                                 ("bf16", 1024, 150, 384, 0), ("fp32", 1024, 19, 40, 0),
+                                                 ("bf16", 144, 171, 256, 12), ("bf16", 1024, 256, 512, 0),
+                                                 ("bf16", 144, 200, 128, 12)])
 def test_kernels_compile_for_sm90(dtype, N, K, C, window):
     """The interpreter accepts code the compiler may reject: build every kernel for sm_90
     (in a fresh process, since TRITON_INTERPRET=1 here replaces the jit functions)."""
