@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import semask
+from semask.ops import upsample
 
 
 def twin_models(monkeypatch, backend, variant="micro", num_classes=19, **kw):
@@ -41,7 +42,12 @@ def test_fused_triton_model_equals_reference_on_cpu(monkeypatch, semantic_window
     assert fused.fused_upsample and not ref.fused_upsample
     images, target = torch.randn(1, 3, *size), torch.randint(0, 19, (1, *size))
     out_r, loss_r, grad_r = forward_backward(ref, images, target)
+    calls = []
+    kernel = upsample._Upsample2x.apply
+    monkeypatch.setattr(upsample._Upsample2x, "apply", lambda x: calls.append(x.shape) or kernel(x))
     out_f, loss_f, grad_f = forward_backward(fused, images, target)
+    # the Triton upsampling ran: 4 in the head and 3 in the decoder where the chains fold
+    assert len(calls) == (7 if size == (64, 96) else 12)
     torch.testing.assert_close(out_f.logits, out_r.logits, rtol=1e-4, atol=1e-5)
     for a, b in zip(out_f.semantic_logits, out_r.semantic_logits):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
