@@ -4,7 +4,9 @@ A window-attention case is one attention call of one Swin block at a stage's sha
 qkv [B, Hp, Wp, 3C] of the zero-padded map -> out [B, Hp, Wp, C]. A semantic case is one
 semantic-layer attention call: q, k [B, Hp, Wp, K], v [B, Hp, Wp, C]. A loss case is one
 of the model's two losses: stride-4 logits [B, K, h, w] upsampled to the labels [B, H, W]
-and cross-entropy (sum over pixels; fwd_bwd: with the logits' gradient). A model case is a
+and cross-entropy (sum over pixels; fwd_bwd: with the logits' gradient). An upsample case
+is one bilinear x2 upsampling of the FPN head or the semantic decoder: x [B, C, h, w] ->
+[B, C, 2h, 2w] (NCHW, as the head's maps). A model case is a
 whole SeMask-Swin FPN: inference (mode ``fwd``) or one training step (mode ``fwd_bwd``:
 forward, loss, backward and an AdamW step).
 
@@ -15,6 +17,8 @@ Bytes model (the fewest bytes a fused kernel must move; PERF_MODEL.md):
              bwd: read q, k, v, out, dout, lse; write dq, dk, dv   T * (4K + 4C) * e + T * 4
     loss     fwd: read logits and int64 labels          B*K*h*w * e + B*H*W * 8
              fwd_bwd: also write the logits' gradient   + B*K*h*w * e
+    upsample fwd: read x, write y                      5 * B*C*h*w * e
+             fwd_bwd: also read dy, write dx            + 5 * B*C*h*w * e
 T = B * Hp * Wp tokens (padding included), e = bytes per element; the float32 log-sum-exp
 is written by the forward when a backward follows. The small bias table is left out.
 """
@@ -28,7 +32,8 @@ from semask.models.semask import VARIANTS, default_semantic_windowed
 ARCH = {"swin_t": "tiny", "swin_s": "small", "swin_b": "base", "swin_l": "large"}
 SEMASK_ARCH = {"semask_t": "tiny", "semask_s": "small", "semask_b": "base", "semask_l": "large"}
 MODES = ("fwd", "fwd_bwd")
-KINDS = ("window", "semantic", "loss", "model")
+KINDS = ("window", "semantic", "loss", "upsample", "model")
+NO_MATMUL = ("loss", "upsample")  # op kinds whose FLOP count is 0 (nothing a matmul counter sees)
 ADE_CLASSES = 150
 
 
@@ -71,6 +76,8 @@ class Case:
                     f"{p['Wp']}x{p['C']}, {mode}")
         if self.kind == "loss":
             return f"logits {self.batch}x{p['K']}x{p['h']}x{p['w']} -> labels {p['H']}x{p['W']}"
+        if self.kind == "upsample":
+            return f"x {self.batch}x{p['C']}x{p['h']}x{p['w']} -> {2 * p['h']}x{2 * p['w']}"
         return f"images {self.batch}x3x{p['img']}x{p['img']}, K {p['K']}"
 
     def tokens(self) -> int:
@@ -116,6 +123,18 @@ def loss_case(dataset: str, mode: str, batch: int, size: tuple[int, int] | None 
     return Case(f"loss/{dataset}-{H}x{W}", "loss", mode, batch, p)
 
 
+# (channels, stage) of the x2 upsamplings of a SeMask-T FPN at ADE20K: the head's 256-channel
+# maps, the decoder's 150-class priors; stage 1 (stride 8 -> 4) is the largest
+UPSAMPLES = {"fpn": 256, "decoder": ADE_CLASSES}
+
+
+def upsample_case(where: str, img: int, stage: int, mode: str, batch: int) -> Case:
+    """The x2 upsampling of ``where`` ("fpn" or "decoder") from stage ``stage``'s map."""
+    side = stage_sizes(img)[stage]
+    p = dict(C=UPSAMPLES[where], h=side, w=side, img=img, stage=stage)
+    return Case(f"upsample/{where}-{img}/s{stage}", "upsample", mode, batch, p)
+
+
 def model_case(model: str, img: int, mode: str, batch: int, num_classes: int = ADE_CLASSES) -> Case:
     return Case(f"model/{model}-{img}", "model", mode, batch, dict(model=model, img=img, K=num_classes))
 
@@ -133,6 +152,10 @@ def bytes_moved(case: Case, dtype_name: str) -> int | None:
         logits = case.batch * p["K"] * p["h"] * p["w"] * e
         labels = case.batch * p["H"] * p["W"] * 8
         return logits + labels if case.mode == "fwd" else 2 * logits + labels
+    if case.kind == "upsample":
+        p = case.params
+        x = case.batch * p["C"] * p["h"] * p["w"] * element_size(dtype_name)
+        return 5 * x if case.mode == "fwd" else 10 * x
     e, T, p = element_size(dtype_name), case.tokens(), case.params
     if case.kind == "window":
         fwd, lse, bwd = T * 4 * p["C"] * e, T * p["heads"] * 4, T * 8 * p["C"] * e + T * p["heads"] * 4
@@ -144,8 +167,8 @@ def bytes_moved(case: Case, dtype_name: str) -> int | None:
 
 def attention_flops(case: Case) -> int:
     """FLOPs of the reference's attention matmuls (2 per multiply-add): fwd 2, fwd_bwd 6;
-    0 for a loss case (FlopCounterMode counts no matmul there)."""
-    if case.kind == "loss":
+    0 for loss and upsample cases (FlopCounterMode counts no matmul there)."""
+    if case.kind in NO_MATMUL:
         return 0
     p, T = case.params, case.tokens()
     if case.kind == "window":
@@ -185,6 +208,10 @@ def full_cases(batch: int, model_batch: int | None) -> list[Case]:
             for dataset in LOSS_DATASETS:
                 for mode in MODES:
                     cases.append(loss_case(dataset, mode, batch))
+            for where in UPSAMPLES:
+                for stage in (1, 2):
+                    for mode in MODES:
+                        cases.append(upsample_case(where, img, stage, mode, batch))
             for model in MODELS:
                 b = model_batch or MODEL_BATCH.get(model, 8)
                 for mode in MODES:
@@ -218,6 +245,7 @@ def quick_cases(batch: int | None) -> list[Case]:
                   semantic_case("semask_t", 224, 1, mode, b),
                   semantic_case("semask_t", 224, 3, mode, b),
                   loss_case("ade20k", mode, b, size=(64, 64)),
+                  upsample_case("decoder", 224, 2, mode, b),
                   model_case("semask_swin_tiny_fpn", 224, mode, b)]
     return cases
 

@@ -29,8 +29,9 @@ from semask.ops import backend as _backend
 from semask.ops.reference import (relative_position_bias, semantic_attention_reference,
                                   shift_attn_mask, window_attention_reference, window_partition,
                                   window_reverse)
+from semask.ops.upsample import fused_upsample_reasons, upsample2x
 
-from .cases import Case
+from .cases import NO_MATMUL, Case
 
 # the op modules (``semask.ops`` re-exports functions under the same names)
 _win_mod = importlib.import_module("semask.ops.window_attention")
@@ -147,6 +148,8 @@ def op_inputs(case: Case, device: str, dtype: torch.dtype, requires_grad: bool) 
         target = torch.randint(0, p["K"], (B, p["H"], p["W"]), generator=g, device=device)
         target[:, : p["H"] // 16] = IGNORE
         return dict(logits=rnd(B, p["K"], p["h"], p["w"], std=2.0), target=target)
+    if case.kind == "upsample":
+        return dict(x=rnd(B, p["C"], p["h"], p["w"]))
     # semantic logits of a trained layer are larger than unit scale; 0.5 keeps the
     # unscaled softmax well-conditioned for every K
     return dict(q=rnd(B, p["Hp"], p["Wp"], p["K"], std=0.5), k=rnd(B, p["Hp"], p["Wp"], p["K"], std=0.5),
@@ -165,6 +168,9 @@ def op_forward(case: Case, provider: str) -> Callable:
     if case.kind == "loss":  # the model's loss: one piece (reference) or the fused kernel
         fused = provider == "triton"
         return lambda logits, target: upsampled_cross_entropy(logits, target, IGNORE, fused=fused)
+    if case.kind == "upsample":
+        fused = provider == "triton"
+        return lambda x: upsample2x(x, fused)
     w = p["window"]
     if provider in FUSED:
         return lambda q, k, v: _sem_mod.semantic_attention(q, k, v, w, backend=provider)
@@ -175,6 +181,9 @@ def op_forward(case: Case, provider: str) -> Callable:
 def _out_shape(inputs: dict) -> tuple:
     if "logits" in inputs:  # a loss: a scalar
         return ()
+    if "x" in inputs:  # an upsampling
+        B, C, h, w = inputs["x"].shape
+        return (B, C, 2 * h, 2 * w)
     first = next(iter(inputs.values()))
     C = first.shape[3] // 3 if "qkv" in inputs else inputs["v"].shape[3]
     return (*first.shape[:3], C)
@@ -207,13 +216,15 @@ def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepa
     dtype = DTYPES[dtype_name]
     inputs = op_inputs(case, device, dtype, case.mode == "fwd_bwd")
     note = ""
-    if case.kind == "loss" and provider in ("sdpa", "cuda"):
-        raise Skip("no fused loss in the cuda extension" if provider == "cuda" else
+    if case.kind in NO_MATMUL and provider in ("sdpa", "cuda"):
+        raise Skip(f"no fused {case.kind} in the cuda extension" if provider == "cuda" else
                    "SDPA applies to the attention cases only")
     if provider in FUSED:
         p = case.params
         if case.kind == "loss":  # exactly the check upsampled_cross_entropy(fused=True) makes
             reasons = fused_loss_reasons(inputs["logits"], inputs["target"], IGNORE)
+        elif case.kind == "upsample":  # and the one upsample2x(fused=True) makes
+            reasons = fused_upsample_reasons(inputs["x"])
         else:
             params = (dict(num_heads=p["heads"], window=p["window"], shift=p["shift"])
                       if case.kind == "window" else dict(window=p["window"]))
@@ -252,8 +263,8 @@ def meta_flops(case: Case, provider: str, dtype_name: str) -> int:
     through their custom op's fake implementation and the formula in semask.ops.flops."""
     from .measure import count_flops
 
-    if case.kind == "loss":
-        return 0  # upsampling and cross-entropy: no matmul, nothing FlopCounterMode counts
+    if case.kind in NO_MATMUL:
+        return 0  # upsampling (and cross-entropy): no matmul, nothing FlopCounterMode counts
     dtype = DTYPES[dtype_name]
     inputs = op_inputs_meta(case, dtype, case.mode == "fwd_bwd")
     p = case.params

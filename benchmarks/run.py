@@ -187,9 +187,9 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
         gc.collect()
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    if case.kind != "model" and (rec["flops"] is None or rec["flops"] == 0 and case.kind != "loss"):
+    if case.kind != "model" and (rec["flops"] is None or rec["flops"] == 0 and case.kind not in _cases.NO_MATMUL):
         # skipped, or a kernel FlopCounterMode has no formula for (e.g. SDPA's CPU flash
-        # path): count the same call on meta tensors (a loss counts 0: no matmul)
+        # path): count the same call on meta tensors (a loss or upsampling counts 0)
         try:
             rec["flops"] = providers.meta_flops(case, provider, args.dtype)
             rec["flops_source"] = "meta"
