@@ -26,13 +26,11 @@ Limits: fp32, fp16, bf16; 4-D input; int64 offsets throughout.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
-from .common import bilinear_axis
+from .common import bilinear_axis, on_device
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -130,10 +128,6 @@ def is_channels_last(t: torch.Tensor) -> bool:
     return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
-def _on_device(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def reasons(tensors, params: dict) -> list[str]:
     """Why the kernels cannot upsample ``[x]`` (empty: they can)."""
     (x,) = tensors
@@ -154,7 +148,7 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     y = _empty((B, C, 2 * H, 2 * W), x.device, x.dtype, is_channels_last(x))
     block_c, block_p = _blocks(y, 2 * W, FWD_ELEMENTS)
     n_px = triton.cdiv(2 * W, block_p)
-    with _on_device(x):
+    with on_device(x):
         _upsample2x_fwd_kernel[(B * 2 * H * n_px, triton.cdiv(C, block_c))](
             x, y, C, H, W, n_px, *x.stride(), *y.stride(), BLOCK_C=block_c, BLOCK_P=block_p,
             num_warps=4)
@@ -169,7 +163,7 @@ def upsample2x_backward(dy: torch.Tensor, dtype: torch.dtype, channels_last: boo
     dx = _empty((B, C, H, W), dy.device, dtype, channels_last)
     block_c, block_p = _blocks(dx, W, BWD_ELEMENTS)
     n_px = triton.cdiv(W, block_p)
-    with _on_device(dy):
+    with on_device(dy):
         _upsample2x_bwd_kernel[(B * H * n_px, triton.cdiv(C, block_c))](
             dy, dx, C, H, W, n_px, *dy.stride(), *dx.stride(), BLOCK_C=block_c,
             BLOCK_P=block_p, num_warps=4)

@@ -1,6 +1,15 @@
-"""Triton helpers shared by the kernels: fp32-accumulating dots and the bilinear weights."""
+"""Helpers shared by the kernels: fp32-accumulating dots, the bilinear weights and the
+launch device."""
+import contextlib
+
+import torch
 import triton
 import triton.language as tl
+
+
+def on_device(t: torch.Tensor):
+    """Launch on the tensor's GPU (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 @triton.jit

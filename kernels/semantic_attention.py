@@ -54,14 +54,12 @@ compiled GPU code uses bf16 dots.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
 from . import semantic_window
-from .common import dot
+from .common import dot, on_device
 from .semantic_window import _load, _rows, _scores, _store
 
 MAX_K = 256
@@ -325,11 +323,6 @@ def _flags(q: torch.Tensor, v: torch.Tensor) -> dict:
                 UPCAST=interpreted and q.dtype == torch.bfloat16)
 
 
-def _on_device(t: torch.Tensor):
-    """Launch on the tensor's GPU (Triton launches on the current device)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def reasons(tensors, params: dict) -> list[str]:
     """Why these kernels cannot run ``[q, k, v]`` with ``params['window']`` (empty: they can)."""
     q, k, v = tensors
@@ -366,12 +359,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
     lse = torch.empty(q.shape[0], S // q.shape[0], N, device=q.device, dtype=torch.float32)
     flags = _flags(q, v)
     if semantic_window.supports(N, window):
-        with _on_device(q):
+        with on_device(q):
             semantic_window.forward(q, k, v, out, lse, window, (S, N, Hp, Wp, nWc, nW), flags)
         return out, lse
     cfg = _config(N, KD, C, "fwd", q.dtype)
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
-    with _on_device(q):
+    with on_device(q):
         _semantic_fwd_kernel[(num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))](
             q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW, num_m,
             WIN=window, **flags, **cfg)
@@ -386,7 +379,7 @@ def backward(dout, q, k, v, out, lse, window: int):
     lse = lse.contiguous()
     flags = _flags(q, v)
     if semantic_window.supports(N, window):
-        with _on_device(q):
+        with on_device(q):
             return semantic_window.backward(dout, q, k, v, lse, window, (S, N, Hp, Wp, nWc, nW),
                                             flags)
     cfg = _config(N, KD, C, "dkdv", q.dtype)
@@ -399,7 +392,7 @@ def backward(dout, q, k, v, out, lse, window: int):
     dk = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if dk_atomic else torch.empty_like(k)
     delta = torch.empty_like(lse)
     args = (N, KD, C, Hp, Wp, nWc, nW)
-    with _on_device(q):
+    with on_device(q):
         _semantic_bwd_dq_kernel[(num_m * S,)](q, k, v, out, dout, lse, delta, dq, *args, num_m,
                                               WIN=window, **flags, **dq_cfg)
         _semantic_bwd_dkdv_kernel[(num_n * S, num_c)](q, k, v, dout, lse, delta, dk, dv, *args,

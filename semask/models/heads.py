@@ -74,7 +74,7 @@ class FPNHead(nn.Module):
         upsampling applied once to the sum of what precedes it, where those maps are half
         of ``size``."""
         pre = [_run(head[:-1], feat) for head, feat in zip(self.scale_heads[1:], features)]
-        if all(tuple(2 * n for n in p.shape[2:]) == tuple(size) for p in pre):
+        if all(_half_of(p, size) for p in pre):
             return upsample2x(sum(pre), fused=True)
         return sum(resize(upsample2x(p, fused=True), size) for p in pre)
 
@@ -84,6 +84,11 @@ def _run(layers: nn.Sequential, x: Tensor) -> Tensor:
     for layer in layers:
         x = upsample2x(x, fused=True) if isinstance(layer, Upsample2x) else layer(x)
     return x
+
+
+def _half_of(x: Tensor, size) -> bool:
+    """Whether x2 upsampling takes map x [B, C, h, w] exactly to ``size``."""
+    return tuple(2 * n for n in x.shape[2:]) == tuple(size)
 
 
 def resize(x: Tensor, size) -> Tensor:
@@ -102,8 +107,7 @@ def semantic_decoder(priors: list[Tensor], fused: bool = False) -> Tensor:
     priors: 4 maps [B, K, H_i, W_i] -> [B, K, H_0, W_0].
     """
     size = priors[0].shape[2:]
-    if fused and all(tuple(2 * n for n in b.shape[2:]) == tuple(a.shape[2:])
-                     for a, b in zip(priors, priors[1:])):
+    if fused and all(_half_of(b, a.shape[2:]) for a, b in zip(priors, priors[1:])):
         total = priors[-1]
         for prior in reversed(priors[:-1]):
             total = prior + upsample2x(total, fused=True)

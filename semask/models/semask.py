@@ -77,10 +77,9 @@ class SeMaskSwin(nn.Module):
     else None. ``fused_loss``: compute the loss with the fused Triton upsample +
     cross-entropy kernel where it runs (then ``loss_chunk`` does not matter; with "auto",
     CUDA tensors only); default: when ``fused`` asks for the Triton kernels ("auto" or
-    "triton"). ``fused_upsample``: the x2
-    upsamplings of the FPN head and the semantic decoder on the Triton kernels where they
-    run, their linear chains taken in fewer steps (:mod:`semask.models.heads`; same values
-    up to rounding); same default.
+    "triton"). ``fused_upsample``: the x2 upsamplings of the FPN head and the semantic
+    decoder on the Triton kernels where they run, their linear chains taken in fewer
+    steps (:mod:`semask.models.heads`; same values up to rounding); same default.
     """
 
     def __init__(self, variant: str = "tiny", num_classes: int = 150, head: str = "fpn",
