@@ -43,8 +43,8 @@ DIRECTIONS = ("fwd", "bwd")
 # ----------------------------------------------------------------------------- candidates
 def window_candidates(window: int, direction: str, quick: bool) -> list[dict]:
     """BLOCK_M (query rows per program), num_warps, programs per SM of the grouping."""
-    block_n = WA._config(window)[2]
-    ms = [m for m in (16, 32, 64) if m <= block_n]
+    cfg = WA._config(window, direction, torch.bfloat16)
+    ms = [m for m in (16, 32, 64) if m <= cfg["BLOCK_N"] + cfg["BLOCK_N2"] * cfg["TAIL"]]
     grid = itertools.product(ms, (4, 8), (4, 8, 16, 32) if direction == "fwd" else (4, 8, 16))
     cands = [dict(BLOCK_M=m, num_warps=w, programs_per_sm=p) for m, w, p in grid]
     return [cands[0], cands[-1]] if quick else cands
@@ -101,13 +101,13 @@ def loss_config(cfg: dict):
 def window_config(window: int, direction: str, cfg: dict):
     """Set the window kernels' tables to ``cfg`` for ``direction`` (the other keeps its own)."""
     saved_table, saved_pps = dict(WA._CONFIG), WA._PROGRAMS_PER_SM
-    fwd_m, bwd_m, _, warps = WA._config(window)
     i = DIRECTIONS.index(direction)
-    ms = [fwd_m, bwd_m]
-    ms[i] = cfg["BLOCK_M"]
+    both = [(c["BLOCK_M"], c["num_warps"])
+            for c in (WA._config(window, d, torch.bfloat16) for d in DIRECTIONS)]
+    both[i] = (cfg["BLOCK_M"], cfg["num_warps"])
     pps = list(saved_pps)
     pps[i] = cfg["programs_per_sm"]
-    WA._CONFIG[window] = (ms[0], ms[1], cfg["num_warps"])
+    WA._CONFIG[window] = tuple(both)
     WA._PROGRAMS_PER_SM = tuple(pps)
     try:
         yield

@@ -1,10 +1,23 @@
-"""Helpers shared by the kernels: fp32-accumulating dots, the bilinear weights and the
-launch device."""
+"""Helpers shared by the kernels: fp32-accumulating dots, head + tail tiles, the bilinear
+weights and the launch device."""
 import contextlib
 
 import torch
 import triton
 import triton.language as tl
+
+
+def head_tail(n: int) -> tuple[int, int, bool]:
+    """Tiles covering n columns: a head of a power of two >= 16 and, where that pads less
+    than one power-of-two tile, a tail (also a power of two >= 16): 150 -> 128 + 32 instead
+    of 256, 144 -> 128 + 16; 19 -> 32, no tail. Returns (head, tail, has_tail); tail is 16
+    when unused."""
+    full = max(16, triton.next_power_of_2(n))
+    head = max(16, full // 2)
+    tail = max(16, triton.next_power_of_2(n - head)) if n > head else 16
+    if n <= head or head + tail >= full:
+        return full, 16, False
+    return head, tail, True
 
 
 def on_device(t: torch.Tensor):

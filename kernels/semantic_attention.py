@@ -59,7 +59,7 @@ import triton
 import triton.language as tl
 
 from . import semantic_window
-from .common import dot, on_device
+from .common import dot, head_tail, on_device
 from .semantic_window import _load, _rows, _scores, _store
 
 MAX_K = 256
@@ -244,15 +244,10 @@ KERNELS = ("fwd", "dq", "dkdv")
 
 
 def _classes(K: int) -> dict:
-    """The K classes as tiles: a head of BLOCK_K (power of two) and, where that pads less
-    than one power-of-two tile, a tail of BLOCK_K2 (TAIL): 150 -> 128 + 32 = 160 columns
-    instead of 256; 19 -> 32, no tail. BLOCK_K2 is 16 when there is no tail (unused)."""
-    full = _pow2(K)
-    head = max(16, full // 2)
-    tail = _pow2(K - head)
-    if K <= head or head + tail >= full:
-        return dict(BLOCK_K=full, BLOCK_K2=16, TAIL=False)
-    return dict(BLOCK_K=head, BLOCK_K2=tail, TAIL=True)
+    """The K classes as a head tile BLOCK_K and, where that pads less (TAIL), a tail tile
+    BLOCK_K2 (``common.head_tail``): 150 -> 128 + 32 columns instead of 256; 19 -> 32."""
+    head, tail, has_tail = head_tail(K)
+    return dict(BLOCK_K=head, BLOCK_K2=tail, TAIL=has_tail)
 
 
 def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:

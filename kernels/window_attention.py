@@ -11,23 +11,27 @@ What it computes (``semask.ops.reference.window_attention_reference``)
 Everything the reference does with tensors is address arithmetic here (``_window_tokens``):
 the cyclic shift by -shift and its reverse (token (r, c) of the shifted map lives at
 ((r + s) % Hp, (c + s) % Wp) of qkv and of out), the window partition and reverse, the
-relative position index (``_bias_index``, from token coordinates as in Liu et al. 2021) and
+relative position index (``_bias``, from token coordinates as in Liu et al. 2021) and
 the shift mask (-100 between the 3x3 regions of ``shift_region_labels``: row bands split at
 Hp - w and Hp - s, column bands at Wp - w and Wp - s). No roll, pad, partition, index or
 mask tensor is made. Dots accumulate in fp32; fp32 inputs use ``input_precision="ieee"``
 (no TF32) so they match the fp32 reference to ~1e-6; fp16/bf16 round P and dS to the input
 dtype before their dots, as flash attention does.
 
-Tiles. A program owns BLOCK_M query rows of a window and always the whole key range, padded
-to BLOCK_N = next power of two >= N (masked), so the softmax is one pass (no online
-rescaling) and lse is exact. ``_CONFIG`` (per window):
-    w = 7,  N = 49:  BLOCK_M = 64 (whole window, 1.31x row padding), BLOCK_N = 64 (1.31x);
-    w = 12, N = 144: BLOCK_N = 256 (1.78x padded key work: the price of the one-pass
-                     softmax and of a full-width dS tile to sum for the bias gradient);
-                     forward BLOCK_M = 32 (5 blocks, 160 rows: 1.11x), backward
-                     BLOCK_M = 16 (9 blocks, exact) to keep [16, 256] fp32 tiles in
-                     registers.
-Other windows up to 16: BLOCK_M = BLOCK_N when N <= 64, else BLOCK_M = 16.
+Tiles. A program owns BLOCK_M query rows of a window and always the whole key range, so the
+softmax is one pass (no online rescaling) and lse is exact. The N keys are a head tile of
+BLOCK_N (a power of two) plus, where that pads less than one power-of-two tile, a tail
+tile of BLOCK_N2 (TAIL; ``common.head_tail``), every row max, sum and product taken over
+both. ``_config`` (``_CONFIG``, fp32: ``_CONFIG_FP32``; chosen from ``ptxas -v`` for sm_90:
+no spills, wgmma where it fits; w = 7 half precision also from timings):
+    w = 7,  N = 49:  keys 64 (1.31x); BLOCK_M = 64 (whole window), 4 warps; fp32
+                     backward 32 rows, 8 warps.
+    w = 12, N = 144: keys 128 + 16 (exact; one 256 tile padded 1.78x and spilled);
+                     forward BLOCK_M = 64, 8 warps (3 blocks, 1.33x rows; wgmma), fp32 32;
+                     backward BLOCK_M = 16 (9 blocks, exact; mma.sync: 32 and 64 rows
+                     spill the persistent bias, dS sum and index tiles), fp32 8 warps.
+Other windows up to 16: BLOCK_M = next power of two >= N up to 64 (one block) when the key
+tiles are <= 64 wide, else 16; 4 warps.
 
 Grid: 1D, program id = (window group, query block, head) with the head fastest, so the
 heads of a window, which share every 3C-channel row of qkv, run side by side. A program
@@ -63,7 +67,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot
+from .common import dot, head_tail, on_device
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HEAD_DIMS = (16, 32, 64)
@@ -74,8 +78,10 @@ _LOG2E = tl.constexpr(LOG2E)  # the constants kernels read (globals must be cons
 _LN2 = tl.constexpr(0.6931471805599453)
 _MASK_LOG2 = tl.constexpr(MASK_VALUE * LOG2E)
 
-# (forward BLOCK_M, backward BLOCK_M, num_warps) per window; BLOCK_N = next_pow2(w*w).
-_CONFIG = {7: (64, 64, 4), 12: (32, 16, 4)}
+DIRECTIONS = ("fwd", "bwd")
+# Per window, ((BLOCK_M, num_warps) forward, (BLOCK_M, num_warps) backward); see _config.
+_CONFIG = {7: ((64, 4), (64, 4)), 12: ((64, 8), (16, 4))}
+_CONFIG_FP32 = {7: ((64, 4), (32, 8)), 12: ((32, 8), (16, 8))}
 # Programs per SM that the window grouping aims at (forward, backward): 4 and 4 were the
 # fastest for w = 7 at every Swin-T 512 stage on an H200 (benchmarks/sweep.py, 2026-11-26:
 # backward 1.34-1.66x, forward 1.0-1.19x over the earlier 16 and 8); w = 12 not swept yet.
@@ -103,17 +109,48 @@ def _window_tokens(wid, tok, nW, nWw, Hp, Wp, shift, WINDOW: tl.constexpr, SHIFT
 
 
 @triton.jit
-def _bias_index(qi, kj, WINDOW: tl.constexpr):
-    """Relative position index of query token qi and key token kj (Swin: query minus key)."""
-    return (qi // WINDOW - kj // WINDOW + WINDOW - 1) * (2 * WINDOW - 1) \
-        + (qi % WINDOW - kj % WINDOW + WINDOW - 1)
+def _bias(table, qi, kj, ok, h, HEADS: tl.constexpr, WINDOW: tl.constexpr):
+    """Bias of query tokens qi and key tokens kj (broadcast against each other) in log2 units,
+    0 where not ``ok``, and its offsets in the table. The relative position index is query
+    minus key, as in Swin (Liu et al. 2021)."""
+    index = ((qi // WINDOW - kj // WINDOW + WINDOW - 1) * (2 * WINDOW - 1)
+             + (qi % WINDOW - kj % WINDOW + WINDOW - 1)) * HEADS + h
+    return tl.load(table + index, mask=ok, other=0.0).to(tl.float32) * _LOG2E, index
+
+
+@triton.jit
+def _head_rows(X, rows, ok, col0, STRIDE: tl.constexpr, h, HEAD_DIM: tl.constexpr):
+    """X[rows, col0 + h*HEAD_DIM : +HEAD_DIM] of a row-major [*, STRIDE] map (0 where not ok)."""
+    d = tl.arange(0, HEAD_DIM)
+    return tl.load(X + rows[:, None] * STRIDE + col0 + h * HEAD_DIM + d[None, :],
+                   mask=ok[:, None], other=0.0)
+
+
+@triton.jit
+def _store_head_rows(X, x, rows, ok, col0, STRIDE: tl.constexpr, h, HEAD_DIM: tl.constexpr):
+    """X[rows, col0 + h*HEAD_DIM : +HEAD_DIM] = x, in X's dtype."""
+    d = tl.arange(0, HEAD_DIM)
+    tl.store(X + rows[:, None] * STRIDE + col0 + h * HEAD_DIM + d[None, :],
+             x.to(X.dtype.element_ty), mask=ok[:, None])
+
+
+@triton.jit
+def _scores(a, b, bias, a_lab, b_lab, scale_log2, SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr,
+            UPCAST: tl.constexpr):
+    """scale a b^T + bias in log2 units, plus the shift mask between tokens of different
+    regions (the mask is symmetric, so this serves query-major and key-major tiles)."""
+    s = dot(a, tl.trans(b), DOT_PREC, UPCAST) * scale_log2 + bias
+    if SHIFTED:
+        s = tl.where(a_lab[:, None] != b_lab[None, :], s + _MASK_LOG2, s)
+    return s
 
 
 @triton.jit
 def _window_fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift, wpp,
                        HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_QB: tl.constexpr,
-                       SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
+                       TAIL: tl.constexpr, NUM_QB: tl.constexpr, SHIFTED: tl.constexpr,
+                       DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     N: tl.constexpr = WINDOW * WINDOW
     C: tl.constexpr = HEADS * HEAD_DIM
     pid = tl.program_id(0)
@@ -122,42 +159,62 @@ def _window_fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp,
     group = pid // (HEADS * NUM_QB)
     rows = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    d = tl.arange(0, HEAD_DIM)
     row_ok = rows < N
     col_ok = cols < N
-    tile_ok = row_ok[:, None] & col_ok[None, :]
-    bias = tl.load(table + _bias_index(rows[:, None], cols[None, :], WINDOW) * HEADS + h,
-                   mask=tile_ok, other=0.0).to(tl.float32) * _LOG2E
+    bias, _ = _bias(table, rows[:, None], cols[None, :], row_ok[:, None] & col_ok[None, :],
+                    h, HEADS, WINDOW)
     bias = tl.where(col_ok[None, :], bias, float("-inf"))
+    if TAIL:
+        cols2 = BLOCK_N + tl.arange(0, BLOCK_N2)
+        col2_ok = cols2 < N
+        bias2, _ = _bias(table, rows[:, None], cols2[None, :], row_ok[:, None] & col2_ok[None, :],
+                         h, HEADS, WINDOW)
+        bias2 = tl.where(col2_ok[None, :], bias2, float("-inf"))
     for t in range(wpp):
         wid = group * wpp + t
+        live = wid < n_windows
         q_rows, q_lab = _window_tokens(wid, rows, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
         k_rows, k_lab = _window_tokens(wid, cols, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        q_ok = row_ok & (wid < n_windows)
-        k_ok = col_ok & (wid < n_windows)
-        head = h * HEAD_DIM + d[None, :]
-        q = tl.load(qkv + q_rows[:, None] * (3 * C) + head, mask=q_ok[:, None], other=0.0)
-        k = tl.load(qkv + k_rows[:, None] * (3 * C) + C + head, mask=k_ok[:, None], other=0.0)
-        v = tl.load(qkv + k_rows[:, None] * (3 * C) + 2 * C + head, mask=k_ok[:, None], other=0.0)
-        s = dot(q, tl.trans(k), DOT_PREC, UPCAST) * scale_log2 + bias  # log2 units
-        if SHIFTED:
-            s = tl.where(q_lab[:, None] != k_lab[None, :], s + _MASK_LOG2, s)
+        q_ok = row_ok & live
+        q = _head_rows(qkv, q_rows, q_ok, 0, 3 * C, h, HEAD_DIM)
+        k = _head_rows(qkv, k_rows, col_ok & live, C, 3 * C, h, HEAD_DIM)
+        v = _head_rows(qkv, k_rows, col_ok & live, 2 * C, 3 * C, h, HEAD_DIM)
+        s = _scores(q, k, bias, q_lab, k_lab, scale_log2, SHIFTED, DOT_PREC, UPCAST)
         m = tl.max(s, 1)
+        if TAIL:
+            k2_rows, k2_lab = _window_tokens(wid, cols2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+            k2 = _head_rows(qkv, k2_rows, col2_ok & live, C, 3 * C, h, HEAD_DIM)
+            v2 = _head_rows(qkv, k2_rows, col2_ok & live, 2 * C, 3 * C, h, HEAD_DIM)
+            s2 = _scores(q, k2, bias2, q_lab, k2_lab, scale_log2, SHIFTED, DOT_PREC, UPCAST)
+            m = tl.maximum(m, tl.max(s2, 1))
         p = tl.exp2(s - m[:, None])
         l = tl.sum(p, 1)
-        o = dot(p.to(v.dtype), v, DOT_PREC, UPCAST) / l[:, None]
-        tl.store(out + q_rows[:, None] * C + head, o.to(out.dtype.element_ty), mask=q_ok[:, None])
+        o = dot(p.to(v.dtype), v, DOT_PREC, UPCAST)
+        if TAIL:
+            p2 = tl.exp2(s2 - m[:, None])
+            l += tl.sum(p2, 1)
+            o += dot(p2.to(v2.dtype), v2, DOT_PREC, UPCAST)
+        _store_head_rows(out, o / l[:, None], q_rows, q_ok, 0, C, h, HEAD_DIM)
         lse_rows = (wid.to(tl.int64) * HEADS + h) * N + rows
         tl.store(lse + lse_rows, (m + tl.log2(l)) * _LN2, mask=q_ok)
+
+
+@triton.jit
+def _probs(q, k, v, do, bias, q_lab, k_lab, row_lse, ok, scale_log2, SHIFTED: tl.constexpr,
+           DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """P = exp(scores - lse) (0 where not ok) and dP = dO v^T of a query x key tile, fp32."""
+    s = _scores(q, k, bias, q_lab, k_lab, scale_log2, SHIFTED, DOT_PREC, UPCAST)
+    p = tl.where(ok, tl.exp2(s - row_lse[:, None] * _LOG2E), 0.0)
+    return p, dot(do, tl.trans(v), DOT_PREC, UPCAST)
 
 
 @triton.jit
 def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, scale_log2,
                           n_windows, nW, nWw, Hp, Wp, shift, wpp,
                           HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_QB: tl.constexpr,
-                          SHIFTED: tl.constexpr, WITH_DKDV: tl.constexpr, DOT_PREC: tl.constexpr,
-                          UPCAST: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
+                          TAIL: tl.constexpr, NUM_QB: tl.constexpr, SHIFTED: tl.constexpr,
+                          WITH_DKDV: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     """Query rows x all keys: dq, the bias-table gradient and (WITH_DKDV) dk, dv, else the
     row sums D for ``_window_bwd_dkdv_kernel``."""
     N: tl.constexpr = WINDOW * WINDOW
@@ -168,58 +225,86 @@ def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, sca
     group = pid // (HEADS * NUM_QB)
     rows = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    d = tl.arange(0, HEAD_DIM)
     row_ok = rows < N
     col_ok = cols < N
     tile_ok = row_ok[:, None] & col_ok[None, :]
-    index = _bias_index(rows[:, None], cols[None, :], WINDOW) * HEADS + h
-    bias = tl.load(table + index, mask=tile_ok, other=0.0).to(tl.float32) * _LOG2E
-    bias = tl.where(col_ok[None, :], bias, float("-inf"))
+    bias, index = _bias(table, rows[:, None], cols[None, :], tile_ok, h, HEADS, WINDOW)
     dbias = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if TAIL:
+        cols2 = BLOCK_N + tl.arange(0, BLOCK_N2)
+        col2_ok = cols2 < N
+        tile2_ok = row_ok[:, None] & col2_ok[None, :]
+        bias2, index2 = _bias(table, rows[:, None], cols2[None, :], tile2_ok, h, HEADS, WINDOW)
+        dbias2 = tl.zeros((BLOCK_M, BLOCK_N2), dtype=tl.float32)
     for t in range(wpp):
         wid = group * wpp + t
+        live = wid < n_windows
         q_rows, q_lab = _window_tokens(wid, rows, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
         k_rows, k_lab = _window_tokens(wid, cols, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        q_ok = row_ok & (wid < n_windows)
-        k_ok = col_ok & (wid < n_windows)
-        head = h * HEAD_DIM + d[None, :]
-        q = tl.load(qkv + q_rows[:, None] * (3 * C) + head, mask=q_ok[:, None], other=0.0)
-        k = tl.load(qkv + k_rows[:, None] * (3 * C) + C + head, mask=k_ok[:, None], other=0.0)
-        v = tl.load(qkv + k_rows[:, None] * (3 * C) + 2 * C + head, mask=k_ok[:, None], other=0.0)
-        do = tl.load(dout + q_rows[:, None] * C + head, mask=q_ok[:, None], other=0.0)
+        q_ok = row_ok & live
+        k_ok = col_ok & live
+        q = _head_rows(qkv, q_rows, q_ok, 0, 3 * C, h, HEAD_DIM)
+        do = _head_rows(dout, q_rows, q_ok, 0, C, h, HEAD_DIM)
+        k = _head_rows(qkv, k_rows, k_ok, C, 3 * C, h, HEAD_DIM)
+        v = _head_rows(qkv, k_rows, k_ok, 2 * C, 3 * C, h, HEAD_DIM)
         stat_rows = (wid.to(tl.int64) * HEADS + h) * N + rows
         row_lse = tl.load(lse + stat_rows, mask=q_ok, other=0.0)
-        s = dot(q, tl.trans(k), DOT_PREC, UPCAST) * scale_log2 + bias
-        if SHIFTED:
-            s = tl.where(q_lab[:, None] != k_lab[None, :], s + _MASK_LOG2, s)
-        p = tl.exp2(s - row_lse[:, None] * _LOG2E)
-        p = tl.where(q_ok[:, None], p, 0.0)
-        dp = dot(do, tl.trans(v), DOT_PREC, UPCAST)
+        p, dp = _probs(q, k, v, do, bias, q_lab, k_lab, row_lse, q_ok[:, None] & k_ok[None, :],
+                       scale_log2, SHIFTED, DOT_PREC, UPCAST)
         row_delta = tl.sum(p * dp, 1)  # = rowsum(dO * O), without O's rounding
+        if TAIL:
+            k2_rows, k2_lab = _window_tokens(wid, cols2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+            k2_ok = col2_ok & live
+            k2 = _head_rows(qkv, k2_rows, k2_ok, C, 3 * C, h, HEAD_DIM)
+            v2 = _head_rows(qkv, k2_rows, k2_ok, 2 * C, 3 * C, h, HEAD_DIM)
+            p2, dp2 = _probs(q, k2, v2, do, bias2, q_lab, k2_lab, row_lse,
+                             q_ok[:, None] & k2_ok[None, :], scale_log2, SHIFTED, DOT_PREC, UPCAST)
+            row_delta += tl.sum(p2 * dp2, 1)
         ds = p * (dp - row_delta[:, None])
         dbias += ds
-        dq = dot(ds.to(k.dtype), k, DOT_PREC, UPCAST) * scale
-        tl.store(dqkv + q_rows[:, None] * (3 * C) + head, dq.to(dqkv.dtype.element_ty),
-                 mask=q_ok[:, None])
+        dq = dot(ds.to(k.dtype), k, DOT_PREC, UPCAST)
+        if TAIL:
+            ds2 = p2 * (dp2 - row_delta[:, None])
+            dbias2 += ds2
+            dq += dot(ds2.to(k2.dtype), k2, DOT_PREC, UPCAST)
+        _store_head_rows(dqkv, dq * scale, q_rows, q_ok, 0, 3 * C, h, HEAD_DIM)
         if WITH_DKDV:
             dk = dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC, UPCAST) * scale
             dv = dot(tl.trans(p.to(do.dtype)), do, DOT_PREC, UPCAST)
-            tl.store(dqkv + k_rows[:, None] * (3 * C) + C + head, dk.to(dqkv.dtype.element_ty),
-                     mask=k_ok[:, None])
-            tl.store(dqkv + k_rows[:, None] * (3 * C) + 2 * C + head,
-                     dv.to(dqkv.dtype.element_ty), mask=k_ok[:, None])
+            _store_head_rows(dqkv, dk, k_rows, k_ok, C, 3 * C, h, HEAD_DIM)
+            _store_head_rows(dqkv, dv, k_rows, k_ok, 2 * C, 3 * C, h, HEAD_DIM)
+            if TAIL:
+                dk2 = dot(tl.trans(ds2.to(q.dtype)), q, DOT_PREC, UPCAST) * scale
+                dv2 = dot(tl.trans(p2.to(do.dtype)), do, DOT_PREC, UPCAST)
+                _store_head_rows(dqkv, dk2, k2_rows, k2_ok, C, 3 * C, h, HEAD_DIM)
+                _store_head_rows(dqkv, dv2, k2_rows, k2_ok, 2 * C, 3 * C, h, HEAD_DIM)
         else:
             tl.store(delta + stat_rows, row_delta, mask=q_ok)
     tl.atomic_add(dtable + index, dbias, mask=tile_ok)
+    if TAIL:
+        tl.atomic_add(dtable + index2, dbias2, mask=tile2_ok)
+
+
+@triton.jit
+def _key_grads(k, v, q, do, bias, k_lab, q_lab, col_lse, col_delta, ok, scale_log2,
+               SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Key-major tile (keys x queries): the unscaled dk = dS^T q and dv = P^T dO terms of
+    these queries, fp32."""
+    s_t = _scores(k, q, bias, k_lab, q_lab, scale_log2, SHIFTED, DOT_PREC, UPCAST)
+    p_t = tl.where(ok, tl.exp2(s_t - col_lse[None, :] * _LOG2E), 0.0)
+    ds_t = p_t * (dot(v, tl.trans(do), DOT_PREC, UPCAST) - col_delta[None, :])
+    return dot(ds_t.to(q.dtype), q, DOT_PREC, UPCAST), dot(p_t.to(do.dtype), do, DOT_PREC, UPCAST)
 
 
 @triton.jit
 def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log2,
                             n_windows, nW, nWw, Hp, Wp, shift, wpp,
                             HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
-                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_KB: tl.constexpr,
-                            SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """Key rows x all queries (transposed tiles): dk and dv of windows larger than a block."""
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
+                            TAIL: tl.constexpr, NUM_KB: tl.constexpr, SHIFTED: tl.constexpr,
+                            DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Key rows x all queries (transposed tiles; queries as a head and a tail tile like the
+    keys of the other kernels): dk and dv of windows larger than a block."""
     N: tl.constexpr = WINDOW * WINDOW
     C: tl.constexpr = HEADS * HEAD_DIM
     pid = tl.program_id(0)
@@ -228,39 +313,46 @@ def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log
     group = pid // (HEADS * NUM_KB)
     keys = kb * BLOCK_M + tl.arange(0, BLOCK_M)
     queries = tl.arange(0, BLOCK_N)
-    d = tl.arange(0, HEAD_DIM)
     key_ok = keys < N
     query_ok = queries < N
-    tile_ok = key_ok[:, None] & query_ok[None, :]
-    bias = tl.load(table + _bias_index(queries[None, :], keys[:, None], WINDOW) * HEADS + h,
-                   mask=tile_ok, other=0.0).to(tl.float32) * _LOG2E
+    bias, _ = _bias(table, queries[None, :], keys[:, None], key_ok[:, None] & query_ok[None, :],
+                    h, HEADS, WINDOW)
+    if TAIL:
+        queries2 = BLOCK_N + tl.arange(0, BLOCK_N2)
+        query2_ok = queries2 < N
+        bias2, _ = _bias(table, queries2[None, :], keys[:, None],
+                         key_ok[:, None] & query2_ok[None, :], h, HEADS, WINDOW)
     for t in range(wpp):
         wid = group * wpp + t
+        live = wid < n_windows
+        stats = (wid.to(tl.int64) * HEADS + h) * N
         k_rows, k_lab = _window_tokens(wid, keys, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
         q_rows, q_lab = _window_tokens(wid, queries, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        k_ok = key_ok & (wid < n_windows)
-        q_ok = query_ok & (wid < n_windows)
-        head = h * HEAD_DIM + d[None, :]
-        k = tl.load(qkv + k_rows[:, None] * (3 * C) + C + head, mask=k_ok[:, None], other=0.0)
-        v = tl.load(qkv + k_rows[:, None] * (3 * C) + 2 * C + head, mask=k_ok[:, None], other=0.0)
-        q = tl.load(qkv + q_rows[:, None] * (3 * C) + head, mask=q_ok[:, None], other=0.0)
-        do = tl.load(dout + q_rows[:, None] * C + head, mask=q_ok[:, None], other=0.0)
-        stat_cols = (wid.to(tl.int64) * HEADS + h) * N + queries
-        col_lse = tl.load(lse + stat_cols, mask=q_ok, other=0.0)
-        col_delta = tl.load(delta + stat_cols, mask=q_ok, other=0.0)
-        s_t = dot(k, tl.trans(q), DOT_PREC, UPCAST) * scale_log2 + bias
-        if SHIFTED:
-            s_t = tl.where(k_lab[:, None] != q_lab[None, :], s_t + _MASK_LOG2, s_t)
-        p_t = tl.exp2(s_t - col_lse[None, :] * _LOG2E)
-        p_t = tl.where(k_ok[:, None] & q_ok[None, :], p_t, 0.0)
-        dp_t = dot(v, tl.trans(do), DOT_PREC, UPCAST)
-        ds_t = p_t * (dp_t - col_delta[None, :])
-        dk = dot(ds_t.to(q.dtype), q, DOT_PREC, UPCAST) * scale
-        dv = dot(p_t.to(do.dtype), do, DOT_PREC, UPCAST)
-        tl.store(dqkv + k_rows[:, None] * (3 * C) + C + head, dk.to(dqkv.dtype.element_ty),
-                 mask=k_ok[:, None])
-        tl.store(dqkv + k_rows[:, None] * (3 * C) + 2 * C + head, dv.to(dqkv.dtype.element_ty),
-                 mask=k_ok[:, None])
+        k_ok = key_ok & live
+        q_ok = query_ok & live
+        k = _head_rows(qkv, k_rows, k_ok, C, 3 * C, h, HEAD_DIM)
+        v = _head_rows(qkv, k_rows, k_ok, 2 * C, 3 * C, h, HEAD_DIM)
+        q = _head_rows(qkv, q_rows, q_ok, 0, 3 * C, h, HEAD_DIM)
+        do = _head_rows(dout, q_rows, q_ok, 0, C, h, HEAD_DIM)
+        dk, dv = _key_grads(k, v, q, do, bias, k_lab, q_lab,
+                            tl.load(lse + stats + queries, mask=q_ok, other=0.0),
+                            tl.load(delta + stats + queries, mask=q_ok, other=0.0),
+                            k_ok[:, None] & q_ok[None, :], scale_log2, SHIFTED, DOT_PREC, UPCAST)
+        if TAIL:
+            q2_rows, q2_lab = _window_tokens(wid, queries2, nW, nWw, Hp, Wp, shift, WINDOW,
+                                             SHIFTED)
+            q2_ok = query2_ok & live
+            q2 = _head_rows(qkv, q2_rows, q2_ok, 0, 3 * C, h, HEAD_DIM)
+            do2 = _head_rows(dout, q2_rows, q2_ok, 0, C, h, HEAD_DIM)
+            dk2, dv2 = _key_grads(k, v, q2, do2, bias2, k_lab, q2_lab,
+                                  tl.load(lse + stats + queries2, mask=q2_ok, other=0.0),
+                                  tl.load(delta + stats + queries2, mask=q2_ok, other=0.0),
+                                  k_ok[:, None] & q2_ok[None, :], scale_log2, SHIFTED, DOT_PREC,
+                                  UPCAST)
+            dk += dk2
+            dv += dv2
+        _store_head_rows(dqkv, dk * scale, k_rows, k_ok, C, 3 * C, h, HEAD_DIM)
+        _store_head_rows(dqkv, dv, k_rows, k_ok, 2 * C, 3 * C, h, HEAD_DIM)
 
 
 def reasons(tensors, params: dict) -> list[str]:
@@ -296,15 +388,19 @@ def reasons(tensors, params: dict) -> list[str]:
     return why
 
 
-def _config(window: int) -> tuple[int, int, int, int]:
-    """(forward BLOCK_M, backward BLOCK_M, BLOCK_N, num_warps) for a window."""
-    block_n = max(16, triton.next_power_of_2(window * window))
-    if window in _CONFIG:
-        fwd_m, bwd_m, warps = _CONFIG[window]
+def _config(window: int, direction: str, dtype: torch.dtype) -> dict:
+    """Tiles and warps of the ``direction`` ("fwd" or "bwd") kernels for a window: BLOCK_M
+    query (backward dk/dv: key) rows, the N = w*w keys (queries) as a head tile BLOCK_N plus,
+    where that pads less (TAIL), a tail tile BLOCK_N2 (``common.head_tail``), num_warps."""
+    head, tail, has_tail = head_tail(window * window)
+    width = head + tail * has_tail
+    table = _CONFIG_FP32 if dtype == torch.float32 else _CONFIG
+    if window in table:
+        block_m, warps = table[window][DIRECTIONS.index(direction)]
     else:
-        fwd_m = bwd_m = min(block_n, 64 if block_n <= 64 else 16)
-        warps = 4
-    return fwd_m, bwd_m, block_n, warps
+        block_m, warps = (min(64, triton.next_power_of_2(window * window)) if width <= 64
+                          else 16), 4
+    return dict(BLOCK_M=block_m, BLOCK_N=head, BLOCK_N2=tail, TAIL=has_tail, num_warps=warps)
 
 
 @functools.lru_cache(maxsize=None)
@@ -343,18 +439,19 @@ def forward(qkv: torch.Tensor, table: torch.Tensor, num_heads: int, window: int,
     [B, nW, heads, w*w]). ``windows_per_program`` overrides the grouping heuristic."""
     n_windows, nW, nWw, Hp, Wp = _geometry(qkv, window)
     C = qkv.shape[-1] // 3
-    fwd_m, _, block_n, warps = _config(window)
-    num_qb = triton.cdiv(window * window, fwd_m)
+    cfg = _config(window, "fwd", qkv.dtype)
+    num_qb = triton.cdiv(window * window, cfg["BLOCK_M"])
     wpp = windows_per_program or _windows_per_program(
         n_windows, num_qb * num_heads, qkv.device, _PROGRAMS_PER_SM[0])
     out = qkv.new_empty(qkv.shape[:3] + (C,))
     lse = torch.empty(qkv.shape[0], nW, num_heads, window * window, device=qkv.device,
                       dtype=torch.float32)
     grid = (triton.cdiv(n_windows, wpp) * num_qb * num_heads,)
-    _window_fwd_kernel[grid](
-        qkv, table, out, lse, scale * LOG2E, n_windows, nW, nWw, Hp, Wp, shift, wpp,
-        HEADS=num_heads, HEAD_DIM=C // num_heads, WINDOW=window, BLOCK_M=fwd_m, BLOCK_N=block_n,
-        NUM_QB=num_qb, SHIFTED=shift > 0, num_warps=warps, **_dot_flags(qkv))
+    with on_device(qkv):
+        _window_fwd_kernel[grid](
+            qkv, table, out, lse, scale * LOG2E, n_windows, nW, nWw, Hp, Wp, shift, wpp,
+            HEADS=num_heads, HEAD_DIM=C // num_heads, WINDOW=window, NUM_QB=num_qb,
+            SHIFTED=shift > 0, **cfg, **_dot_flags(qkv))
     return out, lse
 
 
@@ -366,23 +463,25 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, out: to
     ``windows_per_program`` overrides the grouping heuristic."""
     n_windows, nW, nWw, Hp, Wp = _geometry(qkv, window)
     C = qkv.shape[-1] // 3
-    _, bwd_m, block_n, warps = _config(window)
-    num_qb = triton.cdiv(window * window, bwd_m)
+    cfg = _config(window, "bwd", qkv.dtype)
+    num_qb = triton.cdiv(window * window, cfg["BLOCK_M"])
     wpp = windows_per_program or _windows_per_program(
         n_windows, num_qb * num_heads, qkv.device, _PROGRAMS_PER_SM[1])
     dout = dout.contiguous()
     dqkv = torch.empty_like(qkv)
     dtable = torch.zeros(table.shape, device=table.device, dtype=torch.float32)
     grid = (triton.cdiv(n_windows, wpp) * num_qb * num_heads,)
-    common = dict(HEADS=num_heads, HEAD_DIM=C // num_heads, WINDOW=window, BLOCK_M=bwd_m,
-                  BLOCK_N=block_n, SHIFTED=shift > 0, num_warps=warps, **_dot_flags(qkv))
+    common = dict(HEADS=num_heads, HEAD_DIM=C // num_heads, WINDOW=window, SHIFTED=shift > 0,
+                  **cfg, **_dot_flags(qkv))
     geometry = (n_windows, nW, nWw, Hp, Wp, shift, wpp)
     # D (lse's layout) is only stored for the dk/dv pass; with one query block the argument
     # is a placeholder the kernel never touches.
     delta = torch.empty_like(lse) if num_qb > 1 else lse
-    _window_bwd_dq_kernel[grid](dout, qkv, table, lse, delta, dqkv, dtable, scale, scale * LOG2E,
-                                *geometry, NUM_QB=num_qb, WITH_DKDV=num_qb == 1, **common)
-    if num_qb > 1:
-        _window_bwd_dkdv_kernel[grid](dout, qkv, table, lse, delta, dqkv, scale, scale * LOG2E,
-                                      *geometry, NUM_KB=num_qb, **common)
+    with on_device(qkv):
+        _window_bwd_dq_kernel[grid](dout, qkv, table, lse, delta, dqkv, dtable, scale,
+                                    scale * LOG2E, *geometry, NUM_QB=num_qb,
+                                    WITH_DKDV=num_qb == 1, **common)
+        if num_qb > 1:
+            _window_bwd_dkdv_kernel[grid](dout, qkv, table, lse, delta, dqkv, scale,
+                                          scale * LOG2E, *geometry, NUM_KB=num_qb, **common)
     return dqkv, dtable.to(table.dtype)

@@ -4,9 +4,10 @@ import subprocess
 import sys
 
 
-def compile_sm90(fn, pointers, constexprs, num_warps, floats=()):
+def compile_sm90(fn, pointers, constexprs, num_warps, floats=(), num_stages=None):
     """Compile ``fn`` for sm_90: ``pointers`` {name: "*bf16", ...} (16-aligned), ``floats``
-    the names of fp32 scalars; other arguments are i32 or, in ``constexprs``, constants."""
+    the names of fp32 scalars; other arguments are i32 or, in ``constexprs``, constants;
+    ``num_stages`` as launched (None: Triton's default)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -17,7 +18,10 @@ def compile_sm90(fn, pointers, constexprs, num_warps, floats=()):
     src = ASTSource(fn=fn, signature=sig,
                     constexprs={(names.index(n),): v for n, v in constexprs.items()},
                     attrs={(names.index(n),): [["tt.divisibility", 16]] for n in pointers})
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+    options = dict(num_warps=num_warps)
+    if num_stages is not None:
+        options.update(num_stages=num_stages)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     assert ".entry" in kernel.asm["ptx"]
     return kernel
 

@@ -216,23 +216,21 @@ def compile_all_sm90(dtype, N, K, C, window):
                              (sw._semantic_rows_bwd_dq_kernel, True),
                              (sw._semantic_rows_bwd_dkdv_kernel, True)):
             cfg = sw.config(N, K, C, backward, torch_dtype)
-            warps = cfg.pop("num_warps")
-            cfg.pop("num_stages")
+            warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
             blocks = -(-N // cfg["BLOCK_M"])
             cfg["NUM_KB" if fn is sw._semantic_rows_bwd_dkdv_kernel else "NUM_QB"] = blocks
             compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
-                         dict(**common, **dots, **cfg), warps)
+                         dict(**common, **dots, **cfg), warps, num_stages=stages)
         return
     for fn, kernel in ((sa._semantic_fwd_kernel, "fwd"), (sa._semantic_bwd_dq_kernel, "dq"),
                        (sa._semantic_bwd_dkdv_kernel, "dkdv")):
         cfg = sa._config(N, K, C, kernel, torch_dtype)
-        warps = cfg.pop("num_warps")
-        cfg.pop("num_stages")
+        warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
         if kernel == "dkdv":
             cfg.update(DK_ATOMIC=C > cfg["BLOCK_C"])
             ptrs.update(DK="*fp32" if cfg["DK_ATOMIC"] else "*" + dtype)
         built = compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
-                             dict(**common, **dots, **cfg), warps)
+                             dict(**common, **dots, **cfg), warps, num_stages=stages)
         # half precision: a few spilled registers at most (the window-12 address arithmetic);
         # fp32 (ieee dots on FMA units) is the exact path, not the fast one: not checked
         assert dtype == "fp32" or spill_bytes(built) <= 64, f"{kernel}: {spill_bytes(built)} B spilled"
