@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import bilinear_axis, bilinear_source, dot
+from .common import bilinear_axis, bilinear_source, dot, on_device
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SLOTS = 128  # low-resolution box per tile; larger boxes (downsampling) are refused
@@ -200,9 +200,10 @@ def upsample_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_in
     bad = torch.empty(B * n_ty * n_tx, device=logits.device, dtype=torch.int32)
     dlogits = torch.zeros(logits.shape, device=logits.device, dtype=torch.float32) if grad else None
     prec = "tf32x3" if logits.dtype == torch.float32 else "tf32"
-    _upsample_ce_kernel[(B * n_ty * n_tx,)](
-        logits, target, dlogits if grad else partial, partial, bad, K, h, w, H, W, h / H, w / W,
-        n_ty, n_tx, ignore_index, GRAD=grad, PREC=prec, **cfg)
+    with on_device(logits):
+        _upsample_ce_kernel[(B * n_ty * n_tx,)](
+            logits, target, dlogits if grad else partial, partial, bad, K, h, w, H, W, h / H,
+            w / W, n_ty, n_tx, ignore_index, GRAD=grad, PREC=prec, **cfg)
     # labels outside [0, K): an error without a host sync (a device-side assert on a GPU,
     # as F.cross_entropy's; a RuntimeError with this message on the CPU)
     torch._assert_async(bad.sum() == 0, f"upsample_cross_entropy: target holds labels outside "
