@@ -255,17 +255,23 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     K classes (tiles of :func:`_classes`, width W), C channels.
 
     Tiles of 64 rows where registers allow, since on sm_90 Triton issues wgmma (warpgroup
-    MMA) only for dots with M >= 64 and falls back to mma.sync below: forward 64 x 64; dq
-    64 query x 64 key rows, 64 x 32 when W > 64; dk/dv 64 key x 64 query rows, 64 x 32
-    when W > 64; with W = 256 (193..256 classes) 32-row blocks (forward 64 x 32). fp32
-    (ieee dots on FMA units, the exact path rather than the fast one): 32 x 32, dq 16 x 16.
+    MMA) only for dots with M >= 64 and falls back to mma.sync below (BLOCK_M x BLOCK_N):
+    forward 64 query x 64 key rows (64 x 32 when W = 256, 193..256 classes); dq 64 x 64,
+    64 x 32 when W > 64, 32 x 32 when W = 256; dk/dv 64 key x 64 query rows, 32 x 64 when
+    W > 64, 32 x 32 when W = 256. fp32 (ieee dots on FMA units, the exact path rather than
+    the fast one): 32 x 32, dq 16 x 16, 8 warps.
+    Warps: for a chained dot (scores feeding P v) Triton puts every warp along the rows,
+    so with fewer than 16 rows per warp the warps repeat each other's score tiles (and
+    their exp2). The forward runs 4 warps; dk/dv 4 on 64 x 64 and 32 x 32 tiles, 8 on
+    32 x 64 (there mma.sync splits the warps over the queries); dq keeps 8, its score tiles
+    held twice (with 4 warps its dq accumulators spill 230-610 B).
     fwd and dkdv split C over programs and recompute the scores per chunk: their BLOCK_C is
-    the power of two (forward 32..256, 32..128 for W = 256; dk/dv 64..128, 64 for W > 160;
-    fp32 32..64) minimising the work per (query, key) pair, chunks * (score work + padded
-    channel work). dq loops over C inside (dP needs every channel) in the chunk of 64, 32
-    or 16 that pads C least.
+    the power of two (forward 32..128, 32..64 for windows of 12 or W <= 64; dk/dv 64..128,
+    64 for W > 160 or W <= 64; fp32 32..64) minimising the work per (query, key) pair, chunks *
+    (score work + padded channel work). dq loops over C inside (dP needs every channel) in
+    the chunk of 64, 32 or 16 that pads C least.
     Chosen from ``ptxas -v`` for sm_90 (register counts, at most a few dozen bytes of
-    spills at bf16, wgmma count), not from timings.
+    spills at bf16, wgmma count) and the TTGIR layouts, not from timings.
     """
     fp32 = dtype == torch.float32
     classes = _classes(K)
@@ -284,14 +290,13 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     chan_cost = 2 if backward else 1
     if fp32:
         cands = (32, 64)
-    elif backward:  # 128 channels with more than 160 class columns spill registers
-        cands = (64,) if width > 160 else (64, 128)
-    else:
-        cands = (32, 64, 128) if widest else (32, 64, 128, 256)
+    elif backward:  # 128 channels spill beside > 160 class columns or on 4 warps
+        cands = (64,) if width > 160 or width <= 64 else (64, 128)
+    else:  # 128 channels spill registers beside windowed rows or narrow class tiles
+        cands = (32, 64) if N <= 256 or width <= 64 else (32, 64, 128)
     block_c = min(cands, key=lambda bc: (triton.cdiv(C, bc) * (score_cost + chan_cost * bc), bc))
     block_c = min(block_c, _pow2(C))
-    tile = block_m * (width + block_c)
-    warps = 8 if fp32 or backward or tile > 64 * 128 else 4
+    warps = 8 if fp32 or (backward and 64 < width <= 192) else 4
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_C=block_c, **classes,
                 num_warps=warps, num_stages=2)
 

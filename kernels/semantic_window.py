@@ -207,15 +207,16 @@ def config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
     BLOCK_N = next power of two >= N (all keys); BLOCK_M = BLOCK_N when N <= 64 (one query
     block: w = 7 pads 49 rows to 64), else 16 (a 16 x 16 map: 16 blocks); class and channel
     chunks of 32 or 16 (64 for the channels of the w <= 8 forward), whichever pads least;
-    8 warps. Chosen from ``ptxas -v`` register counts for sm_90 (the largest chunks that
-    do not spill at bf16), not from timings.
+    8 warps, 4 for the 16-row forward (8 would repeat its 16 x 32 tiles; the backward's
+    16-row tiles spill on 4). Chosen from ``ptxas -v`` register counts for sm_90 (the
+    largest chunks that do not spill at bf16) and the TTGIR layouts, not from timings.
     """
     block_n = max(16, triton.next_power_of_2(N))
     wide = block_n > 64
     return dict(BLOCK_M=16 if wide else block_n, BLOCK_N=block_n,
                 BLOCK_K=16 if wide else _chunk(K, (32, 16)),
                 BLOCK_C=_chunk(C, (32, 16) if wide or backward else (64, 32, 16)),
-                num_warps=8, num_stages=2)
+                num_warps=4 if wide and not backward else 8, num_stages=2)
 
 
 def supports(N: int, window: int) -> bool:

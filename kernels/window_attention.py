@@ -22,14 +22,18 @@ Tiles. A program owns BLOCK_M query rows of a window and always the whole key ra
 softmax is one pass (no online rescaling) and lse is exact. The N keys are a head tile of
 BLOCK_N (a power of two) plus, where that pads less than one power-of-two tile, a tail
 tile of BLOCK_N2 (TAIL; ``common.head_tail``), every row max, sum and product taken over
-both. ``_config`` (``_CONFIG``, fp32: ``_CONFIG_FP32``; chosen from ``ptxas -v`` for sm_90:
-no spills, wgmma where it fits; w = 7 half precision also from timings):
+both. ``_config`` (``_CONFIG``, fp32: ``_CONFIG_FP32``; chosen from ``ptxas -v`` for sm_90
+and the TTGIR layouts: no warps repeating each other's tiles, at most a few dozen bytes of
+spills, wgmma where it fits; w = 7 half precision also from timings):
     w = 7,  N = 49:  keys 64 (1.31x); BLOCK_M = 64 (whole window), 4 warps; fp32
                      backward 32 rows, 8 warps.
     w = 12, N = 144: keys 128 + 16 (exact; one 256 tile padded 1.78x and spilled);
-                     forward BLOCK_M = 64, 8 warps (3 blocks, 1.33x rows; wgmma), fp32 32;
-                     backward BLOCK_M = 16 (9 blocks, exact; mma.sync: 32 and 64 rows
-                     spill the persistent bias, dS sum and index tiles), fp32 8 warps.
+                     forward BLOCK_M = 64, 4 warps (3 blocks, 1.33x rows; wgmma; fp32 32
+                     rows, 8 warps); backward BLOCK_M = 16, 4 warps (9 blocks, exact;
+                     mma.sync: 32 and 64 rows spill the persistent bias, dS-sum and index
+                     tiles by 0.2-1 KB), fp32 8 warps.
+Warps: Triton puts every warp of a chained dot (q k^T feeding P v) along the rows on sm_90,
+so more than BLOCK_M / 16 warps hold the same score tiles twice and repeat their work.
 Other windows up to 16: BLOCK_M = next power of two >= N up to 64 (one block) when the key
 tiles are <= 64 wide, else 16; 4 warps.
 
@@ -80,7 +84,7 @@ _MASK_LOG2 = tl.constexpr(MASK_VALUE * LOG2E)
 
 DIRECTIONS = ("fwd", "bwd")
 # Per window, ((BLOCK_M, num_warps) forward, (BLOCK_M, num_warps) backward); see _config.
-_CONFIG = {7: ((64, 4), (64, 4)), 12: ((64, 8), (16, 4))}
+_CONFIG = {7: ((64, 4), (64, 4)), 12: ((64, 4), (16, 4))}
 _CONFIG_FP32 = {7: ((64, 4), (32, 8)), 12: ((32, 8), (16, 8))}
 # Programs per SM that the window grouping aims at (forward, backward): 4 and 4 were the
 # fastest for w = 7 at every Swin-T 512 stage on an H200 (benchmarks/sweep.py, 2026-11-26:

@@ -66,3 +66,29 @@ def spill_bytes(kernel) -> int:
 def no_spills(kernel) -> bool:
     """Whether ptxas built ``kernel`` without register spills (see :func:`spill_bytes`)."""
     return spill_bytes(kernel) == 0
+
+
+def replicated_mma_tiles(kernel) -> list[tuple[int, int, int]]:
+    """(rows, cols, copies) of every 2D tensor in an MMA layout (TTGIR) of ``kernel`` that
+    several warps hold in identical copies: the layout's warps x instruction tile is larger
+    than the tensor, so those warps repeat the same MMA and element-wise work. Triton does
+    this on sm_90 for a chained dot (q k^T feeding P v) with BLOCK_M < 16 * num_warps: it
+    puts every warp along M."""
+    import re
+
+    ttgir = kernel.asm["ttgir"]
+    layouts = {}
+    for m in re.finditer(r"(#mma\d*) = #(?:ttg|triton_gpu)\.nvidia_mma<\{versionMajor = \d+, "
+                         r"[^}]*warpsPerCTA = \[(\d+), (\d+)\][^}]*instrShape = \[(\d+), (\d+)",
+                         ttgir):
+        layouts[m.group(1)] = tuple(int(g) for g in m.groups()[1:])
+    ptx = kernel.asm["ptx"]
+    assert layouts or not ("mma.sync" in ptx or "wgmma" in ptx), "no MMA layout found in TTGIR"
+    found = set()
+    for m in re.finditer(r"tensor<(\d+)x(\d+)x\w+, (#mma\d*)>", ttgir):
+        rows, cols = int(m.group(1)), int(m.group(2))
+        warps_m, warps_n, instr_m, instr_n = layouts[m.group(3)]
+        copies = max(1, warps_m * instr_m // rows) * max(1, warps_n * instr_n // cols)
+        if rows > 1 and cols > 1 and copies > 1:
+            found.add((rows, cols, copies))
+    return sorted(found)

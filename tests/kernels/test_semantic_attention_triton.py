@@ -14,7 +14,7 @@ from semask.kernels import semantic_attention as sa
 from semask.kernels import semantic_window as sw
 from semask.ops.reference import semantic_attention_lse_reference, semantic_attention_reference
 from rule import check_rule
-from sm90 import compile_sm90, run_without_interpreter, spill_bytes
+from sm90 import compile_sm90, replicated_mma_tiles, run_without_interpreter, spill_bytes
 
 sem_op = importlib.import_module("semask.ops.semantic_attention")
 
@@ -234,6 +234,10 @@ def compile_all_sm90(dtype, N, K, C, window):
         # half precision: a few spilled registers at most (the window-12 address arithmetic);
         # fp32 (ieee dots on FMA units) is the exact path, not the fast one: not checked
         assert dtype == "fp32" or spill_bytes(built) <= 64, f"{kernel}: {spill_bytes(built)} B spilled"
+        # no warps repeating each other's score tiles (dq keeps 8 warps on 64 rows, which
+        # repeat its 64-row score tiles, because 4 warps spill its dq accumulators)
+        repeated = [t for t in replicated_mma_tiles(built) if t[0] * t[1] > 16 * 16]
+        assert kernel == "dq" or not repeated, f"{kernel}: warps repeat {repeated}"
 
 
 @pytest.mark.slow
@@ -242,7 +246,7 @@ def compile_all_sm90(dtype, N, K, C, window):
                                                  ("fp32", 144, 19, 40, 12), ("bf16", 256, 150, 768, 0),
                                                  ("bf16", 1024, 150, 384, 0), ("fp32", 1024, 19, 40, 0),
                                                  ("bf16", 144, 171, 256, 12), ("bf16", 1024, 256, 512, 0),
-                                                 ("bf16", 144, 200, 128, 12)])
+                                                 ("bf16", 144, 200, 128, 12), ("bf16", 1024, 19, 384, 0)])
 def test_kernels_compile_for_sm90(dtype, N, K, C, window):
     """The interpreter accepts code the compiler may reject: build every kernel for sm_90
     (in a fresh process, since TRITON_INTERPRET=1 here replaces the jit functions)."""

@@ -13,7 +13,7 @@ from semask.kernels import window_attention as kernels
 from semask.ops import BackendUnavailable
 from semask.ops.reference import (pad_to_multiple, window_attention_lse_reference,
                                   window_attention_reference)
-from sm90 import compile_sm90, run_without_interpreter, spill_bytes
+from sm90 import compile_sm90, replicated_mma_tiles, run_without_interpreter, spill_bytes
 
 wa_op = importlib.import_module("semask.ops.window_attention")  # the name is shadowed in semask.ops
 
@@ -155,8 +155,9 @@ def test_public_op_triton_equals_torch(window, shift):
 # ------------------------------------------------ compiled (not interpreted) code, on CPU
 def compile_all_sm90(dtype: str, window: int, heads: int = 3, head_dim: int = 32):
     """Build the kernels that ``forward``/``backward`` launch for this window (shifted),
-    with their configuration, for sm_90; half precision must not spill registers (fp32,
-    ieee dots on FMA units, is the exact path, not the fast one: not checked)."""
+    with their configuration, for sm_90: no warps repeating each other's tiles, and in half
+    precision at most a few dozen bytes of spills (fp32, ieee dots on FMA units, is the exact
+    path, not the fast one: spills not checked)."""
     torch_dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[dtype]
     e, n = "*" + dtype, window * window
     common = dict(HEADS=heads, HEAD_DIM=head_dim, WINDOW=window, SHIFTED=True,
@@ -175,7 +176,10 @@ def compile_all_sm90(dtype: str, window: int, heads: int = 3, head_dim: int = 32
         warps = cfg.pop("num_warps")
         built = compile_sm90(fn, {a: t for a, t in ptrs.items() if a in fn.arg_names},
                              dict(common, **cfg, **blocks), warps, floats=("scale", "scale_log2"))
-        assert dtype == "fp32" or spill_bytes(built) <= 16, f"{fn.__name__}: {spill_bytes(built)} B"
+        assert dtype == "fp32" or spill_bytes(built) <= 64, f"{fn.__name__}: {spill_bytes(built)} B"
+        # small tail tiles (16 x 16 keys over 4 warps) may repeat; score-sized tiles may not
+        repeated = [t for t in replicated_mma_tiles(built) if t[0] * t[1] > 16 * 16]
+        assert not repeated, f"{fn.__name__}: warps repeat {repeated}"
 
 
 @pytest.mark.slow
