@@ -99,22 +99,24 @@ def loss_config(cfg: dict):
 
 @contextlib.contextmanager
 def window_config(window: int, direction: str, cfg: dict):
-    """Set the window kernels' tables to ``cfg`` for ``direction`` (the other keeps its own)."""
-    saved_table, saved_pps = dict(WA._CONFIG), WA._PROGRAMS_PER_SM
-    i = DIRECTIONS.index(direction)
-    both = [(c["BLOCK_M"], c["num_warps"])
-            for c in (WA._config(window, d, torch.bfloat16) for d in DIRECTIONS)]
-    both[i] = (cfg["BLOCK_M"], cfg["num_warps"])
+    """Make the window kernels' ``_config`` answer ``cfg`` (BLOCK_M, num_warps) for
+    ``direction`` at any dtype (the other direction keeps its default), and the grouping aim
+    at ``cfg["programs_per_sm"]``."""
+    default, saved_pps = WA._config, WA._PROGRAMS_PER_SM
+
+    def patched(w, d, dtype):
+        chosen = default(w, d, dtype)
+        if w == window and d == direction:
+            chosen.update(BLOCK_M=cfg["BLOCK_M"], num_warps=cfg["num_warps"])
+        return chosen
+
     pps = list(saved_pps)
-    pps[i] = cfg["programs_per_sm"]
-    WA._CONFIG[window] = tuple(both)
-    WA._PROGRAMS_PER_SM = tuple(pps)
+    pps[DIRECTIONS.index(direction)] = cfg["programs_per_sm"]
+    WA._config, WA._PROGRAMS_PER_SM = patched, tuple(pps)
     try:
         yield
     finally:
-        WA._CONFIG.clear()
-        WA._CONFIG.update(saved_table)
-        WA._PROGRAMS_PER_SM = saved_pps
+        WA._config, WA._PROGRAMS_PER_SM = default, saved_pps
 
 
 @contextlib.contextmanager

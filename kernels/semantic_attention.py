@@ -251,8 +251,9 @@ def _classes(K: int) -> dict:
 
 
 def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
-    """Block sizes and warps of ``kernel`` (one of KERNELS) for sequences of N > 256 tokens,
-    K classes (tiles of :func:`_classes`, width W), C channels.
+    """Block sizes and warps of ``kernel`` (one of KERNELS) for the sequences that the
+    whole-row kernels leave here (windows > 8, global maps > 256 tokens): N tokens, K
+    classes (tiles of :func:`_classes`, width W), C channels.
 
     Tiles of 64 rows where registers allow, since on sm_90 Triton issues wgmma (warpgroup
     MMA) only for dots with M >= 64 and falls back to mma.sync below (BLOCK_M x BLOCK_N):
@@ -266,10 +267,10 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     32 x 64 (there mma.sync splits the warps over the queries); dq keeps 8, its score tiles
     held twice (with 4 warps its dq accumulators spill 230-610 B).
     fwd and dkdv split C over programs and recompute the scores per chunk: their BLOCK_C is
-    the power of two (forward 32..128, 32..64 for windows of 12 or W <= 64; dk/dv 64..128,
-    64 for W > 160 or W <= 64; fp32 32..64) minimising the work per (query, key) pair, chunks *
-    (score work + padded channel work). dq loops over C inside (dP needs every channel) in
-    the chunk of 64, 32 or 16 that pads C least.
+    the power of two (forward 32..128, 32..64 for windows (N <= 256) or W <= 64; dk/dv
+    64..128, 64 for W > 160 or W <= 64; fp32 32..64) minimising the work per (query, key)
+    pair, chunks * (score work + padded channel work). dq loops over C inside (dP needs
+    every channel) in the chunk of 64, 32 or 16 that pads C least.
     Chosen from ``ptxas -v`` for sm_90 (register counts, at most a few dozen bytes of
     spills at bf16, wgmma count) and the TTGIR layouts, not from timings.
     """

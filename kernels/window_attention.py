@@ -32,10 +32,13 @@ spills, wgmma where it fits; w = 7 half precision also from timings):
                      rows, 8 warps); backward BLOCK_M = 16, 4 warps (9 blocks, exact;
                      mma.sync: 32 and 64 rows spill the persistent bias, dS-sum and index
                      tiles by 0.2-1 KB), fp32 8 warps.
-Warps: Triton puts every warp of a chained dot (q k^T feeding P v) along the rows on sm_90,
-so more than BLOCK_M / 16 warps hold the same score tiles twice and repeat their work.
-Other windows up to 16: BLOCK_M = next power of two >= N up to 64 (one block) when the key
-tiles are <= 64 wide, else 16; 4 warps.
+Warps: for a chained dot (q k^T feeding P v) Triton puts every warp along the rows on
+sm_90 (wgmma, and mma.sync when the tile is at least as tall as wide), so more than
+BLOCK_M / 16 warps would hold the same score tiles twice and repeat their work. fp32 (ieee
+dots on FMA units, no MMA layout) is not bound by this.
+Other windows up to 16: one block of the next power of two >= N rows (16..64), a warp per
+16 rows, when the key tiles are <= 64 wide; else 16-row blocks on 4 warps (w = 15: the
+backward spills ~0.2 KB; 8 warps would not, but would hold the 16 x 32 dq tiles twice).
 
 Grid: 1D, program id = (window group, query block, head) with the head fastest, so the
 heads of a window, which share every 3C-channel row of qkv, run side by side. A program
@@ -53,7 +56,7 @@ dS (``out`` is not read). ``_window_bwd_dq_kernel`` (query rows x all keys) writ
 dqkv at the shifted positions and sums dS over its windows in registers, then adds that
 tile to an fp32 [(2w-1)^2, heads] buffer with one masked ``tl.atomic_add`` per program
 (duplicate indices inside the tile are summed by the atomics), cast to the table's dtype at
-the end. When one query block covers the window (w = 7) it also writes dk and dv;
+the end. When one query block covers the window (w = 7 in half precision) it also writes dk and dv;
 otherwise it stores D (fp32, lse's layout) and ``_window_bwd_dkdv_kernel`` (key rows x all
 queries, the transposed tile) writes dk and dv. The atomics make dtable's last bits depend
 on the order of programs.
@@ -402,8 +405,11 @@ def _config(window: int, direction: str, dtype: torch.dtype) -> dict:
     if window in table:
         block_m, warps = table[window][DIRECTIONS.index(direction)]
     else:
-        block_m, warps = (min(64, triton.next_power_of_2(window * window)) if width <= 64
-                          else 16), 4
+        if width <= 64:  # one query block; a warp per 16 rows (see Warps above)
+            block_m = min(64, max(16, triton.next_power_of_2(window * window)))
+            block_m, warps = block_m, block_m // 16
+        else:  # 16-row blocks: mma.sync spreads the warps over the keys
+            block_m, warps = 16, 4
     return dict(BLOCK_M=block_m, BLOCK_N=head, BLOCK_N2=tail, TAIL=has_tail, num_warps=warps)
 
 

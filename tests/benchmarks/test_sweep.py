@@ -50,3 +50,24 @@ def test_report_names_the_best_per_case_and_direction(result):
         assert b["best_ms"] <= b["default_ms"] and b["speedup"] >= 1.0
         assert b["case"] in md
     assert res["environment"]["triton_interpret"] is True
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_window_config_applies_the_candidate_at_every_dtype(dtype):
+    """A window candidate changes what the launchers read, for the swept direction only,
+    whatever the dtype (fp32 and half precision have separate default tables), and the
+    defaults come back afterwards."""
+    import torch
+
+    from semask.kernels import window_attention as WA
+
+    dtype = getattr(torch, dtype)
+    keys = [(7, "fwd"), (7, "bwd"), (12, "bwd")]
+    before = {k: WA._config(*k, dtype) for k in keys}
+    with sweep.window_config(7, "bwd", dict(BLOCK_M=16, num_warps=2, programs_per_sm=9)):
+        during = {k: WA._config(*k, dtype) for k in keys}
+        assert (during[7, "bwd"]["BLOCK_M"], during[7, "bwd"]["num_warps"]) == (16, 2)
+        assert during[7, "fwd"] == before[7, "fwd"] and during[12, "bwd"] == before[12, "bwd"]
+        assert WA._PROGRAMS_PER_SM[1] == 9
+    assert {k: WA._config(*k, dtype) for k in keys} == before
+    assert WA._PROGRAMS_PER_SM[1] != 9

@@ -64,6 +64,7 @@ FP32_CASES = [
     (1, 20, 13, 2, 32, 12, 6, None),  # window 12 padded to 24 x 24, shifted, 2 heads
     (1, 9, 7, 2, 32, 5, 2, None),     # another window (generic tiles), padded to 10 x 10
     (1, 12, 10, 2, 16, 6, 3, None),   # keys 32 + 16 (tail), one query block: dk, dv in dq
+    (1, 12, 18, 1, 16, 6, 3, 4),      # the same, 6 windows in groups of 4: last group masked
     (1, 9, 16, 1, 32, 9, 4, None),    # keys 64 + 32 (tail), 16-row blocks, dk/dv kernel
 ]
 
@@ -88,7 +89,7 @@ def test_fp32_forward_backward_match_reference(case):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("window,shift", [(7, 3), (12, 6)])
+@pytest.mark.parametrize("window,shift", [(7, 3), (12, 6), (9, 4)])  # 9: keys 64 + 32 (17 padded)
 def test_half_qkv_with_fp32_table(dtype, window, shift):
     """Autocast's mix: qkv in fp16/bf16, table in fp32. The inputs are exact in both paths;
     the kernel rounds P and dS to the input dtype before their dots and rounds its results
@@ -184,7 +185,7 @@ def compile_all_sm90(dtype: str, window: int, heads: int = 3, head_dim: int = 32
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype,window", [("bf16", 7), ("fp16", 12), ("bf16", 12), ("fp32", 12),
-                                          ("bf16", 9)])
+                                          ("bf16", 9), ("bf16", 5), ("bf16", 1), ("fp32", 2)])
 def test_kernels_compile_for_sm90(dtype, window):
     """The interpreter accepts code the compiler may reject: build every window kernel
     for sm_90 (in a fresh process, without TRITON_INTERPRET)."""
