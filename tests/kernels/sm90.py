@@ -85,7 +85,7 @@ def replicated_mma_tiles(kernel) -> list[tuple[int, int, int]]:
     ptx = kernel.asm["ptx"]
     assert layouts or not ("mma.sync" in ptx or "wgmma" in ptx), "no MMA layout found in TTGIR"
     found = set()
-    for m in re.finditer(r"tensor<(\d+)x(\d+)x\w+, (#mma\d*)>", ttgir):
+    for m in re.finditer(r"tensor<(\d+)x(\d+)x[a-z]\w*, (#mma\d*)>", ttgir):  # 2D only
         rows, cols = int(m.group(1)), int(m.group(2))
         warps_m, warps_n, instr_m, instr_n = layouts[m.group(3)]
         copies = max(1, warps_m * instr_m // rows) * max(1, warps_n * instr_n // cols)
