@@ -28,8 +28,10 @@ spills, wgmma where it fits; w = 7 half precision also from timings):
     w = 7,  N = 49:  keys 64 (1.31x); BLOCK_M = 64 (whole window), 4 warps; fp32
                      backward 32 rows, 8 warps.
     w = 12, N = 144: keys 128 + 16 (exact; one 256 tile padded 1.78x and spilled);
-                     forward BLOCK_M = 64, 4 warps (3 blocks, 1.33x rows; wgmma; fp32 32
-                     rows, 8 warps); backward BLOCK_M = 16, 4 warps (9 blocks, exact;
+                     forward BLOCK_M = 64, 4 warps: rows 64 + 64 on wgmma and the last 16
+                     as a 16-row tile (ROW_TAIL, ``_row_tail``; exact, where three 64-row
+                     blocks computed 1.33x the rows; fp32 32 + 32 + 32 + 32 + 16 rows, 8
+                     warps); backward BLOCK_M = 16, 4 warps (9 blocks, exact;
                      mma.sync: 32 and 64 rows spill the persistent bias, dS-sum and index
                      tiles by 0.2-1 KB), fp32 8 warps.
 Warps: for a chained dot (q k^T feeding P v) Triton puts every warp along the rows on
@@ -153,18 +155,15 @@ def _scores(a, b, bias, a_lab, b_lab, scale_log2, SHIFTED: tl.constexpr, DOT_PRE
 
 
 @triton.jit
-def _window_fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift, wpp,
-                       HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
-                       TAIL: tl.constexpr, NUM_QB: tl.constexpr, SHIFTED: tl.constexpr,
-                       DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift, wpp,
+                     h, group, row0, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                     WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_N2: tl.constexpr, TAIL: tl.constexpr, SHIFTED: tl.constexpr,
+                     DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Forward of query rows row0 .. row0 + BLOCK_M of head h in the windows of a group."""
     N: tl.constexpr = WINDOW * WINDOW
     C: tl.constexpr = HEADS * HEAD_DIM
-    pid = tl.program_id(0)
-    h = pid % HEADS
-    qb = (pid // HEADS) % NUM_QB
-    group = pid // (HEADS * NUM_QB)
-    rows = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = row0 + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     row_ok = rows < N
     col_ok = cols < N
@@ -204,6 +203,34 @@ def _window_fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp,
         _store_head_rows(out, o / l[:, None], q_rows, q_ok, 0, C, h, HEAD_DIM)
         lse_rows = (wid.to(tl.int64) * HEADS + h) * N + rows
         tl.store(lse + lse_rows, (m + tl.log2(l)) * _LN2, mask=q_ok)
+
+
+@triton.jit
+def _window_fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift, wpp,
+                       HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_M2: tl.constexpr, ROW_TAIL: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr, TAIL: tl.constexpr,
+                       NUM_QB: tl.constexpr, SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr,
+                       UPCAST: tl.constexpr):
+    """Query blocks of BLOCK_M rows; with ROW_TAIL the last block holds only BLOCK_M2."""
+    pid = tl.program_id(0)
+    h = pid % HEADS
+    qb = (pid // HEADS) % NUM_QB
+    group = pid // (HEADS * NUM_QB)
+    row0 = qb * BLOCK_M
+    if ROW_TAIL:
+        if qb == NUM_QB - 1:
+            _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift,
+                             wpp, h, group, row0, HEADS, HEAD_DIM, WINDOW, BLOCK_M2, BLOCK_N,
+                             BLOCK_N2, TAIL, SHIFTED, DOT_PREC, UPCAST)
+        else:
+            _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift,
+                             wpp, h, group, row0, HEADS, HEAD_DIM, WINDOW, BLOCK_M, BLOCK_N,
+                             BLOCK_N2, TAIL, SHIFTED, DOT_PREC, UPCAST)
+    else:
+        _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift,
+                         wpp, h, group, row0, HEADS, HEAD_DIM, WINDOW, BLOCK_M, BLOCK_N,
+                         BLOCK_N2, TAIL, SHIFTED, DOT_PREC, UPCAST)
 
 
 @triton.jit
@@ -395,6 +422,14 @@ def reasons(tensors, params: dict) -> list[str]:
     return why
 
 
+def _row_tail(n: int, block_m: int) -> dict:
+    """The forward's last query block as a smaller tile where its rows fit one (ROW_TAIL,
+    BLOCK_M2 = power of two >= the rows left, at least 16): 144 rows = 64 + 64 + 16."""
+    left = n % block_m
+    small = max(16, triton.next_power_of_2(left)) if left else block_m
+    return dict(BLOCK_M2=small, ROW_TAIL=small < block_m)
+
+
 def _config(window: int, direction: str, dtype: torch.dtype) -> dict:
     """Tiles and warps of the ``direction`` ("fwd" or "bwd") kernels for a window: BLOCK_M
     query (backward dk/dv: key) rows, the N = w*w keys (queries) as a head tile BLOCK_N plus,
@@ -451,6 +486,7 @@ def forward(qkv: torch.Tensor, table: torch.Tensor, num_heads: int, window: int,
     C = qkv.shape[-1] // 3
     cfg = _config(window, "fwd", qkv.dtype)
     num_qb = triton.cdiv(window * window, cfg["BLOCK_M"])
+    cfg.update(_row_tail(window * window, cfg["BLOCK_M"]))
     wpp = windows_per_program or _windows_per_program(
         n_windows, num_qb * num_heads, qkv.device, _PROGRAMS_PER_SM[0])
     out = qkv.new_empty(qkv.shape[:3] + (C,))
