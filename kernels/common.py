@@ -20,6 +20,14 @@ def head_tail(n: int) -> tuple[int, int, bool]:
     return head, tail, True
 
 
+def row_tail(n: int, block_m: int) -> dict:
+    """The last of the cdiv(n, block_m) row blocks as a smaller tile where its rows fit one
+    (ROW_TAIL, BLOCK_M2 = power of two >= the rows left, at least 16): 144 = 64 + 64 + 16."""
+    left = n % block_m
+    small = max(16, triton.next_power_of_2(left)) if left else block_m
+    return dict(BLOCK_M2=small, ROW_TAIL=small < block_m)
+
+
 def on_device(t: torch.Tensor):
     """Launch on the tensor's GPU (Triton launches on the current device)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

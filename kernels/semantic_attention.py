@@ -23,6 +23,8 @@ BLOCK_M query tokens, BLOCK_N key tokens, BLOCK_C channels of v/out; the K class
 held as a head tile of BLOCK_K columns (a power of two) and, where that pads less, a tail
 tile of BLOCK_K2 (TAIL; ``_classes``: 150 -> 128 + 32, not 256), every product over
 classes taken as the sum of the two tiles' products; chosen by ``_config`` (no autotuning).
+In the forward and dq kernels the last query block may be a smaller tile (ROW_TAIL,
+BLOCK_M2; a runtime branch per program picks the tile).
 
 Forward ``_semantic_fwd_kernel``, grid (num_m_blocks * S, num_c_chunks): one program owns BLOCK_M
 query rows and one BLOCK_C channel chunk, loops over all key blocks with the online
@@ -59,7 +61,7 @@ import triton
 import triton.language as tl
 
 from . import semantic_window
-from .common import dot, head_tail, on_device
+from .common import dot, head_tail, on_device, row_tail
 from .semantic_window import _load, _rows, _scores, _store
 
 MAX_K = 256
@@ -118,16 +120,13 @@ def _tokens(s, start, N, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr
 
 
 @triton.jit
-def _semantic_fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
-                         WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr,
-                         TAIL: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
-                         UPCAST: tl.constexpr):
-    pid = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    s = pid // num_m
-    offs_m, mask_m, rows_m = _tokens(s, (pid % num_m) * BLOCK_M, N, Hp, Wp, nWc, nW, WIN, ROW64,
-                                     BLOCK_M)
+def _semantic_fwd_rows(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, s, start_m, pid_c,
+                       WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr,
+                       TAIL: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
+                       UPCAST: tl.constexpr):
+    """Forward of query rows start_m .. start_m + BLOCK_M of sequence s, channel chunk pid_c."""
+    offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
@@ -154,16 +153,39 @@ def _semantic_fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
 
 
 @triton.jit
-def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, num_m,
-                            WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                            BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
-                            PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """Query rows x all keys: D (stored for the dk/dv kernel) and dq (complete, stored)."""
+def _semantic_fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
+                         WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_M2: tl.constexpr, ROW_TAIL: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
+                         BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Query blocks of BLOCK_M rows; with ROW_TAIL the last one holds only BLOCK_M2."""
     pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
     s = pid // num_m
-    offs_m, mask_m, rows_m = _tokens(s, (pid % num_m) * BLOCK_M, N, Hp, Wp, nWc, nW, WIN, ROW64,
-                                     BLOCK_M)
+    mb = pid % num_m
+    if ROW_TAIL:
+        if mb == num_m - 1:
+            _semantic_fwd_rows(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, s, mb * BLOCK_M,
+                               pid_c, WIN, ROW64, BLOCK_M2, BLOCK_N, BLOCK_K, BLOCK_K2, TAIL,
+                               BLOCK_C, PREC, UPCAST)
+        else:
+            _semantic_fwd_rows(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, s, mb * BLOCK_M,
+                               pid_c, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_K2, TAIL,
+                               BLOCK_C, PREC, UPCAST)
+    else:
+        _semantic_fwd_rows(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, s, mb * BLOCK_M, pid_c,
+                           WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC,
+                           UPCAST)
+
+
+@triton.jit
+def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, s, start_m,
+                      WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr,
+                      TAIL: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
+                      UPCAST: tl.constexpr):
+    """D and dq of query rows start_m .. start_m + BLOCK_M of sequence s."""
+    offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
     delta = tl.zeros([BLOCK_M], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -190,6 +212,33 @@ def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, n
         if TAIL:
             dq2 += dot(ds, k2, PREC, UPCAST)
     _store_classes(DQ, dq, dq2, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL, False)
+
+
+@triton.jit
+def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, num_m,
+                            WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_M2: tl.constexpr, ROW_TAIL: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                            BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
+                            PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Query rows x all keys: D (stored for the dk/dv kernel) and dq (complete, stored);
+    with ROW_TAIL the last query block holds only BLOCK_M2 rows."""
+    pid = tl.program_id(0)
+    s = pid // num_m
+    mb = pid % num_m
+    if ROW_TAIL:
+        if mb == num_m - 1:
+            _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, s,
+                              mb * BLOCK_M, WIN, ROW64, BLOCK_M2, BLOCK_N, BLOCK_K, BLOCK_K2,
+                              TAIL, BLOCK_C, PREC, UPCAST)
+        else:
+            _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, s,
+                              mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_K2,
+                              TAIL, BLOCK_C, PREC, UPCAST)
+    else:
+        _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, s,
+                          mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_K2, TAIL,
+                          BLOCK_C, PREC, UPCAST)
 
 
 @triton.jit
@@ -270,7 +319,9 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     64 x 32 when W > 64, 32 x 32 when W = 256; dk/dv 64 key x 64 query rows, 32 x 64 when
     W > 64, 32 x 32 when W = 256. fp32 (ieee dots on FMA units, the exact path rather than
     the fast one): 32 x 32, dq 16 x 16, 8 warps. The forward's and dq's key steps shrink
-    where that pads N less (``_key_block``: windows of 12 step 16 keys).
+    where that pads N less (``_key_block``: windows of 12 step 16 keys), and their last
+    query block is a smaller tile where its rows fit one (``common.row_tail``: 144 rows =
+    64 + 64 + 16).
     Warps: for a chained dot (scores feeding P v) Triton puts every warp along the rows,
     so with fewer than 16 rows per warp the warps repeat each other's score tiles (and
     their exp2). The forward runs 4 warps; dk/dv 4 on 64 x 64 and 32 x 32 tiles, 8 on
@@ -377,6 +428,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
         return out, lse
     cfg = _config(N, KD, C, "fwd", q.dtype)
     num_m = triton.cdiv(N, cfg["BLOCK_M"])
+    cfg.update(row_tail(N, cfg["BLOCK_M"]))
     with on_device(q):
         _semantic_fwd_kernel[(num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))](
             q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW, num_m,
@@ -398,6 +450,7 @@ def backward(dout, q, k, v, out, lse, window: int):
     cfg = _config(N, KD, C, "dkdv", q.dtype)
     dq_cfg = _config(N, KD, C, "dq", q.dtype)
     num_m = triton.cdiv(N, dq_cfg["BLOCK_M"])
+    dq_cfg.update(row_tail(N, dq_cfg["BLOCK_M"]))
     num_n = triton.cdiv(N, cfg["BLOCK_N"])
     num_c = triton.cdiv(C, cfg["BLOCK_C"])
     dk_atomic = num_c > 1

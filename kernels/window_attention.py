@@ -29,7 +29,7 @@ spills, wgmma where it fits; w = 7 half precision also from timings):
                      backward 32 rows, 8 warps.
     w = 12, N = 144: keys 128 + 16 (exact; one 256 tile padded 1.78x and spilled);
                      forward BLOCK_M = 64, 4 warps: rows 64 + 64 on wgmma and the last 16
-                     as a 16-row tile (ROW_TAIL, ``_row_tail``; exact, where three 64-row
+                     as a 16-row tile (ROW_TAIL, ``common.row_tail``; exact, where three 64-row
                      blocks computed 1.33x the rows; fp32 32 + 32 + 32 + 32 + 16 rows, 8
                      warps); backward BLOCK_M = 16, 4 warps (9 blocks, exact;
                      mma.sync: 32 and 64 rows spill the persistent bias, dS-sum and index
@@ -76,7 +76,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot, head_tail, on_device
+from .common import dot, head_tail, on_device, row_tail
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HEAD_DIMS = (16, 32, 64)
@@ -422,14 +422,6 @@ def reasons(tensors, params: dict) -> list[str]:
     return why
 
 
-def _row_tail(n: int, block_m: int) -> dict:
-    """The forward's last query block as a smaller tile where its rows fit one (ROW_TAIL,
-    BLOCK_M2 = power of two >= the rows left, at least 16): 144 rows = 64 + 64 + 16."""
-    left = n % block_m
-    small = max(16, triton.next_power_of_2(left)) if left else block_m
-    return dict(BLOCK_M2=small, ROW_TAIL=small < block_m)
-
-
 def _config(window: int, direction: str, dtype: torch.dtype) -> dict:
     """Tiles and warps of the ``direction`` ("fwd" or "bwd") kernels for a window: BLOCK_M
     query (backward dk/dv: key) rows, the N = w*w keys (queries) as a head tile BLOCK_N plus,
@@ -486,7 +478,7 @@ def forward(qkv: torch.Tensor, table: torch.Tensor, num_heads: int, window: int,
     C = qkv.shape[-1] // 3
     cfg = _config(window, "fwd", qkv.dtype)
     num_qb = triton.cdiv(window * window, cfg["BLOCK_M"])
-    cfg.update(_row_tail(window * window, cfg["BLOCK_M"]))
+    cfg.update(row_tail(window * window, cfg["BLOCK_M"]))
     wpp = windows_per_program or _windows_per_program(
         n_windows, num_qb * num_heads, qkv.device, _PROGRAMS_PER_SM[0])
     out = qkv.new_empty(qkv.shape[:3] + (C,))

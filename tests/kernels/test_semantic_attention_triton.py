@@ -12,6 +12,7 @@ import torch
 
 from semask.kernels import semantic_attention as sa
 from semask.kernels import semantic_window as sw
+from semask.kernels.common import row_tail
 from semask.ops.reference import semantic_attention_lse_reference, semantic_attention_reference
 from rule import check_rule
 from sm90 import compile_sm90, replicated_mma_tiles, run_without_interpreter, spill_bytes
@@ -226,6 +227,8 @@ def compile_all_sm90(dtype, N, K, C, window):
                        (sa._semantic_bwd_dkdv_kernel, "dkdv")):
         cfg = sa._config(N, K, C, kernel, torch_dtype)
         warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+        if kernel != "dkdv":
+            cfg.update(row_tail(N, cfg["BLOCK_M"]))
         if kernel == "dkdv":
             cfg.update(DK_ATOMIC=C > cfg["BLOCK_C"])
             ptrs.update(DK="*fp32" if cfg["DK_ATOMIC"] else "*" + dtype)

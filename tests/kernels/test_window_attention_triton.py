@@ -92,7 +92,7 @@ def test_forward_row_tail_with_masked_rows(monkeypatch):
     """Window 9 forward in 64-row blocks: the last block's 17 rows run as a 32-row tile
     (ROW_TAIL) with 15 rows masked; fp32 against float64 autograd."""
     monkeypatch.setitem(kernels._CONFIG_FP32, 9, ((64, 4), (16, 4)))
-    assert kernels._row_tail(81, 64) == dict(BLOCK_M2=32, ROW_TAIL=True)
+    assert kernels.row_tail(81, 64) == dict(BLOCK_M2=32, ROW_TAIL=True)
     qkv, table = make_inputs(1, 16, 9, 2, 16, 9)
     scale = 16 ** -0.5
     out_ref = window_attention_reference(qkv, table, 2, 9, 4, scale)
@@ -182,7 +182,7 @@ def compile_all_sm90(dtype: str, window: int, heads: int = 3, head_dim: int = 32
     bwd = kernels._config(window, "bwd", torch_dtype)
     num_qb, num_kb = -(-n // fwd["BLOCK_M"]), -(-n // bwd["BLOCK_M"])
     launches = [(kernels._window_fwd_kernel, fwd,
-                 dict(NUM_QB=num_qb, **kernels._row_tail(n, fwd["BLOCK_M"]))),
+                 dict(NUM_QB=num_qb, **kernels.row_tail(n, fwd["BLOCK_M"]))),
                 (kernels._window_bwd_dq_kernel, bwd, dict(NUM_QB=num_kb, WITH_DKDV=num_kb == 1))]
     if num_kb > 1:
         launches.append((kernels._window_bwd_dkdv_kernel, bwd, dict(NUM_KB=num_kb)))
