@@ -299,10 +299,10 @@ def _classes(K: int) -> dict:
     return dict(BLOCK_K=head, BLOCK_K2=tail, TAIL=has_tail)
 
 
-def _key_block(N: int, largest: int) -> int:
-    """Keys per step of a key loop: the largest power of two from ``largest`` down to 16
-    that pads N to within 10% of the least padding (windows of 12: 144 keys in steps of 16,
-    not 64 + 64 + 64 with 48 masked; 1024 tokens: ``largest``)."""
+def _step(N: int, largest: int) -> int:
+    """Tokens per step of a loop over a sequence: the largest power of two from ``largest``
+    down to 16 that pads N to within 10% of the least padding (windows of 12: 144 tokens in
+    steps of 16, not 64 + 64 + 64 with 48 masked; 1024 tokens: ``largest``)."""
     sizes = [b for b in (64, 32, 16) if b <= largest]
     least = min(triton.cdiv(N, b) * b for b in sizes)
     return next(b for b in sizes if triton.cdiv(N, b) * b <= 1.1 * least)
@@ -318,10 +318,11 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     forward 64 query x 64 key rows (64 x 32 when W = 256, 193..256 classes); dq 64 x 64,
     64 x 32 when W > 64, 32 x 32 when W = 256; dk/dv 64 key x 64 query rows, 32 x 64 when
     W > 64, 32 x 32 when W = 256. fp32 (ieee dots on FMA units, the exact path rather than
-    the fast one): 32 x 32, dq 16 x 16, 8 warps. The forward's and dq's key steps shrink
-    where that pads N less (``_key_block``: windows of 12 step 16 keys), and their last
-    query block is a smaller tile where its rows fit one (``common.row_tail``: 144 rows =
-    64 + 64 + 16).
+    the fast one): 32 x 32, dq 16 x 16, 8 warps. The forward's and dq's key steps and
+    dk/dv's query steps shrink where that pads N less (``_step``: windows of 12 step 16
+    tokens), and the forward's and dq's last query block is a smaller tile where its rows
+    fit one (``common.row_tail``: 144 rows = 64 + 64 + 16; dk/dv's keys stay 3 x 64: a
+    16-key block on its 8 warps would hold its tiles 2-4 times, and 4 warps spill).
     Warps: for a chained dot (scores feeding P v) Triton puts every warp along the rows,
     so with fewer than 16 rows per warp the warps repeat each other's score tiles (and
     their exp2). The forward runs 4 warps; dk/dv 4 on 64 x 64 and 32 x 32 tiles, 8 on
@@ -343,13 +344,15 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
         sizes = (32, 16) if fp32 else (64, 32, 16)
         block_c = min(sizes, key=lambda bc: (triton.cdiv(C, bc) * bc, -bc))
         return dict(BLOCK_M=16 if fp32 else 32 if widest else 64,
-                    BLOCK_N=_key_block(N, 16 if fp32 else 32 if width > 64 else 64),
+                    BLOCK_N=_step(N, 16 if fp32 else 32 if width > 64 else 64),
                     BLOCK_C=block_c, **classes, num_warps=8, num_stages=2)
     backward = kernel == "dkdv"
     block_n = 32 if fp32 or widest else 64
     if not backward:  # the forward's key loop (dk/dv: keys per program)
-        block_n = _key_block(N, block_n)
+        block_n = _step(N, block_n)
     block_m = 32 if fp32 or (backward and width > 64) else 64
+    if backward:  # dk/dv's query loop
+        block_m = _step(N, block_m)
     score_cost = (2 if backward else 1) * width
     chan_cost = 2 if backward else 1
     if fp32:
