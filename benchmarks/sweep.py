@@ -63,8 +63,9 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
                  for m, kc, c, w in itertools.product(ms, (16, 32), (16, 32, 64), (4, 8))]
         return ([cands[0], cands[-1]] if quick else cands) + [dict(path="online")]
     top = max(32, SA._pow2(N))
-    ms = [m for m in ((32, 64, 128) if kernel == "fwd" else (32, 64)) if m <= top]
-    ns = [n for n in ((16, 32, 64) if N <= 256 else (32, 64)) if n <= top]  # windows: 16 too
+    window = (16,) if N <= 256 else ()  # windows (9..16) also try 16-token blocks and steps
+    ms = [m for m in window + ((32, 64, 128) if kernel == "fwd" else (32, 64)) if m <= top]
+    ns = [n for n in window + (32, 64) if n <= top]
     cs = [c for c in dict(fwd=(64, 128, 256), dq=(32, 64), dkdv=(64, 128))[kernel] if c <= SA._pow2(Cv)]
     stages = (2, 3) if kernel == "fwd" else (2,)
     cands = [dict(BLOCK_M=m, BLOCK_N=n, BLOCK_C=c, **SA._classes(K), num_warps=w, num_stages=st)
