@@ -7,8 +7,9 @@ the default forward's out and lse, the online semantic ones swept one at a time 
 "fwd"), this script runs the kernel, checks its results against
 the default configuration's (max |x - x_default| / max |x_default|; the default is the
 one the tests check against the reference), and times it (``triton.testing.do_bench``
-median on GPU; one call on CPU). Nothing in the package changes: the candidates are set
-in the kernel modules' config tables for the duration of one measurement.
+median on GPU; one call on CPU). Nothing in the package changes: for the duration of one
+measurement the kernel modules' config functions (``_config``, ``config``) answer the
+candidate.
 
     python benchmarks/sweep.py --device cuda --time-budget 240 --out DIR
     TRITON_INTERPRET=1 python benchmarks/sweep.py --quick     # the mechanics, on the CPU

@@ -301,8 +301,9 @@ def _classes(K: int) -> dict:
 
 def _step(N: int, largest: int) -> int:
     """Tokens per step of a loop over a sequence: the largest power of two from ``largest``
-    down to 16 that pads N to within 10% of the least padding (windows of 12: 144 tokens in
-    steps of 16, not 64 + 64 + 64 with 48 masked; 1024 tokens: ``largest``)."""
+    down to 16 whose padded length cdiv(N, b) * b is within 1.1x the shortest one (windows
+    of 12: 144 tokens in steps of 16, not 64 + 64 + 64 with 48 masked; 272 in steps of 32;
+    multiples of 64, e.g. 1024: ``largest``)."""
     sizes = [b for b in (64, 32, 16) if b <= largest]
     least = min(triton.cdiv(N, b) * b for b in sizes)
     return next(b for b in sizes if triton.cdiv(N, b) * b <= 1.1 * least)
@@ -314,20 +315,24 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     classes (tiles of :func:`_classes`, width W), C channels.
 
     Tiles of 64 rows where registers allow, since on sm_90 Triton issues wgmma (warpgroup
-    MMA) only for dots with M >= 64 and falls back to mma.sync below (BLOCK_M x BLOCK_N):
-    forward 64 query x 64 key rows (64 x 32 when W = 256, 193..256 classes); dq 64 x 64,
-    64 x 32 when W > 64, 32 x 32 when W = 256; dk/dv 64 key x 64 query rows, 32 x 64 when
-    W > 64, 32 x 32 when W = 256. fp32 (ieee dots on FMA units, the exact path rather than
-    the fast one): 32 x 32, dq 16 x 16, 8 warps. The forward's and dq's key steps and
-    dk/dv's query steps shrink where that pads N less (``_step``: windows of 12 step 16
-    tokens), and the forward's and dq's last query block is a smaller tile where its rows
-    fit one (``common.row_tail``: 144 rows = 64 + 64 + 16; dk/dv's keys stay 3 x 64: a
-    16-key block on its 8 warps would hold its tiles 2-4 times, and 4 warps spill).
+    MMA) only for dots with M >= 64 and falls back to mma.sync below. As BLOCK_M query x
+    BLOCK_N key rows: forward 64 x 64 (64 x 32 when W = 256, 193..256 classes); dq 64 x 64,
+    64 x 32 when W > 64, 32 x 32 when W = 256; dk/dv (a program owns BLOCK_N keys and
+    steps through the queries BLOCK_M at a time) 64 x 64, 32 x 64 when W > 64, 32 x 32 when
+    W = 256. fp32 (ieee dots on FMA units, the exact path rather than the fast one): 32 x 32,
+    dq 16 x 16, 8 warps. The forward's and dq's key steps and dk/dv's query steps shrink
+    where that pads N less (``_step``: windows of 12 step 16 tokens, so dk/dv there is
+    16 x 64), and the forward's and dq's last query block is a smaller tile where its rows
+    fit one (``common.row_tail``: 144 rows = 64 + 64 + 16). dk/dv's keys per program stay
+    as they are (windows of 12 in half precision: 3 x 64): a 16-key last block on its 8
+    warps would hold its tiles 2-4 times, and 4 warps spill 0.5-1.4 KB.
     Warps: for a chained dot (scores feeding P v) Triton puts every warp along the rows,
     so with fewer than 16 rows per warp the warps repeat each other's score tiles (and
     their exp2). The forward runs 4 warps; dk/dv 4 on 64 x 64 and 32 x 32 tiles, 8 on
-    32 x 64 (there mma.sync splits the warps over the queries); dq keeps 8, its score tiles
-    held twice (with 4 warps its dq accumulators spill 230-610 B).
+    32 x 64 and 16 x 64 (there mma.sync splits the warps over the keys); dq keeps 8, its
+    score tiles held twice (with 4 warps its dq accumulators spill 230-610 B). The 16-row
+    last blocks of windows of 12 repeat their 16 x 16 score tiles (forward 2x, dq 4x): one
+    block in three.
     fwd and dkdv split C over programs and recompute the scores per chunk: their BLOCK_C is
     the power of two (forward 32..128, 32..64 for windows (N <= 256) or W <= 64; dk/dv
     64..128, 64 for W > 160 or W <= 64; fp32 32..64) minimising the work per (query, key)

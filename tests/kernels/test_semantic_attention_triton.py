@@ -123,6 +123,35 @@ def test_fp32_matches_reference(B, H, W, K, C, window):
         assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
 
 
+def test_step_and_row_tail_sizes():
+    """Hand-computed: 144 tokens in steps of 16 (64 pads to 192, 32 to 160: over 1.1 x 144),
+    272 in steps of 32 (288 <= 1.1 x 272), 1024 in steps of 64; 144 rows = 64 + 64 + 16."""
+    assert [sa._step(n, 64) for n in (144, 272, 1024, 81)] == [16, 32, 64, 32]
+    assert row_tail(144, 64) == dict(BLOCK_M2=16, ROW_TAIL=True)
+    assert row_tail(81, 64) == dict(BLOCK_M2=32, ROW_TAIL=True)
+    assert row_tail(1024, 64)["ROW_TAIL"] is False and row_tail(49, 64)["ROW_TAIL"] is False
+
+
+@pytest.mark.parametrize("B,H,W,K,C,window", [(2, 18, 27, 19, 40, 9), (1, 15, 18, 19, 40, 0)])
+def test_fp32_with_half_precision_tiles(monkeypatch, B, H, W, K, C, window):
+    """The half-precision tiles on fp32 data, checked to 1e-5: row tails with masked rows in
+    the forward and dq (window 9: 81 rows = 64 + a 32-row tile holding 17; global 270 =
+    4 x 64 + a 16-row tile holding 14) over several sequences (12 windows), 16- and
+    32-token steps."""
+    half = sa._config
+    monkeypatch.setattr(sa, "_config", lambda N, K, C, kernel, dtype: half(N, K, C, kernel,
+                                                                          torch.bfloat16))
+    N = window * window if window else H * W
+    assert not sw.supports(N, window)
+    for kernel in ("fwd", "dq"):
+        assert row_tail(N, sa._config(N, K, C, kernel, None)["BLOCK_M"])["ROW_TAIL"]
+    q, k, v, dout = make_inputs(B, H, W, K, C)
+    truth = reference_grads(q, k, v, dout, window)
+    got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
+    for name, x, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), truth):
+        assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
+
+
 @pytest.mark.parametrize("H,W,window,K", [(7, 14, 7, 19), (7, 14, 0, 19), (17, 16, 0, 150)])
 def test_int64_offsets_path(monkeypatch, H, W, window, K):
     """The int64 row arithmetic (taken for tensors of >= 2^31 elements) on small maps: whole
@@ -238,7 +267,9 @@ def compile_all_sm90(dtype, N, K, C, window):
         # fp32 (ieee dots on FMA units) is the exact path, not the fast one: not checked
         assert dtype == "fp32" or spill_bytes(built) <= 64, f"{kernel}: {spill_bytes(built)} B spilled"
         # no warps repeating each other's score tiles (dq keeps 8 warps on 64 rows, which
-        # repeat its 64-row score tiles, because 4 warps spill its dq accumulators)
+        # repeat its 64-row score tiles, because 4 warps spill its dq accumulators); 16 x 16
+        # tiles may repeat: the 16-row tail block of windows of 12 on 4 warps holds its
+        # 16 x 16 scores twice (one block in three)
         repeated = [t for t in replicated_mma_tiles(built) if t[0] * t[1] > 16 * 16]
         assert kernel == "dq" or not repeated, f"{kernel}: warps repeat {repeated}"
 
@@ -249,7 +280,8 @@ def compile_all_sm90(dtype, N, K, C, window):
                                                  ("fp32", 144, 19, 40, 12), ("bf16", 256, 150, 768, 0),
                                                  ("bf16", 1024, 150, 384, 0), ("fp32", 1024, 19, 40, 0),
                                                  ("bf16", 144, 171, 256, 12), ("bf16", 1024, 256, 512, 0),
-                                                 ("bf16", 144, 200, 128, 12), ("bf16", 1024, 19, 384, 0)])
+                                                 ("bf16", 144, 200, 128, 12), ("bf16", 1024, 19, 384, 0),
+                                                 ("bf16", 272, 150, 384, 0)])
 def test_kernels_compile_for_sm90(dtype, N, K, C, window):
     """The interpreter accepts code the compiler may reject: build every kernel for sm_90
     (in a fresh process, since TRITON_INTERPRET=1 here replaces the jit functions)."""
