@@ -28,6 +28,26 @@ def row_tail(n: int, block_m: int) -> dict:
     return dict(BLOCK_M2=small, ROW_TAIL=small < block_m)
 
 
+# Triton 3.2 (torch 2.6) aborts building several chained-dot kernels for sm_90 on more
+# warps than a 64-row tile spans (assertion in LinearLayout::reshapeOuts); 3.3 and later
+# build them.
+OLD_TRITON = tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 3)
+
+
+def warps(n: int) -> int:
+    """``n`` warps, at most 4 on Triton < 3.3 (see OLD_TRITON)."""
+    return min(n, 4) if OLD_TRITON else n
+
+
+def old_triton_on_hopper(t: torch.Tensor) -> bool:
+    """Whether ``t`` (a tensor or the backend's TensorInfo) lives on an sm_90+ GPU under
+    Triton < 3.3, which fails to build the fp32 fused loss and the fp32 online semantic
+    dk/dv kernels there ("Failed to emit transfer from register to shared", "PassManager::run
+    failed"), whatever the tiles."""
+    return (OLD_TRITON and t.device.type == "cuda"
+            and torch.cuda.get_device_capability(t.device)[0] >= 9)
+
+
 def on_device(t: torch.Tensor):
     """Launch on the tensor's GPU (Triton launches on the current device)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

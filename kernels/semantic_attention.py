@@ -60,8 +60,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import semantic_window
-from .common import dot, head_tail, on_device, row_tail
+from . import common, semantic_window
+from .common import dot, head_tail, on_device, row_tail, warps
 from .semantic_window import _load, _rows, _scores, _store
 
 MAX_K = 256
@@ -350,7 +350,7 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
         block_c = min(sizes, key=lambda bc: (triton.cdiv(C, bc) * bc, -bc))
         return dict(BLOCK_M=16 if fp32 else 32 if widest else 64,
                     BLOCK_N=_step(N, 16 if fp32 else 32 if width > 64 else 64),
-                    BLOCK_C=block_c, **classes, num_warps=8, num_stages=2)
+                    BLOCK_C=block_c, **classes, num_warps=warps(8), num_stages=2)
     backward = kernel == "dkdv"
     block_n = 32 if fp32 or widest else 64
     if not backward:  # the forward's key loop (dk/dv: keys per program)
@@ -368,9 +368,9 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
         cands = (32, 64) if N <= 256 or width <= 64 else (32, 64, 128)
     block_c = min(cands, key=lambda bc: (triton.cdiv(C, bc) * (score_cost + chan_cost * bc), bc))
     block_c = min(block_c, _pow2(C))
-    warps = 8 if fp32 or (backward and 64 < width <= 192) else 4
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_C=block_c, **classes,
-                num_warps=warps, num_stages=2)
+                num_warps=warps(8 if fp32 or (backward and 64 < width <= 192) else 4),
+                num_stages=2)
 
 
 def _geometry(q: torch.Tensor, window: int):
@@ -420,6 +420,10 @@ def reasons(tensors, params: dict) -> list[str]:
         why.append(f"window must be an int >= 0, got {window!r}")
     elif window and (q.shape[1] % window or q.shape[2] % window):
         why.append(f"map {tuple(q.shape[1:3])} is not a multiple of window {window}")
+    elif q.dtype == torch.float32 and common.old_triton_on_hopper(q) and not \
+            semantic_window.supports(_geometry(q, window)[1], window):
+        why.append("fp32 on sm_90 with windows > 8 or global maps > 256 tokens needs "
+                   "Triton >= 3.3 (3.2 fails to build the dk/dv kernel)")
     return why
 
 

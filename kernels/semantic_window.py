@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot
+from .common import dot, warps
 
 MAX_TOKENS = 256
 
@@ -216,7 +216,7 @@ def config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
     return dict(BLOCK_M=16 if wide else block_n, BLOCK_N=block_n,
                 BLOCK_K=16 if wide else _chunk(K, (32, 16)),
                 BLOCK_C=_chunk(C, (32, 16) if wide or backward else (64, 32, 16)),
-                num_warps=4 if wide and not backward else 8, num_stages=2)
+                num_warps=warps(4 if wide and not backward else 8), num_stages=2)
 
 
 def supports(N: int, window: int) -> bool:

@@ -43,6 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import common
 from .common import bilinear_axis, bilinear_source, dot, on_device
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -181,6 +182,8 @@ def reasons(tensors, params: dict) -> list[str]:
         why.append("ignore_index outside the int32 range")
     if logits.dtype == torch.float32 and torch.version.hip and logits.device.type == "cuda":
         why.append("fp32 logits need tf32x3 products, which Triton's ROCm backend lacks")
+    if logits.dtype == torch.float32 and common.old_triton_on_hopper(logits):
+        why.append("fp32 logits on sm_90 need Triton >= 3.3 (3.2 fails to build the kernel)")
     return why
 
 

@@ -231,6 +231,20 @@ def test_reasons_rejects_bad_inputs():
     assert "empty" in why([q[:0], k[:0], v[:0]])
 
 
+def test_reasons_reject_fp32_online_on_hopper_with_triton_3_2(monkeypatch):
+    """Triton 3.2 fails to build the fp32 online dk/dv kernel for sm_90: those inputs take the
+    reference (simulated: the check stands in for a Hopper GPU under Triton 3.2); the
+    whole-row kernels (window 7) and half precision still run."""
+    from semask.kernels import common
+
+    monkeypatch.setattr(common, "old_triton_on_hopper", lambda t: True)
+    q, k, v, _ = (t.float() for t in make_inputs(1, 17, 16, 19, 32))  # 272 tokens: online
+    assert any("Triton >= 3.3" in r for r in sa.reasons([q, k, v], dict(window=0)))
+    assert sa.reasons([q.half(), k.half(), v.half()], dict(window=0)) == []
+    q, k, v, _ = (t.float() for t in make_inputs(1, 14, 14, 19, 32))
+    assert sa.reasons([q, k, v], dict(window=7)) == []
+
+
 # ------------------------------------------------ compiled (not interpreted) code, on CPU
 def compile_all_sm90(dtype, N, K, C, window):
     """Compile the kernels that ``forward``/``backward`` launch for these sizes, as they

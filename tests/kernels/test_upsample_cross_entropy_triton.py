@@ -116,6 +116,17 @@ def test_bad_inputs_are_named():
         uce.upsample_cross_entropy(logits, target, IGNORE, grad=False)
 
 
+def test_reasons_reject_fp32_on_hopper_with_triton_3_2(monkeypatch):
+    """Triton 3.2 aborts building the fp32 kernel for sm_90: such inputs take the reference
+    (simulated here: the check stands in for a Hopper GPU under Triton 3.2)."""
+    from semask.kernels import common
+
+    logits, target = make_inputs(1, 4, 4, 4, 16, 16)
+    monkeypatch.setattr(common, "old_triton_on_hopper", lambda t: True)
+    assert any("Triton >= 3.3" in r for r in uce.reasons([logits.float(), target], {}))
+    assert uce.reasons([logits.bfloat16(), target], {}) == []
+
+
 @pytest.mark.parametrize("avg_non_ignore", [False, True])
 def test_loss_function_fused_path_matches_the_unfused_one(avg_non_ignore):
     """upsampled_cross_entropy(fused=True): value and gradient (with an upstream scale) as
