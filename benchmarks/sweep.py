@@ -113,7 +113,7 @@ def window_config(window: int, direction: str, cfg: dict):
         return chosen
 
     pps = list(saved_pps)
-    pps[DIRECTIONS.index(direction)] = cfg["programs_per_sm"]
+    pps[WA.DIRECTIONS.index(direction)] = cfg["programs_per_sm"]
     WA._config, WA._PROGRAMS_PER_SM = patched, tuple(pps)
     try:
         yield

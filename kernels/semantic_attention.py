@@ -353,11 +353,11 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
                     BLOCK_C=block_c, **classes, num_warps=warps(8), num_stages=2)
     backward = kernel == "dkdv"
     block_n = 32 if fp32 or widest else 64
-    if not backward:  # the forward's key loop (dk/dv: keys per program)
-        block_n = _step(N, block_n)
     block_m = 32 if fp32 or (backward and width > 64) else 64
-    if backward:  # dk/dv's query loop
+    if backward:  # the step of dk/dv's query loop (its keys per program stay)
         block_m = _step(N, block_m)
+    else:  # the step of the forward's key loop
+        block_n = _step(N, block_n)
     score_cost = (2 if backward else 1) * width
     chan_cost = 2 if backward else 1
     if fp32:

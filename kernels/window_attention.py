@@ -434,7 +434,7 @@ def _config(window: int, direction: str, dtype: torch.dtype) -> dict:
     else:
         if width <= 64:  # one query block; a warp per 16 rows (see Warps above)
             block_m = min(64, max(16, triton.next_power_of_2(window * window)))
-            block_m, warps = block_m, block_m // 16
+            warps = block_m // 16
         else:  # 16-row blocks: mma.sync spreads the warps over the keys
             block_m, warps = 16, 4
     return dict(BLOCK_M=block_m, BLOCK_N=head, BLOCK_N2=tail, TAIL=has_tail, num_warps=warps)
