@@ -2,7 +2,9 @@
 
 GPU: ``triton.testing.do_bench`` (CUDA events, L2 flushed, median) after its warm-up, or
 a CUDA-event loop when Triton is missing or for long steps; CPU: repeated
-``time.perf_counter`` after warm-up, median. Peak memory: ``torch.cuda.max_memory_allocated``
+``time.perf_counter`` after warm-up, median. Both GPU timings include the gaps in which
+the GPU waits for the host to launch the next kernel; :func:`graph_time_ms` times CUDA
+graph replays instead, which leaves out the host (its GPU time per call). Peak memory: ``torch.cuda.max_memory_allocated``
 on GPU; on CPU the process peak RSS (VmHWM, reset through /proc/self/clear_refs so each
 measurement has its own peak).
 """
@@ -74,6 +76,64 @@ def _cuda_event_loop(fn, target_s: float, max_reps: int) -> float:
         end.record()
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) for s, e in pairs)
+
+
+def graph_time_ms(fn: Callable[[], object], estimate_ms: float, graph_ms: float = 5.0,
+                  replays: int = 20, device: str = "cuda") -> float:
+    """GPU time of one call of ``fn`` in ms, without host launch gaps: ``fn`` is captured
+    into a CUDA graph n times (n * estimate_ms ~ graph_ms), each call after an L2 flush (a
+    zero fill of twice the L2 size, as ``do_bench`` flushes), and a second graph holds the
+    n flushes alone; the graphs' replays alternate and the result is (median of the first -
+    median of the second) / n. For many small launches METHOD.md advises graph replays:
+    they measure what the kernels cost when the host keeps ahead of the GPU, as in a
+    model step. Raises what capture raises (an op that syncs the host, say), with the
+    stream and memory restored."""
+    n = int(min(50, max(1, round(graph_ms / max(estimate_ms, 1e-3)))))
+    with torch.cuda.device(torch.device(device)):
+        l2 = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0)
+        cache = torch.empty(max(2 * l2, 64 << 20) // 4, dtype=torch.int32, device="cuda")
+        home = torch.cuda.current_stream()
+        graphs = []
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(home)
+            with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+                for _ in range(2):
+                    cache.zero_()
+                    fn()
+            home.wait_stream(side)
+            torch.cuda.synchronize()
+            for with_fn in (True, False):
+                graphs.append(torch.cuda.CUDAGraph())
+                with torch.cuda.graph(graphs[-1]):
+                    for _ in range(n):
+                        cache.zero_()
+                        if with_fn:
+                            fn()
+            return _replay_difference_ms(graphs, replays) / n
+        finally:
+            torch.cuda.set_stream(home)  # a failed capture_end leaves the capture stream set
+            del graphs
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+
+
+def _replay_difference_ms(graphs: list, replays: int) -> float:
+    """median replay time of graphs[0] - that of graphs[1] (replays alternate), >= 0."""
+    times = [[], []]
+    for graph in graphs:
+        graph.replay()
+    torch.cuda.synchronize()
+    for _ in range(replays):
+        for graph, seen in zip(graphs, times):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            seen.append((start, end))
+    torch.cuda.synchronize()
+    work, flush = (statistics.median(s.elapsed_time(e) for s, e in seen) for seen in times)
+    return max(work - flush, 0.0)
 
 
 # ----------------------------------------------------------------------------- memory

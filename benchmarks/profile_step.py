@@ -7,9 +7,12 @@ backend, kernels grouped by what they do.
 
 For each backend (``--fused``: reference = the eager PyTorch model, triton, cuda, auto) the
 step (forward under autocast, loss, backward, AdamW step) runs ``--warmup`` times, then
-once under the profiler. Written into ``--out`` (default
-``benchmarks/results/<device>-profile-<date>/``): ``profile.md`` with, per backend, the
-time per group of kernels (attention, matmul, convolution, normalisation, loss, optimizer,
+``--timed`` times for its wall time and its host time (until ``step()`` returns, before the
+GPU is waited for), then once under the profiler. The kernels' share of the wall time
+says whether the GPU waits for the host (a low share); host time close to the wall time
+alone does not, since the host also blocks once ~1000 launches are queued. Written into ``--out`` (default
+``benchmarks/results/<device>-profile-<date>/``): ``profile.md`` with, per backend, those
+times and how much of the wall time the kernels keep the GPU busy, the time per group of kernels (attention, matmul, convolution, normalisation, loss, optimizer,
 other elementwise) and the top kernels by own time; ``trace_<backend>.json`` with
 ``--trace`` (open in chrome://tracing or Perfetto).
 """
@@ -20,7 +23,9 @@ import contextlib
 import datetime
 import os
 import re
+import statistics
 import sys
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -69,9 +74,25 @@ def step_fn(model, images, target, device: str, dtype: torch.dtype):
     return step
 
 
-def profile_backend(args, fused: str) -> tuple[list[tuple[str, float, int]], float]:
-    """[(name, own time in ms, calls)] of every kernel (GPU) or op (CPU) of one step, and
-    the step's total."""
+def step_times(step, reps: int, cuda: bool) -> tuple[float, float]:
+    """Median (wall ms, host ms) of ``reps`` steps, each from an idle GPU: wall until the GPU
+    has finished, host until ``step()`` returned."""
+    walls, hosts = [], []
+    for _ in range(reps):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        hosts.append(time.perf_counter() - t0)
+        if cuda:
+            torch.cuda.synchronize()
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls) * 1e3, statistics.median(hosts) * 1e3
+
+
+def profile_backend(args, fused: str) -> tuple[list[tuple[str, float, int]], float, tuple]:
+    """[(name, own time in ms, calls)] of every kernel (GPU) or op (CPU) of one step, the
+    step's total, and its (wall ms, host ms) from :func:`step_times`."""
     torch.manual_seed(0)
     model = semask.create_model(args.model, num_classes=args.num_classes,
                                 fused=False if fused == "reference" else fused)
@@ -82,8 +103,7 @@ def profile_backend(args, fused: str) -> tuple[list[tuple[str, float, int]], flo
     cuda = args.device.startswith("cuda")
     for _ in range(args.warmup):
         step()
-    if cuda:
-        torch.cuda.synchronize()
+    times = step_times(step, args.timed, cuda)
     activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
     with profile(activities=[activity]) as prof:
         step()
@@ -97,15 +117,20 @@ def profile_backend(args, fused: str) -> tuple[list[tuple[str, float, int]], flo
         if own > 0:
             rows.append((e.key, own, e.count))
     rows.sort(key=lambda r: -r[1])
-    return rows, sum(r[1] for r in rows)
+    return rows, sum(r[1] for r in rows), times
 
 
-def report(fused: str, rows, total: float, top: int, unit: str) -> str:
-    """Markdown: time per group, then the top kernels."""
+def report(fused: str, rows, total: float, top: int, unit: str, times: tuple) -> str:
+    """Markdown: wall and host time, time per group, then the top kernels."""
     groups: dict[str, float] = {}
     for name, ms, _ in rows:
         groups[group_of(name)] = groups.get(group_of(name), 0.0) + ms
+    wall, host = times
     lines = [f"## {fused}: {total:.2f} ms of {unit} time in one step", "",
+             f"Step wall time {wall:.2f} ms, host time {host:.2f} ms (until the step "
+             f"returned; median of the timed steps). The {unit} time above is "
+             f"{100 * total / wall:.0f}% of the wall time: the rest is time the device "
+             f"waited (for the host, or between kernels).", "",
              "| group | ms | share |", "|---|---|---|"]
     for group, ms in sorted(groups.items(), key=lambda g: -g[1]):
         lines.append(f"| {group} | {ms:.2f} | {100 * ms / total:.1f}% |")
@@ -127,7 +152,9 @@ def parse_args(argv=None):
     ap.add_argument("--num-classes", type=int, default=150)
     ap.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
                     help="autocast dtype (default: bf16 on GPU, fp32 on CPU)")
-    ap.add_argument("--warmup", type=int, default=3, help="steps before the profiled one")
+    ap.add_argument("--warmup", type=int, default=3, help="steps before the timed ones")
+    ap.add_argument("--timed", type=lambda x: max(1, int(x)), default=5,
+                    help="steps timed for the wall and host time, before the profiled one")
     ap.add_argument("--rows", type=int, default=20, help="top kernels listed per backend")
     ap.add_argument("--trace", action="store_true", help="also write a chrome trace per backend")
     ap.add_argument("--out", default=None, help="output folder")
@@ -153,8 +180,8 @@ def main(argv=None) -> str:
              f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), "
              f"torch {torch.__version__}\n"]
     for fused in args.fused:
-        rows, total = profile_backend(args, fused)
-        parts.append(report(fused, rows, total, args.rows, unit))
+        rows, total, times = profile_backend(args, fused)
+        parts.append(report(fused, rows, total, args.rows, unit, times))
         print(parts[-1], flush=True)
     text = "\n".join(parts)
     with open(os.path.join(args.out, "profile.md"), "w") as f:

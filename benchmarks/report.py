@@ -94,6 +94,8 @@ def markdown(results: dict) -> str:
               "(fwd_bwd) against the float32 reference on the same inputs.", "",
               "![speed-up](speedup.png)", "", "![peak memory](memory.png)", ""]
     lines += _speedup_matrix(rec)
+    if _has_graph_times(rec):
+        lines += _speedup_matrix(rec, "graph_ms")
     lines += _per_image(results)
     lines += _goals(results)
     lines += _details(rec)
@@ -109,10 +111,26 @@ def _batches(records, models: bool) -> str:
     return "/".join(map(str, sizes)) or "–"
 
 
-def _speedup_matrix(records) -> list[str]:
+# time field -> its speed-up field
+SPEEDUP = {"time_ms": "speedup", "graph_ms": "graph_speedup"}
+
+
+def _has_graph_times(records) -> bool:
+    return any(r.get("graph_ms") for r in records)
+
+
+def _speedup_matrix(records, field: str = "time_ms") -> list[str]:
+    graph = field == "graph_ms"
+    if graph:
+        records = [r for r in records if r["kind"] != "model"]
     provs, idx, reasons = _providers(records), _index(records), {}
-    out = ["## Speed-up over the eager reference (median time)", "",
-           "| case | mode | " + " | ".join(provs) + " |", "|---|---|" + "---|" * len(provs)]
+    out = (["## GPU time per call under CUDA graph replay (speed-up over the eager reference)",
+            "", "The same op steps captured in CUDA graphs and replayed, each call after an L2 "
+            "flush (`benchmarks/measure.py:graph_time_ms`): no host launch gaps, so this is "
+            "what the kernels cost when the host keeps ahead of the GPU, as in a model step. "
+            "The table above includes the host's launch time where it exceeds the GPU's.", ""]
+           if graph else ["## Speed-up over the eager reference (median time)", ""])
+    out += ["| case | mode | " + " | ".join(provs) + " |", "|---|---|" + "---|" * len(provs)]
     for case, mode in _rows(records):
         cells = []
         for p in provs:
@@ -122,10 +140,12 @@ def _speedup_matrix(records) -> list[str]:
             elif r["time_ms"] is None:
                 n = reasons.setdefault(r["skipped_reason"], len(reasons) + 1)
                 cells.append(f"skipped [{n}]")
+            elif r.get(field) is None:
+                cells.append("–")
             else:
-                sp = f"{r['speedup']:.2f}x " if r["speedup"] else ""
-                cells.append(f"{sp}({_fmt_ms(r['time_ms'])})" + (" *" if r.get("note") and p == "triton"
-                                                                  and "interpreter" in r["note"] else ""))
+                sp = f"{r[SPEEDUP[field]]:.2f}x " if r.get(SPEEDUP[field]) else ""
+                cells.append(f"{sp}({_fmt_ms(r[field])})" + (" *" if r.get("note") and p == "triton"
+                                                              and "interpreter" in r["note"] else ""))
         out.append(f"| {case} | {mode} | " + " | ".join(cells) + " |")
     out.append("")
     if any("interpreter" in (r.get("note") or "") for r in records):
@@ -139,11 +159,14 @@ def _fmt_ms(t: float) -> str:
     return f"{t:.3g} ms" if t < 1000 else f"{t / 1e3:.3g} s"
 
 
-def goal_values(records) -> list[dict]:
+def goal_values(records, field: str = "time_ms") -> list[dict]:
     """Each goal of issue 4 per fused provider: geometric mean, min and count over the
-    matching 512x512 cases that ran (model goals: SeMask-T only)."""
+    matching 512x512 cases that ran (model goals: SeMask-T only), from the stream times
+    (``field="time_ms"``) or the CUDA graph times (``"graph_ms"``: op goals only)."""
     idx, out = _index(records), []
     for label, kind, mode, figure, bound in GOALS:
+        if field == "graph_ms" and kind == "model":
+            continue
         for prov in ("triton", "cuda"):
             vals = []
             for r in records:
@@ -151,7 +174,7 @@ def goal_values(records) -> list[dict]:
                     continue
                 if "-512" not in r["case"] or (kind == "model" and "tiny" not in r["case"]):
                     continue
-                v = _goal_figure(r, idx, figure)
+                v = _goal_figure(r, idx, figure, field)
                 if v is not None:
                     vals.append(v)
             if not vals:
@@ -164,16 +187,20 @@ def goal_values(records) -> list[dict]:
     return out
 
 
-def _goal_figure(r, idx, figure):
-    other = {"vs_sdpa": "sdpa", "vs_compile": "compile", "mem_ratio": "reference"}.get(figure)
-    if other is None:
-        return r.get(figure)
+def _goal_figure(r, idx, figure, field="time_ms"):
+    t = r.get(field)
+    if not t:
+        return None
+    if figure == "floor_frac":  # bytes / bandwidth / time
+        return r["floor_frac"] * r["time_ms"] / t if r.get("floor_frac") else None
+    other = {"speedup": "reference", "vs_sdpa": "sdpa", "vs_compile": "compile",
+             "mem_ratio": "reference"}[figure]
     o = idx.get((r["case"], r["mode"], other))
     if o is None or o["time_ms"] is None:
         return None
     if figure == "mem_ratio":
         return r["peak_mem_mb"] / o["peak_mem_mb"] if r["peak_mem_mb"] and o["peak_mem_mb"] else None
-    return o["time_ms"] / r["time_ms"]
+    return o[field] / t if o.get(field) else None
 
 
 def _goals(results) -> list[str]:
@@ -182,21 +209,26 @@ def _goals(results) -> list[str]:
         return out + ["The goals are defined on an H100 (bf16, batch 16, 512x512); this is a CPU run, "
                       "so they are not evaluated here.", ""]
     out += ["Over the 512x512 cases that ran (worst case decides; the goals are set for an H100, "
-            "bf16, batch 16).", "", "| goal | provider | cases | geo-mean | worst | met |",
-            "|---|---|---|---|---|---|"]
-    for g in goal_values(results["records"]):
-        if g["n"] == 0:
-            out.append(f"| {g['goal']} | {g['provider']} | 0 | – | – | not measured |")
-        else:
-            out.append(f"| {g['goal']} | {g['provider']} | {g['n']} | {g['geomean']:.2f} | "
-                       f"{g['worst']:.2f} | {'yes' if g['met'] else 'no'} |")
+            "bf16, batch 16)."]
+    fields = ["time_ms"] + (["graph_ms"] if _has_graph_times(results["records"]) else [])
+    for field in fields:
+        if field == "graph_ms":
+            out += ["", "The op goals again from the GPU times under CUDA graph replay:"]
+        out += ["", "| goal | provider | cases | geo-mean | worst | met |", "|---|---|---|---|---|---|"]
+        for g in goal_values(results["records"], field):
+            if g["n"] == 0:
+                out.append(f"| {g['goal']} | {g['provider']} | 0 | – | – | not measured |")
+            else:
+                out.append(f"| {g['goal']} | {g['provider']} | {g['n']} | {g['geomean']:.2f} | "
+                           f"{g['worst']:.2f} | {'yes' if g['met'] else 'no'} |")
     return out + [""]
 
 
-def per_image_rows(results) -> list[dict]:
+def per_image_rows(results, field: str = "time_ms") -> list[dict]:
     """Window attention of a whole network per image (forward): the stage cases summed as
     the network calls them (depth/2 unshifted + depth/2 shifted blocks per stage), against
-    the bytes model's floor. Only where every stage of both kinds was measured."""
+    the bytes model's floor. Only where every stage of both kinds was measured (``field``:
+    stream or CUDA graph times)."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from benchmarks.cases import ARCH, VARIANTS, window_case
 
@@ -211,10 +243,10 @@ def per_image_rows(results) -> list[dict]:
                     for shifted in (False, True):
                         name = window_case(arch, img, stage, shifted, "fwd", 1).name
                         r = idx.get((name, "fwd", prov))
-                        if r is None or r["time_ms"] is None or (batch and r["batch"] != batch):
+                        if r is None or r.get(field) is None or (batch and r["batch"] != batch):
                             break
                         batch = r["batch"]
-                        total += depth / 2 * r["time_ms"] / r["batch"]
+                        total += depth / 2 * r[field] / r["batch"]
                         nbytes += depth / 2 * r["bytes"] / r["batch"]
                     else:
                         continue
@@ -226,27 +258,30 @@ def per_image_rows(results) -> list[dict]:
 
 
 def _per_image(results) -> list[str]:
-    rows = per_image_rows(results)
+    rows = [dict(r, timing="stream") for r in per_image_rows(results)]
+    rows += [dict(r, timing="CUDA graph") for r in per_image_rows(results, "graph_ms")]
     if not rows:
         return []
     out = ["## Window attention per image (forward, all blocks of the network)", "",
-           "| network | provider | us per image | floor us | % of floor |", "|---|---|---|---|---|"]
+           "| network | provider | timing | us per image | floor us | % of floor |",
+           "|---|---|---|---|---|---|"]
     for r in rows:
         frac = r["floor_us"] / r["us_per_image"] * 100 if r["floor_us"] else None
-        out.append(f"| {r['network']} | {r['provider']} | {r['us_per_image']:.1f} | "
+        out.append(f"| {r['network']} | {r['provider']} | {r['timing']} | {r['us_per_image']:.1f} | "
                    f"{_fmt(r['floor_us'], '.1f')} | {_fmt(frac, '.1f')} |")
     return out + [""]
 
 
 def _details(records) -> list[str]:
     out = ["## All records", "",
-           "| case | mode | provider | shape | time | img/s | GFLOP | TFLOP/s | GB/s | % floor | "
-           "peak MB | speed-up | rel. err |", "|" + "---|" * 13]
+           "| case | mode | provider | shape | time | graph time | img/s | GFLOP | TFLOP/s | GB/s | "
+           "% floor | peak MB | speed-up | rel. err |", "|" + "---|" * 14]
     for r in records:
         if r["time_ms"] is None:
             continue
         out.append(f"| {r['case']} | {r['mode']} | {r['provider']} | {r['shape']} | "
-                   f"{_fmt_ms(r['time_ms'])} | {_fmt(r['throughput'], '.4g')} | "
+                   f"{_fmt_ms(r['time_ms'])} | {_fmt_ms(r['graph_ms']) if r.get('graph_ms') else '–'} | "
+                   f"{_fmt(r['throughput'], '.4g')} | "
                    f"{_fmt(r['flops'] / 1e9 if r['flops'] else None, '.4g')} | "
                    f"{_fmt(r['tflops'], '.3g')} | {_fmt(r['gbps'], '.4g')} | "
                    f"{_fmt(r['floor_frac'] * 100 if r['floor_frac'] else None, '.1f')} | "
@@ -304,6 +339,17 @@ def summary_table(results: dict) -> str:
             else:
                 sp = f" {r['speedup']:.2f}x" if r["speedup"] else ""
                 cells.append(f"{_fmt_ms(r['time_ms']) + sp:>16s}")
+        lines.append(f"{case:36s} {mode:8s} " + " ".join(cells))
+    graph = [(c, m) for c, m in _rows(results["records"])
+             if any(idx.get((c, m, p), {}).get("graph_ms") for p in provs)]
+    if graph:
+        lines.append("GPU time under CUDA graph replay:")
+    for case, mode in graph:
+        cells = []
+        for p in provs:
+            r = idx.get((case, mode, p)) or {}
+            sp = f" {r['graph_speedup']:.2f}x" if r.get("graph_speedup") else ""
+            cells.append(f"{_fmt_ms(r['graph_ms']) + sp if r.get('graph_ms') else '–':>16s}")
         lines.append(f"{case:36s} {mode:8s} " + " ".join(cells))
     return "\n".join(lines)
 

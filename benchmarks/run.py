@@ -36,7 +36,8 @@ from benchmarks import measure, providers, report  # noqa: E402
 
 SCHEMA_VERSION = 1
 RECORD_FIELDS = ("case", "kind", "shape", "dtype", "mode", "provider", "batch", "time_ms",
-                 "throughput", "flops", "flops_source", "tflops", "bytes", "gbps", "floor_frac",
+                 "graph_ms", "graph_speedup", "throughput", "flops", "flops_source", "tflops",
+                 "bytes", "gbps", "floor_frac",
                  "peak_mem_mb", "speedup", "max_rel_err", "skipped_reason", "note")
 
 
@@ -166,6 +167,8 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
         rec["time_ms"] = measure.time_ms(prepared.step, args.device, args.target_time,
                                          max_reps=prepared.max_reps, long_step=prepared.long_step,
                                          min_reps=min(3, prepared.max_reps))
+        if args.device.startswith("cuda") and case.kind != "model":
+            _graph_time(prepared, rec, args.device)
         if prepared.peak_memory:
             rec["peak_mem_mb"] = measure.peak_memory_mb(prepared.step, args.device)
         if prepared.count is not None:
@@ -182,7 +185,7 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
         rec["skipped_reason"] = f"error: {_short(exc)}"
     finally:
         if rec["skipped_reason"]:
-            rec["time_ms"] = rec["peak_mem_mb"] = rec["max_rel_err"] = None
+            rec["time_ms"] = rec["graph_ms"] = rec["peak_mem_mb"] = rec["max_rel_err"] = None
         del prepared
         gc.collect()
         if args.device.startswith("cuda"):
@@ -195,6 +198,16 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
             rec["flops_source"] = "meta"
         except Exception as exc:
             rec["note"] = "; ".join(x for x in (rec["note"], f"FLOP count failed: {_short(exc)}") if x)
+
+
+def _graph_time(prepared, rec: dict, device: str) -> None:
+    """rec["graph_ms"]: the op's GPU time per call from CUDA graph replays (no host launch
+    gaps); a capture that fails leaves it None with the reason (its root cause) in the note."""
+    try:
+        rec["graph_ms"] = measure.graph_time_ms(prepared.step, rec["time_ms"], device=device)
+    except Exception as exc:
+        cause = exc.__context__ or exc
+        rec["note"] = "; ".join(x for x in (rec["note"], f"no CUDA graph time: {_short(cause)}") if x)
 
 
 def cuda_broken(device: str) -> str | None:
@@ -250,16 +263,22 @@ def _print_record(rec: dict, elapsed: float) -> None:
               flush=True)
     else:
         mem = "" if rec["peak_mem_mb"] is None else f"  peak {rec['peak_mem_mb']:9.1f} MB"
-        print(f"[{elapsed:6.1f}s] {what:42s} {rec['provider']:9s} {rec['time_ms']:10.3f} ms{mem}",
+        graph = "" if rec.get("graph_ms") is None else f"  graph {rec['graph_ms']:8.3f} ms"
+        print(f"[{elapsed:6.1f}s] {what:42s} {rec['provider']:9s} {rec['time_ms']:10.3f} ms{graph}{mem}",
               flush=True)
 
 
 def finalize(records: list[dict], peak_bandwidth: float | None) -> None:
     """Derived figures: throughput, TFLOP/s, GB/s, fraction of the bandwidth floor, speed-up
-    over the reference of the same case and mode."""
+    over the reference of the same case and mode (of the stream times, and of the CUDA
+    graph times where both have one)."""
     ref = {(r["case"], r["mode"]): r["time_ms"] for r in records
            if r["provider"] == "reference" and r["time_ms"]}
+    ref_graph = {(r["case"], r["mode"]): r.get("graph_ms") for r in records
+                 if r["provider"] == "reference" and r.get("graph_ms")}
     for r in records:
+        base, t = ref_graph.get((r["case"], r["mode"])), r.get("graph_ms")
+        r["graph_speedup"] = base / t if base and t else None
         t = r["time_ms"]
         if not t:
             r["throughput"] = r["tflops"] = r["gbps"] = r["floor_frac"] = r["speedup"] = None

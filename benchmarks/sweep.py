@@ -6,8 +6,8 @@ the default forward's out and lse, the online semantic ones swept one at a time 
 "bwd/dq" and "bwd/dkdv"; for the fused loss, its loss + gradient launch, direction
 "fwd"), this script runs the kernel, checks its results against
 the default configuration's (max |x - x_default| / max |x_default|; the default is the
-one the tests check against the reference), and times it (``triton.testing.do_bench``
-median on GPU; one call on CPU). Nothing in the package changes: for the duration of one
+one the tests check against the reference), and times it (on GPU its time under CUDA graph
+replay, see ``_time_ms``; one call on CPU). Nothing in the package changes: for the duration of one
 measurement the kernel modules' config functions (``_config``, ``config``) answer the
 candidate.
 
@@ -164,9 +164,28 @@ def _runners(case, device: str, dtype: torch.dtype):
             lambda out, lse: SA.backward(dout, q, k, v, out, lse, p["window"]))
 
 
-def _time_ms(fn, device: str) -> float:
-    """do_bench median on GPU (40 ms of repetitions); a single call in the interpreter."""
-    return measure.time_ms(fn, device, target_s=0.04, max_reps=1, min_reps=1)
+_GRAPH_TIMING = {"on": True}  # off after a default configuration failed to capture
+
+
+def _time_ms(fn, device: str, default: bool = False) -> float:
+    """GPU: the kernel's time under CUDA graph replay (``measure.graph_time_ms``: no host
+    launch gaps, which would hide the differences between configurations of the small
+    late-stage kernels), estimated first by a short ``do_bench``. A candidate that fails to
+    capture raises (its row records the error); a default that fails switches the rest of
+    the sweep to ``do_bench`` medians, so each case compares like with like. CPU: a single
+    call in the interpreter."""
+    estimate = measure.time_ms(fn, device, target_s=0.02, max_reps=1, min_reps=1)
+    if not device.startswith("cuda") or not _GRAPH_TIMING["on"]:
+        return estimate
+    try:
+        return measure.graph_time_ms(fn, estimate, graph_ms=3.0, replays=10, device=device)
+    except Exception as exc:
+        if not default:
+            raise
+        _GRAPH_TIMING["on"] = False
+        print(f"sweep: CUDA graph capture failed ({type(exc).__name__}: {exc}); timing with "
+              f"do_bench from here on", flush=True)
+        return estimate
 
 
 def _try(base: dict, cfg: dict, setting, call, expected, device: str, deadline: float) -> dict:
@@ -194,7 +213,7 @@ def sweep_loss_case(case, device: str, dtype: torch.dtype, quick: bool, deadline
 
     expected = call()
     base = dict(case=case.name, shape=case.shape(), direction="fwd")
-    rows = [dict(base, config="default", time_ms=_time_ms(call, device), rel_err=0.0, error=None)]
+    rows = [dict(base, config="default", time_ms=_time_ms(call, device, default=True), rel_err=0.0, error=None)]
     return rows + [_try(base, cfg, loss_config, call, expected, device, deadline)
                    for cfg in loss_candidates(quick)]
 
@@ -211,7 +230,7 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
         call = calls[direction.split("/")[0]]
         expect = expected[direction.split("/")[0]]
         base = dict(case=case.name, shape=case.shape(), direction=direction)
-        rows.append(dict(base, config="default", time_ms=_time_ms(call, device),
+        rows.append(dict(base, config="default", time_ms=_time_ms(call, device, default=True),
                          rel_err=0.0, error=None))
         rows += [_try(base, cfg, setting, call, expect, device, deadline) for cfg in cands]
     return rows

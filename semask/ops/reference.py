@@ -19,6 +19,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 SHIFT_MASK_VALUE = -100.0  # value the official Swin adds between shift regions
 
@@ -46,9 +47,8 @@ def window_reverse(windows: Tensor, window: int, H: int, W: int) -> Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
 
 
-@functools.lru_cache(maxsize=None)
-def _relative_position_index_cpu(window: int) -> Tensor:
-    r = torch.arange(window, device="cpu")  # explicit: the result is cached
+def _build_relative_position_index(window: int, device) -> Tensor:
+    r = torch.arange(window, device=device)
     coords = torch.stack(torch.meshgrid(r, r, indexing="ij"))
     coords = coords.flatten(1)  # [2, N]
     rel = coords[:, :, None] - coords[:, None, :]  # [2, N, N]: (dh, dw) of query minus key
@@ -58,35 +58,53 @@ def _relative_position_index_cpu(window: int) -> Tensor:
 
 def relative_position_index(window: int) -> Tensor:
     """[N, N] long index into the [(2w-1)^2, heads] bias table."""
-    return _relative_position_index_cpu(window).clone()
+    return _relative_position_index_cached(window, torch.device("cpu")).clone()
+
+
+@functools.lru_cache(maxsize=16)
+def _relative_position_index_cached(window: int, device: torch.device) -> Tensor:
+    with torch.inference_mode(False):  # usable in and out of inference mode
+        return _build_relative_position_index(window, device)
+
+
+def _relative_position_index_on(window: int, device: torch.device) -> Tensor:
+    """The [N, N] index on ``device`` without a host-to-device copy per call (one would wait
+    for the GPU and cannot be graph-captured): in plain eager mode one cached copy per
+    (window, device), as the official Swin keeps it in a buffer; while tracing (compile,
+    fake tensors, dispatch modes) built on the device, never cached."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return _build_relative_position_index(window, device)
+    return _relative_position_index_cached(window, device)
 
 
 def relative_position_bias(table: Tensor, window: int) -> Tensor:
     """Gather the bias table into [heads, N, N]."""
-    index = _relative_position_index_cpu(window).to(table.device)
+    index = _relative_position_index_on(window, table.device)
     N = window * window
     return table[index.view(-1)].view(N, N, -1).permute(2, 0, 1)
 
 
-def shift_region_labels(Hp: int, Wp: int, window: int, shift: int) -> Tensor:
+def shift_region_labels(Hp: int, Wp: int, window: int, shift: int, device=None) -> Tensor:
     """[Hp, Wp] region id (0..8) of each position of the shifted, padded map.
 
     The official 3x3 labelling: rows split at Hp - w and Hp - s, columns at Wp - w and
     Wp - s.
     """
     def bands(n: int) -> Tensor:
-        idx = torch.arange(n)
+        idx = torch.arange(n, device=device)
         return (idx >= n - window).long() + (idx >= n - shift).long()
 
     return bands(Hp)[:, None] * 3 + bands(Wp)[None, :]
 
 
 def shift_attn_mask(Hp: int, Wp: int, window: int, shift: int, device=None) -> Tensor:
-    """[nW, N, N] additive mask: 0 inside a region, -100 between regions."""
-    labels = window_partition(shift_region_labels(Hp, Wp, window, shift)[None, :, :, None], window)
+    """[nW, N, N] additive mask: 0 inside a region, -100 between regions. Built on
+    ``device`` per call, as mmseg's Swin builds it in every forward (no host work or copy)."""
+    labels = window_partition(shift_region_labels(Hp, Wp, window, shift, device)[None, :, :, None],
+                              window)
     labels = labels.squeeze(-1)  # [nW, N]
     diff = labels[:, None, :] != labels[:, :, None]
-    return (diff.float() * SHIFT_MASK_VALUE).to(device)
+    return diff.float() * SHIFT_MASK_VALUE
 
 
 def _window_scores(q: Tensor, k: Tensor, bias: Tensor | None, mask: Tensor | None, batch: int) -> Tensor:

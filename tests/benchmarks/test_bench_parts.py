@@ -249,6 +249,9 @@ def test_gpu_report_from_synthetic_records(tmp_path):
             refs["sdpa"]["time_ms"] = refs["triton"]["time_ms"] * 2
             refs["compile"]["time_ms"] = refs["triton"]["time_ms"] * 1.6
         records.append(dict(R.new_record(case, "cuda", "bf16"), skipped_reason="not built"))
+        if case.kind != "model":  # graph times: the reference's = its stream time, triton's half
+            refs["reference"]["graph_ms"] = refs["reference"]["time_ms"]
+            refs["triton"]["graph_ms"] = refs["triton"]["time_ms"] / 2
     R.finalize(records, 3e12)
     results = dict(environment=dict(device="NVIDIA H100 80GB HBM3", device_type="cuda", torch="2.11",
                                     triton="3.6", python="3.12", commit="abc", date="today",
@@ -263,13 +266,25 @@ def test_gpu_report_from_synthetic_records(tmp_path):
     assert goals[("window attention fwd >= 60% of the HBM floor", "triton")]["worst"] == pytest.approx(0.8)
     assert goals[("SeMask-T FPN peak training memory <= 0.6x eager", "triton")]["worst"] == pytest.approx(0.5)
     assert goals[("window attention fwd >= 4x eager", "cuda")]["n"] == 0
+    graph = {(g["goal"], g["provider"]): g for g in report.goal_values(records, "graph_ms")}
+    assert graph[("window attention fwd >= 4x eager", "triton")]["worst"] == pytest.approx(10.0)
+    assert graph[("window attention fwd >= 60% of the HBM floor", "triton")]["worst"] == pytest.approx(1.6)
+    assert graph[("window attention fwd >= 1.5x SDPA", "triton")]["n"] == 0  # sdpa has no graph time
+    assert not any("SeMask-T" in goal for goal, _ in graph)
+    semantic = next(r for r in records if r["kind"] == "semantic" and r["provider"] == "triton")
+    assert semantic["graph_speedup"] == pytest.approx(10.0)
     per_image = {(r["network"], r["provider"]): r for r in report.per_image_rows(results)}
     row = per_image[("swin_t-512", "triton")]
     assert row["floor_us"] == pytest.approx(23.4, abs=0.05)
     assert row["floor_us"] / row["us_per_image"] == pytest.approx(0.8)
+    row = {(r["network"], r["provider"]): r for r in report.per_image_rows(results, "graph_ms")}[
+        ("swin_t-512", "triton")]
+    assert row["floor_us"] / row["us_per_image"] == pytest.approx(1.6)
     report.write_report(results, str(tmp_path))
     md = (tmp_path / "results.md").read_text()
     assert "Speed goals of issue 4" in md and "not measured" in md and "CPU numbers" not in md
+    assert "under CUDA graph replay" in md and "The op goals again from the GPU times" in md
+    assert "GPU time under CUDA graph replay:" in report.summary_table(results)
     assert (tmp_path / "speedup.png").stat().st_size > 10_000
 
 

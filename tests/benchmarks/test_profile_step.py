@@ -1,6 +1,7 @@
 """benchmarks/profile_step.py: kernel grouping and a CPU run on the micro model."""
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from benchmarks import profile_step as P  # noqa: E402
@@ -24,7 +25,7 @@ def test_group_of_known_kernel_names():
 def test_cpu_profile_of_the_micro_model(tmp_path):
     text = P.main(["--device", "cpu", "--model", "semask_swin_micro_fpn", "--img", "64",
                    "--batch", "2", "--num-classes", "5", "--fused", "reference",
-                   "--warmup", "1", "--rows", "5", "--out", str(tmp_path)])
+                   "--warmup", "1", "--timed", "2", "--rows", "5", "--out", str(tmp_path)])
     assert (tmp_path / "profile.md").read_text() == text
     section = text.split("## reference: ")[1]
     total = float(section.split(" ms")[0])
@@ -34,3 +35,12 @@ def test_cpu_profile_of_the_micro_model(tmp_path):
     assert abs(sum(shares.values()) - total) < 0.01 * total + 0.05
     assert shares["convolution"] > 0 and shares["matmul"] > 0
     assert text.count("| `") == 5
+    wall = float(section.split("Step wall time ")[1].split(" ms")[0])
+    host = float(section.split("host time ")[1].split(" ms")[0])
+    assert 0 < host <= wall  # on the CPU the step returns when its work is done
+
+
+def test_step_times_wall_and_host():
+    calls = []
+    wall, host = P.step_times(lambda: calls.append(time.sleep(0.01)), 3, cuda=False)
+    assert len(calls) == 3 and 9 < host <= wall < 200
