@@ -68,7 +68,7 @@ def _step(fn, leaves, dout):
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_fused_op_forward_backward_replays_in_a_cuda_graph(backend, case):
+def test_fused_op_forward_backward_replays_in_a_captured_graph(backend, case):
     fn, inputs, reasons = CASES[case](backend)
     if reasons is None:
         pytest.skip("the loss and upsampling kernels are Triton only")
