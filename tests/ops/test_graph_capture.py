@@ -77,8 +77,10 @@ def test_fused_op_forward_backward_replays_in_a_captured_graph(backend, case):
     if why and (backend == "cuda" or old_triton_on_hopper(static[0])):
         pytest.skip("; ".join(why))  # the extension is not built; fp32 kernels Triton 3.2 cannot build
     assert not why, why
-    out = fn(*static)
-    dout = torch.randn_like(out)
+    with torch.no_grad():  # no graph of a default-stream forward may stay alive: its leaves'
+        # AccumulateGrad nodes would keep the default stream, and the capture's backward
+        # would then make the legacy stream wait on the capture (cudaErrorStreamCaptureImplicit)
+        dout = torch.randn(fn(*static).shape).cuda()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up (compilation, backend choice) off the capture
@@ -89,7 +91,7 @@ def test_fused_op_forward_backward_replays_in_a_captured_graph(backend, case):
     with torch.cuda.graph(graph):
         captured = _step(fn, static, dout)
     for _ in range(2):  # new values each replay: nothing of the capture's inputs may stick
-        fresh = [torch.randn_like(t) * t.detach().std() for t in static]
+        fresh = [torch.randn(t.shape).cuda() * t.detach().std() for t in static]  # CPU RNG
         with torch.no_grad():
             for s, f in zip(static, fresh):
                 s.copy_(f)
