@@ -6,6 +6,8 @@ sdpa       the same roll / pad / partition, with the attention call done by
            the reference model with its attention calls swapped for these
 compile    ``torch.compile`` of the reference function / model
 triton     ``backend="triton"`` (models: ``fused="triton"``)
+triton-compile  ``torch.compile`` of the ``fused="triton"`` model (model cases only; the
+           fused custom ops trace into the graph, the loss stays outside as for compile)
 cuda       ``backend="cuda"``   (models: ``fused="cuda"``)
 
 ``prepare(case, provider, ...)`` returns a :class:`Prepared` step (one forward, or one
@@ -37,8 +39,9 @@ from .cases import NO_MATMUL, Case
 _win_mod = importlib.import_module("semask.ops.window_attention")
 _sem_mod = importlib.import_module("semask.ops.semantic_attention")
 
-PROVIDERS = ("reference", "sdpa", "compile", "triton", "cuda")
+PROVIDERS = ("reference", "sdpa", "compile", "triton", "triton-compile", "cuda")
 FUSED = ("triton", "cuda")
+COMPILED = ("compile", "triton-compile")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OP_NAME = {"window": "window_attention", "semantic": "semantic_attention"}
 IGNORE = semask.models.semask.IGNORE_INDEX  # label of the loss cases' ignored pixels
@@ -314,10 +317,11 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                   allow_interpreter: bool = False, loss_chunk="auto",
                   fused_loss: bool = True, fused_upsample: bool = True) -> Prepared:
     dtype = DTYPES[dtype_name]
-    if provider == "compile" and device == "cpu":
+    if provider in COMPILED and device == "cpu":
         raise Skip("torch.compile of a whole model takes minutes on a CPU; left out there")
-    if provider in FUSED:
-        reasons = _model_probe(provider, device, torch.float32)
+    fused = "triton" if provider == "triton-compile" else provider if provider in FUSED else False
+    if fused:
+        reasons = _model_probe(fused, device, torch.float32)
         if reasons:
             raise Skip("; ".join(reasons))
         if provider == "triton" and device == "cpu" and not allow_interpreter:
@@ -325,7 +329,6 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                        "(the op cases cover the interpreter path)")
     p = case.params
     torch.manual_seed(0)
-    fused = provider if provider in FUSED else False
     model = semask.create_model(p["model"], num_classes=p["K"], fused=fused).to(device)
     if loss_chunk != "auto":
         model.loss_chunk = loss_chunk
@@ -337,9 +340,9 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
     autocast = (lambda: torch.autocast(device_type=device.split(":")[0], dtype=dtype)) if use_autocast \
         else contextlib.nullcontext
     patch = sdpa_in_reference_model if provider == "sdpa" else contextlib.nullcontext
-    if provider == "compile":
+    if provider in COMPILED:
         torch._dynamo.reset()
-    runner = torch.compile(model) if provider == "compile" else model
+    runner = torch.compile(model) if provider in COMPILED else model
 
     if case.mode == "fwd":
         model.eval()
@@ -365,6 +368,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                 return loss
             return step
     note = "" if dtype == torch.float32 else f"autocast {dtype_name} (weights fp32)"
+    if provider == "triton-compile":
+        note = "; ".join(x for x in ("torch.compile of the fused model", note) if x)
     if case.mode == "fwd_bwd":
         loss = ("fused upsample + cross-entropy loss kernel" if model.fused_loss else
                 f"chunked loss (loss_chunk={model.loss_chunk})" if model.loss_chunk else "")
@@ -390,4 +395,6 @@ def prepare(case: Case, provider: str, device: str, dtype_name: str,
     if case.kind == "model":
         return prepare_model(case, provider, device, dtype_name, allow_interpreter_models,
                              loss_chunk, fused_loss, fused_upsample)
+    if provider == "triton-compile":
+        raise Skip("triton-compile compiles whole models; the op cases have triton and compile")
     return prepare_op(case, provider, device, dtype_name)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """semask benchmarks: time, throughput, FLOPs, bandwidth and memory of every provider
-(reference, sdpa, compile, triton, cuda) per op (window / semantic attention at real stage
-shapes) and end to end (SeMask-Swin FPN inference and training step).
+(reference, sdpa, compile, triton, triton-compile, cuda) per op (window / semantic attention
+at real stage shapes) and end to end (SeMask-Swin FPN inference and training step).
 
 Writes results.json, results.md and PNG plots (speed-up, memory) into --out. Examples:
     python benchmarks/run.py --quick                      # CPU smoke run, < 3 minutes
@@ -74,7 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="seconds for all measurements; later cases are recorded as skipped "
                          "(default: none; --quick: 130)")
     ap.add_argument("--compile-budget", type=float, default=None,
-                    help="seconds the compile provider may spend in total (compilation included); "
+                    help="seconds the compiling providers (compile, triton-compile) may spend in "
+                         "total (compilation included; per provider with --isolate); "
                          "default: half the time budget, --quick: 45")
     ap.add_argument("--target-time", type=float, default=None,
                     help="seconds of repetitions per measurement (default 0.1 GPU, 0.3 CPU)")
@@ -130,7 +131,7 @@ def select_cases(args) -> list:
                     c.batch = args.model_batch
     else:
         cases = _cases.full_cases(args.batch or 16, args.model_batch)
-        if args.providers == ["compile"]:
+        if all(p in providers.COMPILED for p in args.providers):
             # alone in its process (--isolate) compile has time for few cases: the SeMask-T
             # model first, as issue 4 compares the fused training step with it
             cases.sort(key=lambda c: c.name != "model/semask_swin_tiny_fpn-512")
@@ -175,7 +176,8 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
             rec["flops"] = measure.count_flops(prepared.count)
         if prepared.error is not None:
             rec["max_rel_err"] = prepared.error()
-        rec["flops_source"] = ("run (eager reference)" if provider == "compile"
+        rec["flops_source"] = ("run (eager fused model)" if provider == "triton-compile" else
+                               "run (eager reference)" if provider == "compile"
                                or (provider == "sdpa" and case.kind == "model") else "run")
     except providers.Skip as exc:
         rec["skipped_reason"] = str(exc)
@@ -234,7 +236,7 @@ def run_cases(cases, args, on_record=None) -> list[dict]:
                 rec["skipped_reason"] = f"CUDA context broken by an earlier error ({broken})"
             elif args.time_budget is not None and elapsed > args.time_budget:
                 rec["skipped_reason"] = f"time budget of {args.time_budget:.0f} s exhausted"
-            elif provider == "compile" and args.compile_budget is not None \
+            elif provider in providers.COMPILED and args.compile_budget is not None \
                     and compile_spent > args.compile_budget:
                 rec["skipped_reason"] = f"compile time budget of {args.compile_budget:.0f} s exhausted"
             if rec["skipped_reason"]:
@@ -246,7 +248,7 @@ def run_cases(cases, args, on_record=None) -> list[dict]:
             else:
                 t0 = time.perf_counter()
                 measure_one(case, provider, args, rec)
-                if provider == "compile":
+                if provider in providers.COMPILED:
                     compile_spent += time.perf_counter() - t0
                 broken = cuda_broken(args.device)
             records.append(rec)
@@ -329,7 +331,8 @@ def run_isolated(args, cases) -> dict:
     records, scratch = [], tempfile.mkdtemp(prefix="semask-bench-")
     # fused providers right after the reference; compile last, as it can use up any time
     # the others leave
-    order = sorted(args.providers, key=lambda p: ("reference", "triton", "cuda", "sdpa", "compile").index(p))
+    rank = ("reference", "triton", "cuda", "sdpa", "compile", "triton-compile")
+    order = sorted(args.providers, key=rank.index)
     for i, provider in enumerate(order):
         child_out = os.path.join(scratch, provider)
         argv = [sys.executable, os.path.abspath(__file__), "--device", args.device,
@@ -353,10 +356,10 @@ def run_isolated(args, cases) -> dict:
             left = args.time_budget - (time.perf_counter() - t_start)
             share = max(left / (len(order) - i), 5.0)
             argv += ["--time-budget", f"{share:.0f}"]
-            if provider == "compile":
+            if provider in providers.COMPILED:
                 argv += ["--compile-budget", f"{min(share, args.compile_budget or share):.0f}"]
             timeout = share + 45  # the last measurement may overrun; partial results are kept
-        elif args.compile_budget is not None and provider == "compile":
+        elif args.compile_budget is not None and provider in providers.COMPILED:
             argv += ["--compile-budget", f"{args.compile_budget:.0f}"]
         print(f"== provider {provider}: {' '.join(argv[2:])}", flush=True)
         reason = _run_child(argv, timeout)

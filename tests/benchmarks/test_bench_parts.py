@@ -249,6 +249,9 @@ def test_gpu_report_from_synthetic_records(tmp_path):
             refs["sdpa"]["time_ms"] = refs["triton"]["time_ms"] * 2
             refs["compile"]["time_ms"] = refs["triton"]["time_ms"] * 1.6
         records.append(dict(R.new_record(case, "cuda", "bf16"), skipped_reason="not built"))
+        if case.kind == "model":  # the compiled fused model: 4/3 of compile's speed
+            records.append(dict(R.new_record(case, "triton-compile", "bf16"), time_ms=base / 4,
+                                peak_mem_mb=50.0, flops=10 ** 9))
         if case.kind != "model":  # graph times: the reference's = its stream time, triton's half
             refs["reference"]["graph_ms"] = refs["reference"]["time_ms"]
             refs["triton"]["graph_ms"] = refs["triton"]["time_ms"] / 2
@@ -266,6 +269,9 @@ def test_gpu_report_from_synthetic_records(tmp_path):
     assert goals[("window attention fwd >= 60% of the HBM floor", "triton")]["worst"] == pytest.approx(0.8)
     assert goals[("SeMask-T FPN peak training memory <= 0.6x eager", "triton")]["worst"] == pytest.approx(0.5)
     assert goals[("window attention fwd >= 4x eager", "cuda")]["n"] == 0
+    assert goals[("SeMask-T FPN training step >= 1.15x torch.compile", "triton-compile")]["worst"] \
+        == pytest.approx(4 / 3)
+    assert not any(p == "triton-compile" and "window" in goal for goal, p in goals)
     graph = {(g["goal"], g["provider"]): g for g in report.goal_values(records, "graph_ms")}
     assert graph[("window attention fwd >= 4x eager", "triton")]["worst"] == pytest.approx(10.0)
     assert graph[("window attention fwd >= 60% of the HBM floor", "triton")]["worst"] == pytest.approx(1.6)
@@ -309,3 +315,14 @@ def test_merge_prefers_measured_records(tmp_path):
     by_provider = {r["provider"]: r for r in merged["records"]}
     assert len(merged["records"]) == 2
     assert by_provider["compile"]["time_ms"] == 0.5 and by_provider["compile"]["speedup"] == pytest.approx(4.0)
+
+
+def test_triton_compile_provider_runs_model_cases_only():
+    """triton-compile is torch.compile of the fused model: op cases are skipped with the
+    reason, model cases on a CPU too (whole-model compilation takes minutes there)."""
+    op = C.window_case("swin_t", 224, 3, False, "fwd", 1)
+    with pytest.raises(P.Skip, match="compiles whole models"):
+        P.prepare(op, "triton-compile", "cpu", "fp32")
+    model = next(c for c in C.quick_cases(1) if c.kind == "model")
+    with pytest.raises(P.Skip, match="minutes on a CPU"):
+        P.prepare(model, "triton-compile", "cpu", "fp32")
