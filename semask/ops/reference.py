@@ -71,8 +71,10 @@ def _relative_position_index_on(window: int, device: torch.device) -> Tensor:
     """The [N, N] index on ``device`` without a host-to-device copy per call (one would wait
     for the GPU and cannot be graph-captured): in plain eager mode one cached copy per
     (window, device), as the official Swin keeps it in a buffer; while tracing (compile,
-    fake tensors, dispatch modes) built on the device, never cached."""
-    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+    fake tensors, dispatch modes) or capturing a CUDA graph (whose memory pool the cached
+    copy must not live in) built on the device, never cached."""
+    if (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+            or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())):
         return _build_relative_position_index(window, device)
     return _relative_position_index_cached(window, device)
 

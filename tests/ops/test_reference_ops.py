@@ -108,3 +108,23 @@ def test_pad_to_multiple_pads_right_bottom_with_zeros():
     assert y.shape == (1, 7, 14, 2)
     assert torch.equal(y[:, :5, :8], x) and y[:, 5:].abs().sum() == 0 and y[:, :, 8:].abs().sum() == 0
     assert ref.pad_to_multiple(F.pad(x, (0, 0, 0, 6, 0, 2)), 7).shape == (1, 7, 14, 2)
+
+
+def test_bias_index_cache_survives_fake_tensors_and_inference_mode():
+    """The index cached per device in eager mode: a first call under FakeTensorMode must not
+    cache a fake tensor, and one under inference mode no inference tensor (either would
+    break later training calls)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ref._relative_position_index_cached.cache_clear()
+    with FakeTensorMode() as mode:
+        ref.relative_position_bias(mode.from_tensor(torch.randn(169, 3)), 7)
+    with torch.inference_mode():
+        ref.relative_position_bias(torch.randn(169, 3), 7)
+    table = torch.randn(169, 3, requires_grad=True)
+    bias = ref.relative_position_bias(table, 7)
+    bias.sum().backward()  # saving an inference-mode index for backward would raise
+    # every table row used as often as its offset occurs between two tokens of a 7x7 window
+    counts = torch.tensor([(7 - abs(dh)) * (7 - abs(dw)) for dh in range(-6, 7) for dw in range(-6, 7)],
+                          dtype=torch.float32)
+    torch.testing.assert_close(table.grad, counts[:, None].expand(169, 3))
