@@ -10,11 +10,14 @@ step (forward under autocast, loss, backward, AdamW step) runs ``--warmup`` time
 ``--timed`` times for its wall time and its host time (until ``step()`` returns, before the
 GPU is waited for), then once under the profiler. The kernels' share of the wall time
 says whether the GPU waits for the host (a low share); host time close to the wall time
-alone does not, since the host also blocks once ~1000 launches are queued. Written into ``--out`` (default
-``benchmarks/results/<device>-profile-<date>/``): ``profile.md`` with, per backend, those
-times and how much of the wall time the kernels keep the GPU busy, the time per group of kernels (attention, matmul, convolution, normalisation, loss, optimizer,
-other elementwise) and the top kernels by own time; ``trace_<backend>.json`` with
-``--trace`` (open in chrome://tracing or Perfetto).
+alone does not, since the host also blocks once ~1000 launches are queued.
+
+Written into ``--out`` (default ``benchmarks/results/<device>-profile-<date>/``):
+``profile.md`` with, per backend, those times, the time per group of kernels (attention,
+matmul, convolution, normalisation, loss, optimizer, other elementwise), the top kernels by
+own time and, on a GPU, the top host-side ops by own CPU time (and how much of the host
+time is inside ops at all); ``trace_<backend>.json`` with ``--trace`` (open in
+chrome://tracing or Perfetto).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import sys
 import time
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -90,9 +94,11 @@ def step_times(step, reps: int, cuda: bool) -> tuple[float, float]:
     return statistics.median(walls) * 1e3, statistics.median(hosts) * 1e3
 
 
-def profile_backend(args, fused: str) -> tuple[list[tuple[str, float, int]], float, tuple]:
+def profile_backend(args, fused: str) -> tuple[list, float, tuple, dict]:
     """[(name, own time in ms, calls)] of every kernel (GPU) or op (CPU) of one step, the
-    step's total, and its (wall ms, host ms) from :func:`step_times`."""
+    step's total, its (wall ms, host ms) from :func:`step_times`, and on a GPU the host
+    side of the profiled step: {"rows": [(op, own CPU ms, calls)], "step_ms": host time
+    of the profiled step (profiler overhead included)}."""
     torch.manual_seed(0)
     model = semask.create_model(args.model, num_classes=args.num_classes,
                                 fused=False if fused == "reference" else fused)
@@ -104,24 +110,35 @@ def profile_backend(args, fused: str) -> tuple[list[tuple[str, float, int]], flo
     for _ in range(args.warmup):
         step()
     times = step_times(step, args.timed, cuda)
-    activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
-    with profile(activities=[activity]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
         step()
+        step_ms = (time.perf_counter() - t0) * 1e3
         if cuda:
             torch.cuda.synchronize()
     if args.trace:
         prof.export_chrome_trace(os.path.join(args.out, f"trace_{fused}.json"))
-    rows = []
+    rows, host_rows = [], []
     for e in prof.key_averages():
-        own = (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e3
+        on_host = e.device_type == DeviceType.CPU
+        if cuda and not on_host:  # kernels (a CPU op's self device time repeats its kernels')
+            own = e.self_device_time_total / 1e3
+        else:
+            own = 0.0 if cuda else e.self_cpu_time_total / 1e3
         if own > 0:
             rows.append((e.key, own, e.count))
+        if cuda and on_host and e.self_cpu_time_total > 0:
+            host_rows.append((e.key, e.self_cpu_time_total / 1e3, e.count))
     rows.sort(key=lambda r: -r[1])
-    return rows, sum(r[1] for r in rows), times
+    host_rows.sort(key=lambda r: -r[1])
+    return rows, sum(r[1] for r in rows), times, dict(rows=host_rows, step_ms=step_ms)
 
 
-def report(fused: str, rows, total: float, top: int, unit: str, times: tuple) -> str:
-    """Markdown: wall and host time, time per group, then the top kernels."""
+def report(fused: str, rows, total: float, top: int, unit: str, times: tuple,
+           host_ops: dict | None = None) -> str:
+    """Markdown: wall and host time, time per group, the top kernels, then (GPU) the top
+    host-side ops."""
     groups: dict[str, float] = {}
     for name, ms, _ in rows:
         groups[group_of(name)] = groups.get(group_of(name), 0.0) + ms
@@ -138,6 +155,16 @@ def report(fused: str, rows, total: float, top: int, unit: str, times: tuple) ->
     for name, ms, calls in rows[:top]:
         short = name if len(name) <= 90 else name[:87] + "..."
         lines.append(f"| `{short}` | {group_of(name)} | {ms:.3f} | {calls} |")
+    if host_ops:
+        attributed = sum(ms for _, ms, _ in host_ops["rows"])
+        lines += ["", f"Host side of the profiled step: {host_ops['step_ms']:.2f} ms until it returned "
+                  f"(profiler overhead included), {attributed:.2f} ms of it inside the ops below "
+                  f"(own CPU time; launches included); the rest is Python between ops (modules, "
+                  f"autograd Functions, Triton's launcher).", "",
+                  f"Top {top} host-side ops by own CPU time:", "", "| op | ms | calls |", "|---|---|---|"]
+        for name, ms, calls in host_ops["rows"][:top]:
+            short = name if len(name) <= 90 else name[:87] + "..."
+            lines.append(f"| `{short}` | {ms:.3f} | {calls} |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,8 +207,8 @@ def main(argv=None) -> str:
              f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), "
              f"torch {torch.__version__}\n"]
     for fused in args.fused:
-        rows, total, times = profile_backend(args, fused)
-        parts.append(report(fused, rows, total, args.rows, unit, times))
+        rows, total, times, host_ops = profile_backend(args, fused)
+        parts.append(report(fused, rows, total, args.rows, unit, times, host_ops))
         print(parts[-1], flush=True)
     text = "\n".join(parts)
     with open(os.path.join(args.out, "profile.md"), "w") as f:

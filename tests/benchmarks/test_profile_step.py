@@ -44,3 +44,13 @@ def test_step_times_wall_and_host():
     calls = []
     wall, host = P.step_times(lambda: calls.append(time.sleep(0.01)), 3, cuda=False)
     assert len(calls) == 3 and 9 < host <= wall < 200
+
+
+def test_report_host_section():
+    """The GPU report's host part: own CPU time inside ops summed, top ops listed."""
+    rows = [("_window_fwd_kernel", 2.0, 12), ("sm90_xmma_gemm", 6.0, 30)]
+    host = dict(rows=[("aten::linear", 9.0, 67), ("cudaLaunchKernel", 4.5, 900)], step_ms=40.0)
+    text = P.report("triton", rows, 8.0, 5, "GPU kernel", (20.0, 19.0), host)
+    assert "40.00 ms until it returned" in text and "13.50 ms of it inside the ops" in text
+    assert "| `aten::linear` | 9.000 | 67 |" in text and "| `cudaLaunchKernel` | 4.500 | 900 |" in text
+    assert "40% of the wall time" in text  # 8 ms of kernels in a 20 ms step
