@@ -4,9 +4,9 @@ GPU: ``triton.testing.do_bench`` (CUDA events, L2 flushed, median) after its war
 a CUDA-event loop when Triton is missing or for long steps; CPU: repeated
 ``time.perf_counter`` after warm-up, median. Both GPU timings include the gaps in which
 the GPU waits for the host to launch the next kernel; :func:`graph_time_ms` times CUDA
-graph replays instead, which leaves out the host (its GPU time per call). Peak memory: ``torch.cuda.max_memory_allocated``
-on GPU; on CPU the process peak RSS (VmHWM, reset through /proc/self/clear_refs so each
-measurement has its own peak).
+graph replays instead, which leaves out the host (its GPU time per call). Peak memory:
+``torch.cuda.max_memory_allocated`` on GPU; on CPU the process peak RSS (VmHWM, reset
+through /proc/self/clear_refs so each measurement has its own peak).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def graph_time_ms(fn: Callable[[], object], estimate_ms: float, graph_ms: float 
                   replays: int = 20, device: str = "cuda") -> float:
     """GPU time of one call of ``fn`` in ms, without host launch gaps: ``fn`` is captured
     into a CUDA graph n times (n * estimate_ms ~ graph_ms), each call after an L2 flush (a
-    zero fill of twice the L2 size, as ``do_bench`` flushes), and a second graph holds the
+    zero fill of twice the L2 size; ``do_bench`` flushes too), and a second graph holds the
     n flushes alone; the graphs' replays alternate and the result is (median of the first -
     median of the second) / n. For many small launches METHOD.md advises graph replays:
     they measure what the kernels cost when the host keeps ahead of the GPU, as in a
@@ -90,7 +90,8 @@ def graph_time_ms(fn: Callable[[], object], estimate_ms: float, graph_ms: float 
     stream and memory restored."""
     n = int(min(50, max(1, round(graph_ms / max(estimate_ms, 1e-3)))))
     with torch.cuda.device(torch.device(device)):
-        l2 = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0)
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        l2 = getattr(props, "L2_cache_size", 0)
         cache = torch.empty(max(2 * l2, 64 << 20) // 4, dtype=torch.int32, device="cuda")
         home = torch.cuda.current_stream()
         graphs = []

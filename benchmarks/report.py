@@ -14,8 +14,8 @@ import os
 import sys
 
 PROVIDER_ORDER = ("reference", "sdpa", "compile", "triton", "triton-compile", "cuda")
-COLORS = {"reference": "#7f7f7f", "sdpa": "#1f77b4", "compile": "#2ca02c", "triton": "#d62728", "triton-compile": "#ff7f0e",
-          "cuda": "#9467bd"}
+COLORS = {"reference": "#7f7f7f", "sdpa": "#1f77b4", "compile": "#2ca02c", "triton": "#d62728",
+          "triton-compile": "#ff7f0e", "cuda": "#9467bd"}
 # issue 4's speed goals (H100, bf16, batch 16, 512x512): (label, kind, mode, figure, bound)
 GOALS = (
     ("window attention fwd >= 4x eager", "window", "fwd", "speedup", 4.0),

@@ -6,10 +6,10 @@ the default forward's out and lse, the online semantic ones swept one at a time 
 "bwd/dq" and "bwd/dkdv"; for the fused loss, its loss + gradient launch, direction
 "fwd"), this script runs the kernel, checks its results against
 the default configuration's (max |x - x_default| / max |x_default|; the default is the
-one the tests check against the reference), and times it (on GPU its time under CUDA graph
-replay, see ``_time_ms``; one call on CPU). Nothing in the package changes: for the duration of one
-measurement the kernel modules' config functions (``_config``, ``config``) answer the
-candidate.
+one the tests check against the reference), and times it (on GPU its time under CUDA
+graph replay, see ``_time_ms``; one call on CPU). Nothing in the package changes: for the
+duration of one measurement the kernel modules' config functions (``_config``,
+``config``) answer the candidate.
 
     python benchmarks/sweep.py --device cuda --time-budget 240 --out DIR
     TRITON_INTERPRET=1 python benchmarks/sweep.py --quick     # the mechanics, on the CPU
@@ -213,7 +213,8 @@ def sweep_loss_case(case, device: str, dtype: torch.dtype, quick: bool, deadline
 
     expected = call()
     base = dict(case=case.name, shape=case.shape(), direction="fwd")
-    rows = [dict(base, config="default", time_ms=_time_ms(call, device, default=True), rel_err=0.0, error=None)]
+    rows = [dict(base, config="default", time_ms=_time_ms(call, device, default=True),
+                 rel_err=0.0, error=None)]
     return rows + [_try(base, cfg, loss_config, call, expected, device, deadline)
                    for cfg in loss_candidates(quick)]
 
