@@ -48,6 +48,7 @@ class TrainConfig:
     pretrained: str | None = None          # ImageNet Swin checkpoint for the backbone
     grad_checkpointing: list[int] = field(default_factory=list)   # backbone stages to recompute
     sync_bn: bool = True                   # SyncBatchNorm in the head under multi-GPU DDP
+    compile: str | None = None             # torch.compile of the training forward: none | default | a backend
     # optimisation
     iters: int = 3000
     batch_size: int = 8                    # per process and micro-step
@@ -111,6 +112,8 @@ FIELD_HELP = {
     "pretrained": "ImageNet Swin (or SeMask) checkpoint for the model; none: from scratch",
     "grad_checkpointing": "backbone stages to recompute in backward, e.g. 0,1,2,3",
     "sync_bn": "SyncBatchNorm in the head under multi-GPU DDP",
+    "compile": "torch.compile the training forward: none (eager), default (inductor) or a "
+               "backend name such as aot_eager; the loss (fused kernel) and evaluation stay eager",
     "iters": "optimizer steps",
     "batch_size": "images per process and micro-step",
     "accum_steps": "micro-steps accumulated per optimizer step",

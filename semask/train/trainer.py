@@ -38,6 +38,19 @@ class NonFiniteLossError(RuntimeError):
     """Raised after ``max_nonfinite`` non-finite losses in a row."""
 
 
+def compile_backend(name: str | None) -> str | None:
+    """The torch.compile backend the ``compile`` option names (None: eager); raises for
+    an unknown one before anything is written."""
+    if name in (None, "none"):
+        return None
+    backend = "inductor" if name == "default" else name
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ValueError(f"--compile: unknown torch.compile backend {name!r} "
+                         f"(none, default, {', '.join(known)})")
+    return backend
+
+
 def build_model(cfg: TrainConfig, num_classes: int) -> SeMaskSwin:
     return SeMaskSwin(cfg.variant, num_classes=num_classes, semantic=cfg.semantic, fused=cfg.fused,
                       drop_path_rate=cfg.drop_path_rate, window_size=cfg.window_size,
@@ -67,6 +80,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     """Run training (and the final evaluation); returns the evaluation result (rank 0:
     also written to ``<out_dir>/eval.json``). ``stop_at``: leave after that iteration's
     checkpoint, as an interrupted run would (tests)."""
+    backend = compile_backend(cfg.compile)
     info = distributed.setup(cfg.device)
     t_start = time.perf_counter()
     out = Path(cfg.out_dir)
@@ -114,6 +128,10 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         metrics_path.write_text("")
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.enabled else model
+    # compiled: the forward only (fixed crop size); the loss takes the fused kernel eagerly
+    forward = torch.compile(ddp, backend=backend) if backend else ddp
+    if backend:
+        say(f"torch.compile of the training forward, backend {backend}")
     per_step = cfg.batch_size * cfg.accum_steps
     loader = train_loader(TransformedDataset(train_raw, transforms), cfg.batch_size, cfg.seed, info.rank,
                           info.world_size, start_iter * per_step, cfg.num_workers)
@@ -139,7 +157,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
             sync = contextlib.nullcontext() if (not info.enabled or micro == cfg.accum_steps - 1) else ddp.no_sync()
             with sync:
                 with autocast():
-                    losses = model.loss(ddp(images), labels)
+                    losses = model.loss(forward(images), labels)
                 loss = losses["loss"] / cfg.accum_steps
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             sums += torch.stack([losses["loss"], losses["loss_main"], losses["loss_semantic"]]).detach().float()
