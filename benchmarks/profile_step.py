@@ -5,8 +5,9 @@ backend, kernels grouped by what they do.
     python benchmarks/profile_step.py --device cuda --fused reference,triton --rows 30
     python benchmarks/profile_step.py --model semask_swin_micro_fpn --img 64 --batch 2   # CPU smoke run
 
-For each backend (``--fused``: reference = the eager PyTorch model, triton, cuda, auto) the
-step (forward under autocast, loss, backward, AdamW step) runs ``--warmup`` times, then
+For each backend (``--fused``: reference = the eager PyTorch model, triton, cuda, auto;
+with ``-compile`` appended, e.g. ``triton-compile``, the model runs under ``torch.compile``
+and the warm-up steps include the compilation) the step (forward under autocast, loss, backward, AdamW step) runs ``--warmup`` times, then
 ``--timed`` times for its wall time and its host time (until ``step()`` returns, before the
 GPU is waited for), then once under the profiler. The kernels' share of the wall time
 says whether the GPU waits for the host (a low share); host time close to the wall time
@@ -54,6 +55,10 @@ GROUPS = (
 )
 
 
+BACKENDS = ("reference", "triton", "cuda", "auto")  # --fused values; "-compile" appended:
+# the same model under torch.compile (its loss stays eager)
+
+
 def group_of(name: str) -> str:
     """The group of a kernel or op name (see :data:`GROUPS`); 'other elementwise' else."""
     low = name.lower()
@@ -63,15 +68,17 @@ def group_of(name: str) -> str:
     return "other elementwise"
 
 
-def step_fn(model, images, target, device: str, dtype: torch.dtype):
-    """One training step (autocast forward and loss, backward, AdamW step)."""
+def step_fn(model, images, target, device: str, dtype: torch.dtype, forward=None):
+    """One training step (autocast forward and loss, backward, AdamW step); ``forward``:
+    what runs the model (default the model itself; a compiled model, say)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     autocast = (torch.autocast(device_type=device.split(":")[0], dtype=dtype)
                 if dtype != torch.float32 else contextlib.nullcontext())
+    forward = forward or model
 
     def step():
         with autocast:
-            loss = model.loss(model(images), target)["loss"]
+            loss = model.loss(forward(images), target)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -100,12 +107,16 @@ def profile_backend(args, fused: str) -> tuple[list, float, tuple, dict]:
     side of the profiled step: {"rows": [(op, own CPU ms, calls)], "step_ms": host time
     of the profiled step (profiler overhead included)}."""
     torch.manual_seed(0)
+    backend = fused.removesuffix("-compile")
     model = semask.create_model(args.model, num_classes=args.num_classes,
-                                fused=False if fused == "reference" else fused)
+                                fused=False if backend == "reference" else backend)
     model = model.to(args.device).train()
     images = torch.randn(args.batch, 3, args.img, args.img, device=args.device)
     target = torch.randint(0, args.num_classes, (args.batch, args.img, args.img), device=args.device)
-    step = step_fn(model, images, target, args.device, args.dtype)
+    if fused.endswith("-compile"):
+        torch._dynamo.reset()
+    forward = torch.compile(model) if fused.endswith("-compile") else model
+    step = step_fn(model, images, target, args.device, args.dtype, forward)
     cuda = args.device.startswith("cuda")
     for _ in range(args.warmup):
         step()
@@ -173,7 +184,8 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--model", default="semask_swin_tiny_fpn", help="a name of semask.create_model")
     ap.add_argument("--fused", default="reference,triton",
-                    help="comma-separated backends: reference, triton, cuda, auto")
+                    help="comma-separated backends: reference, triton, cuda, auto; each may end "
+                         "in -compile (the model under torch.compile), e.g. triton-compile")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--img", type=int, default=512, help="square input size")
     ap.add_argument("--num-classes", type=int, default=150)
@@ -188,8 +200,9 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     args.fused = [f.strip() for f in args.fused.split(",") if f.strip()]
     for f in args.fused:
-        if f not in ("reference", "triton", "cuda", "auto"):
-            ap.error(f"unknown backend {f!r} in --fused (reference, triton, cuda, auto)")
+        if f.removesuffix("-compile") not in BACKENDS:
+            ap.error(f"unknown backend {f!r} in --fused ({', '.join(BACKENDS)}, each optionally "
+                     f"with -compile)")
     name = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     args.dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[name]
     if args.out is None:

@@ -54,3 +54,23 @@ def test_report_host_section():
     assert "40.00 ms until it returned" in text and "13.50 ms of it inside the ops" in text
     assert "| `aten::linear` | 9.000 | 67 |" in text and "| `cudaLaunchKernel` | 4.500 | 900 |" in text
     assert "40% of the wall time" in text  # 8 ms of kernels in a 20 ms step
+
+
+def test_compile_suffix_runs_the_model_through_torch_compile(tmp_path, monkeypatch):
+    """--fused X-compile profiles the X model called through torch.compile (stubbed here:
+    inductor on a CPU takes minutes); unknown names are refused."""
+    import pytest
+
+    compiled = []
+
+    def fake_compile(model):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(P.torch, "compile", fake_compile)
+    text = P.main(["--device", "cpu", "--model", "semask_swin_micro_fpn", "--img", "64",
+                   "--batch", "1", "--num-classes", "5", "--fused", "reference-compile",
+                   "--warmup", "1", "--timed", "1", "--rows", "3", "--out", str(tmp_path)])
+    assert len(compiled) == 1 and "## reference-compile: " in text
+    with pytest.raises(SystemExit):
+        P.parse_args(["--fused", "bogus-compile"])
