@@ -43,7 +43,7 @@ export SEMASK_COMMIT
 
 # planned seconds per stage; a stage gets min(plan, what is left after the minimum of the
 # stages still to come), so a fast early stage leaves more time to the benchmarks
-declare -A PLAN=([setup]=90 [build]=200 [tests]=240 [memcheck]=90 [bench]=600 [sweep]=600 [profile]=150)
+declare -A PLAN=([setup]=90 [build]=200 [tests]=240 [memcheck]=90 [bench]=600 [sweep]=600 [profile]=300)
 declare -A MIN=([setup]=20 [build]=30 [tests]=30 [memcheck]=20 [bench]=120 [sweep]=60 [profile]=40)
 
 slug=$(timeout 60 "$PY" -c "from benchmarks.measure import device_slug; print(device_slug('cuda'))" 2>/dev/null | tail -n 1)
