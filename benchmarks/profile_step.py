@@ -113,9 +113,10 @@ def profile_backend(args, fused: str) -> tuple[list, float, tuple, dict]:
     model = model.to(args.device).train()
     images = torch.randn(args.batch, 3, args.img, args.img, device=args.device)
     target = torch.randint(0, args.num_classes, (args.batch, args.img, args.img), device=args.device)
-    if fused.endswith("-compile"):
+    forward = model
+    if backend != fused:  # "-compile"
         torch._dynamo.reset()
-    forward = torch.compile(model) if fused.endswith("-compile") else model
+        forward = torch.compile(model)
     step = step_fn(model, images, target, args.device, args.dtype, forward)
     cuda = args.device.startswith("cuda")
     for _ in range(args.warmup):

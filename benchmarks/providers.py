@@ -51,6 +51,11 @@ class Skip(Exception):
     """The provider cannot run this case; the message is the reason."""
 
 
+def join_notes(*parts: str | None) -> str:
+    """The non-empty parts of a record's note, joined with '; '."""
+    return "; ".join(x for x in parts if x)
+
+
 @dataclass
 class Prepared:
     """``step()`` is what gets timed; ``count()`` runs it once for FLOP counting (eager;
@@ -369,13 +374,13 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
             return step
     note = "" if dtype == torch.float32 else f"autocast {dtype_name} (weights fp32)"
     if provider == "triton-compile":
-        note = "; ".join(x for x in ("torch.compile of the fused model", note) if x)
+        note = join_notes("torch.compile of the fused model", note)
     if case.mode == "fwd_bwd":
         loss = ("fused upsample + cross-entropy loss kernel" if model.fused_loss else
                 f"chunked loss (loss_chunk={model.loss_chunk})" if model.loss_chunk else "")
-        note = "; ".join(x for x in (note, "training step: forward, loss, backward, AdamW step", loss) if x)
+        note = join_notes(note, "training step: forward, loss, backward, AdamW step", loss)
     if model.fused_upsample:
-        note = "; ".join(x for x in (note, "fused x2 upsampling (head, decoder)") if x)
+        note = join_notes(note, "fused x2 upsampling (head, decoder)")
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
     # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel)
     return Prepared(make(runner), make(model, contextlib.nullcontext), long_step=True, note=note)

@@ -331,28 +331,23 @@ def summary_table(results: dict) -> str:
     lines = [f"{results['environment']['device']} | torch {results['environment']['torch']} | "
              f"commit {results['environment']['commit'][:12]}",
              f"{'case':36s} {'mode':8s} " + " ".join(f"{p:>16s}" for p in provs)]
-    for case, mode in _rows(results["records"]):
-        cells = []
-        for p in provs:
-            r = idx.get((case, mode, p))
-            if r is None or r["time_ms"] is None:
-                cells.append(f"{'skip':>16s}")
-            else:
-                sp = f" {r['speedup']:.2f}x" if r["speedup"] else ""
-                cells.append(f"{_fmt_ms(r['time_ms']) + sp:>16s}")
-        lines.append(f"{case:36s} {mode:8s} " + " ".join(cells))
-    graph = [(c, m) for c, m in _rows(results["records"])
-             if any(idx.get((c, m, p), {}).get("graph_ms") for p in provs)]
+    rows = _rows(results["records"])
+    lines += [_summary_row(case, mode, provs, idx, "time_ms", "skip") for case, mode in rows]
+    graph = [(c, m) for c, m in rows if any(idx.get((c, m, p), {}).get("graph_ms") for p in provs)]
     if graph:
         lines.append("GPU time under CUDA graph replay:")
-    for case, mode in graph:
-        cells = []
-        for p in provs:
-            r = idx.get((case, mode, p)) or {}
-            sp = f" {r['graph_speedup']:.2f}x" if r.get("graph_speedup") else ""
-            cells.append(f"{_fmt_ms(r['graph_ms']) + sp if r.get('graph_ms') else '–':>16s}")
-        lines.append(f"{case:36s} {mode:8s} " + " ".join(cells))
+    lines += [_summary_row(case, mode, provs, idx, "graph_ms", "–") for case, mode in graph]
     return "\n".join(lines)
+
+
+def _summary_row(case, mode, provs, idx, field: str, missing: str) -> str:
+    """One line of :func:`summary_table`: each provider's ``field`` time and speed-up."""
+    cells = []
+    for p in provs:
+        r = idx.get((case, mode, p)) or {}
+        sp = f" {r[SPEEDUP[field]]:.2f}x" if r.get(SPEEDUP[field]) else ""
+        cells.append(f"{_fmt_ms(r[field]) + sp if r.get(field) else missing:>16s}")
+    return f"{case:36s} {mode:8s} " + " ".join(cells)
 
 
 # ----------------------------------------------------------------------------- plots

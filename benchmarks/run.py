@@ -199,7 +199,7 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
             rec["flops"] = providers.meta_flops(case, provider, args.dtype)
             rec["flops_source"] = "meta"
         except Exception as exc:
-            rec["note"] = "; ".join(x for x in (rec["note"], f"FLOP count failed: {_short(exc)}") if x)
+            rec["note"] = providers.join_notes(rec["note"], f"FLOP count failed: {_short(exc)}")
 
 
 def _graph_time(prepared, rec: dict, device: str) -> None:
@@ -209,7 +209,7 @@ def _graph_time(prepared, rec: dict, device: str) -> None:
         rec["graph_ms"] = measure.graph_time_ms(prepared.step, rec["time_ms"], device=device)
     except Exception as exc:
         cause = exc.__context__ or exc
-        rec["note"] = "; ".join(x for x in (rec["note"], f"no CUDA graph time: {_short(cause)}") if x)
+        rec["note"] = providers.join_notes(rec["note"], f"no CUDA graph time: {_short(cause)}")
 
 
 def cuda_broken(device: str) -> str | None:
@@ -279,8 +279,8 @@ def finalize(records: list[dict], peak_bandwidth: float | None) -> None:
     ref_graph = {(r["case"], r["mode"]): r.get("graph_ms") for r in records
                  if r["provider"] == "reference" and r.get("graph_ms")}
     for r in records:
-        base, t = ref_graph.get((r["case"], r["mode"])), r.get("graph_ms")
-        r["graph_speedup"] = base / t if base and t else None
+        base_graph, graph = ref_graph.get((r["case"], r["mode"])), r.get("graph_ms")
+        r["graph_speedup"] = base_graph / graph if base_graph and graph else None
         t = r["time_ms"]
         if not t:
             r["throughput"] = r["tflops"] = r["gbps"] = r["floor_frac"] = r["speedup"] = None

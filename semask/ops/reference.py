@@ -19,7 +19,8 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from .backend import eager_dispatch
 
 SHIFT_MASK_VALUE = -100.0  # value the official Swin adds between shift regions
 
@@ -70,11 +71,11 @@ def _relative_position_index_cached(window: int, device: torch.device) -> Tensor
 def _relative_position_index_on(window: int, device: torch.device) -> Tensor:
     """The [N, N] index on ``device`` without a host-to-device copy per call (one would wait
     for the GPU and cannot be graph-captured): in plain eager mode one cached copy per
-    (window, device), as the official Swin keeps it in a buffer; while tracing (compile,
-    fake tensors, dispatch modes) or capturing a CUDA graph (whose memory pool the cached
-    copy must not live in) built on the device, never cached."""
-    if (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
-            or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())):
+    (window, device), as the official Swin keeps it in a buffer; outside plain eager mode
+    (``backend.eager_dispatch``: compile, fake tensors, dispatch modes, other tracers) or
+    while capturing a CUDA graph (whose memory pool the cached copy must not live in)
+    built on the device, never cached."""
+    if not eager_dispatch() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return _build_relative_position_index(window, device)
     return _relative_position_index_cached(window, device)
 
