@@ -27,17 +27,21 @@ class BackboneOutput:
 
 
 class DropPath(nn.Module):
-    """Stochastic depth per sample (Huang et al. 2016)."""
+    """Stochastic depth per sample (Huang et al. 2016) of a residual branch:
+    ``drop_path(x, branch)`` = x + branch * keep / (1 - p), keep ~ Bernoulli(1 - p) per
+    sample, as one ``addcmul`` in the precision of x and branch promoted (under autocast the
+    fp32 residual stream); x + branch when off (p = 0 or eval). x, branch [B, ...]."""
 
     def __init__(self, p: float = 0.0):
         super().__init__()
         self.p = p
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, branch: Tensor) -> Tensor:
         if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+            return x + branch
+        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device,
+                           dtype=torch.promote_types(x.dtype, branch.dtype)).bernoulli_(1 - self.p)
+        return torch.addcmul(x, branch, keep, value=1 / (1 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p:.3f}"
@@ -85,7 +89,8 @@ class PatchMerging(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    """x = x + DropPath(Attn(LN(x))); x = x + DropPath(MLP(LN(x))) on [B, H, W, C]."""
+    """x = x + DropPath(Attn(LN(x))); x = x + DropPath(MLP(LN(x))) on [B, H, W, C] (the
+    residual adds are taken by :class:`DropPath`)."""
 
     def __init__(self, dim: int, num_heads: int, window: int, shift: int, drop_path: float,
                  mlp_ratio: float = 4.0, backend: str = "torch"):
@@ -97,8 +102,8 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.drop_path(x, self.attn(self.norm1(x)))
+        return self.drop_path(x, self.mlp(self.norm2(x)))
 
 
 class BasicLayer(nn.Module):

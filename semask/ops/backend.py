@@ -196,6 +196,7 @@ class EagerFused(torch.autograd.Function):
     def forward(ctx, op: FusedOp, *inputs):
         output = getattr(get_provider(inputs[-1]), f"{op.name}_fwd")(*inputs[:-1])
         op.setup_context(ctx, inputs, output)
+        ctx.set_materialize_grads(False)  # lse has no gradient: no zero tensor for it
         ctx.op = op
         return output
 

@@ -222,6 +222,26 @@ def test_drop_path_is_linear_over_blocks():
     torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.3, 12))
 
 
+def test_drop_path_keeps_or_drops_whole_samples_and_rescales():
+    """x + branch * keep / (1 - p) per sample, by hand, and its gradients; x + branch in eval."""
+    torch.manual_seed(0)
+    drop = swin_mod.DropPath(0.5).train()
+    x = torch.randn(64, 3, 2, 4, dtype=torch.float64, requires_grad=True)
+    branch = torch.randn(64, 3, 2, 4, dtype=torch.float64, requires_grad=True)
+    y = drop(x, branch)
+    kept = (y - x).flatten(1).abs().sum(1) > 0  # a dropped sample's branch adds exactly 0
+    assert 0 < kept.sum() < 64
+    want = x + branch * kept.view(-1, 1, 1, 1) * 2.0
+    torch.testing.assert_close(y, want, rtol=0, atol=1e-15)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
+    torch.testing.assert_close(branch.grad, kept.view(-1, 1, 1, 1).double().expand_as(branch) * 2.0)
+    # bf16 branch on a fp32 residual stream (autocast): the sum is taken in fp32
+    y = drop(x.detach().float(), branch.detach().bfloat16())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(drop.eval()(x, branch), x + branch)
+
+
 def test_grad_checkpointing_gives_same_gradients():
     torch.manual_seed(0)
     a = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=0.0)
