@@ -277,8 +277,9 @@ def meta_flops(case: Case, provider: str, dtype_name: str) -> int:
     inputs = op_inputs_meta(case, dtype, case.mode == "fwd_bwd")
     p = case.params
     if provider in FUSED and case.kind == "window":
-        args = (p["heads"], p["window"], p["shift"], (p["C"] // p["heads"]) ** -0.5, provider)
-        forward = lambda qkv, table: torch.ops.semask.window_attention_fwd(qkv, table, *args)[0]  # noqa: E731
+        args = (p["heads"], p["window"], p["shift"], (p["C"] // p["heads"]) ** -0.5)
+        forward = lambda qkv, table: torch.ops.semask.window_attention_fwd(  # noqa: E731
+            qkv, table, *args, *qkv.shape[1:3], provider)[0]
     elif provider in FUSED:
         forward = lambda q, k, v: torch.ops.semask.semantic_attention_fwd(q, k, v, p["window"], provider)[0]  # noqa: E731
     else:

@@ -7,9 +7,10 @@
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "semask fused window attention and semantic attention (CUDA)";
   m.def("window_attention_fwd", &semask::window_attention_fwd,
-        "qkv [B,Hp,Wp,3C], table [(2w-1)^2,heads] -> (out [B,Hp,Wp,C], lse f32 [B,nW,heads,w*w])",
+        "qkv [B,Hp,Wp,3C], table [(2w-1)^2,heads] -> (out [B,height,width,C], "
+        "lse f32 [B,nW,heads,w*w])",
         py::arg("qkv"), py::arg("table"), py::arg("num_heads"), py::arg("window"),
-        py::arg("shift"), py::arg("scale"));
+        py::arg("shift"), py::arg("scale"), py::arg("height"), py::arg("width"));
   m.def("window_attention_bwd", &semask::window_attention_bwd, "-> (dqkv, dtable)",
         py::arg("dout"), py::arg("qkv"), py::arg("table"), py::arg("out"), py::arg("lse"),
         py::arg("num_heads"), py::arg("window"), py::arg("shift"), py::arg("scale"));

@@ -7,12 +7,13 @@
 
 namespace semask {
 
-// qkv [B, Hp, Wp, 3C], table [(2w-1)^2, heads] -> out [B, Hp, Wp, C], lse float32 [B, nW, heads, w*w]
+// qkv [B, Hp, Wp, 3C], table [(2w-1)^2, heads] -> out [B, height, width, C] (the first
+// height x width tokens of the map), lse float32 [B, nW, heads, w*w]
 std::tuple<at::Tensor, at::Tensor> window_attention_fwd(
     const at::Tensor& qkv, const at::Tensor& table, int64_t num_heads, int64_t window,
-    int64_t shift, double scale);
+    int64_t shift, double scale, int64_t height, int64_t width);
 
-// -> dqkv [B, Hp, Wp, 3C] (qkv's dtype), dtable [(2w-1)^2, heads] (table's dtype)
+// dout: out's shape -> dqkv [B, Hp, Wp, 3C] (qkv's dtype), dtable [(2w-1)^2, heads] (table's dtype)
 std::tuple<at::Tensor, at::Tensor> window_attention_bwd(
     const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& table, const at::Tensor& out,
     const at::Tensor& lse, int64_t num_heads, int64_t window, int64_t shift, double scale);

@@ -3,7 +3,9 @@
 // Computes exactly semask.ops.reference.window_attention_reference:
 //   qkv   [B, Hp, Wp, 3C] of the zero-padded map, channel = which*C + head*D + d
 //   table [(2w-1)^2, heads] (read as float32; any of float32/float16/bfloat16)
-//   out   [B, Hp, Wp, C] (unshifted positions), lse float32 [B, nW, heads, N], N = w*w
+//   out   [B, H, W, C] (unshifted positions) of the unpadded map (H <= Hp, W <= Wp: padded
+//         tokens are keys but their rows are neither stored nor read from dout),
+//   lse   float32 [B, nW, heads, N], N = w*w
 // The cyclic shift by -shift, the window partition, the shift mask (-100 between the 9
 // regions of the shifted map) and the reverse shift are all address arithmetic: token t
 // of window `win` of the shifted map reads and writes pixel ((ys+shift) % Hp, (xs+shift) % Wp).
@@ -38,16 +40,20 @@ constexpr int kDimSlots = kMaxHeadDim / kWarp;  // head channels per lane
 constexpr float kShiftMask = -100.0f;           // official Swin value between regions
 
 struct WinGeom {
-  int Hp, Wp, C, heads, D, w, shift;
+  int Hp, Wp, H, W, C, heads, D, w, shift;  // padded map, out map, channels, ...
   int N, nWx, nW, ld, D4, T2;  // tokens per window, windows per row, windows, tile stride,
   float scale;                 // float4 chunks per row, table rows
 };
 
-// Geometry of a (checked) call: padded map Hp x Wp, C channels, `heads`, window, shift.
-WinGeom window_geom(int Hp, int Wp, int C, int heads, int window, int shift, float scale) {
+// Geometry of a (checked) call: padded map Hp x Wp, out map H x W, C channels, `heads`,
+// window, shift.
+WinGeom window_geom(int Hp, int Wp, int H, int W, int C, int heads, int window, int shift,
+                    float scale) {
   WinGeom g;
   g.Hp = Hp;
   g.Wp = Wp;
+  g.H = H;
+  g.W = W;
   g.C = C;
   g.heads = heads;
   g.D = C / heads;
@@ -80,6 +86,13 @@ __device__ __forceinline__ void token_of(const WinGeom& g, int b, int win, int t
     const int bx = (xs >= g.Wp - g.w) + (xs >= g.Wp - g.shift);
     label = by * 3 + bx;
   }
+}
+
+// Pixel (b*H + y)*W + x of the out map for padded-map pixel `pix`, or -1 outside it.
+__device__ __forceinline__ int out_pixel(const WinGeom& g, int pix) {
+  const int plane = g.Hp * g.Wp, b = pix / plane, yx = pix - b * plane;
+  const int y = yx / g.Wp, x = yx - y * g.Wp;
+  return (y < g.H && x < g.W) ? (b * g.H + y) * g.W + x : -1;
 }
 
 // Row of the bias table for query i and key j, (dh + w-1)(2w-1) + (dw + w-1) with
@@ -184,11 +197,12 @@ __global__ void __launch_bounds__(256) window_fwd_kernel(const T* __restrict__ q
       if (j < N) P[j] = s[t] * inv;
     }
     __syncwarp();
-    const int64_t row = static_cast<int64_t>(pix[i]) * g.C + h * g.D;
+    const int opix = out_pixel(g, pix[i]);
+    const int64_t row = static_cast<int64_t>(opix) * g.C + h * g.D;
 #pragma unroll
     for (int c = 0; c < kDimSlots; ++c) {
       const int d = lane + c * kWarp;
-      if (d < g.D) {
+      if (d < g.D && opix >= 0) {
         float acc = 0.f;
         for (int j = 0; j < N; ++j) acc = fmaf(P[j], Vs[j * g.ld + d], acc);
         out[row + d] = static_cast<T>(acc);
@@ -228,8 +242,9 @@ __global__ void __launch_bounds__(256) window_bwd_kernel(
   load_qkv(g, h, qkv, pix, Qs, Ks, Vs);
   for (int e = threadIdx.x; e < N * 4 * g.D4; e += blockDim.x) {
     const int t = e / (4 * g.D4), d = e - t * 4 * g.D4;
-    dOs[t * g.ld + d] =
-        d < g.D ? static_cast<float>(dout[static_cast<int64_t>(pix[t]) * g.C + h * g.D + d]) : 0.f;
+    const int opix = out_pixel(g, pix[t]);  // padded rows: dO = 0
+    dOs[t * g.ld + d] = d < g.D && opix >= 0
+        ? static_cast<float>(dout[static_cast<int64_t>(opix) * g.C + h * g.D + d]) : 0.f;
   }
   __syncthreads();
 
@@ -337,7 +352,7 @@ void check_inputs(const char* op, const at::Tensor& qkv, const at::Tensor& table
 }
 
 WinGeom make_geom(const char* op, const at::Tensor& qkv, const at::Tensor& table, int64_t heads,
-               int64_t window, int64_t shift, double scale) {
+               int64_t window, int64_t shift, double scale, int64_t height, int64_t width) {
   TORCH_CHECK(qkv.dim() == 4 && qkv.size(3) % 3 == 0, op,
               ": qkv must be [B, Hp, Wp, 3C], got ", shape_str(qkv.sizes()));
   const int64_t C = qkv.size(3) / 3;
@@ -354,7 +369,11 @@ WinGeom make_geom(const char* op, const at::Tensor& qkv, const at::Tensor& table
               ": qkv has too many pixels (batch <= 65535, B*Hp*Wp < 2^31)");
   const int64_t T2 = (2 * window - 1) * (2 * window - 1);
   check_shape(op, "table", table, {T2, heads});
-  return window_geom(qkv.size(1), qkv.size(2), C, heads, window, shift, static_cast<float>(scale));
+  TORCH_CHECK(height >= 1 && height <= qkv.size(1) && width >= 1 && width <= qkv.size(2), op,
+              ": out map ", num(height), "x", num(width), " must lie within the qkv map ",
+              num(qkv.size(1)), "x", num(qkv.size(2)));
+  return window_geom(qkv.size(1), qkv.size(2), height, width, C, heads, window, shift,
+                     static_cast<float>(scale));
 }
 
 }  // namespace
@@ -362,12 +381,13 @@ WinGeom make_geom(const char* op, const at::Tensor& qkv, const at::Tensor& table
 std::tuple<at::Tensor, at::Tensor> window_attention_fwd(const at::Tensor& qkv,
                                                         const at::Tensor& table,
                                                         int64_t num_heads, int64_t window,
-                                                        int64_t shift, double scale) {
+                                                        int64_t shift, double scale,
+                                                        int64_t height, int64_t width) {
   const char* op = "semask window_attention_fwd";
   check_inputs(op, qkv, table);
-  const WinGeom g = make_geom(op, qkv, table, num_heads, window, shift, scale);
+  const WinGeom g = make_geom(op, qkv, table, num_heads, window, shift, scale, height, width);
   const int64_t B = qkv.size(0);
-  auto out = at::empty({B, g.Hp, g.Wp, g.C}, qkv.options());
+  auto out = at::empty({B, g.H, g.W, g.C}, qkv.options());
   auto lse = at::empty({B, g.nW, g.heads, g.N}, qkv.options().dtype(at::kFloat));
   if (B == 0 || g.nW == 0) return {out, lse};
   const c10::cuda::CUDAGuard guard(qkv.device());
@@ -403,10 +423,12 @@ std::tuple<at::Tensor, at::Tensor> window_attention_bwd(
   check_contiguous(op, "dout", dout);
   check_contiguous(op, "out", out);
   check_contiguous(op, "lse", lse);
-  const WinGeom g = make_geom(op, qkv, table, num_heads, window, shift, scale);
+  TORCH_CHECK(dout.dim() == 4, op, ": dout must be [B, H, W, C], got ", shape_str(dout.sizes()));
+  const WinGeom g =
+      make_geom(op, qkv, table, num_heads, window, shift, scale, dout.size(1), dout.size(2));
   const int64_t B = qkv.size(0);
-  check_shape(op, "dout", dout, {B, g.Hp, g.Wp, g.C});
-  check_shape(op, "out", out, {B, g.Hp, g.Wp, g.C});
+  check_shape(op, "dout", dout, {B, g.H, g.W, g.C});
+  check_shape(op, "out", out, {B, g.H, g.W, g.C});
   check_shape(op, "lse", lse, {B, g.nW, g.heads, g.N});
   auto dqkv = at::empty_like(qkv);
   auto dtable = at::zeros({g.T2, g.heads}, table.options().dtype(at::kFloat));

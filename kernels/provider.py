@@ -34,8 +34,9 @@ class TritonProvider:
     def _module(op: str):
         return importlib.import_module(f"semask.kernels.{op}")
 
-    def window_attention_fwd(self, qkv, table, num_heads, window, shift, scale):
-        return self._module("window_attention").forward(qkv, table, num_heads, window, shift, scale)
+    def window_attention_fwd(self, qkv, table, num_heads, window, shift, scale, height, width):
+        return self._module("window_attention").forward(qkv, table, num_heads, window, shift,
+                                                        scale, height, width)
 
     def window_attention_bwd(self, dout, qkv, table, out, lse, num_heads, window, shift, scale):
         return self._module("window_attention").backward(

@@ -4,19 +4,22 @@ What it computes (``semask.ops.reference.window_attention_reference``)
     qkv   [B, Hp, Wp, 3C]  output of the qkv Linear on the zero-padded map (Hp, Wp multiples
                            of the window w), channel = which * C + head * D + d
     table [(2w-1)^2, heads] relative position bias table (any float dtype, read as fp32)
-    out   [B, Hp, Wp, C]   in qkv's dtype, natural (unshifted) positions
+    out   [B, H, W, C]     in qkv's dtype, natural (unshifted) positions, cropped to the
+                           unpadded map (H <= Hp, W <= Wp; the forward's ``height``,
+                           ``width``): padded tokens take part in attention as keys, but
+                           their outputs are never stored, and their dout rows read as 0
     lse   [B, nW, heads, N] float32 log-sum-exp of every score row (N = w*w, windows
                            row-major over the shifted map, tokens row-major in a window)
     scores = scale * q k^T + table[index(i, j), head] + mask(i, j),  out = softmax(scores) v.
-Everything the reference does with tensors is address arithmetic here (``_window_tokens``):
-the cyclic shift by -shift and its reverse (token (r, c) of the shifted map lives at
-((r + s) % Hp, (c + s) % Wp) of qkv and of out), the window partition and reverse, the
-relative position index (``_bias``, from token coordinates as in Liu et al. 2021) and
-the shift mask (-100 between the 3x3 regions of ``shift_region_labels``: row bands split at
-Hp - w and Hp - s, column bands at Wp - w and Wp - s). No roll, pad, partition, index or
-mask tensor is made. Dots accumulate in fp32; fp32 inputs use ``input_precision="ieee"``
-(no TF32) so they match the fp32 reference to ~1e-6; fp16/bf16 round P and dS to the input
-dtype before their dots, as flash attention does.
+Everything the reference does with tensors is address arithmetic here (``_window_tokens``,
+``_out_rows``): the cyclic shift by -shift and its reverse (token (r, c) of the shifted map
+lives at ((r + s) % Hp, (c + s) % Wp) of qkv and of the padded map), the window partition
+and reverse, the crop of out to the unpadded map, the relative position index (``_bias``,
+from token coordinates as in Liu et al. 2021) and the shift mask (-100 between the 3x3
+regions of ``shift_region_labels``: row bands split at Hp - w and Hp - s, column bands at
+Wp - w and Wp - s). No roll, pad, crop, partition, index or mask tensor is made. Dots accumulate in fp32; fp32 inputs use
+``input_precision="ieee"`` (no TF32) so they match the fp32 reference to ~1e-6; fp16/bf16
+round P and dS to the input dtype before their dots, as flash attention does.
 
 Tiles. A program owns BLOCK_M query rows of a window and always the whole key range, so the
 softmax is one pass (no online rescaling) and lse is exact. The N keys are a head tile of
@@ -118,6 +121,16 @@ def _window_tokens(wid, tok, nW, nWw, Hp, Wp, shift, WINDOW: tl.constexpr, SHIFT
 
 
 @triton.jit
+def _out_rows(rows, Hp, Wp, H, W):
+    """Rows of the cropped [B, H, W] out map for rows of the padded [B, Hp, Wp] map, and
+    whether each lies inside it (y < H, x < W)."""
+    b = rows // (Hp * Wp)
+    y = rows // Wp - b * Hp
+    x = rows % Wp
+    return (b * H + y) * W + x, (y < H) & (x < W)
+
+
+@triton.jit
 def _bias(table, qi, kj, ok, h, HEADS: tl.constexpr, WINDOW: tl.constexpr):
     """Bias of query tokens qi and key tokens kj (broadcast against each other) in log2 units,
     0 where not ``ok``, and its offsets in the table. The relative position index is query
@@ -155,8 +168,8 @@ def _scores(a, b, bias, a_lab, b_lab, scale_log2, SHIFTED: tl.constexpr, DOT_PRE
 
 
 @triton.jit
-def _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift, wpp,
-                     h, group, row0, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+def _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, H, W, shift,
+                     wpp, h, group, row0, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                      WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_N2: tl.constexpr, TAIL: tl.constexpr, SHIFTED: tl.constexpr,
                      DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
@@ -200,14 +213,15 @@ def _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, W
             p2 = tl.exp2(s2 - m[:, None])
             l += tl.sum(p2, 1)
             o += dot(p2.to(v2.dtype), v2, DOT_PREC, UPCAST)
-        _store_head_rows(out, o / l[:, None], q_rows, q_ok, 0, C, h, HEAD_DIM)
+        q_out, q_in = _out_rows(q_rows, Hp, Wp, H, W)
+        _store_head_rows(out, o / l[:, None], q_out, q_ok & q_in, 0, C, h, HEAD_DIM)
         lse_rows = (wid.to(tl.int64) * HEADS + h) * N + rows
         tl.store(lse + lse_rows, (m + tl.log2(l)) * _LN2, mask=q_ok)
 
 
 @triton.jit
-def _window_fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift, wpp,
-                       HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
+def _window_fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, H, W, shift,
+                       wpp, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_M2: tl.constexpr, ROW_TAIL: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr, TAIL: tl.constexpr,
                        NUM_QB: tl.constexpr, SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -220,16 +234,16 @@ def _window_fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp,
     row0 = qb * BLOCK_M
     if ROW_TAIL:
         if qb == NUM_QB - 1:
-            _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift,
-                             wpp, h, group, row0, HEADS, HEAD_DIM, WINDOW, BLOCK_M2, BLOCK_N,
+            _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, H, W,
+                             shift, wpp, h, group, row0, HEADS, HEAD_DIM, WINDOW, BLOCK_M2, BLOCK_N,
                              BLOCK_N2, TAIL, SHIFTED, DOT_PREC, UPCAST)
         else:
-            _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift,
-                             wpp, h, group, row0, HEADS, HEAD_DIM, WINDOW, BLOCK_M, BLOCK_N,
+            _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, H, W,
+                             shift, wpp, h, group, row0, HEADS, HEAD_DIM, WINDOW, BLOCK_M, BLOCK_N,
                              BLOCK_N2, TAIL, SHIFTED, DOT_PREC, UPCAST)
     else:
-        _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, shift,
-                         wpp, h, group, row0, HEADS, HEAD_DIM, WINDOW, BLOCK_M, BLOCK_N,
+        _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, Wp, H, W,
+                         shift, wpp, h, group, row0, HEADS, HEAD_DIM, WINDOW, BLOCK_M, BLOCK_N,
                          BLOCK_N2, TAIL, SHIFTED, DOT_PREC, UPCAST)
 
 
@@ -244,7 +258,7 @@ def _probs(q, k, v, do, bias, q_lab, k_lab, row_lse, ok, scale_log2, SHIFTED: tl
 
 @triton.jit
 def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, scale_log2,
-                          n_windows, nW, nWw, Hp, Wp, shift, wpp,
+                          n_windows, nW, nWw, Hp, Wp, H, W, shift, wpp,
                           HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
                           TAIL: tl.constexpr, NUM_QB: tl.constexpr, SHIFTED: tl.constexpr,
@@ -278,7 +292,8 @@ def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, sca
         q_ok = row_ok & live
         k_ok = col_ok & live
         q = _head_rows(qkv, q_rows, q_ok, 0, 3 * C, h, HEAD_DIM)
-        do = _head_rows(dout, q_rows, q_ok, 0, C, h, HEAD_DIM)
+        q_out, q_in = _out_rows(q_rows, Hp, Wp, H, W)
+        do = _head_rows(dout, q_out, q_ok & q_in, 0, C, h, HEAD_DIM)  # 0 on padded rows
         k = _head_rows(qkv, k_rows, k_ok, C, 3 * C, h, HEAD_DIM)
         v = _head_rows(qkv, k_rows, k_ok, 2 * C, 3 * C, h, HEAD_DIM)
         stat_rows = (wid.to(tl.int64) * HEADS + h) * N + rows
@@ -332,7 +347,7 @@ def _key_grads(k, v, q, do, bias, k_lab, q_lab, col_lse, col_delta, ok, scale_lo
 
 @triton.jit
 def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log2,
-                            n_windows, nW, nWw, Hp, Wp, shift, wpp,
+                            n_windows, nW, nWw, Hp, Wp, H, W, shift, wpp,
                             HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
                             TAIL: tl.constexpr, NUM_KB: tl.constexpr, SHIFTED: tl.constexpr,
@@ -367,17 +382,18 @@ def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log
         k = _head_rows(qkv, k_rows, k_ok, C, 3 * C, h, HEAD_DIM)
         v = _head_rows(qkv, k_rows, k_ok, 2 * C, 3 * C, h, HEAD_DIM)
         q = _head_rows(qkv, q_rows, q_ok, 0, 3 * C, h, HEAD_DIM)
-        do = _head_rows(dout, q_rows, q_ok, 0, C, h, HEAD_DIM)
+        q_out, q_in = _out_rows(q_rows, Hp, Wp, H, W)
+        do = _head_rows(dout, q_out, q_ok & q_in, 0, C, h, HEAD_DIM)
         dk, dv = _key_grads(k, v, q, do, bias, k_lab, q_lab,
                             tl.load(lse + stats + queries, mask=q_ok, other=0.0),
                             tl.load(delta + stats + queries, mask=q_ok, other=0.0),
                             k_ok[:, None] & q_ok[None, :], scale_log2, SHIFTED, DOT_PREC, UPCAST)
         if TAIL:
-            q2_rows, q2_lab = _window_tokens(wid, queries2, nW, nWw, Hp, Wp, shift, WINDOW,
-                                             SHIFTED)
+            q2_rows, q2_lab = _window_tokens(wid, queries2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
             q2_ok = query2_ok & live
             q2 = _head_rows(qkv, q2_rows, q2_ok, 0, 3 * C, h, HEAD_DIM)
-            do2 = _head_rows(dout, q2_rows, q2_ok, 0, C, h, HEAD_DIM)
+            q2_out, q2_in = _out_rows(q2_rows, Hp, Wp, H, W)
+            do2 = _head_rows(dout, q2_out, q2_ok & q2_in, 0, C, h, HEAD_DIM)
             dk2, dv2 = _key_grads(k, v, q2, do2, bias2, k_lab, q2_lab,
                                   tl.load(lse + stats + queries2, mask=q2_ok, other=0.0),
                                   tl.load(delta + stats + queries2, mask=q2_ok, other=0.0),
@@ -471,23 +487,27 @@ def _dot_flags(qkv: torch.Tensor) -> dict:
 
 
 def forward(qkv: torch.Tensor, table: torch.Tensor, num_heads: int, window: int, shift: int,
-            scale: float, *, windows_per_program: int | None = None):
-    """qkv [B, Hp, Wp, 3C], table [(2w-1)^2, heads] -> (out [B, Hp, Wp, C], lse float32
-    [B, nW, heads, w*w]). ``windows_per_program`` overrides the grouping heuristic."""
+            scale: float, height: int | None = None, width: int | None = None, *,
+            windows_per_program: int | None = None):
+    """qkv [B, Hp, Wp, 3C], table [(2w-1)^2, heads] -> (out [B, H, W, C], lse float32
+    [B, nW, heads, w*w]); out holds the first H = ``height`` rows and W = ``width`` columns
+    of the map (default Hp, Wp: the padded map). ``windows_per_program`` overrides the
+    grouping heuristic."""
     n_windows, nW, nWw, Hp, Wp = _geometry(qkv, window)
+    H, W = height or Hp, width or Wp
     C = qkv.shape[-1] // 3
     cfg = _config(window, "fwd", qkv.dtype)
     num_qb = triton.cdiv(window * window, cfg["BLOCK_M"])
     cfg.update(row_tail(window * window, cfg["BLOCK_M"]))
     wpp = windows_per_program or _windows_per_program(
         n_windows, num_qb * num_heads, qkv.device, _PROGRAMS_PER_SM[0])
-    out = qkv.new_empty(qkv.shape[:3] + (C,))
+    out = qkv.new_empty(qkv.shape[0], H, W, C)
     lse = torch.empty(qkv.shape[0], nW, num_heads, window * window, device=qkv.device,
                       dtype=torch.float32)
     grid = (triton.cdiv(n_windows, wpp) * num_qb * num_heads,)
     with on_device(qkv):
         _window_fwd_kernel[grid](
-            qkv, table, out, lse, scale * LOG2E, n_windows, nW, nWw, Hp, Wp, shift, wpp,
+            qkv, table, out, lse, scale * LOG2E, n_windows, nW, nWw, Hp, Wp, H, W, shift, wpp,
             HEADS=num_heads, HEAD_DIM=C // num_heads, WINDOW=window, NUM_QB=num_qb,
             SHIFTED=shift > 0, **cfg, **_dot_flags(qkv))
     return out, lse
@@ -496,10 +516,11 @@ def forward(qkv: torch.Tensor, table: torch.Tensor, num_heads: int, window: int,
 def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, out: torch.Tensor,
              lse: torch.Tensor, num_heads: int, window: int, shift: int, scale: float, *,
              windows_per_program: int | None = None):
-    """Gradients of :func:`forward`: dout [B, Hp, Wp, C] -> (dqkv like qkv, dtable like
-    table). ``out`` is not read (D comes from P and dP in fp32, see the module docstring);
-    ``windows_per_program`` overrides the grouping heuristic."""
+    """Gradients of :func:`forward`: dout [B, H, W, C] (out's shape) -> (dqkv like qkv,
+    dtable like table). ``out`` is not read (D comes from P and dP in fp32, see the module
+    docstring); ``windows_per_program`` overrides the grouping heuristic."""
     n_windows, nW, nWw, Hp, Wp = _geometry(qkv, window)
+    H, W = dout.shape[1:3]
     C = qkv.shape[-1] // 3
     cfg = _config(window, "bwd", qkv.dtype)
     num_qb = triton.cdiv(window * window, cfg["BLOCK_M"])
@@ -511,7 +532,7 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, out: to
     grid = (triton.cdiv(n_windows, wpp) * num_qb * num_heads,)
     common = dict(HEADS=num_heads, HEAD_DIM=C // num_heads, WINDOW=window, SHIFTED=shift > 0,
                   **cfg, **_dot_flags(qkv))
-    geometry = (n_windows, nW, nWw, Hp, Wp, shift, wpp)
+    geometry = (n_windows, nW, nWw, Hp, Wp, H, W, shift, wpp)
     # D (lse's layout) is only stored for the dk/dv pass; with one query block the argument
     # is a placeholder the kernel never touches.
     delta = torch.empty_like(lse) if num_qb > 1 else lse

@@ -2,7 +2,7 @@
 // the real device code of ../window_attention.cu and ../semantic_attention.cu (float32)
 // with the grids, block sizes and shared-memory sizes of their host launchers.
 //
-//   semask_emu window   DIR B Hp Wp C heads window shift scale
+//   semask_emu window   DIR B Hp Wp H W C heads window shift scale
 //   semask_emu semantic DIR B Hp Wp K C window
 //
 // Reads raw float32 files from DIR (window: qkv, table, dout; semantic: q, k, v, dout),
@@ -38,12 +38,14 @@ void run_window(char** a) {
   const std::string dir = a[0];
   const int B = std::stoi(a[1]);
   const WinGeom g = window_geom(std::stoi(a[2]), std::stoi(a[3]), std::stoi(a[4]),
-                                std::stoi(a[5]), std::stoi(a[6]), std::stoi(a[7]), std::stof(a[8]));
+                                std::stoi(a[5]), std::stoi(a[6]), std::stoi(a[7]), std::stoi(a[8]),
+                                std::stoi(a[9]), std::stof(a[10]));
   const size_t pixels = static_cast<size_t>(B) * g.Hp * g.Wp;
+  const size_t out_pixels = static_cast<size_t>(B) * g.H * g.W;
   const auto qkv = read(dir, "qkv", pixels * 3 * g.C);
   const auto table = read(dir, "table", static_cast<size_t>(g.T2) * g.heads);
-  const auto dout = read(dir, "dout", pixels * g.C);
-  std::vector<float> out(pixels * g.C, NAN), lse(static_cast<size_t>(B) * g.nW * g.heads * g.N, NAN);
+  const auto dout = read(dir, "dout", out_pixels * g.C);
+  std::vector<float> out(out_pixels * g.C, NAN), lse(static_cast<size_t>(B) * g.nW * g.heads * g.N, NAN);
   std::vector<float> dqkv(qkv.size(), NAN), dtable(table.size(), 0.f);
   const int threads = block_threads(g.N);
   const dim3 grid(g.nW, g.heads, B);
@@ -102,12 +104,12 @@ void run_semantic(char** a) {
 int main(int argc, char** argv) {
   const std::string op = argc > 1 ? argv[1] : "";
   try {
-    if (op == "window" && argc == 11) {
+    if (op == "window" && argc == 13) {
       run_window(argv + 2);
     } else if (op == "semantic" && argc == 9) {
       run_semantic(argv + 2);
     } else {
-      std::fprintf(stderr, "usage: semask_emu window DIR B Hp Wp C heads window shift scale\n"
+      std::fprintf(stderr, "usage: semask_emu window DIR B Hp Wp H W C heads window shift scale\n"
                            "       semask_emu semantic DIR B Hp Wp K C window\n");
       return 2;
     }

@@ -10,9 +10,10 @@ A provider lives in its own module, imported only when first asked for, and expo
 ``PROVIDER`` with ``reasons(op, tensors, params) -> list[str]`` (empty when it can run)
 and the four launchers (same signatures for every provider)::
 
-    window_attention_fwd(qkv, table, num_heads, window, shift, scale) -> (out, lse)
+    window_attention_fwd(qkv, table, num_heads, window, shift, scale, height, width)
+        -> (out, lse)         (out: the first height x width tokens of the map)
     window_attention_bwd(dout, qkv, table, out, lse, num_heads, window, shift, scale)
-        -> (dqkv, dtable)
+        -> (dqkv, dtable)     (dout: out's shape)
     semantic_attention_fwd(q, k, v, window) -> (out, lse)
     semantic_attention_bwd(dout, q, k, v, out, lse, window) -> (dq, dk, dv)
 

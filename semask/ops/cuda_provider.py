@@ -53,9 +53,10 @@ class CudaProvider:
                 why.append(str(exc))
         return why
 
-    def window_attention_fwd(self, qkv, table, num_heads, window, shift, scale):
+    def window_attention_fwd(self, qkv, table, num_heads, window, shift, scale, height, width):
         return tuple(load_extension().window_attention_fwd(
-            qkv, table, int(num_heads), int(window), int(shift), float(scale)))
+            qkv, table, int(num_heads), int(window), int(shift), float(scale), int(height),
+            int(width)))
 
     def window_attention_bwd(self, dout, qkv, table, out, lse, num_heads, window, shift, scale):
         return tuple(load_extension().window_attention_bwd(

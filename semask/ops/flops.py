@@ -40,8 +40,9 @@ def semantic_attention_flops(q_shape, v_shape, window: int) -> int:
 
 
 # Argument names follow the custom ops' schemas (tensors arrive as their shapes).
-def _window_fwd(qkv, table, num_heads, window, shift, scale, provider, out_shape=None) -> int:
-    return window_attention_flops(qkv, window)
+def _window_fwd(qkv, table, num_heads, window, shift, scale, height, width, provider,
+                out_shape=None) -> int:
+    return window_attention_flops(qkv, window)  # padded queries too, as the reference
 
 
 def _window_bwd(dout, qkv, table, out, lse, num_heads, window, shift, scale, provider,

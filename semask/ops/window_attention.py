@@ -18,15 +18,16 @@ OP = "window_attention"
 
 @torch.library.custom_op("semask::window_attention_fwd", mutates_args=())
 def _fwd(qkv: Tensor, table: Tensor, num_heads: int, window: int, shift: int, scale: float,
-         provider: str) -> tuple[Tensor, Tensor]:
-    return _backend.get_provider(provider).window_attention_fwd(qkv, table, num_heads, window, shift, scale)
+         height: int, width: int, provider: str) -> tuple[Tensor, Tensor]:
+    return _backend.get_provider(provider).window_attention_fwd(
+        qkv, table, num_heads, window, shift, scale, height, width)
 
 
 @_fwd.register_fake
-def _fwd_fake(qkv, table, num_heads, window, shift, scale, provider):
+def _fwd_fake(qkv, table, num_heads, window, shift, scale, height, width, provider):
     B, Hp, Wp, C3 = qkv.shape
     nW = (Hp // window) * (Wp // window)
-    out = qkv.new_empty(B, Hp, Wp, C3 // 3)
+    out = qkv.new_empty(B, height, width, C3 // 3)
     lse = qkv.new_empty(B, nW, num_heads, window * window, dtype=torch.float32)
     return out, lse
 
@@ -44,7 +45,7 @@ def _bwd_fake(dout, qkv, table, out, lse, num_heads, window, shift, scale, provi
 
 
 def _setup_context(ctx, inputs, output):
-    qkv, table, num_heads, window, shift, scale, provider = inputs
+    qkv, table, num_heads, window, shift, scale, _height, _width, provider = inputs
     out, lse = output
     ctx.save_for_backward(qkv, table, out, lse)
     ctx.params = (num_heads, window, shift, scale, provider)
@@ -52,10 +53,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _grads(bwd, ctx, dout):
-    """(dqkv, dtable, None x 5) from the saved tensors, by ``bwd`` (custom op or launcher)."""
+    """(dqkv, dtable, None x 7) from the saved tensors, by ``bwd`` (custom op or launcher)."""
     qkv, table, out, lse = ctx.saved_tensors
     dqkv, dtable = bwd(dout.contiguous(), qkv, table, out, lse, *ctx.params)
-    return dqkv, dtable, None, None, None, None, None
+    return (dqkv, dtable) + (None,) * 7
 
 
 _fwd.register_autograd(lambda ctx, dout, _dlse: _grads(_bwd, ctx, dout),
@@ -64,7 +65,7 @@ _EAGER = _backend.FusedOp(OP, _setup_context, _grads, _bwd)
 
 
 def check_window_attention_inputs(qkv: Tensor, table: Tensor, num_heads: int, window: int,
-                                  shift: int) -> None:
+                                  shift: int, size: tuple[int, int] | None = None) -> None:
     """Raise a clear error for inputs no backend can run."""
     _backend.check_inputs(OP, {"qkv": qkv, "table": table})
     if qkv.dim() != 4 or qkv.shape[-1] % 3 or (qkv.shape[-1] // 3) % num_heads:
@@ -78,27 +79,38 @@ def check_window_attention_inputs(qkv: Tensor, table: Tensor, num_heads: int, wi
     if tuple(table.shape) != ((2 * window - 1) ** 2, num_heads):
         raise ValueError(f"{OP}: table must be [{(2 * window - 1) ** 2}, {num_heads}], "
                          f"got {tuple(table.shape)}")
+    if size is not None and not (0 < size[0] <= qkv.shape[1] and 0 < size[1] <= qkv.shape[2]):
+        raise ValueError(f"{OP}: size {tuple(size)} must lie within the padded map "
+                         f"{tuple(qkv.shape[1:3])}")
 
 
 def window_attention(qkv: Tensor, table: Tensor, num_heads: int, window: int, shift: int,
-                     scale: float, backend: str = "torch") -> Tensor:
+                     scale: float, backend: str = "torch",
+                     size: tuple[int, int] | None = None) -> Tensor:
     """Shifted-window attention with relative position bias.
 
-    qkv [B, Hp, Wp, 3C] of the zero-padded map, table [(2w-1)^2, heads]
-    -> [B, Hp, Wp, C]. ``backend`` is one of ``backend.CHOICES``.
+    qkv [B, Hp, Wp, 3C] of the zero-padded map, table [(2w-1)^2, heads] -> [B, H, W, C],
+    the first (H, W) = ``size`` rows and columns of the output map (default: all of it;
+    the fused kernels write only those). ``backend`` is one of ``backend.CHOICES``.
     """
     if backend == "torch":
-        return window_attention_reference(qkv, table, num_heads, window, shift, scale)
-    check_window_attention_inputs(qkv, table, num_heads, window, shift)
+        return _crop(window_attention_reference(qkv, table, num_heads, window, shift, scale), size)
+    check_window_attention_inputs(qkv, table, num_heads, window, shift, size)
     params = dict(num_heads=num_heads, window=window, shift=shift)
     qkv, table = qkv.contiguous(), table.contiguous()
     name = _backend.choose(backend, OP, [qkv, table], params)
     if name == "torch":
-        return window_attention_reference(qkv, table, num_heads, window, shift, scale)
+        return _crop(window_attention_reference(qkv, table, num_heads, window, shift, scale), size)
+    height, width = size if size is not None else qkv.shape[1:3]
     if _backend.eager_dispatch([qkv, table]):
         return _backend.EagerFused.apply(_EAGER, qkv, table, num_heads, window, shift, scale,
-                                         name)[0]
-    return _fwd(qkv, table, num_heads, window, shift, scale, name)[0]
+                                         height, width, name)[0]
+    return _fwd(qkv, table, num_heads, window, shift, scale, height, width, name)[0]
+
+
+def _crop(out: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """out [B, Hp, Wp, C] -> its first size = (H, W) rows and columns (a view)."""
+    return out if size is None else out[:, :size[0], :size[1]]
 
 
 class WindowAttention(nn.Module):
@@ -128,8 +140,8 @@ class WindowAttention(nn.Module):
         # padded tokens carry q, k, v = qkv bias and take part in attention.
         qkv = self.qkv(pad_to_multiple(x, self.window))
         out = window_attention(qkv, self.relative_position_bias_table, self.num_heads,
-                               self.window, self.shift, self.scale, self.backend)
-        return self.proj_drop(self.proj(out[:, :H, :W]))
+                               self.window, self.shift, self.scale, self.backend, size=(H, W))
+        return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, heads={self.num_heads}, window={self.window}, "

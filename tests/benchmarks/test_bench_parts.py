@@ -40,8 +40,8 @@ def test_window_flop_formula_equals_reference_matmuls(B, H, W, C, heads, window,
     ref_f = _flops(lambda: window_attention_reference(qkv, table, heads, window, shift, scale))
     ref_fb = _flops(lambda: window_attention_reference(qkv, table, heads, window, shift, scale).sum().backward())
     op = torch.ops.semask.window_attention_fwd
-    fused_f = _flops(lambda: op(mq, mt, heads, window, shift, scale, "triton"))
-    fused_fb = _flops(lambda: op(mq, mt, heads, window, shift, scale, "triton")[0].sum().backward())
+    fused_f = _flops(lambda: op(mq, mt, heads, window, shift, scale, H, W, "triton"))
+    fused_fb = _flops(lambda: op(mq, mt, heads, window, shift, scale, H, W, "triton")[0].sum().backward())
     assert fused_f == ref_f == 4 * B * H * W * window ** 2 * C
     assert fused_fb == ref_fb == 3 * ref_f
 
@@ -116,13 +116,15 @@ class _ReferenceAsFused:
     def reasons(self, op, tensors, params):
         return []
 
-    def window_attention_fwd(self, qkv, table, num_heads, window, shift, scale):
+    def window_attention_fwd(self, qkv, table, num_heads, window, shift, scale, height, width):
         args = (num_heads, window, shift, scale)
-        return window_attention_reference(qkv, table, *args), window_attention_lse_reference(qkv, table, *args)
+        out = window_attention_reference(qkv, table, *args)[:, :height, :width].contiguous()
+        return out, window_attention_lse_reference(qkv, table, *args)
 
     def window_attention_bwd(self, dout, qkv, table, out, lse, num_heads, window, shift, scale):
-        return _vjp(lambda q, t: window_attention_reference(q, t, num_heads, window, shift, scale),
-                    (qkv, table), dout)
+        H, W = dout.shape[1:3]
+        return _vjp(lambda q, t: window_attention_reference(q, t, num_heads, window, shift,
+                                                            scale)[:, :H, :W], (qkv, table), dout)
 
     def semantic_attention_fwd(self, q, k, v, window):
         return semantic_attention_reference(q, k, v, window), semantic_attention_lse_reference(q, k, window)

@@ -31,9 +31,11 @@ def make_inputs(batch, height, width, heads, head_dim, window, device="cpu"):
 
 
 def reference_grads(qkv, table, dout, heads, window, shift, scale):
-    """(out, dqkv, dtable) of the reference through autograd, in the inputs' dtype."""
+    """(out, dqkv, dtable) of the reference through autograd, in the inputs' dtype; out
+    cropped to dout's (unpadded) map, as the model uses it."""
     qkv, table = qkv.detach().requires_grad_(), table.detach().requires_grad_()
-    out = window_attention_reference(qkv, table, heads, window, shift, scale)
+    H, W = dout.shape[1:3]
+    out = window_attention_reference(qkv, table, heads, window, shift, scale)[:, :H, :W]
     out.backward(dout.to(out.dtype))
     return out.detach(), qkv.grad, table.grad
 
@@ -44,7 +46,9 @@ def max_rel_err(got, want):
 
 
 def run_kernels(qkv, table, dout, heads, window, shift, scale, wpp=None):
-    out, lse = kernels.forward(qkv, table, heads, window, shift, scale, windows_per_program=wpp)
+    """Forward (out cropped to dout's map) and backward of the kernels."""
+    out, lse = kernels.forward(qkv, table, heads, window, shift, scale, *dout.shape[1:3],
+                               windows_per_program=wpp)
     dqkv, dtable = kernels.backward(dout, qkv, table, out, lse, heads, window, shift, scale,
                                     windows_per_program=wpp)
     return out, lse, dqkv, dtable
@@ -75,7 +79,7 @@ def test_fp32_forward_backward_match_reference(case):
     batch, height, width, heads, head_dim, window, shift, wpp = case
     scale = head_dim ** -0.5
     qkv, table = make_inputs(batch, height, width, heads, head_dim, window)
-    dout = torch.randn(qkv.shape[:3] + (heads * head_dim,), dtype=torch.float64)
+    dout = torch.randn(batch, height, width, heads * head_dim, dtype=torch.float64)  # unpadded
     out_ref, dqkv_ref, dtable_ref = reference_grads(qkv, table, dout, heads, window, shift, scale)
     lse_ref = window_attention_lse_reference(qkv, table, heads, window, shift, scale)
 
@@ -111,7 +115,7 @@ def test_half_qkv_with_fp32_table(dtype, window, shift):
     scale = head_dim ** -0.5
     qkv, table = make_inputs(1, 2 * window - 3, 2 * window - 1, heads, head_dim, window)
     qkv, table = qkv.to(dtype), table.float()
-    dout = torch.randn(qkv.shape[:3] + (heads * head_dim,)).to(dtype)
+    dout = torch.randn(1, 2 * window - 3, 2 * window - 1, heads * head_dim).to(dtype)
     out_ref, dqkv_ref, dtable_ref = reference_grads(qkv.double(), table.double(), dout.double(),
                                                     heads, window, shift, scale)
 
@@ -150,16 +154,19 @@ def test_public_op_rejects_unsupported_head_dim():
 
 @pytest.mark.parametrize("window,shift", [(7, 3), (12, 0)])
 def test_public_op_triton_equals_torch(window, shift):
-    """window_attention(..., backend="triton") through the custom op and its autograd."""
+    """window_attention(..., backend="triton", size=the unpadded map) through the custom op
+    and its autograd."""
     heads, head_dim = 2, 32
     scale = head_dim ** -0.5
-    qkv, table = make_inputs(1, window + 3, window + 5, heads, head_dim, window)
+    size = (window + 3, window + 5)
+    qkv, table = make_inputs(1, *size, heads, head_dim, window)
     qkv, table = qkv.float(), table.float()
-    dout = torch.randn(qkv.shape[:3] + (heads * head_dim,))
+    dout = torch.randn(1, *size, heads * head_dim)
     results = {}
     for backend in ("torch", "triton"):
         q, t = qkv.clone().requires_grad_(), table.clone().requires_grad_()
-        out = wa_op.window_attention(q, t, heads, window, shift, scale, backend=backend)
+        out = wa_op.window_attention(q, t, heads, window, shift, scale, backend=backend, size=size)
+        assert out.shape == dout.shape
         out.backward(dout)
         results[backend] = (out.detach(), q.grad, t.grad)
     for name, got, want in zip(("out", "dqkv", "dtable"), results["triton"], results["torch"]):
@@ -229,7 +236,7 @@ def test_gpu_accuracy_rule_at_stage_shapes(no_tf32, shape, dtype):
     shift, scale = window // 2, (C // heads) ** -0.5
     qkv, table = make_inputs(batch, size, size, heads, C // heads, window, "cuda")
     qkv, table = qkv.float().to(dtype), table.float().to(dtype)
-    dout = torch.randn(qkv.shape[:3] + (C,), device="cuda").to(dtype)
+    dout = torch.randn(batch, size, size, C, device="cuda").to(dtype)  # 128: padded to 133
     gold = reference_grads(qkv.float(), table.float(), dout.float(), heads, window, shift, scale)
     same = reference_grads(qkv, table, dout, heads, window, shift, scale)
     out, _, dqkv, dtable = run_kernels(qkv, table, dout, heads, window, shift, scale)

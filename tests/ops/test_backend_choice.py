@@ -82,6 +82,9 @@ def test_bad_shapes_raise_clear_errors():
         semask.ops.window_attention(torch.randn(1, 7, 7, 96), torch.randn(100, 2), 2, 7, 0, 0.2, backend="auto")
     with pytest.raises(ValueError, match="shift"):
         semask.ops.window_attention(torch.randn(1, 7, 7, 96), table, 2, 7, 7, 0.2, backend="auto")
+    with pytest.raises(ValueError, match=r"size \(8, 7\) must lie within the padded map \(7, 7\)"):
+        semask.ops.window_attention(torch.randn(1, 7, 7, 96), table, 2, 7, 0, 0.2, backend="auto",
+                                    size=(8, 7))
     with pytest.raises(ValueError, match=r"q, k \[B, Hp, Wp, K\]"):
         semask.ops.semantic_attention(torch.randn(1, 7, 7, 5), torch.randn(1, 7, 7, 4),
                                       torch.randn(1, 7, 7, 8), 7, backend="auto")

@@ -187,7 +187,7 @@ def _cpu_calls():
     q, v = torch.randn(1, 7, 7, 19), torch.randn(1, 7, 7, 8)
     slse = torch.randn(1, 1, 49)
     return [
-        ("window_attention_fwd", (qkv, table, 3, 7, 3, 0.2), "qkv"),
+        ("window_attention_fwd", (qkv, table, 3, 7, 3, 0.2, 7, 7), "qkv"),
         ("window_attention_bwd", (out, qkv, table, out, lse, 3, 7, 3, 0.2), "dout"),
         ("semantic_attention_fwd", (q, q, v, 7), "q"),
         ("semantic_attention_bwd", (v, q, q, v, v, slse, 7), "dout"),
@@ -250,26 +250,29 @@ def _assert_fp32_rule(got, ref64, torch32):
 
 
 def _window_grads(qkv, table, dout, heads, window, shift, scale):
+    """Reference out (cropped to dout's map), lse and gradients."""
     qkv, table = qkv.detach().requires_grad_(), table.detach().requires_grad_()
-    out = window_attention_reference(qkv, table, heads, window, shift, scale)
+    H, W = dout.shape[1:3]
+    out = window_attention_reference(qkv, table, heads, window, shift, scale)[:, :H, :W]
     dqkv, dtable = torch.autograd.grad(out, (qkv, table), dout.to(out.dtype))
     lse = window_attention_lse_reference(qkv.detach(), table.detach(), heads, window, shift, scale)
     return dict(out=out, lse=lse, dqkv=dqkv, dtable=dtable)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("B, Hp, Wp, heads, D, window, shift", [
-    (1, 7, 14, 2, 8, 7, 0), (2, 14, 14, 3, 32, 7, 3), (1, 12, 24, 2, 16, 12, 6),
-    (1, 24, 12, 1, 64, 12, 5)])
-def test_window_kernels_on_cpu_emulator(emulator, tmp_path, B, Hp, Wp, heads, D, window, shift):
+@pytest.mark.parametrize("B, Hp, Wp, H, W, heads, D, window, shift", [
+    (1, 7, 14, 7, 14, 2, 8, 7, 0), (2, 14, 14, 10, 13, 3, 32, 7, 3),  # out cropped
+    (1, 12, 24, 12, 24, 2, 16, 12, 6), (1, 24, 12, 20, 9, 1, 64, 12, 5)])
+def test_window_kernels_on_cpu_emulator(emulator, tmp_path, B, Hp, Wp, H, W, heads, D, window,
+                                        shift):
     C, scale = heads * D, D ** -0.5
     qkv = torch.randn(B, Hp, Wp, 3 * C, dtype=torch.float64)
     table = torch.randn((2 * window - 1) ** 2, heads, dtype=torch.float64)
-    dout = torch.randn(B, Hp, Wp, C, dtype=torch.float64)
+    dout = torch.randn(B, H, W, C, dtype=torch.float64)
     ref = _window_grads(qkv, table, dout, heads, window, shift, scale)
     ref["lse"] = ref["lse"].double()
     ref32 = _window_grads(qkv.float(), table.float(), dout, heads, window, shift, scale)
-    got = _emulate(emulator, tmp_path, ["window", B, Hp, Wp, C, heads, window, shift, scale],
+    got = _emulate(emulator, tmp_path, ["window", B, Hp, Wp, H, W, C, heads, window, shift, scale],
                    dict(qkv=qkv, table=table, dout=dout), {n: t.shape for n, t in ref.items()})
     _assert_fp32_rule(got, ref, ref32)
 
@@ -314,13 +317,14 @@ def _check_rule(name, got, ref32, same_dtype, dtype):
 
 
 def _window_case(B, H, W, heads, D, window, shift, dtype, table_dtype=None):
-    """qkv of a zero-padded normed map (padded tokens carry the qkv bias), table, dout."""
+    """qkv of a zero-padded normed map (padded tokens carry the qkv bias), table, dout of the
+    unpadded map [B, H, W, C]."""
     C = heads * D
     linear = torch.nn.Linear(C, 3 * C, device="cuda")
     with torch.no_grad():
         qkv = linear(pad_to_multiple(torch.randn(B, H, W, C, device="cuda"), window)).to(dtype)
     table = (torch.randn((2 * window - 1) ** 2, heads, device="cuda")).to(table_dtype or dtype)
-    dout = torch.randn(*qkv.shape[:3], C, device="cuda").to(dtype)
+    dout = torch.randn(B, H, W, C, device="cuda").to(dtype)
     return qkv, table, dout
 
 
@@ -343,16 +347,16 @@ WINDOW_SWEEP = [  # B, H, W, heads, D, window, shift
 def test_window_attention_cuda_matches_reference(dtype, B, H, W, heads, D, window, shift):
     qkv, table, dout = _window_case(B, H, W, heads, D, window, shift, dtype)
     scale = D ** -0.5
-    cuda = _window_run(lambda x, t: semask.ops.window_attention(x, t, heads, window, shift, scale,
-                                                               backend="cuda"), qkv, table, dout)
-    ref32 = _window_run(lambda x, t: window_attention_reference(x, t, heads, window, shift, scale),
-                        qkv.float(), table.float(), dout)
-    same = _window_run(lambda x, t: window_attention_reference(x, t, heads, window, shift, scale),
-                       qkv, table, dout)
+    cuda = _window_run(lambda x, t: semask.ops.window_attention(
+        x, t, heads, window, shift, scale, backend="cuda", size=(H, W)), qkv, table, dout)
+    ref32 = _window_run(lambda x, t: window_attention_reference(
+        x, t, heads, window, shift, scale)[:, :H, :W], qkv.float(), table.float(), dout)
+    same = _window_run(lambda x, t: window_attention_reference(
+        x, t, heads, window, shift, scale)[:, :H, :W], qkv, table, dout)
     for name, got, ref, ours in zip(("out", "dqkv", "dtable"), cuda, ref32, same):
         assert got.dtype == ours.dtype
         _check_rule(name, got, ref, ours, dtype)
-    _, lse = PROVIDER.window_attention_fwd(qkv, table, heads, window, shift, scale)
+    _, lse = PROVIDER.window_attention_fwd(qkv, table, heads, window, shift, scale, H, W)
     ref_lse = window_attention_lse_reference(qkv.float(), table.float(), heads, window, shift, scale)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
 
@@ -364,12 +368,12 @@ def test_window_attention_cuda_fp32_table_with_half_qkv(dtype):
     qkv, table, dout = _window_case(2, 10, 13, heads, D, window, shift, dtype, torch.float32)
     scale = D ** -0.5
     out, dqkv, dtable = _window_run(lambda x, t: semask.ops.window_attention(
-        x, t, heads, window, shift, scale, backend="cuda"), qkv, table, dout)
+        x, t, heads, window, shift, scale, backend="cuda", size=(10, 13)), qkv, table, dout)
     assert (out.dtype, dqkv.dtype, dtable.dtype) == (dtype, dtype, torch.float32)
-    ref32 = _window_run(lambda x, t: window_attention_reference(x, t, heads, window, shift, scale),
-                        qkv.float(), table, dout)
-    same = _window_run(lambda x, t: window_attention_reference(x, t, heads, window, shift, scale),
-                       qkv, table.to(dtype), dout)
+    ref32 = _window_run(lambda x, t: window_attention_reference(
+        x, t, heads, window, shift, scale)[:, :10, :13], qkv.float(), table, dout)
+    same = _window_run(lambda x, t: window_attention_reference(
+        x, t, heads, window, shift, scale)[:, :10, :13], qkv, table.to(dtype), dout)
     for name, got, ref, ours in zip(("out", "dqkv", "dtable"), (out, dqkv, dtable), ref32, same):
         _check_rule(name, got, ref, ours, dtype)
 
@@ -414,11 +418,11 @@ def test_semantic_attention_cuda_matches_reference(dtype, B, H, W, K, C, window)
 def test_launcher_checks_name_the_argument_on_gpu():
     qkv = torch.randn(1, 7, 7, 3 * 96, device="cuda")
     with pytest.raises(RuntimeError, match=r"table must have shape \[169, 3\], got \[100, 3\]"):
-        PROVIDER.window_attention_fwd(qkv, torch.randn(100, 3, device="cuda"), 3, 7, 0, 0.2)
+        PROVIDER.window_attention_fwd(qkv, torch.randn(100, 3, device="cuda"), 3, 7, 0, 0.2, 7, 7)
     with pytest.raises(RuntimeError, match=r"num_heads=5 must divide C=96 \(qkv \[1, 7, 7, 288\]\)"):
-        PROVIDER.window_attention_fwd(qkv, torch.randn(169, 5, device="cuda"), 5, 7, 0, 0.2)
+        PROVIDER.window_attention_fwd(qkv, torch.randn(169, 5, device="cuda"), 5, 7, 0, 0.2, 7, 7)
     with pytest.raises(RuntimeError, match="table must be a CUDA tensor, got one on cpu"):
-        PROVIDER.window_attention_fwd(qkv, torch.randn(169, 3), 3, 7, 0, 0.2)
+        PROVIDER.window_attention_fwd(qkv, torch.randn(169, 3), 3, 7, 0, 0.2, 7, 7)
     q = torch.randn(1, 7, 7, 19, device="cuda")
     with pytest.raises(RuntimeError, match="v must be contiguous"):
         PROVIDER.semantic_attention_fwd(q, q, torch.randn(1, 7, 7, 16, device="cuda")[..., ::2], 7)
