@@ -269,3 +269,22 @@ def test_patch_merging_order():
     pm(x)
     # concat order x[0::2,0::2], x[1::2,0::2], x[0::2,1::2], x[1::2,1::2]
     assert captured["x"][0, 0, 0].tolist() == [0.0, 4.0, 1.0, 5.0]
+
+
+@pytest.mark.parametrize("H, W", [(4, 6), (5, 7)])
+def test_patch_merging_equals_official_strided_concat(H, W):
+    """The merged input of norm equals the official construction (zero-pad odd sizes, cat
+    of x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]) at every position and
+    channel; gradients flow back to the same places."""
+    pm = swin_mod.PatchMerging(3).double()
+    x = torch.randn(2, H, W, 3, dtype=torch.float64, requires_grad=True)
+    captured = {}
+    pm.norm.register_forward_hook(lambda m, i, o: captured.setdefault("x", i[0]))
+    pm(x)
+    xp = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+    want = torch.cat([xp[:, 0::2, 0::2], xp[:, 1::2, 0::2], xp[:, 0::2, 1::2], xp[:, 1::2, 1::2]], -1)
+    assert torch.equal(captured["x"], want)
+    g = torch.randn_like(want)
+    got_grad, = torch.autograd.grad(captured["x"], x, g)
+    want_grad, = torch.autograd.grad(want, x, g)
+    assert torch.equal(got_grad, want_grad)
