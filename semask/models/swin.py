@@ -69,7 +69,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _, _, H, W = x.shape
-        x = F.pad(x, (0, (-W) % self.patch, 0, (-H) % self.patch))
+        if H % self.patch or W % self.patch:  # F.pad copies even when it pads nothing
+            x = F.pad(x, (0, (-W) % self.patch, 0, (-H) % self.patch))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
@@ -83,10 +84,11 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, H, W, C = x.shape
-        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         # channels [x(2i, 2j), x(2i+1, 2j), x(2i, 2j+1), x(2i+1, 2j+1)] as the official cat of
         # four strided slices, in one copy (whose backward is one copy, not 8 slice_backward)
-        x = x.view(B, (H + 1) // 2, 2, (W + 1) // 2, 2, C).permute(0, 1, 3, 4, 2, 5)
+        x = x.reshape(B, (H + 1) // 2, 2, (W + 1) // 2, 2, C).permute(0, 1, 3, 4, 2, 5)
         return self.reduction(self.norm(x.reshape(B, (H + 1) // 2, (W + 1) // 2, 4 * C)))
 
 
