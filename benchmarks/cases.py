@@ -6,7 +6,8 @@ semantic-layer attention call: q, k [B, Hp, Wp, K], v [B, Hp, Wp, C]. A loss cas
 of the model's two losses: stride-4 logits [B, K, h, w] upsampled to the labels [B, H, W]
 and cross-entropy (sum over pixels; fwd_bwd: with the logits' gradient). An upsample case
 is one bilinear x2 upsampling of the FPN head or the semantic decoder: x [B, C, h, w] ->
-[B, C, 2h, 2w] (NCHW, as the head's maps). A model case is a
+[B, C, 2h, 2w] (NCHW, as the head's maps). A norm case is one LayerNorm of a Swin block
+at a stage's shape: x [B, H, W, C] -> [B, H, W, C]. A model case is a
 whole SeMask-Swin FPN: inference (mode ``fwd``) or one training step (mode ``fwd_bwd``:
 forward, loss, backward and an AdamW step).
 
@@ -19,6 +20,8 @@ Bytes model (the fewest bytes a fused kernel must move; PERF_MODEL.md):
              fwd_bwd: also write the logits' gradient   + B*K*h*w * e
     upsample fwd: read x, write y                      5 * B*C*h*w * e
              fwd_bwd: also read dy, write dx            + 5 * B*C*h*w * e
+    norm     fwd: read x, write y                      2 * T*C * e
+             fwd_bwd: also read x, dy, write dx, stats  + 3 * T*C * e + T * 8
 T = B * Hp * Wp tokens (padding included), e = bytes per element; the float32 log-sum-exp
 is written by the forward when a backward follows. The small bias table is left out.
 """
@@ -32,8 +35,8 @@ from semask.models.semask import VARIANTS, default_semantic_windowed
 ARCH = {"swin_t": "tiny", "swin_s": "small", "swin_b": "base", "swin_l": "large"}
 SEMASK_ARCH = {"semask_t": "tiny", "semask_s": "small", "semask_b": "base", "semask_l": "large"}
 MODES = ("fwd", "fwd_bwd")
-KINDS = ("window", "semantic", "loss", "upsample", "model")
-NO_MATMUL = ("loss", "upsample")  # op kinds whose FLOP count is 0 (nothing a matmul counter sees)
+KINDS = ("window", "semantic", "loss", "upsample", "norm", "model")
+NO_MATMUL = ("loss", "upsample", "norm")  # op kinds whose FLOP count is 0 (no matmul to count)
 ADE_CLASSES = 150
 
 
@@ -78,6 +81,8 @@ class Case:
             return f"logits {self.batch}x{p['K']}x{p['h']}x{p['w']} -> labels {p['H']}x{p['W']}"
         if self.kind == "upsample":
             return f"x {self.batch}x{p['C']}x{p['h']}x{p['w']} -> {2 * p['h']}x{2 * p['w']}"
+        if self.kind == "norm":
+            return f"x {self.batch}x{p['Hp']}x{p['Wp']}x{p['C']}"
         return f"images {self.batch}x3x{p['img']}x{p['img']}, K {p['K']}"
 
     def tokens(self) -> int:
@@ -135,6 +140,14 @@ def upsample_case(where: str, img: int, stage: int, mode: str, batch: int) -> Ca
     return Case(f"upsample/{where}-{img}/s{stage}", "upsample", mode, batch, p)
 
 
+def norm_case(arch: str, img: int, stage: int, mode: str, batch: int) -> Case:
+    """A LayerNorm of a Swin block (norm1 / norm2) at stage ``stage``'s map."""
+    side = stage_sizes(img)[stage]
+    p = dict(arch=arch, img=img, stage=stage, Hp=side, Wp=side,
+             C=VARIANTS[ARCH[arch]].embed_dim * 2 ** stage)
+    return Case(f"norm/{arch}-{img}/s{stage}", "norm", mode, batch, p)
+
+
 def model_case(model: str, img: int, mode: str, batch: int, num_classes: int = ADE_CLASSES) -> Case:
     return Case(f"model/{model}-{img}", "model", mode, batch, dict(model=model, img=img, K=num_classes))
 
@@ -157,6 +170,8 @@ def bytes_moved(case: Case, dtype_name: str) -> int | None:
         x = case.batch * p["C"] * p["h"] * p["w"] * element_size(dtype_name)
         return 5 * x if case.mode == "fwd" else 10 * x
     e, T, p = element_size(dtype_name), case.tokens(), case.params
+    if case.kind == "norm":
+        return 2 * T * p["C"] * e if case.mode == "fwd" else 5 * T * p["C"] * e + 8 * T
     if case.kind == "window":
         fwd, lse, bwd = T * 4 * p["C"] * e, T * p["heads"] * 4, T * 8 * p["C"] * e + T * p["heads"] * 4
     else:
@@ -212,6 +227,9 @@ def full_cases(batch: int, model_batch: int | None) -> list[Case]:
                 for stage in (1, 2):
                     for mode in MODES:
                         cases.append(upsample_case(where, img, stage, mode, batch))
+            for stage in range(4):
+                for mode in MODES:
+                    cases.append(norm_case("swin_t", img, stage, mode, batch))
             for model in MODELS:
                 b = model_batch or MODEL_BATCH.get(model, 8)
                 for mode in MODES:
@@ -246,6 +264,7 @@ def quick_cases(batch: int | None) -> list[Case]:
                   semantic_case("semask_t", 224, 3, mode, b),
                   loss_case("ade20k", mode, b, size=(64, 64)),
                   upsample_case("decoder", 224, 2, mode, b),
+                  norm_case("swin_t", 224, 1, mode, b),
                   model_case("semask_swin_tiny_fpn", 224, mode, b)]
     return cases
 

@@ -31,6 +31,7 @@ from semask.ops import backend as _backend
 from semask.ops.reference import (relative_position_bias, semantic_attention_reference,
                                   shift_attn_mask, window_attention_reference, window_partition,
                                   window_reverse)
+from semask.ops.layer_norm import fused_layer_norm_reasons, layer_norm
 from semask.ops.upsample import fused_upsample_reasons, upsample2x
 
 from .cases import NO_MATMUL, Case
@@ -145,8 +146,8 @@ def op_inputs(case: Case, device: str, dtype: torch.dtype, requires_grad: bool) 
     p, B = case.params, case.batch
     g = torch.Generator(device=device).manual_seed(0)  # drawn on the device: large inputs
 
-    def rnd(*shape, std=1.0):
-        t = (torch.randn(*shape, generator=g, device=device) * std).to(dtype)
+    def rnd(*shape, std=1.0, mean=0.0):
+        t = (torch.randn(*shape, generator=g, device=device) * std + mean).to(dtype)
         return t.requires_grad_(requires_grad)
 
     if case.kind == "window":
@@ -158,6 +159,9 @@ def op_inputs(case: Case, device: str, dtype: torch.dtype, requires_grad: bool) 
         return dict(logits=rnd(B, p["K"], p["h"], p["w"], std=2.0), target=target)
     if case.kind == "upsample":
         return dict(x=rnd(B, p["C"], p["h"], p["w"]))
+    if case.kind == "norm":  # the residual stream: offset and wider than unit scale
+        return dict(x=rnd(B, p["Hp"], p["Wp"], p["C"], std=3.0, mean=0.5),
+                    weight=rnd(p["C"], std=0.1, mean=1.0), bias=rnd(p["C"], std=0.1))
     # semantic logits of a trained layer are larger than unit scale; 0.5 keeps the
     # unscaled softmax well-conditioned for every K
     return dict(q=rnd(B, p["Hp"], p["Wp"], p["K"], std=0.5), k=rnd(B, p["Hp"], p["Wp"], p["K"], std=0.5),
@@ -179,6 +183,9 @@ def op_forward(case: Case, provider: str) -> Callable:
     if case.kind == "upsample":
         fused = provider == "triton"
         return lambda x: upsample2x(x, fused)
+    if case.kind == "norm":
+        backend = "triton" if provider == "triton" else "torch"
+        return lambda x, weight, bias: layer_norm(x, weight, bias, 1e-5, backend)
     w = p["window"]
     if provider in FUSED:
         return lambda q, k, v: _sem_mod.semantic_attention(q, k, v, w, backend=provider)
@@ -189,6 +196,8 @@ def op_forward(case: Case, provider: str) -> Callable:
 def _out_shape(inputs: dict) -> tuple:
     if "logits" in inputs:  # a loss: a scalar
         return ()
+    if "weight" in inputs:  # a LayerNorm
+        return tuple(inputs["x"].shape)
     if "x" in inputs:  # an upsampling
         B, C, h, w = inputs["x"].shape
         return (B, C, 2 * h, 2 * w)
@@ -233,6 +242,8 @@ def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepa
             reasons = fused_loss_reasons(inputs["logits"], inputs["target"], IGNORE)
         elif case.kind == "upsample":  # and the one upsample2x(fused=True) makes
             reasons = fused_upsample_reasons(inputs["x"])
+        elif case.kind == "norm":  # and layer_norm's
+            reasons = fused_layer_norm_reasons(inputs["x"], inputs["weight"], inputs["bias"])
         else:
             params = (dict(num_heads=p["heads"], window=p["window"], shift=p["shift"])
                       if case.kind == "window" else dict(window=p["window"]))

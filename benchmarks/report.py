@@ -360,7 +360,8 @@ def _bar_plot(results: dict, path: str, field: str, skip_reference: bool, xlabel
     records = [r for r in results["records"] if r.get(field)]
     if skip_reference:
         records = [r for r in records if r["provider"] != "reference"]
-    kinds = [k for k in ("window", "semantic", "loss", "upsample", "model") if any(r["kind"] == k for r in records)]
+    kinds = [k for k in ("window", "semantic", "loss", "upsample", "norm", "model")
+             if any(r["kind"] == k for r in records)]
     if not kinds:
         fig, ax = plt.subplots(figsize=(6, 1.5))
         ax.text(0.5, 0.5, f"no {field} to plot", ha="center", va="center")

@@ -3,8 +3,10 @@
 Answers the shared launcher signatures by calling the kernels in
 :mod:`semask.kernels.window_attention` and :mod:`semask.kernels.semantic_attention`, and
 says whether :mod:`semask.kernels.upsample_cross_entropy` (the fused loss, called by
-:mod:`semask.models.loss`) and :mod:`semask.kernels.bilinear_upsample` (called by
-:mod:`semask.ops.upsample`) can run (ops "upsample_cross_entropy", "bilinear_upsample").
+:mod:`semask.models.loss`), :mod:`semask.kernels.bilinear_upsample` (called by
+:mod:`semask.ops.upsample`) and :mod:`semask.kernels.layer_norm` (called by
+:mod:`semask.ops.layer_norm`) can run (ops "upsample_cross_entropy", "bilinear_upsample",
+"layer_norm").
 On CPU tensors it runs only under ``TRITON_INTERPRET=1`` (Triton's interpreter).
 """
 from __future__ import annotations

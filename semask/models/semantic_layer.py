@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..ops.layer_norm import LayerNorm
 from ..ops.semantic_attention import SemanticAttention
 
 
@@ -14,7 +15,7 @@ class SemanticLayer(nn.Module):
 
     def __init__(self, dim: int, num_classes: int, window: int, backend: str = "torch"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim, backend=backend)
         self.class_injection = nn.ModuleList([SemanticAttention(dim, num_classes, window, backend=backend)])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

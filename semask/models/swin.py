@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..ops.layer_norm import LayerNorm
 from ..ops.window_attention import WindowAttention
 from .semantic_layer import SemanticLayer
 
@@ -61,11 +62,11 @@ class Mlp(nn.Module):
 class PatchEmbed(nn.Module):
     """Conv 4x4 stride 4 + LayerNorm; [B, 3, H, W] -> [B, ceil(H/4), ceil(W/4), C]."""
 
-    def __init__(self, embed_dim: int, patch: int = 4, in_chans: int = 3):
+    def __init__(self, embed_dim: int, patch: int = 4, in_chans: int = 3, backend: str = "torch"):
         super().__init__()
         self.patch = patch
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch, stride=patch)
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = LayerNorm(embed_dim, backend=backend)
 
     def forward(self, x: Tensor) -> Tensor:
         _, _, H, W = x.shape
@@ -77,9 +78,9 @@ class PatchEmbed(nn.Module):
 class PatchMerging(nn.Module):
     """2x2 merge: [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), 2C] (odd sizes zero-padded)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, backend: str = "torch"):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim)
+        self.norm = LayerNorm(4 * dim, backend=backend)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -99,10 +100,10 @@ class SwinBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, window: int, shift: int, drop_path: float,
                  mlp_ratio: float = 4.0, backend: str = "torch"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim, backend=backend)
         self.attn = WindowAttention(dim, num_heads, window, shift, backend=backend)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim, backend=backend)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -127,7 +128,7 @@ class BasicLayer(nn.Module):
             for j in range(depth))
         self.semantic_layer = (SemanticLayer(dim, num_classes, semantic_window, backend=backend)
                                if semantic else None)
-        self.downsample = PatchMerging(dim) if downsample else None
+        self.downsample = PatchMerging(dim, backend) if downsample else None
         self.grad_checkpointing = False
 
     def _run(self, x: Tensor):
@@ -160,7 +161,7 @@ class SwinBackbone(nn.Module):
         self.num_stages = len(depths)
         self.channels = [embed_dim * 2 ** i for i in range(self.num_stages)]
         self.semantic = semantic
-        self.patch_embed = PatchEmbed(embed_dim)
+        self.patch_embed = PatchEmbed(embed_dim, backend=backend)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # linear stochastic depth
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
@@ -170,7 +171,7 @@ class SwinBackbone(nn.Module):
                 num_classes, semantic, window if semantic_windowed[i] else 0,
                 downsample=i < self.num_stages - 1, backend=backend))
         for i, c in enumerate(self.channels):
-            self.add_module(f"norm{i}", nn.LayerNorm(c))
+            self.add_module(f"norm{i}", LayerNorm(c, backend=backend))
         self.apply(init_weights)
 
     def set_grad_checkpointing(self, stages=(0, 1, 2, 3)) -> None:

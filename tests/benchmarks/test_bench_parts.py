@@ -109,6 +109,15 @@ def test_bytes_model_reproduces_perf_model():
     assert (stage0["side"], stage0["padded"], round(stage0["bytes"] / 1e6, 2)) == (128, 133, 27.17)
 
 
+def test_norm_case_bytes_by_hand():
+    """Swin-T stage 1 at 512, batch 16: x [16, 64, 64, 192] bf16; forward reads x and writes
+    y (4 bytes per element); fwd_bwd adds x, dy, dx (6 bytes) and the fp32 mean and rstd."""
+    fwd, both = (C.norm_case("swin_t", 512, 1, mode, 16) for mode in C.MODES)
+    n = 16 * 64 * 64 * 192
+    assert (fwd.params["C"], C.bytes_moved(fwd, "bf16")) == (192, 4 * n)
+    assert C.bytes_moved(both, "bf16") == 10 * n + 8 * 16 * 64 * 64
+
+
 class _ReferenceAsFused:
     """Stand-in fused provider (answers the launcher signatures with the reference ops):
     exercises the runner's fused path through the custom ops without a GPU kernel."""

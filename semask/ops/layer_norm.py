@@ -1,0 +1,73 @@
+"""LayerNorm on the Triton kernels where they run (fused models), else PyTorch's.
+
+``LayerNorm`` is ``nn.LayerNorm`` (same parameters and state dict) with a ``backend``:
+"torch" (the reference), or a fused request ("auto", "triton", "cuda") under which it runs
+:mod:`semask.kernels.layer_norm` in eager mode on CUDA tensors (on CPU tensors only when
+"triton" is asked for by name, under ``TRITON_INTERPRET=1``). The CUDA extension has no
+LayerNorm, and under torch.compile (which fuses LayerNorm itself) or a dispatch mode
+PyTorch's runs. The result's dtype is autocast's: fp32 under CUDA autocast (layer_norm is on
+its fp32 list), else x's (CPU autocast leaves layer_norm alone).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backend import eager_dispatch, single_backward
+
+OP = "layer_norm"
+
+
+class _LayerNorm(torch.autograd.Function):
+    """x [..., C] -> LayerNorm(x) in ``out_dtype`` by the Triton kernels; differentiates once."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch.dtype):
+        from semask.kernels import layer_norm as kernels
+        y, mean, rstd = kernels.forward(x, weight, bias, eps, out_dtype)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.dtypes = (weight.dtype, bias.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        from semask.kernels import layer_norm as kernels
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dweight, dbias = kernels.backward(dy, x, weight, mean, rstd)
+        grads = (dx, dweight.to(ctx.dtypes[0]), dbias.to(ctx.dtypes[1]))
+        return (*single_backward(grads, "the fused LayerNorm"), None, None)
+
+
+def fused_layer_norm_reasons(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> list[str]:
+    """Why the Triton kernels cannot normalise x (empty: they can)."""
+    from semask.kernels.provider import PROVIDER
+    return PROVIDER.reasons(OP, [x, weight, bias], {})
+
+
+def _use_triton(backend: str, x: Tensor, weight, bias) -> bool:
+    if backend not in ("auto", "triton") or not (x.is_cuda or backend == "triton"):
+        return False
+    return eager_dispatch((x, weight, bias)) and not fused_layer_norm_reasons(x, weight, bias)
+
+
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+               backend: str = "torch") -> Tensor:
+    """``F.layer_norm`` over the last dimension of x [..., C] (see the module docstring)."""
+    if not _use_triton(backend, x, weight, bias):
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    autocast_fp32 = x.is_cuda and torch.is_autocast_enabled("cuda")
+    out_dtype = torch.float32 if autocast_fp32 else x.dtype
+    return _LayerNorm.apply(x.contiguous(), weight, bias, eps, out_dtype)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm over the last dimension, on the Triton kernels when ``backend`` asks for
+    fused ops (see the module docstring). x [..., C] -> [..., C]."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, backend: str = "torch"):
+        super().__init__(dim, eps=eps)
+        self.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps, self.backend)

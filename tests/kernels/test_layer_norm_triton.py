@@ -1,0 +1,166 @@
+"""Triton LayerNorm (kernels/layer_norm.py) against PyTorch's (float64 autograd as truth).
+
+CPU: Triton's interpreter (TRITON_INTERPRET=1, tests/conftest.py) on small row counts and the
+row lengths of Swin (96 .. 1536) plus awkward ones. GPU (marker ``gpu``): SeMask-T stage
+shapes at 512 x 512.
+"""
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from semask.kernels import layer_norm as ln
+from semask.ops.layer_norm import LayerNorm, _use_triton, layer_norm
+from rule import check_rule
+from sm90 import compile_sm90, run_without_interpreter
+
+
+def reference(x, w, b, dy, eps=1e-5):
+    """y, dx, dw, db of F.layer_norm through autograd, in the inputs' dtypes."""
+    x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
+    y = F.layer_norm(x, x.shape[-1:], w, b, eps)
+    return (y.detach(), *torch.autograd.grad(y, (x, w, b), dy.to(y.dtype)))
+
+
+def fused(x, w, b, dy, eps=1e-5):
+    """The same through the public op on the Triton kernels."""
+    x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
+    y = layer_norm(x, w, b, eps, "triton")
+    return (y.detach(), *torch.autograd.grad(y, (x, w, b), dy.to(y.dtype)))
+
+
+def make(shape, device="cpu", dtype=torch.float64, seed=0):
+    """x (offset and scaled rows, as a residual stream), weight, bias, dy."""
+    g = torch.Generator().manual_seed(seed)
+    C = shape[-1]
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 0.5
+    w, b = torch.randn(C, generator=g, dtype=torch.float64), torch.randn(C, generator=g, dtype=torch.float64)
+    dy = torch.randn(shape, generator=g, dtype=torch.float64)
+    return [t.to(device=device, dtype=dtype) for t in (x, w, b, dy)]
+
+
+NAMES = ("y", "dx", "dweight", "dbias")
+
+
+@pytest.mark.parametrize("shape", [(37, 96), (5, 40), (2, 3, 7, 192), (130, 384), (3, 1536),
+                                   (4, 3), (33, 768)], ids=str)
+def test_fp32_matches_float64_autograd(shape):
+    """Rows of Swin's widths and odd ones, row counts not a multiple of the row block."""
+    x, w, b, dy = make(shape)
+    truth = reference(x, w, b, dy)
+    got = fused(x.float(), w.float(), b.float(), dy.float())
+    for name, g, t in zip(NAMES, got, truth):
+        assert g.dtype == torch.float32 and g.shape == t.shape
+        err = ((g.double() - t).abs().max() / t.abs().max()).item()
+        assert err < 1e-5, f"{name}: {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_input_and_autocast(dtype):
+    """y is in x's dtype (one rounding of the fp32 result; the interpreter truncates to
+    bf16, so 2 ulps), also under CPU autocast, which leaves layer_norm alone (CUDA autocast
+    makes it fp32: test_gpu_autocast_output_is_fp32). Gradients come back in the inputs'
+    dtypes."""
+    x, w, b, dy = make((70, 96))
+    x, dy = x.to(dtype), dy.to(dtype)
+    truth = reference(x.double(), w, b, dy.double())
+    y, dx, dw, db = fused(x, w.float(), b.float(), dy)
+    assert (y.dtype, dx.dtype, dw.dtype) == (dtype, dtype, torch.float32)
+    ulp = 2 * 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
+    for name, g, t in zip(NAMES, (y, dx, dw, db), truth):
+        err = ((g.double() - t).abs().max() / t.abs().max()).item()
+        assert err < ulp, f"{name}: {err:.3g}"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_auto = layer_norm(x, w.float(), b.float(), 1e-5, "triton")
+        torch_y = F.layer_norm(x, (96,), w.float(), b.float())
+    assert y_auto.dtype == torch_y.dtype == dtype
+
+
+def test_module_keeps_nn_layernorm_parameters_and_choice():
+    """Same state dict as nn.LayerNorm; Triton only where asked for and runnable."""
+    mod = LayerNorm(96, backend="triton")
+    assert isinstance(mod, torch.nn.LayerNorm)
+    assert mod.state_dict().keys() == torch.nn.LayerNorm(96).state_dict().keys()
+    x = torch.randn(4, 96)
+    assert _use_triton("triton", x, mod.weight, mod.bias)  # interpreter, asked by name
+    assert not _use_triton("auto", x, mod.weight, mod.bias)  # auto on CPU: reference
+    assert not _use_triton("cuda", x, mod.weight, mod.bias)  # no CUDA C++ LayerNorm
+    assert not _use_triton("torch", x, mod.weight, mod.bias)
+    assert not _use_triton("triton", x.double(), mod.weight, mod.bias)  # fp64: PyTorch's
+    with FakeTensorMode():  # tracing and dispatch modes see PyTorch's op
+        assert not _use_triton("triton", torch.empty(4, 96), mod.weight, mod.bias)
+    torch.testing.assert_close(mod(x), F.layer_norm(x, (96,), mod.weight, mod.bias),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_reasons_name_what_is_missing():
+    x = torch.randn(2, 8)
+    assert ln.reasons([x, torch.ones(8), torch.zeros(8)], {}) == []
+    assert "affine" in ln.reasons([x, None, None], {})[0]
+    assert "float64" in ln.reasons([x.double(), torch.ones(8), torch.zeros(8)], {})[0]
+    wide = torch.randn(1, ln.MAX_C + 1)
+    assert "rows of" in ln.reasons([wide, torch.ones(ln.MAX_C + 1), torch.zeros(ln.MAX_C + 1)], {})[0]
+
+
+def test_gradient_cannot_be_differentiated_again():
+    x = torch.randn(3, 16, requires_grad=True)
+    w, b = torch.ones(16, requires_grad=True), torch.zeros(16)
+    (dx,) = torch.autograd.grad(layer_norm(x, w, b, 1e-5, "triton").pow(2).sum(), x,
+                                create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiates once"):
+        dx.sum().backward()
+
+
+# ------------------------------------------------ compiled (not interpreted) code, on CPU
+def compile_for_sm90(C: int):
+    """Build both kernels with the launch configuration of row length C for sm_90."""
+    block_m, block_c, warps = ln._config(C)
+    e = "*fp32"
+    ptrs = dict(X=e, W=e, B=e, Y="*bf16", MEAN=e, RSTD=e, DY="*bf16", DX=e, PART=e)
+    for fn in (ln._ln_fwd_kernel, ln._ln_bwd_kernel):
+        compile_sm90(fn, {a: t for a, t in ptrs.items() if a in fn.arg_names},
+                     dict(BLOCK_M=block_m, BLOCK_C=block_c), warps, floats=("eps",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("C", [96, 1536])
+def test_kernels_compile_for_sm90(C):
+    pytest.importorskip("triton.backends.nvidia")
+    from triton.compiler import ASTSource
+    if "constexprs" not in inspect.signature(ASTSource).parameters:
+        pytest.skip("this Triton's ASTSource takes another signature (written for Triton >= 3.3)")
+    run_without_interpreter(__file__, f"compile_for_sm90({C})")
+
+
+# SeMask-T at 512 x 512, batch 2: (rows, C) of a block's norms per stage and of a merge
+GPU_SHAPES = [(2 * 128 * 128, 96), (2 * 64 * 64, 192), (2 * 32 * 32, 384), (2 * 16 * 16, 768),
+              (2 * 16 * 16, 1536)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
+def test_gpu_accuracy_rule(shape, dtype):
+    """|kernel - fp64| <= 2 |torch same dtype - fp64| + eps |fp64| for y, dx, dw, db."""
+    x, w, b, dy = make(shape, "cuda")
+    x, dy = x.to(dtype), dy.to(dtype)
+    w, b = w.float(), b.float()
+    truth = reference(x.double(), w.double(), b.double(), dy.double())
+    same = reference(x, w, b, dy)
+    for name, got, s, t in zip(NAMES, fused(x, w, b, dy), same, truth):
+        check_rule(name, got, s, t, dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_autocast_output_is_fp32():
+    """CUDA autocast runs layer_norm in fp32 and returns fp32: so do the kernels, with the
+    values of fp32 PyTorch on the same (bf16) input."""
+    x, w, b, dy = make((4096, 96), "cuda")
+    x, w, b = x.bfloat16(), w.float(), b.float()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = layer_norm(x, w, b, 1e-5, "triton")
+        want = F.layer_norm(x, (96,), w, b)
+    assert got.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
