@@ -57,6 +57,19 @@ def test_fp32_matches_float64_autograd(shape):
         assert err < 1e-5, f"{name}: {err:.3g}"
 
 
+@pytest.mark.parametrize("rows", [144, 150])  # 9 blocks of 16 rows; 10, the last one partial
+def test_backward_programs_looping_over_row_blocks(monkeypatch, rows):
+    """At most 3 backward programs: each loops over 3 or 4 row blocks (the last program
+    runs past the rows) and sums its dweight / dbias share in registers."""
+    monkeypatch.setattr(ln, "BWD_PROGRAMS", 3)
+    x, w, b, dy = make((rows, 96))
+    truth = reference(x, w, b, dy)
+    got = fused(x.float(), w.float(), b.float(), dy.float())
+    for name, g, t in zip(NAMES, got, truth):
+        err = ((g.double() - t).abs().max() / t.abs().max()).item()
+        assert err < 1e-5, f"{name}: {err:.3g}"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_input_and_autocast(dtype):
     """y is in x's dtype (one rounding of the fp32 result; the interpreter truncates to
