@@ -80,7 +80,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, dim: int, backend: str = "torch"):
         super().__init__()
-        self.norm = LayerNorm(4 * dim, backend=backend)
+        self.norm = LayerNorm(4 * dim, backend=backend, to_autocast_dtype=True)  # -> reduction
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -100,10 +100,11 @@ class SwinBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, window: int, shift: int, drop_path: float,
                  mlp_ratio: float = 4.0, backend: str = "torch"):
         super().__init__()
-        self.norm1 = LayerNorm(dim, backend=backend)
+        # both norms feed only a Linear (qkv after zero padding; fc1)
+        self.norm1 = LayerNorm(dim, backend=backend, to_autocast_dtype=True)
         self.attn = WindowAttention(dim, num_heads, window, shift, backend=backend)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = LayerNorm(dim, backend=backend)
+        self.norm2 = LayerNorm(dim, backend=backend, to_autocast_dtype=True)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor) -> Tensor:

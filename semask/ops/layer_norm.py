@@ -6,7 +6,10 @@
 "triton" is asked for by name, under ``TRITON_INTERPRET=1``). The CUDA extension has no
 LayerNorm, and under torch.compile (which fuses LayerNorm itself) or a dispatch mode
 PyTorch's runs. The result's dtype is autocast's: fp32 under CUDA autocast (layer_norm is on
-its fp32 list), else x's (CPU autocast leaves layer_norm alone).
+its fp32 list), else x's (CPU autocast leaves layer_norm alone). A LayerNorm made with
+``to_autocast_dtype=True`` feeds a layer that autocast runs in its low precision (a Linear):
+under autocast its kernel writes that dtype directly, the values autocast's cast of the
+fp32 result gives, without the cast (and its backward) as separate kernels.
 """
 from __future__ import annotations
 
@@ -52,22 +55,30 @@ def _use_triton(backend: str, x: Tensor, weight, bias) -> bool:
 
 
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
-               backend: str = "torch") -> Tensor:
+               backend: str = "torch", to_autocast_dtype: bool = False) -> Tensor:
     """``F.layer_norm`` over the last dimension of x [..., C] (see the module docstring)."""
     if not _use_triton(backend, x, weight, bias):
         return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
-    autocast_fp32 = x.is_cuda and torch.is_autocast_enabled("cuda")
-    out_dtype = torch.float32 if autocast_fp32 else x.dtype
+    device = x.device.type
+    if to_autocast_dtype and torch.is_autocast_enabled(device):
+        out_dtype = torch.get_autocast_dtype(device)
+    elif device == "cuda" and torch.is_autocast_enabled("cuda"):
+        out_dtype = torch.float32
+    else:
+        out_dtype = x.dtype
     return _LayerNorm.apply(x.contiguous(), weight, bias, eps, out_dtype)
 
 
 class LayerNorm(nn.LayerNorm):
     """nn.LayerNorm over the last dimension, on the Triton kernels when ``backend`` asks for
-    fused ops (see the module docstring). x [..., C] -> [..., C]."""
+    fused ops; ``to_autocast_dtype``: its output only feeds a Linear (see the module
+    docstring). x [..., C] -> [..., C]."""
 
-    def __init__(self, dim: int, eps: float = 1e-5, backend: str = "torch"):
+    def __init__(self, dim: int, eps: float = 1e-5, backend: str = "torch",
+                 to_autocast_dtype: bool = False):
         super().__init__(dim, eps=eps)
-        self.backend = backend
+        self.backend, self.to_autocast_dtype = backend, to_autocast_dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        return layer_norm(x, self.weight, self.bias, self.eps, self.backend)
+        return layer_norm(x, self.weight, self.bias, self.eps, self.backend,
+                          self.to_autocast_dtype)

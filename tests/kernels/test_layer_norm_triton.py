@@ -91,6 +91,27 @@ def test_half_precision_input_and_autocast(dtype):
     assert y_auto.dtype == torch_y.dtype == dtype
 
 
+def test_autocast_dtype_output_equals_the_cast_of_the_fp32_result():
+    """to_autocast_dtype: under autocast y comes in the autocast dtype with the values of
+    autocast's cast of the fp32 LayerNorm (the interpreter truncates to bf16 where a GPU
+    rounds: within 1 ulp here) and the gradients it would give; without autocast, fp32."""
+    x, w, b, dy = (t.float() for t in make((70, 96)))
+    mod = LayerNorm(96, backend="triton", to_autocast_dtype=True)
+    with torch.no_grad():
+        mod.weight.copy_(w), mod.bias.copy_(b)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mod(xs[0])
+    want = F.layer_norm(xs[1], (96,), w, b).to(torch.bfloat16)
+    assert y.dtype == torch.bfloat16
+    assert ((y.float() - want.float()).abs() <= want.float().abs() * 2.0 ** -7).all()
+    for out, leaf in ((y, xs[0]), (want, xs[1])):
+        out.backward(dy.bfloat16())
+    err = ((xs[0].grad - xs[1].grad).abs().max() / xs[1].grad.abs().max()).item()
+    assert xs[0].grad.dtype == torch.float32 and err < 1e-5
+    assert mod(x).dtype == torch.float32
+
+
 def test_module_keeps_nn_layernorm_parameters_and_choice():
     """Same state dict as nn.LayerNorm; Triton only where asked for and runnable."""
     mod = LayerNorm(96, backend="triton")
@@ -177,3 +198,7 @@ def test_gpu_autocast_output_is_fp32():
         want = F.layer_norm(x, (96,), w, b)
     assert got.dtype == want.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # feeding a Linear: bf16 directly
+        low = layer_norm(x, w, b, 1e-5, "triton", to_autocast_dtype=True)
+    assert low.dtype == torch.bfloat16
+    assert ((low.float() - want.bfloat16().float()).abs() <= want.abs() * 2.0 ** -7).all()
