@@ -7,7 +7,8 @@ from functools import cached_property
 import torch
 from torch import Tensor, nn
 
-from ..ops.backend import requested_backend
+from ..ops.backend import eager_dispatch, requested_backend
+from .autocast_weights import call_with, cast_weights, lowp_parameter_names
 from .heads import FPNHead, resize, semantic_decoder
 from .loss import upsampled_cross_entropy
 from .swin import BackboneOutput, SwinBackbone
@@ -128,10 +129,28 @@ class SeMaskSwin(nn.Module):
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         if min(images.shape[2:]) < 32:
             raise ValueError(f"images must be at least 32x32, got {tuple(images.shape[2:])}")
-        feats: BackboneOutput = self.backbone(images)
+        weights = self._autocast_weights(images)
+        feats: BackboneOutput = call_with(self.backbone, "backbone", weights, images)
         fused = self.fused_upsample and self._triton_here(images)
-        return SegOutput(self.decode_head(feats.features, fused), tuple(images.shape[2:]),
-                         feats.semantic_logits)
+        logits = call_with(self.decode_head, "decode_head", weights, feats.features, fused)
+        return SegOutput(logits, tuple(images.shape[2:]), feats.semantic_logits)
+
+    def _autocast_weights(self, images: Tensor) -> dict[str, Tensor]:
+        """The Linear and Conv2d weights cast to the autocast dtype in one go
+        (:mod:`.autocast_weights`) for fused models in eager mode under autocast; {} otherwise,
+        and with gradient checkpointing (whose recomputation runs after the forward) or a
+        distributed process group (one cast node would hand DDP every gradient at the end)."""
+        device = images.device.type
+        if (self.backend_request == "torch" or not self._triton_here(images)
+                or not torch.is_autocast_enabled(device) or not eager_dispatch((images,))
+                or any(layer.grad_checkpointing for layer in self.backbone.layers)
+                or torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return {}
+        return cast_weights(self, self._lowp_names, torch.get_autocast_dtype(device))
+
+    @cached_property
+    def _lowp_names(self) -> list[str]:
+        return lowp_parameter_names(self)
 
     def loss(self, out: SegOutput, target: Tensor) -> dict[str, Tensor]:
         """CE(main) + 0.4 * CE(semantic decoder); target [B, H, W] long, 255 ignored.

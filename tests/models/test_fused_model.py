@@ -117,3 +117,33 @@ def test_compiled_fused_model_trains_like_the_reference_on_cpu(monkeypatch):
     assert grad_f.keys() == grad_r.keys()
     for name, g in grad_r.items():
         torch.testing.assert_close(grad_f[name], g, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_weights_cast_in_one_go_under_autocast_change_nothing(monkeypatch):
+    """Under (CPU, bf16) autocast a fused model casts its Linear and Conv2d weights with one
+    multi-tensor copy per direction instead of one cast each: logits, loss and every
+    parameter gradient are bitwise those of autocast's own per-layer casts."""
+    from semask.models import autocast_weights
+    _, fused = twin_models(monkeypatch, "triton", semantic_windowed=(True, True, False, False))
+    images, target = torch.randn(1, 3, 45, 61), torch.randint(0, 19, (1, 45, 61))
+    calls = []
+    cast = autocast_weights._CastAll.apply
+    monkeypatch.setattr(autocast_weights._CastAll, "apply",
+                        lambda *a: calls.append(len(a) - 1) or cast(*a))
+    results = []
+    for batched in (True, False):
+        if not batched:
+            monkeypatch.setattr(type(fused), "_autocast_weights", lambda self, images: {})
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(forward_backward(fused, images, target))
+    n_layers = sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for m in fused.modules())
+    assert len(calls) == 1 and n_layers < calls[0] <= 2 * n_layers  # weights and biases
+    (out_a, loss_a, grad_a), (out_b, loss_b, grad_b) = results
+    assert out_a.logits.dtype == out_b.logits.dtype
+    assert torch.equal(out_a.logits, out_b.logits) and torch.equal(loss_a["loss"], loss_b["loss"])
+    assert grad_a.keys() == grad_b.keys()
+    for name, g in grad_b.items():
+        assert grad_a[name].dtype == g.dtype and torch.equal(grad_a[name], g), name
+    with torch.no_grad():  # no autocast: nothing cast
+        fused(images)
+    assert len(calls) == 1
