@@ -17,9 +17,10 @@ lives at ((r + s) % Hp, (c + s) % Wp) of qkv and of the padded map), the window 
 and reverse, the crop of out to the unpadded map, the relative position index (``_bias``,
 from token coordinates as in Liu et al. 2021) and the shift mask (-100 between the 3x3
 regions of ``shift_region_labels``: row bands split at Hp - w and Hp - s, column bands at
-Wp - w and Wp - s). No roll, pad, crop, partition, index or mask tensor is made. Dots accumulate in fp32; fp32 inputs use
-``input_precision="ieee"`` (no TF32) so they match the fp32 reference to ~1e-6; fp16/bf16
-round P and dS to the input dtype before their dots, as flash attention does.
+Wp - w and Wp - s). No roll, pad, crop, partition, index or mask tensor is made. Dots
+accumulate in fp32; fp32 inputs use ``input_precision="ieee"`` (no TF32) so they match the
+fp32 reference to ~1e-6; fp16/bf16 round P and dS to the input dtype before their dots, as
+flash attention does.
 
 Tiles. A program owns BLOCK_M query rows of a window and always the whole key range, so the
 softmax is one pass (no online rescaling) and lse is exact. The N keys are a head tile of

@@ -40,19 +40,22 @@ class _CastAll(torch.autograd.Function):
         return (None, *out)
 
 
-def lowp_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the weights and biases of ``model``'s Linear and Conv2d layers."""
-    return [f"{prefix}.{name}" if prefix else name
+def lowp_parameters(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(name in ``model``, layer, attribute) of the weights and biases of ``model``'s Linear
+    and Conv2d layers (the parameters themselves are looked up per call: cheap, and right
+    if one is replaced)."""
+    return [(f"{prefix}.{attr}" if prefix else attr, module, attr)
             for prefix, module in model.named_modules() if isinstance(module, LOWP_LAYERS)
-            for name, _ in module.named_parameters(recurse=False)]
+            for attr, _ in module.named_parameters(recurse=False)]
 
 
-def cast_weights(model: nn.Module, names: list[str], dtype: torch.dtype) -> dict[str, Tensor]:
-    """{name: the fp32 parameter ``name`` of ``model`` cast to ``dtype``}, cast together."""
-    params = [(n, model.get_parameter(n)) for n in names]
-    params = [(n, p) for n, p in params if p.dtype == torch.float32]
-    casted = _CastAll.apply(dtype, *(p for _, p in params))
-    return dict(zip((n for n, _ in params), casted))
+def cast_weights(params: list[tuple[str, nn.Module, str]], dtype: torch.dtype) -> dict[str, Tensor]:
+    """{name: the fp32 parameter cast to ``dtype``} of ``params`` (:func:`lowp_parameters`),
+    cast together."""
+    found = [(name, getattr(module, attr)) for name, module, attr in params]
+    found = [(name, p) for name, p in found if p.dtype == torch.float32]
+    casted = _CastAll.apply(dtype, *(p for _, p in found))
+    return dict(zip((name for name, _ in found), casted))
 
 
 def call_with(module: nn.Module, prefix: str, weights: dict[str, Tensor], *args):

@@ -94,13 +94,15 @@ def window_attention(qkv: Tensor, table: Tensor, num_heads: int, window: int, sh
     the fused kernels write only those). ``backend`` is one of ``backend.CHOICES``.
     """
     if backend == "torch":
-        return _crop(window_attention_reference(qkv, table, num_heads, window, shift, scale), size)
+        return _crop(window_attention_reference(qkv, table, num_heads, window, shift, scale),
+                     size)
     check_window_attention_inputs(qkv, table, num_heads, window, shift, size)
     params = dict(num_heads=num_heads, window=window, shift=shift)
     qkv, table = qkv.contiguous(), table.contiguous()
     name = _backend.choose(backend, OP, [qkv, table], params)
     if name == "torch":
-        return _crop(window_attention_reference(qkv, table, num_heads, window, shift, scale), size)
+        return _crop(window_attention_reference(qkv, table, num_heads, window, shift, scale),
+                     size)
     height, width = size if size is not None else qkv.shape[1:3]
     if _backend.eager_dispatch([qkv, table]):
         return _backend.EagerFused.apply(_EAGER, qkv, table, num_heads, window, shift, scale,

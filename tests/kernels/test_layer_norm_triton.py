@@ -36,7 +36,8 @@ def make(shape, device="cpu", dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     C = shape[-1]
     x = torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 0.5
-    w, b = torch.randn(C, generator=g, dtype=torch.float64), torch.randn(C, generator=g, dtype=torch.float64)
+    w = torch.randn(C, generator=g, dtype=torch.float64)
+    b = torch.randn(C, generator=g, dtype=torch.float64)
     dy = torch.randn(shape, generator=g, dtype=torch.float64)
     return [t.to(device=device, dtype=dtype) for t in (x, w, b, dy)]
 
@@ -135,7 +136,8 @@ def test_reasons_name_what_is_missing():
     assert "affine" in ln.reasons([x, None, None], {})[0]
     assert "float64" in ln.reasons([x.double(), torch.ones(8), torch.zeros(8)], {})[0]
     wide = torch.randn(1, ln.MAX_C + 1)
-    assert "rows of" in ln.reasons([wide, torch.ones(ln.MAX_C + 1), torch.zeros(ln.MAX_C + 1)], {})[0]
+    affine = torch.ones(ln.MAX_C + 1), torch.zeros(ln.MAX_C + 1)
+    assert "rows of" in ln.reasons([wide, *affine], {})[0]
 
 
 def test_gradient_cannot_be_differentiated_again():
