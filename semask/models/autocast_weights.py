@@ -64,4 +64,4 @@ def call_with(module: nn.Module, prefix: str, weights: dict[str, Tensor], *args)
     own = {n[len(prefix) + 1:]: t for n, t in weights.items() if n.startswith(prefix + ".")}
     if not own:
         return module(*args)
-    return torch.func.functional_call(module, own, args)
+    return torch.func.functional_call(module, own, args, tie_weights=False)  # none are tied
