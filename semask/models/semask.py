@@ -143,6 +143,7 @@ class SeMaskSwin(nn.Module):
         device = images.device.type
         if (self.backend_request == "torch" or not self._triton_here(images)
                 or not torch.is_autocast_enabled(device) or not eager_dispatch((images,))
+                or torch.get_autocast_dtype(device) == torch.float32
                 or any(layer.grad_checkpointing for layer in self.backbone.layers)
                 or torch.distributed.is_available() and torch.distributed.is_initialized()):
             return {}

@@ -144,6 +144,12 @@ def test_weights_cast_in_one_go_under_autocast_change_nothing(monkeypatch):
     assert grad_a.keys() == grad_b.keys()
     for name, g in grad_b.items():
         assert grad_a[name].dtype == g.dtype and torch.equal(grad_a[name], g), name
-    with torch.no_grad():  # no autocast: nothing cast
+    monkeypatch.undo()  # the real _autocast_weights again, the spy gone
+    monkeypatch.setattr(autocast_weights._CastAll, "apply",
+                        lambda *a: calls.append(len(a) - 1) or cast(*a))
+    with torch.no_grad():  # no autocast, or gradient checkpointing: nothing cast
         fused(images)
+        fused.backbone.set_grad_checkpointing((0,))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fused(images)
     assert len(calls) == 1
