@@ -99,6 +99,11 @@ def reasons(tensors, params: dict) -> list[str]:
         why.append("needs weight and bias (elementwise_affine)")
     elif weight.dtype not in DTYPES or bias.dtype not in DTYPES:
         why.append("weight and bias must be float32, float16 or bfloat16")
+    elif tuple(weight.shape) != x.shape[-1:] or tuple(bias.shape) != x.shape[-1:]:
+        why.append(f"weight and bias must be [{x.shape[-1]}] (x's last dimension), got "
+                   f"{tuple(weight.shape)} and {tuple(bias.shape)}")
+    elif weight.device != x.device or bias.device != x.device:
+        why.append("x, weight and bias must be on one device")
     if not 1 <= x.shape[-1] <= MAX_C:
         why.append(f"rows of {x.shape[-1]} (1..{MAX_C})")
     if x.numel() == 0:

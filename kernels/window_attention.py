@@ -495,7 +495,8 @@ def forward(qkv: torch.Tensor, table: torch.Tensor, num_heads: int, window: int,
     of the map (default Hp, Wp: the padded map). ``windows_per_program`` overrides the
     grouping heuristic."""
     n_windows, nW, nWw, Hp, Wp = _geometry(qkv, window)
-    H, W = height or Hp, width or Wp
+    H = Hp if height is None else height
+    W = Wp if width is None else width
     C = qkv.shape[-1] // 3
     cfg = _config(window, "fwd", qkv.dtype)
     num_qb = triton.cdiv(window * window, cfg["BLOCK_M"])

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.backend import eager_dispatch, requested_backend
-from .autocast_weights import call_with, cast_weights, lowp_parameters
+from .autocast_weights import call_with, cast_weights
 from .heads import FPNHead, resize, semantic_decoder
 from .loss import upsampled_cross_entropy
 from .swin import BackboneOutput, SwinBackbone
@@ -147,11 +147,7 @@ class SeMaskSwin(nn.Module):
                 or any(layer.grad_checkpointing for layer in self.backbone.layers)
                 or torch.distributed.is_available() and torch.distributed.is_initialized()):
             return {}
-        return cast_weights(self._lowp_parameters, torch.get_autocast_dtype(device))
-
-    @cached_property
-    def _lowp_parameters(self) -> list[tuple[str, nn.Module, str]]:
-        return lowp_parameters(self)
+        return cast_weights(self, torch.get_autocast_dtype(device))
 
     def loss(self, out: SegOutput, target: Tensor) -> dict[str, Tensor]:
         """CE(main) + 0.4 * CE(semantic decoder); target [B, H, W] long, 255 ignored.

@@ -42,7 +42,7 @@ class DropPath(nn.Module):
             return x + branch
         keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device,
                            dtype=torch.promote_types(x.dtype, branch.dtype)).bernoulli_(1 - self.p)
-        return torch.addcmul(x, branch, keep, value=1 / (1 - self.p))
+        return torch.addcmul(x, branch, keep, value=1 / (1 - self.p) if self.p < 1 else 0.0)
 
     def extra_repr(self) -> str:
         return f"p={self.p:.3f}"

@@ -140,6 +140,13 @@ def test_reasons_name_what_is_missing():
     assert "rows of" in ln.reasons([wide, *affine], {})[0]
 
 
+def test_mismatched_weight_raises_as_pytorch():
+    """A weight of another length than x's rows: PyTorch's error, not reads past its end."""
+    with pytest.raises(RuntimeError):
+        LayerNorm(4, backend="triton")(torch.randn(3, 8))
+    assert "must be [8]" in ln.reasons([torch.randn(3, 8), torch.ones(4), torch.zeros(4)], {})[0]
+
+
 def test_gradient_cannot_be_differentiated_again():
     x = torch.randn(3, 16, requires_grad=True)
     w, b = torch.ones(16, requires_grad=True), torch.zeros(16)

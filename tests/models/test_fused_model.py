@@ -153,3 +153,24 @@ def test_weights_cast_in_one_go_under_autocast_change_nothing(monkeypatch):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fused(images)
     assert len(calls) == 1
+
+
+def test_weights_cast_in_one_go_respect_frozen_replaced_and_low_precision_layers(monkeypatch):
+    """Frozen layers record no graph (the features of a frozen backbone need no gradient);
+    a layer replaced after a forward is the one used and trained; a model already in bf16
+    has nothing to cast and runs."""
+    _, fused = twin_models(monkeypatch, "triton", semantic_windowed=(True, True, False, False))
+    images = torch.randn(1, 3, 45, 61)
+    fused.backbone.requires_grad_(False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused(images)
+    assert not any(t.requires_grad for t in out.semantic_logits) and out.logits.requires_grad
+    old = fused.decode_head.conv_seg
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused(images)  # one forward before the replacement
+        fused.decode_head.conv_seg = torch.nn.Conv2d(old.in_channels, old.out_channels, 1)
+        fused(images).logits.float().sum().backward()
+    assert fused.decode_head.conv_seg.weight.grad is not None and old.weight.grad is None
+    fused.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert fused(images).logits.dtype == torch.bfloat16

@@ -240,6 +240,12 @@ def test_drop_path_keeps_or_drops_whole_samples_and_rescales():
     y = drop(x.detach().float(), branch.detach().bfloat16())
     assert y.dtype == torch.float32
     torch.testing.assert_close(drop.eval()(x, branch), x + branch)
+    every = swin_mod.DropPath(1.0).train()  # drops every sample: x, and no gradient to branch
+    x.grad = branch.grad = None
+    y = every(x, branch)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.equal(branch.grad, torch.zeros_like(branch))
 
 
 def test_grad_checkpointing_gives_same_gradients():
