@@ -332,7 +332,8 @@ def _model_probe(provider: str, device: str, dtype) -> list[str]:
 
 def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                   allow_interpreter: bool = False, loss_chunk="auto",
-                  fused_loss: bool = True, fused_upsample: bool = True) -> Prepared:
+                  fused_loss: bool = True, fused_upsample: bool = True,
+                  fused_norm: bool = True) -> Prepared:
     dtype = DTYPES[dtype_name]
     if provider in COMPILED and device == "cpu":
         raise Skip("torch.compile of a whole model takes minutes on a CPU; left out there")
@@ -351,6 +352,7 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
         model.loss_chunk = loss_chunk
     model.fused_loss = model.fused_loss and fused_loss
     model.fused_upsample = model.fused_upsample and fused_upsample
+    model.fused_norm = model.fused_norm and fused_norm
     images = torch.randn(case.batch, 3, p["img"], p["img"], device=device)
     target = torch.randint(0, p["K"], (case.batch, p["img"], p["img"]), device=device)
     use_autocast = dtype != torch.float32
@@ -393,6 +395,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
         note = join_notes(note, "training step: forward, loss, backward, AdamW step", loss)
     if model.fused_upsample:
         note = join_notes(note, "fused x2 upsampling (head, decoder)")
+    if model.fused_norm:
+        note = join_notes(note, "Triton LayerNorm")
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
     # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel)
     return Prepared(make(runner), make(model, contextlib.nullcontext), long_step=True, note=note)
@@ -400,10 +404,12 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
 
 def prepare(case: Case, provider: str, device: str, dtype_name: str,
             allow_interpreter_models: bool = False, loss_chunk="auto",
-            fused_loss: bool = True, fused_upsample: bool = True) -> Prepared:
+            fused_loss: bool = True, fused_upsample: bool = True,
+            fused_norm: bool = True) -> Prepared:
     """``loss_chunk`` ("auto": the model's default, None or an int), ``fused_loss`` (False:
-    never the fused loss kernel) and ``fused_upsample`` (False: the head's and decoder's
-    upsampling as the reference's) apply to model cases."""
+    never the fused loss kernel), ``fused_upsample`` (False: the head's and decoder's
+    upsampling as the reference's) and ``fused_norm`` (False: PyTorch's LayerNorm) apply to
+    model cases."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
     if provider == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -411,7 +417,7 @@ def prepare(case: Case, provider: str, device: str, dtype_name: str,
                    "run on CPU only in the interpreter)")
     if case.kind == "model":
         return prepare_model(case, provider, device, dtype_name, allow_interpreter_models,
-                             loss_chunk, fused_loss, fused_upsample)
+                             loss_chunk, fused_loss, fused_upsample, fused_norm)
     if provider == "triton-compile":
         raise Skip("triton-compile compiles whole models; the op cases have triton and compile")
     return prepare_op(case, provider, device, dtype_name)

@@ -94,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="the triton provider's models upsample in the FPN head and the "
                          "semantic decoder as the reference does (no Triton x2 upsampling, "
                          "no folded chains)")
+    ap.add_argument("--no-fused-norm", dest="fused_norm", action="store_false",
+                    help="the triton provider's models run PyTorch's LayerNorm (no Triton "
+                         "LayerNorm kernels)")
     ap.add_argument("--isolate", action="store_true",
                     help="run each provider in its own process (a crashing kernel cannot take "
                          "the others down); the time budget is shared out between them")
@@ -163,7 +166,8 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
     try:
         prepared = providers.prepare(case, provider, args.device, args.dtype,
                                      loss_chunk=args.loss_chunk, fused_loss=args.fused_loss,
-                                     fused_upsample=args.fused_upsample)
+                                     fused_upsample=args.fused_upsample,
+                                     fused_norm=args.fused_norm)
         rec["note"] = prepared.note or None
         rec["time_ms"] = measure.time_ms(prepared.step, args.device, args.target_time,
                                          max_reps=prepared.max_reps, long_step=prepared.long_step,
@@ -343,6 +347,8 @@ def run_isolated(args, cases) -> dict:
             argv.append("--no-fused-loss")
         if not args.fused_upsample:
             argv.append("--no-fused-upsample")
+        if not args.fused_norm:
+            argv.append("--no-fused-norm")
         for flag, value in (("--batch", args.batch), ("--model-batch", args.model_batch),
                             ("--cases", ",".join(args.cases) if args.cases else None)):
             if value is not None:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.backend import eager_dispatch, requested_backend
+from ..ops.layer_norm import LayerNorm
 from .autocast_weights import call_with, cast_weights
 from .heads import FPNHead, resize, semantic_decoder
 from .loss import upsampled_cross_entropy
@@ -81,6 +82,8 @@ class SeMaskSwin(nn.Module):
     "triton"). ``fused_upsample``: the x2 upsamplings of the FPN head and the semantic
     decoder on the Triton kernels where they run, their linear chains taken in fewer
     steps (:mod:`semask.models.heads`; same values up to rounding); same default.
+    ``fused_norm``: the backbone's LayerNorms on the Triton kernels where they run
+    (:mod:`semask.ops.layer_norm`); same default; settable later.
     """
 
     def __init__(self, variant: str = "tiny", num_classes: int = 150, head: str = "fpn",
@@ -89,7 +92,7 @@ class SeMaskSwin(nn.Module):
                  pretrained: str | None = None, *, window_size: int | None = None,
                  head_channels: int = 256, loss_avg_non_ignore: bool = False,
                  loss_chunk: int | None | str = "auto", fused_loss: bool | None = None,
-                 fused_upsample: bool | None = None):
+                 fused_upsample: bool | None = None, fused_norm: bool | None = None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -120,6 +123,7 @@ class SeMaskSwin(nn.Module):
                                      semantic, semantic_windowed, drop_path_rate,
                                      backend=self.backend_request)
         self.decode_head = FPNHead(self.backbone.channels, num_classes, head_channels)
+        self.fused_norm = triton if fused_norm is None else fused_norm
         if pretrained:
             from .checkpoint import load_checkpoint
             load_checkpoint(self, pretrained)
@@ -134,6 +138,18 @@ class SeMaskSwin(nn.Module):
         fused = self.fused_upsample and self._triton_here(images)
         logits = call_with(self.decode_head, "decode_head", weights, feats.features, fused)
         return SegOutput(logits, tuple(images.shape[2:]), feats.semantic_logits)
+
+    @property
+    def fused_norm(self) -> bool:
+        """Whether the backbone's LayerNorms ask for the Triton kernels."""
+        return self._fused_norm
+
+    @fused_norm.setter
+    def fused_norm(self, on: bool) -> None:
+        self._fused_norm = bool(on)
+        for module in self.backbone.modules():
+            if isinstance(module, LayerNorm):
+                module.backend = self.backend_request if self._fused_norm else "torch"
 
     def _autocast_weights(self, images: Tensor) -> dict[str, Tensor]:
         """The Linear and Conv2d weights cast to the autocast dtype in one go

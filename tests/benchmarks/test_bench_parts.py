@@ -155,7 +155,8 @@ def _vjp(fn, inputs, dout):
 
 def _args(loss_chunk="auto", fused_loss=True, fused_upsample=True):
     return argparse.Namespace(device="cpu", dtype="fp32", target_time=0.01, loss_chunk=loss_chunk,
-                              fused_loss=fused_loss, fused_upsample=fused_upsample)
+                              fused_loss=fused_loss, fused_upsample=fused_upsample,
+                              fused_norm=True)
 
 
 @pytest.fixture
@@ -195,6 +196,7 @@ def test_loss_chunk_option_reaches_the_models(monkeypatch, one_thread):
     assert R.parse_args([]).fused_loss and not R.parse_args(["--no-fused-loss"]).fused_loss
     assert R.parse_args([]).fused_upsample
     assert not R.parse_args(["--no-fused-upsample"]).fused_upsample
+    assert R.parse_args([]).fused_norm and not R.parse_args(["--no-fused-norm"]).fused_norm
     with pytest.raises(SystemExit):
         R.parse_args(["--loss-chunk", "0"])
     monkeypatch.setitem(backend._providers, "cuda", _ReferenceAsFused())

@@ -174,3 +174,17 @@ def test_weights_cast_in_one_go_respect_frozen_replaced_and_low_precision_layers
     fused.bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         assert fused(images).logits.dtype == torch.bfloat16
+
+
+def test_fused_norm_switch_sets_every_backbone_layernorm():
+    """fused_norm: on by default where the Triton kernels are asked for, off for the
+    reference; switching it later moves every backbone LayerNorm between the two."""
+    from semask.ops.layer_norm import LayerNorm
+    norms = lambda m: [n for n in m.backbone.modules() if isinstance(n, LayerNorm)]  # noqa: E731
+    model = semask.SeMaskSwin("micro", num_classes=5, fused="triton", head_channels=16)
+    assert model.fused_norm and {n.backend for n in norms(model)} == {"triton"}
+    model.fused_norm = False
+    assert len(norms(model)) > 10 and {n.backend for n in norms(model)} == {"torch"}
+    assert not semask.SeMaskSwin("micro", num_classes=5, fused=False, head_channels=16).fused_norm
+    off = semask.SeMaskSwin("micro", num_classes=5, fused="triton", fused_norm=False, head_channels=16)
+    assert {n.backend for n in norms(off)} == {"torch"}
