@@ -10,6 +10,8 @@ through, being in its dtype already. Values and gradients are those of autocast'
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -53,13 +55,11 @@ def cast_weights(model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
                 if p.dtype == torch.float32:
                     found[p.requires_grad].append((f"{prefix}.{attr}" if prefix else attr, p))
     out = {}
-    if found[True]:
-        casted = _CastAll.apply(dtype, *(p for _, p in found[True]))
-        out.update(zip((name for name, _ in found[True]), casted))
-    if found[False]:
-        with torch.no_grad():
-            casted = _CastAll.apply(dtype, *(p for _, p in found[False]))
-        out.update(zip((name for name, _ in found[False]), casted))
+    for trainable, params in found.items():
+        if params:
+            with contextlib.nullcontext() if trainable else torch.no_grad():
+                casted = _CastAll.apply(dtype, *(p for _, p in params))
+            out.update(zip((name for name, _ in params), casted))
     return out
 
 
