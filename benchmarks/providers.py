@@ -393,9 +393,11 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
         loss = ("fused upsample + cross-entropy loss kernel" if model.fused_loss else
                 f"chunked loss (loss_chunk={model.loss_chunk})" if model.loss_chunk else "")
         note = join_notes(note, "training step: forward, loss, backward, AdamW step", loss)
-    if model.fused_upsample:
+    # the Triton upsampling and LayerNorm run in eager mode only (torch.compile traces
+    # PyTorch's ops instead): not named for the compiled providers
+    if model.fused_upsample and provider not in COMPILED:
         note = join_notes(note, "fused x2 upsampling (head, decoder)")
-    if model.fused_norm:
+    if model.fused_norm and provider not in COMPILED:
         note = join_notes(note, "Triton LayerNorm")
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
     # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel)
