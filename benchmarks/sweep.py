@@ -4,7 +4,8 @@ For every window / semantic / loss op case of ``benchmarks/cases.py`` (512 input
 every candidate configuration of each direction (forward kernel; backward kernels given
 the default forward's out and lse, the online semantic ones swept one at a time as
 "bwd/dq" and "bwd/dkdv"; for the fused loss, its loss + gradient launch, direction
-"fwd"), this script runs the kernel, checks its results against
+"fwd"; global semantic maps, which run on the GEMM path by default, sweep its row kernels'
+tiles and, against them, the attention kernels' configurations), this script runs the kernel, checks its results against
 the default configuration's (max |x - x_default| / max |x_default|; the default is the
 one the tests check against the reference), and times it (on GPU its time under CUDA
 graph replay, see ``_time_ms``; one call on CPU). Nothing in the package changes: for the
@@ -34,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import cases as C  # noqa: E402
 from benchmarks import measure, providers  # noqa: E402
 from semask.kernels import semantic_attention as SA  # noqa: E402
+from semask.kernels import semantic_gemm as SG  # noqa: E402
 from semask.kernels import semantic_window as SW  # noqa: E402
 from semask.kernels import upsample_cross_entropy as UCE  # noqa: E402
 from semask.kernels import window_attention as WA  # noqa: E402
@@ -71,6 +73,13 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
     stages = (2, 3) if kernel == "fwd" else (2,)
     cands = [dict(BLOCK_M=m, BLOCK_N=n, BLOCK_C=c, **SA._classes(K), num_warps=w, num_stages=st)
              for m, n, c, w, st in itertools.product(ms, ns, cs or [SA._pow2(Cv)], (4, 8), stages)]
+    return [cands[0], cands[-1]] if quick else cands
+
+
+def gemm_candidates(quick: bool) -> list[dict]:
+    """The GEMM path's row kernels: elements per program (TILE_ELEMENTS), num_warps."""
+    cands = [dict(path="gemm", TILE_ELEMENTS=t, num_warps=w)
+             for t, w in itertools.product((1024, 2048, 4096, 8192), (4, 8, 16))]
     return [cands[0], cands[-1]] if quick else cands
 
 
@@ -144,6 +153,29 @@ def semantic_config(whole_rows: bool, kernel: str, cfg: dict):
         yield
     finally:
         setattr(owner, name, default)
+
+
+@contextlib.contextmanager
+def gemm_config(cfg: dict):
+    """Make the GEMM path's row kernels launch with ``cfg``'s tile and warps."""
+    saved = SG.TILE_ELEMENTS, SG.NUM_WARPS
+    SG.TILE_ELEMENTS, SG.NUM_WARPS = cfg["TILE_ELEMENTS"], cfg["num_warps"]
+    try:
+        yield
+    finally:
+        SG.TILE_ELEMENTS, SG.NUM_WARPS = saved
+
+
+@contextlib.contextmanager
+def on_kernels(setting, cfg: dict):
+    """``setting(cfg)`` with global maps on the attention kernels (the GEMM path off)."""
+    saved = SG.MAX_TOKENS
+    SG.MAX_TOKENS = 0
+    try:
+        with setting(cfg):
+            yield
+    finally:
+        SG.MAX_TOKENS = saved
 
 
 # ----------------------------------------------------------------------------- one case
@@ -226,13 +258,15 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
     out, lse = forward()
     expected = {"fwd": (out,), "bwd": tuple(backward(out, lse))}
     calls = {"fwd": forward, "bwd": lambda: backward(out, lse)}
-    rows = []
+    rows, timed = [], set()
     for direction, cands, setting in _sweeps(case, quick):
         call = calls[direction.split("/")[0]]
         expect = expected[direction.split("/")[0]]
         base = dict(case=case.name, shape=case.shape(), direction=direction)
-        rows.append(dict(base, config="default", time_ms=_time_ms(call, device, default=True),
-                         rel_err=0.0, error=None))
+        if direction not in timed:  # the GEMM path and the kernels share directions
+            timed.add(direction)
+            rows.append(dict(base, config="default", time_ms=_time_ms(call, device, default=True),
+                             rel_err=0.0, error=None))
         rows += [_try(base, cfg, setting, call, expect, device, deadline) for cfg in cands]
     return rows
 
@@ -240,7 +274,9 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
 def _sweeps(case, quick: bool):
     """(direction, candidates, setting) per swept kernel of a window or semantic case:
     "fwd" and "bwd", or for the online semantic kernels "fwd", "bwd/dq" and "bwd/dkdv"
-    (each timed by the whole launch of its direction, the other kernel at its default)."""
+    (each timed by the whole launch of its direction, the other kernel at its default).
+    Global maps on the GEMM path: its row kernels ("fwd", "bwd"), then the attention
+    kernels' candidates with that path off (the default stays the GEMM path)."""
     p = case.params
     if case.kind == "window":
         for d in DIRECTIONS:
@@ -248,11 +284,16 @@ def _sweeps(case, quick: bool):
                    lambda cfg, d=d: window_config(p["window"], d, cfg))
         return
     n = p["window"] ** 2 if p["window"] else p["Hp"] * p["Wp"]
+    gemm = SG.supports(n, p["window"])
+    if gemm:
+        for d in DIRECTIONS:
+            yield d, gemm_candidates(quick), gemm_config
     whole_rows = SW.supports(n, p["window"])
     for kernel in DIRECTIONS if whole_rows else SA.KERNELS:
         direction = kernel if kernel in DIRECTIONS else "bwd/" + kernel
+        setting = lambda cfg, k=kernel: semantic_config(whole_rows, k, cfg)  # noqa: E731
         yield (direction, semantic_candidates(n, p["K"], p["C"], whole_rows, kernel, quick),
-               lambda cfg, k=kernel: semantic_config(whole_rows, k, cfg))
+               (lambda cfg, s=setting: on_kernels(s, cfg)) if gemm else setting)
 
 
 # ----------------------------------------------------------------------------- cases, report

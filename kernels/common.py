@@ -1,5 +1,5 @@
-"""Helpers shared by the kernels: fp32-accumulating dots, head + tail tiles, the bilinear
-weights and the launch device."""
+"""Helpers shared by the kernels: fp32-accumulating dots, head + tail tiles, blocks of
+whole rows, the bilinear weights and the launch device."""
 import contextlib
 
 import torch
@@ -63,6 +63,16 @@ def dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
     else:
         acc = tl.dot(a, b, input_precision=PREC)
     return acc
+
+
+@triton.jit
+def row_block(pid, M, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Block ``pid`` of BLOCK_M whole rows of a row-major [M, C] tensor: its rows (int64)
+    and columns, their mask and the [BLOCK_M, BLOCK_C] element offsets."""
+    rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_C)
+    mask = (rows < M)[:, None] & (cols < C)[None, :]
+    return rows, cols, mask, rows[:, None] * C + cols[None, :]
 
 
 @triton.jit

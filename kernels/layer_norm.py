@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import on_device
+from .common import on_device, row_block
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_C = 8192
@@ -37,19 +37,9 @@ BWD_PROGRAMS = 1024  # backward programs at most (rows of the dw/db partial sums
 
 
 @triton.jit
-def _rows(pid, M, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """This program's rows (int64) and columns, their masks and the [BLOCK_M, BLOCK_C]
-    element offsets of a row-major [M, C] tensor."""
-    rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_C)
-    mask = (rows < M)[:, None] & (cols < C)[None, :]
-    return rows, cols, mask, rows[:, None] * C + cols[None, :]
-
-
-@triton.jit
 def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, M, C, eps,
                    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows, cols, mask, offs = _rows(tl.program_id(0), M, C, BLOCK_M, BLOCK_C)
+    rows, cols, mask, offs = row_block(tl.program_id(0), M, C, BLOCK_M, BLOCK_C)
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, 1) / C
     xc = tl.where(mask, x - mean[:, None], 0.0)
@@ -71,7 +61,7 @@ def _ln_bwd_kernel(DY, X, W, MEAN, RSTD, DX, PART, M, C, blocks_per_program,
     dw = tl.zeros([BLOCK_C], tl.float32)
     db = tl.zeros([BLOCK_C], tl.float32)
     for i in range(blocks_per_program):
-        rows, cols, mask, offs = _rows(pid * blocks_per_program + i, M, C, BLOCK_M, BLOCK_C)
+        rows, cols, mask, offs = row_block(pid * blocks_per_program + i, M, C, BLOCK_M, BLOCK_C)
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(MEAN + rows, mask=rows < M, other=0.0)

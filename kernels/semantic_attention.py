@@ -13,10 +13,13 @@ the whole-row kernels): every program reads and
 writes the natural [B, Hp, Wp, *] layout; no partition copy, no N x N tensor in memory.
 Every dot accumulates in fp32; fp32 inputs use ``input_precision="ieee"`` (no TF32).
 
-Windows of up to 8 x 8 and global maps of up to 256 tokens run on the whole-row kernels
-of :mod:`semask.kernels.semantic_window` (see its ``supports``); this module runs the
-others (windows 9..16 such as 12 x 12, global maps such as 32 x 32) with the online
-softmax below, and :func:`forward`/:func:`backward` dispatch between the two.
+Global maps of up to 4096 tokens run on cuBLAS products with fused softmax rows
+(:mod:`semask.kernels.semantic_gemm`, see its ``supports``), windows of up to 8 x 8 on the
+whole-row kernels of :mod:`semask.kernels.semantic_window` (see its ``supports``); this
+module runs the others (windows 9..16 such as 12 x 12, longer global maps) with the online
+softmax below, and :func:`forward`/:func:`backward` dispatch between the three. (With
+``semantic_gemm.MAX_TOKENS`` lowered, global maps of up to 256 tokens run on the whole-row
+kernels and longer ones here, as before that path existed.)
 
 One "sequence" s in [0, B*nW) is one window (or one image when global). Block sizes:
 BLOCK_M query tokens, BLOCK_N key tokens, BLOCK_C channels of v/out; the K classes are
@@ -60,7 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import common, semantic_window
+from . import common, semantic_gemm, semantic_window
 from .common import dot, head_tail, on_device, row_tail, warps
 from .semantic_window import _load, _rows, _scores, _store
 
@@ -395,6 +398,11 @@ def _flags(q: torch.Tensor, v: torch.Tensor) -> dict:
                 UPCAST=interpreted and q.dtype == torch.bfloat16)
 
 
+def _online(N: int, window: int) -> bool:
+    """Whether sequences of N tokens run on this module's online-softmax kernels."""
+    return not (semantic_gemm.supports(N, window) or semantic_window.supports(N, window))
+
+
 def reasons(tensors, params: dict) -> list[str]:
     """Why these kernels cannot run ``[q, k, v]`` with ``params['window']`` (empty: they can)."""
     q, k, v = tensors
@@ -420,16 +428,18 @@ def reasons(tensors, params: dict) -> list[str]:
         why.append(f"window must be an int >= 0, got {window!r}")
     elif window and (q.shape[1] % window or q.shape[2] % window):
         why.append(f"map {tuple(q.shape[1:3])} is not a multiple of window {window}")
-    elif q.dtype == torch.float32 and common.old_triton_on_hopper(q) and not \
-            semantic_window.supports(_geometry(q, window)[1], window):
-        why.append("fp32 on sm_90 with windows > 8 or global maps > 256 tokens needs "
-                   "Triton >= 3.3 (3.2 fails to build the dk/dv kernel)")
+    elif q.dtype == torch.float32 and common.old_triton_on_hopper(q) and \
+            _online(_geometry(q, window)[1], window):
+        why.append("fp32 on sm_90 with windows > 8 or global maps > 4096 tokens needs "
+                   "Triton >= 3.3 (3.2 fails to build the online dk/dv kernel)")
     return why
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
     """q, k [B, Hp, Wp, K], v [B, Hp, Wp, C] -> (out [B, Hp, Wp, C], lse fp32 [B, nW, N])."""
     S, N, Hp, Wp, nWc, nW = _geometry(q, window)
+    if semantic_gemm.supports(N, window):
+        return semantic_gemm.forward(q, k, v)
     KD, C = q.shape[-1], v.shape[-1]
     out = torch.empty_like(v)
     lse = torch.empty(q.shape[0], S // q.shape[0], N, device=q.device, dtype=torch.float32)
@@ -454,6 +464,8 @@ def backward(dout, q, k, v, out, lse, window: int):
     KD, C = q.shape[-1], v.shape[-1]
     dout = dout.to(v.dtype).contiguous()
     lse = lse.contiguous()
+    if semantic_gemm.supports(N, window):
+        return semantic_gemm.backward(dout, q, k, v, lse)
     flags = _flags(q, v)
     if semantic_window.supports(N, window):
         with on_device(q):

@@ -3,7 +3,8 @@
 What it computes: :mod:`semask.kernels.semantic_attention` (same tensors, layouts and
 lse) for the sequences that :func:`supports` takes: windows of w <= 8 (w = 7: N = 49), and
 whole images of at most 256 tokens in global mode (window = 0, e.g. the last stage of
-SeMask-T at 512: 16 x 16). A program owns BLOCK_M query rows of one sequence and all of
+SeMask-T at 512: 16 x 16) where :mod:`semask.kernels.semantic_gemm` does not take them
+(by default it takes every global map of up to 4096 tokens). A program owns BLOCK_M query rows of one sequence and all of
 its keys (BLOCK_N = next power of two >= N,
 masked), so the softmax is one exact pass (no online rescaling) and every score is
 computed once per direction: the classes (K) and channels (C) are looped over in chunks

@@ -31,8 +31,10 @@ def test_every_configuration_agrees_with_the_default(result):
     assert {k[0] for k in keys} == {"window/quick/sw", "semantic/quick/win7", "semantic/quick/global",
                                     "loss/cityscapes-16x24"}
     assert {k[1] for k in keys} == {"fwd", "bwd", "bwd/dq", "bwd/dkdv"}
-    # the online semantic backward (global 17x16) sweeps its two kernels one at a time
-    assert {k[1] for k in keys if k[0] == "semantic/quick/global"} == {"fwd", "bwd/dq", "bwd/dkdv"}
+    # global 17x16: the GEMM path's row kernels ("fwd", "bwd"), and the online kernels with
+    # that path off, the backward's two kernels one at a time
+    assert {k[1] for k in keys if k[0] == "semantic/quick/global"} == {"fwd", "bwd", "bwd/dq", "bwd/dkdv"}
+    assert {r["config"].get("path") for r in rows if r["case"] == "semantic/quick/global"} == {"gemm", None}
     assert {k[1] for k in keys if k[0].startswith("loss")} == {"fwd"}  # one launch: loss + gradient
     for r in rows:
         assert r["error"] is None, r
@@ -45,7 +47,7 @@ def test_every_configuration_agrees_with_the_default(result):
 
 def test_report_names_the_best_per_case_and_direction(result):
     res, md = result
-    assert len(res["best"]) == 8
+    assert len(res["best"]) == 9
     for b in res["best"]:
         assert b["best_ms"] <= b["default_ms"] and b["speedup"] >= 1.0
         assert b["case"] in md
@@ -71,3 +73,26 @@ def test_window_config_applies_the_candidate_at_every_dtype(dtype):
         assert WA._PROGRAMS_PER_SM[1] == 9
     assert {k: WA._config(*k, dtype) for k in keys} == before
     assert WA._PROGRAMS_PER_SM[1] != 9
+
+
+def test_gemm_and_kernel_settings_apply_and_restore():
+    """A GEMM-path candidate sets the row kernels' tile and warps; an attention-kernel
+    candidate of a global case turns the GEMM path off; both restore the defaults."""
+    import contextlib
+
+    from semask.kernels import semantic_gemm as sg
+
+    defaults = sg.TILE_ELEMENTS, sg.NUM_WARPS, sg.MAX_TOKENS
+    with sweep.gemm_config(dict(path="gemm", TILE_ELEMENTS=1024, num_warps=16)):
+        assert (sg.TILE_ELEMENTS, sg.NUM_WARPS) == (1024, 16)
+    seen = []
+    with sweep.on_kernels(lambda cfg: contextlib.nullcontext(seen.append(cfg)), dict(BLOCK_M=32)):
+        assert not sg.supports(32 * 32, 0)
+    assert seen == [dict(BLOCK_M=32)]
+    assert (sg.TILE_ELEMENTS, sg.NUM_WARPS, sg.MAX_TOKENS) == defaults and sg.supports(32 * 32, 0)
+
+
+def test_one_default_row_per_case_and_direction(result):
+    res, _ = result
+    keys = [(r["case"], r["direction"]) for r in res["rows"] if r["config"] == "default"]
+    assert len(keys) == len(set(keys)) == len(res["best"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from semask.kernels import semantic_attention as sa
+from semask.kernels import semantic_gemm as sg
 from semask.kernels import semantic_window as sw
 from semask.kernels.common import row_tail
 from semask.ops.reference import semantic_attention_lse_reference, semantic_attention_reference
@@ -50,9 +51,27 @@ def rel_err(x, truth):
     return ((x.double() - truth).abs().max() / truth.abs().max()).item()
 
 
+@pytest.fixture
+def kernels_only(monkeypatch):
+    """Global maps on the Triton attention kernels instead of the GEMM path."""
+    monkeypatch.setattr(sg, "MAX_TOKENS", 0)
+
+
+def use_path(monkeypatch, path):
+    """``path`` "gemm": the default dispatch; "kernels": global maps on the Triton
+    attention kernels (windows run there either way)."""
+    if path == "kernels":
+        monkeypatch.setattr(sg, "MAX_TOKENS", 0)
+
+
+def with_paths(cases):
+    """Each case on the Triton kernels and, where global, also on the GEMM path."""
+    return [(*c, "kernels") for c in cases] + [(*c, "gemm") for c in cases if c[-1] == 0]
+
+
 # (B, H, W, K, C, window): windows 7 and 12 (and 5), global on odd, square and tiny maps
-# (up to 256 tokens: whole-row kernels; more: online softmax), odd/large K, C under, over
-# and not a multiple of the channel block.
+# (GEMM path; on the kernels: up to 256 tokens whole rows, more online softmax), odd/large
+# K, C under, over and not a multiple of the channel block.
 FP32_CASES = [
     (2, 14, 14, 19, 32, 7),
     (1, 14, 21, 150, 40, 7),
@@ -74,8 +93,8 @@ FP32_CASES = [
 ]
 
 
-def test_cases_cover_every_kernel_path():
-    """Whole rows (w <= 8, global <= 256 tokens): one and several query blocks (dk/dv
+def test_cases_cover_every_kernel_path(kernels_only):
+    """On the kernels (global maps too). Whole rows (w <= 8, global <= 256 tokens): one and several query blocks (dk/dv
     pass), several and ragged class and channel chunks, windowed and global. Online
     softmax (w = 12, longer global maps): one and several channel chunks (dk atomics),
     ragged C, padded K, classes in one tile and in head + tail tiles, windowed and global;
@@ -110,8 +129,9 @@ def test_cases_cover_every_kernel_path():
                                         "win C chunks", "win C ragged", "dq C ragged")}
 
 
-@pytest.mark.parametrize("B,H,W,K,C,window", FP32_CASES)
-def test_fp32_matches_reference(B, H, W, K, C, window):
+@pytest.mark.parametrize("B,H,W,K,C,window,path", with_paths(FP32_CASES))
+def test_fp32_matches_reference(monkeypatch, B, H, W, K, C, window, path):
+    use_path(monkeypatch, path)
     q, k, v, dout = make_inputs(B, H, W, K, C)
     truth = reference_grads(q, k, v, dout, window)
     lse_truth = semantic_attention_lse_reference(q, k, window)
@@ -133,7 +153,7 @@ def test_step_and_row_tail_sizes():
 
 
 @pytest.mark.parametrize("B,H,W,K,C,window", [(2, 18, 27, 19, 40, 9), (1, 15, 18, 19, 40, 0)])
-def test_fp32_with_half_precision_tiles(monkeypatch, B, H, W, K, C, window):
+def test_fp32_with_half_precision_tiles(monkeypatch, kernels_only, B, H, W, K, C, window):
     """The half-precision tiles on fp32 data, checked to 1e-5: row tails with masked rows in
     the forward and dq (window 9: 81 rows = 64 + a 32-row tile holding 17; global 270 =
     4 x 64 + a 16-row tile holding 14) over several sequences (12 windows), 16- and
@@ -153,7 +173,7 @@ def test_fp32_with_half_precision_tiles(monkeypatch, B, H, W, K, C, window):
 
 
 @pytest.mark.parametrize("H,W,window,K", [(7, 14, 7, 19), (7, 14, 0, 19), (17, 16, 0, 150)])
-def test_int64_offsets_path(monkeypatch, H, W, window, K):
+def test_int64_offsets_path(monkeypatch, kernels_only, H, W, window, K):
     """The int64 row arithmetic (taken for tensors of >= 2^31 elements) on small maps: whole
     rows windowed and global, online softmax (global, 272 tokens; class head and tail)."""
     monkeypatch.setattr(sa, "_row64", lambda q, v: True)
@@ -164,11 +184,12 @@ def test_int64_offsets_path(monkeypatch, H, W, window, K):
         assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
 
 
-@pytest.mark.parametrize("H,W,window", [(7, 14, 7), (7, 14, 0), (17, 16, 0)])
-def test_fp32_peaked_scores_finite_and_within_torch_error(H, W, window):
-    """Scores of std ~40 (K = 150, inputs x3): neither softmax (whole rows; online over 272
-    tokens) may overflow; dS cancels (P near one-hot), so gradients are held to torch
-    fp32's own error."""
+@pytest.mark.parametrize("H,W,window,path", with_paths([(7, 14, 7), (7, 14, 0), (17, 16, 0)]))
+def test_fp32_peaked_scores_finite_and_within_torch_error(monkeypatch, H, W, window, path):
+    """Scores of std ~40 (K = 150, inputs x3): no softmax (whole rows; online over 272
+    tokens; GEMM path's rows) may overflow; dS cancels (P near one-hot), so gradients are
+    held to torch fp32's own error."""
+    use_path(monkeypatch, path)
     q, k, v, dout = make_inputs(1, H, W, 150, 32, scale=3.0)
     truth = reference_grads(q, k, v, dout, window)
     fp32 = [t.float() for t in (q, k, v, dout)]
@@ -180,10 +201,11 @@ def test_fp32_peaked_scores_finite_and_within_torch_error(H, W, window):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("B,H,W,K,C,window", [(2, 14, 14, 19, 40, 7), (1, 9, 11, 150, 32, 0),
-                                               (1, 12, 12, 19, 40, 12), (1, 17, 16, 150, 32, 0),
-                                               (1, 17, 16, 200, 160, 0)])
-def test_half_precision_within_torch_error(dtype, B, H, W, K, C, window):
+@pytest.mark.parametrize("B,H,W,K,C,window,path", with_paths(
+    [(2, 14, 14, 19, 40, 7), (1, 9, 11, 150, 32, 0), (1, 12, 12, 19, 40, 12),
+     (1, 17, 16, 150, 32, 0), (1, 17, 16, 200, 160, 0)]))
+def test_half_precision_within_torch_error(monkeypatch, dtype, B, H, W, K, C, window, path):
+    use_path(monkeypatch, path)
     q, k, v, dout = make_inputs(B, H, W, K, C)
     truth = reference_grads(q, k, v, dout, window)
     low = [t.to(dtype) for t in (q, k, v, dout)]
@@ -234,13 +256,17 @@ def test_reasons_rejects_bad_inputs():
 def test_reasons_reject_fp32_online_on_hopper_with_triton_3_2(monkeypatch):
     """Triton 3.2 fails to build the fp32 online dk/dv kernel for sm_90: those inputs take the
     reference (simulated: the check stands in for a Hopper GPU under Triton 3.2); the
-    whole-row kernels (window 7) and half precision still run."""
+    whole-row kernels (window 7), the GEMM path (global, 272 tokens) and half precision
+    still run."""
     from semask.kernels import common
 
     monkeypatch.setattr(common, "old_triton_on_hopper", lambda t: True)
-    q, k, v, _ = (t.float() for t in make_inputs(1, 17, 16, 19, 32))  # 272 tokens: online
+    q, k, v = (torch.zeros(1, 65, 65, n) for n in (19, 19, 32))  # 4225 tokens: online
     assert any("Triton >= 3.3" in r for r in sa.reasons([q, k, v], dict(window=0)))
+    assert any("Triton >= 3.3" in r for r in sa.reasons([q, k, v], dict(window=13)))
     assert sa.reasons([q.half(), k.half(), v.half()], dict(window=0)) == []
+    q, k, v, _ = (t.float() for t in make_inputs(1, 17, 16, 19, 32))
+    assert sa.reasons([q, k, v], dict(window=0)) == []
     q, k, v, _ = (t.float() for t in make_inputs(1, 14, 14, 19, 32))
     assert sa.reasons([q, k, v], dict(window=7)) == []
 
@@ -310,9 +336,9 @@ def test_kernels_compile_for_sm90(dtype, N, K, C, window):
 GPU_CASES = [
     # SeMask-T 512, stage 1: 128x128 padded to 133x133, C=96, ADE20K K=150, window 7
     (2, 133, 133, 150, 96, 7),
-    # SeMask-B 512, stage 3: 32x32 global, C=512, K=150 (online softmax)
+    # SeMask-B 512, stage 3: 32x32 global, C=512, K=150 (GEMM path; kernels: online softmax)
     (2, 32, 32, 150, 512, 0),
-    # SeMask-T 512, stage 4: 16x16 global, C=768, K=150 (whole rows)
+    # SeMask-T 512, stage 4: 16x16 global, C=768, K=150 (GEMM path; kernels: whole rows)
     (2, 16, 16, 150, 768, 0),
     # Cityscapes K=19, window 12, Swin-B stage 1 at 512 (64x64 padded to 72x72), C=256
     (2, 72, 72, 19, 256, 12),
@@ -321,15 +347,25 @@ GPU_CASES = [
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("B,H,W,K,C,window", GPU_CASES)
-def test_gpu_stage_shapes_accuracy_rule(dtype, B, H, W, K, C, window):
+@pytest.mark.parametrize("B,H,W,K,C,window,path", with_paths(GPU_CASES))
+def test_gpu_stage_shapes_accuracy_rule(monkeypatch, dtype, B, H, W, K, C, window, path):
+    use_path(monkeypatch, path)
     q, k, v, dout = make_inputs(B, H, W, K, C, device="cuda")
     truth = reference_grads(q, k, v, dout, window)
     low = [t.to(dtype) for t in (q, k, v, dout)]
     same = reference_grads(*low, window)
     got = kernel_grads(*low, window)
-    # the log-sum-exp of the same (rounded) inputs: the kernel accumulates in fp32
-    lse_err = rel_err(got[1], semantic_attention_lse_reference(low[0].float(), low[1].float(), window))
-    assert lse_err < 1e-5, f"lse: relative error {lse_err:.3g}"
+    # the log-sum-exp of the same (rounded) inputs: the kernels accumulate the scores in
+    # fp32; the GEMM path rounds them to the input dtype, as torch does, and logsumexp moves
+    # by at most the largest change of a score
+    lse_truth = semantic_attention_lse_reference(low[0].float(), low[1].float(), window)
+    if sg.supports(H * W, window) and dtype != torch.float32:
+        qf, kf = (t.flatten(1, 2) for t in low[:2])
+        rounding = ((qf @ kf.transpose(1, 2)).double() - qf.double() @ kf.double().transpose(1, 2))
+        bound = 2 * rounding.abs().max().item() + 1e-5 * lse_truth.abs().max().item()
+        assert (got[1] - lse_truth).abs().max().item() <= bound, "lse"
+    else:
+        lse_err = rel_err(got[1], lse_truth)
+        assert lse_err < 1e-5, f"lse: relative error {lse_err:.3g}"
     for name, x, s, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), same, truth):
         check_rule(name, x, s, t, dtype)
