@@ -10,10 +10,17 @@ Swin leave most threads idle: in a SeMask-T training step (512, batch 16, H200, 
 its 36 forward calls took 4.3 ms and the backward 5.5 ms, where their fp32 HBM traffic
 (8 bytes per element forward, 12 backward, 0.4 G elements) takes ~0.7 ms and ~1.0 ms.
 
-``_ln_fwd_kernel``, grid (cdiv(M, BLOCK_M),): a program owns BLOCK_M whole rows (BLOCK_C =
-next power of two >= C, masked) and stores y and the fp32 mean and rstd of each row.
-``_ln_bwd_kernel``, grid (at most ``BWD_PROGRAMS``,), loops over consecutive row blocks,
-recomputing xhat = (x - mean) rstd from the saved statistics:
+Zero padding (``pad_multiple``, x [B, H, W, C]): y is the [B, Hp, Wp, C] map padded on the
+right/bottom to multiples of it, pad tokens 0 (what the official Swin feeds its qkv
+projection), written by the same kernel, so no pad copy (nor its backward's crop copy)
+exists; the backward reads dy of that shape at the unpadded tokens. Without padding the
+rows are one image of 1 x M tokens.
+
+``_ln_fwd_kernel``, grid (cdiv(Mp, BLOCK_M),) over the Mp output rows: a program owns
+BLOCK_M whole rows (BLOCK_C = next power of two >= C, masked), reads each one's source row
+(none for a pad row) and stores y and the fp32 mean and rstd of each source row.
+``_ln_bwd_kernel``, grid (at most ``BWD_PROGRAMS``,), loops over consecutive blocks of the M
+source rows, recomputing xhat = (x - mean) rstd from the saved statistics:
     g = dy w,  dx = rstd (g - xhat mean(g xhat) - mean(g))   (per row),
 stores dx and keeps its column sums of dy xhat (dw) and dy (db) in registers, stored at the
 end as one row of an fp32 [programs, 2, C] buffer, summed over programs afterwards
@@ -37,33 +44,50 @@ BWD_PROGRAMS = 1024  # backward programs at most (rows of the dw/db partial sums
 
 
 @triton.jit
-def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, M, C, eps,
-                   BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows, cols, mask, offs = row_block(tl.program_id(0), M, C, BLOCK_M, BLOCK_C)
-    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, 1) / C
-    xc = tl.where(mask, x - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / C + eps)
-    w = tl.load(W + cols, mask=cols < C, other=0.0).to(tl.float32)
-    b = tl.load(B + cols, mask=cols < C, other=0.0).to(tl.float32)
-    y = xc * rstd[:, None] * w[None, :] + b[None, :]
-    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
-    tl.store(MEAN + rows, mean, mask=rows < M)
-    tl.store(RSTD + rows, rstd, mask=rows < M)
+def _source_rows(out_rows, H, W, Hp, Wp):
+    """Source row (b H + y) W + x of output rows (b Hp + y) Wp + x, and whether it has one
+    (y < H and x < W; else a pad row)."""
+    b = out_rows // (Hp * Wp)
+    r = out_rows - b * (Hp * Wp)
+    y = r // Wp
+    x = r - y * Wp
+    return (b * H + y) * W + x, (y < H) & (x < W)
 
 
 @triton.jit
-def _ln_bwd_kernel(DY, X, W, MEAN, RSTD, DX, PART, M, C, blocks_per_program,
+def _ln_fwd_kernel(X, WEIGHT, BIAS, Y, MEAN, RSTD, Mp, C, H, W, Hp, Wp, eps,
+                   BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    out_rows, cols, out_mask, out_offs = row_block(tl.program_id(0), Mp, C, BLOCK_M, BLOCK_C)
+    rows, has_source = _source_rows(out_rows, H, W, Hp, Wp)
+    valid = has_source & (out_rows < Mp)
+    mask = valid[:, None] & (cols < C)[None, :]
+    x = tl.load(X + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, 1) / C
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / C + eps)
+    w = tl.load(WEIGHT + cols, mask=cols < C, other=0.0).to(tl.float32)
+    b = tl.load(BIAS + cols, mask=cols < C, other=0.0).to(tl.float32)
+    y = tl.where(mask, xc * rstd[:, None] * w[None, :] + b[None, :], 0.0)  # pad rows: 0
+    tl.store(Y + out_offs, y.to(Y.dtype.element_ty), mask=out_mask)
+    tl.store(MEAN + rows, mean, mask=valid)
+    tl.store(RSTD + rows, rstd, mask=valid)
+
+
+@triton.jit
+def _ln_bwd_kernel(DY, X, WEIGHT, MEAN, RSTD, DX, PART, M, C, H, W, Hp, Wp, blocks_per_program,
                    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
-    w = tl.load(W + cols, mask=cols < C, other=0.0).to(tl.float32)
+    w = tl.load(WEIGHT + cols, mask=cols < C, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_C], tl.float32)
     db = tl.zeros([BLOCK_C], tl.float32)
     for i in range(blocks_per_program):
         rows, cols, mask, offs = row_block(pid * blocks_per_program + i, M, C, BLOCK_M, BLOCK_C)
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        image = rows // (H * W)  # dy's row of each source row: (b Hp + y) Wp + x
+        y_x = rows - image * (H * W)
+        dy_rows = (image * Hp + y_x // W) * Wp + y_x % W
+        dy = tl.load(DY + dy_rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(MEAN + rows, mask=rows < M, other=0.0)
         rstd = tl.load(RSTD + rows, mask=rows < M, other=0.0)
         xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
@@ -109,26 +133,46 @@ def _config(C: int) -> tuple[int, int, int]:
     return max(1, TILE_ELEMENTS // block_c), block_c, 4 if block_c <= 1024 else 8
 
 
+def _maps(x: torch.Tensor, y_shape) -> tuple[int, int, int, int]:
+    """(H, W, Hp, Wp) of x [B, H, W, C] and y [B, Hp, Wp, C], or of one image of 1 x M rows
+    when y has x's shape."""
+    if tuple(y_shape) == tuple(x.shape):
+        M = x.numel() // x.shape[-1]
+        return 1, M, 1, M
+    return x.shape[1], x.shape[2], y_shape[1], y_shape[2]
+
+
+def padded_shape(x: torch.Tensor, pad_multiple: int) -> tuple:
+    """x [B, H, W, C] -> [B, Hp, Wp, C] with Hp, Wp the multiples of ``pad_multiple`` (x's
+    shape when 0)."""
+    if not pad_multiple:
+        return tuple(x.shape)
+    B, H, W, C = x.shape
+    return B, -(-H // pad_multiple) * pad_multiple, -(-W // pad_multiple) * pad_multiple, C
+
+
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-            out_dtype: torch.dtype):
-    """x [..., C] (contiguous) -> (y [..., C] in out_dtype, mean, rstd float32 [M])."""
+            out_dtype: torch.dtype, pad_multiple: int = 0):
+    """x [..., C] (contiguous) -> (y [..., C] in out_dtype, mean, rstd float32 [M]); with
+    ``pad_multiple``, x [B, H, W, C] -> y [B, Hp, Wp, C] zero-padded to its multiples."""
     C = x.shape[-1]
     M = x.numel() // C
     block_m, block_c, num_warps = _config(C)
-    y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    y = torch.empty(padded_shape(x, pad_multiple), device=x.device, dtype=out_dtype)
     mean = torch.empty(M, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
+    Mp = y.numel() // C
     with on_device(x):
-        _ln_fwd_kernel[(triton.cdiv(M, block_m),)](
-            x, weight, bias, y, mean, rstd, M, C, eps, BLOCK_M=block_m, BLOCK_C=block_c,
-            num_warps=num_warps)
+        _ln_fwd_kernel[(triton.cdiv(Mp, block_m),)](
+            x, weight, bias, y, mean, rstd, Mp, C, *_maps(x, y.shape), eps, BLOCK_M=block_m,
+            BLOCK_C=block_c, num_warps=num_warps)
     return y, mean, rstd
 
 
 def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
              rstd: torch.Tensor):
-    """Gradients of :func:`forward`: dy like y -> (dx like x, dweight float32 [C],
-    dbias float32 [C])."""
+    """Gradients of :func:`forward`: dy like y (padded or not) -> (dx like x, dweight
+    float32 [C], dbias float32 [C])."""
     C = x.shape[-1]
     M = x.numel() // C
     block_m, block_c, num_warps = _config(C)
@@ -139,7 +183,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torc
     part = torch.empty(programs, 2, C, device=x.device, dtype=torch.float32)
     with on_device(x):
         _ln_bwd_kernel[(programs,)](
-            dy.contiguous(), x, weight, mean, rstd, dx, part, M, C, per_program,
+            dy.contiguous(), x, weight, mean, rstd, dx, part, M, C, *_maps(x, dy.shape), per_program,
             BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps)
     dweight, dbias = part.sum(0)
     return dx, dweight, dbias

@@ -6,6 +6,7 @@ Follows the official Swin for segmentation (Liu et al. 2021) and the SeMask rele
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -31,21 +32,44 @@ class DropPath(nn.Module):
     """Stochastic depth per sample (Huang et al. 2016) of a residual branch:
     ``drop_path(x, branch)`` = x + branch * keep / (1 - p), keep ~ Bernoulli(1 - p) per
     sample, as one ``addcmul`` in the precision of x and branch promoted (under autocast the
-    fp32 residual stream); x + branch when off (p = 0 or eval). x, branch [B, ...]."""
+    fp32 residual stream); x + branch when off (p = 0 or eval). x, branch [B, ...].
+    ``keep`` [B]: the keep mask drawn by the caller (the backbone draws every block's in
+    one go, :class:`DropPathKeeps`)."""
 
     def __init__(self, p: float = 0.0):
         super().__init__()
         self.p = p
 
-    def forward(self, x: Tensor, branch: Tensor) -> Tensor:
+    def forward(self, x: Tensor, branch: Tensor, keep: Tensor | None = None) -> Tensor:
         if self.p == 0.0 or not self.training:
             return x + branch
-        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device,
-                           dtype=torch.promote_types(x.dtype, branch.dtype)).bernoulli_(1 - self.p)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        if keep is None:
+            keep = torch.empty(shape, device=x.device, dtype=torch.promote_types(
+                x.dtype, branch.dtype)).bernoulli_(1 - self.p)
+        else:
+            keep = keep.view(shape)
         return torch.addcmul(x, branch, keep, value=1 / (1 - self.p) if self.p < 1 else 0.0)
 
     def extra_repr(self) -> str:
         return f"p={self.p:.3f}"
+
+
+class DropPathKeeps:
+    """The keep masks of many DropPaths drawn in one go (3 launches instead of one Bernoulli
+    draw per residual): ``draw(rates, batch, device, dtype)`` -> [n, batch], row i 1 with
+    probability 1 - rates[i] per sample, else 0."""
+
+    def __init__(self):
+        self._keep_prob = {}  # (rates, device) -> fp32 [n, 1]
+
+    def draw(self, rates: tuple[float, ...], batch: int, device: torch.device,
+             dtype: torch.dtype) -> Tensor:
+        keep_prob = self._keep_prob.get((rates, device))
+        if keep_prob is None:
+            keep_prob = torch.tensor([[1 - p] for p in rates], device=device)
+            self._keep_prob[(rates, device)] = keep_prob
+        return (torch.rand(len(rates), batch, device=device) < keep_prob).to(dtype)
 
 
 class Mlp(nn.Module):
@@ -107,9 +131,12 @@ class SwinBlock(nn.Module):
         self.norm2 = LayerNorm(dim, backend=backend, to_autocast_dtype=True)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.drop_path(x, self.attn(self.norm1(x)))
-        return self.drop_path(x, self.mlp(self.norm2(x)))
+    def forward(self, x: Tensor, keeps: Tensor | None = None) -> Tensor:
+        """``keeps`` [2, B]: the DropPath keep masks of the two residuals (else drawn here)."""
+        # norm1's output zero-padded to the window multiple (the Triton LayerNorm writes it so)
+        attn = self.attn(self.norm1(x, pad_multiple=self.attn.window), size=x.shape[1:3])
+        x = self.drop_path(x, attn, None if keeps is None else keeps[0])
+        return self.drop_path(x, self.mlp(self.norm2(x)), None if keeps is None else keeps[1])
 
 
 class BasicLayer(nn.Module):
@@ -132,19 +159,21 @@ class BasicLayer(nn.Module):
         self.downsample = PatchMerging(dim, backend) if downsample else None
         self.grad_checkpointing = False
 
-    def _run(self, x: Tensor):
-        for blk in self.blocks:
-            x = blk(x)
+    def _run(self, x: Tensor, keeps: Tensor | None):
+        for j, blk in enumerate(self.blocks):
+            x = blk(x, None if keeps is None else keeps[2 * j:2 * j + 2])
         prior = None
         if self.semantic_layer is not None:
             x, prior = self.semantic_layer(x)
         down = self.downsample(x) if self.downsample is not None else None
         return x, prior, down
 
-    def forward(self, x: Tensor):
+    def forward(self, x: Tensor, keeps: Tensor | None = None):
+        """``keeps`` [2 * depth, B]: the blocks' DropPath keep masks (else each block draws
+        its own)."""
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(self._run, x, use_reentrant=False)
-        return self._run(x)
+            return checkpoint(self._run, x, keeps, use_reentrant=False)
+        return self._run(x, keeps)
 
 
 class SwinBackbone(nn.Module):
@@ -173,6 +202,7 @@ class SwinBackbone(nn.Module):
                 downsample=i < self.num_stages - 1, backend=backend))
         for i, c in enumerate(self.channels):
             self.add_module(f"norm{i}", LayerNorm(c, backend=backend))
+        self.drop_path_keeps = DropPathKeeps()
         self.apply(init_weights)
 
     def set_grad_checkpointing(self, stages=(0, 1, 2, 3)) -> None:
@@ -180,11 +210,22 @@ class SwinBackbone(nn.Module):
         for i, layer in enumerate(self.layers):
             layer.grad_checkpointing = i in stages
 
+    def _keeps(self, x: Tensor) -> list:
+        """Per stage the [2 * depth, B] DropPath keep masks of its blocks, all drawn at once
+        (in x's dtype, the residual stream's); Nones when nothing drops."""
+        rates = tuple(blk.drop_path.p for layer in self.layers for blk in layer.blocks
+                      for _ in range(2))
+        if not self.training or not any(rates):
+            return [None] * self.num_stages
+        keeps = self.drop_path_keeps.draw(rates, x.shape[0], x.device, x.dtype)
+        ends = list(itertools.accumulate(2 * len(layer.blocks) for layer in self.layers))
+        return [keeps[a:b] for a, b in zip([0] + ends[:-1], ends)]
+
     def forward(self, images: Tensor) -> BackboneOutput:
         x = self.patch_embed(images)
         features, priors = [], []
-        for i, layer in enumerate(self.layers):
-            out, prior, x = layer(x)
+        for i, (layer, keeps) in enumerate(zip(self.layers, self._keeps(x))):
+            out, prior, x = layer(x, keeps)
             features.append(getattr(self, f"norm{i}")(out).permute(0, 3, 1, 2).contiguous())
             if prior is not None:
                 priors.append(prior.permute(0, 3, 1, 2).contiguous())

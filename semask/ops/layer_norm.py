@@ -10,6 +10,9 @@ its fp32 list), else x's (CPU autocast leaves layer_norm alone). A LayerNorm mad
 ``to_autocast_dtype=True`` feeds a layer that autocast runs in its low precision (a Linear):
 under autocast its kernel writes that dtype directly, the values autocast's cast of the
 fp32 result gives, without the cast (and its backward) as separate kernels.
+``pad_multiple`` (x [B, H, W, C]) zero-pads the result on the right/bottom to multiples of
+it, as ``reference.pad_to_multiple`` after the norm; the Triton kernels write the padded
+map themselves (no pad copy, no crop copy in the backward).
 """
 from __future__ import annotations
 
@@ -18,17 +21,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backend import eager_dispatch, single_backward
+from .reference import pad_to_multiple
 
 OP = "layer_norm"
 
 
 class _LayerNorm(torch.autograd.Function):
-    """x [..., C] -> LayerNorm(x) in ``out_dtype`` by the Triton kernels; differentiates once."""
+    """x [..., C] -> LayerNorm(x) in ``out_dtype`` (zero-padded to multiples of
+    ``pad_multiple``) by the Triton kernels; differentiates once."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch.dtype):
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch.dtype,
+                pad_multiple: int):
         from semask.kernels import layer_norm as kernels
-        y, mean, rstd = kernels.forward(x, weight, bias, eps, out_dtype)
+        y, mean, rstd = kernels.forward(x, weight, bias, eps, out_dtype, pad_multiple)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.dtypes = (weight.dtype, bias.dtype)
         return y
@@ -39,7 +45,7 @@ class _LayerNorm(torch.autograd.Function):
         x, weight, mean, rstd = ctx.saved_tensors
         dx, dweight, dbias = kernels.backward(dy, x, weight, mean, rstd)
         grads = (dx, dweight.to(ctx.dtypes[0]), dbias.to(ctx.dtypes[1]))
-        return (*single_backward(grads, "the fused LayerNorm"), None, None)
+        return (*single_backward(grads, "the fused LayerNorm"), None, None, None)
 
 
 def fused_layer_norm_reasons(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> list[str]:
@@ -55,10 +61,15 @@ def _use_triton(backend: str, x: Tensor, weight, bias) -> bool:
 
 
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
-               backend: str = "torch", to_autocast_dtype: bool = False) -> Tensor:
-    """``F.layer_norm`` over the last dimension of x [..., C] (see the module docstring)."""
+               backend: str = "torch", to_autocast_dtype: bool = False,
+               pad_multiple: int = 0) -> Tensor:
+    """``F.layer_norm`` over the last dimension of x [..., C], zero-padded to multiples of
+    ``pad_multiple`` if given (x [B, H, W, C]; see the module docstring)."""
+    if pad_multiple and x.dim() != 4:
+        raise ValueError(f"layer_norm: padding needs x [B, H, W, C], got {tuple(x.shape)}")
     if not _use_triton(backend, x, weight, bias):
-        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+        y = F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+        return pad_to_multiple(y, pad_multiple) if pad_multiple else y
     device = x.device.type
     if to_autocast_dtype and torch.is_autocast_enabled(device):
         out_dtype = torch.get_autocast_dtype(device)
@@ -66,7 +77,7 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
         out_dtype = torch.float32
     else:
         out_dtype = x.dtype
-    return _LayerNorm.apply(x.contiguous(), weight, bias, eps, out_dtype)
+    return _LayerNorm.apply(x.contiguous(), weight, bias, eps, out_dtype, pad_multiple)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -79,6 +90,7 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(dim, eps=eps)
         self.backend, self.to_autocast_dtype = backend, to_autocast_dtype
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, pad_multiple: int = 0) -> Tensor:
+        """``pad_multiple``: x [B, H, W, C] -> [B, Hp, Wp, C] zero-padded to its multiples."""
         return layer_norm(x, self.weight, self.bias, self.eps, self.backend,
-                          self.to_autocast_dtype)
+                          self.to_autocast_dtype, pad_multiple)

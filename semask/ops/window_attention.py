@@ -136,11 +136,15 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x: Tensor) -> Tensor:
-        _, H, W, _ = x.shape
-        # Padding the normed tokens with zeros (before qkv) as the official Swin does:
-        # padded tokens carry q, k, v = qkv bias and take part in attention.
-        qkv = self.qkv(pad_to_multiple(x, self.window))
+    def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """x [B, H, W, C] -> [B, H, W, C]; or x already zero-padded to the window multiple
+        [B, Hp, Wp, C] with ``size`` = (H, W) (the output keeps the unpadded H x W)."""
+        if size is None:
+            # Padding the normed tokens with zeros (before qkv) as the official Swin does:
+            # padded tokens carry q, k, v = qkv bias and take part in attention.
+            size, x = x.shape[1:3], pad_to_multiple(x, self.window)
+        H, W = size
+        qkv = self.qkv(x)
         out = window_attention(qkv, self.relative_position_bias_table, self.num_heads,
                                self.window, self.shift, self.scale, self.backend, size=(H, W))
         return self.proj_drop(self.proj(out))

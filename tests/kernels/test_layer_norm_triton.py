@@ -58,6 +58,40 @@ def test_fp32_matches_float64_autograd(shape):
         assert err < 1e-5, f"{name}: {err:.3g}"
 
 
+@pytest.mark.parametrize("shape,multiple,programs", [
+    ((2, 5, 9, 24), 7, None),      # pad rows and columns, two images
+    ((1, 13, 4, 96), 12, None),    # pad columns only; window 12
+    ((3, 7, 14, 40), 7, None),     # already a multiple: no pad rows
+    ((2, 9, 10, 96), 7, 3),        # backward programs looping over row blocks
+], ids=str)
+def test_zero_padded_output_matches_pad_of_float64(monkeypatch, shape, multiple, programs):
+    """pad_to_multiple(LayerNorm(x)) and its gradients (dy nonzero on the pad tokens, which
+    must not reach dx, dweight or dbias), fp32 to 1e-5; the torch backend pads too."""
+    from semask.ops.reference import pad_to_multiple
+
+    if programs:
+        monkeypatch.setattr(ln, "BWD_PROGRAMS", programs)
+    x, w, b, _ = make(shape)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    y = pad_to_multiple(F.layer_norm(leaves[0], shape[-1:], leaves[1], leaves[2], 1e-5), multiple)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    truth = (y.detach(), *torch.autograd.grad(y, leaves, dy))
+    for backend in ("triton", "torch"):
+        leaves = [t.float().requires_grad_() for t in (x, w, b)]
+        got = layer_norm(*leaves, 1e-5, backend, pad_multiple=multiple)
+        got = (got.detach(), *torch.autograd.grad(got, leaves, dy.float()))
+        for name, g, t in zip(NAMES, got, truth):
+            assert g.shape == t.shape, name
+            err = ((g.double() - t).abs().max() / t.abs().max()).item()
+            assert err < 1e-5, f"{backend} {name}: {err:.3g}"
+
+
+def test_padding_needs_a_map():
+    x, w, b, _ = make((6, 96))
+    with pytest.raises(ValueError, match="B, H, W, C"):
+        layer_norm(x.float(), w.float(), b.float(), 1e-5, "triton", pad_multiple=7)
+
+
 @pytest.mark.parametrize("rows", [144, 150])  # 9 blocks of 16 rows; 10, the last one partial
 def test_backward_programs_looping_over_row_blocks(monkeypatch, rows):
     """At most 3 backward programs: each loops over 3 or 4 row blocks (the last program
@@ -161,7 +195,7 @@ def compile_for_sm90(C: int):
     """Build both kernels with the launch configuration of row length C for sm_90."""
     block_m, block_c, warps = ln._config(C)
     e = "*fp32"
-    ptrs = dict(X=e, W=e, B=e, Y="*bf16", MEAN=e, RSTD=e, DY="*bf16", DX=e, PART=e)
+    ptrs = dict(X=e, WEIGHT=e, BIAS=e, Y="*bf16", MEAN=e, RSTD=e, DY="*bf16", DX=e, PART=e)
     for fn in (ln._ln_fwd_kernel, ln._ln_bwd_kernel):
         compile_sm90(fn, {a: t for a, t in ptrs.items() if a in fn.arg_names},
                      dict(BLOCK_M=block_m, BLOCK_C=block_c), warps, floats=("eps",))
@@ -211,3 +245,30 @@ def test_gpu_autocast_output_is_fp32():
         low = layer_norm(x, w, b, 1e-5, "triton", to_autocast_dtype=True)
     assert low.dtype == torch.bfloat16
     assert ((low.float() - want.bfloat16().float()).abs() <= want.abs() * 2.0 ** -7).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_zero_padded_accuracy_rule(dtype):
+    """SeMask-T 512 stage 1 (128 x 128 padded to 133 x 133, C = 96): the accuracy rule
+    against the pad of PyTorch's LayerNorm; pad tokens exactly 0."""
+    from semask.ops.reference import pad_to_multiple
+
+    x, w, b, _ = make((2, 128, 128, 96), "cuda")
+    x, w, b = x.to(dtype), w.float(), b.float()
+    dy = torch.randn(2, 133, 133, 96, device="cuda", dtype=torch.float64)
+
+    def run(fn, x, w, b):
+        leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+        y = fn(*leaves)
+        return (y.detach(), *torch.autograd.grad(y, leaves, dy.to(y.dtype)))
+
+    def torch_ln(x, w, b):
+        return pad_to_multiple(F.layer_norm(x, x.shape[-1:], w, b, 1e-5), 7)
+
+    truth = run(torch_ln, x.double(), w.double(), b.double())
+    same = run(torch_ln, x, w, b)
+    got = run(lambda x, w, b: layer_norm(x, w, b, 1e-5, "triton", pad_multiple=7), x, w, b)
+    assert got[0][:, 128:].eq(0).all() and got[0][:, :, 128:].eq(0).all()
+    for name, g, s, t in zip(NAMES, got, same, truth):
+        check_rule(name, g, s, t, dtype)

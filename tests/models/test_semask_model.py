@@ -10,7 +10,7 @@ import semask
 from semask.models import swin as swin_mod
 from semask.ops import reference as ref
 
-wa_mod = importlib.import_module("semask.ops.window_attention")
+ln_mod = importlib.import_module("semask.ops.layer_norm")
 
 PAPER_PARAMS = {"tiny": 34.7e6, "small": 56.0e6, "base": 96.5e6, "large": 210.8e6}
 BASELINE_PARAMS = {"tiny": 32.65e6, "small": 53.97e6, "base": 93.12e6, "large": 203.65e6}
@@ -129,17 +129,18 @@ def test_window_attention_module_matches_official_style(H, W, w, shifted):
 
 
 def test_224_needs_no_padding_and_forced_padding_path_is_identical(monkeypatch):
+    """Blocks pad in their norm1 (semask.ops.layer_norm), before the qkv projection."""
     model = semask.SeMaskSwin("tiny", num_classes=19).eval()
     x = torch.randn(1, 3, 224, 224)
     sizes = []
-    orig_pad = wa_mod.pad_to_multiple
+    orig_pad = ln_mod.pad_to_multiple
 
     def recording_pad(t, window):
         out = orig_pad(t, window)
         sizes.append((tuple(t.shape[1:3]), tuple(out.shape[1:3])))
         return out
 
-    monkeypatch.setattr(wa_mod, "pad_to_multiple", recording_pad)
+    monkeypatch.setattr(ln_mod, "pad_to_multiple", recording_pad)
     with torch.no_grad():
         plain = model(x)
     assert len(sizes) == 12 and all(a == b for a, b in sizes)  # every block map is a multiple of 7
@@ -147,7 +148,7 @@ def test_224_needs_no_padding_and_forced_padding_path_is_identical(monkeypatch):
     def forced_pad(t, window):  # always take the F.pad + crop route
         return F.pad(t, (0, 0, 0, (-t.shape[2]) % window, 0, (-t.shape[1]) % window))
 
-    monkeypatch.setattr(wa_mod, "pad_to_multiple", forced_pad)
+    monkeypatch.setattr(ln_mod, "pad_to_multiple", forced_pad)
     with torch.no_grad():
         forced = model(x)
     assert torch.equal(plain.logits, forced.logits)
@@ -248,10 +249,56 @@ def test_drop_path_keeps_or_drops_whole_samples_and_rescales():
     assert torch.equal(branch.grad, torch.zeros_like(branch))
 
 
-def test_grad_checkpointing_gives_same_gradients():
+def test_drop_path_keeps_drawn_in_one_go():
+    """Rows of the one-go draw keep with probability 1 - p (0, 0.5, 1: by hand, 4000
+    samples, 0.5 within 5 standard deviations), in the asked dtype."""
     torch.manual_seed(0)
-    a = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=0.0)
-    b = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=0.0)
+    keeps = swin_mod.DropPathKeeps().draw((0.0, 0.5, 1.0), 4000, torch.device("cpu"), torch.bfloat16)
+    assert keeps.shape == (3, 4000) and keeps.dtype == torch.bfloat16
+    assert set(keeps.unique().tolist()) == {0.0, 1.0}
+    assert keeps[0].eq(1).all() and keeps[2].eq(0).all()
+    assert abs(keeps[1].float().mean().item() - 0.5) < 5 * 0.5 / 4000 ** 0.5
+    x, branch = torch.randn(2, 3, 4), torch.randn(2, 3, 4)  # a given mask, scaled by hand
+    y = swin_mod.DropPath(0.75).train()(x, branch, torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(y, x + branch * torch.tensor([4.0, 0.0]).view(2, 1, 1))
+
+
+def test_backbone_hands_each_residual_its_keep_row(monkeypatch):
+    """The backbone draws once per forward and each block's two residuals (attention, MLP)
+    get consecutive rows, stage after stage; in eval nothing is drawn."""
+    model = semask.SeMaskSwin("micro", num_classes=5, drop_path_rate=0.3)
+    backbone = model.backbone
+    n = 2 * sum(len(layer.blocks) for layer in backbone.layers)
+    draws, seen = [], []
+    marked = torch.arange(n, dtype=torch.float32)[:, None].expand(n, 2)  # row r holds r
+
+    def draw(rates, batch, device, dtype):
+        draws.append(rates)
+        return marked.to(dtype)
+
+    def record(self, x, branch, keep=None):
+        seen.append((self, None if keep is None else keep.tolist()))
+        return x + branch
+
+    monkeypatch.setattr(backbone.drop_path_keeps, "draw", draw)
+    monkeypatch.setattr(swin_mod.DropPath, "forward", record)
+    backbone.train()(torch.randn(2, 3, 64, 64))
+    blocks = [blk for layer in backbone.layers for blk in layer.blocks]
+    assert draws == [tuple(blk.drop_path.p for blk in blocks for _ in range(2))]
+    assert [m for m, _ in seen] == [blk.drop_path for blk in blocks for _ in range(2)]
+    assert [k for _, k in seen] == [[float(r)] * 2 for r in range(n)]
+    seen.clear()
+    backbone.eval()(torch.randn(2, 3, 64, 64))
+    assert len(draws) == 1 and all(k is None for _, k in seen)
+
+
+@pytest.mark.parametrize("drop_path_rate", [0.0, 0.5])
+def test_grad_checkpointing_gives_same_gradients(drop_path_rate):
+    """Same gradients with stages recomputed; with DropPath, from the same draws (the
+    masks are drawn once per forward and handed to the checkpointed stages)."""
+    torch.manual_seed(0)
+    a = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=drop_path_rate)
+    b = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=drop_path_rate)
     b.load_state_dict(a.state_dict())
     for m in (a, b):
         for mod in m.modules():
@@ -260,6 +307,7 @@ def test_grad_checkpointing_gives_same_gradients():
     b.backbone.set_grad_checkpointing((0, 1, 2, 3))
     x, t = torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 64, 64))
     for m in (a, b):
+        torch.manual_seed(1)
         m.loss(m(x), t)["loss"].backward()
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, msg=n)
