@@ -333,8 +333,10 @@ def _model_probe(provider: str, device: str, dtype) -> list[str]:
 def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                   allow_interpreter: bool = False, loss_chunk="auto",
                   fused_loss: bool = True, fused_upsample: bool = True,
-                  fused_norm: bool = True) -> Prepared:
+                  fused_norm: bool = True, cuda_graphs: bool = False) -> Prepared:
     dtype = DTYPES[dtype_name]
+    if cuda_graphs and case.mode == "fwd_bwd" and (provider in COMPILED or device == "cpu"):
+        raise Skip("CUDA graphs of the training step: on a GPU, for the eager providers")
     if provider in COMPILED and device == "cpu":
         raise Skip("torch.compile of a whole model takes minutes on a CPU; left out there")
     fused = "triton" if provider == "triton-compile" else provider if provider in FUSED else False
@@ -386,6 +388,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                 opt.zero_grad(set_to_none=True)
                 return loss
             return step
+        if cuda_graphs:
+            timed = _graphed_training_step(model, images, target, opt, dtype if use_autocast else None)
     note = "" if dtype == torch.float32 else f"autocast {dtype_name} (weights fp32)"
     if provider == "triton-compile":
         note = join_notes("torch.compile of the fused model", note)
@@ -399,19 +403,42 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
         note = join_notes(note, "fused x2 upsampling (head, decoder)")
     if model.fused_norm and provider not in COMPILED:
         note = join_notes(note, "Triton LayerNorm")
+    if cuda_graphs and case.mode == "fwd_bwd":
+        note = join_notes(note, "CUDA graphs: forward, losses, backward (optimizer eager)")
+        return Prepared(timed, make(model, contextlib.nullcontext), long_step=True, note=note)
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
     # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel)
     return Prepared(make(runner), make(model, contextlib.nullcontext), long_step=True, note=note)
 
 
+def _graphed_training_step(model, images, target, opt, amp_dtype) -> Callable[[], object]:
+    """The training step with forward, losses and backward replayed as CUDA graphs
+    (:func:`semask.train.cuda_graphs.graphed_loss_step`, captured here, before timing)."""
+    from semask.train.cuda_graphs import graphed_loss_step
+
+    def autocast():
+        return (torch.autocast("cuda", dtype=amp_dtype, cache_enabled=False) if amp_dtype
+                else contextlib.nullcontext())
+
+    graphed = graphed_loss_step(model, images, target, autocast)
+
+    def step():
+        loss = graphed(images, target)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
 def prepare(case: Case, provider: str, device: str, dtype_name: str,
             allow_interpreter_models: bool = False, loss_chunk="auto",
             fused_loss: bool = True, fused_upsample: bool = True,
-            fused_norm: bool = True) -> Prepared:
+            fused_norm: bool = True, cuda_graphs: bool = False) -> Prepared:
     """``loss_chunk`` ("auto": the model's default, None or an int), ``fused_loss`` (False:
     never the fused loss kernel), ``fused_upsample`` (False: the head's and decoder's
-    upsampling as the reference's) and ``fused_norm`` (False: PyTorch's LayerNorm) apply to
-    model cases."""
+    upsampling as the reference's), ``fused_norm`` (False: PyTorch's LayerNorm) and
+    ``cuda_graphs`` (training steps replayed as CUDA graphs) apply to model cases."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
     if provider == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -419,7 +446,7 @@ def prepare(case: Case, provider: str, device: str, dtype_name: str,
                    "run on CPU only in the interpreter)")
     if case.kind == "model":
         return prepare_model(case, provider, device, dtype_name, allow_interpreter_models,
-                             loss_chunk, fused_loss, fused_upsample, fused_norm)
+                             loss_chunk, fused_loss, fused_upsample, fused_norm, cuda_graphs)
     if provider == "triton-compile":
         raise Skip("triton-compile compiles whole models; the op cases have triton and compile")
     return prepare_op(case, provider, device, dtype_name)

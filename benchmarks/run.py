@@ -97,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-fused-norm", dest="fused_norm", action="store_false",
                     help="the triton provider's models run PyTorch's LayerNorm (no Triton "
                          "LayerNorm kernels)")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="model training steps replay their forward, losses and backward as "
+                         "CUDA graphs (semask.train.cuda_graphs; GPU, eager providers)")
     ap.add_argument("--isolate", action="store_true",
                     help="run each provider in its own process (a crashing kernel cannot take "
                          "the others down); the time budget is shared out between them")
@@ -167,7 +170,7 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
         prepared = providers.prepare(case, provider, args.device, args.dtype,
                                      loss_chunk=args.loss_chunk, fused_loss=args.fused_loss,
                                      fused_upsample=args.fused_upsample,
-                                     fused_norm=args.fused_norm)
+                                     fused_norm=args.fused_norm, cuda_graphs=args.cuda_graphs)
         rec["note"] = prepared.note or None
         rec["time_ms"] = measure.time_ms(prepared.step, args.device, args.target_time,
                                          max_reps=prepared.max_reps, long_step=prepared.long_step,
@@ -349,6 +352,8 @@ def run_isolated(args, cases) -> dict:
             argv.append("--no-fused-upsample")
         if not args.fused_norm:
             argv.append("--no-fused-norm")
+        if args.cuda_graphs:
+            argv.append("--cuda-graphs")
         for flag, value in (("--batch", args.batch), ("--model-batch", args.model_batch),
                             ("--cases", ",".join(args.cases) if args.cases else None)):
             if value is not None:

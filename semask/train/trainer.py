@@ -20,6 +20,7 @@ from ..data import TransformedDataset, build_raw_dataset, train_loader, train_tr
 from ..models import SeMaskSwin, load_checkpoint, save_checkpoint
 from . import distributed
 from .config import TrainConfig
+from .cuda_graphs import graph_support_errors, graphed_loss_step
 from .evaluate import evaluate
 from .metrics import markdown_table
 from .optim import build_optimizer, build_scheduler
@@ -58,7 +59,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> SeMaskSwin:
 
 
 def autocast_factory(cfg: TrainConfig, device: torch.device):
-    """-> (context factory, GradScaler or None, dtype name); mixed precision on GPU only."""
+    """-> (context factory, GradScaler or None, dtype name); mixed precision on GPU only
+    (without the weight cache under CUDA graphs, whose capture forbids it)."""
     if device.type != "cuda" or cfg.amp == "none":
         return contextlib.nullcontext, None, "float32"
     amp = cfg.amp
@@ -68,7 +70,8 @@ def autocast_factory(cfg: TrainConfig, device: torch.device):
         raise ValueError(f"amp must be auto, bf16, fp16 or none, got {cfg.amp!r}")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler, amp
+    cache = not cfg.cuda_graphs
+    return (lambda: torch.autocast("cuda", dtype=dtype, cache_enabled=cache)), scaler, amp
 
 
 def _log(path: Path, record: dict) -> None:
@@ -82,6 +85,12 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     checkpoint, as an interrupted run would (tests)."""
     backend = compile_backend(cfg.compile)
     info = distributed.setup(cfg.device)
+    if cfg.cuda_graphs:
+        why = graph_support_errors(info.device, info.enabled, backend is not None,
+                                   bool(cfg.grad_checkpointing), cfg.accum_steps)
+        if why:
+            distributed.cleanup(info)
+            raise ValueError("--cuda-graphs: " + "; ".join(why))
     t_start = time.perf_counter()
     out = Path(cfg.out_dir)
     say = print if info.is_main else (lambda *a, **k: None)
@@ -136,6 +145,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     loader = train_loader(TransformedDataset(train_raw, transforms), cfg.batch_size, cfg.seed, info.rank,
                           info.world_size, start_iter * per_step, cfg.num_workers)
     batches = iter(loader)
+    graphed = None  # the CUDA-graphed loss step, captured on the first batch
     # RNG last: nothing above may draw from it after a resume (dropout / drop path use it)
     if resume:
         set_rng_state(state["rng"])
@@ -156,8 +166,14 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
             images, labels = images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
             sync = contextlib.nullcontext() if (not info.enabled or micro == cfg.accum_steps - 1) else ddp.no_sync()
             with sync:
-                with autocast():
-                    losses = model.loss(forward(images), labels)
+                if cfg.cuda_graphs:
+                    if graphed is None:
+                        graphed = graphed_loss_step(model, images, labels, autocast)
+                        say("CUDA graphs: training forward, losses and backward captured")
+                    losses = graphed(images, labels)
+                else:
+                    with autocast():
+                        losses = model.loss(forward(images), labels)
                 loss = losses["loss"] / cfg.accum_steps
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             sums += torch.stack([losses["loss"], losses["loss_main"], losses["loss_semantic"]]).detach().float()

@@ -156,7 +156,7 @@ def _vjp(fn, inputs, dout):
 def _args(loss_chunk="auto", fused_loss=True, fused_upsample=True):
     return argparse.Namespace(device="cpu", dtype="fp32", target_time=0.01, loss_chunk=loss_chunk,
                               fused_loss=fused_loss, fused_upsample=fused_upsample,
-                              fused_norm=True)
+                              fused_norm=True, cuda_graphs=False)
 
 
 @pytest.fixture
@@ -339,3 +339,12 @@ def test_triton_compile_provider_runs_model_cases_only():
     model = next(c for c in C.quick_cases(1) if c.kind == "model")
     with pytest.raises(P.Skip, match="minutes on a CPU"):
         P.prepare(model, "triton-compile", "cpu", "fp32")
+
+
+def test_cuda_graph_steps_only_on_a_gpu():
+    """--cuda-graphs parses; off a GPU a model training step asking for it is skipped with
+    the reason (the graphed step itself is tested on a GPU in tests/train)."""
+    assert R.parse_args(["--cuda-graphs"]).cuda_graphs and not R.parse_args([]).cuda_graphs
+    case = next(c for c in C.full_cases(2, None) if c.kind == "model" and c.mode == "fwd_bwd")
+    with pytest.raises(P.Skip, match="on a GPU"):
+        P.prepare(case, "reference", "cpu", "fp32", cuda_graphs=True)
