@@ -255,45 +255,56 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
     if case.kind == "loss":
         return sweep_loss_case(case, device, dtype, quick, deadline)
     forward, backward = _runners(case, device, dtype)
-    out, lse = forward()
-    expected = {"fwd": (out,), "bwd": tuple(backward(out, lse))}
-    calls = {"fwd": forward, "bwd": lambda: backward(out, lse)}
-    rows, timed = [], set()
-    for direction, cands, setting in _sweeps(case, quick):
-        call = calls[direction.split("/")[0]]
-        expect = expected[direction.split("/")[0]]
+
+    def baseline(path_setting):
+        """(calls, expected results) per direction; the backward from that path's forward."""
+        with path_setting:
+            out, lse = forward()
+            grads = tuple(backward(out, lse))
+        return {"fwd": forward, "bwd": lambda: backward(out, lse)}, {"fwd": (out,), "bwd": grads}
+
+    default = baseline(contextlib.nullcontext())
+    rows, timed, kernels = [], set(), None
+    for direction, cands, setting, on_kernel_path in _sweeps(case, quick):
+        if on_kernel_path and kernels is None:  # the attention kernels' own out and lse
+            kernels = baseline(on_kernels(lambda cfg: contextlib.nullcontext(), {}))
+        calls, expected = kernels if on_kernel_path else default
+        which = direction.split("/")[0]
         base = dict(case=case.name, shape=case.shape(), direction=direction)
         if direction not in timed:  # the GEMM path and the kernels share directions
             timed.add(direction)
-            rows.append(dict(base, config="default", time_ms=_time_ms(call, device, default=True),
-                             rel_err=0.0, error=None))
-        rows += [_try(base, cfg, setting, call, expect, device, deadline) for cfg in cands]
+            rows.append(dict(base, config="default", rel_err=0.0, error=None,
+                             time_ms=_time_ms(default[0][which], device, default=True)))
+        rows += [_try(base, cfg, setting, calls[which], expected[which], device, deadline)
+                 for cfg in cands]
     return rows
 
 
 def _sweeps(case, quick: bool):
-    """(direction, candidates, setting) per swept kernel of a window or semantic case:
-    "fwd" and "bwd", or for the online semantic kernels "fwd", "bwd/dq" and "bwd/dkdv"
-    (each timed by the whole launch of its direction, the other kernel at its default).
-    Global maps on the GEMM path: its row kernels ("fwd", "bwd"), then the attention
-    kernels' candidates with that path off (the default stays the GEMM path)."""
+    """(direction, candidates, setting, on_kernel_path) per swept kernel of a window or
+    semantic case: "fwd" and "bwd", or for the online semantic kernels "fwd", "bwd/dq" and
+    "bwd/dkdv" (each timed by the whole launch of its direction, the other kernel at its
+    default). Global maps on the GEMM path: its row kernels ("fwd", "bwd"), then the
+    attention kernels' candidates with that path off (on_kernel_path: their backward takes
+    the kernels' own forward results and is checked against the kernels' default; the
+    default row stays the GEMM path)."""
     p = case.params
     if case.kind == "window":
         for d in DIRECTIONS:
             yield (d, window_candidates(p["window"], d, quick),
-                   lambda cfg, d=d: window_config(p["window"], d, cfg))
+                   lambda cfg, d=d: window_config(p["window"], d, cfg), False)
         return
     n = p["window"] ** 2 if p["window"] else p["Hp"] * p["Wp"]
     gemm = SG.supports(n, p["window"])
     if gemm:
         for d in DIRECTIONS:
-            yield d, gemm_candidates(quick), gemm_config
+            yield d, gemm_candidates(quick), gemm_config, False
     whole_rows = SW.supports(n, p["window"])
     for kernel in DIRECTIONS if whole_rows else SA.KERNELS:
         direction = kernel if kernel in DIRECTIONS else "bwd/" + kernel
         setting = lambda cfg, k=kernel: semantic_config(whole_rows, k, cfg)  # noqa: E731
         yield (direction, semantic_candidates(n, p["K"], p["C"], whole_rows, kernel, quick),
-               (lambda cfg, s=setting: on_kernels(s, cfg)) if gemm else setting)
+               (lambda cfg, s=setting: on_kernels(s, cfg)) if gemm else setting, gemm)
 
 
 # ----------------------------------------------------------------------------- cases, report

@@ -430,8 +430,8 @@ def reasons(tensors, params: dict) -> list[str]:
         why.append(f"map {tuple(q.shape[1:3])} is not a multiple of window {window}")
     elif q.dtype == torch.float32 and common.old_triton_on_hopper(q) and \
             _online(_geometry(q, window)[1], window):
-        why.append("fp32 on sm_90 with windows > 8 or global maps > 4096 tokens needs "
-                   "Triton >= 3.3 (3.2 fails to build the online dk/dv kernel)")
+        why.append("fp32 on sm_90 with windows > 8 or global maps needs Triton >= 3.3 (3.2 "
+                   "fails to build the online dk/dv kernel, which long global maps use)")
     return why
 
 

@@ -25,7 +25,8 @@ Grid of both row kernels (cdiv(rows, BLOCK_R),): a program owns BLOCK_R whole sc
 Numerics: the scores and dP are rounded to the input dtype before the fp32 softmax, as in
 eager PyTorch (whose error the accuracy rule measures against); so lse is the log-sum-exp
 of the rounded scores. fp32 products follow ``torch.backends.cuda.matmul.allow_tf32``
-(off by default) as eager's do. Autocast is off inside (outputs in the inputs' dtype).
+(off by default) as eager's do. The products write into preallocated tensors (``out=``),
+which autocast leaves alone: results in the inputs' dtype under autocast too.
 
 Limits: window = 0, N <= MAX_TOKENS (one row per program at most 4096 wide); inputs
 as :func:`semask.kernels.semantic_attention.reasons` accepts.
@@ -99,7 +100,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     lse = torch.empty(B, 1, N, device=q.device, dtype=torch.float32)
     chunk = images_per_pass(B, N)
     scores = q.new_empty(chunk, N, N)
-    with on_device(q), torch.autocast(q.device.type, enabled=False):
+    with on_device(q):
         for b0 in range(0, B, chunk):
             b1 = min(B, b0 + chunk)
             s = scores[:b1 - b0]
@@ -118,7 +119,7 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     chunk = images_per_pass(B, N)
     scores, dscores = q.new_empty(chunk, N, N), q.new_empty(chunk, N, N)
-    with on_device(q), torch.autocast(q.device.type, enabled=False):
+    with on_device(q):
         for b0 in range(0, B, chunk):
             b1 = min(B, b0 + chunk)
             p, ds = scores[:b1 - b0], dscores[:b1 - b0]

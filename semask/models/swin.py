@@ -211,13 +211,18 @@ class SwinBackbone(nn.Module):
             layer.grad_checkpointing = i in stages
 
     def _keeps(self, x: Tensor) -> list:
-        """Per stage the [2 * depth, B] DropPath keep masks of its blocks, all drawn at once
-        (in x's dtype, the residual stream's); Nones when nothing drops."""
+        """Per stage the [2 * depth, B] DropPath keep masks of its blocks, all drawn at once;
+        Nones when nothing drops. In the autocast dtype under autocast (0 and 1 are exact;
+        a mask in x's dtype, fp32 after the patch embedding's norm, would promote the
+        later stages' low-precision residual streams to fp32), else in x's."""
         rates = tuple(blk.drop_path.p for layer in self.layers for blk in layer.blocks
                       for _ in range(2))
         if not self.training or not any(rates):
             return [None] * self.num_stages
-        keeps = self.drop_path_keeps.draw(rates, x.shape[0], x.device, x.dtype)
+        device = x.device.type
+        dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+                 else x.dtype)
+        keeps = self.drop_path_keeps.draw(rates, x.shape[0], x.device, dtype)
         ends = list(itertools.accumulate(2 * len(layer.blocks) for layer in self.layers))
         return [keeps[a:b] for a, b in zip([0] + ends[:-1], ends)]
 

@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
@@ -96,3 +97,32 @@ def test_one_default_row_per_case_and_direction(result):
     res, _ = result
     keys = [(r["case"], r["direction"]) for r in res["rows"] if r["config"] == "default"]
     assert len(keys) == len(set(keys)) == len(res["best"])
+
+
+def test_kernel_candidates_of_global_maps_take_the_kernels_forward(monkeypatch):
+    """On a global case the attention kernels' backward candidates get the lse of the
+    kernels' own forward (the GEMM path's differs: its scores are rounded), and the GEMM
+    candidates the GEMM path's."""
+    from semask.kernels import semantic_gemm as sg
+
+    def path():
+        return 1.0 if sg.MAX_TOKENS == 0 else 0.0  # 1: the attention kernels
+
+    seen = []
+
+    def runners(case, device, dtype):
+        def forward():
+            return torch.ones(1), torch.full((1,), path())
+
+        def backward(out, lse):
+            seen.append((lse.item(), path()))
+            return (torch.ones(1),)
+        return forward, backward
+
+    monkeypatch.setattr(sweep, "_runners", runners)
+    monkeypatch.setattr(sweep, "_time_ms", lambda fn, device, default=False: fn() and 1.0)
+    case = next(c for c in sweep.sweep_cases(True, 1) if c.name == "semantic/quick/global")
+    rows = sweep.sweep_case(case, "cpu", torch.float32, True, float("inf"))
+    assert {p for _, p in seen} == {0.0, 1.0}
+    assert all(lse == p for lse, p in seen)
+    assert all(r["error"] is None for r in rows)

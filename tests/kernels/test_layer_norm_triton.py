@@ -60,7 +60,8 @@ def test_fp32_matches_float64_autograd(shape):
 
 @pytest.mark.parametrize("shape,multiple,programs", [
     ((2, 5, 9, 24), 7, None),      # pad rows and columns, two images
-    ((1, 13, 4, 96), 12, None),    # pad columns only; window 12
+    ((1, 12, 5, 96), 12, None),    # pad columns only; window 12
+    ((2, 9, 14, 40), 7, None),     # pad rows only
     ((3, 7, 14, 40), 7, None),     # already a multiple: no pad rows
     ((2, 9, 10, 96), 7, 3),        # backward programs looping over row blocks
 ], ids=str)

@@ -61,7 +61,8 @@ def test_several_passes_and_one_row_programs(monkeypatch):
 
 
 def test_autocast_does_not_reach_the_products():
-    """fp32 inputs under a bf16 autocast region: fp32 products and outputs (to 1e-5)."""
+    """fp32 inputs under a bf16 autocast region: fp32 products and outputs (to 1e-5; the
+    products write into preallocated tensors, which autocast leaves alone)."""
     q, k, v, dout = _inputs(2, 6, 7, 19, 16, seed=1)
     truth = _truth(q, k, v, dout)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -292,10 +292,28 @@ def test_backbone_hands_each_residual_its_keep_row(monkeypatch):
     assert len(draws) == 1 and all(k is None for _, k in seen)
 
 
+def test_drop_path_masks_keep_low_precision_streams_low():
+    """Under autocast the masks are in the autocast dtype: a stage whose residual stream is
+    bf16 (after a merge's Linear) stays bf16 in training, as in eval, while the first stage's
+    fp32 stream (CUDA autocast's LayerNorm after the patch embedding; emulated here on the
+    CPU) stays fp32."""
+    model = semask.SeMaskSwin("micro", num_classes=5, drop_path_rate=0.3)
+    embed = model.backbone.patch_embed.forward
+    model.backbone.patch_embed.forward = lambda images: embed(images).float()
+    dtypes = []
+    for layer in model.backbone.layers:
+        layer.blocks[-1].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    for train in (True, False):
+        model.train(train)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(torch.randn(2, 3, 64, 64))
+    n = len(model.backbone.layers)
+    assert dtypes[:n] == dtypes[n:] == [torch.float32] + [torch.bfloat16] * (n - 1)
+
+
 @pytest.mark.parametrize("drop_path_rate", [0.0, 0.5])
 def test_grad_checkpointing_gives_same_gradients(drop_path_rate):
-    """Same gradients with stages recomputed; with DropPath, from the same draws (the
-    masks are drawn once per forward and handed to the checkpointed stages)."""
+    """Same gradients with stages recomputed, also with DropPath drawing masks."""
     torch.manual_seed(0)
     a = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=drop_path_rate)
     b = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=drop_path_rate)
