@@ -9,6 +9,8 @@
 #             in the default stages: `bash benchmarks/gpu_suite.sh setup sweep`
 #   profile   where a SeMask-T training step spends its GPU time, reference and triton
 #             (benchmarks/profile_step.py); not in the default stages either
+#   graphs    the model training steps replayed as CUDA graphs (benchmarks/run.py
+#             --cuda-graphs), results in graphs/ of the output folder; not a default stage
 # Every stage has a hard time limit and its failure is recorded; the later stages still run.
 #
 # Usage, from the repository root:
@@ -22,6 +24,8 @@
 #   default: every test file with GPU tests, one process each), BENCH_ARGS (extra run.py
 #   arguments, e.g. "--cases window/swin_t-512"), SWEEP_ARGS (extra sweep.py arguments),
 #   PROFILE_ARGS (extra profile_step.py arguments, e.g. "--fused reference,triton,cuda"),
+#   GRAPHS_ARGS (run.py arguments of the graphs stage, default "--providers
+#   reference,triton --cases model/semask_swin_tiny"),
 #   PYTHON (default python3).
 # Output folder: suite.log (all output), suite_summary.txt (one line per stage), and the
 # benchmark's results.json, results.md, speedup.png, memory.png; the sweep's sweep.json, sweep.md;
@@ -43,8 +47,10 @@ export SEMASK_COMMIT
 
 # planned seconds per stage; a stage gets min(plan, what is left after the minimum of the
 # stages still to come), so a fast early stage leaves more time to the benchmarks
-declare -A PLAN=([setup]=90 [build]=200 [tests]=240 [memcheck]=90 [bench]=600 [sweep]=600 [profile]=300)
-declare -A MIN=([setup]=20 [build]=30 [tests]=30 [memcheck]=20 [bench]=120 [sweep]=60 [profile]=40)
+declare -A PLAN=([setup]=90 [build]=200 [tests]=240 [memcheck]=90 [bench]=600 [sweep]=600 [profile]=300
+                 [graphs]=200)
+declare -A MIN=([setup]=20 [build]=30 [tests]=30 [memcheck]=20 [bench]=120 [sweep]=60 [profile]=40
+                [graphs]=90)
 
 slug=$(timeout 60 "$PY" -c "from benchmarks.measure import device_slug; print(device_slug('cuda'))" 2>/dev/null | tail -n 1)
 [ -n "$slug" ] || slug=gpu
@@ -159,12 +165,21 @@ stage_profile() {
   "$PY" benchmarks/profile_step.py --device cuda --out "$RES" ${PROFILE_ARGS:-}
 }
 
+stage_graphs() {  # $1: the stage's time limit
+  local budget=$(($1 - 60))
+  [ "$budget" -lt 30 ] && budget=30
+  # shellcheck disable=SC2086
+  "$PY" benchmarks/run.py --device cuda --isolate --cuda-graphs --time-budget "$budget" \
+    --out "$RES/graphs" ${GRAPHS_ARGS:---providers reference,triton --cases model/semask_swin_tiny}
+}
+
 export PY RES
-export -f stage_setup stage_build stage_tests stage_memcheck stage_bench stage_sweep stage_profile
+export -f stage_setup stage_build stage_tests stage_memcheck stage_bench stage_sweep stage_profile \
+  stage_graphs
 for s in "${STAGES[@]}"; do
   case "$s" in
-    setup|build|tests|memcheck|bench|sweep|profile) run_stage "$s" ;;
-    *) echo "unknown stage $s (setup build tests memcheck bench sweep profile)" | tee -a "$SUMMARY"; FAILED=1 ;;
+    setup|build|tests|memcheck|bench|sweep|profile|graphs) run_stage "$s" ;;
+    *) echo "unknown stage $s (setup build tests memcheck bench sweep profile graphs)" | tee -a "$SUMMARY"; FAILED=1 ;;
   esac
 done
 echo "total $(( $(date +%s) - START ))s; results in $RES" | tee -a "$SUMMARY" "$LOG"

@@ -62,7 +62,8 @@ class Prepared:
     """``step()`` is what gets timed; ``count()`` runs it once for FLOP counting (eager;
     None: count on meta tensors instead); ``error()`` checks the result (op cases); ``note``
     qualifies the numbers (e.g. the Triton interpreter); ``peak_memory=False`` leaves the
-    memory figure out (a call too slow to repeat for it)."""
+    memory figure out (a call too slow to repeat for it); ``peak_mem_mb``, when set, is the
+    figure measured while preparing (a graph replay's own allocations are not seen)."""
 
     step: Callable[[], object]
     count: Callable[[], object] | None
@@ -71,6 +72,7 @@ class Prepared:
     max_reps: int = 100
     peak_memory: bool = True
     error: Callable[[], float] | None = None  # max relative error against the fp32 reference
+    peak_mem_mb: float | None = None
 
 
 # ----------------------------------------------------------------------------- SDPA ops
@@ -389,7 +391,9 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                 return loss
             return step
         if cuda_graphs:
-            timed = _graphed_training_step(model, images, target, opt, dtype if use_autocast else None)
+            with patch():  # sdpa: the reference model captured with its SDPA attention
+                timed, peak_mb = _graphed_training_step(model, images, target, opt, make(model),
+                                                        dtype if use_autocast else None)
     note = "" if dtype == torch.float32 else f"autocast {dtype_name} (weights fp32)"
     if provider == "triton-compile":
         note = join_notes("torch.compile of the fused model", note)
@@ -404,22 +408,31 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
     if model.fused_norm and provider not in COMPILED:
         note = join_notes(note, "Triton LayerNorm")
     if cuda_graphs and case.mode == "fwd_bwd":
-        note = join_notes(note, "CUDA graphs: forward, losses, backward (optimizer eager)")
-        return Prepared(timed, make(model, contextlib.nullcontext), long_step=True, note=note)
+        note = join_notes(note, "CUDA graphs: forward, losses, backward (optimizer eager); "
+                                "peak memory over warm-up, capture and one step")
+        return Prepared(timed, make(model, contextlib.nullcontext), long_step=True, note=note,
+                        peak_mem_mb=peak_mb)
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
     # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel)
     return Prepared(make(runner), make(model, contextlib.nullcontext), long_step=True, note=note)
 
 
-def _graphed_training_step(model, images, target, opt, amp_dtype) -> Callable[[], object]:
+def _graphed_training_step(model, images, target, opt, eager_step,
+                           amp_dtype) -> tuple[Callable[[], object], float]:
     """The training step with forward, losses and backward replayed as CUDA graphs
-    (:func:`semask.train.cuda_graphs.graphed_loss_step`, captured here, before timing)."""
+    (:func:`semask.train.cuda_graphs.graphed_loss_step`, captured here, before timing), and
+    the peak allocated MiB over the warm-up, the capture and one step: replays take the
+    activations from the graph's pool, which the allocator's peak no longer counts. One
+    ``eager_step()`` first creates the optimizer's state, as in the eager steady state."""
     from semask.train.cuda_graphs import graphed_loss_step
 
     def autocast():
         return (torch.autocast("cuda", dtype=amp_dtype, cache_enabled=False) if amp_dtype
                 else contextlib.nullcontext())
 
+    eager_step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
     graphed = graphed_loss_step(model, images, target, autocast)
 
     def step():
@@ -428,7 +441,9 @@ def _graphed_training_step(model, images, target, opt, amp_dtype) -> Callable[[]
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
-    return step
+    step()
+    torch.cuda.synchronize()
+    return step, torch.cuda.max_memory_allocated() / 2 ** 20
 
 
 def prepare(case: Case, provider: str, device: str, dtype_name: str,

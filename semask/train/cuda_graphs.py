@@ -8,8 +8,9 @@ kernels' time. What capture needs, and :func:`graph_support_errors` checks: CUDA
 shapes (the training crop and batch), no DDP, no gradient checkpointing (its recomputation
 resets the RNG state, which capture forbids), no torch.compile, one micro-batch per step
 (a replay rewrites the gradient buffers that ``.grad`` then holds) and autocast without its
-weight cache (``cache_enabled=False``). BatchNorm statistics are restored after the
-warm-up and capture runs, which update them.
+weight cache (``cache_enabled=False``). BatchNorm statistics and the RNG state are
+restored after the warm-up and capture runs, which update them. The graph keeps its own
+memory pool (the step's activations) reserved for the rest of the run.
 """
 from __future__ import annotations
 
@@ -56,12 +57,19 @@ def graphed_loss_step(model: nn.Module, images: Tensor, labels: Tensor,
 
     Returns ``step(images, labels)`` -> {"loss", "loss_main", "loss_semantic"}, tensors
     that the next replay overwrites; ``loss.backward()`` replays the backward into the
-    parameters' ``.grad``. Inputs must have the sample's shapes and dtypes."""
+    parameters' ``.grad``. Inputs must have the sample's shapes and dtypes; ``images`` and
+    ``labels`` are not written to."""
     if not model.training:
         raise ValueError("graphed_loss_step: the model must be in training mode")
     saved = {name: b.detach().clone() for name, b in model.named_buffers()}
-    graphed = torch.cuda.make_graphed_callables(_LossStep(model, autocast), (images, labels),
-                                                allow_unused_input=True)  # e.g. frozen parts
+    # the sample tensors become the graph's static inputs, which every call overwrites: clones
+    static = (images.clone(), labels.clone())
+    # the warm-up runs and the capture draw dropout / drop-path masks: the RNG state is put
+    # back, so replays draw what eager steps from here would (and a resumed run what an
+    # uninterrupted one did)
+    with torch.random.fork_rng(devices=[images.device]):
+        graphed = torch.cuda.make_graphed_callables(_LossStep(model, autocast), static,
+                                                    allow_unused_input=True)  # e.g. frozen parts
     with torch.no_grad():
         for name, b in model.named_buffers():
             b.copy_(saved[name])

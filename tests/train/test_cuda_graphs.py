@@ -1,9 +1,11 @@
 """--cuda-graphs: the training forward, losses and backward replayed as CUDA graphs.
 
 CPU: the settings that cannot capture are refused before anything is written. GPU (marker
-``gpu``): replays give the eager step's losses and gradients on new inputs, and a short run
-trains like the eager one.
+``gpu``): replays give the eager step's losses and gradients on new inputs and draw its
+dropout masks, and short runs (one resumed) train like the eager one.
 """
+import contextlib
+
 import pytest
 import torch
 
@@ -40,10 +42,12 @@ def _deterministic_model(fused):
 @pytest.mark.gpu
 @pytest.mark.parametrize("fused", [False, True])
 def test_gpu_replays_equal_eager_steps(fused):
-    """Same weights, no dropout: each replay on new images gives the eager step's losses and
-    parameter gradients (bf16 autocast without its cache); BatchNorm statistics are those
-    from before the capture."""
+    """Same weights, no dropout, the same AdamW steps: each replay on new images gives the
+    eager step's losses and parameter gradients (bf16 autocast without its cache); capture
+    leaves the BatchNorm statistics and the sample tensors as they were, and replays update
+    the statistics as eager steps do."""
     graph_model, eager_model = _deterministic_model(fused), _deterministic_model(fused)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (graph_model, eager_model)]
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
@@ -51,13 +55,12 @@ def test_gpu_replays_equal_eager_steps(fused):
     g = torch.Generator(device="cuda").manual_seed(1)
     batches = [(torch.randn(2, 3, 64, 64, device="cuda", generator=g),
                 torch.randint(0, 5, (2, 64, 64), device="cuda", generator=g)) for _ in range(3)]
+    sample = [t.clone() for t in batches[0]]
     buffers = {n: b.clone() for n, b in graph_model.named_buffers()}
     step = graphed_loss_step(graph_model, *batches[0], autocast)
     for n, b in graph_model.named_buffers():
         torch.testing.assert_close(b, buffers[n], rtol=0, atol=0, msg=n)
     for images, labels in batches[1:] + batches[:1]:
-        for m in (graph_model, eager_model):
-            m.zero_grad(set_to_none=True)
         got = step(images, labels)
         got["loss"].backward()
         with autocast():
@@ -69,15 +72,58 @@ def test_gpu_replays_equal_eager_steps(fused):
             if q.grad is not None:
                 scale = q.grad.abs().max().item() + 1e-12
                 assert (p.grad - q.grad).abs().max().item() <= 2e-2 * scale, n
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for t, t0 in zip(batches[0], sample):
+        assert torch.equal(t, t0)
+    moved = 0
+    for (n, b), c in zip(graph_model.named_buffers(), eager_model.buffers()):
+        torch.testing.assert_close(b, c, rtol=1e-2, atol=1e-3, msg=n)
+        moved += not torch.equal(b, buffers[n])
+    assert moved > 0  # the replays did update the running statistics
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [False, True])
+def test_gpu_replays_draw_the_eager_masks(fused):
+    """Capture leaves the CUDA RNG state as it found it, and a replay from a given RNG state
+    draws the dropout and drop-path masks an eager step from that state draws (same losses)."""
+    torch.manual_seed(0)
+    model = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=0.3,
+                              fused=fused).cuda().train()
+    images = torch.randn(2, 3, 64, 64, device="cuda")
+    labels = torch.randint(0, 5, (2, 64, 64), device="cuda")
+    state = torch.cuda.get_rng_state()
+    step = graphed_loss_step(model, images, labels, contextlib.nullcontext)
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+    losses = []
+    for seed in (3, 4, 3):
+        torch.cuda.manual_seed(seed)
+        got = {k: v.clone() for k, v in step(images, labels).items()}
+        torch.cuda.manual_seed(seed)
+        want = model.loss(model(images), labels)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+        losses.append(got["loss"].item())
+    assert losses[0] == losses[2] != losses[1]  # the masks depend on the state
+
+
+def _losses(out_dir):
+    return [r["loss"] for r in read_metrics(out_dir / "metrics.jsonl") if "loss" in r]
 
 
 @pytest.mark.gpu
 def test_gpu_training_run_with_cuda_graphs(tmp_path, tiny_config):
-    """Three steps with graphs give the eager run's losses (no drop path; the head's dropout
-    draws differ, since capture and its warm-up draw too)."""
-    kw = dict(iters=3, drop_path_rate=0.0, device="cuda", amp="bf16")
+    """With dropout and drop path on, a run with graphs gives the eager run's losses (the
+    capture puts the RNG state back, so replays draw the eager run's masks), and so does a
+    run with graphs stopped after two iterations and resumed (captured again on resuming)."""
+    kw = dict(iters=4, device="cuda", amp="bf16")
     train(tiny_config(tmp_path / "eager", **kw))
     train(tiny_config(tmp_path / "graphs", cuda_graphs=True, **kw))
-    a, b = ([r["loss"] for r in read_metrics(tmp_path / d / "metrics.jsonl") if "loss" in r]
-            for d in ("eager", "graphs"))
-    assert len(b) == 3 and b == pytest.approx(a, rel=5e-2)  # dropout draws differ (warm-up)
+    train(tiny_config(tmp_path / "split", cuda_graphs=True, **kw), stop_at=2)
+    train(tiny_config(tmp_path / "split", cuda_graphs=True, **kw), resume=str(tmp_path / "split"))
+    eager, graphs, split = (_losses(tmp_path / d) for d in ("eager", "graphs", "split"))
+    assert len(graphs) == len(split) == 4
+    assert graphs == pytest.approx(eager, rel=5e-3)
+    assert split == pytest.approx(graphs, rel=5e-3)
