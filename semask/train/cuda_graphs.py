@@ -67,7 +67,8 @@ def graphed_loss_step(model: nn.Module, images: Tensor, labels: Tensor,
     # the warm-up runs and the capture draw dropout / drop-path masks: the RNG state is put
     # back, so replays draw what eager steps from here would (and a resumed run what an
     # uninterrupted one did)
-    with torch.random.fork_rng(devices=[images.device]):
+    cuda = [images.device] if images.is_cuda else []  # (CPU: the plumbing's test)
+    with torch.random.fork_rng(devices=cuda):
         graphed = torch.cuda.make_graphed_callables(_LossStep(model, autocast), static,
                                                     allow_unused_input=True)  # e.g. frozen parts
     with torch.no_grad():

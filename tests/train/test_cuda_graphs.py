@@ -29,6 +29,40 @@ def test_refused_on_cpu_before_anything_is_written(tmp_path, tiny_config):
     assert not (tmp_path / "run").exists()
 
 
+def test_capture_leaves_inputs_statistics_and_rng_as_they_were(monkeypatch):
+    """CPU, capture replaced by a stand-in that does what warm-up and capture do to the
+    state around them (runs the step: BatchNorm statistics move, dropout and drop path draw
+    from the RNG; writes the static inputs as replays do): the caller's tensors, the
+    statistics and the RNG state are as before, and the step runs on the stand-in."""
+    calls = []
+
+    def capture(module, sample_args, allow_unused_input):
+        module(*sample_args)
+        sample_args[0].add_(1.0)  # a replay copies new inputs into the static ones
+        calls.append(sample_args)
+        return module
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
+    torch.manual_seed(0)
+    model = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=0.3).train()
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 64, 64))
+    sample = images.clone()
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    rng = torch.get_rng_state()
+    step = graphed_loss_step(model, images, labels, contextlib.nullcontext)
+    assert torch.equal(images, sample) and calls[0][0] is not images
+    assert torch.equal(torch.get_rng_state(), rng)
+    for n, b in model.named_buffers():
+        assert torch.equal(b, buffers[n]), n
+    torch.manual_seed(3)
+    got = step(images, labels)
+    torch.manual_seed(3)
+    want = model.loss(model(images), labels)
+    assert got["loss"].item() == want["loss"].item()
+    with pytest.raises(ValueError, match="captured for images"):
+        step(images[:1], labels[:1])
+
+
 def _deterministic_model(fused):
     torch.manual_seed(0)
     model = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=0.0,
