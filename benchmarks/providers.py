@@ -409,7 +409,7 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
         note = join_notes(note, "Triton LayerNorm")
     if cuda_graphs and case.mode == "fwd_bwd":
         note = join_notes(note, "CUDA graphs: forward, losses, backward (optimizer eager); "
-                                "peak memory over warm-up, capture and one step")
+                                "memory: peak reserved in a step, the graph's pool included")
         return Prepared(timed, make(model, contextlib.nullcontext), long_step=True, note=note,
                         peak_mem_mb=peak_mb)
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
@@ -421,9 +421,11 @@ def _graphed_training_step(model, images, target, opt, eager_step,
                            amp_dtype) -> tuple[Callable[[], object], float]:
     """The training step with forward, losses and backward replayed as CUDA graphs
     (:func:`semask.train.cuda_graphs.graphed_loss_step`, captured here, before timing), and
-    the peak allocated MiB over the warm-up, the capture and one step: replays take the
-    activations from the graph's pool, which the allocator's peak no longer counts. One
-    ``eager_step()`` first creates the optimizer's state, as in the eager steady state."""
+    its steady-state memory: the peak MiB reserved during one step, with the cache emptied
+    first (replays take the activations from the graph's pool, which stays reserved but
+    which the allocated figure no longer counts; reserved is at least allocated, so this
+    does not favour graphs over the eager providers' allocated peaks). One ``eager_step()``
+    first creates the optimizer's state."""
     from semask.train.cuda_graphs import graphed_loss_step
 
     def autocast():
@@ -431,8 +433,6 @@ def _graphed_training_step(model, images, target, opt, eager_step,
                 else contextlib.nullcontext())
 
     eager_step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
     graphed = graphed_loss_step(model, images, target, autocast)
 
     def step():
@@ -443,7 +443,11 @@ def _graphed_training_step(model, images, target, opt, eager_step,
         return loss
     step()
     torch.cuda.synchronize()
-    return step, torch.cuda.max_memory_allocated() / 2 ** 20
+    torch.cuda.empty_cache()  # what warm-up and capture left cached
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return step, torch.cuda.max_memory_reserved() / 2 ** 20
 
 
 def prepare(case: Case, provider: str, device: str, dtype_name: str,

@@ -170,7 +170,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
                     if graphed is None:
                         graphed = graphed_loss_step(model, images, labels, autocast)
                         say("CUDA graphs: training forward, losses and backward captured")
-                        t_log = time.perf_counter()  # img/s counts replays, not the capture
+                        # img/s and it/s count replays, not warm-up and capture
+                        t_log = t_loop = time.perf_counter()
                     losses = graphed(images, labels)
                 else:
                     with autocast():

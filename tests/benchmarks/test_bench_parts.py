@@ -342,9 +342,15 @@ def test_triton_compile_provider_runs_model_cases_only():
 
 
 def test_cuda_graph_steps_only_on_a_gpu():
-    """--cuda-graphs parses; off a GPU a model training step asking for it is skipped with
-    the reason (the graphed step itself is tested on a GPU in tests/train)."""
-    assert R.parse_args(["--cuda-graphs"]).cuda_graphs and not R.parse_args([]).cuda_graphs
+    """--cuda-graphs parses and selects the model training steps only; off a GPU a model
+    training step asking for it is skipped with the reason (the graphed step itself is
+    tested on a GPU in tests/train)."""
+    args = R.parse_args(["--cuda-graphs", "--device", "cpu"])
+    assert args.cuda_graphs and not R.parse_args([]).cuda_graphs
+    selected = R.select_cases(args)
+    assert selected and {(c.kind, c.mode) for c in selected} == {("model", "fwd_bwd")}
+    assert len(selected) == sum(c.kind == "model" and c.mode == "fwd_bwd"
+                                for c in C.full_cases(16, None))
     case = next(c for c in C.full_cases(2, None) if c.kind == "model" and c.mode == "fwd_bwd")
     with pytest.raises(P.Skip, match="on a GPU"):
         P.prepare(case, "reference", "cpu", "fp32", cuda_graphs=True)

@@ -76,12 +76,13 @@ def _deterministic_model(fused):
 @pytest.mark.gpu
 @pytest.mark.parametrize("fused", [False, True])
 def test_gpu_replays_equal_eager_steps(fused):
-    """Same weights, no dropout, the same AdamW steps: each replay on new images gives the
-    eager step's losses and parameter gradients (bf16 autocast without its cache); capture
-    leaves the BatchNorm statistics and the sample tensors as they were, and replays update
-    the statistics as eager steps do."""
+    """Same weights, no dropout: each replay on new images gives the eager step's losses and
+    parameter gradients (bf16 autocast without its cache), also after the eager model's
+    AdamW steps are copied into the graphed model's parameters in place (as its optimizer
+    would write them); capture leaves the BatchNorm statistics and the sample tensors as
+    they were, and replays update the statistics as eager steps do."""
     graph_model, eager_model = _deterministic_model(fused), _deterministic_model(fused)
-    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (graph_model, eager_model)]
+    opt = torch.optim.AdamW(eager_model.parameters(), lr=1e-3)
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
@@ -106,9 +107,12 @@ def test_gpu_replays_equal_eager_steps(fused):
             if q.grad is not None:
                 scale = q.grad.abs().max().item() + 1e-12
                 assert (p.grad - q.grad).abs().max().item() <= 2e-2 * scale, n
-        for opt in opts:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        opt.step()
+        with torch.no_grad():
+            for p, q in zip(graph_model.parameters(), eager_model.parameters()):
+                p.copy_(q)
+        for m in (graph_model, eager_model):
+            m.zero_grad(set_to_none=True)
     for t, t0 in zip(batches[0], sample):
         assert torch.equal(t, t0)
     moved = 0
@@ -122,7 +126,8 @@ def test_gpu_replays_equal_eager_steps(fused):
 @pytest.mark.parametrize("fused", [False, True])
 def test_gpu_replays_draw_the_eager_masks(fused):
     """Capture leaves the CUDA RNG state as it found it, and a replay from a given RNG state
-    draws the dropout and drop-path masks an eager step from that state draws (same losses)."""
+    draws the dropout and drop-path masks an eager step from that state draws (same losses):
+    first from the state before the capture (the trainer's case), then from seeds."""
     torch.manual_seed(0)
     model = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=0.3,
                               fused=fused).cuda().train()
@@ -131,6 +136,9 @@ def test_gpu_replays_draw_the_eager_masks(fused):
     state = torch.cuda.get_rng_state()
     step = graphed_loss_step(model, images, labels, contextlib.nullcontext)
     assert torch.equal(torch.cuda.get_rng_state(), state)
+    got = step(images, labels)["loss"].item()
+    torch.cuda.set_rng_state(state)
+    assert got == pytest.approx(model.loss(model(images), labels)["loss"].item(), rel=1e-4)
     losses = []
     for seed in (3, 4, 3):
         torch.cuda.manual_seed(seed)
