@@ -63,7 +63,8 @@ class Prepared:
     None: count on meta tensors instead); ``error()`` checks the result (op cases); ``note``
     qualifies the numbers (e.g. the Triton interpreter); ``peak_memory=False`` leaves the
     memory figure out (a call too slow to repeat for it); ``peak_mem_mb``, when set, is the
-    figure measured while preparing (a graph replay's own allocations are not seen)."""
+    figure the preparation measured instead (CUDA-graphed steps: MiB reserved, since a
+    replay's activations are not allocations)."""
 
     step: Callable[[], object]
     count: Callable[[], object] | None
