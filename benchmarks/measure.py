@@ -155,14 +155,19 @@ def _reset_rss_peak() -> None:
         pass  # then the peak is the process's lifetime peak
 
 
-def peak_memory_mb(fn: Callable[[], object], device: str) -> float | None:
-    """Peak memory of one call of ``fn`` (GPU allocator peak, or process peak RSS)."""
+def peak_memory_mb(fn: Callable[[], object], device: str, reserved: bool = False) -> float | None:
+    """Peak memory of one call of ``fn`` (GPU allocator peak, or process peak RSS);
+    ``reserved``: on a GPU the peak reserved instead, with the cache emptied first (what a
+    CUDA graph's pool holds is reserved, not allocated, while it replays)."""
     if device.startswith("cuda"):
         synchronize(device)
+        if reserved:
+            torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         fn()
         synchronize(device)
-        return torch.cuda.max_memory_allocated() / 2 ** 20
+        peak = torch.cuda.max_memory_reserved() if reserved else torch.cuda.max_memory_allocated()
+        return peak / 2 ** 20
     _reset_rss_peak()
     fn()
     return _rss_peak_mb()

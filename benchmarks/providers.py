@@ -62,9 +62,9 @@ class Prepared:
     """``step()`` is what gets timed; ``count()`` runs it once for FLOP counting (eager;
     None: count on meta tensors instead); ``error()`` checks the result (op cases); ``note``
     qualifies the numbers (e.g. the Triton interpreter); ``peak_memory=False`` leaves the
-    memory figure out (a call too slow to repeat for it); ``peak_mem_mb``, when set, is the
-    figure the preparation measured instead (CUDA-graphed steps: MiB reserved, since a
-    replay's activations are not allocations)."""
+    memory figure out (a call too slow to repeat for it); ``peak_reserved``: the figure is
+    the peak reserved, not allocated (CUDA-graphed steps, whose activations live in the
+    graph's pool; reserved is at least allocated, so this does not favour them)."""
 
     step: Callable[[], object]
     count: Callable[[], object] | None
@@ -73,7 +73,7 @@ class Prepared:
     max_reps: int = 100
     peak_memory: bool = True
     error: Callable[[], float] | None = None  # max relative error against the fp32 reference
-    peak_mem_mb: float | None = None
+    peak_reserved: bool = False
 
 
 # ----------------------------------------------------------------------------- SDPA ops
@@ -393,8 +393,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
             return step
         if cuda_graphs:
             with patch():  # sdpa: the reference model captured with its SDPA attention
-                timed, peak_mb = _graphed_training_step(model, images, target, opt, make(model),
-                                                        dtype if use_autocast else None)
+                timed = _graphed_training_step(model, images, target, opt,
+                                               dtype if use_autocast else None)
     note = "" if dtype == torch.float32 else f"autocast {dtype_name} (weights fp32)"
     if provider == "triton-compile":
         note = join_notes("torch.compile of the fused model", note)
@@ -412,28 +412,21 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
         note = join_notes(note, "CUDA graphs: forward, losses, backward (optimizer eager); "
                                 "memory: peak reserved in a step, the graph's pool included")
         return Prepared(timed, make(model, contextlib.nullcontext), long_step=True, note=note,
-                        peak_mem_mb=peak_mb)
+                        peak_reserved=True)
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
     # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel)
     return Prepared(make(runner), make(model, contextlib.nullcontext), long_step=True, note=note)
 
 
-def _graphed_training_step(model, images, target, opt, eager_step,
-                           amp_dtype) -> tuple[Callable[[], object], float]:
+def _graphed_training_step(model, images, target, opt, amp_dtype) -> Callable[[], object]:
     """The training step with forward, losses and backward replayed as CUDA graphs
-    (:func:`semask.train.cuda_graphs.graphed_loss_step`, captured here, before timing), and
-    its steady-state memory: the peak MiB reserved during one step, with the cache emptied
-    first (replays take the activations from the graph's pool, which stays reserved but
-    which the allocated figure no longer counts; reserved is at least allocated, so this
-    does not favour graphs over the eager providers' allocated peaks). One ``eager_step()``
-    first creates the optimizer's state."""
+    (:func:`semask.train.cuda_graphs.graphed_loss_step`, captured here, before timing)."""
     from semask.train.cuda_graphs import graphed_loss_step
 
     def autocast():
         return (torch.autocast("cuda", dtype=amp_dtype, cache_enabled=False) if amp_dtype
                 else contextlib.nullcontext())
 
-    eager_step()
     graphed = graphed_loss_step(model, images, target, autocast)
 
     def step():
@@ -442,13 +435,7 @@ def _graphed_training_step(model, images, target, opt, eager_step,
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
-    step()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()  # what warm-up and capture left cached
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    return step, torch.cuda.max_memory_reserved() / 2 ** 20
+    return step
 
 
 def prepare(case: Case, provider: str, device: str, dtype_name: str,

@@ -180,10 +180,9 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
                                          min_reps=min(3, prepared.max_reps))
         if args.device.startswith("cuda") and case.kind != "model":
             _graph_time(prepared, rec, args.device)
-        if prepared.peak_mem_mb is not None:
-            rec["peak_mem_mb"] = prepared.peak_mem_mb
-        elif prepared.peak_memory:
-            rec["peak_mem_mb"] = measure.peak_memory_mb(prepared.step, args.device)
+        if prepared.peak_memory:
+            rec["peak_mem_mb"] = measure.peak_memory_mb(prepared.step, args.device,
+                                                        reserved=prepared.peak_reserved)
         if prepared.count is not None:
             rec["flops"] = measure.count_flops(prepared.count)
         if prepared.error is not None:
