@@ -221,13 +221,15 @@ GPU_SHAPES = [(2 * 128 * 128, 96), (2 * 64 * 64, 192), (2 * 32 * 32, 384), (2 * 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
 def test_gpu_accuracy_rule(shape, dtype):
-    """|kernel - fp64| <= 2 |torch same dtype - fp64| + eps |fp64| for y, dx, dw, db."""
-    x, w, b, dy = make(shape, "cuda")
-    x, dy = x.to(dtype), dy.to(dtype)
-    w, b = w.float(), b.float()
+    """|kernel - fp64| <= 2 |torch same dtype - fp64| + eps |fp64| for y, dx, dw, db.
+    Every input, weight and bias too, holds values of ``dtype``: PyTorch's CUDA LayerNorm
+    takes no fp32 weight with a half x ("expected scalar type BFloat16 but found Float"),
+    so its same-dtype run has half weights, and the kernel gets their (exact) fp32 copies,
+    as a model's fp32 parameters under autocast."""
+    x, w, b, dy = (t.to(dtype) for t in make(shape, "cuda"))
     truth = reference(x.double(), w.double(), b.double(), dy.double())
     same = reference(x, w, b, dy)
-    for name, got, s, t in zip(NAMES, fused(x, w, b, dy), same, truth):
+    for name, got, s, t in zip(NAMES, fused(x, w.float(), b.float(), dy), same, truth):
         check_rule(name, got, s, t, dtype)
 
 
@@ -255,8 +257,7 @@ def test_gpu_zero_padded_accuracy_rule(dtype):
     against the pad of PyTorch's LayerNorm; pad tokens exactly 0."""
     from semask.ops.reference import pad_to_multiple
 
-    x, w, b, _ = make((2, 128, 128, 96), "cuda")
-    x, w, b = x.to(dtype), w.float(), b.float()
+    x, w, b, _ = (t.to(dtype) for t in make((2, 128, 128, 96), "cuda"))  # see above
     dy = torch.randn(2, 133, 133, 96, device="cuda", dtype=torch.float64)
 
     def run(fn, x, w, b):
@@ -269,7 +270,8 @@ def test_gpu_zero_padded_accuracy_rule(dtype):
 
     truth = run(torch_ln, x.double(), w.double(), b.double())
     same = run(torch_ln, x, w, b)
-    got = run(lambda x, w, b: layer_norm(x, w, b, 1e-5, "triton", pad_multiple=7), x, w, b)
+    got = run(lambda x, w, b: layer_norm(x, w, b, 1e-5, "triton", pad_multiple=7),
+              x, w.float(), b.float())
     assert got[0][:, 128:].eq(0).all() and got[0][:, :, 128:].eq(0).all()
     for name, g, s, t in zip(NAMES, got, same, truth):
         check_rule(name, g, s, t, dtype)
