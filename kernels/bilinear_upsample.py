@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import bilinear_axis, on_device
+from .common import bilinear_axis, cdiv, next_pow2, on_device
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -106,10 +106,10 @@ def _blocks(t: torch.Tensor, width: int, elements: int) -> tuple[int, int]:
     128 pixels of a row when W has stride 1 (NCHW), else up to 128 channels."""
     C = t.shape[1]
     if t.stride(3) == 1 or C == 1:
-        block_p = min(128, triton.next_power_of_2(width))
-        return min(triton.next_power_of_2(C), max(1, elements // block_p)), block_p
-    block_c = min(128, triton.next_power_of_2(C))
-    return block_c, min(triton.next_power_of_2(width), max(1, elements // block_c))
+        block_p = min(128, next_pow2(width))
+        return min(next_pow2(C), max(1, elements // block_p)), block_p
+    block_c = min(128, next_pow2(C))
+    return block_c, min(next_pow2(width), max(1, elements // block_c))
 
 
 # elements per program: 1024 forward (4 loads each), 512 backward (16 loads each: its
@@ -147,9 +147,9 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     B, C, H, W = x.shape
     y = _empty((B, C, 2 * H, 2 * W), x.device, x.dtype, is_channels_last(x))
     block_c, block_p = _blocks(y, 2 * W, FWD_ELEMENTS)
-    n_px = triton.cdiv(2 * W, block_p)
+    n_px = cdiv(2 * W, block_p)
     with on_device(x):
-        _upsample2x_fwd_kernel[(B * 2 * H * n_px, triton.cdiv(C, block_c))](
+        _upsample2x_fwd_kernel[(B * 2 * H * n_px, cdiv(C, block_c))](
             x, y, C, H, W, n_px, *x.stride(), *y.stride(), BLOCK_C=block_c, BLOCK_P=block_p,
             num_warps=4)
     return y
@@ -162,9 +162,9 @@ def upsample2x_backward(dy: torch.Tensor, dtype: torch.dtype, channels_last: boo
     H, W = H2 // 2, W2 // 2
     dx = _empty((B, C, H, W), dy.device, dtype, channels_last)
     block_c, block_p = _blocks(dx, W, BWD_ELEMENTS)
-    n_px = triton.cdiv(W, block_p)
+    n_px = cdiv(W, block_p)
     with on_device(dy):
-        _upsample2x_bwd_kernel[(B * H * n_px, triton.cdiv(C, block_c))](
+        _upsample2x_bwd_kernel[(B * H * n_px, cdiv(C, block_c))](
             dy, dx, C, H, W, n_px, *dy.stride(), *dx.stride(), BLOCK_C=block_c,
             BLOCK_P=block_p, num_warps=4)
     return dx

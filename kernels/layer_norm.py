@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import on_device, row_block
+from .common import cdiv, next_pow2, on_device, row_block
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_C = 8192
@@ -113,7 +113,8 @@ def reasons(tensors, params: dict) -> list[str]:
         why.append("needs weight and bias (elementwise_affine)")
     elif weight.dtype not in DTYPES or bias.dtype not in DTYPES:
         why.append("weight and bias must be float32, float16 or bfloat16")
-    elif tuple(weight.shape) != x.shape[-1:] or tuple(bias.shape) != x.shape[-1:]:
+    elif weight.dim() != 1 or bias.dim() != 1 or not (
+            weight.shape[0] == bias.shape[0] == x.shape[-1]):
         why.append(f"weight and bias must be [{x.shape[-1]}] (x's last dimension), got "
                    f"{tuple(weight.shape)} and {tuple(bias.shape)}")
     elif weight.device != x.device or bias.device != x.device:
@@ -129,7 +130,7 @@ def _config(C: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_C, num_warps) of a row length C. Not tuned on a GPU yet; for sm_90
     ptxas gives the backward at C = 96 228 registers on 32 x 128 tiles (2 blocks per SM),
     128 on 16 x 128, hence the 2048-element tiles."""
-    block_c = triton.next_power_of_2(C)
+    block_c = next_pow2(C)
     return max(1, TILE_ELEMENTS // block_c), block_c, 4 if block_c <= 1024 else 8
 
 
@@ -163,7 +164,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: floa
     rstd = torch.empty_like(mean)
     Mp = y.numel() // C
     with on_device(x):
-        _ln_fwd_kernel[(triton.cdiv(Mp, block_m),)](
+        _ln_fwd_kernel[(cdiv(Mp, block_m),)](
             x, weight, bias, y, mean, rstd, Mp, C, *_maps(x, y.shape), eps, BLOCK_M=block_m,
             BLOCK_C=block_c, num_warps=num_warps)
     return y, mean, rstd
@@ -176,9 +177,9 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torc
     C = x.shape[-1]
     M = x.numel() // C
     block_m, block_c, num_warps = _config(C)
-    blocks = triton.cdiv(M, block_m)
-    per_program = triton.cdiv(blocks, min(blocks, BWD_PROGRAMS))
-    programs = triton.cdiv(blocks, per_program)
+    blocks = cdiv(M, block_m)
+    per_program = cdiv(blocks, min(blocks, BWD_PROGRAMS))
+    programs = cdiv(blocks, per_program)
     dx = torch.empty_like(x)
     part = torch.empty(programs, 2, C, device=x.device, dtype=torch.float32)
     with on_device(x):

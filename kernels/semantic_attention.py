@@ -64,7 +64,7 @@ import triton
 import triton.language as tl
 
 from . import common, semantic_gemm, semantic_window
-from .common import dot, head_tail, on_device, row_tail, warps
+from .common import cdiv, dot, head_tail, next_pow2, on_device, row_tail, warps
 from .semantic_window import _load, _rows, _scores, _store
 
 MAX_K = 256
@@ -289,7 +289,7 @@ def _semantic_bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp
 
 
 def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(n))
+    return max(lo, next_pow2(n))
 
 
 KERNELS = ("fwd", "dq", "dkdv")
@@ -308,8 +308,8 @@ def _step(N: int, largest: int) -> int:
     of 12: 144 tokens in steps of 16, not 64 + 64 + 64 with 48 masked; 272 in steps of 32;
     multiples of 64, e.g. 1024: ``largest``)."""
     sizes = [b for b in (64, 32, 16) if b <= largest]
-    least = min(triton.cdiv(N, b) * b for b in sizes)
-    return next(b for b in sizes if triton.cdiv(N, b) * b <= 1.1 * least)
+    least = min(cdiv(N, b) * b for b in sizes)
+    return next(b for b in sizes if cdiv(N, b) * b <= 1.1 * least)
 
 
 def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
@@ -350,7 +350,7 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     widest = width > 192  # one 256-column tile: smaller blocks
     if kernel == "dq":
         sizes = (32, 16) if fp32 else (64, 32, 16)
-        block_c = min(sizes, key=lambda bc: (triton.cdiv(C, bc) * bc, -bc))
+        block_c = min(sizes, key=lambda bc: (cdiv(C, bc) * bc, -bc))
         return dict(BLOCK_M=16 if fp32 else 32 if widest else 64,
                     BLOCK_N=_step(N, 16 if fp32 else 32 if width > 64 else 64),
                     BLOCK_C=block_c, **classes, num_warps=warps(8), num_stages=2)
@@ -369,7 +369,7 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
         cands = (64,) if width > 160 or width <= 64 else (64, 128)
     else:  # 128 channels spill registers beside windowed rows or narrow class tiles
         cands = (32, 64) if N <= 256 or width <= 64 else (32, 64, 128)
-    block_c = min(cands, key=lambda bc: (triton.cdiv(C, bc) * (score_cost + chan_cost * bc), bc))
+    block_c = min(cands, key=lambda bc: (cdiv(C, bc) * (score_cost + chan_cost * bc), bc))
     block_c = min(block_c, _pow2(C))
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_C=block_c, **classes,
                 num_warps=warps(8 if fp32 or (backward and 64 < width <= 192) else 4),
@@ -449,10 +449,10 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
             semantic_window.forward(q, k, v, out, lse, window, (S, N, Hp, Wp, nWc, nW), flags)
         return out, lse
     cfg = _config(N, KD, C, "fwd", q.dtype)
-    num_m = triton.cdiv(N, cfg["BLOCK_M"])
+    num_m = cdiv(N, cfg["BLOCK_M"])
     cfg.update(row_tail(N, cfg["BLOCK_M"]))
     with on_device(q):
-        _semantic_fwd_kernel[(num_m * S, triton.cdiv(C, cfg["BLOCK_C"]))](
+        _semantic_fwd_kernel[(num_m * S, cdiv(C, cfg["BLOCK_C"]))](
             q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW, num_m,
             WIN=window, **flags, **cfg)
     return out, lse
@@ -473,10 +473,10 @@ def backward(dout, q, k, v, out, lse, window: int):
                                             flags)
     cfg = _config(N, KD, C, "dkdv", q.dtype)
     dq_cfg = _config(N, KD, C, "dq", q.dtype)
-    num_m = triton.cdiv(N, dq_cfg["BLOCK_M"])
+    num_m = cdiv(N, dq_cfg["BLOCK_M"])
     dq_cfg.update(row_tail(N, dq_cfg["BLOCK_M"]))
-    num_n = triton.cdiv(N, cfg["BLOCK_N"])
-    num_c = triton.cdiv(C, cfg["BLOCK_C"])
+    num_n = cdiv(N, cfg["BLOCK_N"])
+    num_c = cdiv(C, cfg["BLOCK_C"])
     dk_atomic = num_c > 1
     dq, dv = torch.empty_like(q), torch.empty_like(v)
     dk = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if dk_atomic else torch.empty_like(k)

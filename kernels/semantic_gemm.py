@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import on_device, row_block
+from .common import cdiv, next_pow2, on_device, row_block
 
 MAX_TOKENS = 4096
 CHUNK_ELEMENTS = 2 ** 25  # score elements per pass (64 MiB in bf16, 128 MiB in fp32)
@@ -81,9 +81,9 @@ def images_per_pass(B: int, N: int) -> int:
 
 def _rows_launch(kernel, buffers, lse, rows: int, N: int) -> None:
     """Launch a row kernel over ``rows`` score rows of N columns."""
-    block_n = triton.next_power_of_2(N)
+    block_n = next_pow2(N)
     block_r = max(1, TILE_ELEMENTS // block_n)
-    kernel[(triton.cdiv(rows, block_r),)](*buffers, lse, rows, N, BLOCK_R=block_r,
+    kernel[(cdiv(rows, block_r),)](*buffers, lse, rows, N, BLOCK_R=block_r,
                                           BLOCK_N=block_n, num_warps=NUM_WARPS)
 
 

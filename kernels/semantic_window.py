@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot, warps
+from .common import cdiv, dot, next_pow2, warps
 
 MAX_TOKENS = 256
 
@@ -199,7 +199,7 @@ def _semantic_rows_bwd_dkdv_kernel(
 
 def _chunk(n: int, sizes: tuple) -> int:
     """The chunk of ``sizes`` that pads n least (the larger one on a tie)."""
-    return min(sizes, key=lambda b: (triton.cdiv(n, b) * b, -b))
+    return min(sizes, key=lambda b: (cdiv(n, b) * b, -b))
 
 
 def config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
@@ -212,7 +212,7 @@ def config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
     16-row tiles spill on 4). Chosen from ``ptxas -v`` register counts for sm_90 (the
     largest chunks that do not spill at bf16) and the TTGIR layouts, not from timings.
     """
-    block_n = max(16, triton.next_power_of_2(N))
+    block_n = max(16, next_pow2(N))
     wide = block_n > 64
     return dict(BLOCK_M=16 if wide else block_n, BLOCK_N=block_n,
                 BLOCK_K=16 if wide else _chunk(K, (32, 16)),
@@ -237,7 +237,7 @@ def forward(q, k, v, out, lse, window: int, geometry, flags: dict) -> None:
     S, N, Hp, Wp, nWc, nW = geometry
     KD, C = q.shape[-1], v.shape[-1]
     cfg = config(N, KD, C, backward=False, dtype=q.dtype)
-    num_qb = triton.cdiv(N, cfg["BLOCK_M"])
+    num_qb = cdiv(N, cfg["BLOCK_M"])
     _semantic_rows_fwd_kernel[(S * num_qb,)](q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW,
                                              WIN=window, NUM_QB=num_qb, **flags, **cfg)
 
@@ -247,7 +247,7 @@ def backward(dout, q, k, v, lse, window: int, geometry, flags: dict):
     S, N, Hp, Wp, nWc, nW = geometry
     KD, C = q.shape[-1], v.shape[-1]
     cfg = config(N, KD, C, backward=True, dtype=q.dtype)
-    num_qb = triton.cdiv(N, cfg["BLOCK_M"])
+    num_qb = cdiv(N, cfg["BLOCK_M"])
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     # D is stored only for the dk/dv pass; with one query block lse stands in, unread
     delta = torch.empty_like(lse) if num_qb > 1 else lse

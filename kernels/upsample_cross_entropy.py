@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from . import common
-from .common import bilinear_axis, bilinear_source, dot, on_device
+from .common import bilinear_axis, bilinear_source, cdiv, dot, next_pow2, on_device
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SLOTS = 128  # low-resolution box per tile; larger boxes (downsampling) are refused
@@ -147,10 +147,10 @@ def _config(h: int, w: int, H: int, W: int, K: int, dtype: torch.dtype) -> dict:
     chunks of 16 (tf32x3 products need more registers), 8 warps. No register spills on
     sm_90 at 4x (ptxas)."""
     half = dtype != torch.float32
-    tile_y = min(8 if half else 4, triton.next_power_of_2(H))
-    tile_x = max(min(8 if half else 16, triton.next_power_of_2(W)), 16 // tile_y)  # P >= 16
+    tile_y = min(8 if half else 4, next_pow2(H))
+    tile_x = max(min(8 if half else 16, next_pow2(W)), 16 // tile_y)  # P >= 16
     span_y, span_x = _span(h, H, tile_y), _span(w, W, tile_x)
-    slots = max(16, triton.next_power_of_2(span_y * span_x))
+    slots = max(16, next_pow2(span_y * span_x))
     return dict(TILE_Y=tile_y, TILE_X=tile_x, SPAN_Y=span_y, SPAN_X=span_x, SLOTS=slots,
                 BLOCK_K=32 if K > 16 and half else 16, num_warps=4 if half else 8)
 
@@ -198,7 +198,7 @@ def upsample_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_in
     B, K, h, w = logits.shape
     H, W = target.shape[1:]
     cfg = _config(h, w, H, W, K, logits.dtype)
-    n_ty, n_tx = triton.cdiv(H, cfg["TILE_Y"]), triton.cdiv(W, cfg["TILE_X"])
+    n_ty, n_tx = cdiv(H, cfg["TILE_Y"]), cdiv(W, cfg["TILE_X"])
     partial = torch.empty(B * n_ty * n_tx, device=logits.device, dtype=torch.float32)
     bad = torch.empty(B * n_ty * n_tx, device=logits.device, dtype=torch.int32)
     dlogits = torch.zeros(logits.shape, device=logits.device, dtype=torch.float32) if grad else None

@@ -80,7 +80,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot, head_tail, on_device, row_tail
+from .common import cdiv, dot, head_tail, next_pow2, on_device, row_tail
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HEAD_DIMS = (16, 32, 64)
@@ -450,7 +450,7 @@ def _config(window: int, direction: str, dtype: torch.dtype) -> dict:
         block_m, warps = table[window][DIRECTIONS.index(direction)]
     else:
         if width <= 64:  # one query block; a warp per 16 rows (see Warps above)
-            block_m = min(64, max(16, triton.next_power_of_2(window * window)))
+            block_m = min(64, max(16, next_pow2(window * window)))
             warps = block_m // 16
         else:  # 16-row blocks: mma.sync spreads the warps over the keys
             block_m, warps = 16, 4
@@ -471,7 +471,7 @@ def _windows_per_program(n_windows: int, programs_per_window: int, device: torch
         index = device.index if device.index is not None else torch.cuda.current_device()
         slots = _sm_count(index) * per_sm
     groups = max(1, min(n_windows, slots // programs_per_window))
-    return triton.cdiv(n_windows, groups)
+    return cdiv(n_windows, groups)
 
 
 def _geometry(qkv: torch.Tensor, window: int):
@@ -499,14 +499,14 @@ def forward(qkv: torch.Tensor, table: torch.Tensor, num_heads: int, window: int,
     W = Wp if width is None else width
     C = qkv.shape[-1] // 3
     cfg = _config(window, "fwd", qkv.dtype)
-    num_qb = triton.cdiv(window * window, cfg["BLOCK_M"])
+    num_qb = cdiv(window * window, cfg["BLOCK_M"])
     cfg.update(row_tail(window * window, cfg["BLOCK_M"]))
     wpp = windows_per_program or _windows_per_program(
         n_windows, num_qb * num_heads, qkv.device, _PROGRAMS_PER_SM[0])
     out = qkv.new_empty(qkv.shape[0], H, W, C)
     lse = torch.empty(qkv.shape[0], nW, num_heads, window * window, device=qkv.device,
                       dtype=torch.float32)
-    grid = (triton.cdiv(n_windows, wpp) * num_qb * num_heads,)
+    grid = (cdiv(n_windows, wpp) * num_qb * num_heads,)
     with on_device(qkv):
         _window_fwd_kernel[grid](
             qkv, table, out, lse, scale * LOG2E, n_windows, nW, nWw, Hp, Wp, H, W, shift, wpp,
@@ -525,13 +525,13 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, out: to
     H, W = dout.shape[1:3]
     C = qkv.shape[-1] // 3
     cfg = _config(window, "bwd", qkv.dtype)
-    num_qb = triton.cdiv(window * window, cfg["BLOCK_M"])
+    num_qb = cdiv(window * window, cfg["BLOCK_M"])
     wpp = windows_per_program or _windows_per_program(
         n_windows, num_qb * num_heads, qkv.device, _PROGRAMS_PER_SM[1])
     dout = dout.contiguous()
     dqkv = torch.empty_like(qkv)
     dtable = torch.zeros(table.shape, device=table.device, dtype=torch.float32)
-    grid = (triton.cdiv(n_windows, wpp) * num_qb * num_heads,)
+    grid = (cdiv(n_windows, wpp) * num_qb * num_heads,)
     common = dict(HEADS=num_heads, HEAD_DIM=C // num_heads, WINDOW=window, SHIFTED=shift > 0,
                   **cfg, **_dot_flags(qkv))
     geometry = (n_windows, nW, nWw, Hp, Wp, H, W, shift, wpp)

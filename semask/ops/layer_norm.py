@@ -16,6 +16,8 @@ map themselves (no pad copy, no crop copy in the backward).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,10 +56,22 @@ def fused_layer_norm_reasons(x: Tensor, weight: Tensor | None, bias: Tensor | No
     return PROVIDER.reasons(OP, [x, weight, bias], {})
 
 
+_decisions: dict[tuple, bool] = {}  # whether the kernels run, per description of the inputs
+
+
 def _use_triton(backend: str, x: Tensor, weight, bias) -> bool:
+    """Whether ``backend`` runs the Triton kernels on these inputs; the providers' checks
+    run once per description of them (what they read) and are remembered."""
     if backend not in ("auto", "triton") or not (x.is_cuda or backend == "triton"):
         return False
-    return eager_dispatch((x, weight, bias)) and not fused_layer_norm_reasons(x, weight, bias)
+    if not eager_dispatch((x, weight, bias)):
+        return False
+    key = (x.shape[-1], x.numel() == 0, x.dtype, x.device, os.environ.get("TRITON_INTERPRET"),
+           *((None,) if t is None else (tuple(t.shape), t.dtype, t.device) for t in (weight, bias)))
+    use = _decisions.get(key)
+    if use is None:
+        use = _decisions[key] = not fused_layer_norm_reasons(x, weight, bias)
+    return use
 
 
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
