@@ -11,6 +11,8 @@
 #             (benchmarks/profile_step.py); not in the default stages either
 #   graphs    the model training steps replayed as CUDA graphs (benchmarks/run.py
 #             --cuda-graphs), results in graphs/ of the output folder; not a default stage
+#   host      host time per call of each fused op and its reference (benchmarks/host_time.py,
+#             host_time.md); not a default stage
 # Every stage has a hard time limit and its failure is recorded; the later stages still run.
 #
 # Usage, from the repository root:
@@ -29,7 +31,7 @@
 #   PYTHON (default python3).
 # Output folder: suite.log (all output), suite_summary.txt (one line per stage), and the
 # benchmark's results.json, results.md, speedup.png, memory.png; the sweep's sweep.json, sweep.md;
-# the profile's profile.md.
+# the profile's profile.md; the host stage's host_time.md.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -48,9 +50,9 @@ export SEMASK_COMMIT
 # planned seconds per stage; a stage gets min(plan, what is left after the minimum of the
 # stages still to come), so a fast early stage leaves more time to the benchmarks
 declare -A PLAN=([setup]=90 [build]=200 [tests]=240 [memcheck]=90 [bench]=600 [sweep]=600 [profile]=300
-                 [graphs]=200)
+                 [graphs]=200 [host]=120)
 declare -A MIN=([setup]=20 [build]=30 [tests]=30 [memcheck]=20 [bench]=120 [sweep]=60 [profile]=40
-                [graphs]=90)
+                [graphs]=90 [host]=40)
 
 slug=$(timeout 60 "$PY" -c "from benchmarks.measure import device_slug; print(device_slug('cuda'))" 2>/dev/null | tail -n 1)
 [ -n "$slug" ] || slug=gpu
@@ -173,13 +175,17 @@ stage_graphs() {  # $1: the stage's time limit
     --out "$RES/graphs" ${GRAPHS_ARGS:---providers reference,triton --cases model/semask_swin_tiny}
 }
 
+stage_host() {
+  "$PY" benchmarks/host_time.py --device cuda --out "$RES/host_time.md"
+}
+
 export PY RES
 export -f stage_setup stage_build stage_tests stage_memcheck stage_bench stage_sweep stage_profile \
-  stage_graphs
+  stage_graphs stage_host
 for s in "${STAGES[@]}"; do
   case "$s" in
-    setup|build|tests|memcheck|bench|sweep|profile|graphs) run_stage "$s" ;;
-    *) echo "unknown stage $s (setup build tests memcheck bench sweep profile graphs)" | tee -a "$SUMMARY"; FAILED=1 ;;
+    setup|build|tests|memcheck|bench|sweep|profile|graphs|host) run_stage "$s" ;;
+    *) echo "unknown stage $s (setup build tests memcheck bench sweep profile graphs host)" | tee -a "$SUMMARY"; FAILED=1 ;;
   esac
 done
 echo "total $(( $(date +%s) - START ))s; results in $RES" | tee -a "$SUMMARY" "$LOG"
