@@ -9,8 +9,9 @@
 #             in the default stages: `bash benchmarks/gpu_suite.sh setup sweep`
 #   profile   where a SeMask-T training step spends its GPU time, reference and triton
 #             (benchmarks/profile_step.py); not in the default stages either
-#   graphs    the model training steps replayed as CUDA graphs (benchmarks/run.py
-#             --cuda-graphs), results in graphs/ of the output folder; not a default stage
+#   graphs    the model cases (training steps and inference forwards) replayed as CUDA graphs
+#             (benchmarks/run.py --cuda-graphs), results in graphs/ of the output folder; not
+#             a default stage
 #   host      host time per call of each fused op and its reference (benchmarks/host_time.py,
 #             host_time.md); not a default stage
 # Every stage has a hard time limit and its failure is recorded; the later stages still run.

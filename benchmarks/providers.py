@@ -338,8 +338,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                   fused_loss: bool = True, fused_upsample: bool = True,
                   fused_norm: bool = True, cuda_graphs: bool = False) -> Prepared:
     dtype = DTYPES[dtype_name]
-    if cuda_graphs and case.mode == "fwd_bwd" and (provider in COMPILED or device == "cpu"):
-        raise Skip("CUDA graphs of the training step: on a GPU, for the eager providers")
+    if cuda_graphs and (provider in COMPILED or device == "cpu"):
+        raise Skip("CUDA graphs of the model: on a GPU, for the eager providers")
     if provider in COMPILED and device == "cpu":
         raise Skip("torch.compile of a whole model takes minutes on a CPU; left out there")
     fused = "triton" if provider == "triton-compile" else provider if provider in FUSED else False
@@ -376,6 +376,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                 with patch(), torch.no_grad(), autocast():
                     return net(images).logits
             return step
+        if cuda_graphs:
+            timed = _graphed_forward(model, images, autocast, patch)
     else:
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
@@ -408,14 +410,33 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
         note = join_notes(note, "fused x2 upsampling (head, decoder)")
     if model.fused_norm and provider not in COMPILED:
         note = join_notes(note, "Triton LayerNorm")
-    if cuda_graphs and case.mode == "fwd_bwd":
-        note = join_notes(note, "CUDA graphs: forward, losses, backward (optimizer eager); "
-                                "memory: peak reserved in a step, the graph's pool included")
+    if cuda_graphs:
+        what = ("forward, losses, backward (optimizer eager)" if case.mode == "fwd_bwd" else
+                "the forward (semask.train.cuda_graphs.GraphedInference)")
+        note = join_notes(note, f"CUDA graphs: {what}; memory: peak reserved in a call, the "
+                                "graph's pool included")
         return Prepared(timed, make(model, contextlib.nullcontext), long_step=True, note=note,
                         peak_reserved=True)
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
     # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel)
     return Prepared(make(runner), make(model, contextlib.nullcontext), long_step=True, note=note)
+
+
+def _graphed_forward(model, images, autocast, patch) -> Callable[[], object]:
+    """The eval forward replayed from a CUDA graph (GraphedInference), captured here: it
+    captures a signature on its second call."""
+    from semask.train.cuda_graphs import GraphedInference
+
+    graphed = GraphedInference(model)
+
+    def step():
+        with patch(), torch.no_grad(), autocast():
+            return graphed(images)
+    for _ in range(2):
+        step()
+    if graphed.captures != 1:
+        raise RuntimeError(f"GraphedInference made {graphed.captures} captures, expected 1")
+    return step
 
 
 def _graphed_training_step(model, images, target, opt, amp_dtype) -> Callable[[], object]:
@@ -445,7 +466,7 @@ def prepare(case: Case, provider: str, device: str, dtype_name: str,
     """``loss_chunk`` ("auto": the model's default, None or an int), ``fused_loss`` (False:
     never the fused loss kernel), ``fused_upsample`` (False: the head's and decoder's
     upsampling as the reference's), ``fused_norm`` (False: PyTorch's LayerNorm) and
-    ``cuda_graphs`` (training steps replayed as CUDA graphs) apply to model cases."""
+    ``cuda_graphs`` (training steps and forwards replayed as CUDA graphs) apply to model cases."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
     if provider == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

@@ -98,9 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="the triton provider's models run PyTorch's LayerNorm (no Triton "
                          "LayerNorm kernels)")
     ap.add_argument("--cuda-graphs", action="store_true",
-                    help="model training steps (the only cases then run) replay their "
-                         "forward, losses and backward as CUDA graphs "
-                         "(semask.train.cuda_graphs; GPU, eager providers)")
+                    help="the model cases (the only ones then run) replay CUDA graphs: "
+                         "training steps their forward, losses and backward, inference its "
+                         "forward (semask.train.cuda_graphs; GPU, eager providers)")
     ap.add_argument("--isolate", action="store_true",
                     help="run each provider in its own process (a crashing kernel cannot take "
                          "the others down); the time budget is shared out between them")
@@ -142,8 +142,8 @@ def select_cases(args) -> list:
             # alone in its process (--isolate) compile has time for few cases: the SeMask-T
             # model first, as issue 4 compares the fused training step with it
             cases.sort(key=lambda c: c.name != "model/semask_swin_tiny_fpn-512")
-    if args.cuda_graphs:  # what graphs change: the model training steps
-        cases = [c for c in cases if c.kind == "model" and c.mode == "fwd_bwd"]
+    if args.cuda_graphs:  # what graphs change: the model cases
+        cases = [c for c in cases if c.kind == "model"]
     return _cases.select(cases, args.cases)
 
 

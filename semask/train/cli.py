@@ -81,8 +81,13 @@ def eval_main(argv=None) -> None:
     parser.add_argument("--slide-stride", default=None, help="h,w")
     parser.add_argument("--out", default=None, help="write the JSON here (default: next to the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the forwards from CUDA graphs, one per input size that "
+                        "repeats (GPU; a sliding-window eval repeats its crop)")
     args = parser.parse_args(argv)
     device = _device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
     model, cfg = _load_model(args.checkpoint, device)
     from .config import parse_value
     mode = args.mode or cfg.eval_mode
@@ -94,7 +99,7 @@ def eval_main(argv=None) -> None:
                             cfg.synthetic_val_size, cfg.synthetic_size)
     t0 = time.perf_counter()
     res = evaluate(model, raw, cfg.num_classes, device, mode, test_scale, ratios, tuple(crop), tuple(stride),
-                   progress=True)
+                   progress=True, cuda_graphs=args.cuda_graphs)
     res["eval_s"] = time.perf_counter() - t0
     run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
     out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_{mode}.json"
@@ -136,9 +141,17 @@ def infer_main(argv=None) -> None:
                         help="inference mode (default: the training config's eval_mode)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour map")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the forwards from CUDA graphs, one per input size that "
+                        "repeats (GPU; images of one size, or the sliding-window crop)")
     args = parser.parse_args(argv)
     device = _device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
     model, cfg = _load_model(args.checkpoint, device)
+    if args.cuda_graphs:
+        from .cuda_graphs import GraphedInference
+        model = GraphedInference(model)
     files = []
     for item in map(Path, args.inputs):
         if item.is_dir():

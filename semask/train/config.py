@@ -49,7 +49,7 @@ class TrainConfig:
     grad_checkpointing: list[int] = field(default_factory=list)   # backbone stages to recompute
     sync_bn: bool = True                   # SyncBatchNorm in the head under multi-GPU DDP
     compile: str | None = None             # torch.compile of the training forward: none | default | a backend
-    cuda_graphs: bool = False              # replay forward + losses + backward as CUDA graphs
+    cuda_graphs: bool = False              # replay forward + losses + backward (and eval) as CUDA graphs
     # optimisation
     iters: int = 3000
     batch_size: int = 8                    # per process and micro-step
@@ -117,7 +117,8 @@ FIELD_HELP = {
                "backend name such as aot_eager; the loss (fused kernel) and evaluation stay eager",
     "cuda_graphs": "capture the training forward, losses and backward once and replay them as "
                    "CUDA graphs (GPU; fixed crop and batch; not with DDP, --compile, gradient "
-                   "checkpointing or accum_steps > 1): removes the host time of a step",
+                   "checkpointing or accum_steps > 1): removes the host time of a step; "
+                   "evaluation forwards replay CUDA graphs too",
     "iters": "optimizer steps",
     "batch_size": "images per process and micro-step",
     "accum_steps": "micro-steps accumulated per optimizer step",

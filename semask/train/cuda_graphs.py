@@ -11,9 +11,13 @@ resets the RNG state, which capture forbids), no torch.compile, one micro-batch 
 weight cache (``cache_enabled=False``). BatchNorm statistics and the RNG state are
 restored after the warm-up and capture runs, which update them. The graph keeps its own
 memory pool (the step's activations) reserved for the rest of the run.
+
+:class:`GraphedInference` does the same for evaluation and inference forwards, which run
+one image at a time and so are bound by the host even more.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -86,3 +90,75 @@ def graphed_loss_step(model: nn.Module, images: Tensor, labels: Tensor,
         return dict(loss=loss, loss_main=loss_main, loss_semantic=loss_semantic)
 
     return step
+
+
+def _logits(out) -> Tensor:
+    """The logits of a model's output (a SegOutput or a tensor)."""
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _graphable(x: Tensor) -> bool:
+    return x.is_cuda
+
+
+def _capture(forward: Callable[[Tensor], Tensor], x: Tensor, warmup: int = 2):
+    """(replay, static input, static output) of ``forward`` captured into a CUDA graph on
+    its own memory pool, after ``warmup`` runs on a side stream (torch.cuda.graph's
+    recipe); ``replay()`` reads the static input and rewrites the static output."""
+    static_in = x.clone()
+    current = torch.cuda.current_stream(x.device)
+    side = torch.cuda.Stream(x.device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            forward(static_in)
+    current.wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: CUDA work of other threads (not ours) does not break the capture
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        static_out = forward(static_in)
+    return graph.replay, static_in, static_out
+
+
+class GraphedInference:
+    """``GraphedInference(model)(x)`` -> the logits of ``model(x)`` (a new tensor), the
+    forward replayed from a CUDA graph where it can be.
+
+    For an eval-mode model under no_grad on CUDA inputs: one graph per input signature
+    (shape, dtype, device, autocast state) that comes a second time (a size seen once runs
+    eagerly: capturing costs a few forwards), at most ``max_graphs`` of them, the least
+    recently used dropped with its memory. Anything else (training mode, grad mode, CPU)
+    runs eagerly. Replays read the parameters in place, so weights updated in place
+    between calls are used; the autocast weight cache is off during capture."""
+
+    def __init__(self, model: nn.Module, max_graphs: int = 4):
+        self.model, self.max_graphs = model, max_graphs
+        self.graphs: OrderedDict[tuple, tuple] = OrderedDict()  # signature -> _capture's
+        self.seen: set[tuple] = set()
+        self.captures = 0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.model.training or torch.is_grad_enabled() or not _graphable(x):
+            return _logits(self.model(x))
+        kind = x.device.type
+        amp = (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+        key = (tuple(x.shape), x.dtype, x.device, amp)
+        entry = self.graphs.get(key)
+        if entry is None:
+            if key not in self.seen:
+                self.seen.add(key)
+                return _logits(self.model(x))
+
+            def forward(inp: Tensor) -> Tensor:
+                with torch.autocast(kind, dtype=amp[1], enabled=amp[0], cache_enabled=False):
+                    return _logits(self.model(inp))
+
+            entry = self.graphs[key] = _capture(forward, x)
+            self.captures += 1
+            if len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        self.graphs.move_to_end(key)
+        replay, static_in, static_out = entry
+        static_in.copy_(x)
+        replay()
+        return static_out.clone()

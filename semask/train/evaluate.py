@@ -5,6 +5,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import TransformedDataset, eval_loader, eval_transforms
+from .cuda_graphs import GraphedInference
 from .distributed import DistInfo, all_reduce_sum
 from .inference import predict_probs
 from .metrics import best_constant_miou, confusion_matrix, summarize
@@ -13,16 +14,22 @@ from .metrics import best_constant_miou, confusion_matrix, summarize
 @torch.no_grad()
 def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", test_scale=None,
              ms_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), crop=(512, 512), stride=(341, 341),
-             info: DistInfo | None = None, progress: bool = False, autocast=None) -> dict:
+             info: DistInfo | None = None, progress: bool = False, autocast=None,
+             cuda_graphs: bool = False) -> dict:
     """Score ``raw_dataset`` (items image, label, name) at each label's own size.
 
     Returns summarize()'s dict plus ``confusion`` (list of lists), ``mode`` and the best
     constant-class baseline (``baseline_class``, ``baseline_mIoU``). Under DDP every rank
-    scores a shard and the confusion matrices are summed.
+    scores a shard and the confusion matrices are summed. ``cuda_graphs``: the forwards
+    replay CUDA graphs (:class:`~semask.train.cuda_graphs.GraphedInference`), dropped at
+    the end.
     """
     info = info or DistInfo(device=torch.device(device))
+    if cuda_graphs and info.device.type != "cuda":
+        raise ValueError(f"evaluate: CUDA graphs need a CUDA device, got {info.device}")
     was_training = model.training
     model.eval()
+    runner = GraphedInference(model) if cuda_graphs else model
     dataset = TransformedDataset(raw_dataset, eval_transforms())
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     loader = eval_loader(dataset, rank=info.rank, world_size=info.world_size)
@@ -30,7 +37,7 @@ def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", 
                                 leave=False, dynamic_ncols=True):
         image = image.to(device)
         with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
-            probs = predict_probs(model, image, label.shape[-2:], mode, test_scale, ms_ratios, crop, stride)
+            probs = predict_probs(runner, image, label.shape[-2:], mode, test_scale, ms_ratios, crop, stride)
         conf += confusion_matrix(probs.argmax(1).cpu(), label, num_classes)
     conf = all_reduce_sum(conf.to(info.device), info).cpu()
     model.train(was_training)

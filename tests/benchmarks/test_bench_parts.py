@@ -342,15 +342,16 @@ def test_triton_compile_provider_runs_model_cases_only():
 
 
 def test_cuda_graph_steps_only_on_a_gpu():
-    """--cuda-graphs parses and selects the model training steps only; off a GPU a model
-    training step asking for it is skipped with the reason (the graphed step itself is
-    tested on a GPU in tests/train)."""
+    """--cuda-graphs parses and selects the model cases only (training steps and forwards);
+    off a GPU a model case asking for it is skipped with the reason (the graphed step and
+    forward themselves are tested on a GPU in tests/train)."""
     args = R.parse_args(["--cuda-graphs", "--device", "cpu"])
     assert args.cuda_graphs and not R.parse_args([]).cuda_graphs
     selected = R.select_cases(args)
-    assert selected and {(c.kind, c.mode) for c in selected} == {("model", "fwd_bwd")}
-    assert len(selected) == sum(c.kind == "model" and c.mode == "fwd_bwd"
-                                for c in C.full_cases(16, None))
-    case = next(c for c in C.full_cases(2, None) if c.kind == "model" and c.mode == "fwd_bwd")
-    with pytest.raises(P.Skip, match="on a GPU"):
-        P.prepare(case, "reference", "cpu", "fp32", cuda_graphs=True)
+    assert selected and {(c.kind, c.mode) for c in selected} == {("model", "fwd_bwd"),
+                                                                ("model", "fwd")}
+    assert len(selected) == sum(c.kind == "model" for c in C.full_cases(16, None))
+    for mode in ("fwd", "fwd_bwd"):
+        case = next(c for c in C.full_cases(2, None) if c.kind == "model" and c.mode == mode)
+        with pytest.raises(P.Skip, match="on a GPU"):
+            P.prepare(case, "reference", "cpu", "fp32", cuda_graphs=True)

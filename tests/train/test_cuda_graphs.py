@@ -1,8 +1,10 @@
-"""--cuda-graphs: the training forward, losses and backward replayed as CUDA graphs.
+"""--cuda-graphs: the training forward, losses and backward replayed as CUDA graphs, and
+evaluation / inference forwards (GraphedInference).
 
-CPU: the settings that cannot capture are refused before anything is written. GPU (marker
-``gpu``): replays give the eager step's losses and gradients on new inputs and draw its
-dropout masks, and short runs (one resumed) train like the eager one.
+CPU: the settings that cannot capture are refused before anything is written; the capture
+plumbing runs on stand-ins. GPU (marker ``gpu``): replays give the eager step's losses and
+gradients on new inputs and draw its dropout masks, short runs (one resumed) train like the
+eager one, and replayed eval forwards give the eager logits.
 """
 import contextlib
 
@@ -169,3 +171,94 @@ def test_gpu_training_run_with_cuda_graphs(tmp_path, tiny_config):
     assert len(graphs) == len(split) == 4
     assert graphs == pytest.approx(eager, rel=5e-3)
     assert split == pytest.approx(graphs, rel=5e-3)
+
+
+def _stand_in_capture(captured):
+    """A CPU stand-in for cuda_graphs._capture: the forward runs once at capture, and each
+    replay recomputes it from the static input into the static output, as a graph replay
+    rewrites it."""
+    def capture(forward, x, warmup=2):
+        static_in = x.clone()
+        static_out = forward(static_in)
+        captured.append(tuple(x.shape))
+        return (lambda: static_out.copy_(forward(static_in))), static_in, static_out
+    return capture
+
+
+def test_graphed_inference_captures_repeated_sizes_and_replays(monkeypatch):
+    """CPU, capture by the stand-in: a size runs eagerly the first time, is captured the
+    second and replayed after; every output equals the eager model's logits and survives
+    later calls (no aliasing of the static output); at most max_graphs are kept, the least
+    recently used dropped and captured again when it comes back; grad mode, training mode
+    and another autocast state are other cases."""
+    from semask.train import cuda_graphs as cg
+
+    captured = []
+    monkeypatch.setattr(cg, "_capture", _stand_in_capture(captured))
+    monkeypatch.setattr(cg, "_graphable", lambda x: True)
+    torch.manual_seed(0)
+    model = semask.SeMaskSwin("micro", num_classes=5, head_channels=16).eval()
+    runner = cg.GraphedInference(model, max_graphs=2)
+    g = torch.Generator().manual_seed(1)
+    xs = {s: [torch.randn(1, 3, *s, generator=g) for _ in range(3)]
+          for s in ((64, 64), (64, 96), (96, 64))}
+    with torch.no_grad():
+        want = {s: [model(x).logits for x in v] for s, v in xs.items()}
+        got = [runner(x) for x in xs[(64, 64)]]
+        assert captured == [(1, 3, 64, 64)] and runner.captures == 1
+        for s in ((64, 96), (96, 64)):
+            got += [runner(x) for x in xs[s][:2]]
+        assert captured[1:] == [(1, 3, 64, 96), (1, 3, 96, 64)]
+        assert [k[0] for k in runner.graphs] == [(1, 3, 64, 96), (1, 3, 96, 64)]
+        got.append(runner(xs[(64, 64)][0]))  # dropped earlier, seen before: captured again
+        assert captured[-1] == (1, 3, 64, 64) and runner.captures == 4
+    expected = want[(64, 64)] + want[(64, 96)][:2] + want[(96, 64)][:2] + want[(64, 64)][:1]
+    for out, ref in zip(got, expected, strict=True):
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    out = runner(xs[(64, 64)][1])  # grad mode: eager
+    assert out.requires_grad and runner.captures == 4
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        runner(xs[(64, 64)][1])  # a new signature: eager the first time
+    assert runner.captures == 4
+    model.train()
+    with torch.no_grad():
+        runner(xs[(64, 64)][1])
+    assert runner.captures == 4
+
+
+def test_eval_and_infer_commands_refuse_graphs_on_cpu(capsys):
+    """Refused by name before the checkpoint is even looked for."""
+    from semask.train.cli import eval_main, infer_main
+
+    for main, extra in ((eval_main, []), (infer_main, ["image.png"])):
+        with pytest.raises(SystemExit):
+            main(["no/such/run", *extra, "--cuda-graphs", "--device", "cpu"])
+        assert "--cuda-graphs needs a CUDA device, got cpu" in capsys.readouterr().err
+
+
+def test_graphed_evaluation_needs_cuda():
+    from semask.train.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        evaluate(torch.nn.Identity(), [], 3, "cpu", cuda_graphs=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [False, "triton"])
+@pytest.mark.parametrize("amp", [False, True])
+def test_gpu_graphed_inference_equals_eager(fused, amp):
+    """Replays of a captured eval forward give the eager forward's logits on new inputs,
+    fp32 and under bf16 autocast, reference and fused models."""
+    from semask.train.cuda_graphs import GraphedInference
+
+    torch.manual_seed(0)
+    model = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, fused=fused).cuda().eval()
+    runner = GraphedInference(model)
+    xs = [torch.randn(1, 3, 64, 96, device="cuda") for _ in range(4)]
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        got = [runner(x).float() for x in xs]
+        want = [model(x).logits.float() for x in xs]
+    assert runner.captures == 1
+    tol = 2e-2 if amp else 1e-4
+    for out, ref in zip(got, want):
+        torch.testing.assert_close(out, ref, rtol=tol, atol=tol * ref.abs().max().item())
