@@ -12,8 +12,10 @@ of our op layer from that of the launches.
 
 On the CPU the script sets ``TRITON_INTERPRET=1`` and makes every Triton launch a no-op, so
 the times are the Python and aten cost without Triton's own launch cost (and the outputs
-are garbage, their device-side checks skipped): a GPU-free way to compare host-side changes. On a GPU fwd_bwd's backward runs
-on autograd's device thread, as in a training step.
+are garbage, their device-side checks skipped): a GPU-free way to compare host-side changes
+between commits. The torch column there is mostly real CPU arithmetic, so torch against
+triton means nothing on the CPU. On a GPU fwd_bwd's backward runs on autograd's device
+thread, as in a training step.
 """
 from __future__ import annotations
 

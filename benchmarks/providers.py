@@ -412,7 +412,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
         note = join_notes(note, "Triton LayerNorm")
     if cuda_graphs:
         what = ("forward, losses, backward (optimizer eager)" if case.mode == "fwd_bwd" else
-                "the forward (semask.train.cuda_graphs.GraphedInference)")
+                "the forward (semask.train.cuda_graphs.GraphedInference; each call copies "
+                "the logits out)")
         note = join_notes(note, f"CUDA graphs: {what}; memory: peak reserved in a call, the "
                                 "graph's pool included")
         return Prepared(timed, make(model, contextlib.nullcontext), long_step=True, note=note,
@@ -423,17 +424,16 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
 
 
 def _graphed_forward(model, images, autocast, patch) -> Callable[[], object]:
-    """The eval forward replayed from a CUDA graph (GraphedInference), captured here: it
-    captures a signature on its second call."""
+    """The eval forward replayed from a CUDA graph (GraphedInference, which returns a copy
+    of the logits), captured here, on the first call."""
     from semask.train.cuda_graphs import GraphedInference
 
-    graphed = GraphedInference(model)
+    graphed = GraphedInference(model, capture_on=1)
 
     def step():
         with patch(), torch.no_grad(), autocast():
             return graphed(images)
-    for _ in range(2):
-        step()
+    step()
     if graphed.captures != 1:
         raise RuntimeError(f"GraphedInference made {graphed.captures} captures, expected 1")
     return step

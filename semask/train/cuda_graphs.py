@@ -17,7 +17,8 @@ one image at a time and so are bound by the host even more.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+import contextlib
+import gc
 from typing import Callable
 
 import torch
@@ -72,7 +73,7 @@ def graphed_loss_step(model: nn.Module, images: Tensor, labels: Tensor,
     # back, so replays draw what eager steps from here would (and a resumed run what an
     # uninterrupted one did)
     cuda = [images.device] if images.is_cuda else []  # (CPU: the plumbing's test)
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), _gc_paused():
         graphed = torch.cuda.make_graphed_callables(_LossStep(model, autocast), static,
                                                     allow_unused_input=True)  # e.g. frozen parts
     with torch.no_grad():
@@ -92,6 +93,22 @@ def graphed_loss_step(model: nn.Module, images: Tensor, labels: Tensor,
     return step
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Python's cyclic garbage collector collected first, then off: since torch 2.9 a
+    capture no longer collects, and a collection during one can free another graph (those
+    of make_graphed_callables sit in reference cycles), which invalidates the capture
+    (pytorch/pytorch#161037)."""
+    was_on = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def _logits(out) -> Tensor:
     """The logits of a model's output (a SegOutput or a tensor)."""
     return out.logits if hasattr(out, "logits") else out
@@ -104,49 +121,60 @@ def _graphable(x: Tensor) -> bool:
 def _capture(forward: Callable[[Tensor], Tensor], x: Tensor, warmup: int = 2):
     """(replay, static input, static output) of ``forward`` captured into a CUDA graph on
     its own memory pool, after ``warmup`` runs on a side stream (torch.cuda.graph's
-    recipe); ``replay()`` reads the static input and rewrites the static output."""
-    static_in = x.clone()
-    current = torch.cuda.current_stream(x.device)
-    side = torch.cuda.Stream(x.device)
-    side.wait_stream(current)
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            forward(static_in)
-    current.wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    # thread_local: CUDA work of other threads (not ours) does not break the capture
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        static_out = forward(static_in)
-    return graph.replay, static_in, static_out
+    recipe), all on x's GPU; ``replay()`` reads the static input and rewrites the static
+    output."""
+    with torch.cuda.device(x.device), _gc_paused():
+        static_in = x.clone()
+        current = torch.cuda.current_stream()
+        side = torch.cuda.Stream()
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                forward(static_in)
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: CUDA work of other threads (not ours) does not break the capture
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
+            static_out = forward(static_in)
+
+    def replay():
+        with torch.cuda.device(x.device):
+            graph.replay()
+    return replay, static_in, static_out
 
 
 class GraphedInference:
     """``GraphedInference(model)(x)`` -> the logits of ``model(x)`` (a new tensor), the
     forward replayed from a CUDA graph where it can be.
 
-    For an eval-mode model under no_grad on CUDA inputs: one graph per input signature
-    (shape, dtype, device, autocast state) that comes a second time (a size seen once runs
-    eagerly: capturing costs a few forwards), at most ``max_graphs`` of them, the least
-    recently used dropped with its memory. Anything else (training mode, grad mode, CPU)
-    runs eagerly. Replays read the parameters in place, so weights updated in place
-    between calls are used; the autocast weight cache is off during capture."""
+    For an eval-mode model under no_grad on CUDA inputs: an input signature (shape, dtype,
+    device, autocast state, inference mode) is captured when it comes a third time (sizes
+    that come once or twice, such as a multi-scale eval's flipped pairs of varying sizes,
+    run eagerly: a capture costs about three forwards), at most ``max_graphs`` of them
+    (later signatures run eagerly; each graph keeps a memory pool of about one forward's
+    peak). Anything else (training mode, grad mode, CPU) runs eagerly. Replays read the
+    parameters in place, so weights updated in place between calls are used; the autocast
+    weight cache is off during capture."""
 
-    def __init__(self, model: nn.Module, max_graphs: int = 4):
-        self.model, self.max_graphs = model, max_graphs
-        self.graphs: OrderedDict[tuple, tuple] = OrderedDict()  # signature -> _capture's
-        self.seen: set[tuple] = set()
-        self.captures = 0
+    def __init__(self, model: nn.Module, max_graphs: int = 6, capture_on: int = 3):
+        self.model, self.max_graphs, self.capture_on = model, max_graphs, capture_on
+        self.graphs: dict[tuple, tuple] = {}  # signature -> _capture's result
+        self.sightings: dict[tuple, int] = {}
+
+    @property
+    def captures(self) -> int:
+        return len(self.graphs)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.model.training or torch.is_grad_enabled() or not _graphable(x):
             return _logits(self.model(x))
         kind = x.device.type
         amp = (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
-        key = (tuple(x.shape), x.dtype, x.device, amp)
+        key = (tuple(x.shape), x.dtype, x.device, amp, torch.is_inference_mode_enabled())
         entry = self.graphs.get(key)
         if entry is None:
-            if key not in self.seen:
-                self.seen.add(key)
+            seen = self.sightings[key] = self.sightings.get(key, 0) + 1
+            if seen < self.capture_on or len(self.graphs) >= self.max_graphs:
                 return _logits(self.model(x))
 
             def forward(inp: Tensor) -> Tensor:
@@ -154,10 +182,6 @@ class GraphedInference:
                     return _logits(self.model(inp))
 
             entry = self.graphs[key] = _capture(forward, x)
-            self.captures += 1
-            if len(self.graphs) > self.max_graphs:
-                self.graphs.popitem(last=False)
-        self.graphs.move_to_end(key)
         replay, static_in, static_out = entry
         static_in.copy_(x)
         replay()

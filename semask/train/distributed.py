@@ -33,9 +33,10 @@ def setup(device: str = "auto") -> DistInfo:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
     else:
         dev = torch.device(device)
+    if dev.type == "cuda":  # also cuda:N: CUDA graphs capture on the current device's streams
+        torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         if dev.type == "cpu":  # share the cores between the local processes

@@ -186,11 +186,11 @@ def _stand_in_capture(captured):
 
 
 def test_graphed_inference_captures_repeated_sizes_and_replays(monkeypatch):
-    """CPU, capture by the stand-in: a size runs eagerly the first time, is captured the
-    second and replayed after; every output equals the eager model's logits and survives
-    later calls (no aliasing of the static output); at most max_graphs are kept, the least
-    recently used dropped and captured again when it comes back; grad mode, training mode
-    and another autocast state are other cases."""
+    """CPU, capture by the stand-in: a size runs eagerly the first two times, is captured
+    the third and replayed after; every output equals the eager model's logits and survives
+    later calls (no aliasing of the static output); once max_graphs sizes are captured,
+    others run eagerly however often they come; grad mode, training mode and another
+    autocast state are other cases."""
     from semask.train import cuda_graphs as cg
 
     captured = []
@@ -200,30 +200,32 @@ def test_graphed_inference_captures_repeated_sizes_and_replays(monkeypatch):
     model = semask.SeMaskSwin("micro", num_classes=5, head_channels=16).eval()
     runner = cg.GraphedInference(model, max_graphs=2)
     g = torch.Generator().manual_seed(1)
-    xs = {s: [torch.randn(1, 3, *s, generator=g) for _ in range(3)]
-          for s in ((64, 64), (64, 96), (96, 64))}
+    sizes = ((64, 64), (64, 96), (96, 64))
+    xs = {s: [torch.randn(1, 3, *s, generator=g) for _ in range(4)] for s in sizes}
     with torch.no_grad():
         want = {s: [model(x).logits for x in v] for s, v in xs.items()}
-        got = [runner(x) for x in xs[(64, 64)]]
-        assert captured == [(1, 3, 64, 64)] and runner.captures == 1
-        for s in ((64, 96), (96, 64)):
-            got += [runner(x) for x in xs[s][:2]]
-        assert captured[1:] == [(1, 3, 64, 96), (1, 3, 96, 64)]
-        assert [k[0] for k in runner.graphs] == [(1, 3, 64, 96), (1, 3, 96, 64)]
-        got.append(runner(xs[(64, 64)][0]))  # dropped earlier, seen before: captured again
-        assert captured[-1] == (1, 3, 64, 64) and runner.captures == 4
-    expected = want[(64, 64)] + want[(64, 96)][:2] + want[(96, 64)][:2] + want[(64, 64)][:1]
-    for out, ref in zip(got, expected, strict=True):
-        torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    out = runner(xs[(64, 64)][1])  # grad mode: eager
-    assert out.requires_grad and runner.captures == 4
+        got = {s: [] for s in sizes}
+        for i in range(4):
+            for s in sizes:
+                got[s].append(runner(xs[s][i]))
+            assert runner.captures == (0 if i < 2 else 2)
+    assert captured == [(1, 3, 64, 64), (1, 3, 64, 96)]  # the third size stays eager
+    for s in sizes:
+        for out, ref in zip(got[s], want[s], strict=True):
+            torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    out = runner(xs[(96, 64)][0])  # grad mode: eager
+    assert out.requires_grad
+    runner = cg.GraphedInference(model, capture_on=1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        runner(xs[(64, 64)][1])  # a new signature: eager the first time
-    assert runner.captures == 4
+        runner(xs[(64, 64)][0])
+        runner(xs[(64, 64)][1])  # the same signature: replayed
+    with torch.no_grad():
+        runner(xs[(64, 64)][0])  # without autocast: another signature
+    assert runner.captures == 2
     model.train()
     with torch.no_grad():
-        runner(xs[(64, 64)][1])
-    assert runner.captures == 4
+        runner(xs[(64, 96)][0])
+    assert runner.captures == 2
 
 
 def test_eval_and_infer_commands_refuse_graphs_on_cpu(capsys):
@@ -254,7 +256,7 @@ def test_gpu_graphed_inference_equals_eager(fused, amp):
     torch.manual_seed(0)
     model = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, fused=fused).cuda().eval()
     runner = GraphedInference(model)
-    xs = [torch.randn(1, 3, 64, 96, device="cuda") for _ in range(4)]
+    xs = [torch.randn(1, 3, 64, 96, device="cuda") for _ in range(6)]  # captured at the third
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         got = [runner(x).float() for x in xs]
         want = [model(x).logits.float() for x in xs]
