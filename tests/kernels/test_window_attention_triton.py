@@ -58,18 +58,18 @@ def run_kernels(qkv, table, dout, heads, window, shift, scale, wpp=None):
 FP32_CASES = [
     (1, 14, 14, 2, 32, 7, 0, None),   # W-MSA, no padding
     (2, 14, 14, 1, 32, 7, 3, None),   # SW-MSA, batch 2
-    (1, 10, 17, 3, 32, 7, 3, None),   # padded to 14 x 21, shifted, 3 heads
+    (2, 10, 17, 3, 32, 7, 3, None),   # padded to 14 x 21 (cropped out), shifted, batch 2
     (1, 10, 17, 2, 16, 7, 0, None),   # padded, not shifted, head_dim 16
     (2, 14, 21, 2, 32, 7, 3, 5),      # 12 windows in groups of 5: last group masked
     (1, 7, 14, 6, 16, 7, 3, None),    # many heads on a tiny map (one window row)
     (1, 7, 7, 1, 64, 7, 0, None),     # head_dim 64
     (1, 24, 24, 1, 32, 12, 0, None),  # window 12
     (2, 24, 24, 1, 32, 12, 6, 3),     # window 12 shifted, batch 2, masked last group
-    (1, 20, 13, 2, 32, 12, 6, None),  # window 12 padded to 24 x 24, shifted, 2 heads
+    (2, 20, 13, 2, 32, 12, 6, None),  # window 12 padded to 24 x 24, shifted, batch 2
     (1, 9, 7, 2, 32, 5, 2, None),     # another window (generic tiles), padded to 10 x 10
     (1, 12, 10, 2, 16, 6, 3, None),   # keys 32 + 16 (tail), one query block: dk, dv in dq
     (1, 12, 18, 1, 16, 6, 3, 4),      # the same, 6 windows in groups of 4: last group masked
-    (1, 9, 16, 1, 32, 9, 4, None),    # keys 64 + 32 (tail), 16-row blocks, dk/dv kernel
+    (2, 9, 16, 1, 32, 9, 4, None),    # keys 64 + 32 (tail), 16-row blocks, dk/dv kernel, cropped
 ]
 
 
