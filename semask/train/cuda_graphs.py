@@ -137,8 +137,10 @@ def _capture(forward: Callable[[Tensor], Tensor], x: Tensor, warmup: int = 2):
         with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
             static_out = forward(static_in)
 
+    device = x.device  # (not x: the closure would keep the caller's tensor alive)
+
     def replay():
-        with torch.cuda.device(x.device):
+        with torch.cuda.device(device):
             graph.replay()
     return replay, static_in, static_out
 
