@@ -24,6 +24,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .inference import logits_of
+
 
 def graph_support_errors(device: torch.device, distributed: bool, compiled: bool,
                          grad_checkpointing: bool, accum_steps: int) -> list[str]:
@@ -109,11 +111,6 @@ def _gc_paused():
             gc.enable()
 
 
-def _logits(out) -> Tensor:
-    """The logits of a model's output (a SegOutput or a tensor)."""
-    return out.logits if hasattr(out, "logits") else out
-
-
 def _graphable(x: Tensor) -> bool:
     return x.is_cuda
 
@@ -169,7 +166,7 @@ class GraphedInference:
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.model.training or torch.is_grad_enabled() or not _graphable(x):
-            return _logits(self.model(x))
+            return logits_of(self.model(x))
         kind = x.device.type
         amp = (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
         key = (tuple(x.shape), x.dtype, x.device, amp, torch.is_inference_mode_enabled())
@@ -177,11 +174,11 @@ class GraphedInference:
         if entry is None:
             seen = self.sightings[key] = self.sightings.get(key, 0) + 1
             if seen < self.capture_on or len(self.graphs) >= self.max_graphs:
-                return _logits(self.model(x))
+                return logits_of(self.model(x))
 
             def forward(inp: Tensor) -> Tensor:
                 with torch.autocast(kind, dtype=amp[1], enabled=amp[0], cache_enabled=False):
-                    return _logits(self.model(inp))
+                    return logits_of(self.model(inp))
 
             entry = self.graphs[key] = _capture(forward, x)
         replay, static_in, static_out = entry

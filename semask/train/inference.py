@@ -16,6 +16,11 @@ MIN_SIZE = 32  # the model's smallest input
 PAD_MULTIPLE = 32  # the backbone's total stride
 
 
+def logits_of(out) -> Tensor:
+    """The logits of a model's output (a SegOutput, or a tensor of logits)."""
+    return out.logits if hasattr(out, "logits") else out
+
+
 def _logits(model, x: Tensor) -> Tensor:
     """Logits [1, K, H, W] for x [1, 3, H, W]. x is zero-padded (zero = the mean colour after
     normalisation, like the training crops' padding) right / bottom to a multiple of 32 and
@@ -24,7 +29,7 @@ def _logits(model, x: Tensor) -> Tensor:
     H, W = x.shape[-2:]
     x = F.pad(x, (0, (-W) % PAD_MULTIPLE, 0, (-H) % PAD_MULTIPLE))
     out = model(x)
-    return (out.logits if hasattr(out, "logits") else out).float()[:, :, :H, :W]
+    return logits_of(out).float()[:, :, :H, :W]
 
 
 def _resize(x: Tensor, size, mode: str = "bilinear") -> Tensor:
