@@ -342,7 +342,13 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     pair, chunks * (score work + padded channel work). dq loops over C inside (dP needs
     every channel) in the chunk of 64, 32 or 16 that pads C least.
     Chosen from ``ptxas -v`` for sm_90 (register counts, at most a few dozen bytes of
-    spills at bf16, wgmma count) and the TTGIR layouts, not from timings.
+    spills at bf16, wgmma count) and the TTGIR layouts, not from timings, except the
+    half-precision forward of windows (N <= 256): 32 x 32 tiles on 4 warps with channel
+    chunks of 128, timed on an H200 (SeMask-B stage 0, N 144, K 150, C 128, bf16, batch 16;
+    sweep of 2026-11-27, ``benchmarks/results/h200-2026-11-27-64a1d89``): 0.345 ms against
+    0.453 ms for the 64 x 16 tiles with chunks of 64 above, 0.449 ms for 32 x 16 with 128,
+    0.671 ms for 32 x 32 with 64 (the scores computed twice); 198 registers, no spills, no
+    repeated tiles (64 x 32 with 128 spills 132 B; not timed).
     """
     fp32 = dtype == torch.float32
     classes = _classes(K)
@@ -359,6 +365,9 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     block_m = 32 if fp32 or (backward and width > 64) else 64
     if backward:  # the step of dk/dv's query loop (its keys per program stay)
         block_m = _step(N, block_m)
+    elif N <= semantic_window.MAX_TOKENS and not fp32:  # windows: timed, see the docstring
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_C=min(128, _pow2(C)), **classes,
+                    num_warps=warps(4), num_stages=2)
     else:  # the step of the forward's key loop
         block_n = _step(N, block_n)
     score_cost = (2 if backward else 1) * width

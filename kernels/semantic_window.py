@@ -206,18 +206,29 @@ def config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
     """Tiles for windows of N tokens, K classes, C channels (``dtype`` is unused so far).
 
     BLOCK_N = next power of two >= N (all keys); BLOCK_M = BLOCK_N when N <= 64 (one query
-    block: w = 7 pads 49 rows to 64), else 16 (a 16 x 16 map: 16 blocks); class and channel
-    chunks of 32 or 16 (64 for the channels of the w <= 8 forward), whichever pads least;
-    8 warps, 4 for the 16-row forward (8 would repeat its 16 x 32 tiles; the backward's
-    16-row tiles spill on 4). Chosen from ``ptxas -v`` register counts for sm_90 (the
-    largest chunks that do not spill at bf16) and the TTGIR layouts, not from timings.
+    block: w = 7 pads 49 rows to 64), else 16 (a 16 x 16 map: 16 blocks); class chunks of
+    32 or 16, whichever pads least.
+    One query block (N <= 64): 4 warps; channel chunks of 64, 32 or 16 that pad least in
+    the forward, the fewest chunks in the backward (its dP = dO v^T is summed over them).
+    Timed on an H200 (SeMask-T stage 0, N 49, K 150, C 96, bf16, batch 16; sweep of
+    2026-11-27, ``benchmarks/results/h200-2026-11-27-64a1d89``): 4 warps beat 8 on every
+    tile; forward 0.165 -> 0.141 ms (chunks of 32), backward 0.455 -> 0.393 ms (chunks of
+    64), though Triton 3.8's build for sm_90 spills 0.6 KB there (chunks of 16 spill none:
+    0.428 ms). 16-row blocks (global maps of 65..256 tokens, which
+    :mod:`semask.kernels.semantic_gemm` takes by default): 8
+    warps, 4 for the forward (8 would repeat its 16 x 32 tiles; the backward's spill on
+    4), channel chunks of 32 or 16; from ``ptxas -v`` for sm_90, not timed.
     """
     block_n = max(16, next_pow2(N))
-    wide = block_n > 64
-    return dict(BLOCK_M=16 if wide else block_n, BLOCK_N=block_n,
-                BLOCK_K=16 if wide else _chunk(K, (32, 16)),
-                BLOCK_C=_chunk(C, (32, 16) if wide or backward else (64, 32, 16)),
-                num_warps=warps(4 if wide and not backward else 8), num_stages=2)
+    if block_n > 64:
+        return dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=16, BLOCK_C=_chunk(C, (32, 16)),
+                    num_warps=warps(8 if backward else 4), num_stages=2)
+    if backward:
+        block_c = min((64, 32, 16), key=lambda b: (cdiv(C, b), b))
+    else:
+        block_c = _chunk(C, (64, 32, 16))
+    return dict(BLOCK_M=block_n, BLOCK_N=block_n, BLOCK_K=_chunk(K, (32, 16)), BLOCK_C=block_c,
+                num_warps=warps(4), num_stages=2)
 
 
 def supports(N: int, window: int) -> bool:
