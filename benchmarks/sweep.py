@@ -251,7 +251,10 @@ def sweep_loss_case(case, device: str, dtype: torch.dtype, quick: bool, deadline
                    for cfg in loss_candidates(quick)]
 
 
-def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: float) -> list[dict]:
+def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: float,
+               directions: list[str] | None = None) -> list[dict]:
+    """Rows of every candidate of the case's kernels (``directions``: substrings of the
+    direction names to keep, e.g. ["bwd"]; None: all)."""
     if case.kind == "loss":
         return sweep_loss_case(case, device, dtype, quick, deadline)
     forward, backward = _runners(case, device, dtype)
@@ -266,6 +269,8 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
     default = baseline(contextlib.nullcontext())
     rows, timed, kernels = [], set(), None
     for direction, cands, setting, on_kernel_path in _sweeps(case, quick):
+        if directions and not any(d in direction for d in directions):
+            continue
         if on_kernel_path and kernels is None:  # the attention kernels' own out and lse
             kernels = baseline(on_kernels(lambda cfg: contextlib.nullcontext(), {}))
         calls, expected = kernels if on_kernel_path else default
@@ -360,6 +365,9 @@ def main(argv=None) -> int:
                     help="default: bf16 on GPU, fp32 on CPU")
     ap.add_argument("--batch", type=int, default=16, help="batch of the op cases (default 16)")
     ap.add_argument("--cases", default=None, help="comma-separated substrings of case names to keep")
+    ap.add_argument("--directions", default=None,
+                    help="comma-separated substrings of the directions to sweep (fwd, bwd, "
+                         "bwd/dq, bwd/dkdv; default: all), e.g. 'bwd'")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, two candidates each (CPU check)")
     ap.add_argument("--time-budget", type=float, default=240.0, help="seconds (default 240)")
     ap.add_argument("--max-rel-err", type=float, default=None,
@@ -382,7 +390,8 @@ def main(argv=None) -> int:
         if time.perf_counter() > deadline:
             print(f"{case.name}: time budget exhausted", flush=True)
             continue
-        rows += sweep_case(case, args.device, dtype, args.quick, deadline)
+        rows += sweep_case(case, args.device, dtype, args.quick, deadline,
+                           args.directions.split(",") if args.directions else None)
         table = best_rows(rows, max_rel)
         with open(os.path.join(out, "sweep.json"), "w") as f:
             json.dump(dict(environment=env, max_rel_err=max_rel, rows=rows, best=table), f, indent=1)

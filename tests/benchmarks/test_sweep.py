@@ -126,3 +126,16 @@ def test_kernel_candidates_of_global_maps_take_the_kernels_forward(monkeypatch):
     assert {p for _, p in seen} == {0.0, 1.0}
     assert all(lse == p for lse, p in seen)
     assert all(r["error"] is None for r in rows)
+
+
+def test_directions_keep_only_the_named_kernels(monkeypatch):
+    """--directions bwd: only the backward candidates of a case are tried (and its default
+    timed), not the forward's."""
+    monkeypatch.setattr(sweep, "_runners", lambda case, device, dtype: (
+        lambda: (torch.ones(1), torch.zeros(1)), lambda out, lse: (torch.ones(1),)))
+    monkeypatch.setattr(sweep, "_time_ms", lambda fn, device, default=False: fn() and 1.0)
+    case = next(c for c in sweep.sweep_cases(True, 1) if c.name == "semantic/quick/win7")
+    every = {r["direction"] for r in sweep.sweep_case(case, "cpu", torch.float32, True, float("inf"))}
+    kept = sweep.sweep_case(case, "cpu", torch.float32, True, float("inf"), ["bwd"])
+    assert every == {"fwd", "bwd"} and {r["direction"] for r in kept} == {"bwd"}
+    assert sum(r["config"] == "default" for r in kept) == 1 and len(kept) > 1
