@@ -336,7 +336,7 @@ def _model_probe(provider: str, device: str, dtype) -> list[str]:
 def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                   allow_interpreter: bool = False, loss_chunk="auto",
                   fused_loss: bool = True, fused_upsample: bool = True,
-                  fused_norm: bool = True, cuda_graphs: bool = False) -> Prepared:
+                  fused_norm: bool | None = None, cuda_graphs: bool = False) -> Prepared:
     dtype = DTYPES[dtype_name]
     if cuda_graphs and (provider in COMPILED or device == "cpu"):
         raise Skip("CUDA graphs of the model: on a GPU, for the eager providers")
@@ -357,7 +357,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
         model.loss_chunk = loss_chunk
     model.fused_loss = model.fused_loss and fused_loss
     model.fused_upsample = model.fused_upsample and fused_upsample
-    model.fused_norm = model.fused_norm and fused_norm
+    if model.fused_norm and fused_norm is not None:
+        model.fused_norm = fused_norm
     images = torch.randn(case.batch, 3, p["img"], p["img"], device=device)
     target = torch.randint(0, p["K"], (case.batch, p["img"], p["img"]), device=device)
     use_autocast = dtype != torch.float32
@@ -408,7 +409,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
     # PyTorch's ops instead): not named for the compiled providers
     if model.fused_upsample and provider not in COMPILED:
         note = join_notes(note, "fused x2 upsampling (head, decoder)")
-    if model.fused_norm and provider not in COMPILED:
+    if provider not in COMPILED and (model.fused_norm is True or
+                                     model.fused_norm == "graphs" and cuda_graphs):
         note = join_notes(note, "Triton LayerNorm")
     if cuda_graphs:
         what = ("forward, losses, backward (optimizer eager)" if case.mode == "fwd_bwd" else
@@ -462,10 +464,11 @@ def _graphed_training_step(model, images, target, opt, amp_dtype) -> Callable[[]
 def prepare(case: Case, provider: str, device: str, dtype_name: str,
             allow_interpreter_models: bool = False, loss_chunk="auto",
             fused_loss: bool = True, fused_upsample: bool = True,
-            fused_norm: bool = True, cuda_graphs: bool = False) -> Prepared:
+            fused_norm: bool | None = None, cuda_graphs: bool = False) -> Prepared:
     """``loss_chunk`` ("auto": the model's default, None or an int), ``fused_loss`` (False:
     never the fused loss kernel), ``fused_upsample`` (False: the head's and decoder's
-    upsampling as the reference's), ``fused_norm`` (False: PyTorch's LayerNorm) and
+    upsampling as the reference's), ``fused_norm`` (None: the model's default, the Triton
+    LayerNorm in CUDA graphs only; True: in eager steps too; False: PyTorch's LayerNorm) and
     ``cuda_graphs`` (training steps and forwards replayed as CUDA graphs) apply to model cases."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")

@@ -94,9 +94,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="the triton provider's models upsample in the FPN head and the "
                          "semantic decoder as the reference does (no Triton x2 upsampling, "
                          "no folded chains)")
-    ap.add_argument("--no-fused-norm", dest="fused_norm", action="store_false",
+    ap.add_argument("--no-fused-norm", dest="fused_norm", action="store_const", const=False,
                     help="the triton provider's models run PyTorch's LayerNorm (no Triton "
-                         "LayerNorm kernels)")
+                         "LayerNorm kernels; default: the Triton ones in CUDA graphs only)")
+    ap.add_argument("--eager-fused-norm", dest="fused_norm", action="store_const", const=True,
+                    help="the triton provider's models run the Triton LayerNorm in eager "
+                         "steps too")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="the model cases (the only ones then run) replay CUDA graphs: "
                          "training steps their forward, losses and backward, inference its "
@@ -354,8 +357,8 @@ def run_isolated(args, cases) -> dict:
             argv.append("--no-fused-loss")
         if not args.fused_upsample:
             argv.append("--no-fused-upsample")
-        if not args.fused_norm:
-            argv.append("--no-fused-norm")
+        if args.fused_norm is not None:
+            argv.append("--eager-fused-norm" if args.fused_norm else "--no-fused-norm")
         if args.cuda_graphs:
             argv.append("--cuda-graphs")
         for flag, value in (("--batch", args.batch), ("--model-batch", args.model_batch),

@@ -83,7 +83,10 @@ class SeMaskSwin(nn.Module):
     decoder on the Triton kernels where they run, their linear chains taken in fewer
     steps (:mod:`semask.models.heads`; same values up to rounding); same default.
     ``fused_norm``: the backbone's LayerNorms on the Triton kernels where they run
-    (:mod:`semask.ops.layer_norm`); same default; settable later.
+    (:mod:`semask.ops.layer_norm`): True (always), "graphs" (only in the CUDA graphs of
+    :mod:`semask.train.cuda_graphs`; PyTorch's in eager steps, where the kernels cost more
+    host time than they save GPU time) or False; default "graphs" when ``fused`` asks for
+    the Triton kernels, else False; settable later.
     """
 
     def __init__(self, variant: str = "tiny", num_classes: int = 150, head: str = "fpn",
@@ -92,7 +95,7 @@ class SeMaskSwin(nn.Module):
                  pretrained: str | None = None, *, window_size: int | None = None,
                  head_channels: int = 256, loss_avg_non_ignore: bool = False,
                  loss_chunk: int | None | str = "auto", fused_loss: bool | None = None,
-                 fused_upsample: bool | None = None, fused_norm: bool | None = None):
+                 fused_upsample: bool | None = None, fused_norm: bool | str | None = None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -123,7 +126,7 @@ class SeMaskSwin(nn.Module):
                                      semantic, semantic_windowed, drop_path_rate,
                                      backend=self.backend_request)
         self.decode_head = FPNHead(self.backbone.channels, num_classes, head_channels)
-        self.fused_norm = triton if fused_norm is None else fused_norm
+        self.fused_norm = ("graphs" if triton else False) if fused_norm is None else fused_norm
         if pretrained:
             from .checkpoint import load_checkpoint
             load_checkpoint(self, pretrained)
@@ -140,16 +143,20 @@ class SeMaskSwin(nn.Module):
         return SegOutput(logits, tuple(images.shape[2:]), feats.semantic_logits)
 
     @property
-    def fused_norm(self) -> bool:
-        """Whether the backbone's LayerNorms ask for the Triton kernels."""
+    def fused_norm(self) -> bool | str:
+        """Where the backbone's LayerNorms ask for the Triton kernels: True (always),
+        "graphs" (in CUDA graphs only) or False (never)."""
         return self._fused_norm
 
     @fused_norm.setter
-    def fused_norm(self, on: bool) -> None:
-        self._fused_norm = bool(on)
+    def fused_norm(self, value: bool | str) -> None:
+        if value not in (True, False, "graphs"):
+            raise ValueError(f"fused_norm must be True, False or 'graphs', got {value!r}")
+        self._fused_norm = value if value == "graphs" else bool(value)
         for module in self.backbone.modules():
             if isinstance(module, LayerNorm):
                 module.backend = self.backend_request if self._fused_norm else "torch"
+                module.graphs_only = self._fused_norm == "graphs"
 
     def _autocast_weights(self, images: Tensor) -> dict[str, Tensor]:
         """The Linear and Conv2d weights cast to the autocast dtype in one go

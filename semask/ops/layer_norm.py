@@ -13,9 +13,18 @@ fp32 result gives, without the cast (and its backward) as separate kernels.
 ``pad_multiple`` (x [B, H, W, C]) zero-pads the result on the right/bottom to multiples of
 it, as ``reference.pad_to_multiple`` after the norm; the Triton kernels write the padded
 map themselves (no pad copy, no crop copy in the backward).
+
+``graphs_only`` (a fused model's default): the Triton kernels run only inside
+:func:`graph_capture`, i.e. in the CUDA graphs of :mod:`semask.train.cuda_graphs`, and
+PyTorch's LayerNorm in eager steps. Why: on an H200 host (2026-11-27, torch 2.11, Triton
+3.6; ``benchmarks/results/h200-2026-11-27-64a1d89/host_time.md``) a Triton forward +
+backward costs ~440 us more host time per call than PyTorch's, ~16 ms over the 36 norms of
+a SeMask-T step, whose eager steps are bound by the host; the kernels save ~1.5 ms of GPU
+time per step, which only a replayed graph, free of host time, keeps.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -57,12 +66,27 @@ def fused_layer_norm_reasons(x: Tensor, weight: Tensor | None, bias: Tensor | No
 
 
 _decisions: dict[tuple, bool] = {}  # whether the kernels run, per description of the inputs
+_captures = 0  # graph_capture contexts open (any thread)
 
 
-def _use_triton(backend: str, x: Tensor, weight, bias) -> bool:
+@contextlib.contextmanager
+def graph_capture():
+    """Inside: the ``graphs_only`` LayerNorms run the Triton kernels where they can (the
+    warm-up runs and the capture of a CUDA graph: the kernels are built before capture)."""
+    global _captures
+    _captures += 1
+    try:
+        yield
+    finally:
+        _captures -= 1
+
+
+def _use_triton(backend: str, x: Tensor, weight, bias, graphs_only: bool = False) -> bool:
     """Whether ``backend`` runs the Triton kernels on these inputs; the providers' checks
     run once per description of them (what they read) and are remembered."""
     if backend not in ("auto", "triton") or not (x.is_cuda or backend == "triton"):
+        return False
+    if graphs_only and not _captures:
         return False
     if not eager_dispatch((x, weight, bias)):
         return False
@@ -76,12 +100,12 @@ def _use_triton(backend: str, x: Tensor, weight, bias) -> bool:
 
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                backend: str = "torch", to_autocast_dtype: bool = False,
-               pad_multiple: int = 0) -> Tensor:
+               pad_multiple: int = 0, graphs_only: bool = False) -> Tensor:
     """``F.layer_norm`` over the last dimension of x [..., C], zero-padded to multiples of
     ``pad_multiple`` if given (x [B, H, W, C]; see the module docstring)."""
     if pad_multiple and x.dim() != 4:
         raise ValueError(f"layer_norm: padding needs x [B, H, W, C], got {tuple(x.shape)}")
-    if not _use_triton(backend, x, weight, bias):
+    if not _use_triton(backend, x, weight, bias, graphs_only):
         y = F.layer_norm(x, x.shape[-1:], weight, bias, eps)
         return pad_to_multiple(y, pad_multiple) if pad_multiple else y
     device = x.device.type
@@ -96,15 +120,16 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 
 class LayerNorm(nn.LayerNorm):
     """nn.LayerNorm over the last dimension, on the Triton kernels when ``backend`` asks for
-    fused ops; ``to_autocast_dtype``: its output only feeds a Linear (see the module
-    docstring). x [..., C] -> [..., C]."""
+    fused ops (with ``graphs_only``, inside :func:`graph_capture` only); ``to_autocast_dtype``:
+    its output only feeds a Linear (see the module docstring). x [..., C] -> [..., C]."""
 
     def __init__(self, dim: int, eps: float = 1e-5, backend: str = "torch",
-                 to_autocast_dtype: bool = False):
+                 to_autocast_dtype: bool = False, graphs_only: bool = False):
         super().__init__(dim, eps=eps)
         self.backend, self.to_autocast_dtype = backend, to_autocast_dtype
+        self.graphs_only = graphs_only
 
     def forward(self, x: Tensor, pad_multiple: int = 0) -> Tensor:
         """``pad_multiple``: x [B, H, W, C] -> [B, Hp, Wp, C] zero-padded to its multiples."""
         return layer_norm(x, self.weight, self.bias, self.eps, self.backend,
-                          self.to_autocast_dtype, pad_multiple)
+                          self.to_autocast_dtype, pad_multiple, self.graphs_only)

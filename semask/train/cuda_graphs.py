@@ -10,7 +10,9 @@ resets the RNG state, which capture forbids), no torch.compile, one micro-batch 
 (a replay rewrites the gradient buffers that ``.grad`` then holds) and autocast without its
 weight cache (``cache_enabled=False``). BatchNorm statistics and the RNG state are
 restored after the warm-up and capture runs, which update them. The graph keeps its own
-memory pool (the step's activations) reserved for the rest of the run.
+memory pool (the step's activations) reserved for the rest of the run. Warm-ups and
+capture run inside ``layer_norm.graph_capture``: a fused model's LayerNorms take the
+Triton kernels there (PyTorch's in eager steps; see :mod:`semask.ops.layer_norm`).
 
 :class:`GraphedInference` does the same for evaluation and inference forwards, which run
 one image at a time and so are bound by the host even more.
@@ -24,6 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..ops.layer_norm import graph_capture
 from .inference import logits_of
 
 
@@ -75,7 +78,7 @@ def graphed_loss_step(model: nn.Module, images: Tensor, labels: Tensor,
     # back, so replays draw what eager steps from here would (and a resumed run what an
     # uninterrupted one did)
     cuda = [images.device] if images.is_cuda else []  # (CPU: the plumbing's test)
-    with torch.random.fork_rng(devices=cuda), _gc_paused():
+    with torch.random.fork_rng(devices=cuda), _gc_paused(), graph_capture():
         graphed = torch.cuda.make_graphed_callables(_LossStep(model, autocast), static,
                                                     allow_unused_input=True)  # e.g. frozen parts
     with torch.no_grad():
@@ -120,7 +123,7 @@ def _capture(forward: Callable[[Tensor], Tensor], x: Tensor, warmup: int = 2):
     its own memory pool, after ``warmup`` runs on a side stream (torch.cuda.graph's
     recipe), all on x's GPU; ``replay()`` reads the static input and rewrites the static
     output."""
-    with torch.cuda.device(x.device), _gc_paused():
+    with torch.cuda.device(x.device), _gc_paused(), graph_capture():
         static_in = x.clone()
         current = torch.cuda.current_stream()
         side = torch.cuda.Stream()

@@ -156,7 +156,7 @@ def _vjp(fn, inputs, dout):
 def _args(loss_chunk="auto", fused_loss=True, fused_upsample=True):
     return argparse.Namespace(device="cpu", dtype="fp32", target_time=0.01, loss_chunk=loss_chunk,
                               fused_loss=fused_loss, fused_upsample=fused_upsample,
-                              fused_norm=True, cuda_graphs=False)
+                              fused_norm=None, cuda_graphs=False)
 
 
 @pytest.fixture
@@ -196,7 +196,8 @@ def test_loss_chunk_option_reaches_the_models(monkeypatch, one_thread):
     assert R.parse_args([]).fused_loss and not R.parse_args(["--no-fused-loss"]).fused_loss
     assert R.parse_args([]).fused_upsample
     assert not R.parse_args(["--no-fused-upsample"]).fused_upsample
-    assert R.parse_args([]).fused_norm and not R.parse_args(["--no-fused-norm"]).fused_norm
+    assert R.parse_args([]).fused_norm is None and R.parse_args(["--no-fused-norm"]).fused_norm is False
+    assert R.parse_args(["--eager-fused-norm"]).fused_norm is True
     with pytest.raises(SystemExit):
         R.parse_args(["--loss-chunk", "0"])
     monkeypatch.setitem(backend._providers, "cuda", _ReferenceAsFused())

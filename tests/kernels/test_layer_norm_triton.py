@@ -165,6 +165,29 @@ def test_module_keeps_nn_layernorm_parameters_and_choice():
                                rtol=1e-6, atol=1e-6)
 
 
+def test_graphs_only_runs_the_kernels_inside_graph_capture(monkeypatch):
+    """A graphs_only LayerNorm (a fused model's default) runs PyTorch's op outside
+    graph_capture and the Triton kernels inside (nested contexts included); same values."""
+    from semask.ops import layer_norm as ops
+
+    calls = []
+    apply = ops._LayerNorm.apply
+    monkeypatch.setattr(ops._LayerNorm, "apply", lambda *a: calls.append(1) or apply(*a))
+    mod = LayerNorm(40, backend="triton", graphs_only=True)
+    x = torch.randn(2, 3, 5, 40)
+    want = F.layer_norm(x, (40,), mod.weight, mod.bias)
+    torch.testing.assert_close(mod(x), want, rtol=0, atol=0)
+    assert calls == []
+    with ops.graph_capture():
+        with ops.graph_capture():
+            torch.testing.assert_close(mod(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mod(x, pad_multiple=7), ops.pad_to_multiple(want, 7),
+                                   rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2
+    mod(x)  # the contexts closed: PyTorch's again
+    assert len(calls) == 2
+
+
 def test_reasons_name_what_is_missing():
     x = torch.randn(2, 8)
     assert ln.reasons([x, torch.ones(8), torch.zeros(8)], {}) == []

@@ -38,7 +38,8 @@ def test_fused_triton_model_equals_reference_on_cpu(monkeypatch, semantic_window
     """Triton kernels in the interpreter: padded (45x61 -> odd stage maps), shifted blocks,
     windowed and global semantic layers, upsampling chains exact (64x96: folded in the
     head and the decoder) or not; forward, loss and every parameter gradient."""
-    ref, fused = twin_models(monkeypatch, "triton", semantic_windowed=semantic_windowed)
+    ref, fused = twin_models(monkeypatch, "triton", semantic_windowed=semantic_windowed,
+                             fused_norm=True)  # the Triton LayerNorm in eager steps too
     assert fused.fused_upsample and not ref.fused_upsample
     images, target = torch.randn(1, 3, *size), torch.randint(0, 19, (1, *size))
     out_r, loss_r, grad_r = forward_backward(ref, images, target)
@@ -177,14 +178,22 @@ def test_weights_cast_in_one_go_respect_frozen_replaced_and_low_precision_layers
 
 
 def test_fused_norm_switch_sets_every_backbone_layernorm():
-    """fused_norm: on by default where the Triton kernels are asked for, off for the
-    reference; switching it later moves every backbone LayerNorm between the two."""
+    """fused_norm: "graphs" by default where the Triton kernels are asked for (in CUDA graphs
+    only), off for the reference; switching it later sets every backbone LayerNorm."""
     from semask.ops.layer_norm import LayerNorm
-    norms = lambda m: [n for n in m.backbone.modules() if isinstance(n, LayerNorm)]  # noqa: E731
+
+    def choices(m):
+        return {(n.backend, n.graphs_only) for n in m.backbone.modules() if isinstance(n, LayerNorm)}
+
     model = semask.SeMaskSwin("micro", num_classes=5, fused="triton", head_channels=16)
-    assert model.fused_norm and {n.backend for n in norms(model)} == {"triton"}
+    assert model.fused_norm == "graphs" and choices(model) == {("triton", True)}
+    model.fused_norm = True
+    assert choices(model) == {("triton", False)}
     model.fused_norm = False
-    assert len(norms(model)) > 10 and {n.backend for n in norms(model)} == {"torch"}
+    assert choices(model) == {("torch", False)}
+    assert sum(isinstance(n, LayerNorm) for n in model.backbone.modules()) > 10
+    with pytest.raises(ValueError, match="fused_norm must be True, False or 'graphs'"):
+        model.fused_norm = "eager"
     assert not semask.SeMaskSwin("micro", num_classes=5, fused=False, head_channels=16).fused_norm
     off = semask.SeMaskSwin("micro", num_classes=5, fused="triton", fused_norm=False, head_channels=16)
-    assert {n.backend for n in norms(off)} == {"torch"}
+    assert {backend for backend, _ in choices(off)} == {"torch"}

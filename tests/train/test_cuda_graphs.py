@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import semask
+from semask.ops import layer_norm
 from semask.train.cuda_graphs import graph_support_errors, graphed_loss_step
 from semask.train.plot import read_metrics
 from semask.train.trainer import train
@@ -35,10 +36,12 @@ def test_capture_leaves_inputs_statistics_and_rng_as_they_were(monkeypatch):
     """CPU, capture replaced by a stand-in that does what warm-up and capture do to the
     state around them (runs the step: BatchNorm statistics move, dropout and drop path draw
     from the RNG; writes the static inputs as replays do): the caller's tensors, the
-    statistics and the RNG state are as before, and the step runs on the stand-in."""
+    statistics and the RNG state are as before, and the step runs on the stand-in, inside
+    layer_norm.graph_capture."""
     calls = []
 
     def capture(module, sample_args, allow_unused_input):
+        assert layer_norm._captures == 1  # fused models' LayerNorms take the Triton kernels
         module(*sample_args)
         sample_args[0].add_(1.0)  # a replay copies new inputs into the static ones
         calls.append(sample_args)
@@ -53,6 +56,7 @@ def test_capture_leaves_inputs_statistics_and_rng_as_they_were(monkeypatch):
     rng = torch.get_rng_state()
     step = graphed_loss_step(model, images, labels, contextlib.nullcontext)
     assert torch.equal(images, sample) and calls[0][0] is not images
+    assert layer_norm._captures == 0
     assert torch.equal(torch.get_rng_state(), rng)
     for n, b in model.named_buffers():
         assert torch.equal(b, buffers[n]), n
