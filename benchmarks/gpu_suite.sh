@@ -12,8 +12,8 @@
 #   graphs    the model cases (training steps and inference forwards) replayed as CUDA graphs
 #             (benchmarks/run.py --cuda-graphs), results in graphs/ of the output folder; not
 #             a default stage
-#   host      host time per call of each fused op and its reference (benchmarks/host_time.py,
-#             host_time.md); not a default stage
+#   host      host time per call of each fused op and its reference, and where it goes
+#             (benchmarks/host_time.py --profile, host_time.md); not a default stage
 # Every stage has a hard time limit and its failure is recorded; the later stages still run.
 #
 # Usage, from the repository root:
@@ -177,7 +177,7 @@ stage_graphs() {  # $1: the stage's time limit
 }
 
 stage_host() {
-  "$PY" benchmarks/host_time.py --device cuda --out "$RES/host_time.md"
+  "$PY" benchmarks/host_time.py --device cuda --profile 20 --out "$RES/host_time.md"
 }
 
 export PY RES

@@ -9,6 +9,11 @@ of our op layer from that of the launches.
 
     python benchmarks/host_time.py                    # CPU: Triton launches stubbed
     python benchmarks/host_time.py --device cuda --out benchmarks/results/<dir>/host_time.md
+    python benchmarks/host_time.py --device cuda --profile 25   # + where the host time goes
+
+``--profile N`` adds, per op, the N functions with the most own time (cProfile) over the
+triton fwd_bwd calls of the LayerNorm and window rows: Triton's launcher (``jit.py``),
+autograd, our op layer. cProfile slows Python several-fold, so its times only rank.
 
 On the CPU the script sets ``TRITON_INTERPRET=1`` and makes every Triton launch a no-op, so
 the times are the Python and aten cost without Triton's own launch cost (and the outputs
@@ -124,12 +129,32 @@ def host_us(fn, calls: int, sync) -> float:
     return elapsed / calls * 1e6
 
 
+def profile_rows(fn, calls: int, top: int) -> list[str]:
+    """Markdown rows: the ``top`` functions by own time over ``calls`` calls of fn."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(lambda: [fn() for _ in range(calls)])
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+    ranked = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+    rows = []
+    for (path, line, name), (_, ncalls, tottime, cumtime, _) in ranked:
+        where = f"{os.path.basename(path)}:{line}" if line else "built-in"
+        rows.append(f"| `{name}` | {where} | {ncalls / calls:.3g} | {tottime / calls * 1e6:.1f} | "
+                    f"{cumtime / calls * 1e6:.1f} |")
+    return rows
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu (Triton launches stubbed) or cuda")
     ap.add_argument("--calls", type=int, default=300, help="timed calls per row (default 300)")
     ap.add_argument("--out", help="also write the table to this markdown file")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also rank the N functions with the most own time (cProfile) in "
+                         "the triton fwd_bwd calls of the LayerNorm and window rows")
     args = ap.parse_args(argv)
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
@@ -145,12 +170,22 @@ def main(argv=None) -> str:
              f"torch {torch.__version__}, {args.calls} calls per row; direct: the kernel "
              "launchers without autograd or checks", "",
              "| op | mode | torch | triton | direct |", "|---|---|---|---|---|"]
-    for name, runs in cases(args.device):
+    all_cases = cases(args.device)
+    for name, runs in all_cases:
         for mode in ("fwd", "fwd_bwd"):
             cells = [f"{host_us(lambda: runs[be](mode), args.calls, sync):.1f}" if be in runs
                      else "–" for be in ("torch", "triton", "direct")]
             lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
+    for name, runs in all_cases if args.profile else ():
+        if "direct" not in runs:
+            continue
+        lines += ["", f"## Own time per triton fwd_bwd call: {name} (cProfile, {args.calls} calls)",
+                  "", "| function | where | calls per op call | own µs | cumulative µs |",
+                  "|---|---|---|---|---|",
+                  *profile_rows(lambda: runs["triton"]("fwd_bwd"), args.calls, args.profile)]
+        sync()
+        print("\n".join(lines[-args.profile - 4:]), flush=True)
     table = "\n".join(lines) + "\n"
     if args.out:
         with open(args.out, "w") as f:
