@@ -7,6 +7,11 @@ not counted: ``NO_KERNEL``) and the Triton launches, forward by innermost module
 
     TRITON_INTERPRET=1 python benchmarks/count_launches.py                  # SeMask-T, 64x64
     TRITON_INTERPRET=1 python benchmarks/count_launches.py --fused reference,triton --img 96
+    TRITON_INTERPRET=1 python benchmarks/count_launches.py --captured   # the graphed step's
+
+``--captured`` counts the step as ``--cuda-graphs`` captures it: inside
+``layer_norm.graph_capture``, where a fused model's LayerNorms run on Triton (in eager
+steps PyTorch's, plus the casts of their fp32 outputs under autocast).
 
 The fused ops take their eager path while counted (the counter's dispatch mode is hidden
 from ``backend.eager_dispatch``, as no mode is active in a real step); Triton kernels run in
@@ -27,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import semask  # noqa: E402
 from semask.ops import backend  # noqa: E402
+from semask.ops.layer_norm import graph_capture  # noqa: E402
 
 NO_KERNEL = {"view", "t", "detach", "_unsafe_view", "slice", "permute", "transpose", "expand",
              "unsqueeze", "squeeze", "select", "alias", "as_strided", "empty", "new_empty",
@@ -79,10 +85,10 @@ def _eager_fused_ops():
 
 
 def count_step(model_name: str, fused: str, img: int, batch: int, dtype: torch.dtype,
-               num_classes: int = 150) -> dict:
+               num_classes: int = 150, captured: bool = False) -> dict:
     """{"forward": Counter{(module, op): n}, "backward": Counter{("(backward)", op): n},
     "triton_forward", "triton_backward"} of the second of two training steps (the first
-    warms the caches)."""
+    warms the caches); ``captured``: both inside ``layer_norm.graph_capture``."""
     torch.manual_seed(0)
     model = semask.create_model(model_name, num_classes=num_classes,
                                 fused=False if fused == "reference" else fused).train()
@@ -99,7 +105,8 @@ def count_step(model_name: str, fused: str, img: int, batch: int, dtype: torch.d
             return model.loss(model(images), target)["loss"]
 
     result = {}
-    with _eager_fused_ops(), _triton_launches() as triton:
+    in_graph = graph_capture() if captured else contextlib.nullcontext()
+    with _eager_fused_ops(), _triton_launches() as triton, in_graph:
         loss().backward()
         model.zero_grad(set_to_none=True)
         triton[0] = 0
@@ -139,9 +146,13 @@ def main(argv=None) -> str:
     ap.add_argument("--batch", type=int, default=2, help="images (2: batch norm needs > 1 value)")
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="autocast dtype")
     ap.add_argument("--rows", type=int, default=15, help="rows per table")
+    ap.add_argument("--captured", action="store_true",
+                    help="count the step as a CUDA graph captures it (fused models' "
+                         "LayerNorms on Triton; eager steps run PyTorch's)")
     args = ap.parse_args(argv)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    text = "".join(report(f, count_step(args.model, f, args.img, args.batch, dtype), args.rows)
+    text = "".join(report(f, count_step(args.model, f, args.img, args.batch, dtype,
+                                        captured=args.captured), args.rows)
                    for f in args.fused.split(","))
     print(text)
     return text
