@@ -19,8 +19,10 @@ map themselves (no pad copy, no crop copy in the backward).
 PyTorch's LayerNorm in eager steps. Why: on an H200 host (2026-11-27, torch 2.11, Triton
 3.6; ``benchmarks/results/h200-2026-11-27-64a1d89/host_time.md``) a Triton forward +
 backward costs ~440 us more host time per call than PyTorch's, ~16 ms over the 36 norms of
-a SeMask-T step, whose eager steps are bound by the host; the kernels save ~1.5 ms of GPU
-time per step, which only a replayed graph, free of host time, keeps.
+a SeMask-T step, whose eager steps are bound by the host; the kernels save ~2.5 ms of GPU
+time per step (~1.5 ms timed on the norm cases; ~1 ms, by a bytes estimate, of the casts of
+PyTorch's fp32 outputs under autocast before the Linears, which ``to_autocast_dtype``
+spares), which only a replayed graph, free of host time, keeps.
 """
 from __future__ import annotations
 
