@@ -318,8 +318,8 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     classes (tiles of :func:`_classes`, width W), C channels.
 
     Tiles of 64 rows where registers allow, since on sm_90 Triton issues wgmma (warpgroup
-    MMA) only for dots with M >= 64 and falls back to mma.sync below. As BLOCK_M query x
-    BLOCK_N key rows: forward 64 x 64 (64 x 32 when W = 256, 193..256 classes); dq 64 x 64,
+    MMA) only for dots with M >= 64 and falls back to mma.sync below (but see the timed
+    exception at the end). As BLOCK_M query x BLOCK_N key rows: forward 64 x 64 (64 x 32 when W = 256, 193..256 classes); dq 64 x 64,
     64 x 32 when W > 64, 32 x 32 when W = 256; dk/dv (a program owns BLOCK_N keys and
     steps through the queries BLOCK_M at a time) 64 x 64, 32 x 64 when W > 64, 32 x 32 when
     W = 256. fp32 (ieee dots on FMA units, the exact path rather than the fast one): 32 x 32,
@@ -334,8 +334,8 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     their exp2). The forward runs 4 warps; dk/dv 4 on 64 x 64 and 32 x 32 tiles, 8 on
     32 x 64 and 16 x 64 (there mma.sync splits the warps over the keys); dq keeps 8, its
     score tiles held twice (with 4 warps its dq accumulators spill 230-610 B). The 16-row
-    last blocks of windows of 12 repeat their 16 x 16 score tiles (forward 2x, dq 4x): one
-    block in three.
+    last blocks of windows of 12 in dq repeat their 16 x 16 score tiles 4x: one block in
+    three.
     fwd and dkdv split C over programs and recompute the scores per chunk: their BLOCK_C is
     the power of two (forward 32..128, 32..64 for windows (N <= 256) or W <= 64; dk/dv
     64..128, 64 for W > 160 or W <= 64; fp32 32..64) minimising the work per (query, key)
@@ -348,7 +348,10 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     sweep of 2026-11-27, ``benchmarks/results/h200-2026-11-27-64a1d89``): 0.345 ms against
     0.453 ms for the 64 x 16 tiles with chunks of 64 above, 0.449 ms for 32 x 16 with 128,
     0.671 ms for 32 x 32 with 64 (the scores computed twice); 198 registers, no spills, no
-    repeated tiles (64 x 32 with 128 spills 132 B; not timed).
+    repeated tiles (64 x 32 with 128 spills 132 B; not timed). There the keys step 32 at a
+    time whatever ``_step`` says (144 padded to 160), the last query block is 16 rows, and
+    the chunk is min(128, next power of two >= C) (C = 96 padded to 128); other K, C and
+    windows are untimed (K 193..256, one 256-wide class tile: 40 B of spills).
     """
     fp32 = dtype == torch.float32
     classes = _classes(K)

@@ -203,13 +203,15 @@ def _chunk(n: int, sizes: tuple) -> int:
 
 
 def config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
-    """Tiles for windows of N tokens, K classes, C channels (``dtype`` is unused so far).
+    """Tiles for windows of N tokens, K classes, C channels, ``dtype`` elements.
 
     BLOCK_N = next power of two >= N (all keys); BLOCK_M = BLOCK_N when N <= 64 (one query
     block: w = 7 pads 49 rows to 64), else 16 (a 16 x 16 map: 16 blocks); class chunks of
     32 or 16, whichever pads least.
-    One query block (N <= 64): 4 warps; channel chunks of 64, 32 or 16 that pad least in
-    the forward, the fewest chunks in the backward (its dP = dO v^T is summed over them).
+    One query block (N <= 64), half precision: 4 warps; channel chunks of 64, 32 or 16 that
+    pad least in the forward, the fewest chunks in the backward (its dP = dO v^T is summed
+    over them); fp32 (the exact path, dots on FMA units): 8 warps, chunks of 32 or 16 in
+    the backward (4 warps spill 25 KB there).
     Timed on an H200 (SeMask-T stage 0, N 49, K 150, C 96, bf16, batch 16; sweep of
     2026-11-27, ``benchmarks/results/h200-2026-11-27-64a1d89``): 4 warps beat 8 on every
     tile; forward 0.165 -> 0.141 ms (chunks of 32), backward 0.455 -> 0.393 ms (chunks of
@@ -223,12 +225,17 @@ def config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
     if block_n > 64:
         return dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=16, BLOCK_C=_chunk(C, (32, 16)),
                     num_warps=warps(8 if backward else 4), num_stages=2)
-    if backward:
+    if dtype == torch.float32:  # FMA dots: 4 warps spill 0.3 KB forward, 25 KB backward
+        block_c = _chunk(C, (32, 16) if backward else (64, 32, 16))
+        num_warps = 8
+    elif backward:
         block_c = min((64, 32, 16), key=lambda b: (cdiv(C, b), b))
+        num_warps = 4
     else:
         block_c = _chunk(C, (64, 32, 16))
+        num_warps = 4
     return dict(BLOCK_M=block_n, BLOCK_N=block_n, BLOCK_K=_chunk(K, (32, 16)), BLOCK_C=block_c,
-                num_warps=warps(4), num_stages=2)
+                num_warps=warps(num_warps), num_stages=2)
 
 
 def supports(N: int, window: int) -> bool:
