@@ -94,12 +94,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="the triton provider's models upsample in the FPN head and the "
                          "semantic decoder as the reference does (no Triton x2 upsampling, "
                          "no folded chains)")
-    ap.add_argument("--no-fused-norm", dest="fused_norm", action="store_const", const=False,
-                    help="the triton provider's models run PyTorch's LayerNorm (no Triton "
-                         "LayerNorm kernels; default: the Triton ones in CUDA graphs only)")
-    ap.add_argument("--eager-fused-norm", dest="fused_norm", action="store_const", const=True,
-                    help="the triton provider's models run the Triton LayerNorm in eager "
-                         "steps too")
+    norm = ap.add_mutually_exclusive_group()
+    norm.add_argument("--no-fused-norm", dest="fused_norm", action="store_const", const=False,
+                      help="the triton provider's models run PyTorch's LayerNorm (no Triton "
+                           "LayerNorm kernels; default: the Triton ones in CUDA graphs only)")
+    norm.add_argument("--eager-fused-norm", dest="fused_norm", action="store_const", const=True,
+                      help="the triton provider's models run the Triton LayerNorm in eager "
+                           "steps too")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="the model cases (the only ones then run) replay CUDA graphs: "
                          "training steps their forward, losses and backward, inference its "

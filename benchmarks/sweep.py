@@ -41,6 +41,7 @@ from semask.kernels import upsample_cross_entropy as UCE  # noqa: E402
 from semask.kernels import window_attention as WA  # noqa: E402
 
 DIRECTIONS = ("fwd", "bwd")
+DIRECTION_NAMES = ("fwd", "bwd", "bwd/dq", "bwd/dkdv")  # --directions (bwd: all three)
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -253,8 +254,8 @@ def sweep_loss_case(case, device: str, dtype: torch.dtype, quick: bool, deadline
 
 def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: float,
                directions: list[str] | None = None) -> list[dict]:
-    """Rows of every candidate of the case's kernels (``directions``: substrings of the
-    direction names to keep, e.g. ["bwd"]; None: all)."""
+    """Rows of every candidate of the case's kernels (``directions``: of
+    :data:`DIRECTION_NAMES`, the kernels to keep, "bwd" every backward one; None: all)."""
     if case.kind == "loss":
         return sweep_loss_case(case, device, dtype, quick, deadline)
     forward, backward = _runners(case, device, dtype)
@@ -366,8 +367,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16, help="batch of the op cases (default 16)")
     ap.add_argument("--cases", default=None, help="comma-separated substrings of case names to keep")
     ap.add_argument("--directions", default=None,
-                    help="comma-separated substrings of the directions to sweep (fwd, bwd, "
-                         "bwd/dq, bwd/dkdv; default: all), e.g. 'bwd'")
+                    help="comma-separated directions of the window and semantic kernels to "
+                         "sweep: fwd, bwd (every backward kernel), bwd/dq, bwd/dkdv "
+                         "(default: all; loss cases are swept whole)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, two candidates each (CPU check)")
     ap.add_argument("--time-budget", type=float, default=240.0, help="seconds (default 240)")
     ap.add_argument("--max-rel-err", type=float, default=None,
@@ -375,6 +377,10 @@ def main(argv=None) -> int:
                          "(default 1e-5 for fp32, 2e-2 for bf16/fp16)")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/sweep-<device>-<date>)")
     args = ap.parse_args(argv)
+    directions = [d.strip() for d in args.directions.split(",") if d.strip()] \
+        if args.directions else None
+    if directions is not None and (not directions or set(directions) - set(DIRECTION_NAMES)):
+        ap.error(f"--directions takes {', '.join(DIRECTION_NAMES)}, got {args.directions!r}")
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         ap.error("on the CPU the kernels run only in Triton's interpreter: set TRITON_INTERPRET=1")
     dtype_name = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
@@ -390,8 +396,7 @@ def main(argv=None) -> int:
         if time.perf_counter() > deadline:
             print(f"{case.name}: time budget exhausted", flush=True)
             continue
-        rows += sweep_case(case, args.device, dtype, args.quick, deadline,
-                           args.directions.split(",") if args.directions else None)
+        rows += sweep_case(case, args.device, dtype, args.quick, deadline, directions)
         table = best_rows(rows, max_rel)
         with open(os.path.join(out, "sweep.json"), "w") as f:
             json.dump(dict(environment=env, max_rel_err=max_rel, rows=rows, best=table), f, indent=1)

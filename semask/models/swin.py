@@ -133,7 +133,8 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: Tensor, keeps: Tensor | None = None) -> Tensor:
         """``keeps`` [2, B]: the DropPath keep masks of the two residuals (else drawn here)."""
-        # norm1's output zero-padded to the window multiple (the Triton LayerNorm writes it so)
+        # norm1's output zero-padded to the window multiple (the Triton LayerNorm writes it so;
+        # PyTorch's path pads after the norm)
         attn = self.attn(self.norm1(x, pad_multiple=self.attn.window), size=x.shape[1:3])
         x = self.drop_path(x, attn, None if keeps is None else keeps[0])
         return self.drop_path(x, self.mlp(self.norm2(x)), None if keeps is None else keeps[1])

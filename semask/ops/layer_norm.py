@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -68,19 +69,24 @@ def fused_layer_norm_reasons(x: Tensor, weight: Tensor | None, bias: Tensor | No
 
 
 _decisions: dict[tuple, bool] = {}  # whether the kernels run, per description of the inputs
-_captures = 0  # graph_capture contexts open (any thread)
+_captures = 0  # graph_capture contexts open, in any thread
+_captures_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def graph_capture():
     """Inside: the ``graphs_only`` LayerNorms run the Triton kernels where they can (the
-    warm-up runs and the capture of a CUDA graph: the kernels are built before capture)."""
+    warm-up runs and the capture of a CUDA graph: the kernels are built before capture).
+    Process-wide, not per thread: the forward decides, and other threads' eager forwards
+    meanwhile take the kernels too (same values up to rounding)."""
     global _captures
-    _captures += 1
+    with _captures_lock:
+        _captures += 1
     try:
         yield
     finally:
-        _captures -= 1
+        with _captures_lock:
+            _captures -= 1
 
 
 def _use_triton(backend: str, x: Tensor, weight, bias, graphs_only: bool = False) -> bool:

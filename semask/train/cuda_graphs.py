@@ -156,7 +156,9 @@ class GraphedInference:
     (later signatures run eagerly; each graph keeps a memory pool of about one forward's
     peak). Anything else (training mode, grad mode, CPU) runs eagerly. Replays read the
     parameters in place, so weights updated in place between calls are used; the autocast
-    weight cache is off during capture."""
+    weight cache is off during capture. A fused model's LayerNorms run PyTorch's op in the
+    eager calls and the Triton kernels in the graph (``fused_norm="graphs"``), so a size's
+    first two outputs and its replays may differ in the last bits."""
 
     def __init__(self, model: nn.Module, max_graphs: int = 6, capture_on: int = 3):
         self.model, self.max_graphs, self.capture_on = model, max_graphs, capture_on

@@ -199,6 +199,8 @@ def test_loss_chunk_option_reaches_the_models(monkeypatch, one_thread):
     assert R.parse_args([]).fused_norm is None and R.parse_args(["--no-fused-norm"]).fused_norm is False
     assert R.parse_args(["--eager-fused-norm"]).fused_norm is True
     with pytest.raises(SystemExit):
+        R.parse_args(["--eager-fused-norm", "--no-fused-norm"])
+    with pytest.raises(SystemExit):
         R.parse_args(["--loss-chunk", "0"])
     monkeypatch.setitem(backend._providers, "cuda", _ReferenceAsFused())
     case = C.model_case("semask_swin_micro_fpn", 64, "fwd_bwd", 2, num_classes=19)

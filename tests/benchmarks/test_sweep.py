@@ -130,7 +130,8 @@ def test_kernel_candidates_of_global_maps_take_the_kernels_forward(monkeypatch):
 
 def test_directions_keep_only_the_named_kernels(monkeypatch):
     """--directions bwd: only the backward candidates of a case are tried (and its default
-    timed), not the forward's."""
+    timed), not the forward's; a direction that is none of fwd, bwd, bwd/dq, bwd/dkdv is
+    refused."""
     monkeypatch.setattr(sweep, "_runners", lambda case, device, dtype: (
         lambda: (torch.ones(1), torch.zeros(1)), lambda out, lse: (torch.ones(1),)))
     monkeypatch.setattr(sweep, "_time_ms", lambda fn, device, default=False: fn() and 1.0)
@@ -139,3 +140,6 @@ def test_directions_keep_only_the_named_kernels(monkeypatch):
     kept = sweep.sweep_case(case, "cpu", torch.float32, True, float("inf"), ["bwd"])
     assert every == {"fwd", "bwd"} and {r["direction"] for r in kept} == {"bwd"}
     assert sum(r["config"] == "default" for r in kept) == 1 and len(kept) > 1
+    for bad in ("bwd/xx", ",", "forward"):
+        with pytest.raises(SystemExit):
+            sweep.main(["--quick", "--device", "cpu", "--directions", bad])

@@ -31,15 +31,20 @@ def forward_backward(model, images, target):
     return out, losses, grads
 
 
-@pytest.mark.parametrize("semantic_windowed,size", [((True, True, False, False), (45, 61)),
-                                                    ((True,) * 4, (45, 61)),
-                                                    ((True, True, False, False), (64, 96))])
-def test_fused_triton_model_equals_reference_on_cpu(monkeypatch, semantic_windowed, size):
+@pytest.mark.parametrize("semantic_windowed,size,fused_norm",
+                         [((True, True, False, False), (45, 61), True),
+                          ((True,) * 4, (45, 61), True),
+                          ((True, True, False, False), (64, 96), True),
+                          ((True, True, False, False), (45, 61), "graphs")])
+def test_fused_triton_model_equals_reference_on_cpu(monkeypatch, semantic_windowed, size,
+                                                    fused_norm):
     """Triton kernels in the interpreter: padded (45x61 -> odd stage maps), shifted blocks,
     windowed and global semantic layers, upsampling chains exact (64x96: folded in the
-    head and the decoder) or not; forward, loss and every parameter gradient."""
+    head and the decoder) or not, the LayerNorms on Triton (fused_norm=True) or, as in a
+    default model's eager step, PyTorch's with the padding after them ("graphs"); forward,
+    loss and every parameter gradient."""
     ref, fused = twin_models(monkeypatch, "triton", semantic_windowed=semantic_windowed,
-                             fused_norm=True)  # the Triton LayerNorm in eager steps too
+                             fused_norm=fused_norm)
     assert fused.fused_upsample and not ref.fused_upsample
     images, target = torch.randn(1, 3, *size), torch.randint(0, 19, (1, *size))
     out_r, loss_r, grad_r = forward_backward(ref, images, target)
