@@ -319,16 +319,17 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
 
     Tiles of 64 rows where registers allow, since on sm_90 Triton issues wgmma (warpgroup
     MMA) only for dots with M >= 64 and falls back to mma.sync below (but see the timed
-    exception at the end). As BLOCK_M query x BLOCK_N key rows: forward 64 x 64 (64 x 32 when W = 256, 193..256 classes); dq 64 x 64,
-    64 x 32 when W > 64, 32 x 32 when W = 256; dk/dv (a program owns BLOCK_N keys and
-    steps through the queries BLOCK_M at a time) 64 x 64, 32 x 64 when W > 64, 32 x 32 when
-    W = 256. fp32 (ieee dots on FMA units, the exact path rather than the fast one): 32 x 32,
-    dq 16 x 16, 8 warps. The forward's and dq's key steps and dk/dv's query steps shrink
-    where that pads N less (``_step``: windows of 12 step 16 tokens, so dk/dv there is
-    16 x 64), and the forward's and dq's last query block is a smaller tile where its rows
-    fit one (``common.row_tail``: 144 rows = 64 + 64 + 16). dk/dv's keys per program stay
-    as they are (windows of 12 in half precision: 3 x 64): a 16-key last block on its 8
-    warps would hold its tiles 2-4 times, and 4 warps spill 0.5-1.4 KB.
+    exception at the end). As BLOCK_M query x BLOCK_N key rows: forward 64 x 64 (64 x 32
+    when W = 256, 193..256 classes); dq 64 x 64, 64 x 32 when W > 64, 32 x 32 when W = 256;
+    dk/dv (a program owns BLOCK_N keys and steps through the queries BLOCK_M at a time)
+    64 x 64, 32 x 64 when W > 64, 32 x 32 when W = 256. fp32 (ieee dots on FMA units, the
+    exact path rather than the fast one): 32 x 32, dq 16 x 16, 8 warps. The forward's and dq's key
+    steps and dk/dv's query steps shrink where that pads N less (``_step``: windows of 12
+    step 16 tokens, so dk/dv there is 16 x 64), and the forward's and dq's last query block
+    is a smaller tile where its rows fit one (``common.row_tail``: 144 rows = 64 + 64 + 16).
+    dk/dv's keys per program stay as they are (windows of 12 in half precision: 3 x 64): a
+    16-key last block on its 8 warps would hold its tiles 2-4 times, and 4 warps spill
+    0.5-1.4 KB.
     Warps: for a chained dot (scores feeding P v) Triton puts every warp along the rows,
     so with fewer than 16 rows per warp the warps repeat each other's score tiles (and
     their exp2). The forward runs 4 warps; dk/dv 4 on 64 x 64 and 32 x 32 tiles, 8 on

@@ -217,25 +217,21 @@ def config(N: int, K: int, C: int, backward: bool, dtype: torch.dtype) -> dict:
     tile; forward 0.165 -> 0.141 ms (chunks of 32), backward 0.455 -> 0.393 ms (chunks of
     64), though Triton 3.8's build for sm_90 spills 0.6 KB there (chunks of 16 spill none:
     0.428 ms). 16-row blocks (global maps of 65..256 tokens, which
-    :mod:`semask.kernels.semantic_gemm` takes by default): 8
-    warps, 4 for the forward (8 would repeat its 16 x 32 tiles; the backward's spill on
-    4), channel chunks of 32 or 16; from ``ptxas -v`` for sm_90, not timed.
+    :mod:`semask.kernels.semantic_gemm` takes by default): 8 warps, 4 for the forward (8
+    would repeat its 16 x 32 tiles; the backward's spill on 4), channel chunks of 32 or 16;
+    from ``ptxas -v`` for sm_90, not timed.
     """
     block_n = max(16, next_pow2(N))
     if block_n > 64:
         return dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=16, BLOCK_C=_chunk(C, (32, 16)),
                     num_warps=warps(8 if backward else 4), num_stages=2)
-    if dtype == torch.float32:  # FMA dots: 4 warps spill 0.3 KB forward, 25 KB backward
-        block_c = _chunk(C, (32, 16) if backward else (64, 32, 16))
-        num_warps = 8
-    elif backward:
+    half = dtype != torch.float32  # fp32 (FMA dots) on 4 warps spills 0.3 KB fwd, 25 KB bwd
+    if backward and half:
         block_c = min((64, 32, 16), key=lambda b: (cdiv(C, b), b))
-        num_warps = 4
     else:
-        block_c = _chunk(C, (64, 32, 16))
-        num_warps = 4
+        block_c = _chunk(C, (32, 16) if backward else (64, 32, 16))
     return dict(BLOCK_M=block_n, BLOCK_N=block_n, BLOCK_K=_chunk(K, (32, 16)), BLOCK_C=block_c,
-                num_warps=warps(num_warps), num_stages=2)
+                num_warps=warps(4 if half else 8), num_stages=2)
 
 
 def supports(N: int, window: int) -> bool:
