@@ -9,7 +9,7 @@ is one bilinear x2 upsampling of the FPN head or the semantic decoder: x [B, C, 
 [B, C, 2h, 2w] (NCHW, as the head's maps). A norm case is one LayerNorm of a Swin block
 at a stage's shape: x [B, H, W, C] -> [B, H, W, C]. A model case is a
 whole SeMask-Swin FPN: inference (mode ``fwd``) or one training step (mode ``fwd_bwd``:
-forward, loss, backward and an AdamW step).
+forward, loss, backward and the trainer's AdamW step).
 
 Bytes model (the fewest bytes a fused kernel must move; PERF_MODEL.md):
     window   fwd: read q, k, v, write out              T * 4C * e

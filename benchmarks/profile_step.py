@@ -7,11 +7,14 @@ backend, kernels grouped by what they do.
 
 For each backend (``--fused``: reference = the eager PyTorch model, triton, cuda, auto;
 with ``-compile`` appended, e.g. ``triton-compile``, the model runs under ``torch.compile``
-and the warm-up steps include the compilation) the step (forward under autocast, loss, backward, AdamW step) runs ``--warmup`` times, then
-``--timed`` times for its wall time and its host time (until ``step()`` returns, before the
-GPU is waited for), then once under the profiler. The kernels' share of the wall time
-says whether the GPU waits for the host (a low share); host time close to the wall time
-alone does not, since the host also blocks once ~1000 launches are queued.
+and the warm-up steps include the compilation) the step (forward under autocast, loss,
+backward, the trainer's AdamW step: fused on a GPU) runs ``--warmup`` times, then
+``--timed`` times from an idle GPU for its wall time and its host time (until ``step()``
+returns, before the GPU is waited for), then ``--timed`` times back to back (as the
+benchmarks time steps; the GPU waited for once at the end), then once under the profiler.
+The kernels' share of the wall time says whether the GPU waits for the host (a low share);
+host time close to the wall time alone does not, since the host also blocks once ~1000
+launches are queued.
 
 Written into ``--out`` (default ``benchmarks/results/<device>-profile-<date>/``):
 ``profile.md`` with, per backend, those times, the time per group of kernels (attention,
@@ -38,6 +41,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import semask  # noqa: E402
 from benchmarks.measure import device_slug  # noqa: E402
+from semask.train.optim import build_optimizer  # noqa: E402
 
 # Kernel (or CPU op) name patterns per group, tried in order; the first match wins.
 GROUPS = (
@@ -69,9 +73,11 @@ def group_of(name: str) -> str:
 
 
 def step_fn(model, images, target, device: str, dtype: torch.dtype, forward=None):
-    """One training step (autocast forward and loss, backward, AdamW step); ``forward``:
-    what runs the model (default the model itself; a compiled model, say)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    """One training step (autocast forward and loss, backward, AdamW step as the trainer
+    builds it: fused on a GPU); ``forward``: what runs the model (default the model itself;
+    a compiled model, say)."""
+    opt = build_optimizer(model, lr=1e-4, weight_decay=1e-4,
+                          fused=True if device.startswith("cuda") else None)
     autocast = (torch.autocast(device_type=device.split(":")[0], dtype=dtype)
                 if dtype != torch.float32 else contextlib.nullcontext())
     forward = forward or model
@@ -85,9 +91,11 @@ def step_fn(model, images, target, device: str, dtype: torch.dtype, forward=None
     return step
 
 
-def step_times(step, reps: int, cuda: bool) -> tuple[float, float]:
-    """Median (wall ms, host ms) of ``reps`` steps, each from an idle GPU: wall until the GPU
-    has finished, host until ``step()`` returned."""
+def step_times(step, reps: int, cuda: bool) -> tuple[float, float, float]:
+    """(wall ms, host ms, back-to-back ms) of a step: the medians of ``reps`` steps, each
+    from an idle GPU (wall until the GPU has finished, host until ``step()`` returned),
+    then the mean of ``reps`` steps run back to back, as the benchmarks time them, with
+    the GPU waited for once at the end."""
     walls, hosts = [], []
     for _ in range(reps):
         if cuda:
@@ -98,13 +106,41 @@ def step_times(step, reps: int, cuda: bool) -> tuple[float, float]:
         if cuda:
             torch.cuda.synchronize()
         walls.append(time.perf_counter() - t0)
-    return statistics.median(walls) * 1e3, statistics.median(hosts) * 1e3
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    chained = (time.perf_counter() - t0) / reps
+    return statistics.median(walls) * 1e3, statistics.median(hosts) * 1e3, chained * 1e3
+
+
+def kernel_rows(events, cuda: bool) -> tuple[list, list]:
+    """([(name, own ms, calls)] of the kernels (GPU) or ops (CPU), [(op, own CPU ms, calls)]
+    of the host side (GPU only)) from ``prof.key_averages()``. On a GPU a CPU op's own device
+    time repeats its kernels', and the ranges of ``record_function`` (the optimizer's
+    "Optimizer.step#AdamW.step", say) come back as device events spanning the kernels they
+    enclose (``is_user_annotation``; torch >= 2.6): both are left out."""
+    rows, host_rows = [], []
+    for e in events:
+        on_host = e.device_type == DeviceType.CPU
+        if cuda and not on_host:
+            own = 0.0 if getattr(e, "is_user_annotation", False) else e.self_device_time_total / 1e3
+        else:
+            own = 0.0 if cuda else e.self_cpu_time_total / 1e3
+        if own > 0:
+            rows.append((e.key, own, e.count))
+        if cuda and on_host and e.self_cpu_time_total > 0:
+            host_rows.append((e.key, e.self_cpu_time_total / 1e3, e.count))
+    rows.sort(key=lambda r: -r[1])
+    host_rows.sort(key=lambda r: -r[1])
+    return rows, host_rows
 
 
 def profile_backend(args, fused: str) -> tuple[list, float, tuple, dict]:
     """[(name, own time in ms, calls)] of every kernel (GPU) or op (CPU) of one step, the
-    step's total, its (wall ms, host ms) from :func:`step_times`, and on a GPU the host
-    side of the profiled step: {"rows": [(op, own CPU ms, calls)], "step_ms": host time
+    step's total, its (wall ms, host ms, back-to-back ms) from :func:`step_times`, and on a
+    GPU the host side of the profiled step: {"rows": [(op, own CPU ms, calls)], "step_ms": host time
     of the profiled step (profiler overhead included)}."""
     torch.manual_seed(0)
     backend = fused.removesuffix("-compile")
@@ -131,19 +167,7 @@ def profile_backend(args, fused: str) -> tuple[list, float, tuple, dict]:
             torch.cuda.synchronize()
     if args.trace:
         prof.export_chrome_trace(os.path.join(args.out, f"trace_{fused}.json"))
-    rows, host_rows = [], []
-    for e in prof.key_averages():
-        on_host = e.device_type == DeviceType.CPU
-        if cuda and not on_host:  # kernels (a CPU op's self device time repeats its kernels')
-            own = e.self_device_time_total / 1e3
-        else:
-            own = 0.0 if cuda else e.self_cpu_time_total / 1e3
-        if own > 0:
-            rows.append((e.key, own, e.count))
-        if cuda and on_host and e.self_cpu_time_total > 0:
-            host_rows.append((e.key, e.self_cpu_time_total / 1e3, e.count))
-    rows.sort(key=lambda r: -r[1])
-    host_rows.sort(key=lambda r: -r[1])
+    rows, host_rows = kernel_rows(prof.key_averages(), cuda)
     return rows, sum(r[1] for r in rows), times, dict(rows=host_rows, step_ms=step_ms)
 
 
@@ -154,10 +178,11 @@ def report(fused: str, rows, total: float, top: int, unit: str, times: tuple,
     groups: dict[str, float] = {}
     for name, ms, _ in rows:
         groups[group_of(name)] = groups.get(group_of(name), 0.0) + ms
-    wall, host = times
+    wall, host, chained = times
     lines = [f"## {fused}: {total:.2f} ms of {unit} time in one step", "",
              f"Step wall time {wall:.2f} ms, host time {host:.2f} ms (until the step "
-             f"returned; median of the timed steps). The {unit} time above is "
+             f"returned; median of the timed steps, each from an idle device); "
+             f"{chained:.2f} ms per step back to back (mean). The {unit} time above is "
              f"{100 * total / wall:.0f}% of the wall time: the rest is time the device "
              f"waited (for the host, or between kernels).", "",
              "| group | ms | share |", "|---|---|---|"]

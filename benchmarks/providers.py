@@ -33,6 +33,7 @@ from semask.ops.reference import (relative_position_bias, semantic_attention_ref
                                   window_reverse)
 from semask.ops.layer_norm import fused_layer_norm_reasons, layer_norm
 from semask.ops.upsample import fused_upsample_reasons, upsample2x
+from semask.train.optim import build_optimizer
 
 from .cases import NO_MATMUL, Case
 
@@ -381,7 +382,9 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
             timed = _graphed_forward(model, images, autocast, patch)
     else:
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+        # the trainer's optimizer: AdamW with its no-decay groups, fused on a GPU
+        opt = build_optimizer(model, lr=1e-4, weight_decay=1e-4,
+                              fused=True if device.startswith("cuda") else None)
 
         def make(net, patch=patch):
             def step():
@@ -404,7 +407,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
     if case.mode == "fwd_bwd":
         loss = ("fused upsample + cross-entropy loss kernel" if model.fused_loss else
                 f"chunked loss (loss_chunk={model.loss_chunk})" if model.loss_chunk else "")
-        note = join_notes(note, "training step: forward, loss, backward, AdamW step", loss)
+        note = join_notes(note, "training step: forward, loss, backward, AdamW step "
+                                "(fused on a GPU)", loss)
     # the Triton upsampling and LayerNorm run in eager mode only (torch.compile traces
     # PyTorch's ops instead): not named for the compiled providers
     if model.fused_upsample and provider not in COMPILED:
