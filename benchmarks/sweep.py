@@ -85,11 +85,14 @@ def gemm_candidates(quick: bool) -> list[dict]:
 
 
 def loss_candidates(quick: bool) -> list[dict]:
-    """Output tile (TILE_Y x TILE_X pixels), BLOCK_K class chunk, num_warps."""
+    """Output tile (TILE_Y x TILE_X pixels), num_warps and the classes: in two passes in
+    chunks of BLOCK_K, or in one pass (ONE_PASS; head and tail tiles of all classes)."""
     tiles = ((8, 8), (8, 16), (4, 16), (16, 8), (4, 32), (16, 16))
-    cands = [dict(TILE_Y=ty, TILE_X=tx, BLOCK_K=bk, num_warps=w)
+    cands = [dict(TILE_Y=ty, TILE_X=tx, BLOCK_K=bk, num_warps=w, ONE_PASS=False)
              for (ty, tx), bk, w in itertools.product(tiles, (16, 32, 64), (2, 4, 8))]
-    return [cands[0], cands[-1]] if quick else cands
+    one_pass = [dict(TILE_Y=ty, TILE_X=tx, BLOCK_K=16, num_warps=w, ONE_PASS=True)
+                for (ty, tx), w in itertools.product(tiles, (2, 4, 8))]
+    return [cands[0], cands[-1], one_pass[0]] if quick else one_pass + cands
 
 
 @contextlib.contextmanager
@@ -100,7 +103,8 @@ def loss_config(cfg: dict):
     def patched(h, w, H, W, K, dtype):
         span_y, span_x = UCE._span(h, H, cfg["TILE_Y"]), UCE._span(w, W, cfg["TILE_X"])
         slots = max(16, 1 << (span_y * span_x - 1).bit_length())
-        return dict(cfg, SPAN_Y=span_y, SPAN_X=span_x, SLOTS=slots)
+        return dict(cfg, SPAN_Y=span_y, SPAN_X=span_x, SLOTS=slots,
+                    **UCE.class_tiles(K, cfg["ONE_PASS"], cfg["BLOCK_K"]))
 
     UCE._config = patched
     try:

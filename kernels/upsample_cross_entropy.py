@@ -26,6 +26,11 @@ overlap by a pixel) into an fp32 gradient. Each program stores its partial loss 
 its count of labels outside [0, K); the launcher adds them (deterministic loss; the
 gradient's fp32 atomic sums are not bitwise reproducible) and asserts the count is 0 on
 the device (no host sync).
+One-pass variant (ONE_PASS, K <= ONE_PASS_MAX_K; not the default until timed): the classes
+are a head tile and a tail tile (150 -> 128 + 32) whose z stay in registers, so exp(z - max)
+is taken once per pixel and class and serves both the logsumexp and the gradient (softmax =
+exp(z - max) / sum), with one product for z instead of two; sm_90 (ptxas, Triton 3.8, bf16,
+K = 150, 8 x 8 tiles on 4 warps): 255 registers, no spills (two passes: 91).
 
 Precision: logits are read in their dtype and every product accumulates in fp32; the
 matrix products use tf32 inputs for half-precision logits (their values are exact in
@@ -44,17 +49,52 @@ import triton
 import triton.language as tl
 
 from . import common
-from .common import bilinear_axis, bilinear_source, cdiv, dot, next_pow2, on_device
+from .common import bilinear_axis, bilinear_source, cdiv, dot, head_tail, next_pow2, on_device
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SLOTS = 128  # low-resolution box per tile; larger boxes (downsampling) are refused
+# The one-pass kernel (every class's logits held at once; see the module docstring): off
+# until timed on a GPU (benchmarks/sweep.py sweeps both); for at most ONE_PASS_MAX_K classes.
+ONE_PASS = False
+ONE_PASS_MAX_K = 256
+
+
+@triton.jit
+def _class_logits(X_b, box_offs, in_box, wt, k, K, hw, PREC: tl.constexpr):
+    """z [P, len(k)] = Wt @ logits[box, classes k] in fp32 (0 at classes >= K)."""
+    lo = tl.load(X_b + k[None, :].to(tl.int64) * hw + box_offs[:, None],
+                 mask=in_box[:, None] & (k[None, :] < K), other=0.0).to(tl.float32)
+    return dot(wt, lo, PREC, False)
+
+
+@triton.jit
+def _masked_logits(X_b, box_offs, in_box, wt, k, K, hw, PREC: tl.constexpr):
+    """:func:`_class_logits` with -inf at classes >= K (for max and sum of exp)."""
+    z = _class_logits(X_b, box_offs, in_box, wt, k, K, hw, PREC)
+    return tl.where(k[None, :] < K, z, float("-inf"))
+
+
+@triton.jit
+def _add_box_grad(DX_b, box_offs, in_box, wt, g, k, K, hw, PREC: tl.constexpr):
+    """DX[box, classes k] += Wt^T @ g (fp32 atomics: boxes of neighbouring tiles overlap)."""
+    dbox = dot(tl.trans(wt), g, PREC, False)
+    tl.atomic_add(DX_b + k[None, :].to(tl.int64) * hw + box_offs[:, None], dbox,
+                  mask=in_box[:, None] & (k[None, :] < K), sem="relaxed")
+
+
+@triton.jit
+def _pixel_grad(softmax, k, t, counted, K):
+    """softmax - onehot(target) of the classes k; 0 at ignored pixels and classes >= K."""
+    g = softmax - tl.where(k[None, :] == t[:, None], 1.0, 0.0)
+    return tl.where(counted[:, None] & (k[None, :] < K), g, 0.0)
 
 
 @triton.jit
 def _upsample_ce_kernel(X, T, DX, PARTIAL, BAD, K, h, w, H, W, scale_y, scale_x, n_ty, n_tx,
                         ignore_index, TILE_Y: tl.constexpr, TILE_X: tl.constexpr,
                         SPAN_Y: tl.constexpr, SPAN_X: tl.constexpr, SLOTS: tl.constexpr,
-                        BLOCK_K: tl.constexpr, GRAD: tl.constexpr, PREC: tl.constexpr):
+                        BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
+                        ONE_PASS: tl.constexpr, GRAD: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // (n_ty * n_tx)
     ty = (pid // n_tx) % n_ty
@@ -87,40 +127,55 @@ def _upsample_ce_kernel(X, T, DX, PARTIAL, BAD, K, h, w, H, W, scale_y, scale_x,
     src_x = x_base + lx
     in_box = (slot < SPAN_Y * SPAN_X) & (src_y < h) & (src_x < w)
     box_offs = src_y * w + src_x
-    X_b = X + b64 * K * h * w
+    hw = h * w
+    X_b = X + b64 * K * hw
+    DX_b = DX + b64 * K * hw
     kk = tl.arange(0, BLOCK_K)
 
-    # forward: online logsumexp over class chunks; z at the target class
-    m = tl.full([TILE_Y * TILE_X], float("-inf"), tl.float32)
-    s = tl.zeros([TILE_Y * TILE_X], tl.float32)
-    z_t = tl.zeros([TILE_Y * TILE_X], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + kk
-        mask = in_box[:, None] & (k[None, :] < K)
-        lo = tl.load(X_b + k[None, :].to(tl.int64) * h * w + box_offs[:, None], mask=mask,
-                     other=0.0).to(tl.float32)
-        z = dot(wt, lo, PREC, False)
-        z = tl.where(k[None, :] < K, z, float("-inf"))
-        m_new = tl.maximum(m, tl.max(z, 1))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), 1)
-        m = m_new
-        z_t += tl.sum(tl.where(k[None, :] == t[:, None], z, 0.0), 1)
-    lse = m + tl.log(s)
-    tl.store(PARTIAL + pid, tl.sum(tl.where(counted, lse - z_t, 0.0), 0))
-
-    if GRAD:  # second pass: dbox = Wt^T (softmax(z) - onehot), z recomputed
-        DX_b = DX + b64 * K * h * w
+    if ONE_PASS:  # every class at once (head tile, tail tile): one exp per pixel and class
+        z = _masked_logits(X_b, box_offs, in_box, wt, kk, K, hw, PREC)
+        m = tl.max(z, 1)
+        z_t = tl.sum(tl.where(kk[None, :] == t[:, None], z, 0.0), 1)
+        if TAIL:
+            k2 = BLOCK_K + tl.arange(0, BLOCK_K2)
+            z2 = _masked_logits(X_b, box_offs, in_box, wt, k2, K, hw, PREC)
+            m = tl.maximum(m, tl.max(z2, 1))
+            z_t += tl.sum(tl.where(k2[None, :] == t[:, None], z2, 0.0), 1)
+        e = tl.exp(z - m[:, None])
+        s = tl.sum(e, 1)
+        if TAIL:
+            e2 = tl.exp(z2 - m[:, None])
+            s += tl.sum(e2, 1)
+        lse = m + tl.log(s)
+        tl.store(PARTIAL + pid, tl.sum(tl.where(counted, lse - z_t, 0.0), 0))
+        if GRAD:
+            inv_s = 1.0 / s
+            _add_box_grad(DX_b, box_offs, in_box, wt,
+                          _pixel_grad(e * inv_s[:, None], kk, t, counted, K), kk, K, hw, PREC)
+            if TAIL:
+                _add_box_grad(DX_b, box_offs, in_box, wt,
+                              _pixel_grad(e2 * inv_s[:, None], k2, t, counted, K), k2, K, hw,
+                              PREC)
+    else:  # class chunks of BLOCK_K: online logsumexp, then a second pass for the gradient
+        m = tl.full([TILE_Y * TILE_X], float("-inf"), tl.float32)
+        s = tl.zeros([TILE_Y * TILE_X], tl.float32)
+        z_t = tl.zeros([TILE_Y * TILE_X], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + kk
-            mask = in_box[:, None] & (k[None, :] < K)
-            lo = tl.load(X_b + k[None, :].to(tl.int64) * h * w + box_offs[:, None],
-                         mask=mask, other=0.0).to(tl.float32)
-            z = dot(wt, lo, PREC, False)
-            g = tl.exp(z - lse[:, None]) - tl.where(k[None, :] == t[:, None], 1.0, 0.0)
-            g = tl.where(counted[:, None] & (k[None, :] < K), g, 0.0)
-            dbox = dot(tl.trans(wt), g, PREC, False)
-            tl.atomic_add(DX_b + k[None, :].to(tl.int64) * h * w + box_offs[:, None], dbox,
-                          mask=mask, sem="relaxed")
+            z = _masked_logits(X_b, box_offs, in_box, wt, k, K, hw, PREC)
+            m_new = tl.maximum(m, tl.max(z, 1))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), 1)
+            m = m_new
+            z_t += tl.sum(tl.where(k[None, :] == t[:, None], z, 0.0), 1)
+        lse = m + tl.log(s)
+        tl.store(PARTIAL + pid, tl.sum(tl.where(counted, lse - z_t, 0.0), 0))
+        if GRAD:  # z recomputed
+            for k0 in range(0, K, BLOCK_K):
+                k = k0 + kk
+                z = _class_logits(X_b, box_offs, in_box, wt, k, K, hw, PREC)
+                _add_box_grad(DX_b, box_offs, in_box, wt,
+                              _pixel_grad(tl.exp(z - lse[:, None]), k, t, counted, K), k, K, hw,
+                              PREC)
 
 
 @functools.lru_cache(maxsize=64)
@@ -145,14 +200,25 @@ def _config(h: int, w: int, H: int, W: int, K: int, dtype: torch.dtype) -> dict:
     1.9 ms against 3.7-4.5 ms for 8 x 16 and 4 x 32 tiles with 8 warps; some 4-warp
     configurations of 128-pixel tiles fail to compile in Triton 3.6). fp32: 4 x 16 tiles,
     chunks of 16 (tf32x3 products need more registers), 8 warps. No register spills on
-    sm_90 at 4x (ptxas)."""
+    sm_90 at 4x (ptxas). With :data:`ONE_PASS` (and K <= ONE_PASS_MAX_K) the classes are
+    one head tile and a tail tile instead (``common.head_tail``: 150 -> 128 + 32)."""
     half = dtype != torch.float32
     tile_y = min(8 if half else 4, next_pow2(H))
     tile_x = max(min(8 if half else 16, next_pow2(W)), 16 // tile_y)  # P >= 16
     span_y, span_x = _span(h, H, tile_y), _span(w, W, tile_x)
     slots = max(16, next_pow2(span_y * span_x))
     return dict(TILE_Y=tile_y, TILE_X=tile_x, SPAN_Y=span_y, SPAN_X=span_x, SLOTS=slots,
-                BLOCK_K=32 if K > 16 and half else 16, num_warps=4 if half else 8)
+                **class_tiles(K, ONE_PASS, 32 if K > 16 and half else 16), num_warps=4 if half else 8)
+
+
+def class_tiles(K: int, one_pass: bool, block_k: int) -> dict:
+    """How the kernel covers K classes: in one pass (``one_pass`` and K <= ONE_PASS_MAX_K)
+    a head tile BLOCK_K and, where that pads less, a tail tile BLOCK_K2 (TAIL); else chunks
+    of ``block_k`` in two passes."""
+    if one_pass and K <= ONE_PASS_MAX_K:
+        head, tail, has_tail = head_tail(K)
+        return dict(BLOCK_K=head, BLOCK_K2=tail, TAIL=has_tail, ONE_PASS=True)
+    return dict(BLOCK_K=block_k, BLOCK_K2=16, TAIL=False, ONE_PASS=False)
 
 
 def reasons(tensors, params: dict) -> list[str]:

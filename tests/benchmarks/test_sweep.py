@@ -43,7 +43,8 @@ def test_every_configuration_agrees_with_the_default(result):
     window_ms = {r["config"]["BLOCK_M"] for r in rows if r["case"].startswith("window")}
     assert window_ms - {64}  # the sweep really ran other tilings than the default (64)
     loss_tiles = {(r["config"]["TILE_Y"], r["config"]["TILE_X"]) for r in rows if r["case"].startswith("loss")}
-    assert len(loss_tiles) == 2  # quick: the first and the last candidate
+    assert len(loss_tiles) == 2  # quick: the first and the last candidate, and a one-pass one
+    assert {r["config"]["ONE_PASS"] for r in rows if r["case"].startswith("loss")} == {True, False}
 
 
 def test_report_names_the_best_per_case_and_direction(result):

@@ -81,6 +81,37 @@ def test_half_precision_accuracy_rule(dtype, B, K, h, w, H, W):
     check_kernel_against_torch(*make_inputs(B, K, h, w, H, W, seed=1), dtype)
 
 
+@pytest.fixture
+def one_pass(monkeypatch):
+    monkeypatch.setattr(uce, "ONE_PASS", True)
+
+
+@pytest.mark.parametrize("B,K,h,w,H,W", CPU_CASES[:5] + [(1, 256, 3, 4, 12, 16)])
+def test_one_pass_fp32_matches_float64_autograd(one_pass, B, K, h, w, H, W):
+    """The one-pass kernel (all classes at once: head + tail tiles for 150 -> 128 + 32, one
+    tile for 19 -> 32, 256) against fp64 autograd, as the two-pass one."""
+    cfg = uce._config(h, w, H, W, K, torch.float32)
+    assert cfg["ONE_PASS"] and cfg["TAIL"] == (K == 150)
+    logits, target = make_inputs(B, K, h, w, H, W, seed=4)
+    truth_loss, truth_grad = torch_loss_and_grad(logits, target)
+    loss, grad = uce.upsample_cross_entropy(logits.float(), target, IGNORE, grad=True)
+    assert abs(loss.item() - truth_loss.item()) <= 1e-5 * abs(truth_loss.item())
+    err = ((grad.double() - truth_grad).abs().max() / truth_grad.abs().max()).item()
+    assert err < 1e-5, f"gradient relative error {err:.3g}"
+    loss_only, none = uce.upsample_cross_entropy(logits.float(), target, IGNORE, grad=False)
+    assert none is None and torch.allclose(loss_only, loss, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_one_pass_half_precision_accuracy_rule(one_pass, dtype):
+    check_kernel_against_torch(*make_inputs(*CPU_CASES[1], seed=5), dtype)
+
+
+def test_one_pass_only_up_to_its_class_limit(one_pass):
+    assert not uce._config(8, 8, 32, 32, uce.ONE_PASS_MAX_K + 1, torch.bfloat16)["ONE_PASS"]
+    assert uce._config(8, 8, 32, 32, 150, torch.bfloat16)["ONE_PASS"]
+
+
 def test_without_gradient_and_int32_target():
     logits, target = make_inputs(1, 7, 6, 6, 24, 24)
     loss, grad = uce.upsample_cross_entropy(logits.float(), target.int(), IGNORE, grad=False)
@@ -160,10 +191,13 @@ def test_unsupported_inputs_fall_back_to_the_unfused_loss():
 
 
 # ------------------------------------------------ compiled (not interpreted) code, on CPU
-def compile_for_sm90(dtype, K, h, w, H, W, grad):
-    """Build the kernel for sm_90 with the launcher's configuration for these sizes."""
+def compile_for_sm90(dtype, K, h, w, H, W, grad, one_pass=False):
+    """Build the kernel for sm_90 with the launcher's configuration for these sizes (with
+    ``one_pass``, the one-pass kernel's)."""
     torch_dtype = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)[dtype]
+    uce.ONE_PASS = one_pass
     cfg = uce._config(h, w, H, W, K, torch_dtype)
+    assert cfg["ONE_PASS"] == one_pass
     warps = cfg.pop("num_warps")
     ptrs = dict(X="*" + dtype, T="*i64", DX="*fp32", PARTIAL="*fp32", BAD="*i32")
     prec = "tf32x3" if dtype == "fp32" else "tf32"
@@ -173,15 +207,19 @@ def compile_for_sm90(dtype, K, h, w, H, W, grad):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype,K,h,w,H,W,grad", [("bf16", 150, 128, 128, 512, 512, True),
-                                                  ("fp32", 19, 128, 256, 512, 1024, True),
-                                                  ("fp16", 150, 128, 128, 512, 512, False)])
-def test_kernel_compiles_for_sm90(dtype, K, h, w, H, W, grad):
+@pytest.mark.parametrize("dtype,K,h,w,H,W,grad,one_pass", [
+    ("bf16", 150, 128, 128, 512, 512, True, False),
+    ("fp32", 19, 128, 256, 512, 1024, True, False),
+    ("fp16", 150, 128, 128, 512, 512, False, False),
+    ("bf16", 150, 128, 128, 512, 512, True, True),
+    ("bf16", 19, 128, 256, 512, 1024, True, True)])
+def test_kernel_compiles_for_sm90(dtype, K, h, w, H, W, grad, one_pass):
     pytest.importorskip("triton.backends.nvidia")
     from triton.compiler import ASTSource
     if "constexprs" not in inspect.signature(ASTSource).parameters:
         pytest.skip("this Triton's ASTSource takes another signature (written for Triton >= 3.3)")
-    run_without_interpreter(__file__, f"compile_for_sm90({dtype!r}, {K}, {h}, {w}, {H}, {W}, {grad})")
+    run_without_interpreter(
+        __file__, f"compile_for_sm90({dtype!r}, {K}, {h}, {w}, {H}, {W}, {grad}, {one_pass})")
 
 
 # --------------------------------------------------------------- GPU, real loss shapes
