@@ -46,12 +46,17 @@ DIRECTION_NAMES = ("fwd", "bwd", "bwd/dq", "bwd/dkdv")  # --directions (bwd: all
 
 # ----------------------------------------------------------------------------- candidates
 def window_candidates(window: int, direction: str, quick: bool) -> list[dict]:
-    """BLOCK_M (query rows per program), num_warps, programs per SM of the grouping."""
+    """BLOCK_M (query rows per program), num_warps, programs per SM of the grouping; then,
+    at the default tile, the software pipeline's depth over a program's windows
+    (num_stages; Triton's default 3; w = 7 forward for sm_90: 151 registers with 2 stages,
+    168 with 3, 173 with 4, 182 with 1, so 3 programs of 4 warps per SM either way)."""
     cfg = WA._config(window, direction, torch.bfloat16)
     ms = [m for m in (16, 32, 64) if m <= cfg["BLOCK_N"] + cfg["BLOCK_N2"] * cfg["TAIL"]]
     grid = itertools.product(ms, (4, 8), (4, 8, 16, 32) if direction == "fwd" else (4, 8, 16))
     cands = [dict(BLOCK_M=m, num_warps=w, programs_per_sm=p) for m, w, p in grid]
-    return [cands[0], cands[-1]] if quick else cands
+    stages = [dict(BLOCK_M=cfg["BLOCK_M"], num_warps=cfg["num_warps"], programs_per_sm=p,
+                   num_stages=n) for n, p in itertools.product((1, 2, 4), (3, 4, 8))]
+    return [cands[0], cands[-1], stages[0]] if quick else cands + stages
 
 
 def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
@@ -115,15 +120,17 @@ def loss_config(cfg: dict):
 
 @contextlib.contextmanager
 def window_config(window: int, direction: str, cfg: dict):
-    """Make the window kernels' ``_config`` answer ``cfg`` (BLOCK_M, num_warps) for
-    ``direction`` at any dtype (the other direction keeps its default), and the grouping aim
-    at ``cfg["programs_per_sm"]``."""
+    """Make the window kernels' ``_config`` answer ``cfg`` (BLOCK_M, num_warps and, if given,
+    num_stages) for ``direction`` at any dtype (the other direction keeps its default), and
+    the grouping aim at ``cfg["programs_per_sm"]``."""
     default, saved_pps = WA._config, WA._PROGRAMS_PER_SM
 
     def patched(w, d, dtype):
         chosen = default(w, d, dtype)
         if w == window and d == direction:
             chosen.update(BLOCK_M=cfg["BLOCK_M"], num_warps=cfg["num_warps"])
+            if "num_stages" in cfg:
+                chosen.update(num_stages=cfg["num_stages"])
         return chosen
 
     pps = list(saved_pps)
