@@ -238,3 +238,11 @@ def test_gpu_loss_shapes_accuracy_rule(dtype, B, K, h, w, H, W):
         *make_inputs(B, K, h, w, H, W, device="cuda", seed=2), dtype)
     loss_only, none = uce.upsample_cross_entropy(low, target, IGNORE, grad=False)
     assert none is None and torch.allclose(loss_only, got[0], rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,K,h,w,H,W", GPU_CASES[:2])
+def test_gpu_one_pass_accuracy_rule(one_pass, dtype, B, K, h, w, H, W):
+    """The one-pass kernel (a sweep candidate, not the default) at the loss shapes."""
+    check_kernel_against_torch(*make_inputs(B, K, h, w, H, W, device="cuda", seed=6), dtype)
