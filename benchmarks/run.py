@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cases", default=None,
                     help="comma-separated substrings of case names to keep, e.g. "
                          "'window/swin_t-512,model/' (see --list)")
+    ap.add_argument("--modes", default=None,
+                    help="comma-separated modes to keep: fwd, fwd_bwd (default both); e.g. "
+                         "fwd_bwd alone to give a compiling provider's time to the training step")
     ap.add_argument("--providers", default=",".join(providers.PROVIDERS),
                     help="comma-separated subset of " + ",".join(providers.PROVIDERS))
     ap.add_argument("--dtype", choices=sorted(providers.DTYPES), default=None,
@@ -122,6 +125,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if bad:
         ap.error(f"unknown provider(s) {', '.join(bad)}; choose from {', '.join(providers.PROVIDERS)}")
     args.cases = [c.strip() for c in args.cases.split(",")] if args.cases else None
+    args.modes = [m.strip() for m in args.modes.split(",")] if args.modes else None
+    if args.modes and not set(args.modes) <= {"fwd", "fwd_bwd"}:
+        ap.error(f"--modes takes fwd and fwd_bwd, got {','.join(args.modes)}")
     if args.quick:
         args.time_budget = 130.0 if args.time_budget is None else args.time_budget
         args.compile_budget = 45.0 if args.compile_budget is None else args.compile_budget
@@ -148,6 +154,8 @@ def select_cases(args) -> list:
             cases.sort(key=lambda c: c.name != "model/semask_swin_tiny_fpn-512")
     if args.cuda_graphs:  # what graphs change: the model cases
         cases = [c for c in cases if c.kind == "model"]
+    if args.modes:
+        cases = [c for c in cases if c.mode in args.modes]
     return _cases.select(cases, args.cases)
 
 
@@ -363,7 +371,8 @@ def run_isolated(args, cases) -> dict:
         if args.cuda_graphs:
             argv.append("--cuda-graphs")
         for flag, value in (("--batch", args.batch), ("--model-batch", args.model_batch),
-                            ("--cases", ",".join(args.cases) if args.cases else None)):
+                            ("--cases", ",".join(args.cases) if args.cases else None),
+                            ("--modes", ",".join(args.modes) if args.modes else None)):
             if value is not None:
                 argv += [flag, str(value)]
         if args.quick:

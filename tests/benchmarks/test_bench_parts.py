@@ -358,3 +358,15 @@ def test_cuda_graph_steps_only_on_a_gpu():
         case = next(c for c in C.full_cases(2, None) if c.kind == "model" and c.mode == mode)
         with pytest.raises(P.Skip, match="on a GPU"):
             P.prepare(case, "reference", "cpu", "fp32", cuda_graphs=True)
+
+
+def test_modes_option_keeps_the_named_modes():
+    """--modes fwd_bwd keeps the training steps (and the op cases' fwd_bwd) only; a mode
+    that does not exist is refused."""
+    args = R.parse_args(["--modes", "fwd_bwd", "--cases", "model/semask_swin_tiny", "--device", "cpu"])
+    selected = R.select_cases(args)
+    assert [c.mode for c in selected] == ["fwd_bwd"]
+    both = R.select_cases(R.parse_args(["--cases", "model/semask_swin_tiny", "--device", "cpu"]))
+    assert sorted(c.mode for c in both) == ["fwd", "fwd_bwd"]
+    with pytest.raises(SystemExit):
+        R.parse_args(["--modes", "bwd"])
