@@ -3,7 +3,8 @@
 For every window / semantic / loss op case of ``benchmarks/cases.py`` (512 inputs) and
 every candidate configuration of each direction (forward kernel; backward kernels given
 the default forward's out and lse, the online semantic ones swept one at a time as
-"bwd/dq" and "bwd/dkdv"; for the fused loss, its loss + gradient launch, direction
+"bwd/dq" and "bwd/dkdv", and for windows "bwd/gemm", the scratch backward's GEMM kernel
+after the dq kernel, against the default backward; for the fused loss, its loss + gradient launch, direction
 "fwd"; global semantic maps, which run on the GEMM path by default, sweep its row kernels'
 tiles and, against them, the attention kernels' configurations), this script runs the kernel, checks its results against
 the default configuration's (max |x - x_default| / max |x_default|; the default is the
@@ -41,7 +42,7 @@ from semask.kernels import upsample_cross_entropy as UCE  # noqa: E402
 from semask.kernels import window_attention as WA  # noqa: E402
 
 DIRECTIONS = ("fwd", "bwd")
-DIRECTION_NAMES = ("fwd", "bwd", "bwd/dq", "bwd/dkdv")  # --directions (bwd: all three)
+DIRECTION_NAMES = ("fwd", "bwd", "bwd/dq", "bwd/dkdv", "bwd/gemm")  # --directions (bwd: all)
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -64,7 +65,8 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
     """Whole rows (``semantic_window.supports``; ``kernel`` "fwd" or "bwd"): BLOCK_M (query
     rows), BLOCK_K/BLOCK_C chunks, num_warps. Online softmax (``kernel`` one of
     ``semantic_attention.KERNELS``): BLOCK_M, BLOCK_N, BLOCK_C, num_warps (and num_stages
-    forward); the class tiles are ``semantic_attention._classes``."""
+    forward); the class tiles are ``semantic_attention._classes``. "gemm" (windows: the
+    scratch backward's kernel): BLOCK_N keys, BLOCK_M query steps, BLOCK_C dv chunks."""
     if whole_rows:  # and, as one more candidate, the online kernels at their defaults
         block_n = max(16, SA._pow2(N))
         ms = [m for m in (16, 32, 64) if m <= block_n]
@@ -75,10 +77,14 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
     window = (16,) if N <= 256 else ()  # windows (9..16) also try 16-token blocks and steps
     ms = [m for m in window + ((32, 64, 128) if kernel == "fwd" else (32, 64)) if m <= top]
     ns = [n for n in window + (32, 64) if n <= top]
-    cs = [c for c in dict(fwd=(64, 128, 256), dq=(32, 64), dkdv=(64, 128))[kernel] if c <= SA._pow2(Cv)]
+    cs = [c for c in dict(fwd=(64, 128, 256), dq=(32, 64), dkdv=(64, 128), gemm=(64, 128))[kernel]
+          if c <= SA._pow2(Cv)]
     stages = (2, 3) if kernel == "fwd" else (2,)
     cands = [dict(BLOCK_M=m, BLOCK_N=n, BLOCK_C=c, **SA._classes(K), num_warps=w, num_stages=st)
              for m, n, c, w, st in itertools.product(ms, ns, cs or [SA._pow2(Cv)], (4, 8), stages)]
+    if kernel == "gemm":  # first the scratch backward at its default tiles (bf16's)
+        default = SA._config(N, K, Cv, "gemm", torch.bfloat16)
+        cands = [default] + [c for c in cands if c != default]
     return [cands[0], cands[-1]] if quick else cands
 
 
@@ -146,8 +152,9 @@ def window_config(window: int, direction: str, cfg: dict):
 def semantic_config(whole_rows: bool, kernel: str, cfg: dict):
     """Make the semantic kernels' config function answer ``cfg`` for ``kernel`` (the others
     keep theirs): whole rows ``semantic_window.config`` ("fwd" or "bwd"), online softmax
-    ``semantic_attention._config`` (one of its KERNELS); ``{"path": "online"}``: the online
-    kernels at their defaults where the whole-row ones would run."""
+    ``semantic_attention._config`` (one of its KERNELS; "gemm" also turns the scratch
+    backward on); ``{"path": "online"}``: the online kernels at their defaults where the
+    whole-row ones would run."""
     if cfg.get("path") == "online":
         owner, name = SW, "supports"
         patched = lambda N, window: False  # noqa: E731
@@ -159,12 +166,14 @@ def semantic_config(whole_rows: bool, kernel: str, cfg: dict):
         owner, name = SA, "_config"
         patched = lambda N, K, Cv, which, dtype: (  # noqa: E731
             dict(cfg) if which == kernel else default(N, K, Cv, which, dtype))
-    default = getattr(owner, name)
+    default, scratch = getattr(owner, name), SA.SCRATCH_BACKWARD
     setattr(owner, name, patched)
+    SA.SCRATCH_BACKWARD = scratch or kernel == "gemm"  # the GEMM kernel: the scratch backward
     try:
         yield
     finally:
         setattr(owner, name, default)
+        SA.SCRATCH_BACKWARD = scratch
 
 
 @contextlib.contextmanager
@@ -299,9 +308,9 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
 
 def _sweeps(case, quick: bool):
     """(direction, candidates, setting, on_kernel_path) per swept kernel of a window or
-    semantic case: "fwd" and "bwd", or for the online semantic kernels "fwd", "bwd/dq" and
-    "bwd/dkdv" (each timed by the whole launch of its direction, the other kernel at its
-    default). Global maps on the GEMM path: its row kernels ("fwd", "bwd"), then the
+    semantic case: "fwd" and "bwd", or for the online semantic kernels "fwd", "bwd/dq",
+    "bwd/dkdv" and for windows "bwd/gemm" (each timed by the whole launch of its direction,
+    the other kernel at its default; "bwd/gemm": the scratch backward). Global maps on the GEMM path: its row kernels ("fwd", "bwd"), then the
     attention kernels' candidates with that path off (on_kernel_path: their backward takes
     the kernels' own forward results and is checked against the kernels' default; the
     default row stays the GEMM path)."""
@@ -317,7 +326,8 @@ def _sweeps(case, quick: bool):
         for d in DIRECTIONS:
             yield d, gemm_candidates(quick), gemm_config, False
     whole_rows = SW.supports(n, p["window"])
-    for kernel in DIRECTIONS if whole_rows else SA.KERNELS:
+    scratch = p["window"] and n <= SW.MAX_TOKENS  # windows the scratch backward may take
+    for kernel in DIRECTIONS if whole_rows else [k for k in SA.KERNELS if k != "gemm" or scratch]:
         direction = kernel if kernel in DIRECTIONS else "bwd/" + kernel
         setting = lambda cfg, k=kernel: semantic_config(whole_rows, k, cfg)  # noqa: E731
         yield (direction, semantic_candidates(n, p["K"], p["C"], whole_rows, kernel, quick),
@@ -379,7 +389,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=None, help="comma-separated substrings of case names to keep")
     ap.add_argument("--directions", default=None,
                     help="comma-separated directions of the window and semantic kernels to "
-                         "sweep: fwd, bwd (every backward kernel), bwd/dq, bwd/dkdv "
+                         "sweep: fwd, bwd (every backward kernel), bwd/dq, bwd/dkdv, bwd/gemm "
                          "(default: all; loss cases are swept whole)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, two candidates each (CPU check)")
     ap.add_argument("--time-budget", type=float, default=240.0, help="seconds (default 240)")

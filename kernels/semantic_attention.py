@@ -50,6 +50,15 @@ with the -P*D term taken by chunk 0; with several chunks each adds its share of 
 fp32 atomics (relaxed, one add per chunk and element) into a zeroed fp32 buffer, cast at
 the end (the last bits of dk are then non-deterministic); with one chunk dk is stored.
 Scores are computed 1 + num_c_chunks times in the backward, dP twice.
+Scratch backward (windows, ``SCRATCH_BACKWARD``; off until timed): the dq kernel also stores
+its P and dS tiles, transposed, into [S, N, N] scratch tensors in the inputs' dtype (the
+dtype the dots take them in), and ``_semantic_bwd_gemm_kernel``, grid (num_n_blocks * S,
+num_c_chunks + 1), computes dv[:, c] = P^T dO[:, c] per channel chunk and, in the last grid
+column, dk = dS^T q, as products over the queries: no score or dP recomputation, no dk
+atomics. Multiply-adds per window N^2 (3 K + 2 C) instead of N^2 (2 K + C) + N^2 (2 K
+chunks + 2 C): SeMask-B at 512, stage 0 (K 160 padded, C 128, one chunk) 736 against 1024
+N^2, stage 3 (C 1024, 8 chunks) 2528 against 5952 N^2; the scratch adds 2 N^2 elements
+written and read per window (stage 0, batch 16, bf16: 160 MB).
 
 Limits: K <= 256 (class tiles in registers); any C (chunked); fp32, fp16,
 bf16 (q, k, v of one dtype); contiguous inputs; int32 offsets (int64 when a tensor has
@@ -182,12 +191,20 @@ def _semantic_fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
 
 
 @triton.jit
-def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, s, start_m,
-                      WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+def _store_transposed(X, x, s, offs_m, offs_n, mask_m, mask_n, N):
+    """X[s, n, m] = x[m, n] of a [sequences, N, N] scratch tensor, in X's dtype."""
+    offs = s.to(tl.int64) * N * N + offs_n[None, :] * N + offs_m[:, None]
+    tl.store(X + offs, x.to(X.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc, nW, s,
+                      start_m, WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr,
                       TAIL: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
-                      UPCAST: tl.constexpr):
-    """D and dq of query rows start_m .. start_m + BLOCK_M of sequence s."""
+                      UPCAST: tl.constexpr, STORE_PS: tl.constexpr):
+    """D and dq of query rows start_m .. start_m + BLOCK_M of sequence s; with STORE_PS
+    also their P and dS, transposed, into the scratch PT and DST."""
     offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
     delta = tl.zeros([BLOCK_M], tl.float32)
     for c0 in range(0, C, BLOCK_C):
@@ -204,13 +221,16 @@ def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW
     dq = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
     dq2 = tl.zeros([BLOCK_M, BLOCK_K2], tl.float32)
     for start_n in range(0, N, BLOCK_N):
-        _, mask_n, rows_n = _tokens(s, start_n, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_N)
+        offs_n, mask_n, rows_n = _tokens(s, start_n, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_N)
         k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
         scores = _class_scores(q, q2, k, k2, TAIL, PREC, UPCAST)
         p = tl.where(mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
         dp = _scores(DO, V, rows_m, rows_n, mask_m, mask_n, C, BLOCK_M, BLOCK_N, BLOCK_C,
                      PREC, UPCAST)  # dO v^T over channel chunks
         ds = (p * (dp - delta[:, None])).to(k.dtype)
+        if STORE_PS:
+            _store_transposed(PT, p, s, offs_m, offs_n, mask_m, mask_n, N)
+            _store_transposed(DST, ds, s, offs_m, offs_n, mask_m, mask_n, N)
         dq += dot(ds, k, PREC, UPCAST)
         if TAIL:
             dq2 += dot(ds, k2, PREC, UPCAST)
@@ -218,30 +238,31 @@ def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW
 
 
 @triton.jit
-def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, num_m,
-                            WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc, nW,
+                            num_m, WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_M2: tl.constexpr, ROW_TAIL: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                             BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
-                            PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """Query rows x all keys: D (stored for the dk/dv kernel) and dq (complete, stored);
-    with ROW_TAIL the last query block holds only BLOCK_M2 rows."""
+                            PREC: tl.constexpr, UPCAST: tl.constexpr, STORE_PS: tl.constexpr):
+    """Query rows x all keys: D (stored for the dk/dv kernel) and dq (complete, stored),
+    with STORE_PS also P^T and dS^T (for the GEMM kernel); with ROW_TAIL the last query
+    block holds only BLOCK_M2 rows."""
     pid = tl.program_id(0)
     s = pid // num_m
     mb = pid % num_m
     if ROW_TAIL:
         if mb == num_m - 1:
-            _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, s,
-                              mb * BLOCK_M, WIN, ROW64, BLOCK_M2, BLOCK_N, BLOCK_K, BLOCK_K2,
-                              TAIL, BLOCK_C, PREC, UPCAST)
+            _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc,
+                              nW, s, mb * BLOCK_M, WIN, ROW64, BLOCK_M2, BLOCK_N, BLOCK_K,
+                              BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST, STORE_PS)
         else:
-            _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, s,
-                              mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_K2,
-                              TAIL, BLOCK_C, PREC, UPCAST)
+            _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc,
+                              nW, s, mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K,
+                              BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST, STORE_PS)
     else:
-        _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, N, KD, C, Hp, Wp, nWc, nW, s,
-                          mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_K2, TAIL,
-                          BLOCK_C, PREC, UPCAST)
+        _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc, nW,
+                          s, mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_K2, TAIL,
+                          BLOCK_C, PREC, UPCAST, STORE_PS)
 
 
 @triton.jit
@@ -288,11 +309,53 @@ def _semantic_bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp
     _store_classes(DK, dk, dk2, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL, DK_ATOMIC)
 
 
+@triton.jit
+def _semantic_bwd_gemm_kernel(Q, DO, PT, DST, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n, num_c,
+                              WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
+                              PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Key rows x all queries from the stored P^T and dS^T: program (key block, j) stores
+    dv[:, chunk j] = P^T dO[:, chunk j] for j < num_c, and dk = dS^T q for j = num_c."""
+    pid = tl.program_id(0)
+    j = tl.program_id(1)
+    s = pid // num_n
+    offs_n, mask_n, rows_n = _tokens(s, (pid % num_n) * BLOCK_N, N, Hp, Wp, nWc, nW, WIN, ROW64,
+                                     BLOCK_N)
+    base = s.to(tl.int64) * N * N + offs_n[:, None] * N
+    if j < num_c:
+        offs_c = j * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        dv = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
+        for start_m in range(0, N, BLOCK_M):
+            offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
+            pt = tl.load(PT + base + offs_m[None, :], mask=mask_n[:, None] & mask_m[None, :],
+                         other=0.0)
+            dv += dot(pt, _load(DO, rows_m, mask_m, offs_c, mask_c, C), PREC, UPCAST)
+        _store(DV, dv, rows_n, mask_n, offs_c, mask_c, C)
+    else:
+        dk = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        dk2 = tl.zeros([BLOCK_N, BLOCK_K2], tl.float32)
+        for start_m in range(0, N, BLOCK_M):
+            offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
+            dst = tl.load(DST + base + offs_m[None, :], mask=mask_n[:, None] & mask_m[None, :],
+                          other=0.0)
+            q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
+            dk += dot(dst, q, PREC, UPCAST)
+            if TAIL:
+                dk2 += dot(dst, q2, PREC, UPCAST)
+        _store_classes(DK, dk, dk2, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL, False)
+
+
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, next_pow2(n))
 
 
-KERNELS = ("fwd", "dq", "dkdv")
+KERNELS = ("fwd", "dq", "dkdv", "gemm")
+# Windows' backward through scratch P^T and dS^T (the dq kernel stores them, the GEMM kernel
+# reads them; see the module docstring): off until timed on a GPU (benchmarks/sweep.py
+# times it as "bwd/gemm"), then the default where it wins.
+SCRATCH_BACKWARD = False
 
 
 def _classes(K: int) -> dict:
@@ -348,12 +411,17 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     chunks of 128, timed on an H200 (SeMask-B stage 0, N 144, K 150, C 128, bf16, batch 16;
     sweep of 2026-11-27, ``benchmarks/results/h200-2026-11-27-64a1d89``): 0.345 ms against
     0.453 ms for the 64 x 16 tiles with chunks of 64 above, 0.449 ms for 32 x 16 with 128,
-    0.671 ms for 32 x 32 with 64 (the scores computed twice); 198 registers, no spills, no
-    repeated tiles (64 x 32 with 128 spills 132 B; not timed). There the keys step 32 at a
+    0.671 ms for 32 x 32 with 64 (the scores computed twice); for sm_90 as launched there
+    (N and C multiples of 16, which Triton specializes) 124 registers, no spills, no
+    repeated tiles, pipelined loads (64 x 32 with 128: 168 registers, wgmma, no spills; not
+    timed). Built without that specialization the loads do not pipeline and ptxas reports
+    198 registers (64 x 32: 132 B of spills). There the keys step 32 at a
     time whatever ``_step`` says (144 padded to 160), the last query block is 16 rows, and
     the chunk is min(128, next power of two >= C) (C = 96 padded to 128); other K, C and
     windows are untimed (K 193..256, one 256-wide class tile: 40 B of spills).
     """
+    if kernel == "gemm":
+        return _gemm_config(C, K, dtype)
     fp32 = dtype == torch.float32
     classes = _classes(K)
     width = classes["BLOCK_K"] + classes["BLOCK_K2"] * classes["TAIL"]
@@ -387,6 +455,25 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_C=block_c, **classes,
                 num_warps=warps(8 if fp32 or (backward and 64 < width <= 192) else 4),
                 num_stages=2)
+
+
+def _gemm_config(C: int, K: int, dtype: torch.dtype) -> dict:
+    """Tiles of the GEMM kernel: BLOCK_N keys per program (64: wgmma rows in half
+    precision), queries BLOCK_M at a time, dv's channel chunks BLOCK_C, dk's class tiles
+    (:func:`_classes`). From ``ptxas -v`` for sm_90 (Triton 3.8, N and C specialized as
+    multiples of 16), not timed: K 150, 8 warps, 16-query steps: 123 registers, no spills,
+    pipelined loads; 32-query steps 150; 4 warps 235-255 (spills from 64-query steps)."""
+    if dtype == torch.float32:
+        return dict(BLOCK_N=32, BLOCK_M=16, BLOCK_C=min(64, _pow2(C)), **_classes(K),
+                    num_warps=warps(8), num_stages=2)
+    return dict(BLOCK_N=64, BLOCK_M=16, BLOCK_C=min(128, _pow2(C)), **_classes(K),
+                num_warps=warps(8), num_stages=2)
+
+
+def _scratch(N: int, window: int) -> bool:
+    """Whether the backward of these sequences goes through the scratch P^T and dS^T:
+    windows (at most 256 tokens: N x N scratch per window) with SCRATCH_BACKWARD."""
+    return SCRATCH_BACKWARD and window > 0 and N <= semantic_window.MAX_TOKENS
 
 
 def _geometry(q: torch.Tensor, window: int):
@@ -484,21 +571,32 @@ def backward(dout, q, k, v, out, lse, window: int):
         with on_device(q):
             return semantic_window.backward(dout, q, k, v, lse, window, (S, N, Hp, Wp, nWc, nW),
                                             flags)
-    cfg = _config(N, KD, C, "dkdv", q.dtype)
+    scratch = _scratch(N, window)
+    cfg = _config(N, KD, C, "gemm" if scratch else "dkdv", q.dtype)
     dq_cfg = _config(N, KD, C, "dq", q.dtype)
     num_m = cdiv(N, dq_cfg["BLOCK_M"])
     dq_cfg.update(row_tail(N, dq_cfg["BLOCK_M"]))
     num_n = cdiv(N, cfg["BLOCK_N"])
     num_c = cdiv(C, cfg["BLOCK_C"])
-    dk_atomic = num_c > 1
+    dk_atomic = num_c > 1 and not scratch
     dq, dv = torch.empty_like(q), torch.empty_like(v)
     dk = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if dk_atomic else torch.empty_like(k)
     delta = torch.empty_like(lse)
+    # P^T and dS^T [sequences, N, N] in q's dtype (the dtype the dots take them in); without
+    # the scratch path dq stands in for them, never touched
+    pt, dst = ((torch.empty(S, N, N, device=q.device, dtype=q.dtype) for _ in range(2))
+               if scratch else (dq, dq))
     args = (N, KD, C, Hp, Wp, nWc, nW)
     with on_device(q):
-        _semantic_bwd_dq_kernel[(num_m * S,)](q, k, v, out, dout, lse, delta, dq, *args, num_m,
-                                              WIN=window, **flags, **dq_cfg)
-        _semantic_bwd_dkdv_kernel[(num_n * S, num_c)](q, k, v, dout, lse, delta, dk, dv, *args,
-                                                      num_n, WIN=window, DK_ATOMIC=dk_atomic,
-                                                      **flags, **cfg)
+        _semantic_bwd_dq_kernel[(num_m * S,)](q, k, v, out, dout, lse, delta, dq, pt, dst, *args,
+                                              num_m, WIN=window, STORE_PS=scratch, **flags,
+                                              **dq_cfg)
+        if scratch:
+            _semantic_bwd_gemm_kernel[(num_n * S, num_c + 1)](q, dout, pt, dst, dk, dv, *args,
+                                                              num_n, num_c, WIN=window, **flags,
+                                                              **cfg)
+        else:
+            _semantic_bwd_dkdv_kernel[(num_n * S, num_c)](q, k, v, dout, lse, delta, dk, dv,
+                                                          *args, num_n, WIN=window,
+                                                          DK_ATOMIC=dk_atomic, **flags, **cfg)
     return dq, dk.to(k.dtype), dv

@@ -35,3 +35,15 @@ def test_gpu_split_of_a_semantic_and_a_window_case(tmp_path):
             assert any("_kernel" in r[2] for r in kernels)
     with pytest.raises(SystemExit):
         KS.main(["--cases", "no/such/case"])
+
+
+@pytest.mark.gpu
+def test_gpu_split_of_the_scratch_backward(tmp_path, monkeypatch):
+    """--scratch-backward: the window-12 backward runs the dq and GEMM kernels (no dk/dv)."""
+    from semask.kernels import semantic_attention as SA
+
+    monkeypatch.setattr(SA, "SCRATCH_BACKWARD", False)
+    text = KS.main(["--cases", "semantic/semask_b-512/s3/win12", "--batch", "2", "--reps", "2",
+                    "--scratch-backward"])
+    assert "scratch semantic backward" in text
+    assert "_semantic_bwd_gemm_kernel" in text and "_semantic_bwd_dkdv_kernel" not in text

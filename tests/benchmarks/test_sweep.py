@@ -150,3 +150,27 @@ def test_directions_keep_only_the_named_kernels(monkeypatch):
     for bad in ("bwd/xx", ",", "forward"):
         with pytest.raises(SystemExit):
             sweep.main(["--quick", "--device", "cpu", "--directions", bad])
+
+
+def test_window_12_sweeps_the_scratch_backward():
+    """Online windows (12 x 12) also sweep "bwd/gemm": its setting turns the scratch backward
+    on for the candidate's duration (its default tiles first) and restores the flag; global
+    maps have no such direction."""
+    import torch
+
+    from semask.kernels import semantic_attention as SA
+
+    full = sweep.sweep_cases(False, 2)
+    win12 = next(c for c in full if c.name == "semantic/semask_b-512/s0/win12")
+    found = {d: (cands, setting) for d, cands, setting, _ in sweep._sweeps(win12, False)}
+    assert set(found) == {"fwd", "bwd/dq", "bwd/dkdv", "bwd/gemm"}
+    cands, setting = found["bwd/gemm"]
+    p = win12.params
+    assert cands[0] == SA._config(144, p["K"], p["C"], "gemm", torch.bfloat16)
+    assert SA.SCRATCH_BACKWARD is False
+    with setting(cands[1]):
+        assert SA.SCRATCH_BACKWARD is True and SA._scratch(144, 12)
+        assert SA._config(144, p["K"], p["C"], "gemm", None) == cands[1]
+    assert SA.SCRATCH_BACKWARD is False
+    glob = next(c for c in full if c.name == "semantic/semask_b-512/s2/global")
+    assert "bwd/gemm" not in {d for d, *_ in sweep._sweeps(glob, False)}

@@ -4,10 +4,13 @@ import subprocess
 import sys
 
 
-def compile_sm90(fn, pointers, constexprs, num_warps, floats=(), num_stages=None):
+def compile_sm90(fn, pointers, constexprs, num_warps, floats=(), num_stages=None,
+                 divisible=()):
     """Compile ``fn`` for sm_90: ``pointers`` {name: "*bf16", ...} (16-aligned), ``floats``
     the names of fp32 scalars; other arguments are i32 or, in ``constexprs``, constants;
-    ``num_stages`` as launched (None: Triton's default)."""
+    ``num_stages`` as launched (None: Triton's default); ``divisible``: i32 arguments that
+    are multiples of 16, as Triton's launcher specializes them (N = 144, C = 128, say),
+    which decides whether loads vectorize and pipeline."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -17,7 +20,8 @@ def compile_sm90(fn, pointers, constexprs, num_warps, floats=(), num_stages=None
            else pointers.get(n, "fp32" if n in floats else "i32") for n in names}
     src = ASTSource(fn=fn, signature=sig,
                     constexprs={(names.index(n),): v for n, v in constexprs.items()},
-                    attrs={(names.index(n),): [["tt.divisibility", 16]] for n in pointers})
+                    attrs={(names.index(n),): [["tt.divisibility", 16]]
+                           for n in (*pointers, *divisible)})
     options = dict(num_warps=num_warps)
     if num_stages is not None:
         options.update(num_stages=num_stages)
