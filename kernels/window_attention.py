@@ -17,7 +17,9 @@ lives at ((r + s) % Hp, (c + s) % Wp) of qkv and of the padded map), the window 
 and reverse, the crop of out to the unpadded map, the relative position index (``_bias``,
 from token coordinates as in Liu et al. 2021) and the shift mask (-100 between the 3x3
 regions of ``shift_region_labels``: row bands split at Hp - w and Hp - s, column bands at
-Wp - w and Wp - s). No roll, pad, crop, partition, index or mask tensor is made. Dots
+Wp - w and Wp - s; only the windows on the last window row or column of the shifted map
+span several regions, so only they compute it, from per-token bits hoisted out of the
+window loop: ``_scores``). No roll, pad, crop, partition, index or mask tensor is made. Dots
 accumulate in fp32; fp32 inputs use ``input_precision="ieee"`` (no TF32) so they match the
 fp32 reference to ~1e-6; fp16/bf16 round P and dS to the input dtype before their dots, as
 flash attention does.
@@ -103,37 +105,47 @@ _PROGRAMS_PER_SM = (4, 4)
 
 @triton.jit
 def _window_tokens(wid, tok, nW, nWw, Hp, Wp, shift, WINDOW: tl.constexpr, SHIFTED: tl.constexpr):
-    """Row (int64, b*Hp*Wp + y*Wp + x) in the natural map of token ``tok`` of window ``wid``
-    of the shifted map, and its shift region label (0 when not shifted)."""
+    """Image b, row y and column x in the natural map of token ``tok`` of window ``wid`` of
+    the shifted map."""
     b = wid // nW
     wi = wid % nW
-    r = (wi // nWw) * WINDOW + tok // WINDOW  # position in the shifted map
-    c = (wi % nWw) * WINDOW + tok % WINDOW
+    y = (wi // nWw) * WINDOW + tok // WINDOW  # position in the shifted map
+    x = (wi % nWw) * WINDOW + tok % WINDOW
     if SHIFTED:
-        label = ((r >= Hp - WINDOW).to(tl.int32) + (r >= Hp - shift).to(tl.int32)) * 3 \
-            + (c >= Wp - WINDOW).to(tl.int32) + (c >= Wp - shift).to(tl.int32)
-        r = r + shift
-        r = tl.where(r >= Hp, r - Hp, r)
-        c = c + shift
-        c = tl.where(c >= Wp, c - Wp, c)
-    else:
-        label = tok * 0
-    return (b.to(tl.int64) * Hp + r) * Wp + c, label
+        y = y + shift
+        y = tl.where(y >= Hp, y - Hp, y)
+        x = x + shift
+        x = tl.where(x >= Wp, x - Wp, x)
+    return b, y, x
 
 
 @triton.jit
-def _out_rows(rows, wid, nW, Hp, Wp, H, W):
-    """Rows (int64) in the cropped [B, H, W] out map of the [B, Hp, Wp] map's ``rows`` of
-    window ``wid``'s image, and whether each lies inside it (y < H, x < W). Divides the
-    in-image offset in int32: with int64 divisions of whole rows (4 per window forward, 12
-    to 38 backward) the forward ran 1.6-1.8x slower on an H200 than before the crop
-    (de8469d against 60040ca); this way the window-7 forward keeps 168 registers for sm_90
-    (3 programs of 4 warps per SM) and no kernel spills."""
-    b = (wid // nW).to(tl.int64)
-    local = (rows - b * Hp * Wp).to(tl.int32)
-    y = local // Wp
-    x = local - y * Wp
-    return (b * H + y) * W + x, (y < H) & (x < W)
+def _map_rows(b, y, x, Hp, Wp):
+    """Rows (int64) b*Hp*Wp + y*Wp + x of tokens (b, y, x) in a [B, Hp, Wp] map."""
+    return (b.to(tl.int64) * Hp + y) * Wp + x
+
+
+@triton.jit
+def _region_bits(tok, shift, WINDOW: tl.constexpr):
+    """Per token of a window: whether its row / column inside the window is one of the
+    last ``shift`` (the bits that tell its shift region apart in edge windows)."""
+    return tok // WINDOW >= WINDOW - shift, tok % WINDOW >= WINDOW - shift
+
+
+@triton.jit
+def _window_edges(wid, nW, nWw, Hp, WINDOW: tl.constexpr):
+    """Whether window ``wid`` lies on the last window row / column of the shifted map: the
+    only windows whose tokens fall in different shift regions."""
+    wi = wid % nW
+    return (wi // nWw) == Hp // WINDOW - 1, (wi % nWw) == nWw - 1
+
+
+@triton.jit
+def _out_rows(b, y, x, H, W):
+    """Rows (int64) of tokens (b, y, x) in the cropped [B, H, W] out map, and whether each
+    lies inside it (y < H, x < W). From the coordinates, not by dividing a map row (int64
+    divisions made de8469d's forward 1.6-1.8x slower on an H200 than 60040ca's)."""
+    return (b.to(tl.int64) * H + y) * W + x, (y < H) & (x < W)
 
 
 @triton.jit
@@ -163,13 +175,20 @@ def _store_head_rows(X, x, rows, ok, col0, STRIDE: tl.constexpr, h, HEAD_DIM: tl
 
 
 @triton.jit
-def _scores(a, b, bias, a_lab, b_lab, scale_log2, SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr,
-            UPCAST: tl.constexpr):
+def _scores(a, b, bias, a_y, a_x, b_y, b_x, ey, ex, scale_log2, SHIFTED: tl.constexpr,
+            DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     """scale a b^T + bias in log2 units, plus the shift mask between tokens of different
-    regions (the mask is symmetric, so this serves query-major and key-major tiles)."""
+    regions (the mask is symmetric, so this serves query-major and key-major tiles).
+    Regions (``shift_region_labels``: row bands split at Hp - w and Hp - s, columns alike,
+    Hp a multiple of w, 0 < s < w) differ only inside windows on the last window row or
+    column (ey, ex: :func:`_window_edges`), and there by the tokens' row (ey) or column (ex)
+    bits (a_y, a_x of a's tokens, b_y, b_x of b's: :func:`_region_bits`): other windows,
+    most of them, skip the mask."""
     s = dot(a, tl.trans(b), DOT_PREC, UPCAST) * scale_log2 + bias
     if SHIFTED:
-        s = tl.where(a_lab[:, None] != b_lab[None, :], s + _MASK_LOG2, s)
+        if ey | ex:
+            other = ((a_y[:, None] != b_y[None, :]) & ey) | ((a_x[:, None] != b_x[None, :]) & ex)
+            s = tl.where(other, s + _MASK_LOG2, s)
     return s
 
 
@@ -189,28 +208,36 @@ def _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, W
     bias, _ = _bias(table, rows[:, None], cols[None, :], row_ok[:, None] & col_ok[None, :],
                     h, HEADS, WINDOW)
     bias = tl.where(col_ok[None, :], bias, float("-inf"))
+    q_y, q_x = _region_bits(rows, shift, WINDOW)
+    k_y, k_x = _region_bits(cols, shift, WINDOW)
     if TAIL:
         cols2 = BLOCK_N + tl.arange(0, BLOCK_N2)
         col2_ok = cols2 < N
         bias2, _ = _bias(table, rows[:, None], cols2[None, :], row_ok[:, None] & col2_ok[None, :],
                          h, HEADS, WINDOW)
         bias2 = tl.where(col2_ok[None, :], bias2, float("-inf"))
+        k2_y, k2_x = _region_bits(cols2, shift, WINDOW)
     for t in range(wpp):
         wid = group * wpp + t
         live = wid < n_windows
-        q_rows, q_lab = _window_tokens(wid, rows, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        k_rows, k_lab = _window_tokens(wid, cols, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        ey, ex = _window_edges(wid, nW, nWw, Hp, WINDOW)
+        b, q_r, q_c = _window_tokens(wid, rows, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        q_rows = _map_rows(b, q_r, q_c, Hp, Wp)
+        b, k_r, k_c = _window_tokens(wid, cols, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        k_rows = _map_rows(b, k_r, k_c, Hp, Wp)
         q_ok = row_ok & live
         q = _head_rows(qkv, q_rows, q_ok, 0, 3 * C, h, HEAD_DIM)
         k = _head_rows(qkv, k_rows, col_ok & live, C, 3 * C, h, HEAD_DIM)
         v = _head_rows(qkv, k_rows, col_ok & live, 2 * C, 3 * C, h, HEAD_DIM)
-        s = _scores(q, k, bias, q_lab, k_lab, scale_log2, SHIFTED, DOT_PREC, UPCAST)
+        s = _scores(q, k, bias, q_y, q_x, k_y, k_x, ey, ex, scale_log2, SHIFTED, DOT_PREC, UPCAST)
         m = tl.max(s, 1)
         if TAIL:
-            k2_rows, k2_lab = _window_tokens(wid, cols2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+            b, k2_r, k2_c = _window_tokens(wid, cols2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+            k2_rows = _map_rows(b, k2_r, k2_c, Hp, Wp)
             k2 = _head_rows(qkv, k2_rows, col2_ok & live, C, 3 * C, h, HEAD_DIM)
             v2 = _head_rows(qkv, k2_rows, col2_ok & live, 2 * C, 3 * C, h, HEAD_DIM)
-            s2 = _scores(q, k2, bias2, q_lab, k2_lab, scale_log2, SHIFTED, DOT_PREC, UPCAST)
+            s2 = _scores(q, k2, bias2, q_y, q_x, k2_y, k2_x, ey, ex, scale_log2, SHIFTED, DOT_PREC,
+                         UPCAST)
             m = tl.maximum(m, tl.max(s2, 1))
         p = tl.exp2(s - m[:, None])
         l = tl.sum(p, 1)
@@ -219,7 +246,7 @@ def _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, W
             p2 = tl.exp2(s2 - m[:, None])
             l += tl.sum(p2, 1)
             o += dot(p2.to(v2.dtype), v2, DOT_PREC, UPCAST)
-        q_out, q_in = _out_rows(q_rows, wid, nW, Hp, Wp, H, W)
+        q_out, q_in = _out_rows(b, q_r, q_c, H, W)
         _store_head_rows(out, o / l[:, None], q_out, q_ok & q_in, 0, C, h, HEAD_DIM)
         lse_rows = (wid.to(tl.int64) * HEADS + h) * N + rows
         tl.store(lse + lse_rows, (m + tl.log2(l)) * _LN2, mask=q_ok)
@@ -254,10 +281,10 @@ def _window_fwd_kernel(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp,
 
 
 @triton.jit
-def _probs(q, k, v, do, bias, q_lab, k_lab, row_lse, ok, scale_log2, SHIFTED: tl.constexpr,
-           DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _probs(q, k, v, do, bias, q_y, q_x, k_y, k_x, ey, ex, row_lse, ok, scale_log2,
+           SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     """P = exp(scores - lse) (0 where not ok) and dP = dO v^T of a query x key tile, fp32."""
-    s = _scores(q, k, bias, q_lab, k_lab, scale_log2, SHIFTED, DOT_PREC, UPCAST)
+    s = _scores(q, k, bias, q_y, q_x, k_y, k_x, ey, ex, scale_log2, SHIFTED, DOT_PREC, UPCAST)
     p = tl.where(ok, tl.exp2(s - row_lse[:, None] * _LOG2E), 0.0)
     return p, dot(do, tl.trans(v), DOT_PREC, UPCAST)
 
@@ -290,29 +317,36 @@ def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, sca
         tile2_ok = row_ok[:, None] & col2_ok[None, :]
         bias2, index2 = _bias(table, rows[:, None], cols2[None, :], tile2_ok, h, HEADS, WINDOW)
         dbias2 = tl.zeros((BLOCK_M, BLOCK_N2), dtype=tl.float32)
+        k2_y, k2_x = _region_bits(cols2, shift, WINDOW)
+    q_y, q_x = _region_bits(rows, shift, WINDOW)
+    k_y, k_x = _region_bits(cols, shift, WINDOW)
     for t in range(wpp):
         wid = group * wpp + t
         live = wid < n_windows
-        q_rows, q_lab = _window_tokens(wid, rows, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        k_rows, k_lab = _window_tokens(wid, cols, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        ey, ex = _window_edges(wid, nW, nWw, Hp, WINDOW)
+        b, q_r, q_c = _window_tokens(wid, rows, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        q_rows = _map_rows(b, q_r, q_c, Hp, Wp)
+        b, k_r, k_c = _window_tokens(wid, cols, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        k_rows = _map_rows(b, k_r, k_c, Hp, Wp)
         q_ok = row_ok & live
         k_ok = col_ok & live
         q = _head_rows(qkv, q_rows, q_ok, 0, 3 * C, h, HEAD_DIM)
-        q_out, q_in = _out_rows(q_rows, wid, nW, Hp, Wp, H, W)
+        q_out, q_in = _out_rows(b, q_r, q_c, H, W)
         do = _head_rows(dout, q_out, q_ok & q_in, 0, C, h, HEAD_DIM)  # 0 on padded rows
         k = _head_rows(qkv, k_rows, k_ok, C, 3 * C, h, HEAD_DIM)
         v = _head_rows(qkv, k_rows, k_ok, 2 * C, 3 * C, h, HEAD_DIM)
         stat_rows = (wid.to(tl.int64) * HEADS + h) * N + rows
         row_lse = tl.load(lse + stat_rows, mask=q_ok, other=0.0)
-        p, dp = _probs(q, k, v, do, bias, q_lab, k_lab, row_lse, q_ok[:, None] & k_ok[None, :],
-                       scale_log2, SHIFTED, DOT_PREC, UPCAST)
+        p, dp = _probs(q, k, v, do, bias, q_y, q_x, k_y, k_x, ey, ex, row_lse,
+                       q_ok[:, None] & k_ok[None, :], scale_log2, SHIFTED, DOT_PREC, UPCAST)
         row_delta = tl.sum(p * dp, 1)  # = rowsum(dO * O), without O's rounding
         if TAIL:
-            k2_rows, k2_lab = _window_tokens(wid, cols2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+            b, k2_r, k2_c = _window_tokens(wid, cols2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+            k2_rows = _map_rows(b, k2_r, k2_c, Hp, Wp)
             k2_ok = col2_ok & live
             k2 = _head_rows(qkv, k2_rows, k2_ok, C, 3 * C, h, HEAD_DIM)
             v2 = _head_rows(qkv, k2_rows, k2_ok, 2 * C, 3 * C, h, HEAD_DIM)
-            p2, dp2 = _probs(q, k2, v2, do, bias2, q_lab, k2_lab, row_lse,
+            p2, dp2 = _probs(q, k2, v2, do, bias2, q_y, q_x, k2_y, k2_x, ey, ex, row_lse,
                              q_ok[:, None] & k2_ok[None, :], scale_log2, SHIFTED, DOT_PREC, UPCAST)
             row_delta += tl.sum(p2 * dp2, 1)
         ds = p * (dp - row_delta[:, None])
@@ -341,11 +375,11 @@ def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, sca
 
 
 @triton.jit
-def _key_grads(k, v, q, do, bias, k_lab, q_lab, col_lse, col_delta, ok, scale_log2,
+def _key_grads(k, v, q, do, bias, k_y, k_x, q_y, q_x, ey, ex, col_lse, col_delta, ok, scale_log2,
                SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     """Key-major tile (keys x queries): the unscaled dk = dS^T q and dv = P^T dO terms of
     these queries, fp32."""
-    s_t = _scores(k, q, bias, k_lab, q_lab, scale_log2, SHIFTED, DOT_PREC, UPCAST)
+    s_t = _scores(k, q, bias, k_y, k_x, q_y, q_x, ey, ex, scale_log2, SHIFTED, DOT_PREC, UPCAST)
     p_t = tl.where(ok, tl.exp2(s_t - col_lse[None, :] * _LOG2E), 0.0)
     ds_t = p_t * (dot(v, tl.trans(do), DOT_PREC, UPCAST) - col_delta[None, :])
     return dot(ds_t.to(q.dtype), q, DOT_PREC, UPCAST), dot(p_t.to(do.dtype), do, DOT_PREC, UPCAST)
@@ -377,30 +411,37 @@ def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log
         query2_ok = queries2 < N
         bias2, _ = _bias(table, queries2[None, :], keys[:, None],
                          key_ok[:, None] & query2_ok[None, :], h, HEADS, WINDOW)
+        q2_y, q2_x = _region_bits(queries2, shift, WINDOW)
+    k_y, k_x = _region_bits(keys, shift, WINDOW)
+    q_y, q_x = _region_bits(queries, shift, WINDOW)
     for t in range(wpp):
         wid = group * wpp + t
         live = wid < n_windows
         stats = (wid.to(tl.int64) * HEADS + h) * N
-        k_rows, k_lab = _window_tokens(wid, keys, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        q_rows, q_lab = _window_tokens(wid, queries, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        ey, ex = _window_edges(wid, nW, nWw, Hp, WINDOW)
+        b, k_r, k_c = _window_tokens(wid, keys, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        k_rows = _map_rows(b, k_r, k_c, Hp, Wp)
+        b, q_r, q_c = _window_tokens(wid, queries, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        q_rows = _map_rows(b, q_r, q_c, Hp, Wp)
         k_ok = key_ok & live
         q_ok = query_ok & live
         k = _head_rows(qkv, k_rows, k_ok, C, 3 * C, h, HEAD_DIM)
         v = _head_rows(qkv, k_rows, k_ok, 2 * C, 3 * C, h, HEAD_DIM)
         q = _head_rows(qkv, q_rows, q_ok, 0, 3 * C, h, HEAD_DIM)
-        q_out, q_in = _out_rows(q_rows, wid, nW, Hp, Wp, H, W)
+        q_out, q_in = _out_rows(b, q_r, q_c, H, W)
         do = _head_rows(dout, q_out, q_ok & q_in, 0, C, h, HEAD_DIM)
-        dk, dv = _key_grads(k, v, q, do, bias, k_lab, q_lab,
+        dk, dv = _key_grads(k, v, q, do, bias, k_y, k_x, q_y, q_x, ey, ex,
                             tl.load(lse + stats + queries, mask=q_ok, other=0.0),
                             tl.load(delta + stats + queries, mask=q_ok, other=0.0),
                             k_ok[:, None] & q_ok[None, :], scale_log2, SHIFTED, DOT_PREC, UPCAST)
         if TAIL:
-            q2_rows, q2_lab = _window_tokens(wid, queries2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+            b, q2_r, q2_c = _window_tokens(wid, queries2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+            q2_rows = _map_rows(b, q2_r, q2_c, Hp, Wp)
             q2_ok = query2_ok & live
             q2 = _head_rows(qkv, q2_rows, q2_ok, 0, 3 * C, h, HEAD_DIM)
-            q2_out, q2_in = _out_rows(q2_rows, wid, nW, Hp, Wp, H, W)
+            q2_out, q2_in = _out_rows(b, q2_r, q2_c, H, W)
             do2 = _head_rows(dout, q2_out, q2_ok & q2_in, 0, C, h, HEAD_DIM)
-            dk2, dv2 = _key_grads(k, v, q2, do2, bias2, k_lab, q2_lab,
+            dk2, dv2 = _key_grads(k, v, q2, do2, bias2, k_y, k_x, q2_y, q2_x, ey, ex,
                                   tl.load(lse + stats + queries2, mask=q2_ok, other=0.0),
                                   tl.load(delta + stats + queries2, mask=q2_ok, other=0.0),
                                   k_ok[:, None] & q2_ok[None, :], scale_log2, SHIFTED, DOT_PREC,
