@@ -47,6 +47,19 @@ def kernel_grads(q, k, v, dout, window):
     return out, lse, dq, dk, dv
 
 
+def check_rule_against_torch(q, k, v, dout, window, dtype):
+    """The kernels on the inputs rounded to ``dtype`` against fp64 truth by the accuracy
+    rule (out, dq, dk, dv), torch's own error measured on the same rounded inputs; returns
+    the kernels' (out, lse, dq, dk, dv)."""
+    truth = reference_grads(q, k, v, dout, window)
+    low = [t.to(dtype) for t in (q, k, v, dout)]
+    same = reference_grads(*low, window)
+    got = kernel_grads(*low, window)
+    for name, x, s, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), same, truth):
+        check_rule(name, x, s, t, dtype)
+    return got
+
+
 def rel_err(x, truth):
     return ((x.double() - truth).abs().max() / truth.abs().max()).item()
 
@@ -217,17 +230,10 @@ def test_fp32_scratch_backward_matches_reference(scratch, B, H, W, K, C, window)
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B,H,W,K,C", [(1, 12, 12, 19, 40), (1, 12, 24, 150, 136)])
-def test_half_precision_scratch_backward_within_torch_error(scratch, monkeypatch, dtype,
-                                                            B, H, W, K, C):
+def test_half_precision_scratch_backward_within_torch_error(scratch, dtype, B, H, W, K, C):
     """Half-precision tiles (C = 136: two 128-channel chunks of dv), P^T and dS^T stored in
     the inputs' dtype, as the dots take them."""
-    q, k, v, dout = make_inputs(B, H, W, K, C)
-    truth = reference_grads(q, k, v, dout, 12)
-    low = [t.to(dtype) for t in (q, k, v, dout)]
-    same = reference_grads(*low, 12)
-    got = kernel_grads(*low, 12)
-    for name, x, s_, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), same, truth):
-        check_rule(name, x, s_, t, dtype)
+    check_rule_against_torch(*make_inputs(B, H, W, K, C), 12, dtype)
 
 
 def test_scratch_backward_int64_offsets(scratch, monkeypatch):
@@ -273,15 +279,9 @@ def test_fp32_peaked_scores_finite_and_within_torch_error(monkeypatch, H, W, win
      (1, 17, 16, 150, 32, 0), (1, 17, 16, 200, 160, 0)]))
 def test_half_precision_within_torch_error(monkeypatch, dtype, B, H, W, K, C, window, path):
     use_path(monkeypatch, path)
-    q, k, v, dout = make_inputs(B, H, W, K, C)
-    truth = reference_grads(q, k, v, dout, window)
-    low = [t.to(dtype) for t in (q, k, v, dout)]
-    same = reference_grads(*low, window)
-    got = kernel_grads(*low, window)
+    got = check_rule_against_torch(*make_inputs(B, H, W, K, C), window, dtype)
     assert all(x.dtype == dtype for x in (got[0], *got[2:]))
     assert got[1].dtype == torch.float32
-    for name, x, s, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), same, truth):
-        check_rule(name, x, s, t, dtype)
 
 
 @pytest.mark.parametrize("window", [7, 0])
@@ -464,10 +464,4 @@ def test_gpu_stage_shapes_accuracy_rule(monkeypatch, dtype, B, H, W, K, C, windo
 def test_gpu_scratch_backward_accuracy_rule(scratch, dtype, B, H, W, K, C):
     """The scratch backward (a sweep candidate until timed) at window-12 stage shapes:
     Cityscapes on SeMask-B stage 1, ADE20K on a 36 x 36 map (9 windows) of stage 0's C."""
-    q, k, v, dout = make_inputs(B, H, W, K, C, device="cuda")
-    truth = reference_grads(q, k, v, dout, 12)
-    low = [t.to(dtype) for t in (q, k, v, dout)]
-    same = reference_grads(*low, 12)
-    got = kernel_grads(*low, 12)
-    for name, x, s, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), same, truth):
-        check_rule(name, x, s, t, dtype)
+    check_rule_against_torch(*make_inputs(B, H, W, K, C, device="cuda"), 12, dtype)
