@@ -19,15 +19,17 @@ rows are one image of 1 x M tokens.
 ``_ln_fwd_kernel``, grid (cdiv(Mp, BLOCK_M),) over the Mp output rows: a program owns
 BLOCK_M whole rows (BLOCK_C = next power of two >= C, masked), reads each one's source row
 (none for a pad row) and stores y and the fp32 mean and rstd of each source row.
-``_ln_bwd_kernel``, grid (at most ``BWD_PROGRAMS``,), loops over consecutive blocks of the M
-source rows, recomputing xhat = (x - mean) rstd from the saved statistics:
+The padded map's rows and the unpadded ones are related by int32 divisions (PADDED; without
+padding none). ``_ln_bwd_kernel``, grid (at most ``BWD_PROGRAMS``,), loops over consecutive
+blocks of the M source rows (a software pipeline of ``NUM_STAGES``), recomputing
+xhat = (x - mean) rstd from the saved statistics:
     g = dy w,  dx = rstd (g - xhat mean(g xhat) - mean(g))   (per row),
 stores dx and keeps its column sums of dy xhat (dw) and dy (db) in registers, stored at the
 end as one row of an fp32 [programs, 2, C] buffer, summed over programs afterwards
 (deterministic, no atomics).
 
 Limits: fp32, fp16, bf16 x; fp32/fp16/bf16 weight and bias (read as fp32); C <= 8192;
-contiguous rows; int64 offsets.
+fewer than 2^30 rows (int32 row arithmetic); contiguous rows; int64 element offsets.
 """
 from __future__ import annotations
 
@@ -41,24 +43,47 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_C = 8192
 TILE_ELEMENTS = 2048  # BLOCK_M * BLOCK_C of a program: 16 fp32 per thread on 4 warps
 BWD_PROGRAMS = 1024  # backward programs at most (rows of the dw/db partial sums)
+# The backward's loop over a program's row blocks as a software pipeline of this depth
+# (loads of the next blocks in flight, cp.async on sm_90: 12 async copies, 118-138
+# registers against 96-114 unpipelined; ptxas, Triton 3.8, C 96 and 384). Not timed yet.
+NUM_STAGES = 3
 
 
 @triton.jit
-def _source_rows(out_rows, H, W, Hp, Wp):
+def _map_rows(rows, H, W, Hp, Wp, PADDED: tl.constexpr):
+    """Rows (b Hp + y) Wp + x of the padded map of rows (b H + y) W + x of the unpadded one
+    (identity when not PADDED). Divides in int32 (rows < 2^31: ``reasons``), which costs a
+    fraction of int64 division."""
+    if PADDED:
+        r = rows.to(tl.int32)
+        image = r // (H * W)
+        y_x = r - image * (H * W)
+        y = y_x // W
+        return ((image * Hp + y) * Wp + (y_x - y * W)).to(tl.int64)
+    else:
+        return rows
+
+
+@triton.jit
+def _source_rows(out_rows, H, W, Hp, Wp, PADDED: tl.constexpr):
     """Source row (b H + y) W + x of output rows (b Hp + y) Wp + x, and whether it has one
-    (y < H and x < W; else a pad row)."""
-    b = out_rows // (Hp * Wp)
-    r = out_rows - b * (Hp * Wp)
-    y = r // Wp
-    x = r - y * Wp
-    return (b * H + y) * W + x, (y < H) & (x < W)
+    (y < H and x < W; else a pad row); identity when not PADDED. int32 divisions."""
+    if PADDED:
+        r = out_rows.to(tl.int32)
+        b = r // (Hp * Wp)
+        y_x = r - b * (Hp * Wp)
+        y = y_x // Wp
+        x = y_x - y * Wp
+        return ((b * H + y) * W + x).to(tl.int64), (y < H) & (x < W)
+    else:
+        return out_rows, out_rows >= 0
 
 
 @triton.jit
 def _ln_fwd_kernel(X, WEIGHT, BIAS, Y, MEAN, RSTD, Mp, C, H, W, Hp, Wp, eps,
-                   BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, PADDED: tl.constexpr):
     out_rows, cols, out_mask, out_offs = row_block(tl.program_id(0), Mp, C, BLOCK_M, BLOCK_C)
-    rows, has_source = _source_rows(out_rows, H, W, Hp, Wp)
+    rows, has_source = _source_rows(out_rows, H, W, Hp, Wp, PADDED)
     valid = has_source & (out_rows < Mp)
     mask = valid[:, None] & (cols < C)[None, :]
     x = tl.load(X + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -75,18 +100,17 @@ def _ln_fwd_kernel(X, WEIGHT, BIAS, Y, MEAN, RSTD, Mp, C, H, W, Hp, Wp, eps,
 
 @triton.jit
 def _ln_bwd_kernel(DY, X, WEIGHT, MEAN, RSTD, DX, PART, M, C, H, W, Hp, Wp, blocks_per_program,
-                   BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, PADDED: tl.constexpr,
+                   NUM_STAGES: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
     w = tl.load(WEIGHT + cols, mask=cols < C, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_C], tl.float32)
-    db = tl.zeros([BLOCK_C], tl.float32)
-    for i in range(blocks_per_program):
+    dw = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)  # summed over rows after the loop
+    db = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
+    for i in tl.range(blocks_per_program, num_stages=NUM_STAGES):
         rows, cols, mask, offs = row_block(pid * blocks_per_program + i, M, C, BLOCK_M, BLOCK_C)
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        image = rows // (H * W)  # dy's row of each source row: (b Hp + y) Wp + x
-        y_x = rows - image * (H * W)
-        dy_rows = (image * Hp + y_x // W) * Wp + y_x % W
+        dy_rows = _map_rows(rows, H, W, Hp, Wp, PADDED)  # dy's row of each source row
         dy = tl.load(DY + dy_rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(MEAN + rows, mask=rows < M, other=0.0)
         rstd = tl.load(RSTD + rows, mask=rows < M, other=0.0)
@@ -96,11 +120,11 @@ def _ln_bwd_kernel(DY, X, WEIGHT, MEAN, RSTD, DX, PART, M, C, H, W, Hp, Wp, bloc
         c2 = tl.sum(g, 1) / C
         dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
         tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
-        dw += tl.sum(dy * xhat, 0)
-        db += tl.sum(dy, 0)
+        dw += dy * xhat
+        db += dy
     part = PART + pid.to(tl.int64) * 2 * C + cols
-    tl.store(part, dw, mask=cols < C)
-    tl.store(part + C, db, mask=cols < C)
+    tl.store(part, tl.sum(dw, 0), mask=cols < C)
+    tl.store(part + C, tl.sum(db, 0), mask=cols < C)
 
 
 def reasons(tensors, params: dict) -> list[str]:
@@ -123,6 +147,8 @@ def reasons(tensors, params: dict) -> list[str]:
         why.append(f"rows of {x.shape[-1]} (1..{MAX_C})")
     if x.numel() == 0:
         why.append("empty input")
+    elif x.numel() // x.shape[-1] >= 2**30:  # padded rows stay < 2^31 for the int32 divisions
+        why.append(f"{x.numel() // x.shape[-1]} rows (the kernels take fewer than 2^30)")
     return why
 
 
@@ -166,7 +192,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: floa
     with on_device(x):
         _ln_fwd_kernel[(cdiv(Mp, block_m),)](
             x, weight, bias, y, mean, rstd, Mp, C, *_maps(x, y.shape), eps, BLOCK_M=block_m,
-            BLOCK_C=block_c, num_warps=num_warps)
+            BLOCK_C=block_c, PADDED=y.shape != x.shape, num_warps=num_warps)
     return y, mean, rstd
 
 
@@ -185,6 +211,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torc
     with on_device(x):
         _ln_bwd_kernel[(programs,)](
             dy.contiguous(), x, weight, mean, rstd, dx, part, M, C, *_maps(x, dy.shape), per_program,
-            BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps)
+            BLOCK_M=block_m, BLOCK_C=block_c, PADDED=dy.shape != x.shape, NUM_STAGES=NUM_STAGES,
+            num_warps=num_warps)
     dweight, dbias = part.sum(0)
     return dx, dweight, dbias

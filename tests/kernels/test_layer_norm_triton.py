@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from semask.kernels import layer_norm as ln
 from semask.ops.layer_norm import LayerNorm, _use_triton, layer_norm
 from rule import check_rule
-from sm90 import compile_sm90, run_without_interpreter
+from sm90 import compile_sm90, no_spills, run_without_interpreter
 
 
 def reference(x, w, b, dy, eps=1e-5):
@@ -205,6 +205,14 @@ def test_mismatched_weight_raises_as_pytorch():
     assert "must be [8]" in ln.reasons([torch.randn(3, 8), torch.ones(4), torch.zeros(4)], {})[0]
 
 
+def test_too_many_rows_are_refused():
+    """The kernels' row arithmetic is int32 (padded rows < 2^31): 2^30 rows are refused
+    (meta tensors: nothing allocated)."""
+    w, b = torch.ones(4, device="meta"), torch.zeros(4, device="meta")
+    assert ln.reasons([torch.empty(2**30 - 1, 4, device="meta"), w, b], {}) == []
+    assert "2^30" in " ".join(ln.reasons([torch.empty(2**30, 4, device="meta"), w, b], {}))
+
+
 def test_gradient_cannot_be_differentiated_again():
     x = torch.randn(3, 16, requires_grad=True)
     w, b = torch.ones(16, requires_grad=True), torch.zeros(16)
@@ -216,17 +224,24 @@ def test_gradient_cannot_be_differentiated_again():
 
 # ------------------------------------------------ compiled (not interpreted) code, on CPU
 def compile_for_sm90(C: int):
-    """Build both kernels with the launch configuration of row length C for sm_90."""
+    """Build both kernels with the launch configuration of row length C for sm_90, padded
+    and not (C specialized as a multiple of 16 where it is one, as the launcher does): no
+    register spills."""
     block_m, block_c, warps = ln._config(C)
     e = "*fp32"
     ptrs = dict(X=e, WEIGHT=e, BIAS=e, Y="*bf16", MEAN=e, RSTD=e, DY="*bf16", DX=e, PART=e)
     for fn in (ln._ln_fwd_kernel, ln._ln_bwd_kernel):
-        compile_sm90(fn, {a: t for a, t in ptrs.items() if a in fn.arg_names},
-                     dict(BLOCK_M=block_m, BLOCK_C=block_c), warps, floats=("eps",))
+        for padded in (False, True):
+            consts = dict(BLOCK_M=block_m, BLOCK_C=block_c, PADDED=padded)
+            if fn is ln._ln_bwd_kernel:
+                consts.update(NUM_STAGES=ln.NUM_STAGES)
+            built = compile_sm90(fn, {a: t for a, t in ptrs.items() if a in fn.arg_names}, consts,
+                                 warps, floats=("eps",), divisible=["C"] if C % 16 == 0 else [])
+            assert no_spills(built), f"{fn.__name__} (C {C}, padded {padded}) spills"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("C", [96, 1536])
+@pytest.mark.parametrize("C", [96, 1536, 100])
 def test_kernels_compile_for_sm90(C):
     pytest.importorskip("triton.backends.nvidia")
     from triton.compiler import ASTSource
