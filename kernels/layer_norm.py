@@ -33,6 +33,8 @@ fewer than 2^30 rows (int32 row arithmetic); contiguous rows; int64 element offs
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -185,10 +187,13 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: floa
     C = x.shape[-1]
     M = x.numel() // C
     block_m, block_c, num_warps = _config(C)
-    y = torch.empty(padded_shape(x, pad_multiple), device=x.device, dtype=out_dtype)
+    shape = padded_shape(x, pad_multiple)
+    Mp = math.prod(shape[:-1])
+    if Mp >= 2**31:  # reasons() bounds the unpadded rows; padding a thin map multiplies them
+        raise ValueError(f"layer_norm: {Mp} padded rows (the kernels take fewer than 2^31)")
+    y = torch.empty(shape, device=x.device, dtype=out_dtype)
     mean = torch.empty(M, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
-    Mp = y.numel() // C
     with on_device(x):
         _ln_fwd_kernel[(cdiv(Mp, block_m),)](
             x, weight, bias, y, mean, rstd, Mp, C, *_maps(x, y.shape), eps, BLOCK_M=block_m,
