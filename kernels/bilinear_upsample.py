@@ -14,8 +14,12 @@ Layout: any strides (NCHW or channels-last); y takes x's memory format. A progra
 BLOCK_C channels x BLOCK_P pixels of one row (of y forward, of dx backward; ``_blocks``);
 the block is oriented along the contiguous dimension (W for NCHW, C for channels-last).
 
-``_upsample2x_fwd_kernel``, grid (B * 2H * pixel tiles, channel tiles): y = the four-tap
-gather above. ``_upsample2x_bwd_kernel``, grid (B * H * pixel tiles, channel tiles): the
+``_upsample2x_fwd_kernel``, grid (B * 2H * pixel tiles, channel tiles): y = the four taps
+above, computed per input column i for both its outputs 2i and 2i + 1 from three loads per
+input row (columns i - 1, i, i + 1, the middle one vectorized where the layout allows) and
+interleaved (``tl.join``) before one store; for sm_90 (ptxas, Triton 3.8, bf16, NCHW)
+35 instructions and 2.25 load instructions per output element, against 52 and 4 for the
+four-gather form before. ``_upsample2x_bwd_kernel``, grid (B * H * pixel tiles, channel tiles): the
 adjoint as a gather, not the scatter of PyTorch's backward (atomic adds into dx): input
 pixel i along an axis receives from outputs 2i - 1 .. 2i + 2, each with its weight for i
 (0 where that output reads other inputs or lies outside), so
@@ -38,28 +42,46 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 @triton.jit
 def _upsample2x_fwd_kernel(X, Y, C, H, W, n_px, sxb, sxc, sxh, sxw, syb, syc, syh, syw,
                            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Output row oy, BLOCK_C channels, outputs 2i and 2i + 1 of the tile's BLOCK_P / 2 input
+    columns i: each input row read at i - 1, i and i + 1 (one load each for the whole
+    tile), rows blended first, then columns, the two outputs interleaved before the store."""
+    HALF: tl.constexpr = BLOCK_P // 2
     pid = tl.program_id(0)
     tile = pid % n_px
     row = pid // n_px  # b * 2H + oy
     b = (row // (2 * H)).to(tl.int64)
     oy = row % (2 * H)
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    ox = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask = (c < C)[:, None] & (ox < 2 * W)[None, :]
+    i = tile * HALF + tl.arange(0, HALF)
+    c_ok = (c < C)[:, None]
     y0, y1, wy0, wy1 = bilinear_axis(oy, H, 0.5, 0)
-    x0, x1, wx0, wx1 = bilinear_axis(ox, W, 0.5, 0)
     base = X + b * sxb + c[:, None] * sxc
-    col0 = x0.to(tl.int64)[None, :] * sxw
-    col1 = x1.to(tl.int64)[None, :] * sxw
     r0 = base + y0.to(tl.int64) * sxh
     r1 = base + y1.to(tl.int64) * sxh
-    top = (wx0[None, :] * tl.load(r0 + col0, mask=mask, other=0.0).to(tl.float32)
-           + wx1[None, :] * tl.load(r0 + col1, mask=mask, other=0.0).to(tl.float32))
-    bottom = (wx0[None, :] * tl.load(r1 + col0, mask=mask, other=0.0).to(tl.float32)
-              + wx1[None, :] * tl.load(r1 + col1, mask=mask, other=0.0).to(tl.float32))
-    out = wy0 * top + wy1 * bottom
+    cols = i.to(tl.int64)[None, :] * sxw
+    # rows blended at columns i - 1, i, i + 1 (neighbours past the map read as 0 here and
+    # are replaced by column i below: PyTorch clamps the source index at the borders)
+    mid = c_ok & (i < W)[None, :]
+    v_c = _blend_rows(r0 + cols, r1 + cols, mid, wy0, wy1)
+    v_m = _blend_rows(r0 + cols - sxw, r1 + cols - sxw, c_ok & ((i >= 1) & (i <= W))[None, :],
+                      wy0, wy1)
+    v_p = _blend_rows(r0 + cols + sxw, r1 + cols + sxw, c_ok & (i + 1 < W)[None, :], wy0, wy1)
+    v_m = tl.where((i == 0)[None, :], v_c, v_m)
+    v_p = tl.where((i == W - 1)[None, :], v_c, v_p)
+    # output 2i reads (i - 1, i) with (1/4, 3/4), output 2i + 1 reads (i, i + 1) with (3/4, 1/4)
+    out = tl.reshape(tl.join(0.25 * v_m + 0.75 * v_c, 0.75 * v_c + 0.25 * v_p),
+                     [BLOCK_C, BLOCK_P])
+    ox = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     tl.store(Y + b * syb + c[:, None] * syc + oy.to(tl.int64) * syh
-             + ox.to(tl.int64)[None, :] * syw, out.to(Y.dtype.element_ty), mask=mask)
+             + ox.to(tl.int64)[None, :] * syw, out.to(Y.dtype.element_ty),
+             mask=c_ok & (ox < 2 * W)[None, :])
+
+
+@triton.jit
+def _blend_rows(p0, p1, mask, w0, w1):
+    """w0 x[p0] + w1 x[p1] in fp32 (0 where not ``mask``)."""
+    return (w0 * tl.load(p0, mask=mask, other=0.0).to(tl.float32)
+            + w1 * tl.load(p1, mask=mask, other=0.0).to(tl.float32))
 
 
 @triton.jit
