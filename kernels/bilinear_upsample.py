@@ -64,18 +64,19 @@ def _upsample2x_fwd_kernel(X, Y, C, H, W, n_px, sxb, sxc, sxh, sxw, syb, syc, sy
     r0 = base + y0.to(tl.int64) * sxh
     r1 = base + y1.to(tl.int64) * sxh
     cols = i.to(tl.int64)[None, :] * sxw
-    # rows blended at columns i - 1, i, i + 1 (neighbours past the map read as 0 here and
-    # are replaced by column i below: PyTorch clamps the source index at the borders)
+    # rows blended at columns i - 1, i, i + 1 (neighbours past the map read as 0 here; PyTorch
+    # clamps the source index at the borders: below, column i stands in for them)
     mid = c_ok & (i < W)[None, :]
     v_c = _blend_rows(r0 + cols, r1 + cols, mid, wy0, wy1)
     v_m = _blend_rows(r0 + cols - sxw, r1 + cols - sxw, c_ok & ((i >= 1) & (i <= W))[None, :],
                       wy0, wy1)
     v_p = _blend_rows(r0 + cols + sxw, r1 + cols + sxw, c_ok & (i + 1 < W)[None, :], wy0, wy1)
-    v_m = tl.where((i == 0)[None, :], v_c, v_m)
     v_p = tl.where((i == W - 1)[None, :], v_c, v_p)
-    # output 2i reads (i - 1, i) with (1/4, 3/4), output 2i + 1 reads (i, i + 1) with (3/4, 1/4)
-    out = tl.reshape(tl.join(0.25 * v_m + 0.75 * v_c, 0.75 * v_c + 0.25 * v_p),
-                     [BLOCK_C, BLOCK_P])
+    # output 2i reads (i - 1, i) with (1/4, 3/4), output 2i + 1 reads (i, i + 1) with (3/4, 1/4);
+    # output 0 reads input 0 with weight 1 and input min(1, W - 1) with 0, as PyTorch's sum
+    # does (so an inf there gives NaN as in PyTorch, and finite values are not rounded)
+    even = tl.where((i == 0)[None, :], v_c + 0.0 * v_p, 0.25 * v_m + 0.75 * v_c)
+    out = tl.reshape(tl.join(even, 0.75 * v_c + 0.25 * v_p), [BLOCK_C, BLOCK_P])
     ox = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     tl.store(Y + b * syb + c[:, None] * syc + oy.to(tl.int64) * syh
              + ox.to(tl.int64)[None, :] * syw, out.to(Y.dtype.element_ty),

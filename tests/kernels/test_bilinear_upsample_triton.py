@@ -132,6 +132,21 @@ def test_infinite_gradients_reach_only_the_inputs_that_read_them():
     assert dx[0, 0, 0, 1] == dx[0, 0, 0, 2] == float("inf") and dx[0, 0, 2, 0] == float("-inf")
 
 
+@pytest.mark.parametrize("shape,pos", [((1, 1, 3, 3), (1, 1)), ((1, 1, 3, 1), (1, 0)),
+                                       ((1, 2, 2, 5), (0, 1))], ids=str)
+def test_forward_infinities_as_pytorch(shape, pos):
+    """An inf in x: the outputs that are inf or NaN are PyTorch's (its border outputs add the
+    zero-weight neighbour, 0 * inf = NaN: column 1 into output column 0, the only pixel of a
+    one-column map), the finite ones agree."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(4))
+    x[0, 0][pos] = float("inf")
+    y = upsample2x(x, fused=True)
+    y_ref = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.equal(y.isnan(), y_ref.isnan()) and torch.equal(y.isinf(), y_ref.isinf())
+    finite = torch.isfinite(y_ref)
+    torch.testing.assert_close(y[finite], y_ref[finite], rtol=1e-6, atol=1e-6)
+
+
 def test_unsupported_inputs_fall_back_to_pytorch():
     x, dy = make((1, 2, 3, 3))
     assert "dtype" in " ".join(fused_upsample_reasons(x))  # float64
