@@ -22,14 +22,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import cases as C  # noqa: E402
 from benchmarks import providers  # noqa: E402
+from benchmarks.profile_step import kernel_rows  # noqa: E402
 from benchmarks.sweep import _runners, sweep_cases  # noqa: E402
 from semask.kernels import semantic_attention as SA  # noqa: E402
 
 
 def kernel_times(fn, reps: int) -> list[tuple[str, float, float]]:
-    """[(kernel, µs per call, launches per call)] of ``reps`` calls of fn, slowest first."""
+    """[(kernel, µs per call, launches per call)] of ``reps`` calls of fn, slowest first
+    (the kernels as ``profile_step.kernel_rows`` picks them out of the profile)."""
     from torch.profiler import ProfilerActivity, profile
-    from torch.autograd import DeviceType
 
     fn()
     torch.cuda.synchronize()
@@ -37,9 +38,8 @@ def kernel_times(fn, reps: int) -> list[tuple[str, float, float]]:
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
-    rows = [(e.key, e.self_device_time_total / reps, e.count / reps) for e in prof.key_averages()
-            if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
-    return sorted(rows, key=lambda r: -r[1])
+    kernels, _ = kernel_rows(prof.key_averages(), cuda=True)
+    return [(name, ms * 1e3 / reps, calls / reps) for name, ms, calls in kernels]
 
 
 def split(case, dtype: torch.dtype, reps: int) -> list[str]:

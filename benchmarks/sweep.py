@@ -4,8 +4,8 @@ For every window / semantic / loss op case of ``benchmarks/cases.py`` (512 input
 every candidate configuration of each direction (forward kernel; backward kernels given
 the default forward's out and lse, the online semantic ones swept one at a time as
 "bwd/dq" and "bwd/dkdv", and for windows "bwd/gemm", the scratch backward's GEMM kernel
-after the dq kernel, against the default backward; for the fused loss, its loss + gradient launch, direction
-"fwd"; global semantic maps, which run on the GEMM path by default, sweep its row kernels'
+after the dq kernel, against the default backward; for the fused loss, its loss + gradient
+launch, direction "fwd"; global semantic maps, which run on the GEMM path by default, sweep its row kernels'
 tiles and, against them, the attention kernels' configurations), this script runs the kernel, checks its results against
 the default configuration's (max |x - x_default| / max |x_default|; the default is the
 one the tests check against the reference), and times it (on GPU its time under CUDA
@@ -310,8 +310,8 @@ def _sweeps(case, quick: bool):
     """(direction, candidates, setting, on_kernel_path) per swept kernel of a window or
     semantic case: "fwd" and "bwd", or for the online semantic kernels "fwd", "bwd/dq",
     "bwd/dkdv" and for windows "bwd/gemm" (each timed by the whole launch of its direction,
-    the other kernel at its default; "bwd/gemm": the scratch backward). Global maps on the GEMM path: its row kernels ("fwd", "bwd"), then the
-    attention kernels' candidates with that path off (on_kernel_path: their backward takes
+    the other kernel at its default; "bwd/gemm": the scratch backward). Global maps on the
+    GEMM path: its row kernels ("fwd", "bwd"), then the attention kernels' candidates with that path off (on_kernel_path: their backward takes
     the kernels' own forward results and is checked against the kernels' default; the
     default row stays the GEMM path)."""
     p = case.params
@@ -326,7 +326,7 @@ def _sweeps(case, quick: bool):
         for d in DIRECTIONS:
             yield d, gemm_candidates(quick), gemm_config, False
     whole_rows = SW.supports(n, p["window"])
-    scratch = p["window"] and n <= SW.MAX_TOKENS  # windows the scratch backward may take
+    scratch = SA.scratch_fits(n, p["window"])
     for kernel in DIRECTIONS if whole_rows else [k for k in SA.KERNELS if k != "gemm" or scratch]:
         direction = kernel if kernel in DIRECTIONS else "bwd/" + kernel
         setting = lambda cfg, k=kernel: semantic_config(whole_rows, k, cfg)  # noqa: E731

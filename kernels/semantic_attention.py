@@ -470,10 +470,16 @@ def _gemm_config(C: int, K: int, dtype: torch.dtype) -> dict:
                 num_warps=warps(8), num_stages=2)
 
 
+def scratch_fits(N: int, window: int) -> bool:
+    """Whether the scratch backward can take these sequences: windows (at most 256 tokens:
+    N x N scratch per window)."""
+    return window > 0 and N <= semantic_window.MAX_TOKENS
+
+
 def _scratch(N: int, window: int) -> bool:
-    """Whether the backward of these sequences goes through the scratch P^T and dS^T:
-    windows (at most 256 tokens: N x N scratch per window) with SCRATCH_BACKWARD."""
-    return SCRATCH_BACKWARD and window > 0 and N <= semantic_window.MAX_TOKENS
+    """Whether the backward of these sequences goes through the scratch P^T and dS^T: where
+    :func:`scratch_fits`, with SCRATCH_BACKWARD."""
+    return SCRATCH_BACKWARD and scratch_fits(N, window)
 
 
 def _geometry(q: torch.Tensor, window: int):
