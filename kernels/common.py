@@ -32,12 +32,25 @@ def head_tail(n: int) -> tuple[int, int, bool]:
     return head, tail, True
 
 
+def _last_tile(n: int, block: int) -> int:
+    """The smallest power of two >= 16 holding what the cdiv(n, block) blocks of ``block``
+    leave for the last one (``block`` when they leave a full block)."""
+    left = n % block
+    return max(16, next_pow2(left)) if left else block
+
+
 def row_tail(n: int, block_m: int) -> dict:
     """The last of the cdiv(n, block_m) row blocks as a smaller tile where its rows fit one
     (ROW_TAIL, BLOCK_M2 = power of two >= the rows left, at least 16): 144 = 64 + 64 + 16."""
-    left = n % block_m
-    small = max(16, next_pow2(left)) if left else block_m
+    small = _last_tile(n, block_m)
     return dict(BLOCK_M2=small, ROW_TAIL=small < block_m)
+
+
+def step_tail(n: int, step: int) -> dict:
+    """The same for the steps of a loop over n tokens: full steps of ``step`` and, where the
+    rest fits a smaller tile, a last step of BLOCK_STEP2 (STEP_TAIL): 144 = 128 + 16."""
+    small = _last_tile(n, step)
+    return dict(BLOCK_STEP2=small, STEP_TAIL=small < step)
 
 
 # Triton 3.2 (torch 2.6) aborts building several chained-dot kernels for sm_90 on more

@@ -27,7 +27,10 @@ held as a head tile of BLOCK_K columns (a power of two) and, where that pads les
 tile of BLOCK_K2 (TAIL; ``_classes``: 150 -> 128 + 32, not 256), every product over
 classes taken as the sum of the two tiles' products; chosen by ``_config`` (no autotuning).
 In the forward and dq kernels the last query block may be a smaller tile (ROW_TAIL,
-BLOCK_M2; a runtime branch per program picks the tile).
+BLOCK_M2; a runtime branch per program picks the tile). Every loop over a sequence (the
+forward's and dq's keys, dk/dv's and the GEMM kernel's queries) takes full steps and,
+where the rest fits a smaller tile, a last step of BLOCK_STEP2 (STEP_TAIL,
+``common.step_tail``: 144 = 128 + 16, not 256), the step's code built twice.
 
 Forward ``_semantic_fwd_kernel``, grid (num_m_blocks * S, num_c_chunks): one program owns BLOCK_M
 query rows and one BLOCK_C channel chunk, loops over all key blocks with the online
@@ -73,7 +76,7 @@ import triton
 import triton.language as tl
 
 from . import common, semantic_gemm, semantic_window
-from .common import cdiv, dot, head_tail, next_pow2, on_device, row_tail, warps
+from .common import cdiv, dot, head_tail, next_pow2, on_device, row_tail, step_tail, warps
 from .semantic_window import _load, _rows, _scores, _store
 
 MAX_K = 256
@@ -132,12 +135,32 @@ def _tokens(s, start, N, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr
 
 
 @triton.jit
+def _fwd_keys(q, q2, Kt, V, m_i, l_i, acc, s, start_n, N, KD, C, Hp, Wp, nWc, nW, offs_c,
+              mask_c, WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
+              PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """One online-softmax step over keys start_n .. start_n + BLOCK_N: (m, l, acc) updated."""
+    _, mask_n, rows_n = _tokens(s, start_n, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_N)
+    k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
+    scores = _class_scores(q, q2, k, k2, TAIL, PREC, UPCAST)
+    scores = tl.where(mask_n[None, :], scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(scores - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = _load(V, rows_n, mask_n, offs_c, mask_c, C)
+    acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, PREC, UPCAST)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _semantic_fwd_rows(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, s, start_m, pid_c,
                        WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr,
-                       TAIL: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
-                       UPCAST: tl.constexpr):
-    """Forward of query rows start_m .. start_m + BLOCK_M of sequence s, channel chunk pid_c."""
+                       BLOCK_N: tl.constexpr, BLOCK_STEP2: tl.constexpr, STEP_TAIL: tl.constexpr,
+                       BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
+                       BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Forward of query rows start_m .. start_m + BLOCK_M of sequence s, channel chunk pid_c:
+    keys in steps of BLOCK_N, with STEP_TAIL the last one of BLOCK_STEP2."""
     offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
@@ -146,18 +169,17 @@ def _semantic_fwd_rows(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, s, start_m, 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
-    for start_n in range(0, N, BLOCK_N):
-        _, mask_n, rows_n = _tokens(s, start_n, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_N)
-        k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
-        scores = _class_scores(q, q2, k, k2, TAIL, PREC, UPCAST)
-        scores = tl.where(mask_n[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load(V, rows_n, mask_n, offs_c, mask_c, C)
-        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, PREC, UPCAST)
-        m_i = m_new
+    n_full = N
+    if STEP_TAIL:
+        n_full = N - N % BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        m_i, l_i, acc = _fwd_keys(q, q2, Kt, V, m_i, l_i, acc, s, start_n, N, KD, C, Hp, Wp,
+                                  nWc, nW, offs_c, mask_c, WIN, ROW64, BLOCK_N, BLOCK_K,
+                                  BLOCK_K2, TAIL, PREC, UPCAST)
+    if STEP_TAIL:
+        m_i, l_i, acc = _fwd_keys(q, q2, Kt, V, m_i, l_i, acc, s, n_full, N, KD, C, Hp, Wp,
+                                  nWc, nW, offs_c, mask_c, WIN, ROW64, BLOCK_STEP2, BLOCK_K,
+                                  BLOCK_K2, TAIL, PREC, UPCAST)
 
     _store(O, acc / l_i[:, None], rows_m, mask_m, offs_c, mask_c, C)
     if pid_c == 0:
@@ -168,6 +190,7 @@ def _semantic_fwd_rows(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, s, start_m, 
 def _semantic_fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
                          WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_M2: tl.constexpr, ROW_TAIL: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_STEP2: tl.constexpr, STEP_TAIL: tl.constexpr,
                          BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
                          BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     """Query blocks of BLOCK_M rows; with ROW_TAIL the last one holds only BLOCK_M2."""
@@ -178,16 +201,16 @@ def _semantic_fwd_kernel(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, num_m,
     if ROW_TAIL:
         if mb == num_m - 1:
             _semantic_fwd_rows(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, s, mb * BLOCK_M,
-                               pid_c, WIN, ROW64, BLOCK_M2, BLOCK_N, BLOCK_K, BLOCK_K2, TAIL,
-                               BLOCK_C, PREC, UPCAST)
+                               pid_c, WIN, ROW64, BLOCK_M2, BLOCK_N, BLOCK_STEP2, STEP_TAIL,
+                               BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST)
         else:
             _semantic_fwd_rows(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, s, mb * BLOCK_M,
-                               pid_c, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_K2, TAIL,
-                               BLOCK_C, PREC, UPCAST)
+                               pid_c, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_STEP2, STEP_TAIL,
+                               BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST)
     else:
         _semantic_fwd_rows(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, s, mb * BLOCK_M, pid_c,
-                           WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC,
-                           UPCAST)
+                           WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_STEP2, STEP_TAIL, BLOCK_K,
+                           BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST)
 
 
 @triton.jit
@@ -198,13 +221,39 @@ def _store_transposed(X, x, s, offs_m, offs_n, mask_m, mask_n, N):
 
 
 @triton.jit
+def _dq_keys(q, q2, Kt, V, DO, PT, DST, dq, dq2, lse, delta, s, offs_m, mask_m, rows_m, start_n,
+             N, KD, C, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+             BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
+             PREC: tl.constexpr, UPCAST: tl.constexpr, STORE_PS: tl.constexpr):
+    """dq's step over keys start_n .. start_n + BLOCK_N (with STORE_PS, their P^T and dS^T
+    stored): (dq, dq2) updated."""
+    offs_n, mask_n, rows_n = _tokens(s, start_n, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_N)
+    k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
+    scores = _class_scores(q, q2, k, k2, TAIL, PREC, UPCAST)
+    p = tl.where(mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
+    dp = _scores(DO, V, rows_m, rows_n, mask_m, mask_n, C, BLOCK_M, BLOCK_N, BLOCK_C,
+                 PREC, UPCAST)  # dO v^T over channel chunks
+    ds = (p * (dp - delta[:, None])).to(k.dtype)
+    if STORE_PS:
+        _store_transposed(PT, p, s, offs_m, offs_n, mask_m, mask_n, N)
+        _store_transposed(DST, ds, s, offs_m, offs_n, mask_m, mask_n, N)
+    dq += dot(ds, k, PREC, UPCAST)
+    if TAIL:
+        dq2 += dot(ds, k2, PREC, UPCAST)
+    return dq, dq2
+
+
+@triton.jit
 def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc, nW, s,
                       start_m, WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr,
-                      TAIL: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
-                      UPCAST: tl.constexpr, STORE_PS: tl.constexpr):
-    """D and dq of query rows start_m .. start_m + BLOCK_M of sequence s; with STORE_PS
-    also their P and dS, transposed, into the scratch PT and DST."""
+                      BLOCK_N: tl.constexpr, BLOCK_STEP2: tl.constexpr, STEP_TAIL: tl.constexpr,
+                      BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
+                      BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                      STORE_PS: tl.constexpr):
+    """D and dq of query rows start_m .. start_m + BLOCK_M of sequence s (keys in steps of
+    BLOCK_N, with STEP_TAIL the last one of BLOCK_STEP2); with STORE_PS also their P and dS,
+    transposed, into the scratch PT and DST."""
     offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
     delta = tl.zeros([BLOCK_M], tl.float32)
     for c0 in range(0, C, BLOCK_C):
@@ -220,20 +269,18 @@ def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp
     lse = tl.load(LSE + s * N + offs_m, mask=mask_m, other=float("inf"))
     dq = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
     dq2 = tl.zeros([BLOCK_M, BLOCK_K2], tl.float32)
-    for start_n in range(0, N, BLOCK_N):
-        offs_n, mask_n, rows_n = _tokens(s, start_n, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_N)
-        k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
-        scores = _class_scores(q, q2, k, k2, TAIL, PREC, UPCAST)
-        p = tl.where(mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
-        dp = _scores(DO, V, rows_m, rows_n, mask_m, mask_n, C, BLOCK_M, BLOCK_N, BLOCK_C,
-                     PREC, UPCAST)  # dO v^T over channel chunks
-        ds = (p * (dp - delta[:, None])).to(k.dtype)
-        if STORE_PS:
-            _store_transposed(PT, p, s, offs_m, offs_n, mask_m, mask_n, N)
-            _store_transposed(DST, ds, s, offs_m, offs_n, mask_m, mask_n, N)
-        dq += dot(ds, k, PREC, UPCAST)
-        if TAIL:
-            dq2 += dot(ds, k2, PREC, UPCAST)
+    n_full = N
+    if STEP_TAIL:
+        n_full = N - N % BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        dq, dq2 = _dq_keys(q, q2, Kt, V, DO, PT, DST, dq, dq2, lse, delta, s, offs_m, mask_m,
+                           rows_m, start_n, N, KD, C, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M,
+                           BLOCK_N, BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST, STORE_PS)
+    if STEP_TAIL:
+        dq, dq2 = _dq_keys(q, q2, Kt, V, DO, PT, DST, dq, dq2, lse, delta, s, offs_m, mask_m,
+                           rows_m, n_full, N, KD, C, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M,
+                           BLOCK_STEP2, BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST,
+                           STORE_PS)
     _store_classes(DQ, dq, dq2, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL, False)
 
 
@@ -241,7 +288,8 @@ def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp
 def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc, nW,
                             num_m, WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_M2: tl.constexpr, ROW_TAIL: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_STEP2: tl.constexpr,
+                            STEP_TAIL: tl.constexpr, BLOCK_K: tl.constexpr,
                             BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
                             PREC: tl.constexpr, UPCAST: tl.constexpr, STORE_PS: tl.constexpr):
     """Query rows x all keys: D (stored for the dk/dv kernel) and dq (complete, stored),
@@ -253,27 +301,55 @@ def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, 
     if ROW_TAIL:
         if mb == num_m - 1:
             _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc,
-                              nW, s, mb * BLOCK_M, WIN, ROW64, BLOCK_M2, BLOCK_N, BLOCK_K,
-                              BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST, STORE_PS)
+                              nW, s, mb * BLOCK_M, WIN, ROW64, BLOCK_M2, BLOCK_N, BLOCK_STEP2,
+                              STEP_TAIL, BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST,
+                              STORE_PS)
         else:
             _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc,
-                              nW, s, mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K,
-                              BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST, STORE_PS)
+                              nW, s, mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_STEP2,
+                              STEP_TAIL, BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST,
+                              STORE_PS)
     else:
         _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc, nW,
-                          s, mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_K2, TAIL,
-                          BLOCK_C, PREC, UPCAST, STORE_PS)
+                          s, mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_STEP2, STEP_TAIL,
+                          BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST, STORE_PS)
+
+
+@triton.jit
+def _dkdv_queries(Q, DO, LSE, DELTA, k, k2, v, dk, dk2, dv, delta_weight, s, mask_n, start_m, N,
+                  KD, C, Hp, Wp, nWc, nW, offs_c, mask_c, WIN: tl.constexpr,
+                  ROW64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                  BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, PREC: tl.constexpr,
+                  UPCAST: tl.constexpr):
+    """dk/dv's step over queries start_m .. start_m + BLOCK_M: (dk, dk2, dv) updated."""
+    offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
+    q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
+    # padded query rows get lse = +inf, hence P = 0
+    lse = tl.load(LSE + s * N + offs_m, mask=mask_m, other=float("inf"))
+    delta = tl.load(DELTA + s * N + offs_m, mask=mask_m, other=0.0)
+    do = _load(DO, rows_m, mask_m, offs_c, mask_c, C)
+    p = tl.exp(_class_scores(q, q2, k, k2, TAIL, PREC, UPCAST) - lse[:, None])
+    p = tl.where(mask_n[None, :], p, 0.0)
+    dv += dot(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
+    dp = dot(do, tl.trans(v), PREC, UPCAST)
+    ds = tl.trans((p * (dp - delta_weight * delta[:, None])).to(q.dtype))
+    dk += dot(ds, q, PREC, UPCAST)
+    if TAIL:
+        dk2 += dot(ds, q2, PREC, UPCAST)
+    return dk, dk2, dv
 
 
 @triton.jit
 def _semantic_bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n,
                               WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_STEP2: tl.constexpr, STEP_TAIL: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                               BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
                               PREC: tl.constexpr, UPCAST: tl.constexpr,
                               DK_ATOMIC: tl.constexpr):
-    """Key rows x all queries, one channel chunk: dv[:, c] (complete) and dk (this chunk's
-    share when DK_ATOMIC)."""
+    """Key rows x all queries (in steps of BLOCK_M, with STEP_TAIL the last one of
+    BLOCK_STEP2), one channel chunk: dv[:, c] (complete) and dk (this chunk's share when
+    DK_ATOMIC)."""
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
     s = pid // num_n
@@ -289,33 +365,57 @@ def _semantic_bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp
     dk = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     dk2 = tl.zeros([BLOCK_N, BLOCK_K2], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
-    for start_m in range(0, N, BLOCK_M):
-        offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
-        q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
-        # padded query rows get lse = +inf, hence P = 0
-        lse = tl.load(LSE + s * N + offs_m, mask=mask_m, other=float("inf"))
-        delta = tl.load(DELTA + s * N + offs_m, mask=mask_m, other=0.0)
-        do = _load(DO, rows_m, mask_m, offs_c, mask_c, C)
-        p = tl.exp(_class_scores(q, q2, k, k2, TAIL, PREC, UPCAST) - lse[:, None])
-        p = tl.where(mask_n[None, :], p, 0.0)
-        dv += dot(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
-        dp = dot(do, tl.trans(v), PREC, UPCAST)
-        ds = tl.trans((p * (dp - delta_weight * delta[:, None])).to(q.dtype))
-        dk += dot(ds, q, PREC, UPCAST)
-        if TAIL:
-            dk2 += dot(ds, q2, PREC, UPCAST)
+    m_full = N
+    if STEP_TAIL:
+        m_full = N - N % BLOCK_M
+    for start_m in range(0, m_full, BLOCK_M):
+        dk, dk2, dv = _dkdv_queries(Q, DO, LSE, DELTA, k, k2, v, dk, dk2, dv, delta_weight, s,
+                                    mask_n, start_m, N, KD, C, Hp, Wp, nWc, nW, offs_c, mask_c,
+                                    WIN, ROW64, BLOCK_M, BLOCK_K, BLOCK_K2, TAIL, PREC, UPCAST)
+    if STEP_TAIL:
+        dk, dk2, dv = _dkdv_queries(Q, DO, LSE, DELTA, k, k2, v, dk, dk2, dv, delta_weight, s,
+                                    mask_n, m_full, N, KD, C, Hp, Wp, nWc, nW, offs_c, mask_c,
+                                    WIN, ROW64, BLOCK_STEP2, BLOCK_K, BLOCK_K2, TAIL, PREC,
+                                    UPCAST)
 
     _store(DV, dv, rows_n, mask_n, offs_c, mask_c, C)
     _store_classes(DK, dk, dk2, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL, DK_ATOMIC)
 
 
 @triton.jit
+def _gemm_dv_queries(DO, PT, dv, base, s, mask_n, start_m, N, C, Hp, Wp, nWc, nW, offs_c, mask_c,
+                     WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                     PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """dv += P^T dO over queries start_m .. start_m + BLOCK_M."""
+    offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
+    pt = tl.load(PT + base + offs_m[None, :], mask=mask_n[:, None] & mask_m[None, :], other=0.0)
+    return dv + dot(pt, _load(DO, rows_m, mask_m, offs_c, mask_c, C), PREC, UPCAST)
+
+
+@triton.jit
+def _gemm_dk_queries(Q, DST, dk, dk2, base, s, mask_n, start_m, N, KD, Hp, Wp, nWc, nW,
+                     WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
+                     PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """(dk, dk2) += dS^T q over queries start_m .. start_m + BLOCK_M."""
+    offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
+    dst = tl.load(DST + base + offs_m[None, :], mask=mask_n[:, None] & mask_m[None, :], other=0.0)
+    q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
+    dk += dot(dst, q, PREC, UPCAST)
+    if TAIL:
+        dk2 += dot(dst, q2, PREC, UPCAST)
+    return dk, dk2
+
+
+@triton.jit
 def _semantic_bwd_gemm_kernel(Q, DO, PT, DST, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n, num_c,
                               WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_STEP2: tl.constexpr, STEP_TAIL: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                               BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
                               PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """Key rows x all queries from the stored P^T and dS^T: program (key block, j) stores
+    """Key rows x all queries (in steps of BLOCK_M, with STEP_TAIL the last one of
+    BLOCK_STEP2) from the stored P^T and dS^T: program (key block, j) stores
     dv[:, chunk j] = P^T dO[:, chunk j] for j < num_c, and dk = dS^T q for j = num_c."""
     pid = tl.program_id(0)
     j = tl.program_id(1)
@@ -323,27 +423,31 @@ def _semantic_bwd_gemm_kernel(Q, DO, PT, DST, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
     offs_n, mask_n, rows_n = _tokens(s, (pid % num_n) * BLOCK_N, N, Hp, Wp, nWc, nW, WIN, ROW64,
                                      BLOCK_N)
     base = s.to(tl.int64) * N * N + offs_n[:, None] * N
+    m_full = N
+    if STEP_TAIL:
+        m_full = N - N % BLOCK_M
     if j < num_c:
         offs_c = j * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         dv = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
-        for start_m in range(0, N, BLOCK_M):
-            offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
-            pt = tl.load(PT + base + offs_m[None, :], mask=mask_n[:, None] & mask_m[None, :],
-                         other=0.0)
-            dv += dot(pt, _load(DO, rows_m, mask_m, offs_c, mask_c, C), PREC, UPCAST)
+        for start_m in range(0, m_full, BLOCK_M):
+            dv = _gemm_dv_queries(DO, PT, dv, base, s, mask_n, start_m, N, C, Hp, Wp, nWc, nW,
+                                  offs_c, mask_c, WIN, ROW64, BLOCK_M, PREC, UPCAST)
+        if STEP_TAIL:
+            dv = _gemm_dv_queries(DO, PT, dv, base, s, mask_n, m_full, N, C, Hp, Wp, nWc, nW,
+                                  offs_c, mask_c, WIN, ROW64, BLOCK_STEP2, PREC, UPCAST)
         _store(DV, dv, rows_n, mask_n, offs_c, mask_c, C)
     else:
         dk = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         dk2 = tl.zeros([BLOCK_N, BLOCK_K2], tl.float32)
-        for start_m in range(0, N, BLOCK_M):
-            offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
-            dst = tl.load(DST + base + offs_m[None, :], mask=mask_n[:, None] & mask_m[None, :],
-                          other=0.0)
-            q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
-            dk += dot(dst, q, PREC, UPCAST)
-            if TAIL:
-                dk2 += dot(dst, q2, PREC, UPCAST)
+        for start_m in range(0, m_full, BLOCK_M):
+            dk, dk2 = _gemm_dk_queries(Q, DST, dk, dk2, base, s, mask_n, start_m, N, KD, Hp, Wp,
+                                       nWc, nW, WIN, ROW64, BLOCK_M, BLOCK_K, BLOCK_K2, TAIL,
+                                       PREC, UPCAST)
+        if STEP_TAIL:
+            dk, dk2 = _gemm_dk_queries(Q, DST, dk, dk2, base, s, mask_n, m_full, N, KD, Hp, Wp,
+                                       nWc, nW, WIN, ROW64, BLOCK_STEP2, BLOCK_K, BLOCK_K2, TAIL,
+                                       PREC, UPCAST)
         _store_classes(DK, dk, dk2, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL, False)
 
 
@@ -470,6 +574,16 @@ def _gemm_config(C: int, K: int, dtype: torch.dtype) -> dict:
                 num_warps=warps(8), num_stages=2)
 
 
+def _tiles(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
+    """:func:`_config` with the tails of the launch: forward and dq, their last query block
+    (``row_tail``) and last key step (``step_tail``); dk/dv and the GEMM kernel, their last
+    query step."""
+    cfg = _config(N, K, C, kernel, dtype)
+    if kernel in ("fwd", "dq"):
+        return dict(cfg, **row_tail(N, cfg["BLOCK_M"]), **step_tail(N, cfg["BLOCK_N"]))
+    return dict(cfg, **step_tail(N, cfg["BLOCK_M"]))
+
+
 def scratch_fits(N: int, window: int) -> bool:
     """Whether the scratch backward can take these sequences: windows (at most 256 tokens:
     N x N scratch per window)."""
@@ -554,9 +668,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
         with on_device(q):
             semantic_window.forward(q, k, v, out, lse, window, (S, N, Hp, Wp, nWc, nW), flags)
         return out, lse
-    cfg = _config(N, KD, C, "fwd", q.dtype)
+    cfg = _tiles(N, KD, C, "fwd", q.dtype)
     num_m = cdiv(N, cfg["BLOCK_M"])
-    cfg.update(row_tail(N, cfg["BLOCK_M"]))
     with on_device(q):
         _semantic_fwd_kernel[(num_m * S, cdiv(C, cfg["BLOCK_C"]))](
             q, k, v, out, lse, N, KD, C, Hp, Wp, nWc, nW, num_m,
@@ -578,10 +691,9 @@ def backward(dout, q, k, v, out, lse, window: int):
             return semantic_window.backward(dout, q, k, v, lse, window, (S, N, Hp, Wp, nWc, nW),
                                             flags)
     scratch = _scratch(N, window)
-    cfg = _config(N, KD, C, "gemm" if scratch else "dkdv", q.dtype)
-    dq_cfg = _config(N, KD, C, "dq", q.dtype)
+    cfg = _tiles(N, KD, C, "gemm" if scratch else "dkdv", q.dtype)
+    dq_cfg = _tiles(N, KD, C, "dq", q.dtype)
     num_m = cdiv(N, dq_cfg["BLOCK_M"])
-    dq_cfg.update(row_tail(N, dq_cfg["BLOCK_M"]))
     num_n = cdiv(N, cfg["BLOCK_N"])
     num_c = cdiv(C, cfg["BLOCK_C"])
     dk_atomic = num_c > 1 and not scratch

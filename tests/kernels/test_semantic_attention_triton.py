@@ -13,7 +13,7 @@ import torch
 from semask.kernels import semantic_attention as sa
 from semask.kernels import semantic_gemm as sg
 from semask.kernels import semantic_window as sw
-from semask.kernels.common import row_tail
+from semask.kernels.common import row_tail, step_tail
 from semask.ops.reference import semantic_attention_lse_reference, semantic_attention_reference
 from rule import check_rule
 from sm90 import compile_sm90, replicated_mma_tiles, run_without_interpreter, spill_bytes
@@ -163,6 +163,33 @@ def test_step_and_row_tail_sizes():
     assert row_tail(144, 64) == dict(BLOCK_M2=16, ROW_TAIL=True)
     assert row_tail(81, 64) == dict(BLOCK_M2=32, ROW_TAIL=True)
     assert row_tail(1024, 64)["ROW_TAIL"] is False and row_tail(49, 64)["ROW_TAIL"] is False
+    assert step_tail(144, 128) == dict(BLOCK_STEP2=16, STEP_TAIL=True)
+    assert step_tail(160, 64) == dict(BLOCK_STEP2=32, STEP_TAIL=True)
+    assert step_tail(144, 16)["STEP_TAIL"] is False and step_tail(81, 64)["STEP_TAIL"] is True
+    assert step_tail(100, 64)["STEP_TAIL"] is False  # 36 left: a 64-step would do
+
+
+@pytest.mark.parametrize("scratch_path", [False, True])
+def test_fp32_step_tails_in_every_kernel(monkeypatch, kernels_only, scratch_path):
+    """Loops in full steps plus a smaller last step (window 12: 144 keys = 128 + 16 in the
+    forward and dq, 144 queries = 128 + 16 in dk/dv and the GEMM kernel; 81 = 64 + 32 at
+    window 9), the half-precision tiles otherwise, on fp32 data to 1e-5."""
+    half = sa._config
+
+    def config(N, K, C, kernel, dtype):
+        step = "BLOCK_N" if kernel in ("fwd", "dq") else "BLOCK_M"
+        return dict(half(N, K, C, kernel, torch.bfloat16), **{step: 128 if N > 128 else 64})
+    monkeypatch.setattr(sa, "_config", config)
+    monkeypatch.setattr(sa, "SCRATCH_BACKWARD", scratch_path)
+    for B, H, W, K, C, window in [(1, 12, 24, 150, 136, 12), (1, 9, 18, 19, 40, 9)]:
+        N = window * window
+        for kernel in ("fwd", "dq", "gemm" if scratch_path else "dkdv"):
+            assert sa._tiles(N, K, C, kernel, None)["STEP_TAIL"], (kernel, window)
+        q, k, v, dout = make_inputs(B, H, W, K, C)
+        truth = reference_grads(q, k, v, dout, window)
+        got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
+        for name, x, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), truth):
+            assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
 
 
 @pytest.mark.parametrize("B,H,W,K,C,window,tails", [(2, 18, 27, 19, 40, 9, ("dq",)),
@@ -377,10 +404,8 @@ def compile_all_sm90(dtype, N, K, C, window):
         launched += [(sa._semantic_bwd_dq_kernel, "dq", dict(STORE_PS=True)),
                      (sa._semantic_bwd_gemm_kernel, "gemm", {})]
     for fn, kernel, extra in launched:
-        cfg = dict(sa._config(N, K, C, kernel, torch_dtype), **extra)
+        cfg = dict(sa._tiles(N, K, C, kernel, torch_dtype), **extra)
         warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-        if kernel in ("fwd", "dq"):
-            cfg.update(row_tail(N, cfg["BLOCK_M"]))
         if kernel == "dkdv":
             cfg.update(DK_ATOMIC=C > cfg["BLOCK_C"])
             ptrs.update(DK="*fp32" if cfg["DK_ATOMIC"] else "*" + dtype)
@@ -395,8 +420,10 @@ def compile_all_sm90(dtype, N, K, C, window):
         # no warps repeating each other's score tiles (dq keeps 8 warps on 64 rows, which
         # repeat its 64-row score tiles, because 4 warps spill its dq accumulators); 16 x 16
         # tiles may repeat: the 16-row tail block of windows of 12 on 4 warps holds its
-        # 16 x 16 scores twice (one block in three)
-        repeated = [t for t in replicated_mma_tiles(built) if t[0] * t[1] > 16 * 16]
+        # 16 x 16 scores twice (one block in three), and so may a last key step (STEP_TAIL:
+        # the forward's 32 x 16 scores of keys 128..143 on 4 warps, one step in five)
+        tail = cfg["BLOCK_STEP2"] if cfg["STEP_TAIL"] and kernel in ("fwd", "dq") else None
+        repeated = [t for t in replicated_mma_tiles(built) if t[0] * t[1] > 16 * 16 and t[1] != tail]
         assert kernel == "dq" or not repeated, f"{kernel}: warps repeat {repeated}"
 
 
