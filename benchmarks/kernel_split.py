@@ -6,7 +6,7 @@ PyTorch's allocations and casts); this splits one call into its kernels with
 
     python benchmarks/kernel_split.py --cases semantic/semask_b-512/s0/win12
     python benchmarks/kernel_split.py --cases window/swin_t-512/s0 --out results/dir/split.md
-    python benchmarks/kernel_split.py --cases semantic/semask_b-512/s0/win12 --scratch-backward
+    python benchmarks/kernel_split.py --cases semantic/semask_b-512/s0/win12 --dkdv-backward
 
 Each direction runs ``--reps`` times after a warm-up call (the forward's output feeding
 every backward); the table gives each kernel's mean GPU time per call. CUDA only.
@@ -64,9 +64,10 @@ def main(argv=None) -> str:
     ap.add_argument("--batch", type=int, default=16, help="batch of the op cases (default 16)")
     ap.add_argument("--reps", type=int, default=10, help="profiled calls per direction")
     ap.add_argument("--out", help="also write the table to this markdown file")
-    ap.add_argument("--scratch-backward", action="store_true",
-                    help="windows' semantic backward through the scratch P^T and dS^T "
-                         "(semantic_attention.SCRATCH_BACKWARD)")
+    ap.add_argument("--dkdv-backward", action="store_true",
+                    help="windows' semantic backward through the dk/dv kernel, recomputing "
+                         "the scores, instead of the scratch P^T and dS^T (turns "
+                         "semantic_attention.SCRATCH_BACKWARD off)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         ap.error("kernel_split times GPU kernels: it needs a CUDA device")
@@ -74,10 +75,10 @@ def main(argv=None) -> str:
               if c.kind in ("window", "semantic")]
     if not chosen:
         ap.error(f"no window or semantic case matches {args.cases!r} (see run.py --list)")
-    SA.SCRATCH_BACKWARD = args.scratch_backward or SA.SCRATCH_BACKWARD
+    SA.SCRATCH_BACKWARD = SA.SCRATCH_BACKWARD and not args.dkdv_backward
     lines = [f"# GPU time per kernel: {torch.cuda.get_device_name()}, {args.dtype}, "
              f"batch {args.batch}, {args.reps} calls"
-             + (", scratch semantic backward" if SA.SCRATCH_BACKWARD else ""), "",
+             + ("" if SA.SCRATCH_BACKWARD else ", semantic backward through dk/dv"), "",
              "| case | direction | kernel | µs per call | launches per call |",
              "|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)

@@ -65,8 +65,9 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
     """Whole rows (``semantic_window.supports``; ``kernel`` "fwd" or "bwd"): BLOCK_M (query
     rows), BLOCK_K/BLOCK_C chunks, num_warps. Online softmax (``kernel`` one of
     ``semantic_attention.KERNELS``): BLOCK_M, BLOCK_N, BLOCK_C, num_warps (and num_stages
-    forward); the class tiles are ``semantic_attention._classes``. "gemm" (windows: the
-    scratch backward's kernel): BLOCK_N keys, BLOCK_M query steps, BLOCK_C dv chunks."""
+    forward; windows also 16-token blocks and 128-token steps, ``common.step_tail``); the
+    class tiles are ``semantic_attention._classes``. "gemm" (windows: the scratch
+    backward's kernel): BLOCK_N keys, BLOCK_M query steps, BLOCK_C dv chunks."""
     if whole_rows:  # and, as one more candidate, the online kernels at their defaults
         block_n = max(16, SA._pow2(N))
         ms = [m for m in (16, 32, 64) if m <= block_n]
@@ -74,9 +75,11 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
                  for m, kc, c, w in itertools.product(ms, (16, 32), (16, 32, 64), (4, 8))]
         return ([cands[0], cands[-1]] if quick else cands) + [dict(path="online")]
     top = max(32, SA._pow2(N))
-    window = (16,) if N <= 256 else ()  # windows (9..16) also try 16-token blocks and steps
-    ms = [m for m in window + ((32, 64, 128) if kernel == "fwd" else (32, 64)) if m <= top]
-    ns = [n for n in window + (32, 64) if n <= top]
+    window = N <= 256  # windows (9..16) also try 16-token blocks and 128-token steps
+    small, step = ((16,), (128,)) if window else ((), ())
+    ms = [m for m in small + ((32, 64, 128) if kernel == "fwd" else (32, 64))
+          + (step if kernel in ("dkdv", "gemm") else ()) if m <= top]
+    ns = [n for n in small + (32, 64) + (step if kernel in ("fwd", "dq") else ()) if n <= top]
     cs = [c for c in dict(fwd=(64, 128, 256), dq=(32, 64), dkdv=(64, 128), gemm=(64, 128))[kernel]
           if c <= SA._pow2(Cv)]
     stages = (2, 3) if kernel == "fwd" else (2,)
@@ -153,7 +156,7 @@ def semantic_config(whole_rows: bool, kernel: str, cfg: dict):
     """Make the semantic kernels' config function answer ``cfg`` for ``kernel`` (the others
     keep theirs): whole rows ``semantic_window.config`` ("fwd" or "bwd"), online softmax
     ``semantic_attention._config`` (one of its KERNELS; "gemm" also turns the scratch
-    backward on); ``{"path": "online"}``: the online kernels at their defaults where the
+    backward on, "dkdv" off); ``{"path": "online"}``: the online kernels at their defaults where the
     whole-row ones would run."""
     if cfg.get("path") == "online":
         owner, name = SW, "supports"
@@ -168,7 +171,8 @@ def semantic_config(whole_rows: bool, kernel: str, cfg: dict):
             dict(cfg) if which == kernel else default(N, K, Cv, which, dtype))
     default, scratch = getattr(owner, name), SA.SCRATCH_BACKWARD
     setattr(owner, name, patched)
-    SA.SCRATCH_BACKWARD = scratch or kernel == "gemm"  # the GEMM kernel: the scratch backward
+    # the GEMM kernel runs in the scratch backward only, dk/dv outside it
+    SA.SCRATCH_BACKWARD = {"gemm": True, "dkdv": False}.get(kernel, scratch)
     try:
         yield
     finally:

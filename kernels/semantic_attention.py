@@ -53,8 +53,8 @@ with the -P*D term taken by chunk 0; with several chunks each adds its share of 
 fp32 atomics (relaxed, one add per chunk and element) into a zeroed fp32 buffer, cast at
 the end (the last bits of dk are then non-deterministic); with one chunk dk is stored.
 Scores are computed 1 + num_c_chunks times in the backward, dP twice.
-Scratch backward (windows, ``SCRATCH_BACKWARD``; off until timed): the dq kernel also stores
-its P and dS tiles, transposed, into [S, N, N] scratch tensors in the inputs' dtype (the
+Scratch backward (windows, ``SCRATCH_BACKWARD``; the default, timed faster): the dq kernel
+also stores its P and dS tiles, transposed, into [S, N, N] scratch tensors in the inputs' dtype (the
 dtype the dots take them in), and ``_semantic_bwd_gemm_kernel``, grid (num_n_blocks * S,
 num_c_chunks + 1), computes dv[:, c] = P^T dO[:, c] per channel chunk and, in the last grid
 column, dk = dS^T q, as products over the queries: no score or dP recomputation, no dk
@@ -457,9 +457,10 @@ def _pow2(n: int, lo: int = 16) -> int:
 
 KERNELS = ("fwd", "dq", "dkdv", "gemm")
 # Windows' backward through scratch P^T and dS^T (the dq kernel stores them, the GEMM kernel
-# reads them; see the module docstring): off until timed on a GPU (benchmarks/sweep.py
-# times it as "bwd/gemm"), then the default where it wins.
-SCRATCH_BACKWARD = False
+# reads them; see the module docstring). Timed on an H200 (SeMask-B window 12, bf16, batch 16,
+# 2026-11-27, 963d38c; both at the tiles of then): stage 0 1.78 ms against 2.02 ms for dk/dv,
+# stage 2 0.343 against 0.529 ms. False: dk/dv recomputing the scores, as long global maps do.
+SCRATCH_BACKWARD = True
 
 
 def _classes(K: int) -> dict:
@@ -511,18 +512,20 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     every channel) in the chunk of 64, 32 or 16 that pads C least.
     Chosen from ``ptxas -v`` for sm_90 (register counts, at most a few dozen bytes of
     spills at bf16, wgmma count) and the TTGIR layouts, not from timings, except the
-    half-precision forward of windows (N <= 256): 32 x 32 tiles on 4 warps with channel
-    chunks of 128, timed on an H200 (SeMask-B stage 0, N 144, K 150, C 128, bf16, batch 16;
-    sweep of 2026-11-27, ``benchmarks/results/h200-2026-11-27-64a1d89``): 0.345 ms against
-    0.453 ms for the 64 x 16 tiles with chunks of 64 above, 0.449 ms for 32 x 16 with 128,
-    0.671 ms for 32 x 32 with 64 (the scores computed twice); for sm_90 as launched there
-    (N and C multiples of 16, which Triton specializes) 124 registers, no spills, no
-    repeated tiles, pipelined loads (64 x 32 with 128: 168 registers, wgmma, no spills; not
-    timed). Built without that specialization the loads do not pipeline and ptxas reports
-    198 registers (64 x 32: 132 B of spills). There the keys step 32 at a
-    time whatever ``_step`` says (144 padded to 160), the last query block is 16 rows, and
-    the chunk is min(128, next power of two >= C) (C = 96 padded to 128); other K, C and
-    windows are untimed (K 193..256, one 256-wide class tile: 40 B of spills).
+    half-precision windows (N <= 256) with class tiles of W <= 192, timed on an H200
+    (SeMask-B stage 0, N 144, K 150, C 128, bf16, batch 16, CUDA graph replay; runs of
+    2026-11-27, ``benchmarks/results/h200-2026-11-27-963d38c``, call 3, with the step
+    tails): forward 64 x 64 tiles (144 keys = 2 x 64 + 16), channel chunks of 128, 4
+    warps: 0.257 ms against 0.343 ms for the 32 x 32 tiles timed best before (without
+    step tails; 0.500 ms with them: 218 registers instead of 124 as launched), 0.374 ms
+    for 64 x 128 on 8 warps; dq 64 x 128 (keys 128 + 16), channel chunks of 64, 8 warps,
+    in the scratch backward with :func:`_gemm_config`'s tiles: 1.00 ms for the whole
+    backward against 1.61 ms with the 64 x 16 steps of ``_step`` (1.05 ms 64 x 64, 1.23 ms
+    64 x 32; sm_90: 255 registers and 48 B of spills at 64 x 128, 241 and none at
+    64 x 16; with 161..192 class columns, K 171 say, 64 x 128 spills 116 B, so there
+    64 x 64, none). Other K, C and windows are untimed; windows with 193..256 classes (one
+    256-column class tile) keep the smaller tiles below (the forward's 32 x 32 on 4 warps,
+    timed at K 150 on 64a1d89: 0.345 ms; 40 B of spills at K 256).
     """
     if kernel == "gemm":
         return _gemm_config(C, K, dtype)
@@ -530,19 +533,24 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     classes = _classes(K)
     width = classes["BLOCK_K"] + classes["BLOCK_K2"] * classes["TAIL"]
     widest = width > 192  # one 256-column tile: smaller blocks
+    window = N <= semantic_window.MAX_TOKENS and not fp32  # half-precision windows: timed
     if kernel == "dq":
         sizes = (32, 16) if fp32 else (64, 32, 16)
         block_c = min(sizes, key=lambda bc: (cdiv(C, bc) * bc, -bc))
-        return dict(BLOCK_M=16 if fp32 else 32 if widest else 64,
-                    BLOCK_N=_step(N, 16 if fp32 else 32 if width > 64 else 64),
+        if window and not widest:  # timed (see the docstring); 128 spills 116 B at W 192
+            block_n = 128 if width <= 160 else 64
+        else:
+            block_n = _step(N, 16 if fp32 else 32 if width > 64 else 64)
+        return dict(BLOCK_M=16 if fp32 else 32 if widest else 64, BLOCK_N=block_n,
                     BLOCK_C=block_c, **classes, num_warps=warps(8), num_stages=2)
     backward = kernel == "dkdv"
     block_n = 32 if fp32 or widest else 64
     block_m = 32 if fp32 or (backward and width > 64) else 64
     if backward:  # the step of dk/dv's query loop (its keys per program stay)
         block_m = _step(N, block_m)
-    elif N <= semantic_window.MAX_TOKENS and not fp32:  # windows: timed, see the docstring
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_C=min(128, _pow2(C)), **classes,
+    elif window:
+        tile = 32 if widest else 64
+        return dict(BLOCK_M=tile, BLOCK_N=tile, BLOCK_C=min(128, _pow2(C)), **classes,
                     num_warps=warps(4), num_stages=2)
     else:  # the step of the forward's key loop
         block_n = _step(N, block_n)
@@ -562,16 +570,25 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
 
 
 def _gemm_config(C: int, K: int, dtype: torch.dtype) -> dict:
-    """Tiles of the GEMM kernel: BLOCK_N keys per program (64: wgmma rows in half
-    precision), queries BLOCK_M at a time, dv's channel chunks BLOCK_C, dk's class tiles
-    (:func:`_classes`). From ``ptxas -v`` for sm_90 (Triton 3.8, N and C specialized as
-    multiples of 16), not timed: K 150, 8 warps, 16-query steps: 123 registers, no spills,
-    pipelined loads; 32-query steps 150; 4 warps 235-255 (spills from 64-query steps)."""
+    """Tiles of the GEMM kernel: BLOCK_N keys per program, queries BLOCK_M at a time, dv's
+    channel chunks BLOCK_C, dk's class tiles (:func:`_classes`). Half precision: 64 x 64
+    on 4 warps, chunks of 128, timed best on an H200 (sweep of 2026-11-27 at 963d38c,
+    SeMask-B window 12, bf16, batch 16; the dq kernel at its 64 x 16 tiles then): stage 0
+    (C 128) 1.633 ms for the backward against 1.794 ms with the 64-key x 16-query steps
+    on 8 warps chosen before from ptxas, stage 2 (C 512) 0.316 against 0.343 ms; with
+    128-query steps 1.623 ms (4 warps) and 1.693 ms (8). ptxas for sm_90 reports 255
+    registers and 248 B of spills for it (the 8-warp 16-query steps: 123, none). With more
+    than 160 class columns it spills 388 B (K 171) to 528 B (K 200): there, and in fp32,
+    the 16-query steps on 8 warps, from ptxas, not timed."""
+    classes = _classes(K)
     if dtype == torch.float32:
-        return dict(BLOCK_N=32, BLOCK_M=16, BLOCK_C=min(64, _pow2(C)), **_classes(K),
+        return dict(BLOCK_N=32, BLOCK_M=16, BLOCK_C=min(64, _pow2(C)), **classes,
                     num_warps=warps(8), num_stages=2)
-    return dict(BLOCK_N=64, BLOCK_M=16, BLOCK_C=min(128, _pow2(C)), **_classes(K),
-                num_warps=warps(8), num_stages=2)
+    if classes["BLOCK_K"] + classes["BLOCK_K2"] * classes["TAIL"] > 160:
+        return dict(BLOCK_N=64, BLOCK_M=16, BLOCK_C=min(128, _pow2(C)), **classes,
+                    num_warps=warps(8), num_stages=2)
+    return dict(BLOCK_N=64, BLOCK_M=64, BLOCK_C=min(128, _pow2(C)), **classes,
+                num_warps=warps(4), num_stages=2)
 
 
 def _tiles(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:

@@ -38,12 +38,15 @@ def test_gpu_split_of_a_semantic_and_a_window_case(tmp_path):
 
 
 @pytest.mark.gpu
-def test_gpu_split_of_the_scratch_backward(tmp_path, monkeypatch):
-    """--scratch-backward: the window-12 backward runs the dq and GEMM kernels (no dk/dv)."""
+def test_gpu_split_of_the_dkdv_backward(tmp_path, monkeypatch):
+    """--dkdv-backward: the window-12 backward runs the dq and dk/dv kernels (no GEMM kernel);
+    by default the scratch backward's dq and GEMM kernels."""
     from semask.kernels import semantic_attention as SA
 
-    monkeypatch.setattr(SA, "SCRATCH_BACKWARD", False)
-    text = KS.main(["--cases", "semantic/semask_b-512/s3/win12", "--batch", "2", "--reps", "2",
-                    "--scratch-backward"])
-    assert "scratch semantic backward" in text
+    monkeypatch.setattr(SA, "SCRATCH_BACKWARD", True)
+    args = ["--cases", "semantic/semask_b-512/s3/win12", "--batch", "2", "--reps", "2"]
+    text = KS.main(args)
     assert "_semantic_bwd_gemm_kernel" in text and "_semantic_bwd_dkdv_kernel" not in text
+    text = KS.main(args + ["--dkdv-backward"])
+    assert "semantic backward through dk/dv" in text
+    assert "_semantic_bwd_dkdv_kernel" in text and "_semantic_bwd_gemm_kernel" not in text

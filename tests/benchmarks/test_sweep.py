@@ -152,13 +152,16 @@ def test_directions_keep_only_the_named_kernels(monkeypatch):
             sweep.main(["--quick", "--device", "cpu", "--directions", bad])
 
 
-def test_window_12_sweeps_the_scratch_backward():
+@pytest.mark.parametrize("scratch", [False, True])
+def test_window_12_sweeps_the_scratch_backward(monkeypatch, scratch):
     """Online windows (12 x 12) also sweep "bwd/gemm": its setting turns the scratch backward
-    on for the candidate's duration (its default tiles first) and restores the flag; global
-    maps have no such direction."""
+    on for the candidate's duration (its default tiles first) and "bwd/dkdv" turns it off,
+    each restoring the flag; global maps have no such direction."""
     import torch
 
     from semask.kernels import semantic_attention as SA
+
+    monkeypatch.setattr(SA, "SCRATCH_BACKWARD", scratch)
 
     full = sweep.sweep_cases(False, 2)
     win12 = next(c for c in full if c.name == "semantic/semask_b-512/s0/win12")
@@ -167,10 +170,15 @@ def test_window_12_sweeps_the_scratch_backward():
     cands, setting = found["bwd/gemm"]
     p = win12.params
     assert cands[0] == SA._config(144, p["K"], p["C"], "gemm", torch.bfloat16)
-    assert SA.SCRATCH_BACKWARD is False
     with setting(cands[1]):
         assert SA.SCRATCH_BACKWARD is True and SA._scratch(144, 12)
         assert SA._config(144, p["K"], p["C"], "gemm", None) == cands[1]
-    assert SA.SCRATCH_BACKWARD is False
+    assert SA.SCRATCH_BACKWARD is scratch
+    cands, setting = found["bwd/dkdv"]
+    with setting(cands[0]):
+        assert SA.SCRATCH_BACKWARD is False
+        assert SA._config(144, p["K"], p["C"], "dkdv", None) == cands[0]
+    assert SA.SCRATCH_BACKWARD is scratch
+    assert any(c["BLOCK_N"] == 128 for c in found["bwd/dq"][0])
     glob = next(c for c in full if c.name == "semantic/semask_b-512/s2/global")
     assert "bwd/gemm" not in {d for d, *_ in sweep._sweeps(glob, False)}

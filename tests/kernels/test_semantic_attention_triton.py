@@ -192,16 +192,17 @@ def test_fp32_step_tails_in_every_kernel(monkeypatch, kernels_only, scratch_path
             assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
 
 
-@pytest.mark.parametrize("B,H,W,K,C,window,tails", [(2, 18, 27, 19, 40, 9, ("dq",)),
+@pytest.mark.parametrize("B,H,W,K,C,window,tails", [(2, 18, 27, 19, 40, 9, ("fwd", "dq")),
                                                      (1, 12, 24, 19, 136, 12, ("fwd", "dq")),
                                                      (1, 15, 18, 19, 40, 0, ("fwd", "dq"))])
 def test_fp32_with_half_precision_tiles(monkeypatch, kernels_only, B, H, W, K, C, window, tails):
     """The half-precision tiles on fp32 data, checked to 1e-5: row tails with masked rows
-    (window 9: dq's 81 rows = 64 + a 32-row tile holding 17; global 270 = 4 x 64 + a 16-row
-    tile holding 14) and without (window 12: 144 rows = 4 x 32 + 16 in the forward's 32 x 32
-    tiles, 64 + 64 + 16 in dq's), the window forward's two 128-channel chunks (C = 136),
-    over several sequences (12 windows), 16-token steps (window 12's dk/dv) and 32-token
-    ones."""
+    (window 9: the forward's and dq's 81 rows = 64 + a 32-row tile holding 17; global
+    270 = 4 x 64 + a 16-row tile holding 14) and without (window 12: 144 rows = 64 + 64 +
+    16), key step tails (window 9: 64 + 32 in the forward, 81 keys in one 128-key step in
+    dq; window 12: 64 + 64 + 16 and 128 + 16), the window forward's two 128-channel chunks
+    (C = 136), over several sequences (12 windows), the 64-query steps of the GEMM kernel
+    and 32-token ones (global)."""
     half = sa._config
     monkeypatch.setattr(sa, "_config", lambda N, K, C, kernel, dtype: half(N, K, C, kernel,
                                                                           torch.bfloat16))
@@ -221,8 +222,14 @@ def test_fp32_with_half_precision_tiles(monkeypatch, kernels_only, B, H, W, K, C
 
 @pytest.fixture
 def scratch(monkeypatch):
-    """Windows' backward through the scratch P^T and dS^T (the GEMM kernel)."""
+    """Windows' backward through the scratch P^T and dS^T (the GEMM kernel; the default)."""
     monkeypatch.setattr(sa, "SCRATCH_BACKWARD", True)
+
+
+@pytest.fixture(params=[True, False], ids=["scratch", "dkdv"])
+def window_backward(monkeypatch, request):
+    """Windows' backward through the scratch (the GEMM kernel) or through dk/dv."""
+    monkeypatch.setattr(sa, "SCRATCH_BACKWARD", request.param)
 
 
 SCRATCH_CASES = [c for c in FP32_CASES if c[-1] > 8] + [(2, 18, 27, 19, 40, 9)]
@@ -247,7 +254,7 @@ def test_scratch_path_covers_chunks_and_tails(scratch):
 
 
 @pytest.mark.parametrize("B,H,W,K,C,window", SCRATCH_CASES)
-def test_fp32_scratch_backward_matches_reference(scratch, B, H, W, K, C, window):
+def test_fp32_window_backward_paths_match_reference(window_backward, B, H, W, K, C, window):
     q, k, v, dout = make_inputs(B, H, W, K, C)
     truth = reference_grads(q, k, v, dout, window)
     got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
@@ -414,9 +421,13 @@ def compile_all_sm90(dtype, N, K, C, window):
         built = compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
                              dict(**common, **dots, **cfg), warps, num_stages=stages,
                              divisible=[n for n in divisible if n in fn.arg_names])
-        # half precision: a few spilled registers at most (the window-12 address arithmetic);
-        # fp32 (ieee dots on FMA units) is the exact path, not the fast one: not checked
-        assert dtype == "fp32" or spill_bytes(built) <= 64, f"{kernel}: {spill_bytes(built)} B spilled"
+        # half precision: a few spilled registers at most (the window-12 address arithmetic;
+        # dq's 128-key steps 48 B at K 150), but the GEMM kernel's 64 x 64
+        # tiles on 4 warps spill 248 B at K 150 and timed fastest all the same
+        # (semantic_attention._config, _gemm_config); fp32 (ieee dots on FMA units) is the
+        # exact path, not the fast one: not checked
+        limit = 256 if kernel == "gemm" else 64
+        assert dtype == "fp32" or spill_bytes(built) <= limit, f"{kernel}: {spill_bytes(built)} B spilled"
         # no warps repeating each other's score tiles (dq keeps 8 warps on 64 rows, which
         # repeat its 64-row score tiles, because 4 warps spill its dq accumulators); 16 x 16
         # tiles may repeat: the 16-row tail block of windows of 12 on 4 warps holds its
@@ -488,7 +499,7 @@ def test_gpu_stage_shapes_accuracy_rule(monkeypatch, dtype, B, H, W, K, C, windo
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B,H,W,K,C", [(2, 72, 72, 19, 256), (2, 36, 36, 150, 128)])
-def test_gpu_scratch_backward_accuracy_rule(scratch, dtype, B, H, W, K, C):
-    """The scratch backward (a sweep candidate until timed) at window-12 stage shapes:
+def test_gpu_window_backward_paths_accuracy_rule(window_backward, dtype, B, H, W, K, C):
+    """Both window backwards (scratch, the default, and dk/dv) at window-12 stage shapes:
     Cityscapes on SeMask-B stage 1, ADE20K on a 36 x 36 map (9 windows) of stage 0's C."""
     check_rule_against_torch(*make_inputs(B, H, W, K, C, device="cuda"), 12, dtype)
