@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -43,6 +44,7 @@ from semask.kernels import window_attention as WA  # noqa: E402
 
 DIRECTIONS = ("fwd", "bwd")
 DIRECTION_NAMES = ("fwd", "bwd", "bwd/dq", "bwd/dkdv", "bwd/gemm")  # --directions (bwd: all)
+WRITE_EVERY_S = 1.0  # least seconds between rewrites of the result files within a case
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -261,8 +263,10 @@ def _try(base: dict, cfg: dict, setting, call, expected, device: str, deadline: 
     return row
 
 
-def sweep_loss_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: float) -> list[dict]:
-    """The fused loss kernel's loss + gradient launch under every candidate configuration."""
+def sweep_loss_case(case, device: str, dtype: torch.dtype, quick: bool,
+                    deadline: float) -> Iterator[dict]:
+    """The fused loss kernel's loss + gradient launch under every candidate configuration,
+    one row at a time."""
     inputs = providers.op_inputs(case, device, dtype, requires_grad=False)
 
     def call():
@@ -270,18 +274,19 @@ def sweep_loss_case(case, device: str, dtype: torch.dtype, quick: bool, deadline
 
     expected = call()
     base = dict(case=case.name, shape=case.shape(), direction="fwd")
-    rows = [dict(base, config="default", time_ms=_time_ms(call, device, default=True),
-                 rel_err=0.0, error=None)]
-    return rows + [_try(base, cfg, loss_config, call, expected, device, deadline)
-                   for cfg in loss_candidates(quick)]
+    yield dict(base, config="default", time_ms=_time_ms(call, device, default=True),
+               rel_err=0.0, error=None)
+    for cfg in loss_candidates(quick):
+        yield _try(base, cfg, loss_config, call, expected, device, deadline)
 
 
 def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: float,
-               directions: list[str] | None = None) -> list[dict]:
-    """Rows of every candidate of the case's kernels (``directions``: of
+               directions: list[str] | None = None) -> Iterator[dict]:
+    """Rows of every candidate of the case's kernels, one at a time (``directions``: of
     :data:`DIRECTION_NAMES`, the kernels to keep, "bwd" every backward one; None: all)."""
     if case.kind == "loss":
-        return sweep_loss_case(case, device, dtype, quick, deadline)
+        yield from sweep_loss_case(case, device, dtype, quick, deadline)
+        return
     forward, backward = _runners(case, device, dtype)
 
     def baseline(path_setting):
@@ -292,7 +297,7 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
         return {"fwd": forward, "bwd": lambda: backward(out, lse)}, {"fwd": (out,), "bwd": grads}
 
     default = baseline(contextlib.nullcontext())
-    rows, timed, kernels = [], set(), None
+    timed, kernels = set(), None
     for direction, cands, setting, on_kernel_path in _sweeps(case, quick):
         if directions and not any(d in direction for d in directions):
             continue
@@ -303,11 +308,10 @@ def sweep_case(case, device: str, dtype: torch.dtype, quick: bool, deadline: flo
         base = dict(case=case.name, shape=case.shape(), direction=direction)
         if direction not in timed:  # the GEMM path and the kernels share directions
             timed.add(direction)
-            rows.append(dict(base, config="default", rel_err=0.0, error=None,
-                             time_ms=_time_ms(default[0][which], device, default=True)))
-        rows += [_try(base, cfg, setting, calls[which], expected[which], device, deadline)
-                 for cfg in cands]
-    return rows
+            yield dict(base, config="default", rel_err=0.0, error=None,
+                       time_ms=_time_ms(default[0][which], device, default=True))
+        for cfg in cands:
+            yield _try(base, cfg, setting, calls[which], expected[which], device, deadline)
 
 
 def _sweeps(case, quick: bool):
@@ -382,6 +386,19 @@ def markdown(env: dict, table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write(out: str, env: dict, max_rel: float, rows: list[dict]) -> None:
+    """sweep.json (environment, rows, best per case and direction) and sweep.md in ``out``,
+    each replacing the old file whole (a run killed while writing leaves the previous one)."""
+    table = best_rows(rows, max_rel)
+    texts = {"sweep.json": json.dumps(dict(environment=env, max_rel_err=max_rel, rows=rows,
+                                           best=table), indent=1),
+             "sweep.md": markdown(env, table)}
+    for name, text in texts.items():
+        with open(os.path.join(out, name + ".tmp"), "w") as f:
+            f.write(text)
+        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -421,13 +438,16 @@ def main(argv=None) -> int:
         if time.perf_counter() > deadline:
             print(f"{case.name}: time budget exhausted", flush=True)
             continue
-        rows += sweep_case(case, args.device, dtype, args.quick, deadline, directions)
-        table = best_rows(rows, max_rel)
-        with open(os.path.join(out, "sweep.json"), "w") as f:
-            json.dump(dict(environment=env, max_rel_err=max_rel, rows=rows, best=table), f, indent=1)
-        with open(os.path.join(out, "sweep.md"), "w") as f:
-            f.write(markdown(env, table))
-        t = [x for x in table if x["case"] == case.name]
+        # the files are rewritten after rows (at most every WRITE_EVERY_S) and after each
+        # case, so a run cut short keeps what it timed (a rewrite of 3000 rows takes ~60 ms)
+        written = time.perf_counter()
+        for row in sweep_case(case, args.device, dtype, args.quick, deadline, directions):
+            rows.append(row)
+            if time.perf_counter() - written >= WRITE_EVERY_S:
+                _write(out, env, max_rel, rows)
+                written = time.perf_counter()
+        _write(out, env, max_rel, rows)
+        t = [x for x in best_rows(rows, max_rel) if x["case"] == case.name]
         print(f"{case.name}: " + "; ".join(f"{x['direction']} {x['default_ms']:.4g} -> {x['best_ms']:.4g} ms"
                                            for x in t), flush=True)
     print(f"wrote {out}")

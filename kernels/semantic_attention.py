@@ -53,15 +53,16 @@ with the -P*D term taken by chunk 0; with several chunks each adds its share of 
 fp32 atomics (relaxed, one add per chunk and element) into a zeroed fp32 buffer, cast at
 the end (the last bits of dk are then non-deterministic); with one chunk dk is stored.
 Scores are computed 1 + num_c_chunks times in the backward, dP twice.
-Scratch backward (windows, ``SCRATCH_BACKWARD``; the default, timed faster): the dq kernel
-also stores its P and dS tiles, transposed, into [S, N, N] scratch tensors in the inputs' dtype (the
-dtype the dots take them in), and ``_semantic_bwd_gemm_kernel``, grid (num_n_blocks * S,
-num_c_chunks + 1), computes dv[:, c] = P^T dO[:, c] per channel chunk and, in the last grid
-column, dk = dS^T q, as products over the queries: no score or dP recomputation, no dk
-atomics. Multiply-adds per window N^2 (3 K + 2 C) instead of N^2 (2 K + C) + N^2 (2 K
-chunks + 2 C): SeMask-B at 512, stage 0 (K 160 padded, C 128, one chunk) 736 against 1024
-N^2, stage 3 (C 1024, 8 chunks) 2528 against 5952 N^2; the scratch adds 2 N^2 elements
-written and read per window (stage 0, batch 16, bf16: 160 MB).
+Scratch backward (windows, ``SCRATCH_BACKWARD``; the default, timed faster in bf16, fp32
+untimed): the dq kernel also stores its P and dS tiles, transposed, into [S, N, N] scratch
+tensors in the inputs' dtype (the dtype the dots take them in), and
+``_semantic_bwd_gemm_kernel``, grid (num_n_blocks * S, num_c_chunks + 1), computes dv[:, c]
+= P^T dO[:, c] per channel chunk and, in the last grid column, dk = dS^T q, as products
+over the queries: no score or dP recomputation, no dk atomics. Multiply-adds per window N^2
+(3 K + 2 C) instead of N^2 (2 K + C) + N^2 (2 K chunks + 2 C): SeMask-B at 512, stage 0 (K
+160 padded, C 128, one chunk) 736 against 1024 N^2, stage 3 (C 1024, 8 chunks) 2528 against
+5952 N^2; the scratch adds 2 N^2 elements written and read per window (stage 0, batch 16,
+bf16: 160 MB; fp32: 320 MB).
 
 Limits: K <= 256 (class tiles in registers); any C (chunked); fp32, fp16,
 bf16 (q, k, v of one dtype); contiguous inputs; int32 offsets (int64 when a tensor has
@@ -492,8 +493,9 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     dk/dv (a program owns BLOCK_N keys and steps through the queries BLOCK_M at a time)
     64 x 64, 32 x 64 when W > 64, 32 x 32 when W = 256. fp32 (ieee dots on FMA units, the
     exact path rather than the fast one): 32 x 32, dq 16 x 16, 8 warps. The forward's and dq's key
-    steps and dk/dv's query steps shrink where that pads N less (``_step``: windows of 12
-    step 16 tokens, so dk/dv there is 16 x 64), and the forward's and dq's last query block
+    steps (but for the timed half-precision windows at the end) and dk/dv's query steps
+    shrink where that pads N less (``_step``: windows of 12 step 16 tokens, so dk/dv there
+    is 16 x 64), and the forward's and dq's last query block
     is a smaller tile where its rows fit one (``common.row_tail``: 144 rows = 64 + 64 + 16).
     dk/dv's keys per program stay as they are (windows of 12 in half precision: 3 x 64): a
     16-key last block on its 8 warps would hold its tiles 2-4 times, and 4 warps spill

@@ -57,6 +57,31 @@ def test_report_names_the_best_per_case_and_direction(result):
     assert res["environment"]["triton_interpret"] is True
 
 
+def test_a_sweep_cut_short_keeps_the_rows_it_timed(tmp_path, monkeypatch):
+    """The files are rewritten after rows (at most once a second; here after every row): a
+    run stopped in its third candidate (as by a timeout) leaves the default row and the two
+    candidates before it, and no temporary file."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the sweep runs the kernels on the CPU only in Triton's interpreter")
+    monkeypatch.setattr(sweep, "WRITE_EVERY_S", 0.0)
+    tried, real = [], sweep._try
+
+    def stop_at_third(*args):
+        tried.append(1)
+        if len(tried) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(sweep, "_try", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.main(["--quick", "--device", "cpu", "--cases", "window/quick", "--out", str(tmp_path)])
+    with open(tmp_path / "sweep.json") as f:
+        rows = json.load(f)["rows"]
+    assert [r["config"] == "default" for r in rows] == [True, False, False]
+    assert all(r["time_ms"] > 0 and r["error"] is None for r in rows)
+    assert "window/quick" in (tmp_path / "sweep.md").read_text()
+    assert sorted(os.listdir(tmp_path)) == ["sweep.json", "sweep.md"]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_window_config_applies_the_candidate_at_every_dtype(dtype):
     """A window candidate changes what the launchers read, for the swept direction only,
@@ -129,7 +154,7 @@ def test_kernel_candidates_of_global_maps_take_the_kernels_forward(monkeypatch):
     monkeypatch.setattr(sweep, "_runners", runners)
     monkeypatch.setattr(sweep, "_time_ms", lambda fn, device, default=False: fn() and 1.0)
     case = next(c for c in sweep.sweep_cases(True, 1) if c.name == "semantic/quick/global")
-    rows = sweep.sweep_case(case, "cpu", torch.float32, True, float("inf"))
+    rows = list(sweep.sweep_case(case, "cpu", torch.float32, True, float("inf")))
     assert {p for _, p in seen} == {0.0, 1.0}
     assert all(lse == p for lse, p in seen)
     assert all(r["error"] is None for r in rows)
@@ -144,7 +169,7 @@ def test_directions_keep_only_the_named_kernels(monkeypatch):
     monkeypatch.setattr(sweep, "_time_ms", lambda fn, device, default=False: fn() and 1.0)
     case = next(c for c in sweep.sweep_cases(True, 1) if c.name == "semantic/quick/win7")
     every = {r["direction"] for r in sweep.sweep_case(case, "cpu", torch.float32, True, float("inf"))}
-    kept = sweep.sweep_case(case, "cpu", torch.float32, True, float("inf"), ["bwd"])
+    kept = list(sweep.sweep_case(case, "cpu", torch.float32, True, float("inf"), ["bwd"]))
     assert every == {"fwd", "bwd"} and {r["direction"] for r in kept} == {"bwd"}
     assert sum(r["config"] == "default" for r in kept) == 1 and len(kept) > 1
     for bad in ("bwd/xx", ",", "forward"):

@@ -220,6 +220,22 @@ def test_fp32_with_half_precision_tiles(monkeypatch, kernels_only, B, H, W, K, C
         assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
 
 
+@pytest.mark.parametrize("B,H,W,K,C,window", [(1, 12, 24, 150, 136, 12), (2, 18, 27, 19, 40, 9)])
+def test_fp32_dkdv_backward_with_half_precision_tiles(monkeypatch, B, H, W, K, C, window):
+    """The dk/dv backward of windows (SCRATCH_BACKWARD off) on its half-precision tiles
+    (64 keys per program in 16-query steps at window 12, 32 at window 9; two 128-channel
+    chunks with dk atomics at C = 136) on fp32 data, to 1e-5."""
+    half = sa._config
+    monkeypatch.setattr(sa, "_config", lambda N, K, C, kernel, dtype: half(N, K, C, kernel,
+                                                                          torch.bfloat16))
+    monkeypatch.setattr(sa, "SCRATCH_BACKWARD", False)
+    q, k, v, dout = make_inputs(B, H, W, K, C)
+    truth = reference_grads(q, k, v, dout, window)
+    got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
+    for name, x, t in zip(("dq", "dk", "dv"), got[2:], truth[1:]):
+        assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
+
+
 @pytest.fixture
 def scratch(monkeypatch):
     """Windows' backward through the scratch P^T and dS^T (the GEMM kernel; the default)."""
@@ -432,7 +448,7 @@ def compile_all_sm90(dtype, N, K, C, window):
         # repeat its 64-row score tiles, because 4 warps spill its dq accumulators); 16 x 16
         # tiles may repeat: the 16-row tail block of windows of 12 on 4 warps holds its
         # 16 x 16 scores twice (one block in three), and so may a last key step (STEP_TAIL:
-        # the forward's 32 x 16 scores of keys 128..143 on 4 warps, one step in five)
+        # the 32 x 16 scores of keys 128..143 in the 32 x 32 forward of > 192 classes)
         tail = cfg["BLOCK_STEP2"] if cfg["STEP_TAIL"] and kernel in ("fwd", "dq") else None
         repeated = [t for t in replicated_mma_tiles(built) if t[0] * t[1] > 16 * 16 and t[1] != tail]
         assert kernel == "dq" or not repeated, f"{kernel}: warps repeat {repeated}"
@@ -446,7 +462,8 @@ def compile_all_sm90(dtype, N, K, C, window):
                                                  ("bf16", 1024, 150, 384, 0), ("fp32", 1024, 19, 40, 0),
                                                  ("bf16", 144, 171, 256, 12), ("bf16", 1024, 256, 512, 0),
                                                  ("bf16", 144, 200, 128, 12), ("bf16", 1024, 19, 384, 0),
-                                                 ("bf16", 272, 150, 384, 0)])
+                                                 ("bf16", 272, 150, 384, 0),
+                                                 ("bf16", 144, 19, 256, 12)])
 def test_kernels_compile_for_sm90(dtype, N, K, C, window):
     """The interpreter accepts code the compiler may reject: build every kernel for sm_90
     (in a fresh process, since TRITON_INTERPRET=1 here replaces the jit functions)."""
