@@ -69,7 +69,8 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
     ``semantic_attention.KERNELS``): BLOCK_M, BLOCK_N, BLOCK_C, num_warps (and num_stages
     forward; windows also 16-token blocks and 128-token steps, ``common.step_tail``); the
     class tiles are ``semantic_attention._classes``. "gemm" (windows: the scratch
-    backward's kernel): BLOCK_N keys, BLOCK_M query steps, BLOCK_C dv chunks."""
+    backward's kernel): BLOCK_N keys, BLOCK_M query steps, BLOCK_C dv chunks, dv and dk in
+    one launch or two (SPLIT)."""
     if whole_rows:  # and, as one more candidate, the online kernels at their defaults
         block_n = max(16, SA._pow2(N))
         ms = [m for m in (16, 32, 64) if m <= block_n]
@@ -87,9 +88,13 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
     stages = (2, 3) if kernel == "fwd" else (2,)
     cands = [dict(BLOCK_M=m, BLOCK_N=n, BLOCK_C=c, **SA._classes(K), num_warps=w, num_stages=st)
              for m, n, c, w, st in itertools.product(ms, ns, cs or [SA._pow2(Cv)], (4, 8), stages)]
-    if kernel == "gemm":  # first the scratch backward at its default tiles (bf16's)
+    if kernel == "gemm":  # first the scratch backward at its default tiles (bf16's), then
+        # every tile as one launch and as two (dv, dk: SPLIT)
         default = SA._config(N, K, Cv, "gemm", torch.bfloat16)
-        cands = [default] + [c for c in cands if c != default]
+        cands = [dict(c, SPLIT=split) for c in cands for split in (False, True)]
+        tiles = lambda c: {k: v for k, v in c.items() if k != "SPLIT"}  # noqa: E731
+        cands = [default, dict(default, SPLIT=not default["SPLIT"])] + \
+            [c for c in cands if tiles(c) != tiles(default)]
     return [cands[0], cands[-1]] if quick else cands
 
 

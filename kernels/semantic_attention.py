@@ -58,11 +58,12 @@ untimed): the dq kernel also stores its P and dS tiles, transposed, into [S, N, 
 tensors in the inputs' dtype (the dtype the dots take them in), and
 ``_semantic_bwd_gemm_kernel``, grid (num_n_blocks * S, num_c_chunks + 1), computes dv[:, c]
 = P^T dO[:, c] per channel chunk and, in the last grid column, dk = dS^T q, as products
-over the queries: no score or dP recomputation, no dk atomics. Multiply-adds per window N^2
-(3 K + 2 C) instead of N^2 (2 K + C) + N^2 (2 K chunks + 2 C): SeMask-B at 512, stage 0 (K
-160 padded, C 128, one chunk) 736 against 1024 N^2, stage 3 (C 1024, 8 chunks) 2528 against
-5952 N^2; the scratch adds 2 N^2 elements written and read per window (stage 0, batch 16,
-bf16: 160 MB; fp32: 320 MB).
+over the queries: no score or dP recomputation, no dk atomics (with SPLIT, off until timed,
+dv and dk are two launches of it, each holding only its own tiles). Multiply-adds per
+window N^2 (3 K + 2 C) instead of N^2 (2 K + C) + N^2 (2 K chunks + 2 C): SeMask-B at 512,
+stage 0 (K 160 padded, C 128, one chunk) 736 against 1024 N^2, stage 3 (C 1024, 8 chunks)
+2528 against 5952 N^2; the scratch adds 2 N^2 elements written and read per window (stage
+0, batch 16, bf16: 160 MB; fp32: 320 MB).
 
 Limits: K <= 256 (class tiles in registers); any C (chunked); fp32, fp16,
 bf16 (q, k, v of one dtype); contiguous inputs; int32 offsets (int64 when a tensor has
@@ -414,10 +415,12 @@ def _semantic_bwd_gemm_kernel(Q, DO, PT, DST, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
                               BLOCK_STEP2: tl.constexpr, STEP_TAIL: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                               BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
-                              PREC: tl.constexpr, UPCAST: tl.constexpr):
+                              PREC: tl.constexpr, UPCAST: tl.constexpr, PART: tl.constexpr):
     """Key rows x all queries (in steps of BLOCK_M, with STEP_TAIL the last one of
-    BLOCK_STEP2) from the stored P^T and dS^T: program (key block, j) stores
-    dv[:, chunk j] = P^T dO[:, chunk j] for j < num_c, and dk = dS^T q for j = num_c."""
+    BLOCK_STEP2) from the stored P^T and dS^T. PART 0: program (key block, j) stores
+    dv[:, chunk j] = P^T dO[:, chunk j] for j < num_c, and dk = dS^T q for j = num_c;
+    PART 1: only dv (grid columns = chunks); PART 2: only dk (one grid column), so that
+    each launch holds only its own tiles' registers."""
     pid = tl.program_id(0)
     j = tl.program_id(1)
     s = pid // num_n
@@ -427,7 +430,7 @@ def _semantic_bwd_gemm_kernel(Q, DO, PT, DST, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
     m_full = N
     if STEP_TAIL:
         m_full = N - N % BLOCK_M
-    if j < num_c:
+    if PART == 1 or (PART == 0 and j < num_c):
         offs_c = j * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         dv = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
@@ -581,16 +584,18 @@ def _gemm_config(C: int, K: int, dtype: torch.dtype) -> dict:
     128-query steps 1.623 ms (4 warps) and 1.693 ms (8). ptxas for sm_90 reports 255
     registers and 248 B of spills for it (the 8-warp 16-query steps: 123, none). With more
     than 160 class columns it spills 388 B (K 171) to 528 B (K 200): there, and in fp32,
-    the 16-query steps on 8 warps, from ptxas, not timed."""
+    the 16-query steps on 8 warps, from ptxas, not timed. SPLIT (off until timed): dv and dk
+    as two launches (``PART`` 1 and 2) of the same tiles; at 64 x 64 on 4 warps, K 150,
+    ptxas gives the dv launch 126 registers and the dk launch 255, neither spilling."""
     classes = _classes(K)
     if dtype == torch.float32:
         return dict(BLOCK_N=32, BLOCK_M=16, BLOCK_C=min(64, _pow2(C)), **classes,
-                    num_warps=warps(8), num_stages=2)
+                    num_warps=warps(8), num_stages=2, SPLIT=False)
     if classes["BLOCK_K"] + classes["BLOCK_K2"] * classes["TAIL"] > 160:
         return dict(BLOCK_N=64, BLOCK_M=16, BLOCK_C=min(128, _pow2(C)), **classes,
-                    num_warps=warps(8), num_stages=2)
+                    num_warps=warps(8), num_stages=2, SPLIT=False)
     return dict(BLOCK_N=64, BLOCK_M=64, BLOCK_C=min(128, _pow2(C)), **classes,
-                num_warps=warps(4), num_stages=2)
+                num_warps=warps(4), num_stages=2, SPLIT=False)
 
 
 def _tiles(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
@@ -729,9 +734,12 @@ def backward(dout, q, k, v, out, lse, window: int):
                                               num_m, WIN=window, STORE_PS=scratch, **flags,
                                               **dq_cfg)
         if scratch:
-            _semantic_bwd_gemm_kernel[(num_n * S, num_c + 1)](q, dout, pt, dst, dk, dv, *args,
-                                                              num_n, num_c, WIN=window, **flags,
-                                                              **cfg)
+            # dv (grid columns 0 .. num_c - 1) and dk (column num_c) in one launch, or split
+            parts = ((1, num_c), (2, 1)) if cfg.pop("SPLIT") else ((0, num_c + 1),)
+            for part, columns in parts:
+                _semantic_bwd_gemm_kernel[(num_n * S, columns)](
+                    q, dout, pt, dst, dk, dv, *args, num_n, num_c, WIN=window, PART=part,
+                    **flags, **cfg)
         else:
             _semantic_bwd_dkdv_kernel[(num_n * S, num_c)](q, k, v, dout, lse, delta, dk, dv,
                                                           *args, num_n, WIN=window,

@@ -242,10 +242,14 @@ def scratch(monkeypatch):
     monkeypatch.setattr(sa, "SCRATCH_BACKWARD", True)
 
 
-@pytest.fixture(params=[True, False], ids=["scratch", "dkdv"])
+@pytest.fixture(params=["scratch", "split", "dkdv"])
 def window_backward(monkeypatch, request):
-    """Windows' backward through the scratch (the GEMM kernel) or through dk/dv."""
-    monkeypatch.setattr(sa, "SCRATCH_BACKWARD", request.param)
+    """Windows' backward through the scratch (the GEMM kernel in one launch, or split into
+    its dv and dk launches) or through dk/dv."""
+    monkeypatch.setattr(sa, "SCRATCH_BACKWARD", request.param != "dkdv")
+    gemm = sa._gemm_config
+    monkeypatch.setattr(sa, "_gemm_config", lambda C, K, dtype: dict(
+        gemm(C, K, dtype), SPLIT=request.param == "split"))
 
 
 SCRATCH_CASES = [c for c in FP32_CASES if c[-1] > 8] + [(2, 18, 27, 19, 40, 9)]
@@ -434,24 +438,28 @@ def compile_all_sm90(dtype, N, K, C, window):
             ptrs.update(DK="*fp32" if cfg["DK_ATOMIC"] else "*" + dtype)
         if kernel == "gemm":
             ptrs.update(DK="*" + dtype)
-        built = compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
-                             dict(**common, **dots, **cfg), warps, num_stages=stages,
-                             divisible=[n for n in divisible if n in fn.arg_names])
-        # half precision: a few spilled registers at most (the window-12 address arithmetic;
-        # dq's 128-key steps 48 B at K 150), but the GEMM kernel's 64 x 64
-        # tiles on 4 warps spill 248 B at K 150 and timed fastest all the same
-        # (semantic_attention._config, _gemm_config); fp32 (ieee dots on FMA units) is the
-        # exact path, not the fast one: not checked
-        limit = 256 if kernel == "gemm" else 64
-        assert dtype == "fp32" or spill_bytes(built) <= limit, f"{kernel}: {spill_bytes(built)} B spilled"
-        # no warps repeating each other's score tiles (dq keeps 8 warps on 64 rows, which
-        # repeat its 64-row score tiles, because 4 warps spill its dq accumulators); 16 x 16
-        # tiles may repeat: the 16-row tail block of windows of 12 on 4 warps holds its
-        # 16 x 16 scores twice (one block in three), and so may a last key step (STEP_TAIL:
-        # the 32 x 16 scores of keys 128..143 in the 32 x 32 forward of > 192 classes)
-        tail = cfg["BLOCK_STEP2"] if cfg["STEP_TAIL"] and kernel in ("fwd", "dq") else None
-        repeated = [t for t in replicated_mma_tiles(built) if t[0] * t[1] > 16 * 16 and t[1] != tail]
-        assert kernel == "dq" or not repeated, f"{kernel}: warps repeat {repeated}"
+            cfg.pop("SPLIT")
+        for part in (0, 1, 2) if kernel == "gemm" else (None,):  # gemm: one launch or split
+            extra = {} if part is None else dict(PART=part)
+            built = compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
+                                 dict(**common, **dots, **cfg, **extra), warps,
+                                 num_stages=stages,
+                                 divisible=[n for n in divisible if n in fn.arg_names])
+            # half precision: a few spilled registers at most (the window-12 address arithmetic;
+            # dq's 128-key steps 48 B at K 150), but the GEMM kernel's 64 x 64 tiles on 4 warps
+            # spill 248 B at K 150 in one launch (none split) and timed fastest all the same
+            # (semantic_attention._config, _gemm_config); fp32 (ieee dots on FMA units) is the
+            # exact path, not the fast one: not checked
+            limit = 256 if kernel == "gemm" else 64
+            assert dtype == "fp32" or spill_bytes(built) <= limit, f"{kernel}: {spill_bytes(built)} B spilled"
+            # no warps repeating each other's score tiles (dq keeps 8 warps on 64 rows, which
+            # repeat its 64-row score tiles, because 4 warps spill its dq accumulators); 16 x 16
+            # tiles may repeat: the 16-row tail block of windows of 12 on 4 warps holds its
+            # 16 x 16 scores twice (one block in three), and so may a last key step (STEP_TAIL:
+            # the 32 x 16 scores of keys 128..143 in the 32 x 32 forward of > 192 classes)
+            tail = cfg["BLOCK_STEP2"] if cfg["STEP_TAIL"] and kernel in ("fwd", "dq") else None
+            repeated = [t for t in replicated_mma_tiles(built) if t[0] * t[1] > 16 * 16 and t[1] != tail]
+            assert kernel == "dq" or not repeated, f"{kernel}: warps repeat {repeated}"
 
 
 @pytest.mark.slow
