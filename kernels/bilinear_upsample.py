@@ -122,7 +122,7 @@ def _upsample2x_bwd_kernel(DY, DX, C, H, W, n_px, sdyb, sdyc, sdyh, sdyw, sdxb, 
     iy = row % H
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     ix = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask = (c < C)[:, None] & (ix < W)[None, :]
+    c_ok = (c < C)[:, None]
     base = DY + b * sdyb + c[:, None] * sdyc
     acc = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
     # dy rows 2 iy - 1 .. 2 iy + 2 with weights 1/4, 3/4, 3/4, 1/4, clamped to [0, 2H) as
@@ -130,10 +130,11 @@ def _upsample2x_bwd_kernel(DY, DX, C, H, W, n_px, sdyb, sdyc, sdyh, sdyw, sdxb, 
     for a in tl.static_range(4):
         oy = tl.minimum(tl.maximum(2 * iy + a - 1, 0), 2 * H - 1)
         w = 0.75 if a == 1 or a == 2 else 0.25
-        acc += w * _bwd_row(base + oy.to(tl.int64) * sdyh, tile * BLOCK_P, (c < C)[:, None], W,
-                            sdyw, BLOCK_P)
+        acc += w * _bwd_row(base + oy.to(tl.int64) * sdyh, tile * BLOCK_P, c_ok, W, sdyw,
+                            BLOCK_P)
     tl.store(DX + b * sdxb + c[:, None] * sdxc + iy.to(tl.int64) * sdxh
-             + ix.to(tl.int64)[None, :] * sdxw, acc.to(DX.dtype.element_ty), mask=mask)
+             + ix.to(tl.int64)[None, :] * sdxw, acc.to(DX.dtype.element_ty),
+             mask=c_ok & (ix < W)[None, :])
 
 
 def _blocks(t: torch.Tensor, width: int, elements: int) -> tuple[int, int]:

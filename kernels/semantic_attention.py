@@ -137,6 +137,16 @@ def _tokens(s, start, N, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr
 
 
 @triton.jit
+def _full_steps(N, STEP: tl.constexpr, STEP_TAIL: tl.constexpr):
+    """Tokens the full steps of STEP cover in a loop over N: all N, or with STEP_TAIL the
+    multiple of STEP below N (the last step, of BLOCK_STEP2, takes the rest)."""
+    if STEP_TAIL:
+        return N - N % STEP
+    else:
+        return N
+
+
+@triton.jit
 def _fwd_keys(q, q2, Kt, V, m_i, l_i, acc, s, start_n, N, KD, C, Hp, Wp, nWc, nW, offs_c,
               mask_c, WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_N: tl.constexpr,
               BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
@@ -171,9 +181,7 @@ def _semantic_fwd_rows(Q, Kt, V, O, LSE, N, KD, C, Hp, Wp, nWc, nW, s, start_m, 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
-    n_full = N
-    if STEP_TAIL:
-        n_full = N - N % BLOCK_N
+    n_full = _full_steps(N, BLOCK_N, STEP_TAIL)
     for start_n in range(0, n_full, BLOCK_N):
         m_i, l_i, acc = _fwd_keys(q, q2, Kt, V, m_i, l_i, acc, s, start_n, N, KD, C, Hp, Wp,
                                   nWc, nW, offs_c, mask_c, WIN, ROW64, BLOCK_N, BLOCK_K,
@@ -271,9 +279,7 @@ def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp
     lse = tl.load(LSE + s * N + offs_m, mask=mask_m, other=float("inf"))
     dq = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
     dq2 = tl.zeros([BLOCK_M, BLOCK_K2], tl.float32)
-    n_full = N
-    if STEP_TAIL:
-        n_full = N - N % BLOCK_N
+    n_full = _full_steps(N, BLOCK_N, STEP_TAIL)
     for start_n in range(0, n_full, BLOCK_N):
         dq, dq2 = _dq_keys(q, q2, Kt, V, DO, PT, DST, dq, dq2, lse, delta, s, offs_m, mask_m,
                            rows_m, start_n, N, KD, C, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M,
@@ -367,9 +373,7 @@ def _semantic_bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp
     dk = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     dk2 = tl.zeros([BLOCK_N, BLOCK_K2], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
-    m_full = N
-    if STEP_TAIL:
-        m_full = N - N % BLOCK_M
+    m_full = _full_steps(N, BLOCK_M, STEP_TAIL)
     for start_m in range(0, m_full, BLOCK_M):
         dk, dk2, dv = _dkdv_queries(Q, DO, LSE, DELTA, k, k2, v, dk, dk2, dv, delta_weight, s,
                                     mask_n, start_m, N, KD, C, Hp, Wp, nWc, nW, offs_c, mask_c,
@@ -427,9 +431,7 @@ def _semantic_bwd_gemm_kernel(Q, DO, PT, DST, DK, DV, N, KD, C, Hp, Wp, nWc, nW,
     offs_n, mask_n, rows_n = _tokens(s, (pid % num_n) * BLOCK_N, N, Hp, Wp, nWc, nW, WIN, ROW64,
                                      BLOCK_N)
     base = s.to(tl.int64) * N * N + offs_n[:, None] * N
-    m_full = N
-    if STEP_TAIL:
-        m_full = N - N % BLOCK_M
+    m_full = _full_steps(N, BLOCK_M, STEP_TAIL)
     if PART == 1 or (PART == 0 and j < num_c):
         offs_c = j * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
@@ -472,6 +474,11 @@ def _classes(K: int) -> dict:
     BLOCK_K2 (``common.head_tail``): 150 -> 128 + 32 columns instead of 256; 19 -> 32."""
     head, tail, has_tail = head_tail(K)
     return dict(BLOCK_K=head, BLOCK_K2=tail, TAIL=has_tail)
+
+
+def _width(classes: dict) -> int:
+    """Class columns of :func:`_classes`' tiles: head plus tail (150 -> 160)."""
+    return classes["BLOCK_K"] + classes["BLOCK_K2"] * classes["TAIL"]
 
 
 def _step(N: int, largest: int) -> int:
@@ -536,7 +543,7 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
         return _gemm_config(C, K, dtype)
     fp32 = dtype == torch.float32
     classes = _classes(K)
-    width = classes["BLOCK_K"] + classes["BLOCK_K2"] * classes["TAIL"]
+    width = _width(classes)
     widest = width > 192  # one 256-column tile: smaller blocks
     window = N <= semantic_window.MAX_TOKENS and not fp32  # half-precision windows: timed
     if kernel == "dq":
@@ -588,14 +595,11 @@ def _gemm_config(C: int, K: int, dtype: torch.dtype) -> dict:
     as two launches (``PART`` 1 and 2) of the same tiles; at 64 x 64 on 4 warps, K 150,
     ptxas gives the dv launch 126 registers and the dk launch 255, neither spilling."""
     classes = _classes(K)
-    if dtype == torch.float32:
-        return dict(BLOCK_N=32, BLOCK_M=16, BLOCK_C=min(64, _pow2(C)), **classes,
-                    num_warps=warps(8), num_stages=2, SPLIT=False)
-    if classes["BLOCK_K"] + classes["BLOCK_K2"] * classes["TAIL"] > 160:
-        return dict(BLOCK_N=64, BLOCK_M=16, BLOCK_C=min(128, _pow2(C)), **classes,
-                    num_warps=warps(8), num_stages=2, SPLIT=False)
-    return dict(BLOCK_N=64, BLOCK_M=64, BLOCK_C=min(128, _pow2(C)), **classes,
-                num_warps=warps(4), num_stages=2, SPLIT=False)
+    fp32 = dtype == torch.float32
+    timed = not fp32 and _width(classes) <= 160  # the 64 x 64 tiles on 4 warps
+    return dict(BLOCK_N=32 if fp32 else 64, BLOCK_M=64 if timed else 16,
+                BLOCK_C=min(64 if fp32 else 128, _pow2(C)), **classes,
+                num_warps=warps(4 if timed else 8), num_stages=2, SPLIT=False)
 
 
 def _tiles(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:

@@ -105,8 +105,8 @@ _PROGRAMS_PER_SM = (4, 4)
 
 @triton.jit
 def _window_tokens(wid, tok, nW, nWw, Hp, Wp, shift, WINDOW: tl.constexpr, SHIFTED: tl.constexpr):
-    """Image b, row y and column x in the natural map of token ``tok`` of window ``wid`` of
-    the shifted map."""
+    """Image b, row y, column x and map row (int64, b*Hp*Wp + y*Wp + x) in the natural map
+    of token ``tok`` of window ``wid`` of the shifted map."""
     b = wid // nW
     wi = wid % nW
     y = (wi // nWw) * WINDOW + tok // WINDOW  # position in the shifted map
@@ -116,13 +116,14 @@ def _window_tokens(wid, tok, nW, nWw, Hp, Wp, shift, WINDOW: tl.constexpr, SHIFT
         y = tl.where(y >= Hp, y - Hp, y)
         x = x + shift
         x = tl.where(x >= Wp, x - Wp, x)
-    return b, y, x
+    return b, y, x, (b.to(tl.int64) * Hp + y) * Wp + x
 
 
 @triton.jit
-def _map_rows(b, y, x, Hp, Wp):
-    """Rows (int64) b*Hp*Wp + y*Wp + x of tokens (b, y, x) in a [B, Hp, Wp] map."""
-    return (b.to(tl.int64) * Hp + y) * Wp + x
+def _window_rows(wid, tok, nW, nWw, Hp, Wp, shift, WINDOW: tl.constexpr, SHIFTED: tl.constexpr):
+    """The map rows alone of :func:`_window_tokens`."""
+    b, y, x, rows = _window_tokens(wid, tok, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+    return rows
 
 
 @triton.jit
@@ -221,10 +222,8 @@ def _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, W
         wid = group * wpp + t
         live = wid < n_windows
         ey, ex = _window_edges(wid, nW, nWw, Hp, WINDOW)
-        b, q_r, q_c = _window_tokens(wid, rows, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        q_rows = _map_rows(b, q_r, q_c, Hp, Wp)
-        b, k_r, k_c = _window_tokens(wid, cols, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        k_rows = _map_rows(b, k_r, k_c, Hp, Wp)
+        b, q_r, q_c, q_rows = _window_tokens(wid, rows, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        k_rows = _window_rows(wid, cols, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
         q_ok = row_ok & live
         q = _head_rows(qkv, q_rows, q_ok, 0, 3 * C, h, HEAD_DIM)
         k = _head_rows(qkv, k_rows, col_ok & live, C, 3 * C, h, HEAD_DIM)
@@ -232,8 +231,7 @@ def _window_fwd_rows(qkv, table, out, lse, scale_log2, n_windows, nW, nWw, Hp, W
         s = _scores(q, k, bias, q_y, q_x, k_y, k_x, ey, ex, scale_log2, SHIFTED, DOT_PREC, UPCAST)
         m = tl.max(s, 1)
         if TAIL:
-            b, k2_r, k2_c = _window_tokens(wid, cols2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-            k2_rows = _map_rows(b, k2_r, k2_c, Hp, Wp)
+            k2_rows = _window_rows(wid, cols2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
             k2 = _head_rows(qkv, k2_rows, col2_ok & live, C, 3 * C, h, HEAD_DIM)
             v2 = _head_rows(qkv, k2_rows, col2_ok & live, 2 * C, 3 * C, h, HEAD_DIM)
             s2 = _scores(q, k2, bias2, q_y, q_x, k2_y, k2_x, ey, ex, scale_log2, SHIFTED, DOT_PREC,
@@ -324,10 +322,8 @@ def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, sca
         wid = group * wpp + t
         live = wid < n_windows
         ey, ex = _window_edges(wid, nW, nWw, Hp, WINDOW)
-        b, q_r, q_c = _window_tokens(wid, rows, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        q_rows = _map_rows(b, q_r, q_c, Hp, Wp)
-        b, k_r, k_c = _window_tokens(wid, cols, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        k_rows = _map_rows(b, k_r, k_c, Hp, Wp)
+        b, q_r, q_c, q_rows = _window_tokens(wid, rows, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        k_rows = _window_rows(wid, cols, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
         q_ok = row_ok & live
         k_ok = col_ok & live
         q = _head_rows(qkv, q_rows, q_ok, 0, 3 * C, h, HEAD_DIM)
@@ -341,8 +337,7 @@ def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, sca
                        q_ok[:, None] & k_ok[None, :], scale_log2, SHIFTED, DOT_PREC, UPCAST)
         row_delta = tl.sum(p * dp, 1)  # = rowsum(dO * O), without O's rounding
         if TAIL:
-            b, k2_r, k2_c = _window_tokens(wid, cols2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-            k2_rows = _map_rows(b, k2_r, k2_c, Hp, Wp)
+            k2_rows = _window_rows(wid, cols2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
             k2_ok = col2_ok & live
             k2 = _head_rows(qkv, k2_rows, k2_ok, C, 3 * C, h, HEAD_DIM)
             v2 = _head_rows(qkv, k2_rows, k2_ok, 2 * C, 3 * C, h, HEAD_DIM)
@@ -419,10 +414,8 @@ def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log
         live = wid < n_windows
         stats = (wid.to(tl.int64) * HEADS + h) * N
         ey, ex = _window_edges(wid, nW, nWw, Hp, WINDOW)
-        b, k_r, k_c = _window_tokens(wid, keys, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        k_rows = _map_rows(b, k_r, k_c, Hp, Wp)
-        b, q_r, q_c = _window_tokens(wid, queries, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-        q_rows = _map_rows(b, q_r, q_c, Hp, Wp)
+        k_rows = _window_rows(wid, keys, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
+        b, q_r, q_c, q_rows = _window_tokens(wid, queries, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
         k_ok = key_ok & live
         q_ok = query_ok & live
         k = _head_rows(qkv, k_rows, k_ok, C, 3 * C, h, HEAD_DIM)
@@ -435,8 +428,8 @@ def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log
                             tl.load(delta + stats + queries, mask=q_ok, other=0.0),
                             k_ok[:, None] & q_ok[None, :], scale_log2, SHIFTED, DOT_PREC, UPCAST)
         if TAIL:
-            b, q2_r, q2_c = _window_tokens(wid, queries2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
-            q2_rows = _map_rows(b, q2_r, q2_c, Hp, Wp)
+            b, q2_r, q2_c, q2_rows = _window_tokens(wid, queries2, nW, nWw, Hp, Wp, shift, WINDOW,
+                                                    SHIFTED)
             q2_ok = query2_ok & live
             q2 = _head_rows(qkv, q2_rows, q2_ok, 0, 3 * C, h, HEAD_DIM)
             q2_out, q2_in = _out_rows(b, q2_r, q2_c, H, W)
