@@ -64,6 +64,24 @@ def rel_err(x, truth):
     return ((x.double() - truth).abs().max() / truth.abs().max()).item()
 
 
+def check_fp32_against_reference(B, H, W, K, C, window):
+    """The kernels on fp32 copies of fp64 inputs: out, dq, dk, dv within 1e-5 of the fp64
+    reference."""
+    q, k, v, dout = make_inputs(B, H, W, K, C)
+    truth = reference_grads(q, k, v, dout, window)
+    got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
+    for name, x, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), truth):
+        assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
+
+
+def use_half_precision_tiles(monkeypatch, **override):
+    """The kernels' half-precision tiles (``sa._config`` at bf16) for any dtype, with
+    ``override`` {kernel: {key: value}} on top."""
+    half = sa._config
+    monkeypatch.setattr(sa, "_config", lambda N, K, C, kernel, dtype: dict(
+        half(N, K, C, kernel, torch.bfloat16), **override.get(kernel, {})))
+
+
 @pytest.fixture
 def kernels_only(monkeypatch):
     """Global maps on the Triton attention kernels instead of the GEMM path."""
@@ -170,26 +188,19 @@ def test_step_and_row_tail_sizes():
 
 
 @pytest.mark.parametrize("scratch_path", [False, True])
-def test_fp32_step_tails_in_every_kernel(monkeypatch, kernels_only, scratch_path):
+@pytest.mark.parametrize("B,H,W,K,C,window,step", [(1, 12, 24, 150, 136, 12, 128),
+                                                    (1, 9, 18, 19, 40, 9, 64)])
+def test_fp32_step_tails_in_every_kernel(monkeypatch, kernels_only, scratch_path, B, H, W, K, C,
+                                         window, step):
     """Loops in full steps plus a smaller last step (window 12: 144 keys = 128 + 16 in the
     forward and dq, 144 queries = 128 + 16 in dk/dv and the GEMM kernel; 81 = 64 + 32 at
     window 9), the half-precision tiles otherwise, on fp32 data to 1e-5."""
-    half = sa._config
-
-    def config(N, K, C, kernel, dtype):
-        step = "BLOCK_N" if kernel in ("fwd", "dq") else "BLOCK_M"
-        return dict(half(N, K, C, kernel, torch.bfloat16), **{step: 128 if N > 128 else 64})
-    monkeypatch.setattr(sa, "_config", config)
     monkeypatch.setattr(sa, "SCRATCH_BACKWARD", scratch_path)
-    for B, H, W, K, C, window in [(1, 12, 24, 150, 136, 12), (1, 9, 18, 19, 40, 9)]:
-        N = window * window
-        for kernel in ("fwd", "dq", "gemm" if scratch_path else "dkdv"):
-            assert sa._tiles(N, K, C, kernel, None)["STEP_TAIL"], (kernel, window)
-        q, k, v, dout = make_inputs(B, H, W, K, C)
-        truth = reference_grads(q, k, v, dout, window)
-        got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
-        for name, x, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), truth):
-            assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
+    use_half_precision_tiles(monkeypatch, fwd=dict(BLOCK_N=step), dq=dict(BLOCK_N=step),
+                             dkdv=dict(BLOCK_M=step), gemm=dict(BLOCK_M=step))
+    for kernel in ("fwd", "dq", "gemm" if scratch_path else "dkdv"):
+        assert sa._tiles(window * window, K, C, kernel, None)["STEP_TAIL"], kernel
+    check_fp32_against_reference(B, H, W, K, C, window)
 
 
 @pytest.mark.parametrize("B,H,W,K,C,window,tails", [(2, 18, 27, 19, 40, 9, ("fwd", "dq")),
@@ -203,9 +214,7 @@ def test_fp32_with_half_precision_tiles(monkeypatch, kernels_only, B, H, W, K, C
     dq; window 12: 64 + 64 + 16 and 128 + 16), the window forward's two 128-channel chunks
     (C = 136), over several sequences (12 windows), the 64-query steps of the GEMM kernel
     and 32-token ones (global)."""
-    half = sa._config
-    monkeypatch.setattr(sa, "_config", lambda N, K, C, kernel, dtype: half(N, K, C, kernel,
-                                                                          torch.bfloat16))
+    use_half_precision_tiles(monkeypatch)
     N = window * window if window else H * W
     assert not sw.supports(N, window)
     for kernel in ("fwd", "dq"):
@@ -213,11 +222,7 @@ def test_fp32_with_half_precision_tiles(monkeypatch, kernels_only, B, H, W, K, C
         assert tail == (kernel in tails), kernel
     if window == 12:
         assert C > sa._config(N, K, C, "fwd", None)["BLOCK_C"]
-    q, k, v, dout = make_inputs(B, H, W, K, C)
-    truth = reference_grads(q, k, v, dout, window)
-    got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
-    for name, x, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), truth):
-        assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
+    check_fp32_against_reference(B, H, W, K, C, window)
 
 
 @pytest.mark.parametrize("B,H,W,K,C,window", [(1, 12, 24, 150, 136, 12), (2, 18, 27, 19, 40, 9)])
@@ -225,15 +230,9 @@ def test_fp32_dkdv_backward_with_half_precision_tiles(monkeypatch, B, H, W, K, C
     """The dk/dv backward of windows (SCRATCH_BACKWARD off) on its half-precision tiles
     (64 keys per program in 16-query steps at window 12, 32 at window 9; two 128-channel
     chunks with dk atomics at C = 136) on fp32 data, to 1e-5."""
-    half = sa._config
-    monkeypatch.setattr(sa, "_config", lambda N, K, C, kernel, dtype: half(N, K, C, kernel,
-                                                                          torch.bfloat16))
+    use_half_precision_tiles(monkeypatch)
     monkeypatch.setattr(sa, "SCRATCH_BACKWARD", False)
-    q, k, v, dout = make_inputs(B, H, W, K, C)
-    truth = reference_grads(q, k, v, dout, window)
-    got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
-    for name, x, t in zip(("dq", "dk", "dv"), got[2:], truth[1:]):
-        assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
+    check_fp32_against_reference(B, H, W, K, C, window)
 
 
 @pytest.fixture
@@ -275,11 +274,7 @@ def test_scratch_path_covers_chunks_and_tails(scratch):
 
 @pytest.mark.parametrize("B,H,W,K,C,window", SCRATCH_CASES)
 def test_fp32_window_backward_paths_match_reference(window_backward, B, H, W, K, C, window):
-    q, k, v, dout = make_inputs(B, H, W, K, C)
-    truth = reference_grads(q, k, v, dout, window)
-    got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
-    for name, x, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), truth):
-        assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
+    check_fp32_against_reference(B, H, W, K, C, window)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -292,11 +287,7 @@ def test_half_precision_scratch_backward_within_torch_error(scratch, dtype, B, H
 
 def test_scratch_backward_int64_offsets(scratch, monkeypatch):
     monkeypatch.setattr(sa, "_row64", lambda q, v: True)
-    q, k, v, dout = make_inputs(2, 12, 12, 150, 40)
-    truth = reference_grads(q, k, v, dout, 12)
-    got = kernel_grads(*(t.float() for t in (q, k, v, dout)), 12)
-    for name, x, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), truth):
-        assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
+    check_fp32_against_reference(2, 12, 12, 150, 40, 12)
 
 
 @pytest.mark.parametrize("H,W,window,K", [(7, 14, 7, 19), (7, 14, 0, 19), (17, 16, 0, 150)])
@@ -304,11 +295,7 @@ def test_int64_offsets_path(monkeypatch, kernels_only, H, W, window, K):
     """The int64 row arithmetic (taken for tensors of >= 2^31 elements) on small maps: whole
     rows windowed and global, online softmax (global, 272 tokens; class head and tail)."""
     monkeypatch.setattr(sa, "_row64", lambda q, v: True)
-    q, k, v, dout = make_inputs(2, H, W, K, 40)
-    truth = reference_grads(q, k, v, dout, window)
-    got = kernel_grads(*(t.float() for t in (q, k, v, dout)), window)
-    for name, x, t in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), truth):
-        assert rel_err(x, t) < 1e-5, f"{name}: relative error {rel_err(x, t):.3g}"
+    check_fp32_against_reference(2, H, W, K, 40, window)
 
 
 @pytest.mark.parametrize("H,W,window,path", with_paths([(7, 14, 7), (7, 14, 0), (17, 16, 0)]))
