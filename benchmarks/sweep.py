@@ -70,7 +70,8 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
     forward; windows also 16-token blocks and 128-token steps, ``common.step_tail``); the
     class tiles are ``semantic_attention._classes``. "gemm" (windows: the scratch
     backward's kernel): BLOCK_N keys, BLOCK_M query steps, BLOCK_C dv chunks, dv and dk in
-    one launch or two (SPLIT)."""
+    one launch or two (SPLIT). "dq" of windows: each tile also with dq in the GEMM kernel
+    (DQ_IN_GEMM)."""
     if whole_rows:  # and, as one more candidate, the online kernels at their defaults
         block_n = max(16, SA._pow2(N))
         ms = [m for m in (16, 32, 64) if m <= block_n]
@@ -88,12 +89,17 @@ def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
     stages = (2, 3) if kernel == "fwd" else (2,)
     cands = [dict(BLOCK_M=m, BLOCK_N=n, BLOCK_C=c, **SA._classes(K), num_warps=w, num_stages=st)
              for m, n, c, w, st in itertools.product(ms, ns, cs or [SA._pow2(Cv)], (4, 8), stages)]
-    if kernel == "gemm":  # first the scratch backward at its default tiles (bf16's), then
-        # every tile as one launch and as two (dv, dk: SPLIT)
-        default = SA._config(N, K, Cv, "gemm", torch.bfloat16)
-        cands = [dict(c, SPLIT=split) for c in cands for split in (False, True)]
-        tiles = lambda c: {k: v for k, v in c.items() if k != "SPLIT"}  # noqa: E731
-        cands = [default, dict(default, SPLIT=not default["SPLIT"])] + \
+    if kernel == "dq":
+        cands = [dict(c, DQ_IN_GEMM=False) for c in cands]
+    if kernel == "gemm" or (kernel == "dq" and window):
+        # first the default tiles (bf16's) both ways, then every tile both ways: the GEMM
+        # kernel as one launch or two (dv, dk: SPLIT); dq in the dq kernel or, from the
+        # scratch dS^T, in the GEMM kernel at its default tiles (DQ_IN_GEMM)
+        flag = "SPLIT" if kernel == "gemm" else "DQ_IN_GEMM"
+        default = SA._config(N, K, Cv, kernel, torch.bfloat16)
+        cands = [dict(c, **{flag: on}) for c in cands for on in (False, True)]
+        tiles = lambda c: {k: v for k, v in c.items() if k != flag}  # noqa: E731
+        cands = [default, dict(default, **{flag: not default[flag]})] + \
             [c for c in cands if tiles(c) != tiles(default)]
     return [cands[0], cands[-1]] if quick else cands
 

@@ -59,7 +59,12 @@ tensors in the inputs' dtype (the dtype the dots take them in), and
 ``_semantic_bwd_gemm_kernel``, grid (num_n_blocks * S, num_c_chunks + 1), computes dv[:, c]
 = P^T dO[:, c] per channel chunk and, in the last grid column, dk = dS^T q, as products
 over the queries: no score or dP recomputation, no dk atomics (with SPLIT, off until timed,
-dv and dk are two launches of it, each holding only its own tiles). Multiply-adds per
+dv and dk are two launches of it, each holding only its own tiles). With DQ_IN_GEMM (in
+dq's config, off until timed) the dq kernel only stores D, P^T and dS^T (WITH_DQ off: no
+dq accumulators, 222 registers instead of 255 for sm_90 at its 64 x 128 tiles, 207 at
+64 x 64 on 4 warps) and one more grid column of the GEMM kernel computes dq = dS k per
+query block from dS^T read transposed (N^2 K more multiply-adds there, N^2 K fewer in
+the dq kernel, dS read twice). Multiply-adds per
 window N^2 (3 K + 2 C) instead of N^2 (2 K + C) + N^2 (2 K chunks + 2 C): SeMask-B at 512,
 stage 0 (K 160 padded, C 128, one chunk) 736 against 1024 N^2, stage 3 (C 1024, 8 chunks)
 2528 against 5952 N^2; the scratch adds 2 N^2 elements written and read per window (stage
@@ -235,9 +240,10 @@ def _dq_keys(q, q2, Kt, V, DO, PT, DST, dq, dq2, lse, delta, s, offs_m, mask_m, 
              N, KD, C, Hp, Wp, nWc, nW, WIN: tl.constexpr, ROW64: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
              BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
-             PREC: tl.constexpr, UPCAST: tl.constexpr, STORE_PS: tl.constexpr):
+             PREC: tl.constexpr, UPCAST: tl.constexpr, STORE_PS: tl.constexpr,
+             WITH_DQ: tl.constexpr):
     """dq's step over keys start_n .. start_n + BLOCK_N (with STORE_PS, their P^T and dS^T
-    stored): (dq, dq2) updated."""
+    stored): (dq, dq2) updated (unless not WITH_DQ)."""
     offs_n, mask_n, rows_n = _tokens(s, start_n, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_N)
     k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
     scores = _class_scores(q, q2, k, k2, TAIL, PREC, UPCAST)
@@ -248,9 +254,10 @@ def _dq_keys(q, q2, Kt, V, DO, PT, DST, dq, dq2, lse, delta, s, offs_m, mask_m, 
     if STORE_PS:
         _store_transposed(PT, p, s, offs_m, offs_n, mask_m, mask_n, N)
         _store_transposed(DST, ds, s, offs_m, offs_n, mask_m, mask_n, N)
-    dq += dot(ds, k, PREC, UPCAST)
-    if TAIL:
-        dq2 += dot(ds, k2, PREC, UPCAST)
+    if WITH_DQ:
+        dq += dot(ds, k, PREC, UPCAST)
+        if TAIL:
+            dq2 += dot(ds, k2, PREC, UPCAST)
     return dq, dq2
 
 
@@ -260,7 +267,7 @@ def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp
                       BLOCK_N: tl.constexpr, BLOCK_STEP2: tl.constexpr, STEP_TAIL: tl.constexpr,
                       BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
                       BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                      STORE_PS: tl.constexpr):
+                      STORE_PS: tl.constexpr, WITH_DQ: tl.constexpr):
     """D and dq of query rows start_m .. start_m + BLOCK_M of sequence s (keys in steps of
     BLOCK_N, with STEP_TAIL the last one of BLOCK_STEP2); with STORE_PS also their P and dS,
     transposed, into the scratch PT and DST."""
@@ -283,13 +290,15 @@ def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp
     for start_n in range(0, n_full, BLOCK_N):
         dq, dq2 = _dq_keys(q, q2, Kt, V, DO, PT, DST, dq, dq2, lse, delta, s, offs_m, mask_m,
                            rows_m, start_n, N, KD, C, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M,
-                           BLOCK_N, BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST, STORE_PS)
+                           BLOCK_N, BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST, STORE_PS,
+                           WITH_DQ)
     if STEP_TAIL:
         dq, dq2 = _dq_keys(q, q2, Kt, V, DO, PT, DST, dq, dq2, lse, delta, s, offs_m, mask_m,
                            rows_m, n_full, N, KD, C, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M,
                            BLOCK_STEP2, BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST,
-                           STORE_PS)
-    _store_classes(DQ, dq, dq2, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL, False)
+                           STORE_PS, WITH_DQ)
+    if WITH_DQ:
+        _store_classes(DQ, dq, dq2, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL, False)
 
 
 @triton.jit
@@ -299,7 +308,8 @@ def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, 
                             BLOCK_N: tl.constexpr, BLOCK_STEP2: tl.constexpr,
                             STEP_TAIL: tl.constexpr, BLOCK_K: tl.constexpr,
                             BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
-                            PREC: tl.constexpr, UPCAST: tl.constexpr, STORE_PS: tl.constexpr):
+                            PREC: tl.constexpr, UPCAST: tl.constexpr, STORE_PS: tl.constexpr,
+                            WITH_DQ: tl.constexpr):
     """Query rows x all keys: D (stored for the dk/dv kernel) and dq (complete, stored),
     with STORE_PS also P^T and dS^T (for the GEMM kernel); with ROW_TAIL the last query
     block holds only BLOCK_M2 rows."""
@@ -311,16 +321,17 @@ def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, 
             _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc,
                               nW, s, mb * BLOCK_M, WIN, ROW64, BLOCK_M2, BLOCK_N, BLOCK_STEP2,
                               STEP_TAIL, BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST,
-                              STORE_PS)
+                              STORE_PS, WITH_DQ)
         else:
             _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc,
                               nW, s, mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_STEP2,
                               STEP_TAIL, BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST,
-                              STORE_PS)
+                              STORE_PS, WITH_DQ)
     else:
         _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp, nWc, nW,
                           s, mb * BLOCK_M, WIN, ROW64, BLOCK_M, BLOCK_N, BLOCK_STEP2, STEP_TAIL,
-                          BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST, STORE_PS)
+                          BLOCK_K, BLOCK_K2, TAIL, BLOCK_C, PREC, UPCAST, STORE_PS,
+                          WITH_DQ)
 
 
 @triton.jit
@@ -389,72 +400,105 @@ def _semantic_bwd_dkdv_kernel(Q, Kt, V, DO, LSE, DELTA, DK, DV, N, KD, C, Hp, Wp
 
 
 @triton.jit
-def _gemm_dv_queries(DO, PT, dv, base, s, mask_n, start_m, N, C, Hp, Wp, nWc, nW, offs_c, mask_c,
-                     WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                     PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _scratch_tile(X, s, offs_n, offs_m, mask_n, mask_m, N, TRANSPOSED: tl.constexpr):
+    """[BLOCK_N, BLOCK_M] tile of a [sequences, N, N] scratch tensor: X[s, n, m], or with
+    TRANSPOSED X[s, m, n] (masked entries 0)."""
+    base = s.to(tl.int64) * N * N
+    if TRANSPOSED:
+        offs = base + offs_m[None, :] * N + offs_n[:, None]
+    else:
+        offs = base + offs_n[:, None] * N + offs_m[None, :]
+    return tl.load(X + offs, mask=mask_n[:, None] & mask_m[None, :], other=0.0)
+
+
+@triton.jit
+def _gemm_dv_steps(DO, PT, dv, s, offs_n, mask_n, start_m, N, C, Hp, Wp, nWc, nW, offs_c,
+                   mask_c, WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                   PREC: tl.constexpr, UPCAST: tl.constexpr):
     """dv += P^T dO over queries start_m .. start_m + BLOCK_M."""
     offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
-    pt = tl.load(PT + base + offs_m[None, :], mask=mask_n[:, None] & mask_m[None, :], other=0.0)
+    pt = _scratch_tile(PT, s, offs_n, offs_m, mask_n, mask_m, N, False)
     return dv + dot(pt, _load(DO, rows_m, mask_m, offs_c, mask_c, C), PREC, UPCAST)
 
 
 @triton.jit
-def _gemm_dk_queries(Q, DST, dk, dk2, base, s, mask_n, start_m, N, KD, Hp, Wp, nWc, nW,
-                     WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
-                     PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """(dk, dk2) += dS^T q over queries start_m .. start_m + BLOCK_M."""
+def _gemm_class_steps(X, DST, acc, acc2, s, offs_n, mask_n, start_m, N, KD, Hp, Wp, nWc, nW,
+                      WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
+                      PREC: tl.constexpr, UPCAST: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Over tokens start_m .. start_m + BLOCK_M: (acc, acc2) += dS^T q with X = q (rows n
+    keys, tokens m queries: dk), or with TRANSPOSED dS k with X = k (rows n queries, tokens
+    m keys: dq)."""
     offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
-    dst = tl.load(DST + base + offs_m[None, :], mask=mask_n[:, None] & mask_m[None, :], other=0.0)
-    q, q2 = _class_tiles(Q, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
-    dk += dot(dst, q, PREC, UPCAST)
+    ds = _scratch_tile(DST, s, offs_n, offs_m, mask_n, mask_m, N, TRANSPOSED)
+    x, x2 = _class_tiles(X, rows_m, mask_m, KD, BLOCK_K, BLOCK_K2, TAIL)
+    acc += dot(ds, x, PREC, UPCAST)
     if TAIL:
-        dk2 += dot(dst, q2, PREC, UPCAST)
-    return dk, dk2
+        acc2 += dot(ds, x2, PREC, UPCAST)
+    return acc, acc2
 
 
 @triton.jit
-def _semantic_bwd_gemm_kernel(Q, DO, PT, DST, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n, num_c,
-                              WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
-                              BLOCK_STEP2: tl.constexpr, STEP_TAIL: tl.constexpr,
-                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                              BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
-                              PREC: tl.constexpr, UPCAST: tl.constexpr, PART: tl.constexpr):
-    """Key rows x all queries (in steps of BLOCK_M, with STEP_TAIL the last one of
-    BLOCK_STEP2) from the stored P^T and dS^T. PART 0: program (key block, j) stores
-    dv[:, chunk j] = P^T dO[:, chunk j] for j < num_c, and dk = dS^T q for j = num_c;
-    PART 1: only dv (grid columns = chunks); PART 2: only dk (one grid column), so that
-    each launch holds only its own tiles' registers."""
+def _gemm_class_rows(X, DST, OUT, s, offs_n, mask_n, rows_n, N, KD, Hp, Wp, nWc, nW,
+                     WIN: tl.constexpr, ROW64: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_STEP2: tl.constexpr, STEP_TAIL: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
+                     PREC: tl.constexpr, UPCAST: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """OUT[rows_n] = dk (X = q) or, with TRANSPOSED, dq (X = k) of the BLOCK_N rows, over all
+    tokens in steps of BLOCK_M (with STEP_TAIL the last one of BLOCK_STEP2)."""
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    acc2 = tl.zeros([BLOCK_N, BLOCK_K2], tl.float32)
+    m_full = _full_steps(N, BLOCK_M, STEP_TAIL)
+    for start_m in range(0, m_full, BLOCK_M):
+        acc, acc2 = _gemm_class_steps(X, DST, acc, acc2, s, offs_n, mask_n, start_m, N, KD, Hp,
+                                      Wp, nWc, nW, WIN, ROW64, BLOCK_M, BLOCK_K, BLOCK_K2, TAIL,
+                                      PREC, UPCAST, TRANSPOSED)
+    if STEP_TAIL:
+        acc, acc2 = _gemm_class_steps(X, DST, acc, acc2, s, offs_n, mask_n, m_full, N, KD, Hp,
+                                      Wp, nWc, nW, WIN, ROW64, BLOCK_STEP2, BLOCK_K, BLOCK_K2,
+                                      TAIL, PREC, UPCAST, TRANSPOSED)
+    _store_classes(OUT, acc, acc2, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL, False)
+
+
+@triton.jit
+def _semantic_bwd_gemm_kernel(Q, Kt, DO, PT, DST, DQ, DK, DV, N, KD, C, Hp, Wp, nWc, nW, num_n,
+                              num_c, WIN: tl.constexpr, ROW64: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_STEP2: tl.constexpr,
+                              STEP_TAIL: tl.constexpr, BLOCK_N: tl.constexpr,
+                              BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
+                              BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                              PART: tl.constexpr, WITH_DQ: tl.constexpr):
+    """Products over all tokens (in steps of BLOCK_M, with STEP_TAIL the last one of
+    BLOCK_STEP2) from the stored P^T and dS^T; program (row block, j) owns BLOCK_N rows.
+    PART 0: columns j < num_c store dv[:, chunk j] = P^T dO[:, chunk j] (rows = keys),
+    column num_c dk = dS^T q (rows = keys) and, WITH_DQ, column num_c + 1 dq = dS k (rows =
+    queries); PART 1: only the dv columns; PART 2: only dk and, WITH_DQ, dq (so that each
+    launch holds only its own tiles' registers)."""
     pid = tl.program_id(0)
     j = tl.program_id(1)
     s = pid // num_n
     offs_n, mask_n, rows_n = _tokens(s, (pid % num_n) * BLOCK_N, N, Hp, Wp, nWc, nW, WIN, ROW64,
                                      BLOCK_N)
-    base = s.to(tl.int64) * N * N + offs_n[:, None] * N
-    m_full = _full_steps(N, BLOCK_M, STEP_TAIL)
     if PART == 1 or (PART == 0 and j < num_c):
         offs_c = j * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         dv = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
+        m_full = _full_steps(N, BLOCK_M, STEP_TAIL)
         for start_m in range(0, m_full, BLOCK_M):
-            dv = _gemm_dv_queries(DO, PT, dv, base, s, mask_n, start_m, N, C, Hp, Wp, nWc, nW,
-                                  offs_c, mask_c, WIN, ROW64, BLOCK_M, PREC, UPCAST)
+            dv = _gemm_dv_steps(DO, PT, dv, s, offs_n, mask_n, start_m, N, C, Hp, Wp, nWc, nW,
+                                offs_c, mask_c, WIN, ROW64, BLOCK_M, PREC, UPCAST)
         if STEP_TAIL:
-            dv = _gemm_dv_queries(DO, PT, dv, base, s, mask_n, m_full, N, C, Hp, Wp, nWc, nW,
-                                  offs_c, mask_c, WIN, ROW64, BLOCK_STEP2, PREC, UPCAST)
+            dv = _gemm_dv_steps(DO, PT, dv, s, offs_n, mask_n, m_full, N, C, Hp, Wp, nWc, nW,
+                                offs_c, mask_c, WIN, ROW64, BLOCK_STEP2, PREC, UPCAST)
         _store(DV, dv, rows_n, mask_n, offs_c, mask_c, C)
+    elif WITH_DQ and j == (num_c + 1 if PART == 0 else 1):
+        _gemm_class_rows(Kt, DST, DQ, s, offs_n, mask_n, rows_n, N, KD, Hp, Wp, nWc, nW, WIN,
+                         ROW64, BLOCK_M, BLOCK_STEP2, STEP_TAIL, BLOCK_N, BLOCK_K, BLOCK_K2,
+                         TAIL, PREC, UPCAST, True)
     else:
-        dk = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        dk2 = tl.zeros([BLOCK_N, BLOCK_K2], tl.float32)
-        for start_m in range(0, m_full, BLOCK_M):
-            dk, dk2 = _gemm_dk_queries(Q, DST, dk, dk2, base, s, mask_n, start_m, N, KD, Hp, Wp,
-                                       nWc, nW, WIN, ROW64, BLOCK_M, BLOCK_K, BLOCK_K2, TAIL,
-                                       PREC, UPCAST)
-        if STEP_TAIL:
-            dk, dk2 = _gemm_dk_queries(Q, DST, dk, dk2, base, s, mask_n, m_full, N, KD, Hp, Wp,
-                                       nWc, nW, WIN, ROW64, BLOCK_STEP2, BLOCK_K, BLOCK_K2, TAIL,
-                                       PREC, UPCAST)
-        _store_classes(DK, dk, dk2, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL, False)
+        _gemm_class_rows(Q, DST, DK, s, offs_n, mask_n, rows_n, N, KD, Hp, Wp, nWc, nW, WIN,
+                         ROW64, BLOCK_M, BLOCK_STEP2, STEP_TAIL, BLOCK_N, BLOCK_K, BLOCK_K2,
+                         TAIL, PREC, UPCAST, False)
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -537,7 +581,9 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
     64 x 16; with 161..192 class columns, K 171 say, 64 x 128 spills 116 B, so there
     64 x 64, none). Other K, C and windows are untimed; windows with 193..256 classes (one
     256-column class tile) keep the smaller tiles below (the forward's 32 x 32 on 4 warps,
-    timed at K 150 on 64a1d89: 0.345 ms; 40 B of spills at K 256).
+    timed at K 150 on 64a1d89: 0.345 ms; 40 B of spills at K 256). dq's DQ_IN_GEMM (dq
+    computed by the GEMM kernel in the scratch backward, see the module docstring) is off
+    until timed.
     """
     if kernel == "gemm":
         return _gemm_config(C, K, dtype)
@@ -554,7 +600,8 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
         else:
             block_n = _step(N, 16 if fp32 else 32 if width > 64 else 64)
         return dict(BLOCK_M=16 if fp32 else 32 if widest else 64, BLOCK_N=block_n,
-                    BLOCK_C=block_c, **classes, num_warps=warps(8), num_stages=2)
+                    BLOCK_C=block_c, **classes, num_warps=warps(8), num_stages=2,
+                    DQ_IN_GEMM=False)
     backward = kernel == "dkdv"
     block_n = 32 if fp32 or widest else 64
     block_m = 32 if fp32 or (backward and width > 64) else 64
@@ -733,17 +780,21 @@ def backward(dout, q, k, v, out, lse, window: int):
     pt, dst = ((torch.empty(S, N, N, device=q.device, dtype=q.dtype) for _ in range(2))
                if scratch else (dq, dq))
     args = (N, KD, C, Hp, Wp, nWc, nW)
+    # dq from the scratch dS^T in the GEMM kernel (DQ_IN_GEMM) rather than in the dq kernel
+    dq_in_gemm = dq_cfg.pop("DQ_IN_GEMM") and scratch
     with on_device(q):
         _semantic_bwd_dq_kernel[(num_m * S,)](q, k, v, out, dout, lse, delta, dq, pt, dst, *args,
-                                              num_m, WIN=window, STORE_PS=scratch, **flags,
-                                              **dq_cfg)
+                                              num_m, WIN=window, STORE_PS=scratch,
+                                              WITH_DQ=not dq_in_gemm, **flags, **dq_cfg)
         if scratch:
-            # dv (grid columns 0 .. num_c - 1) and dk (column num_c) in one launch, or split
-            parts = ((1, num_c), (2, 1)) if cfg.pop("SPLIT") else ((0, num_c + 1),)
+            # dv (grid columns 0 .. num_c - 1), dk (column num_c) and with dq_in_gemm dq (one
+            # more) in one launch, or split into dv and the rest
+            classes = 1 + dq_in_gemm
+            parts = ((1, num_c), (2, classes)) if cfg.pop("SPLIT") else ((0, num_c + classes),)
             for part, columns in parts:
                 _semantic_bwd_gemm_kernel[(num_n * S, columns)](
-                    q, dout, pt, dst, dk, dv, *args, num_n, num_c, WIN=window, PART=part,
-                    **flags, **cfg)
+                    q, k, dout, pt, dst, dq, dk, dv, *args, num_n, num_c, WIN=window, PART=part,
+                    WITH_DQ=dq_in_gemm, **flags, **cfg)
         else:
             _semantic_bwd_dkdv_kernel[(num_n * S, num_c)](q, k, v, dout, lse, delta, dk, dv,
                                                           *args, num_n, WIN=window,

@@ -204,6 +204,11 @@ def test_window_12_sweeps_the_scratch_backward(monkeypatch, scratch):
         assert SA.SCRATCH_BACKWARD is False
         assert SA._config(144, p["K"], p["C"], "dkdv", None) == cands[0]
     assert SA.SCRATCH_BACKWARD is scratch
-    assert any(c["BLOCK_N"] == 128 for c in found["bwd/dq"][0])
+    dq = found["bwd/dq"][0]
+    assert any(c["BLOCK_N"] == 128 for c in dq)
+    # dq's default tiles first, both ways, then every tile both ways (DQ_IN_GEMM)
+    assert dq[0] == SA._config(144, p["K"], p["C"], "dq", torch.bfloat16)
+    assert dq[1] == dict(dq[0], DQ_IN_GEMM=not dq[0]["DQ_IN_GEMM"])
+    assert sum(c["DQ_IN_GEMM"] for c in dq) == len(dq) // 2
     glob = next(c for c in full if c.name == "semantic/semask_b-512/s2/global")
     assert "bwd/gemm" not in {d for d, *_ in sweep._sweeps(glob, False)}

@@ -241,14 +241,18 @@ def scratch(monkeypatch):
     monkeypatch.setattr(sa, "SCRATCH_BACKWARD", True)
 
 
-@pytest.fixture(params=["scratch", "split", "dkdv"])
+@pytest.fixture(params=["scratch", "split", "dkdv", "dq in gemm", "dq in gemm, split"])
 def window_backward(monkeypatch, request):
     """Windows' backward through the scratch (the GEMM kernel in one launch, or split into
-    its dv and dk launches) or through dk/dv."""
+    its dv and dk launches; dq in the dq kernel or, DQ_IN_GEMM, in the GEMM kernel) or
+    through dk/dv."""
     monkeypatch.setattr(sa, "SCRATCH_BACKWARD", request.param != "dkdv")
-    gemm = sa._gemm_config
+    gemm, config = sa._gemm_config, sa._config
     monkeypatch.setattr(sa, "_gemm_config", lambda C, K, dtype: dict(
-        gemm(C, K, dtype), SPLIT=request.param == "split"))
+        gemm(C, K, dtype), SPLIT="split" in request.param))
+    monkeypatch.setattr(sa, "_config", lambda N, K, C, kernel, dtype: dict(
+        config(N, K, C, kernel, dtype),
+        **(dict(DQ_IN_GEMM="dq in gemm" in request.param) if kernel == "dq" else {})))
 
 
 SCRATCH_CASES = [c for c in FP32_CASES if c[-1] > 8] + [(2, 18, 27, 19, 40, 9)]
@@ -277,11 +281,14 @@ def test_fp32_window_backward_paths_match_reference(window_backward, B, H, W, K,
     check_fp32_against_reference(B, H, W, K, C, window)
 
 
+@pytest.mark.parametrize("dq_in_gemm", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B,H,W,K,C", [(1, 12, 12, 19, 40), (1, 12, 24, 150, 136)])
-def test_half_precision_scratch_backward_within_torch_error(scratch, dtype, B, H, W, K, C):
+def test_half_precision_scratch_backward_within_torch_error(scratch, monkeypatch, dq_in_gemm,
+                                                            dtype, B, H, W, K, C):
     """Half-precision tiles (C = 136: two 128-channel chunks of dv), P^T and dS^T stored in
-    the inputs' dtype, as the dots take them."""
+    the inputs' dtype, as the dots take them; dq in the dq kernel or the GEMM kernel."""
+    use_half_precision_tiles(monkeypatch, dq=dict(DQ_IN_GEMM=dq_in_gemm))
     check_rule_against_torch(*make_inputs(B, H, W, K, C), 12, dtype)
 
 
@@ -411,14 +418,17 @@ def compile_all_sm90(dtype, N, K, C, window):
     # their loads vectorize and pipeline
     divisible = [name for name, n in (("N", N), ("KD", K), ("C", C)) if n % 16 == 0]
     ptrs.update(PT="*" + dtype, DST="*" + dtype)
-    launched = [(sa._semantic_fwd_kernel, "fwd", {}), (sa._semantic_bwd_dq_kernel, "dq",
-                                                       dict(STORE_PS=False)),
+    launched = [(sa._semantic_fwd_kernel, "fwd", {}),
+                (sa._semantic_bwd_dq_kernel, "dq", dict(STORE_PS=False, WITH_DQ=True)),
                 (sa._semantic_bwd_dkdv_kernel, "dkdv", {})]
-    if window:  # the scratch backward (SCRATCH_BACKWARD)
-        launched += [(sa._semantic_bwd_dq_kernel, "dq", dict(STORE_PS=True)),
-                     (sa._semantic_bwd_gemm_kernel, "gemm", {})]
+    if window:  # the scratch backward (SCRATCH_BACKWARD), dq in the dq kernel or the GEMM's
+        launched += [(sa._semantic_bwd_dq_kernel, "dq", dict(STORE_PS=True, WITH_DQ=with_dq))
+                     for with_dq in (True, False)]
+        launched += [(sa._semantic_bwd_gemm_kernel, "gemm", dict(WITH_DQ=with_dq))
+                     for with_dq in (False, True)]
     for fn, kernel, extra in launched:
         cfg = dict(sa._tiles(N, K, C, kernel, torch_dtype), **extra)
+        cfg.pop("DQ_IN_GEMM", None)
         warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
         if kernel == "dkdv":
             cfg.update(DK_ATOMIC=C > cfg["BLOCK_C"])
@@ -426,7 +436,9 @@ def compile_all_sm90(dtype, N, K, C, window):
         if kernel == "gemm":
             ptrs.update(DK="*" + dtype)
             cfg.pop("SPLIT")
-        for part in (0, 1, 2) if kernel == "gemm" else (None,):  # gemm: one launch or split
+        # gemm: one launch or split (dv, dk); with dq, the launches that hold dq
+        parts = ((0, 2) if extra.get("WITH_DQ") else (0, 1, 2)) if kernel == "gemm" else (None,)
+        for part in parts:
             extra = {} if part is None else dict(PART=part)
             built = compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
                                  dict(**common, **dots, **cfg, **extra), warps,
