@@ -172,6 +172,31 @@ def op_inputs(case: Case, device: str, dtype: torch.dtype, requires_grad: bool) 
                 v=rnd(B, p["Hp"], p["Wp"], p["C"]))
 
 
+def fused_semantic_inputs(inputs: dict) -> dict:
+    """A semantic case's q and k as ``SemanticAttention`` feeds the fused backends: zero
+    classes appended up to a multiple of ``CLASS_MULTIPLE`` (150 -> 160; the attention is
+    that of the K classes). New leaves; v as it is."""
+    pad = _sem_mod.class_padding(inputs["q"].shape[-1])
+    if not pad:
+        return inputs
+    padded = {n: F.pad(inputs[n].detach(), (0, pad)).requires_grad_(inputs[n].requires_grad)
+              for n in ("q", "k")}
+    return dict(inputs, **padded)
+
+
+def unpadded_classes(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with ``SemanticAttention`` feeding the fused backends the K classes as they
+    are: FLOPs are counted for the K classes on every provider, not the padded ones."""
+    def call():
+        saved = _sem_mod.SemanticAttention.pad_classes
+        _sem_mod.SemanticAttention.pad_classes = False
+        try:
+            return fn()
+        finally:
+            _sem_mod.SemanticAttention.pad_classes = saved
+    return call
+
+
 def op_forward(case: Case, provider: str) -> Callable:
     """f(**inputs) -> out for an op case."""
     p = case.params
@@ -235,7 +260,9 @@ def _rel_error(outputs, reference) -> float:
 
 def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepared:
     dtype = DTYPES[dtype_name]
-    inputs = op_inputs(case, device, dtype, case.mode == "fwd_bwd")
+    given = inputs = op_inputs(case, device, dtype, case.mode == "fwd_bwd")
+    if case.kind == "semantic" and provider in FUSED:  # as the fused model runs them
+        inputs = fused_semantic_inputs(given)
     note = ""
     if case.kind in NO_MATMUL and provider in ("sdpa", "cuda"):
         raise Skip(f"no fused {case.kind} in the cuda extension" if provider == "cuda" else
@@ -265,7 +292,9 @@ def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepa
         g = torch.Generator(device=device).manual_seed(1)
         dout = torch.randn(_out_shape(inputs), generator=g, device=device).to(dtype)
     step = _op_step(forward, inputs, case.mode, dout)
-    count = _op_step(eager, inputs, case.mode, dout) if provider == "compile" else step
+    # FLOPs: compile's counted on the eager reference, the K classes (not padded) everywhere
+    count = _op_step(eager, given, case.mode, dout) if inputs is not given or provider == "compile" \
+        else step
 
     def error() -> float:
         """Against the float32 reference on the same (rounded) inputs."""
@@ -422,11 +451,13 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                 "the logits out)")
         note = join_notes(note, f"CUDA graphs: {what}; memory: peak reserved in a call, the "
                                 "graph's pool included")
-        return Prepared(timed, make(model, contextlib.nullcontext), long_step=True, note=note,
-                        peak_reserved=True)
+        return Prepared(timed, unpadded_classes(make(model, contextlib.nullcontext)),
+                        long_step=True, note=note, peak_reserved=True)
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
-    # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel)
-    return Prepared(make(runner), make(model, contextlib.nullcontext), long_step=True, note=note)
+    # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel), of the
+    # fused ones for the K classes (unpadded)
+    return Prepared(make(runner), unpadded_classes(make(model, contextlib.nullcontext)),
+                    long_step=True, note=note)
 
 
 def _graphed_forward(model, images, autocast, patch) -> Callable[[], object]:

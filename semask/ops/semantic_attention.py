@@ -7,6 +7,7 @@ fused backends are reached through ``semask::semantic_attention_fwd/bwd``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backend as _backend
@@ -68,8 +69,35 @@ def check_semantic_attention_inputs(q: Tensor, k: Tensor, v: Tensor, window: int
         raise ValueError(f"{OP}: map {tuple(q.shape[1:3])} is not a multiple of window {window}")
 
 
+# The fused kernels load q and k rows as 16-byte vectors (and stream them with cp.async)
+# only where Triton can prove the row length a multiple of 16 elements; at K = 150 (300-byte
+# rows) every element is a 2-byte load. ptxas for sm_90, bf16, window 12 (SeMask-B stage
+# 0, C 128), K 150 -> 160: forward 227 -> 168 registers (2 -> 3 programs per SM), the
+# scratch backward's GEMM kernel 255 registers + 160 B of spills -> 142 and none, its dq
+# kernel's 48 B of spills -> none; window 7 (whole rows) dq 252 -> 188, dk/dv 236 -> 194.
+CLASS_MULTIPLE = 16
+
+
+def class_padding(num_classes: int) -> int:
+    """Zero classes that :class:`SemanticAttention` appends to q and k on the fused backends
+    (rows of a multiple of CLASS_MULTIPLE): 150 -> 10, 19 -> 13, 160 -> 0. They add 0 to
+    every score, so the attention is that of the K classes."""
+    return -num_classes % CLASS_MULTIPLE
+
+
+def linear_padded(layer: nn.Linear, x: Tensor, pad: int) -> Tensor:
+    """``layer(x)`` with ``pad`` zero output features appended (zero weight rows and bias),
+    as one product: [..., in] -> [..., out + pad]."""
+    if not pad:
+        return layer(x)
+    bias = None if layer.bias is None else F.pad(layer.bias, (0, pad))
+    return F.linear(x, F.pad(layer.weight, (0, 0, 0, pad)), bias)
+
+
 def semantic_attention(q: Tensor, k: Tensor, v: Tensor, window: int, backend: str = "torch") -> Tensor:
-    """q, k [B, Hp, Wp, K], v [B, Hp, Wp, C] -> [B, Hp, Wp, C]; window 0 = global."""
+    """q, k [B, Hp, Wp, K], v [B, Hp, Wp, C] -> [B, Hp, Wp, C]; window 0 = global. The fused
+    kernels run fastest with K a multiple of CLASS_MULTIPLE (zero classes appended change
+    nothing; :class:`SemanticAttention` does so)."""
     if backend == "torch":
         return semantic_attention_reference(q, k, v, window)
     check_semantic_attention_inputs(q, k, v, window)
@@ -90,6 +118,10 @@ class SemanticAttention(nn.Module):
     residual on y and scalar gamma as in the released code).
     """
 
+    # fused backends: q and k with class_padding(K) zero classes appended (aligned rows,
+    # faster kernels, the same attention); False: K classes as they are
+    pad_classes = True
+
     def __init__(self, dim: int, num_classes: int, window: int, proj_drop: float = 0.1,
                  backend: str = "torch"):
         super().__init__()
@@ -103,11 +135,14 @@ class SemanticAttention(nn.Module):
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
         _, H, W, _ = y.shape
+        K = self.mlp_cls_q.out_features
         yp = pad_to_multiple(y, self.window) if self.window else y
-        q = self.mlp_cls_q(yp)
-        out = semantic_attention(q, self.mlp_cls_k(yp), self.mlp_v(yp), self.window, self.backend)
+        pad = class_padding(K) if self.pad_classes and self.backend != "torch" else 0
+        q = linear_padded(self.mlp_cls_q, yp, pad)
+        k = linear_padded(self.mlp_cls_k, yp, pad)
+        out = semantic_attention(q, k, self.mlp_v(yp), self.window, self.backend)
         z = self.proj_drop(self.mlp_res(out[:, :H, :W]))
-        return self.gamma * z + y, q[:, :H, :W]
+        return self.gamma * z + y, q[:, :H, :W, :K]
 
     def extra_repr(self) -> str:
         mode = f"window={self.window}" if self.window else "global"
