@@ -470,7 +470,9 @@ def compile_all_sm90(dtype, N, K, C, window):
                                                  ("bf16", 144, 171, 256, 12), ("bf16", 1024, 256, 512, 0),
                                                  ("bf16", 144, 200, 128, 12), ("bf16", 1024, 19, 384, 0),
                                                  ("bf16", 272, 150, 384, 0),
-                                                 ("bf16", 144, 19, 256, 12)])
+                                                 ("bf16", 144, 19, 256, 12),
+                                                 # the fused model's padded classes (150 -> 160)
+                                                 ("bf16", 144, 160, 128, 12), ("bf16", 49, 160, 96, 7)])
 def test_kernels_compile_for_sm90(dtype, N, K, C, window):
     """The interpreter accepts code the compiler may reject: build every kernel for sm_90
     (in a fresh process, since TRITON_INTERPRET=1 here replaces the jit functions)."""
