@@ -173,7 +173,7 @@ def op_inputs(case: Case, device: str, dtype: torch.dtype, requires_grad: bool) 
 
 
 def fused_semantic_inputs(inputs: dict) -> dict:
-    """A semantic case's q and k as ``SemanticAttention`` feeds the fused backends: zero
+    """A semantic case's q and k as ``SemanticAttention`` feeds the Triton kernels: zero
     classes appended up to a multiple of ``CLASS_MULTIPLE`` (150 -> 160; the attention is
     that of the K classes). New leaves; v as it is."""
     pad = _sem_mod.class_padding(inputs["q"].shape[-1])
@@ -185,7 +185,7 @@ def fused_semantic_inputs(inputs: dict) -> dict:
 
 
 def unpadded_classes(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with ``SemanticAttention`` feeding the fused backends the K classes as they
+    """``fn`` with ``SemanticAttention`` feeding the Triton kernels the K classes as they
     are: FLOPs are counted for the K classes on every provider, not the padded ones."""
     def call():
         saved = _sem_mod.SemanticAttention.pad_classes
@@ -261,9 +261,12 @@ def _rel_error(outputs, reference) -> float:
 def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepared:
     dtype = DTYPES[dtype_name]
     given = inputs = op_inputs(case, device, dtype, case.mode == "fwd_bwd")
-    if case.kind == "semantic" and provider in FUSED:  # as the fused model runs them
+    padded = interpreted = ""
+    if case.kind == "semantic" and provider in _sem_mod.PADDED_BACKENDS:  # as the model pads
         inputs = fused_semantic_inputs(given)
-    note = ""
+        if inputs is not given:
+            padded = (f"q, k padded to {inputs['q'].shape[-1]} classes with zeros, as the fused "
+                      f"SemanticAttention does; FLOPs and bytes of {case.params['K']}")
     if case.kind in NO_MATMUL and provider in ("sdpa", "cuda"):
         raise Skip(f"no fused {case.kind} in the cuda extension" if provider == "cuda" else
                    "SDPA applies to the attention cases only")
@@ -281,7 +284,7 @@ def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepa
             reasons = fused_reasons(provider, OP_NAME[case.kind], list(inputs.values()), params)
         if reasons:
             raise Skip("; ".join(reasons))
-        note = interpreter_note(provider, device)
+        interpreted = interpreter_note(provider, device)
     eager = op_forward(case, "reference" if provider == "compile" else provider)
     forward = eager
     if provider == "compile":
@@ -304,10 +307,11 @@ def prepare_op(case: Case, provider: str, device: str, dtype_name: str) -> Prepa
                             None if dout is None else dout.float())
         return _rel_error(step(), ref_step())
 
-    if note:  # the interpreter is slow and its time means nothing: one timed call, FLOPs
-        # on meta tensors, no memory figure; error() still checks its numbers
+    note = join_notes(padded, interpreted)
+    if interpreted:  # the interpreter is slow and its time means nothing: one timed call,
+        # FLOPs on meta tensors, no memory figure; error() still checks its numbers
         return Prepared(step, None, note=note, max_reps=1, error=error, peak_memory=False)
-    return Prepared(step, count, error=error)
+    return Prepared(step, count, note=note, error=error)
 
 
 def meta_flops(case: Case, provider: str, dtype_name: str) -> int:

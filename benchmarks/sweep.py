@@ -168,8 +168,8 @@ def window_config(window: int, direction: str, cfg: dict):
 def semantic_config(whole_rows: bool, kernel: str, cfg: dict):
     """Make the semantic kernels' config function answer ``cfg`` for ``kernel`` (the others
     keep theirs): whole rows ``semantic_window.config`` ("fwd" or "bwd"), online softmax
-    ``semantic_attention._config`` (one of its KERNELS; "gemm" also turns the scratch
-    backward on, "dkdv" off); ``{"path": "online"}``: the online kernels at their defaults where the
+    ``semantic_attention._config`` (one of its KERNELS; "gemm" and dq with DQ_IN_GEMM also
+    turn the scratch backward on, "dkdv" off); ``{"path": "online"}``: the online kernels at their defaults where the
     whole-row ones would run."""
     if cfg.get("path") == "online":
         owner, name = SW, "supports"
@@ -184,8 +184,9 @@ def semantic_config(whole_rows: bool, kernel: str, cfg: dict):
             dict(cfg) if which == kernel else default(N, K, Cv, which, dtype))
     default, scratch = getattr(owner, name), SA.SCRATCH_BACKWARD
     setattr(owner, name, patched)
-    # the GEMM kernel runs in the scratch backward only, dk/dv outside it
-    SA.SCRATCH_BACKWARD = {"gemm": True, "dkdv": False}.get(kernel, scratch)
+    # the GEMM kernel (and dq in it) runs in the scratch backward only, dk/dv outside it
+    SA.SCRATCH_BACKWARD = (True if kernel == "gemm" or cfg.get("DQ_IN_GEMM") else
+                           False if kernel == "dkdv" else scratch)
     try:
         yield
     finally:

@@ -243,7 +243,7 @@ def _dq_keys(q, q2, Kt, V, DO, PT, DST, dq, dq2, lse, delta, s, offs_m, mask_m, 
              PREC: tl.constexpr, UPCAST: tl.constexpr, STORE_PS: tl.constexpr,
              WITH_DQ: tl.constexpr):
     """dq's step over keys start_n .. start_n + BLOCK_N (with STORE_PS, their P^T and dS^T
-    stored): (dq, dq2) updated (unless not WITH_DQ)."""
+    stored): (dq, dq2) updated with WITH_DQ, else returned as they are."""
     offs_n, mask_n, rows_n = _tokens(s, start_n, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_N)
     k, k2 = _class_tiles(Kt, rows_n, mask_n, KD, BLOCK_K, BLOCK_K2, TAIL)
     scores = _class_scores(q, q2, k, k2, TAIL, PREC, UPCAST)
@@ -268,9 +268,9 @@ def _semantic_dq_rows(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, Hp, Wp
                       BLOCK_K: tl.constexpr, BLOCK_K2: tl.constexpr, TAIL: tl.constexpr,
                       BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
                       STORE_PS: tl.constexpr, WITH_DQ: tl.constexpr):
-    """D and dq of query rows start_m .. start_m + BLOCK_M of sequence s (keys in steps of
-    BLOCK_N, with STEP_TAIL the last one of BLOCK_STEP2); with STORE_PS also their P and dS,
-    transposed, into the scratch PT and DST."""
+    """D and, WITH_DQ, dq of query rows start_m .. start_m + BLOCK_M of sequence s (keys in
+    steps of BLOCK_N, with STEP_TAIL the last one of BLOCK_STEP2); with STORE_PS also their
+    P and dS, transposed, into the scratch PT and DST."""
     offs_m, mask_m, rows_m = _tokens(s, start_m, N, Hp, Wp, nWc, nW, WIN, ROW64, BLOCK_M)
     delta = tl.zeros([BLOCK_M], tl.float32)
     for c0 in range(0, C, BLOCK_C):
@@ -310,9 +310,9 @@ def _semantic_bwd_dq_kernel(Q, Kt, V, O, DO, LSE, DELTA, DQ, PT, DST, N, KD, C, 
                             BLOCK_K2: tl.constexpr, TAIL: tl.constexpr, BLOCK_C: tl.constexpr,
                             PREC: tl.constexpr, UPCAST: tl.constexpr, STORE_PS: tl.constexpr,
                             WITH_DQ: tl.constexpr):
-    """Query rows x all keys: D (stored for the dk/dv kernel) and dq (complete, stored),
-    with STORE_PS also P^T and dS^T (for the GEMM kernel); with ROW_TAIL the last query
-    block holds only BLOCK_M2 rows."""
+    """Query rows x all keys: D (stored for the dk/dv kernel), WITH_DQ dq (complete,
+    stored), with STORE_PS also P^T and dS^T (for the GEMM kernel); with ROW_TAIL the last
+    query block holds only BLOCK_M2 rows."""
     pid = tl.program_id(0)
     s = pid // num_m
     mb = pid % num_m
@@ -629,8 +629,9 @@ def _config(N: int, K: int, C: int, kernel: str, dtype: torch.dtype) -> dict:
 
 
 def _gemm_config(C: int, K: int, dtype: torch.dtype) -> dict:
-    """Tiles of the GEMM kernel: BLOCK_N keys per program, queries BLOCK_M at a time, dv's
-    channel chunks BLOCK_C, dk's class tiles (:func:`_classes`). Half precision: 64 x 64
+    """Tiles of the GEMM kernel: BLOCK_N rows per program (keys; queries in dq's column,
+    with dq's DQ_IN_GEMM), the other tokens BLOCK_M at a time, dv's channel chunks BLOCK_C,
+    dk's and dq's class tiles (:func:`_classes`). Half precision: 64 x 64
     on 4 warps, chunks of 128, timed best on an H200 (sweep of 2026-11-27 at 963d38c,
     SeMask-B window 12, bf16, batch 16; the dq kernel at its 64 x 16 tiles then): stage 0
     (C 128) 1.633 ms for the backward against 1.794 ms with the 64-key x 16-query steps
@@ -639,8 +640,10 @@ def _gemm_config(C: int, K: int, dtype: torch.dtype) -> dict:
     registers and 248 B of spills for it (the 8-warp 16-query steps: 123, none). With more
     than 160 class columns it spills 388 B (K 171) to 528 B (K 200): there, and in fp32,
     the 16-query steps on 8 warps, from ptxas, not timed. SPLIT (off until timed): dv and dk
-    as two launches (``PART`` 1 and 2) of the same tiles; at 64 x 64 on 4 warps, K 150,
-    ptxas gives the dv launch 126 registers and the dk launch 255, neither spilling."""
+    (and dq, with DQ_IN_GEMM) as two launches (``PART`` 1 and 2) of the same tiles; at
+    64 x 64 on 4 warps, K 150, ptxas gives the dv launch 126 registers and the dk launch
+    255, neither spilling. (These register counts are of unaligned K 150 rows; the fused
+    model's K 160 rows build to 142 registers in one launch, no spills.)"""
     classes = _classes(K)
     fp32 = dtype == torch.float32
     timed = not fp32 and _width(classes) <= 160  # the 64 x 64 tiles on 4 warps

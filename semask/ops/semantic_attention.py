@@ -69,13 +69,16 @@ def check_semantic_attention_inputs(q: Tensor, k: Tensor, v: Tensor, window: int
         raise ValueError(f"{OP}: map {tuple(q.shape[1:3])} is not a multiple of window {window}")
 
 
-# The fused kernels load q and k rows as 16-byte vectors (and stream them with cp.async)
+# The Triton kernels load q and k rows as 16-byte vectors (and stream them with cp.async)
 # only where Triton can prove the row length a multiple of 16 elements; at K = 150 (300-byte
 # rows) every element is a 2-byte load. ptxas for sm_90, bf16, window 12 (SeMask-B stage
 # 0, C 128), K 150 -> 160: forward 227 -> 168 registers (2 -> 3 programs per SM), the
 # scratch backward's GEMM kernel 255 registers + 160 B of spills -> 142 and none, its dq
 # kernel's 48 B of spills -> none; window 7 (whole rows) dq 252 -> 188, dk/dv 236 -> 194.
+# Chosen from these builds, not yet timed. The CUDA extension stages q and k through shared
+# memory whatever K is: it would only compute the zero classes, so it gets K as it is.
 CLASS_MULTIPLE = 16
+PADDED_BACKENDS = ("auto", "triton")  # the module backends that pad (auto: Triton on a GPU)
 
 
 def class_padding(num_classes: int) -> int:
@@ -95,9 +98,9 @@ def linear_padded(layer: nn.Linear, x: Tensor, pad: int) -> Tensor:
 
 
 def semantic_attention(q: Tensor, k: Tensor, v: Tensor, window: int, backend: str = "torch") -> Tensor:
-    """q, k [B, Hp, Wp, K], v [B, Hp, Wp, C] -> [B, Hp, Wp, C]; window 0 = global. The fused
-    kernels run fastest with K a multiple of CLASS_MULTIPLE (zero classes appended change
-    nothing; :class:`SemanticAttention` does so)."""
+    """q, k [B, Hp, Wp, K], v [B, Hp, Wp, C] -> [B, Hp, Wp, C]; window 0 = global. The Triton
+    kernels load q and k rows as vectors only when K is a multiple of CLASS_MULTIPLE (zero
+    classes appended change nothing; :class:`SemanticAttention` appends them)."""
     if backend == "torch":
         return semantic_attention_reference(q, k, v, window)
     check_semantic_attention_inputs(q, k, v, window)
@@ -118,8 +121,8 @@ class SemanticAttention(nn.Module):
     residual on y and scalar gamma as in the released code).
     """
 
-    # fused backends: q and k with class_padding(K) zero classes appended (aligned rows,
-    # faster kernels, the same attention); False: K classes as they are
+    # PADDED_BACKENDS: q and k with class_padding(K) zero classes appended (rows the Triton
+    # kernels load as vectors, the same attention); False: K classes as they are
     pad_classes = True
 
     def __init__(self, dim: int, num_classes: int, window: int, proj_drop: float = 0.1,
@@ -133,11 +136,16 @@ class SemanticAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.gamma = nn.Parameter(torch.zeros(1))
 
+    def class_pad(self) -> int:
+        """Zero classes appended to q and k (see ``pad_classes``)."""
+        padded = self.pad_classes and self.backend in PADDED_BACKENDS
+        return class_padding(self.mlp_cls_q.out_features) if padded else 0
+
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
         _, H, W, _ = y.shape
         K = self.mlp_cls_q.out_features
         yp = pad_to_multiple(y, self.window) if self.window else y
-        pad = class_padding(K) if self.pad_classes and self.backend != "torch" else 0
+        pad = self.class_pad()
         q = linear_padded(self.mlp_cls_q, yp, pad)
         k = linear_padded(self.mlp_cls_k, yp, pad)
         out = semantic_attention(q, k, self.mlp_v(yp), self.window, self.backend)

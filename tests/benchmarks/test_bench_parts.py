@@ -231,6 +231,33 @@ def test_triton_on_cpu_is_an_interpreter_run(monkeypatch, one_thread):
     assert rec["time_ms"] is None and "interpreter" in rec["skipped_reason"]
 
 
+@pytest.mark.parametrize("interpreted", [True, False])
+def test_triton_semantic_case_runs_on_padded_classes(monkeypatch, one_thread, interpreted):
+    """The Triton provider gets q, k of 160 classes (150 + zeros, as the fused model pads
+    them), says so in the note, and counts the FLOPs of 150; the padding note alone does not
+    make a run an interpreter run (one rep, no FLOP count), whose note it joins."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    seen = []
+
+    class Spy(_ReferenceAsFused):
+        def semantic_attention_fwd(self, q, k, v, window):
+            seen.append(q.shape[-1])
+            return super().semantic_attention_fwd(q, k, v, window)
+
+    monkeypatch.setitem(backend._providers, "triton", Spy())
+    if not interpreted:  # as on a GPU
+        monkeypatch.setattr(P, "interpreter_note", lambda provider, device: "")
+    case = C.semantic_case("semask_t", 224, 1, "fwd_bwd", 1)
+    prepared = P.prepare(case, "triton", "cpu", "fp32")
+    assert ("padded to 160" in prepared.note) and (("interpreter" in prepared.note) == interpreted)
+    assert (prepared.max_reps == 1) == interpreted and (prepared.count is None) == interpreted
+    prepared.step()
+    assert seen == [160]  # the timed step
+    rec = R.new_record(case, "triton", "fp32")
+    R.measure_one(case, "triton", _args(), rec)
+    assert rec["flops"] == C.attention_flops(case) and rec["max_rel_err"] < 1e-5
+
+
 def test_unavailable_provider_is_skipped_with_reason(monkeypatch):
     class Broken(_ReferenceAsFused):
         def reasons(self, op, tensors, params):

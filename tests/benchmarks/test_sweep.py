@@ -210,5 +210,10 @@ def test_window_12_sweeps_the_scratch_backward(monkeypatch, scratch):
     assert dq[0] == SA._config(144, p["K"], p["C"], "dq", torch.bfloat16)
     assert dq[1] == dict(dq[0], DQ_IN_GEMM=not dq[0]["DQ_IN_GEMM"])
     assert sum(c["DQ_IN_GEMM"] for c in dq) == len(dq) // 2
+    with found["bwd/dq"][1](dq[0]):  # dq in the dq kernel: the scratch flag as it was
+        assert SA.SCRATCH_BACKWARD is scratch
+    with found["bwd/dq"][1](dq[1]):  # dq in the GEMM kernel: the scratch backward on
+        assert SA.SCRATCH_BACKWARD is True
+    assert SA.SCRATCH_BACKWARD is scratch
     glob = next(c for c in full if c.name == "semantic/semask_b-512/s2/global")
     assert "bwd/gemm" not in {d for d, *_ in sweep._sweeps(glob, False)}

@@ -404,8 +404,11 @@ def compile_all_sm90(dtype, N, K, C, window):
             warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
             blocks = -(-N // cfg["BLOCK_M"])
             cfg["NUM_KB" if fn is sw._semantic_rows_bwd_dkdv_kernel else "NUM_QB"] = blocks
+            divisible = [name for name, n in (("N", N), ("KD", K), ("C", C))
+                         if n % 16 == 0 and name in fn.arg_names]
             built = compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
-                                 dict(**common, **dots, **cfg), warps, num_stages=stages)
+                                 dict(**common, **dots, **cfg), warps, num_stages=stages,
+                                 divisible=divisible)
             # launched kernels (dk/dv only with several query blocks): fp32 no spills to
             # speak of; half precision up to the ~0.6 KB of the window-7 backward on 4
             # warps, which timed fastest all the same (semantic_window.config)
@@ -414,8 +417,8 @@ def compile_all_sm90(dtype, N, K, C, window):
             assert not launched or spill_bytes(built) <= limit, \
                 f"{fn.__name__}: {spill_bytes(built)} B spilled"
         return
-    # the launcher specializes the sizes that are multiples of 16 (N = 144, C = 128, ...):
-    # their loads vectorize and pipeline
+    # the launcher specializes the sizes that are multiples of 16 (N = 144, C = 128, K = 160,
+    # ...): their loads vectorize and pipeline
     divisible = [name for name, n in (("N", N), ("KD", K), ("C", C)) if n % 16 == 0]
     ptrs.update(PT="*" + dtype, DST="*" + dtype)
     launched = [(sa._semantic_fwd_kernel, "fwd", {}),

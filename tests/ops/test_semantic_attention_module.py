@@ -12,14 +12,23 @@ def test_class_padding_hand_computed():
 
 
 def test_linear_padded_appends_zero_features():
-    layer = torch.nn.Linear(8, 5)
-    x = torch.randn(2, 3, 8)
+    layer = torch.nn.Linear(7, 5)
+    x = torch.randn(2, 3, 7)
     out = sem_op.linear_padded(layer, x, 3)
     assert out.shape == (2, 3, 8)
     torch.testing.assert_close(out[..., :5], layer(x), rtol=0, atol=0)
     assert (out[..., 5:] == 0).all()
     layer.bias = None
     assert (sem_op.linear_padded(layer, x, 3)[..., 5:] == 0).all()
+
+
+def test_only_the_triton_backends_pad(monkeypatch):
+    """auto and triton pad (Triton on a GPU), torch and cuda do not, nor pad_classes=False."""
+    pads = {b: sem_op.SemanticAttention(8, 150, 7, backend=b).class_pad()
+            for b in ("torch", "auto", "triton", "cuda")}
+    assert pads == dict(torch=0, auto=10, triton=10, cuda=0)
+    monkeypatch.setattr(sem_op.SemanticAttention, "pad_classes", False)
+    assert sem_op.SemanticAttention(8, 150, 7, backend="triton").class_pad() == 0
 
 
 @pytest.mark.parametrize("K,window", [(19, 7), (150, 12), (150, 0)])
