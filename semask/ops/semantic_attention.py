@@ -82,7 +82,7 @@ PADDED_BACKENDS = ("auto", "triton")  # the module backends that pad (auto: Trit
 
 
 def class_padding(num_classes: int) -> int:
-    """Zero classes that :class:`SemanticAttention` appends to q and k on the fused backends
+    """Zero classes that :class:`SemanticAttention` appends to q and k on the Triton backends
     (rows of a multiple of CLASS_MULTIPLE): 150 -> 10, 19 -> 13, 160 -> 0. They add 0 to
     every score, so the attention is that of the K classes."""
     return -num_classes % CLASS_MULTIPLE
