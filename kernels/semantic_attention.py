@@ -61,8 +61,8 @@ tensors in the inputs' dtype (the dtype the dots take them in), and
 over the queries: no score or dP recomputation, no dk atomics (with SPLIT, off until timed,
 dv and dk are two launches of it, each holding only its own tiles). With DQ_IN_GEMM (in
 dq's config, off until timed) the dq kernel only stores D, P^T and dS^T (WITH_DQ off: no
-dq accumulators, 222 registers instead of 255 for sm_90 at its 64 x 128 tiles, 207 at
-64 x 64 on 4 warps) and one more grid column of the GEMM kernel computes dq = dS k per
+dq accumulators; sm_90, K 160 as the fused model pads 150: 208 registers instead of 255
+at its 64 x 128 tiles, 171 at 64 x 64 on 4 warps) and one more grid column of the GEMM kernel computes dq = dS k per
 query block from dS^T read transposed (N^2 K more multiply-adds there, N^2 K fewer in
 the dq kernel, dS read twice). Multiply-adds per
 window N^2 (3 K + 2 C) instead of N^2 (2 K + C) + N^2 (2 K chunks + 2 C): SeMask-B at 512,

@@ -396,6 +396,9 @@ def compile_all_sm90(dtype, N, K, C, window):
     dots = dict(PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
     ptrs = {n: "*" + dtype for n in ("Q", "Kt", "V", "O", "DO", "DQ", "DK", "DV")}
     ptrs.update(LSE="*fp32", DELTA="*fp32")
+    # the launcher specializes the sizes that are multiples of 16 (N = 144, C = 128, K = 160,
+    # ...): their loads vectorize and pipeline
+    divisible = [name for name, n in (("N", N), ("KD", K), ("C", C)) if n % 16 == 0]
     if sw.supports(N, window):
         for fn, backward in ((sw._semantic_rows_fwd_kernel, False),
                              (sw._semantic_rows_bwd_dq_kernel, True),
@@ -404,11 +407,9 @@ def compile_all_sm90(dtype, N, K, C, window):
             warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
             blocks = -(-N // cfg["BLOCK_M"])
             cfg["NUM_KB" if fn is sw._semantic_rows_bwd_dkdv_kernel else "NUM_QB"] = blocks
-            divisible = [name for name, n in (("N", N), ("KD", K), ("C", C))
-                         if n % 16 == 0 and name in fn.arg_names]
             built = compile_sm90(fn, {n: t for n, t in ptrs.items() if n in fn.arg_names},
                                  dict(**common, **dots, **cfg), warps, num_stages=stages,
-                                 divisible=divisible)
+                                 divisible=[n for n in divisible if n in fn.arg_names])
             # launched kernels (dk/dv only with several query blocks): fp32 no spills to
             # speak of; half precision up to the ~0.6 KB of the window-7 backward on 4
             # warps, which timed fastest all the same (semantic_window.config)
@@ -417,9 +418,6 @@ def compile_all_sm90(dtype, N, K, C, window):
             assert not launched or spill_bytes(built) <= limit, \
                 f"{fn.__name__}: {spill_bytes(built)} B spilled"
         return
-    # the launcher specializes the sizes that are multiples of 16 (N = 144, C = 128, K = 160,
-    # ...): their loads vectorize and pipeline
-    divisible = [name for name, n in (("N", N), ("KD", K), ("C", C)) if n % 16 == 0]
     ptrs.update(PT="*" + dtype, DST="*" + dtype)
     launched = [(sa._semantic_fwd_kernel, "fwd", {}),
                 (sa._semantic_bwd_dq_kernel, "dq", dict(STORE_PS=False, WITH_DQ=True)),
