@@ -78,7 +78,7 @@ def check_semantic_attention_inputs(q: Tensor, k: Tensor, v: Tensor, window: int
 # Chosen from these builds, not yet timed. The CUDA extension stages q and k through shared
 # memory whatever K is: it would only compute the zero classes, so it gets K as it is.
 CLASS_MULTIPLE = 16
-PADDED_BACKENDS = ("auto", "triton")  # the module backends that pad (auto: Triton on a GPU)
+PADDED_BACKENDS = ("auto", "triton")  # the module backends that pad (auto: on CUDA tensors)
 
 
 def class_padding(num_classes: int) -> int:
@@ -136,16 +136,18 @@ class SemanticAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.gamma = nn.Parameter(torch.zeros(1))
 
-    def class_pad(self) -> int:
-        """Zero classes appended to q and k (see ``pad_classes``)."""
-        padded = self.pad_classes and self.backend in PADDED_BACKENDS
+    def class_pad(self, y: Tensor) -> int:
+        """Zero classes appended to q and k of input ``y`` (see ``pad_classes``): none for
+        CPU tensors on "auto", which runs the reference there."""
+        padded = (self.pad_classes and self.backend in PADDED_BACKENDS
+                  and (self.backend != "auto" or y.is_cuda))
         return class_padding(self.mlp_cls_q.out_features) if padded else 0
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
         _, H, W, _ = y.shape
         K = self.mlp_cls_q.out_features
         yp = pad_to_multiple(y, self.window) if self.window else y
-        pad = self.class_pad()
+        pad = self.class_pad(y)
         q = linear_padded(self.mlp_cls_q, yp, pad)
         k = linear_padded(self.mlp_cls_k, yp, pad)
         out = semantic_attention(q, k, self.mlp_v(yp), self.window, self.backend)

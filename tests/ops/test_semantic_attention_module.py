@@ -1,5 +1,6 @@
 """The SeMask class-injection module: fused backends see q and k padded to aligned rows."""
 import importlib
+import types
 
 import pytest
 import torch
@@ -23,12 +24,16 @@ def test_linear_padded_appends_zero_features():
 
 
 def test_only_the_triton_backends_pad(monkeypatch):
-    """auto and triton pad (Triton on a GPU), torch and cuda do not, nor pad_classes=False."""
-    pads = {b: sem_op.SemanticAttention(8, 150, 7, backend=b).class_pad()
-            for b in ("torch", "auto", "triton", "cuda")}
-    assert pads == dict(torch=0, auto=10, triton=10, cuda=0)
+    """triton pads, and auto on CUDA tensors (where it runs Triton); auto on the CPU (the
+    reference), torch and cuda do not, nor pad_classes=False."""
+    on_cuda, on_cpu = types.SimpleNamespace(is_cuda=True), torch.zeros(1)
+    pads = {(b, y is on_cuda): sem_op.SemanticAttention(8, 150, 7, backend=b).class_pad(y)
+            for b in ("torch", "auto", "triton", "cuda") for y in (on_cuda, on_cpu)}
+    assert pads == {("torch", True): 0, ("torch", False): 0, ("auto", True): 10,
+                    ("auto", False): 0, ("triton", True): 10, ("triton", False): 10,
+                    ("cuda", True): 0, ("cuda", False): 0}
     monkeypatch.setattr(sem_op.SemanticAttention, "pad_classes", False)
-    assert sem_op.SemanticAttention(8, 150, 7, backend="triton").class_pad() == 0
+    assert sem_op.SemanticAttention(8, 150, 7, backend="triton").class_pad(on_cpu) == 0
 
 
 @pytest.mark.parametrize("K,window", [(19, 7), (150, 12), (150, 0)])
