@@ -72,9 +72,10 @@ def check_semantic_attention_inputs(q: Tensor, k: Tensor, v: Tensor, window: int
 # The Triton kernels load q and k rows as 16-byte vectors (and stream them with cp.async)
 # only where Triton can prove the row length a multiple of 16 elements; at K = 150 (300-byte
 # rows) every element is a 2-byte load. ptxas for sm_90, bf16, window 12 (SeMask-B stage
-# 0, C 128), K 150 -> 160: forward 227 -> 168 registers (2 -> 3 programs per SM), the
-# scratch backward's GEMM kernel 255 registers + 160 B of spills -> 142 and none, its dq
-# kernel's 48 B of spills -> none; window 7 (whole rows) dq 252 -> 188, dk/dv 236 -> 194.
+# 0, C 128), K 150 -> 160: forward 227 -> 168 registers (2 programs per SM either way: the
+# cp.async stages take 94 KB of shared memory), the scratch backward's GEMM kernel 255
+# registers + 160 B of spills -> 142 and none (2 -> 3 programs per SM), its dq kernel's
+# 48 B of spills -> none; window 7 (whole rows) dq 252 -> 188, dk/dv 236 -> 194.
 # Chosen from these builds, not yet timed. The CUDA extension stages q and k through shared
 # memory whatever K is: it would only compute the zero classes, so it gets K as it is.
 CLASS_MULTIPLE = 16
