@@ -11,10 +11,12 @@ Relative position bias tables of another window size are resized bicubically ove
 """
 from __future__ import annotations
 
+import itertools
 import os
-import tempfile
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,9 @@ from torch import Tensor, nn
 COMPUTED_SUFFIXES = ("relative_position_index", "attn_mask")  # recomputed, never loaded
 CLASS_DEPENDENT = ("decode_head.conv_seg.", ".mlp_cls_q.", ".mlp_cls_k.")
 IMAGENET_DROPPED_PREFIXES = ("head.", "norm.")  # classifier and final norm of Swin ImageNet
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
+# The plain Swin tensors, which a backbone-only checkpoint (Swin ImageNet) must all hold
+SWIN_KEY = re.compile(r"backbone\.(patch_embed\.|layers\.\d+\.(blocks|downsample)\.)")
 
 
 @dataclass
@@ -50,6 +55,8 @@ class LoadReport:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], str]:
     """Read a checkpoint file -> (flat state dict, source kind)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -85,9 +92,29 @@ def resize_relative_position_table(table: Tensor, window: int) -> Tensor:
     return grid.reshape(-1, new * new).T.contiguous().to(table.dtype)
 
 
+def strip_wrapper_prefixes(key: str) -> str:
+    """``key`` without the prefixes DDP and torch.compile add (``module._orig_mod.x`` -> x)."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DDP / DataParallel (``.module``) and torch.compile (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, (nn.DataParallel,
+                                                nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def _normalise_keys(sd: dict[str, Tensor], source: str, report: LoadReport) -> dict[str, Tensor]:
-    """Strip DDP prefixes, map backbone-only dicts under ``backbone.``, drop computed keys."""
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    """Strip DDP / compile prefixes, map backbone-only dicts under ``backbone.``, drop
+    computed keys."""
+    sd = {strip_wrapper_prefixes(k): v for k, v in sd.items()}
     full_model = any(k.startswith(("backbone.", "decode_head.")) for k in sd)
     out = {}
     for key, value in sd.items():
@@ -106,11 +133,13 @@ def _normalise_keys(sd: dict[str, Tensor], source: str, report: LoadReport) -> d
 
 def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bool = False,
                     strict: bool = True) -> LoadReport:
-    """Load weights into ``model`` (a :class:`~semask.SeMaskSwin`) and report key by key.
+    """Load weights into ``model`` (a :class:`~semask.SeMaskSwin`, also wrapped by DDP or
+    torch.compile) and report key by key.
 
     Full-model checkpoints must cover every parameter (``strict``); backbone-only ones
-    (Swin ImageNet) must match every backbone tensor they hold, and what they lack
-    (semantic layers, norms, head) is reported as missing. A shape mismatch raises,
+    (Swin ImageNet) must hold every Swin tensor of the backbone (``strict``: patch
+    embedding, blocks, patch merging), and what they lack (semantic layers, norms, head)
+    is reported as missing. A checkpoint with no tensor of the model raises. A shape mismatch raises,
     except for class-dependent tensors with ``skip_mismatched=True`` (they keep their
     init) and relative position tables of another window size (resized). Nothing is
     written into the model unless the whole check passes.
@@ -122,6 +151,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bo
     report = LoadReport(source)
     sd = _normalise_keys(sd, source, report)
     full_model = not report.source.endswith("(backbone)") and source != "swin_imagenet"
+    model = unwrap_model(model)
     own = model.state_dict()
     to_load, problems, class_problems = {}, [], []
     for key, value in sd.items():
@@ -154,27 +184,49 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bo
     if report.unexpected:
         raise ValueError("checkpoint has tensors this model does not own (another "
                          "architecture?): " + ", ".join(report.unexpected[:10]))
-    if strict and full_model and [k for k in report.missing if k not in report.skipped]:
-        raise ValueError(f"checkpoint lacks {len(report.missing)} tensors of this model: "
-                         + ", ".join(report.missing[:10]) + " (pass strict=False to allow)")
+    if not to_load:
+        raise ValueError(f"checkpoint ({report.source}) holds no tensor of this model "
+                         f"({len(sd)} tensors after dropping {len(report.dropped)})")
+    lacking = report.missing if full_model else [k for k in report.missing if SWIN_KEY.match(k)]
+    if strict and lacking:
+        what = "tensors of this model" if full_model else "Swin backbone tensors (another variant?)"
+        raise ValueError(f"checkpoint lacks {len(lacking)} {what}: "
+                         + ", ".join(lacking[:10]) + " (pass strict=False to allow)")
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     return report
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write the model's weights as safetensors, atomically (temp file + rename)."""
+    """Write the model's weights (of the model inside DDP or torch.compile) as safetensors,
+    atomically (:func:`write_atomically`)."""
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = unwrap_model(model).state_dict()
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     meta = {"format": "semask", **{k: str(v) for k, v in (metadata or {}).items()}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+def write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a new file next to ``path``, then rename it to ``path``: a failure
+    leaves no partial file and any old ``path`` untouched. The file gets the permissions
+    ``open`` gives (0666 less the umask), where ``tempfile.mkstemp`` and safetensors 0.8's
+    writer give 0600."""
+    for attempt in itertools.count():
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{attempt}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        save_file(tensors, tmp, metadata=meta)
+        mode = os.stat(tmp).st_mode  # as the umask made it
+        write(str(tmp))
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path

@@ -86,7 +86,8 @@ class SeMaskSwin(nn.Module):
     (:mod:`semask.ops.layer_norm`): True (always), "graphs" (only in the CUDA graphs of
     :mod:`semask.train.cuda_graphs`; PyTorch's in eager steps, where the kernels cost more
     host time than they save GPU time) or False; default "graphs" when ``fused`` asks for
-    the Triton kernels, else False; settable later.
+    the Triton kernels, else False; settable later. ``pretrained``: a checkpoint loaded
+    by :func:`~semask.load_checkpoint` (strict); its report is kept in ``load_report``.
     """
 
     def __init__(self, variant: str = "tiny", num_classes: int = 150, head: str = "fpn",
@@ -127,9 +128,10 @@ class SeMaskSwin(nn.Module):
                                      backend=self.backend_request)
         self.decode_head = FPNHead(self.backbone.channels, num_classes, head_channels)
         self.fused_norm = ("graphs" if triton else False) if fused_norm is None else fused_norm
+        self.load_report = None
         if pretrained:
             from .checkpoint import load_checkpoint
-            load_checkpoint(self, pretrained)
+            self.load_report = load_checkpoint(self, pretrained)
 
     def forward(self, images: Tensor) -> SegOutput:
         if images.dim() != 4 or images.shape[1] != 3:

@@ -9,16 +9,14 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
 
-from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.checkpoint import load_checkpoint, save_checkpoint, write_atomically
 
 WEIGHTS_NAME, STATE_NAME = "last.safetensors", "last_state.pt"
 
@@ -44,17 +42,6 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_training_state(out_dir: str | Path, model, optimizer, scheduler, scaler, iteration: int,
                         config: dict) -> Path:
     """Write weights, then the state file (each atomically); returns the state path."""
@@ -64,7 +51,7 @@ def save_training_state(out_dir: str | Path, model, optimizer, scheduler, scaler
     state = dict(iteration=iteration, config=json.dumps(config), weights=WEIGHTS_NAME,
                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                  scaler=scaler.state_dict() if scaler is not None else {}, rng=rng_state())
-    _atomic_torch_save(state, out / STATE_NAME)
+    write_atomically(out / STATE_NAME, lambda tmp: torch.save(state, tmp))
     return out / STATE_NAME
 
 

@@ -1,5 +1,7 @@
 """Loading official-layout Swin / SeMask checkpoints and our safetensors files."""
+import os
 import re
+import stat
 
 import pytest
 import torch
@@ -148,3 +150,74 @@ def test_full_checkpoint_missing_tensors_is_an_error_unless_not_strict():
         semask.load_checkpoint(dst, sd)
     report = semask.load_checkpoint(dst, sd, strict=False)
     assert report.missing and all("semantic_layer" in k for k in report.missing)
+
+
+def test_backbone_checkpoint_lacking_swin_blocks_is_an_error_unless_not_strict():
+    """A Swin ImageNet file of a shallower variant (stage 2 with fewer blocks) leaves blocks
+    random: strict loading refuses it, naming them; the constructor loads strictly too."""
+    src, dst = micro(), micro()
+    ckpt = official_imagenet_dict(src)
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("layers.2.blocks.1.")}
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match=r"lacks \d+ Swin backbone tensors.*layers\.2\.blocks\.1\."):
+        semask.load_checkpoint(dst, ckpt)
+    assert unchanged(dst, before)
+    report = semask.load_checkpoint(dst, ckpt, strict=False)
+    assert {k for k in report.missing if k.startswith("backbone.layers.2.blocks.1.")}
+    with pytest.raises(ValueError, match="Swin backbone tensors"):
+        semask.SeMaskSwin("micro", num_classes=11, head_channels=16, pretrained=ckpt)
+
+
+@pytest.mark.parametrize("ckpt", [{"state_dict": {}}, {"model": {"head.weight": torch.zeros(2, 3),
+                                                                   "norm.bias": torch.zeros(3)}}])
+def test_checkpoint_with_no_tensor_of_the_model_raises(ckpt):
+    with pytest.raises(ValueError, match="holds no tensor of this model"):
+        semask.load_checkpoint(micro(), ckpt, strict=False)
+
+
+def test_constructor_keeps_the_load_report():
+    src = micro()
+    assert src.load_report is None
+    model = semask.SeMaskSwin("micro", num_classes=11, head_channels=16,
+                              pretrained=official_imagenet_dict(src))
+    assert model.load_report.source == "swin_imagenet" and model.load_report.loaded
+    assert all("semantic_layer" in k or k.startswith("decode_head.") or re.match(r"backbone\.norm\d", k)
+               for k in model.load_report.missing)
+
+
+def test_compiled_and_wrapped_models_save_and_load_plain_keys(tmp_path):
+    """torch.compile's ``_orig_mod.`` (and DDP's ``module.``) never reach a file, and files or
+    dicts holding them load, also into a compiled model."""
+    src, dst = micro(), micro()
+    path = semask.save_checkpoint(torch.compile(src), tmp_path / "c.safetensors")
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        assert set(f.keys()) == set(src.state_dict())
+    report = semask.load_checkpoint(torch.compile(dst), path)
+    assert not report.missing and torch.equal(dst.backbone.patch_embed.proj.weight,
+                                              src.backbone.patch_embed.proj.weight)
+    prefixed = {"module._orig_mod." + k: v for k, v in src.state_dict().items()}
+    assert not semask.load_checkpoint(micro(), prefixed).missing
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    """Checkpoints get the permissions open() would give (0666 less the umask), not
+    mkstemp's 0600, so other accounts of a shared runs folder can read them."""
+    from semask.train.state import STATE_NAME, WEIGHTS_NAME, save_training_state
+
+    model = micro()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    old = os.umask(0o022)
+    try:
+        save_training_state(tmp_path, model, opt, sched, None, 3, {})
+    finally:
+        os.umask(old)
+    for name in (WEIGHTS_NAME, STATE_NAME):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([WEIGHTS_NAME, STATE_NAME])
+
+
+def test_directory_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        semask.load_checkpoint(micro(), tmp_path)
