@@ -51,15 +51,19 @@ WRITE_EVERY_S = 1.0  # least seconds between rewrites of the result files within
 def window_candidates(window: int, direction: str, quick: bool) -> list[dict]:
     """BLOCK_M (query rows per program), num_warps, programs per SM of the grouping; then,
     at the default tile, the software pipeline's depth over a program's windows
-    (num_stages; Triton's default 3; w = 7 forward for sm_90: 151 registers with 2 stages,
-    168 with 3, 173 with 4, 182 with 1, so 3 programs of 4 warps per SM either way)."""
+    (num_stages; Triton's default 3), and for the forward the registers capped at 128
+    (Triton's ``maxnreg``): the shifted w = 7 forward takes 143 for sm_90 (3 programs of 4
+    warps per SM; the unshifted 128, 4 per SM), capped it spills 40 B and fits 4."""
     cfg = WA._config(window, direction, torch.bfloat16)
     ms = [m for m in (16, 32, 64) if m <= cfg["BLOCK_N"] + cfg["BLOCK_N2"] * cfg["TAIL"]]
     grid = itertools.product(ms, (4, 8), (4, 8, 16, 32) if direction == "fwd" else (4, 8, 16))
     cands = [dict(BLOCK_M=m, num_warps=w, programs_per_sm=p) for m, w, p in grid]
-    stages = [dict(BLOCK_M=cfg["BLOCK_M"], num_warps=cfg["num_warps"], programs_per_sm=p,
-                   num_stages=n) for n, p in itertools.product((1, 2, 4), (3, 4, 8))]
-    return [cands[0], cands[-1], stages[0]] if quick else cands + stages
+    at_default = dict(BLOCK_M=cfg["BLOCK_M"], num_warps=cfg["num_warps"])
+    stages = [dict(at_default, programs_per_sm=p, num_stages=n)
+              for n, p in itertools.product((1, 2, 4), (3, 4, 8))]
+    capped = [dict(at_default, programs_per_sm=p, maxnreg=128)
+              for p in (4, 3)] if direction == "fwd" else []
+    return [cands[0], cands[-1], stages[0], *capped[:1]] if quick else cands + stages + capped
 
 
 def semantic_candidates(N: int, K: int, Cv: int, whole_rows: bool, kernel: str,
@@ -143,16 +147,15 @@ def loss_config(cfg: dict):
 @contextlib.contextmanager
 def window_config(window: int, direction: str, cfg: dict):
     """Make the window kernels' ``_config`` answer ``cfg`` (BLOCK_M, num_warps and, if given,
-    num_stages) for ``direction`` at any dtype (the other direction keeps its default), and
-    the grouping aim at ``cfg["programs_per_sm"]``."""
+    num_stages and maxnreg) for ``direction`` at any dtype (the other direction keeps its
+    default), and the grouping aim at ``cfg["programs_per_sm"]``."""
     default, saved_pps = WA._config, WA._PROGRAMS_PER_SM
 
     def patched(w, d, dtype):
         chosen = default(w, d, dtype)
         if w == window and d == direction:
             chosen.update(BLOCK_M=cfg["BLOCK_M"], num_warps=cfg["num_warps"])
-            if "num_stages" in cfg:
-                chosen.update(num_stages=cfg["num_stages"])
+            chosen.update({k: cfg[k] for k in ("num_stages", "maxnreg") if k in cfg})
         return chosen
 
     pps = list(saved_pps)

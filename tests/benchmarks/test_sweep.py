@@ -43,6 +43,7 @@ def test_every_configuration_agrees_with_the_default(result):
     window_ms = {r["config"]["BLOCK_M"] for r in rows if r["case"].startswith("window")}
     assert window_ms - {64}  # the sweep really ran other tilings than the default (64)
     assert any(r["config"].get("num_stages") == 1 for r in rows if r["case"].startswith("window"))
+    assert {r["direction"] for r in rows if r["config"].get("maxnreg") == 128} == {"fwd"}
     loss_tiles = {(r["config"]["TILE_Y"], r["config"]["TILE_X"]) for r in rows if r["case"].startswith("loss")}
     assert len(loss_tiles) == 2  # quick: the first and the last candidate, and a one-pass one
     assert {r["config"]["ONE_PASS"] for r in rows if r["case"].startswith("loss")} == {True, False}
@@ -103,8 +104,9 @@ def test_window_config_applies_the_candidate_at_every_dtype(dtype):
     assert WA._PROGRAMS_PER_SM[1] != 9
     assert "num_stages" not in before[7, "fwd"]
     with sweep.window_config(7, "fwd", dict(BLOCK_M=64, num_warps=4, programs_per_sm=3,
-                                            num_stages=2)):
+                                            num_stages=2, maxnreg=128)):
         assert WA._config(7, "fwd", dtype)["num_stages"] == 2
+        assert WA._config(7, "fwd", dtype)["maxnreg"] == 128
     assert WA._config(7, "fwd", dtype) == before[7, "fwd"]
 
 
