@@ -20,7 +20,10 @@ def test_every_preset_loads(path):
     if cfg.dataset == "ade20k":
         assert (cfg.num_classes, cfg.lr, cfg.weight_decay, cfg.warmup_iters, cfg.crop_size) == (150, 1e-4, 1e-4, 1500, [512, 512])
     if cfg.dataset == "cityscapes":
-        assert (cfg.num_classes, cfg.lr, cfg.weight_decay) == (19, 1e-3, 0.05)
+        # official SeMask-FPN configs semfpn_semask_swin_*_768x768_80k_cityscapes.py
+        assert (cfg.num_classes, cfg.lr, cfg.weight_decay, cfg.crop_size) == (19, 1e-3, 0.05, [768, 768])
+        assert cfg.warmup_ratio == (1e-6 if cfg.variant == "base" else 1e-5)
+        assert cfg.batch_size == (2 if cfg.variant == "large" else 4)  # samples_per_gpu
 
 
 def test_overrides_parse_types_and_reject_unknown():
