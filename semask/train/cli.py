@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
@@ -10,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DEFAULT_PRESET, add_config_arguments, config_from_args, from_dict, preset_names
+from .config import (DEFAULT_PRESET, add_config_arguments, apply_overrides, command_line_overrides,
+                     config_from_args, from_dict, preset_names)
+from .state import resolve_resume, stored_config
 
 TRAIN_EPILOG = """examples:
   semask-train                                   # synthetic CPU preset: ~7 min on 2 cores, mIoU ~0.78
@@ -31,14 +34,24 @@ def train_main(argv=None) -> None:
                              f"presets: {', '.join(preset_names())}")
     parser.add_argument("--config", dest="config_opt", default=None, help="same as the positional config")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
-                        help="continue from PATH (a run folder or its last_state.pt); bare: the out dir")
+                        help="continue from PATH (a run folder or its last_state.pt; bare: the out "
+                             "dir) with the run's stored config; --field options given override it")
     parser.add_argument("--stop-at", type=int, default=None, help="stop after this iteration (checkpointed)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     args.config = args.config_opt or args.config
-    cfg = config_from_args(args)
-    resume = None if args.resume is None else (args.resume or cfg.out_dir)
-    train(cfg, resume=resume, stop_at=args.stop_at)
+    try:
+        cfg, resume = config_from_args(args), None
+        if args.resume is not None:
+            resume = resolve_resume(args.resume or cfg.out_dir)
+            overrides = command_line_overrides(args)
+            cfg = apply_overrides(stored_config(resume), overrides)
+            print(f"resuming {resume} with its stored config"
+                  + (", overridden by " + ", ".join("--" + k.replace("_", "-") for k in overrides)
+                     if overrides else ""))
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    train(cfg, resume=str(resume) if resume else None, stop_at=args.stop_at)
 
 
 def _load_model(checkpoint: str, device: torch.device):
@@ -148,10 +161,6 @@ def infer_main(argv=None) -> None:
     device = _device(args.device)
     if args.cuda_graphs and device.type != "cuda":
         parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
-    model, cfg = _load_model(args.checkpoint, device)
-    if args.cuda_graphs:
-        from .cuda_graphs import GraphedInference
-        model = GraphedInference(model)
     files = []
     for item in map(Path, args.inputs):
         if item.is_dir():
@@ -162,6 +171,14 @@ def infer_main(argv=None) -> None:
             raise FileNotFoundError(f"input not found: {item}")
     if not files:
         sys.exit("no images found in the given inputs")
+    stems = collections.Counter(p.stem for p in files)
+    clashes = sorted(str(p) for p in files if stems[p.stem] > 1)
+    if clashes:  # outputs are named by stem: one would overwrite another
+        parser.error("inputs with the same name would write the same outputs: " + ", ".join(clashes[:8]))
+    model, cfg = _load_model(args.checkpoint, device)
+    if args.cuda_graphs:
+        from .cuda_graphs import GraphedInference
+        model = GraphedInference(model)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     colours, norm = palette(cfg.num_classes), eval_transforms()

@@ -184,14 +184,44 @@ def _scalar(name: str, tp, text: str):
         raise ValueError(f"--{name.replace('_', '-')}: expected {tp.__name__}, got {text!r}") from exc
 
 
+CHOICES = dict(dataset=("synthetic", "ade20k", "cityscapes"), eval_mode=("whole", "slide", "ms_flip"),
+               amp=("auto", "bf16", "fp16", "none"))
+PAIRS = ("synthetic_size", "crop_size", "img_scale", "ratio_range", "betas", "test_scale", "slide_crop",
+         "slide_stride")  # two numbers each (or none where optional)
+AT_LEAST_ONE = ("num_classes", "synthetic_train_size", "synthetic_val_size", "iters", "batch_size",
+                "accum_steps", "log_interval")
+AT_LEAST_ZERO = ("num_workers", "warmup_iters", "max_nonfinite", "eval_interval", "ckpt_interval")
+
+
+def config_errors(cfg: TrainConfig) -> list[str]:
+    """What is wrong with ``cfg`` (empty: nothing), so that a run fails before it trains."""
+    from ..models import VARIANTS
+    choices = dict(CHOICES, variant=tuple(VARIANTS))
+    errors = [f"{k} must be one of {', '.join(v)}, got {getattr(cfg, k)!r}"
+              for k, v in choices.items() if getattr(cfg, k) not in v]
+    for k in PAIRS:
+        value = getattr(cfg, k)
+        if value is not None and (len(value) != 2 or not all(x > 0 for x in value)):
+            errors.append(f"{k} must be two positive numbers, got {value!r}")
+    errors += [f"{k} must be at least 1, got {getattr(cfg, k)!r}" for k in AT_LEAST_ONE
+               if getattr(cfg, k) < 1]
+    errors += [f"{k} must be at least 0, got {getattr(cfg, k)!r}" for k in AT_LEAST_ZERO
+               if getattr(cfg, k) < 0]
+    return errors
+
+
 def from_dict(values: dict, where: str = "config") -> TrainConfig:
-    """Build a config; keys starting with "_" are comments and ignored."""
+    """Build a config and check its values; keys starting with "_" are comments and ignored."""
     values = {k: v for k, v in values.items() if not k.startswith("_")}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"{where}: unknown config keys {unknown}")
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    errors = config_errors(cfg)
+    if errors:
+        raise ValueError(f"{where}: " + "; ".join(errors))
+    return cfg
 
 
 def preset_names() -> list[str]:
@@ -235,11 +265,15 @@ def add_config_arguments(parser) -> None:
                             metavar="VALUE", help=f"{FIELD_HELP[f.name]} (default {default!r})")
 
 
+def command_line_overrides(args) -> dict[str, str]:
+    """{field: text} of the ``--field`` options given on the command line."""
+    return {k[len("cfg_"):]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+
+
 def config_from_args(args) -> TrainConfig:
     """Preset (``args.config``, default synthetic_cpu) + the ``--field`` options given."""
     cfg = load_preset(args.config) if args.config else TrainConfig()
-    overrides = {k[len("cfg_"):]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
-    return apply_overrides(cfg, overrides)
+    return apply_overrides(cfg, command_line_overrides(args))
 
 
 def load_config(preset: str | None = None, **overrides) -> TrainConfig:

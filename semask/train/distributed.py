@@ -59,6 +59,15 @@ def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
             dist.broadcast(buf, 0)
 
 
+def gather_to_all(obj, info: DistInfo) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -1,10 +1,12 @@
 """Checkpoints of a training run, written atomically.
 
-``<out>/last.safetensors``   model weights (semask.save_checkpoint), metadata: config JSON,
-                              iteration
-``<out>/last_state.pt``      optimizer, scheduler, grad scaler, RNG states, iteration,
-                              config; plain tensors / containers only, so
+``<out>/last_state.pt``      everything a resume needs, in one file: model weights,
+                              optimizer, scheduler, grad scaler, the RNG states of every
+                              process, iteration, config; plain tensors / containers only, so
                               ``torch.load(path, weights_only=True)`` reads it
+``<out>/last.safetensors``   model weights (semask.save_checkpoint; for semask-eval and
+                              semask-infer), metadata: config JSON, iteration; written
+                              after the state, so a run killed in between still resumes
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from ..models.checkpoint import load_checkpoint, save_checkpoint, write_atomically
+from ..models.checkpoint import load_checkpoint, save_checkpoint, unwrap_model, write_atomically
 
 WEIGHTS_NAME, STATE_NAME = "last.safetensors", "last_state.pt"
 
@@ -43,15 +45,18 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_training_state(out_dir: str | Path, model, optimizer, scheduler, scaler, iteration: int,
-                        config: dict) -> Path:
-    """Write weights, then the state file (each atomically); returns the state path."""
+                        config: dict, rng_states: list[dict] | None = None) -> Path:
+    """Write the state file, then the weights (each atomically); returns the state path.
+    ``rng_states``: :func:`rng_state` of every process, by rank (default: this one's)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, out / WEIGHTS_NAME, {"config": json.dumps(config), "iteration": iteration})
-    state = dict(iteration=iteration, config=json.dumps(config), weights=WEIGHTS_NAME,
+    weights = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
+    state = dict(iteration=iteration, config=json.dumps(config), model=weights,
                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                 scaler=scaler.state_dict() if scaler is not None else {}, rng=rng_state())
+                 scaler=scaler.state_dict() if scaler is not None else {},
+                 rng=rng_states or [rng_state()])
     write_atomically(out / STATE_NAME, lambda tmp: torch.save(state, tmp))
+    save_checkpoint(model, out / WEIGHTS_NAME, {"config": json.dumps(config), "iteration": iteration})
     return out / STATE_NAME
 
 
@@ -64,17 +69,30 @@ def resolve_resume(path: str | Path) -> Path:
     return path
 
 
+def stored_config(path: str | Path):
+    """The :class:`~semask.train.config.TrainConfig` a run's state file was written with."""
+    from .config import from_dict
+    path = resolve_resume(path)
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors not read
+    return from_dict(json.loads(state["config"]), str(path))
+
+
 def load_training_state(path: str | Path, model, optimizer, scheduler, scaler) -> dict:
     """Restore everything :func:`save_training_state` wrote; returns the state dict
-    (``iteration``, ``config`` JSON). RNG states are restored last by the caller."""
+    (``iteration``, ``config`` JSON, ``rng``). RNG states are restored last by the caller.
+    State files of earlier versions hold no weights: those come from the weights file
+    written with them."""
     path = resolve_resume(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    weights = path.parent / state["weights"]
-    meta_iter = int(read_metadata(weights).get("iteration", -1))
-    if meta_iter != state["iteration"]:
-        raise ValueError(f"{weights} holds iteration {meta_iter} but {path} iteration {state['iteration']}: "
-                         "the pair was not written together")
-    load_checkpoint(model, weights)
+    if "model" in state:
+        load_checkpoint(model, state["model"])
+    else:
+        weights = path.parent / state["weights"]
+        meta_iter = int(read_metadata(weights).get("iteration", -1))
+        if meta_iter != state["iteration"]:
+            raise ValueError(f"{weights} holds iteration {meta_iter} but {path} iteration "
+                             f"{state['iteration']}: the pair was not written together")
+        load_checkpoint(model, weights)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]:

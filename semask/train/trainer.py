@@ -25,7 +25,8 @@ from .evaluate import evaluate
 from .metrics import markdown_table
 from .optim import build_optimizer, build_scheduler
 from .plot import plot_metrics
-from .state import load_training_state, save_training_state, set_rng_state
+from .state import (load_training_state, resolve_resume, rng_state, save_training_state,
+                    set_rng_state)
 
 PRETRAINED_WARNING = (
     "\n" + "!" * 78 + "\n"
@@ -72,6 +73,36 @@ def autocast_factory(cfg: TrainConfig, device: torch.device):
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     cache = not cfg.cuda_graphs
     return (lambda: torch.autocast("cuda", dtype=dtype, cache_enabled=cache)), scaler, amp
+
+
+# fields that may change when a run is resumed without changing what it trains
+RESUME_FREE = ("out_dir", "iters", "progress", "log_interval", "ckpt_interval", "eval_interval",
+               "num_workers", "device", "eval_mode", "test_scale", "slide_crop", "slide_stride",
+               "ms_ratios", "max_nonfinite", "name")
+
+
+def config_changes(stored: dict, now: dict) -> dict:
+    """{field: (stored, now)} of the fields, other than RESUME_FREE, that differ."""
+    return {k: (stored.get(k), v) for k, v in now.items()
+            if k not in RESUME_FREE and stored.get(k) != v}
+
+
+def _continue_metrics(source: Path, target: Path, start_iter: int) -> None:
+    """``target`` = the records of ``source`` up to ``start_iter`` (a resumed run's history,
+    without what the interrupted run logged after its checkpoint)."""
+    lines = source.read_text().splitlines() if source.is_file() else []
+    kept = [line for line in lines if line.strip() and json.loads(line)["iter"] <= start_iter]
+    target.write_text("".join(line + "\n" for line in kept))
+
+
+def _rank_rng(saved, info, say) -> dict:
+    """This process's RNG state from a checkpoint's (one per rank; a dict in older files)."""
+    if isinstance(saved, dict):
+        return saved
+    if len(saved) != info.world_size:
+        say(f"the checkpoint holds the RNG states of {len(saved)} processes, this run has "
+            f"{info.world_size}: rank r continues the stream of rank r % {len(saved)}")
+    return saved[info.rank % len(saved)]
 
 
 def _log(path: Path, record: dict) -> None:
@@ -128,12 +159,18 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
                                 cfg.min_lr, cfg.lr)
     start_iter = 0
     metrics_path = out / "metrics.jsonl"
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     if resume:
         state = load_training_state(resume, model, optimizer, scheduler, scaler)
         start_iter = state["iteration"]
         say(f"resumed from {resume} at iteration {start_iter}")
+        changed = config_changes(json.loads(state["config"]), cfg.to_dict())
+        if changed and info.is_main:
+            warnings.warn(f"resuming with a config that differs from the run's: {changed}", stacklevel=2)
+        if info.is_main:
+            _continue_metrics(resolve_resume(resume).parent / metrics_path.name, metrics_path, start_iter)
     elif info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.enabled else model
@@ -148,7 +185,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     graphed = None  # the CUDA-graphed loss step, captured on the first batch
     # RNG last: nothing above may draw from it after a resume (dropout / drop path use it)
     if resume:
-        set_rng_state(state["rng"])
+        set_rng_state(_rank_rng(state["rng"], info, say))
     else:
         torch.manual_seed(cfg.seed + info.rank)
 
@@ -225,8 +262,9 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
                 _log(metrics_path, dict(iter=done, mIoU=res["mIoU"], aAcc=res["aAcc"]))
                 bar.write(f"iter {done}: val mIoU {100 * res['mIoU']:.2f}")
         if save_now:
+            rngs = distributed.gather_to_all(rng_state(), info)  # every rank's dropout streams
             if info.is_main:
-                save_training_state(out, model, optimizer, scheduler, scaler, done, cfg.to_dict())
+                save_training_state(out, model, optimizer, scheduler, scaler, done, cfg.to_dict(), rngs)
             distributed.barrier(info)
         if done == stop_at:
             bar.close()

@@ -1,5 +1,6 @@
 """semask-train / semask-eval / semask-infer end to end on a tiny synthetic run."""
 import json
+import re
 import subprocess
 import sys
 
@@ -52,11 +53,23 @@ def test_train_eval_infer(tmp_path, capsys):
         assert label.shape == size and label.max() < 6 and overlay.shape == (*size, 3)
 
 
-def test_resume_without_checkpoint_and_bad_config(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        train_main([*TINY, "--out-dir", str(tmp_path / "none"), "--resume"])
-    with pytest.raises(ValueError, match="unknown config 'nope'"):
-        train_main(["nope"])
+def _usage_error(capsys, argv, match):
+    """train_main(argv) stops as argparse does, with ``match`` in its message."""
+    with pytest.raises(SystemExit) as exc:
+        train_main(argv)
+    assert exc.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_resume_without_checkpoint_and_bad_config(tmp_path, capsys):
+    _usage_error(capsys, [*TINY, "--out-dir", str(tmp_path / "none"), "--resume"], "nothing to resume")
+    _usage_error(capsys, ["nope"], "unknown config 'nope'")
+    for option, value, match in (("--eval-mode", "foo", "eval_mode must be one of whole"),
+                                 ("--log-interval", "0", "log_interval must be at least 1"),
+                                 ("--crop-size", "64", "crop_size must be two positive numbers"),
+                                 ("--amp", "xyz", "amp must be one of auto")):
+        _usage_error(capsys, [*TINY, option, value, "--out-dir", str(tmp_path / "bad")], match)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         eval_main([str(tmp_path / "missing.safetensors")])
 
@@ -85,3 +98,32 @@ def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "semask.train", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: semask-train"), proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_resume_takes_the_stored_config_and_may_move_the_run(tmp_path, capsys):
+    """A bare --resume continues with the run's own config (here 4 iterations, not the
+    preset's 3000); --field options override it; --out-dir moves the run, history included."""
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    train_main([*TINY, "--iters", "4", "--out-dir", str(run), "--stop-at", "2"])
+    capsys.readouterr()
+    train_main(["--out-dir", str(run), "--resume", "--progress", "false", "--log-interval", "2"])
+    printed = capsys.readouterr().out
+    line = next(x for x in printed.splitlines() if "with its stored config, overridden by" in x)
+    assert sorted(line.split("overridden by ")[1].split(", ")) == ["--log-interval", "--out-dir", "--progress"]
+    assert "iters                = 4" in printed
+    logged = [json.loads(line)["iter"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged[:3] == [1, 2, 4] and json.loads((run / "eval.json").read_text())["iteration"] == 4
+    train_main(["--resume", str(run), "--out-dir", str(moved), "--iters", "5"])
+    logged = [json.loads(line)["iter"] for line in (moved / "metrics.jsonl").read_text().splitlines()]
+    assert [i for i in logged if i < 5] == [1, 2, 4, 4] and (moved / "model.safetensors").is_file()
+
+
+def test_infer_refuses_inputs_that_would_overwrite_each_other(tmp_path, capsys):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / sub / "x.png")
+    with pytest.raises(SystemExit):
+        infer_main([str(tmp_path / "missing-run"), str(tmp_path / "a"), str(tmp_path / "b"),
+                    "--out-dir", str(tmp_path / "pred")])
+    assert "a/x.png" in capsys.readouterr().err and not (tmp_path / "pred").exists()

@@ -32,3 +32,24 @@ def test_two_process_training_keeps_replicas_identical(tmp_path):
     assert [r["iter"] for r in records] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def _torchrun(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *map(str, args)], capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_process_resume_continues_every_rank_stream(tmp_path):
+    """Each rank draws its own drop-path masks: a resumed 2-process run equals an
+    uninterrupted one only if every rank's RNG state was saved and restored (rank 0's
+    alone, restored on both ranks, changed the losses after the resume)."""
+    worker = Path(__file__).with_name("ddp_resume_worker.py")
+    _torchrun(worker, tmp_path / "full", 4)
+    _torchrun(worker, tmp_path / "split", 4, 2)
+    _torchrun(worker, tmp_path / "split", 4, "-", "resume")
+    full, split = ([(r["iter"], r["loss"]) for r in read_metrics(tmp_path / d / "metrics.jsonl") if "loss" in r]
+                   for d in ("full", "split"))
+    assert [i for i, _ in full] == [1, 2, 3, 4] and full == split

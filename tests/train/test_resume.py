@@ -25,6 +25,12 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_config):
     state = torch.load(tmp_path / "split" / STATE_NAME, weights_only=True)   # plain tensors / containers
     assert state["iteration"] == 3 and json.loads(state["config"])["accum_steps"] == 2
     assert read_metadata(tmp_path / "split" / "last.safetensors")["iteration"] == "3"
+    assert set(state["model"]) == set(SeMaskSwin("micro", num_classes=6, head_channels=8).state_dict())
+    # as if killed after logging iterations 4, 5 and writing the state of iteration 3 but
+    # not yet its weights file: the resume drops the records, takes the state's weights
+    with (tmp_path / "split" / "metrics.jsonl").open("a") as f:
+        f.write('{"iter": 4, "loss": 9.0, "lr": 0.0}\n{"iter": 5, "loss": 9.0, "lr": 0.0}\n')
+    (tmp_path / "split" / "last.safetensors").write_bytes(b"stale")
     resumed = train(tiny_config(tmp_path / "split", **kw), resume=str(tmp_path / "split"))
     a, b = _losses(tmp_path / "full"), _losses(tmp_path / "split")
     assert [i for i, _, _ in a] == list(range(1, 7)) and a == b      # bit-identical loss and lr per iteration
@@ -54,3 +60,30 @@ def test_nonfinite_loss_skips_then_stops(tmp_path, tiny_config, monkeypatch):
             train(cfg)
     messages = [str(w.message) for w in caught if "non-finite" in str(w.message)]
     assert len(messages) == 3 and "iteration 2" in messages[0] and "iteration 5" in messages[2]
+
+
+def test_state_files_of_the_earlier_layout_still_resume(tmp_path):
+    """Before the weights moved into the state file: weights from last.safetensors (its
+    iteration checked against the state's), one RNG state (a dict)."""
+    from semask.train.state import load_training_state, save_training_state
+    from semask.train.trainer import _rank_rng
+
+    def parts(seed):
+        torch.manual_seed(seed)
+        model = SeMaskSwin("micro", num_classes=6, head_channels=8)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+
+    src = parts(0)
+    save_training_state(tmp_path, *src, None, 7, {"lr": 1e-3})
+    state = torch.load(tmp_path / STATE_NAME, weights_only=True)
+    old = {k: v for k, v in state.items() if k != "model"}
+    old.update(weights="last.safetensors", rng=state["rng"][0])
+    torch.save(old, tmp_path / STATE_NAME)
+    dst = parts(1)
+    loaded = load_training_state(tmp_path, *dst, None)
+    assert loaded["iteration"] == 7 and _rank_rng(loaded["rng"], None, print) is loaded["rng"]
+    assert all(torch.equal(a, b) for a, b in zip(src[0].state_dict().values(), dst[0].state_dict().values()))
+    torch.save(dict(old, iteration=8), tmp_path / STATE_NAME)
+    with pytest.raises(ValueError, match="not written together"):
+        load_training_state(tmp_path, *parts(2), None)
