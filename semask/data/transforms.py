@@ -2,14 +2,17 @@
 
 Samples flow as ``(tv_tensors.Image uint8 [3, H, W], tv_tensors.Mask uint8/long [H, W])``;
 v2 resizes masks with nearest neighbour and leaves them alone in colour ops and
-Normalize. Where v2 has the op we use it (RandomHorizontalFlip, ColorJitter, ToDtype,
-Normalize, functional resize / crop / pad); the two recipe-specific rules that v2 lacks
-are small callables built on v2.functional:
+Normalize. Where v2 has the op we use it (RandomHorizontalFlip, ToDtype, Normalize,
+functional resize / crop / pad); the recipe-specific rules that v2 lacks are small
+callables built on v2.functional:
 
 * :class:`RandomResize` - mmseg ``Resize(img_scale=(long, short), ratio_range)`` with
   keep_ratio: scale = min(long*r / long_side, short*r / short_side), r ~ U(ratio_range).
 * :class:`CatMaxRatioCrop` - mmseg ``RandomCrop(cat_max_ratio)``: up to 10 tries for a
   crop where no class covers more than ``cat_max_ratio`` of the labelled pixels.
+* :class:`~.photometric.PhotoMetricDistortion` - mmseg ``PhotoMetricDistortion`` (additive
+  brightness, multiplicative contrast, HSV saturation and hue; torchvision's ColorJitter
+  scales brightness and blends contrast and saturation instead).
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from .photometric import PhotoMetricDistortion
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 (mmseg img_norm_cfg)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -85,18 +90,6 @@ class PadTo:
         return TF.pad(image, pad, fill=0), TF.pad(mask, pad, fill=self.ignore_index)
 
 
-def photometric_distortion() -> v2.Transform:
-    """mmseg PhotoMetricDistortion, each op with p 0.5: brightness +-32/255 (here
-    multiplicative 1 +- 0.125), contrast and saturation 0.5-1.5, hue +-18 of OpenCV's
-    180 (0.1 turn). Colour ops leave masks untouched."""
-    return v2.Compose([
-        v2.RandomApply([v2.ColorJitter(brightness=0.125)], p=0.5),
-        v2.RandomApply([v2.ColorJitter(contrast=0.5)], p=0.5),
-        v2.RandomApply([v2.ColorJitter(saturation=0.5)], p=0.5),
-        v2.RandomApply([v2.ColorJitter(hue=0.1)], p=0.5),
-    ])
-
-
 def normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Transform:
     """uint8 image -> float32 (still 0-255) -> (x - mean) / std; masks pass through."""
     return v2.Compose([v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=False),
@@ -128,7 +121,7 @@ def train_transforms(crop_size: tuple[int, int], img_scale: tuple[int, int] | No
     steps.append(CatMaxRatioCrop(crop_size, cat_max_ratio))
     steps.append(v2.RandomHorizontalFlip(flip_prob))
     if photometric:
-        steps.append(photometric_distortion())
+        steps.append(PhotoMetricDistortion())
     steps += [normalize(), PadTo(crop_size)]
     return JointCompose(steps)
 
