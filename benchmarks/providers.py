@@ -188,12 +188,8 @@ def unpadded_classes(fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` with ``SemanticAttention`` feeding the Triton kernels the K classes as they
     are: FLOPs are counted for the K classes on every provider, not the padded ones."""
     def call():
-        saved = _sem_mod.SemanticAttention.pad_classes
-        _sem_mod.SemanticAttention.pad_classes = False
-        try:
+        with _sem_mod.classes_unpadded():
             return fn()
-        finally:
-            _sem_mod.SemanticAttention.pad_classes = saved
     return call
 
 

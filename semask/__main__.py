@@ -9,6 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import create_model, list_models
+from .ops.semantic_attention import classes_unpadded
 
 
 def main(argv=None) -> None:
@@ -25,14 +26,18 @@ def main(argv=None) -> None:
     model = model.to(args.device).eval()
     images = torch.randn(args.batch, 3, *args.size, device=args.device)
     params = sum(p.numel() for p in model.parameters())
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
     with torch.no_grad():
         counter = FlopCounterMode(display=False)
-        with counter:
+        # the fused ops count through semask.ops.flops; the model's K classes, not the zero
+        # classes the Triton backends append
+        with counter, classes_unpadded():
             out = model(images)
+        model(images)  # warm-up outside the counter: kernel compilation, fused upsampling
+        sync()
         start = time.perf_counter()
         model(images)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync()
         elapsed = time.perf_counter() - start
     semantic = f", semantic windowed per stage {model.semantic_windowed}" if model.semantic else ""
     print(f"{args.model}: {params / 1e6:.2f}M parameters, K={args.num_classes}{semantic}")

@@ -60,7 +60,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], str]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        if path.suffix == ".safetensors":
+        if _is_safetensors(path):  # whatever the suffix: save_checkpoint writes safetensors
             from safetensors.torch import load_file
             return load_file(str(path)), "safetensors"
         raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -68,6 +68,14 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], str]:
         raise ValueError(f"could not read checkpoint {path}: it is corrupt or not a PyTorch "
                          f"/ safetensors file ({type(exc).__name__}: {exc})") from exc
     return unwrap_state_dict(raw, str(path))
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then its JSON header."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    return (len(head) == 9 and head[8:9] == b"{"
+            and int.from_bytes(head[:8], "little") < path.stat().st_size)
 
 
 def unwrap_state_dict(raw, where: str = "checkpoint") -> tuple[dict[str, Tensor], str]:

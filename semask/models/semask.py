@@ -102,13 +102,19 @@ class SeMaskSwin(nn.Module):
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; supported: {', '.join(HEADS)}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if num_classes < 2:  # softmax cross-entropy over one class has no gradient
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if window_size is not None and (not isinstance(window_size, int) or window_size < 1):
+            raise ValueError(f"window_size must be a positive int or None, got {window_size!r}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         v = VARIANTS[variant]
         window = window_size or v.window
         if semantic_windowed is None:
             semantic_windowed = default_semantic_windowed(v.embed_dim, num_classes)
-        semantic_windowed = tuple(bool(s) for s in semantic_windowed)
+        if isinstance(semantic_windowed, str) or not all(isinstance(s, bool) for s in semantic_windowed):
+            raise ValueError(f"semantic_windowed must be bools, one per stage, got {semantic_windowed!r}")
+        semantic_windowed = tuple(semantic_windowed)
         if len(semantic_windowed) != len(v.depths):
             raise ValueError(f"semantic_windowed needs {len(v.depths)} entries, got {semantic_windowed}")
         self.variant, self.num_classes, self.window = variant, num_classes, window
@@ -134,8 +140,8 @@ class SeMaskSwin(nn.Module):
             self.load_report = load_checkpoint(self, pretrained)
 
     def forward(self, images: Tensor) -> SegOutput:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+            raise ValueError(f"images must be [B, 3, H, W] with B >= 1, got {tuple(images.shape)}")
         if min(images.shape[2:]) < 32:
             raise ValueError(f"images must be at least 32x32, got {tuple(images.shape[2:])}")
         weights = self._autocast_weights(images)
@@ -202,5 +208,11 @@ class SeMaskSwin(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
-        """[B, 3, H, W] -> class map [B, H, W] (long)."""
-        return self(images).logits.argmax(1)
+        """[B, 3, H, W] -> class map [B, H, W] (long), in eval mode (the model's mode is
+        restored after: BatchNorm statistics untouched, no dropout)."""
+        training = self.training
+        self.eval()
+        try:
+            return self(images).logits.argmax(1)
+        finally:
+            self.train(training)

@@ -206,8 +206,11 @@ class SwinBackbone(nn.Module):
         self.drop_path_keeps = DropPathKeeps()
         self.apply(init_weights)
 
-    def set_grad_checkpointing(self, stages=(0, 1, 2, 3)) -> None:
-        """Recompute the given stages in backward (saves activation memory)."""
+    def set_grad_checkpointing(self, stages: bool | tuple[int, ...] = True) -> None:
+        """Recompute the given stages in backward (saves activation memory): True (all
+        stages), False (none) or stage indices."""
+        if isinstance(stages, bool):
+            stages = range(self.num_stages) if stages else ()
         for i, layer in enumerate(self.layers):
             layer.grad_checkpointing = i in stages
 

@@ -6,6 +6,8 @@ fused backends are reached through ``semask::semantic_attention_fwd/bwd``.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -65,6 +67,10 @@ def check_semantic_attention_inputs(q: Tensor, k: Tensor, v: Tensor, window: int
     if q.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3] or v.dim() != 4:
         raise ValueError(f"{OP}: expected q, k [B, Hp, Wp, K] and v [B, Hp, Wp, C], got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"{OP}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[0] == 0:
+        raise ValueError(f"{OP}: empty batch, q {tuple(q.shape)}")
     if window < 0 or (window and (q.shape[1] % window or q.shape[2] % window)):
         raise ValueError(f"{OP}: map {tuple(q.shape[1:3])} is not a multiple of window {window}")
 
@@ -89,6 +95,18 @@ def class_padding(num_classes: int) -> int:
     return -num_classes % CLASS_MULTIPLE
 
 
+@contextlib.contextmanager
+def classes_unpadded():
+    """Within: :class:`SemanticAttention` gives every backend the K classes as they are
+    (to count the model's FLOPs, not the zero classes' work)."""
+    saved = SemanticAttention.pad_classes
+    SemanticAttention.pad_classes = False
+    try:
+        yield
+    finally:
+        SemanticAttention.pad_classes = saved
+
+
 def linear_padded(layer: nn.Linear, x: Tensor, pad: int) -> Tensor:
     """``layer(x)`` with ``pad`` zero output features appended (zero weight rows and bias),
     as one product: [..., in] -> [..., out + pad]."""
@@ -102,9 +120,9 @@ def semantic_attention(q: Tensor, k: Tensor, v: Tensor, window: int, backend: st
     """q, k [B, Hp, Wp, K], v [B, Hp, Wp, C] -> [B, Hp, Wp, C]; window 0 = global. The Triton
     kernels load q and k rows as vectors only when K is a multiple of CLASS_MULTIPLE (zero
     classes appended change nothing; :class:`SemanticAttention` appends them)."""
+    check_semantic_attention_inputs(q, k, v, window)
     if backend == "torch":
         return semantic_attention_reference(q, k, v, window)
-    check_semantic_attention_inputs(q, k, v, window)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     name = _backend.choose(backend, OP, [q, k, v], dict(window=window))
     if name == "torch":
