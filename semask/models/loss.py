@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops.backend import single_backward
+from ..ops.backend import graph_anchor, single_backward
 from .heads import resize
 
 
@@ -47,12 +47,13 @@ def _chunked_sum(logits: Tensor, target: Tensor, ignore_index: int, chunk: int) 
     return total
 
 
-def _scaled(dlogits: Tensor, grad: Tensor, dtype: torch.dtype, what: str) -> tuple:
+def _scaled(dlogits: Tensor, grad: Tensor, anchor: Tensor, dtype: torch.dtype, what: str) -> tuple:
     """The backward's outputs: dlogits * grad in fp32 (or fp64) as ``dtype``, raising if
-    differentiated again (see :func:`semask.ops.backend.single_backward`)."""
+    differentiated again (see :func:`semask.ops.backend.single_backward`; ``anchor``: the
+    logits' :func:`~semask.ops.backend.graph_anchor`)."""
     with torch.no_grad():
         scaled = (dlogits.to(_loss_dtype(dlogits.dtype)) * grad).to(dtype)
-    return (*single_backward((scaled,), what), None, None, None)
+    return (*single_backward((scaled,), what, (grad, anchor)), None, None, None, None)
 
 
 class _ChunkedLossSum(torch.autograd.Function):
@@ -63,7 +64,8 @@ class _ChunkedLossSum(torch.autograd.Function):
     differentiation only."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor, ignore_index: int, chunk: int) -> Tensor:
+    def forward(ctx, logits: Tensor, target: Tensor, ignore_index: int, chunk: int,
+                anchor: Tensor) -> Tensor:
         total = torch.zeros((), device=logits.device, dtype=_loss_dtype(logits.dtype))
         dlogits = torch.empty_like(logits)
         for i in range(0, logits.shape[0], chunk):
@@ -72,13 +74,13 @@ class _ChunkedLossSum(torch.autograd.Function):
                 loss = _pixel_loss_sum(part, target[i:i + chunk], ignore_index)
                 dlogits[i:i + chunk] = torch.autograd.grad(loss, part)[0]
             total += loss.detach()
-        ctx.save_for_backward(dlogits)
+        ctx.save_for_backward(dlogits, anchor)
         return total
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (dlogits,) = ctx.saved_tensors
-        return _scaled(dlogits, grad, dlogits.dtype, "the chunked loss")
+        dlogits, anchor = ctx.saved_tensors
+        return _scaled(dlogits, grad, anchor, dlogits.dtype, "the chunked loss")
 
 
 class _FusedLossSum(torch.autograd.Function):
@@ -87,18 +89,19 @@ class _FusedLossSum(torch.autograd.Function):
     launch; the backward scales it. Single differentiation only."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor, ignore_index: int, grad: bool) -> Tensor:
+    def forward(ctx, logits: Tensor, target: Tensor, ignore_index: int, grad: bool,
+                anchor: Tensor | None) -> Tensor:
         from semask.kernels.upsample_cross_entropy import upsample_cross_entropy
         total, dlogits = upsample_cross_entropy(logits, target, ignore_index, grad)
         ctx.dtype = logits.dtype
         if grad:
-            ctx.save_for_backward(dlogits)
+            ctx.save_for_backward(dlogits, anchor)
         return total.to(_loss_dtype(logits.dtype))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (dlogits,) = ctx.saved_tensors
-        return _scaled(dlogits, grad, ctx.dtype, "the fused loss")
+        dlogits, anchor = ctx.saved_tensors
+        return _scaled(dlogits, grad, anchor, ctx.dtype, "the fused loss")
 
 
 def fused_loss_reasons(logits: Tensor, target: Tensor, ignore_index: int = 255) -> list[str]:
@@ -125,17 +128,20 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
     if target.dim() != 3 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"target must be [B, H, W] long with B = {logits.shape[0]}, "
                          f"got {tuple(target.shape)}")
+    if target.is_floating_point() or target.is_complex():
+        raise ValueError(f"target must hold integer class indices, got {target.dtype}")
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be a positive number of images, got {chunk}")
     compiling = torch.compiler.is_compiling()
     if fused and not compiling and not fused_loss_reasons(logits, target, ignore_index):
         grad = torch.is_grad_enabled() and logits.requires_grad
-        total = _FusedLossSum.apply(logits, target, ignore_index, grad)
+        total = _FusedLossSum.apply(logits, target, ignore_index, grad,
+                                    graph_anchor(logits) if grad else None)
     elif chunk is None or compiling:
         # one piece under torch.compile: it traces no autograd.grad inside a forward
         total = _pixel_loss_sum(logits, target, ignore_index)
     elif torch.is_grad_enabled() and logits.requires_grad:
-        total = _ChunkedLossSum.apply(logits, target, ignore_index, chunk)
+        total = _ChunkedLossSum.apply(logits, target, ignore_index, chunk, graph_anchor(logits))
     else:  # no gradient wanted: nothing to take in the forward
         total = _chunked_sum(logits, target, ignore_index, chunk)
     if not avg_non_ignore:

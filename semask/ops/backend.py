@@ -55,10 +55,11 @@ class BackendUnavailable(RuntimeError):
 
 def requested_backend(fused: bool | str) -> str:
     """Map the ``fused=`` argument (and ``SEMASK_BACKEND``) to one of :data:`CHOICES`."""
-    if fused is False:
-        return "torch"
-    choice = os.environ.get(BACKEND_ENV, "auto") if fused is True else fused
-    choice = str(choice).strip().lower()
+    if not isinstance(fused, str):  # True / False, and 1 / 0
+        if not fused:
+            return "torch"
+        fused = os.environ.get(BACKEND_ENV, "").strip() or "auto"
+    choice = fused.strip().lower()
     if choice not in CHOICES:
         raise ValueError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
     return choice
@@ -157,19 +158,30 @@ def eager_dispatch(tensors=()) -> bool:
             and all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors))
 
 
-def single_backward(grads: tuple, what: str) -> tuple:
+def graph_anchor(t: Tensor) -> Tensor:
+    """An empty tensor whose graph leads to ``t``'s, without holding ``t``'s memory (for
+    :func:`single_backward`'s ``sources`` where ``t`` is not saved)."""
+    return t.reshape(-1)[:0].clone()
+
+
+def single_backward(grads: tuple, what: str, sources: tuple = ()) -> tuple:
     """Gradients of a fused backward (computed without a graph), made to raise when
-    differentiated: under ``create_graph`` (grad mode on) each is an alias whose backward
-    fails with a message, so a gradient penalty through a fused op errors instead of
-    losing its second-order terms, while create_graph uses that do not differentiate
-    through it still work."""
+    differentiated: under ``create_graph`` (grad mode on) each is an output of one node
+    whose backward fails with a message, so a gradient penalty through a fused op errors
+    instead of losing its second-order terms, while create_graph uses that do not
+    differentiate through it still work. ``sources``: the tensors the gradients depend on
+    (the incoming gradient, the op's inputs), which the node takes as inputs too (as empty
+    slices): ``torch.autograd.grad`` only runs the nodes on a path to the tensors it is
+    asked about, and without them the path from a gradient to, say, a weight upstream of
+    the op would skip the node and drop the terms silently."""
     if not torch.is_grad_enabled():
         return grads
     present = [g for g in grads if g is not None]
+    linked = [s.reshape(-1)[:0] for s in sources if s is not None and s.requires_grad]
     err = torch._C._functions.DelayedError(
         f"{what} differentiates once: a gradient penalty (double backward) through it needs "
-        f"the PyTorch reference path", len(present))
-    wrapped = err(*[g.detach().requires_grad_() for g in present])
+        f"the PyTorch reference path", len(present) + len(linked))
+    wrapped = err(*[g.detach().requires_grad_() for g in present], *linked)
     wrapped = iter((wrapped,) if isinstance(wrapped, Tensor) else wrapped)
     return tuple(None if g is None else next(wrapped) for g in grads)
 
@@ -208,7 +220,8 @@ class EagerFused(torch.autograd.Function):
         bwd = op.provider_bwd if eager_dispatch() else op.custom_bwd
         with torch.no_grad():
             grads = op.grads(bwd, ctx, dout)
-        return (None, *single_backward(grads, f"semask {op.name} (fused)"))
+        return (None, *single_backward(grads, f"semask {op.name} (fused)",
+                                       (dout, *ctx.saved_tensors)))
 
 
 def _describe(t: Tensor) -> tuple:
@@ -229,8 +242,8 @@ def _choose(requested: str, op: str, infos: tuple, params: tuple) -> str:
         reasons = common or not_supported_reasons(requested, op, tensors, params)
         if reasons:
             raise BackendUnavailable(
-                f"{BACKEND_ENV}={requested} cannot run {op}: " + "; ".join(reasons)
-            )
+                f"backend {requested!r} (fused= or {BACKEND_ENV}) cannot run {op}: "
+                + "; ".join(reasons))
         return requested
     why = {}
     if common:

@@ -59,7 +59,7 @@ class _LayerNorm(torch.autograd.Function):
         x, weight, mean, rstd = ctx.saved_tensors
         dx, dweight, dbias = kernels.backward(dy, x, weight, mean, rstd)
         grads = (dx, dweight.to(ctx.dtypes[0]), dbias.to(ctx.dtypes[1]))
-        return (*single_backward(grads, "the fused LayerNorm"), None, None, None)
+        return (*single_backward(grads, "the fused LayerNorm", (dy, x, weight)), None, None, None)
 
 
 def fused_layer_norm_reasons(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> list[str]:

@@ -139,7 +139,8 @@ def window_attention_reference(
     q, k, v = window_partition(qkv, window).view(-1, N, 3, num_heads, D).permute(2, 0, 3, 1, 4)
     mask = shift_attn_mask(Hp, Wp, window, shift, qkv.device) if shift else None
     attn = _window_scores(q * scale, k, relative_position_bias(table, window), mask, B)
-    out = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(-1, N, C)
+    # P in v's dtype: a table of another dtype (fp32 with half qkv) promotes the scores only
+    out = (attn.softmax(dim=-1).to(v.dtype) @ v).transpose(1, 2).reshape(-1, N, C)
     out = window_reverse(out, window, Hp, Wp)
     if shift:
         out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))

@@ -30,7 +30,7 @@ class _Upsample2x(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         from semask.kernels import bilinear_upsample as kernels
         dx = kernels.upsample2x_backward(dy, ctx.dtype, ctx.channels_last)
-        return single_backward((dx,), "the fused upsampling")
+        return single_backward((dx,), "the fused upsampling", (dy,))  # linear: dx depends on dy only
 
 
 def fused_upsample_reasons(x: Tensor) -> list[str]:

@@ -68,9 +68,13 @@ def check_window_attention_inputs(qkv: Tensor, table: Tensor, num_heads: int, wi
                                   shift: int, size: tuple[int, int] | None = None) -> None:
     """Raise a clear error for inputs no backend can run."""
     _backend.check_inputs(OP, {"qkv": qkv, "table": table})
+    if num_heads < 1:
+        raise ValueError(f"{OP}: num_heads must be at least 1, got {num_heads}")
     if qkv.dim() != 4 or qkv.shape[-1] % 3 or (qkv.shape[-1] // 3) % num_heads:
         raise ValueError(f"{OP}: qkv must be [B, Hp, Wp, 3C] with C divisible by "
                          f"num_heads={num_heads}, got {tuple(qkv.shape)}")
+    if qkv.shape[0] == 0:
+        raise ValueError(f"{OP}: empty batch, qkv {tuple(qkv.shape)}")
     if window < 1 or qkv.shape[1] % window or qkv.shape[2] % window:
         raise ValueError(f"{OP}: padded map {tuple(qkv.shape[1:3])} is not a multiple of "
                          f"window {window}")
@@ -93,10 +97,10 @@ def window_attention(qkv: Tensor, table: Tensor, num_heads: int, window: int, sh
     the first (H, W) = ``size`` rows and columns of the output map (default: all of it;
     the fused kernels write only those). ``backend`` is one of ``backend.CHOICES``.
     """
+    check_window_attention_inputs(qkv, table, num_heads, window, shift, size)
     if backend == "torch":
         return _crop(window_attention_reference(qkv, table, num_heads, window, shift, scale),
                      size)
-    check_window_attention_inputs(qkv, table, num_heads, window, shift, size)
     params = dict(num_heads=num_heads, window=window, shift=shift)
     qkv, table = qkv.contiguous(), table.contiguous()
     name = _backend.choose(backend, OP, [qkv, table], params)

@@ -164,6 +164,10 @@ def test_gradient_cannot_be_differentiated_again():
     (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiates once"):
         dx.sum().backward()
+    scale = torch.ones((), requires_grad=True)  # only a path to scale, upstream, asked for
+    (dx,) = torch.autograd.grad(upsample2x(x * scale, fused=True).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiates once"):
+        torch.autograd.grad(dx.square().sum(), scale)
 
 
 # ------------------------------------------------ compiled (not interpreted) code, on CPU

@@ -220,6 +220,8 @@ def test_gradient_cannot_be_differentiated_again():
                                 create_graph=True)
     with pytest.raises(RuntimeError, match="differentiates once"):
         dx.sum().backward()
+    with pytest.raises(RuntimeError, match="differentiates once"):  # only a path to w asked for
+        torch.autograd.grad(dx.square().sum(), w)
 
 
 # ------------------------------------------------ compiled (not interpreted) code, on CPU

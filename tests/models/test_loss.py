@@ -146,6 +146,12 @@ def test_chunked_and_fused_losses_differentiate_once(kwargs):
     (grad,) = torch.autograd.grad(loss, logits, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiates once"):
         grad.square().sum().backward()
+    # the second derivative with respect to a tensor upstream of the logits
+    scale = torch.ones((), dtype=logits.dtype, requires_grad=True)
+    (grad,) = torch.autograd.grad(upsampled_cross_entropy(logits * scale, target, **kwargs), logits,
+                                  create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiates once"):
+        torch.autograd.grad(grad.square().sum(), scale)
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(chunk=2), dict(fused=True)])

@@ -135,6 +135,25 @@ def test_eager_fused_ops_differentiate_once(monkeypatch):
             gx.square().sum().backward()
 
 
+def test_gradient_penalty_wrt_an_upstream_weight_raises(monkeypatch):
+    """torch.autograd.grad runs only the nodes on a path to what it is asked about: the
+    second derivative with respect to a weight upstream of a fused op must still reach the
+    node that raises (it had returned the first-order part alone: 305 instead of 723)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 3 * 16)
+    x = torch.randn(1, 7, 7, 8, requires_grad=True)
+    ops = (lambda y: semask.ops.window_attention(y, torch.randn(169, 1) * 0.1, 1, 7, 3, 0.25, "triton"),
+           lambda y: semask.ops.semantic_attention(y[..., :8].contiguous(), y[..., 8:16].contiguous(),
+                                                   y[..., 16:].contiguous(), 7, "triton"))
+    for op in ops:
+        for differentiate in (lambda p: torch.autograd.grad(p, lin.weight),
+                              lambda p: p.backward(inputs=[lin.weight])):
+            (g,) = torch.autograd.grad(op(lin(x)).square().sum(), x, create_graph=True)
+            with pytest.raises(RuntimeError, match="differentiates once"):
+                differentiate(g.square().sum())
+
+
 def test_eager_backward_under_flop_counting_goes_through_the_custom_op(monkeypatch):
     """A forward run eagerly and a backward under FlopCounterMode: the backward takes the
     custom op, so its FLOPs are counted (twice the forward's, semask/ops/flops.py)."""
@@ -170,3 +189,33 @@ def test_eager_dispatch_defers_to_tracing_modes_and_subclasses():
     with FlopCounterMode(display=False):
         assert not backend.eager_dispatch([x])
     assert not torch.vmap(lambda t: torch.tensor(backend.eager_dispatch([t])) + t)(x.view(2, 1)).all()
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_every_backend_checks_its_inputs(backend):
+    """The reference path refuses what the fused ones refuse (it had returned a result with
+    the batch doubled for a table of 2 heads at num_heads=1, and one for shift >= window)."""
+    qkv, table = torch.randn(1, 8, 8, 48), torch.randn(49, 1)
+    wa = semask.ops.window_attention
+    for args, match in (((qkv, table, 1, 4, 4), "shift 4 must lie in"),
+                        ((qkv, torch.randn(49, 2), 1, 4, 2), "table must be"),
+                        ((qkv, table, 0, 4, 2), "num_heads must be at least 1"),
+                        ((qkv[:0], table, 1, 4, 2), "empty batch"),
+                        ((qkv[:, :7], table, 1, 4, 2), "not a multiple of window")):
+        with pytest.raises(ValueError, match=match):
+            wa(*args, 0.25, backend)
+    q, v = torch.randn(1, 8, 8, 5), torch.randn(1, 8, 8, 16)
+    sa = semask.ops.semantic_attention
+    for args, match in (((q.half(), q, v, 4), "must share a dtype"), ((q, q, v, -1), "not a multiple"),
+                        ((q[:0], q[:0], v[:0], 0), "empty batch")):
+        with pytest.raises(ValueError, match=match):
+            sa(*args, backend)
+
+
+def test_reference_takes_a_table_of_another_dtype():
+    """Half qkv with an fp32 table (as the fused kernels read it) on the reference path."""
+    torch.manual_seed(0)
+    qkv, table = torch.randn(1, 8, 8, 48), torch.randn(49, 1) * 0.1
+    out = semask.ops.window_attention(qkv.bfloat16(), table, 1, 4, 2, 0.25, "torch")
+    want = semask.ops.window_attention(qkv.bfloat16().float(), table, 1, 4, 2, 0.25, "torch")
+    assert out.dtype == torch.bfloat16 and (out.float() - want).abs().max() < 0.05
