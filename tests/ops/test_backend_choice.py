@@ -219,3 +219,19 @@ def test_reference_takes_a_table_of_another_dtype():
     out = semask.ops.window_attention(qkv.bfloat16(), table, 1, 4, 2, 0.25, "torch")
     want = semask.ops.window_attention(qkv.bfloat16().float(), table, 1, 4, 2, 0.25, "torch")
     assert out.dtype == torch.bfloat16 and (out.float() - want).abs().max() < 0.05
+
+
+def test_functorch_transforms_take_the_reference(monkeypatch):
+    """torch.func.grad through a fused op (PyTorch cannot run the custom op's autograd under
+    functorch) gives the reference's gradient; vmap too."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    qkv, table = torch.randn(1, 7, 7, 48), torch.randn(169, 1) * 0.1
+
+    def f(x, backend):
+        return semask.ops.window_attention(x, table, 1, 7, 3, 0.25, backend).square().sum()
+
+    want = torch.func.grad(f)(qkv, "torch")
+    torch.testing.assert_close(torch.func.grad(f)(qkv, "triton"), want)
+    batched = torch.func.vmap(lambda x: f(x[None], "triton"))(qkv.expand(2, -1, -1, -1))
+    torch.testing.assert_close(batched, f(qkv, "torch").expand(2))
