@@ -147,10 +147,10 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bo
     Full-model checkpoints must cover every parameter (``strict``); backbone-only ones
     (Swin ImageNet) must hold every Swin tensor of the backbone (``strict``: patch
     embedding, blocks, patch merging), and what they lack (semantic layers, norms, head)
-    is reported as missing. A checkpoint with no tensor of the model raises. A shape mismatch raises,
-    except for class-dependent tensors with ``skip_mismatched=True`` (they keep their
-    init) and relative position tables of another window size (resized). Nothing is
-    written into the model unless the whole check passes.
+    is reported as missing. A checkpoint with no tensor of the model raises. A shape
+    mismatch raises, except for class-dependent tensors with ``skip_mismatched=True``
+    (they keep their init) and relative position tables of another window size (resized).
+    Nothing is written into the model unless the whole check passes.
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         sd, source = read_checkpoint(path_or_state_dict)
