@@ -117,7 +117,8 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
     """Cross-entropy of ``logits`` [B, K, h, w] resized (bilinear) to ``target`` [B, H, W].
 
     Mean over all B*H*W pixels (ignored ones count 0), or over the non-ignored pixels when
-    ``avg_non_ignore`` (NaN when none is, as ``F.cross_entropy``); ``chunk``: images per
+    ``avg_non_ignore`` (0 with a zero gradient when every pixel is ignored, as mmseg's
+    ``loss.sum() / (avg_factor + eps)``; ``F.cross_entropy`` gives NaN); ``chunk``: images per
     piece (None: the whole batch at once; also under ``torch.compile``). The chunked loss
     takes its gradient in the forward whenever the logits require one, and differentiates
     once (differentiating its gradient raises: use ``chunk=None, fused=False`` for
@@ -146,7 +147,6 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
         total = _chunked_sum(logits, target, ignore_index, chunk)
     if not avg_non_ignore:
         return total / target.numel()
-    # mean over the counted pixels; NaN when there is none (as F.cross_entropy), with a
-    # zero gradient rather than 0 * (1/0)
-    count = (target != ignore_index).sum()
-    return total / count.clamp_min(1) + torch.where(count == 0, torch.nan, 0.0)
+    # mean over the counted pixels; 0 when there is none, as mmseg's weight_reduce_loss
+    # (a crop of ignored pixels alone must not turn the loss into NaN)
+    return total / (target != ignore_index).sum().clamp_min(1)
