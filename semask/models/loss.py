@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops.backend import graph_anchor, single_backward
+from ..ops.backend import eager_dispatch, graph_anchor, single_backward
 from .heads import resize
 
 
@@ -119,12 +119,13 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
     Mean over all B*H*W pixels (ignored ones count 0), or over the non-ignored pixels when
     ``avg_non_ignore`` (0 with a zero gradient when every pixel is ignored, as mmseg's
     ``loss.sum() / (avg_factor + eps)``; ``F.cross_entropy`` gives NaN); ``chunk``: images per
-    piece (None: the whole batch at once; also under ``torch.compile``). The chunked loss
+    piece (None: the whole batch at once; also under ``torch.compile``, functorch
+    transforms and dispatch modes, where ``fused`` is ignored too). The chunked loss
     takes its gradient in the forward whenever the logits require one, and differentiates
     once (differentiating its gradient raises: use ``chunk=None, fused=False`` for
     gradient penalties). ``fused``: use the fused Triton kernel where it runs (then
-    ``chunk`` does not matter; not under ``torch.compile``); it also takes its gradient in
-    the forward and differentiates once. ``target``: int64 or int32 class indices.
+    ``chunk`` does not matter); it also takes its gradient in the forward and
+    differentiates once. ``target``: int64 or int32 class indices.
     """
     if target.dim() != 3 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"target must be [B, H, W] long with B = {logits.shape[0]}, "
@@ -133,13 +134,15 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
         raise ValueError(f"target must hold integer class indices, got {target.dtype}")
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be a positive number of images, got {chunk}")
-    compiling = torch.compiler.is_compiling()
-    if fused and not compiling and not fused_loss_reasons(logits, target, ignore_index):
+    # the autograd Functions need eager mode: one piece under torch.compile (it traces no
+    # autograd.grad inside a forward), functorch transforms (torch.func.grad cannot take a
+    # Function without setup_context) and dispatch modes
+    eager = eager_dispatch((logits, target))
+    if fused and eager and not fused_loss_reasons(logits, target, ignore_index):
         grad = torch.is_grad_enabled() and logits.requires_grad
         total = _FusedLossSum.apply(logits, target, ignore_index, grad,
                                     graph_anchor(logits) if grad else None)
-    elif chunk is None or compiling:
-        # one piece under torch.compile: it traces no autograd.grad inside a forward
+    elif chunk is None or not eager:
         total = _pixel_loss_sum(logits, target, ignore_index)
     elif torch.is_grad_enabled() and logits.requires_grad:
         total = _ChunkedLossSum.apply(logits, target, ignore_index, chunk, graph_anchor(logits))

@@ -213,3 +213,14 @@ def test_model_fused_loss_default_and_values():
     for a, b in zip(fused_grads, plain_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("kwargs", [dict(chunk=2), dict(fused=True)])
+def test_functorch_grad_through_the_chunked_and_fused_loss(kwargs):
+    """torch.func.grad runs the one-piece loss (the autograd Functions have no
+    setup_context, which functorch needs) and gives the hand-computed gradient."""
+    logits, target = make(dtype=torch.float32)
+    got = torch.func.grad(lambda x: upsampled_cross_entropy(x, target, IGNORE, **kwargs))(
+        logits.detach())
+    (want,) = torch.autograd.grad(by_hand(logits, target, False), logits)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
