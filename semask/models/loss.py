@@ -153,3 +153,24 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
     # mean over the counted pixels; 0 when there is none, as mmseg's weight_reduce_loss
     # (a crop of ignored pixels alone must not turn the loss into NaN)
     return total / (target != ignore_index).sum().clamp_min(1)
+
+
+def ohem_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int, min_kept: int,
+                       avg_non_ignore: bool = False) -> Tensor:
+    """Cross-entropy of ``logits`` [B, K, h, w] resized to ``target`` [B, H, W] over the
+    ``min_kept * B`` non-ignored pixels of largest loss in the batch (all of them when
+    fewer), the others weighing 0; mean over all pixels (or the non-ignored ones).
+
+    mmseg's ``OHEMPixelSampler(thresh=None, min_kept)`` weights (1 for the largest losses
+    of the sorted non-ignored pixels) with the weighted mean of its ``CrossEntropyLoss``,
+    as the release's SeMask-L ADE20K config uses on the main loss. One piece, fixed shapes
+    (top-k over all pixels, ignored ones at -inf), so it runs under CUDA graphs and
+    torch.compile; the full-size maps exist as in the unchunked loss.
+    """
+    up = resize(logits, target.shape[1:]).to(_loss_dtype(logits.dtype))
+    pixel = F.cross_entropy(up, target.long(), ignore_index=ignore_index, reduction="none")
+    counted = target != ignore_index
+    scores = torch.where(counted, pixel, -torch.inf).flatten()
+    top = scores.topk(min(min_kept * target.shape[0], scores.numel()), sorted=False).values
+    total = torch.where(top > -torch.inf, top, 0.0).sum()
+    return total / (counted.sum().clamp_min(1) if avg_non_ignore else target.numel())

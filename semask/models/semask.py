@@ -11,7 +11,7 @@ from ..ops.backend import eager_dispatch, requested_backend
 from ..ops.layer_norm import LayerNorm
 from .autocast_weights import call_with, cast_weights
 from .heads import FPNHead, resize, semantic_decoder
-from .loss import upsampled_cross_entropy
+from .loss import ohem_cross_entropy, upsampled_cross_entropy
 from .swin import BackboneOutput, SwinBackbone
 
 IGNORE_INDEX = 255
@@ -86,7 +86,10 @@ class SeMaskSwin(nn.Module):
     (:mod:`semask.ops.layer_norm`): True (always), "graphs" (only in the CUDA graphs of
     :mod:`semask.train.cuda_graphs`; PyTorch's in eager steps, where the kernels cost more
     host time than they save GPU time) or False; default "graphs" when ``fused`` asks for
-    the Triton kernels, else False; settable later. ``pretrained``: a checkpoint loaded
+    the Triton kernels, else False; settable later. ``ohem_min_kept``: online hard
+    pixel mining on the main loss (:func:`~semask.models.loss.ohem_cross_entropy`; the
+    release's SeMask-L ADE20K config: 100000; in one piece, neither chunked nor fused).
+    ``pretrained``: a checkpoint loaded
     by :func:`~semask.load_checkpoint` (strict); its report is kept in ``load_report``.
     """
 
@@ -96,7 +99,8 @@ class SeMaskSwin(nn.Module):
                  pretrained: str | None = None, *, window_size: int | None = None,
                  head_channels: int = 256, loss_avg_non_ignore: bool = False,
                  loss_chunk: int | None | str = "auto", fused_loss: bool | None = None,
-                 fused_upsample: bool | None = None, fused_norm: bool | str | None = None):
+                 fused_upsample: bool | None = None, fused_norm: bool | str | None = None,
+                 ohem_min_kept: int | None = None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -126,6 +130,9 @@ class SeMaskSwin(nn.Module):
         if loss_chunk is not None and (not isinstance(loss_chunk, int) or loss_chunk < 1):
             raise ValueError(f"loss_chunk must be None or a positive int, got {loss_chunk!r}")
         self.loss_chunk = loss_chunk
+        if ohem_min_kept is not None and (not isinstance(ohem_min_kept, int) or ohem_min_kept < 1):
+            raise ValueError(f"ohem_min_kept must be None or a positive int, got {ohem_min_kept!r}")
+        self.ohem_min_kept = ohem_min_kept
         triton = self.backend_request in ("auto", "triton")
         self.fused_loss = triton if fused_loss is None else bool(fused_loss)
         self.fused_upsample = triton if fused_upsample is None else bool(fused_upsample)
@@ -184,9 +191,14 @@ class SeMaskSwin(nn.Module):
         """CE(main) + 0.4 * CE(semantic decoder); target [B, H, W] long, 255 ignored.
 
         Like the released mmseg code, the mean runs over all pixels (ignored ones count
-        as 0) unless ``loss_avg_non_ignore`` was set.
+        as 0) unless ``loss_avg_non_ignore`` was set. With ``ohem_min_kept`` the main loss
+        counts the hardest pixels only (the semantic one all, as in the release).
         """
-        loss_main = self._cross_entropy(out.decode_logits, target)
+        if self.ohem_min_kept is None:
+            loss_main = self._cross_entropy(out.decode_logits, target)
+        else:
+            loss_main = ohem_cross_entropy(out.decode_logits, target, IGNORE_INDEX,
+                                           self.ohem_min_kept, self.loss_avg_non_ignore)
         if out.semantic_logits is None:
             loss_semantic = loss_main.new_zeros(())
         else:

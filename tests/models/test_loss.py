@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import semask
-from semask.models.loss import fused_loss_reasons, upsampled_cross_entropy
+from semask.models.loss import fused_loss_reasons, ohem_cross_entropy, upsampled_cross_entropy
 
 IGNORE = 255
 
@@ -224,3 +224,46 @@ def test_functorch_grad_through_the_chunked_and_fused_loss(kwargs):
         logits.detach())
     (want,) = torch.autograd.grad(by_hand(logits, target, False), logits)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def ohem_by_hand(logits, target, min_kept):
+    """mmseg OHEMPixelSampler(thresh=None): sort the non-ignored pixel losses, weight the
+    min_kept * B largest 1, then the weighted mean over all pixels."""
+    up = F.interpolate(logits, size=target.shape[1:], mode="bilinear", align_corners=False)
+    pixel = F.cross_entropy(up, target, ignore_index=IGNORE, reduction="none")
+    valid = target != IGNORE
+    order = pixel.detach()[valid].sort(descending=True).indices
+    weight_valid = torch.zeros(int(valid.sum()), dtype=pixel.dtype)
+    weight_valid[order[:min_kept * target.shape[0]]] = 1
+    weight = torch.zeros_like(pixel)
+    weight[valid] = weight_valid
+    return (pixel * weight).mean()
+
+
+@pytest.mark.parametrize("min_kept", [1, 37, 10 ** 6])
+def test_ohem_matches_mmseg_sampler_by_hand(min_kept):
+    logits, target = make()
+    got = ohem_cross_entropy(logits, target, IGNORE, min_kept)
+    (grad,) = torch.autograd.grad(got, logits)
+    want = ohem_by_hand(logits, target, min_kept)
+    (want_grad,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-14)
+    if min_kept == 10 ** 6:  # every pixel kept: the plain loss
+        torch.testing.assert_close(got, by_hand(logits, target, False), rtol=1e-12, atol=0)
+
+
+def test_ohem_on_the_main_loss_only():
+    """The release samples hard pixels for loss_ce only; loss_cate counts every pixel."""
+    torch.manual_seed(0)
+    model = semask.SeMaskSwin("micro", num_classes=4, drop_path_rate=0.0, head_channels=16).eval()
+    images, target = torch.randn(2, 3, 64, 64), torch.randint(0, 4, (2, 64, 64))
+    out = model(images)
+    plain = model.loss(out, target)
+    model.ohem_min_kept = 100
+    hard = model.loss(out, target)
+    want = ohem_by_hand(out.decode_logits.double(), target, 100).float()
+    torch.testing.assert_close(hard["loss_main"], want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(hard["loss_semantic"], plain["loss_semantic"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="ohem_min_kept"):
+        semask.SeMaskSwin("micro", num_classes=4, ohem_min_kept=0)
