@@ -7,7 +7,8 @@ functional resize / crop / pad); the recipe-specific rules that v2 lacks are sma
 callables built on v2.functional:
 
 * :class:`RandomResize` - mmseg ``Resize(img_scale=(long, short), ratio_range)`` with
-  keep_ratio: scale = min(long*r / long_side, short*r / short_side), r ~ U(ratio_range).
+  keep_ratio: scale = min(int(long*r) / long_side, int(short*r) / short_side), r ~
+  U(ratio_range) or drawn from a list of ratios.
 * :class:`CatMaxRatioCrop` - mmseg ``RandomCrop(cat_max_ratio)``: up to 10 tries for a
   crop where no class covers more than ``cat_max_ratio`` of the labelled pixels.
 * :class:`~.photometric.PhotoMetricDistortion` - mmseg ``PhotoMetricDistortion`` (additive
@@ -30,21 +31,31 @@ IGNORE_INDEX = 255
 
 
 def keep_ratio_size(h: int, w: int, scale: tuple[int, int], ratio: float = 1.0) -> tuple[int, int]:
-    """Output (h, w) of mmseg's keep-ratio rescale to ``scale`` = (long edge, short edge) * ratio."""
-    long_edge, short_edge = scale[0] * ratio, scale[1] * ratio
+    """Output (h, w) of mmseg's keep-ratio rescale to ``scale`` (long, short edge) * ratio:
+    the scaled edges are truncated to ints first (mmseg ``Resize`` and ``MultiScaleFlipAug``:
+    ``int(img_scale[i] * ratio)``), then factor = min(long / long side, short / short side)
+    and the sides round half up (mmcv ``rescale_size``)."""
+    long_edge, short_edge = int(max(scale) * ratio), int(min(scale) * ratio)
     factor = min(long_edge / max(h, w), short_edge / min(h, w))
     return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
 
 
 class RandomResize:
-    """Keep-ratio resize to ``scale`` (long, short) times r ~ U(ratio_range)."""
+    """Keep-ratio resize to ``scale`` (long, short) times a random r: r ~ U(ratio_range),
+    or drawn from ``choices`` when given (mmseg ``Resize`` with a tuple ``ratio_range`` /
+    with a list, as the release's ADE20K configs ``[0.5, 0.75, ..., 1.75]``)."""
 
-    def __init__(self, scale: tuple[int, int], ratio_range: tuple[float, float]):
+    def __init__(self, scale: tuple[int, int], ratio_range: tuple[float, float],
+                 choices: tuple[float, ...] | None = None):
         self.scale, self.ratio_range = tuple(scale), tuple(ratio_range)
+        self.choices = tuple(choices) if choices else None
 
     def __call__(self, image: Tensor, mask: Tensor):
-        lo, hi = self.ratio_range
-        ratio = lo + (hi - lo) * float(torch.rand(()))
+        if self.choices:
+            ratio = self.choices[int(torch.randint(len(self.choices), ()))]
+        else:
+            lo, hi = self.ratio_range
+            ratio = lo + (hi - lo) * float(torch.rand(()))
         size = list(keep_ratio_size(*image.shape[-2:], self.scale, ratio))
         return TF.resize(image, size, antialias=True), TF.resize(mask, size)
 
@@ -113,11 +124,13 @@ class JointCompose:
 
 def train_transforms(crop_size: tuple[int, int], img_scale: tuple[int, int] | None,
                      ratio_range: tuple[float, float], cat_max_ratio: float = 0.75,
-                     flip_prob: float = 0.5, photometric: bool = True) -> JointCompose:
-    """Resize (ratio) -> crop (cat_max_ratio) -> flip -> photometric -> normalize -> pad 255."""
+                     flip_prob: float = 0.5, photometric: bool = True,
+                     ratio_choices: tuple[float, ...] | None = None) -> JointCompose:
+    """Resize (ratio) -> crop (cat_max_ratio) -> flip -> photometric -> normalize -> pad 255.
+    ``ratio_choices``: draw the resize ratio from these instead of U(ratio_range)."""
     steps = []
     if img_scale is not None:
-        steps.append(RandomResize(img_scale, ratio_range))
+        steps.append(RandomResize(img_scale, ratio_range, ratio_choices))
     steps.append(CatMaxRatioCrop(crop_size, cat_max_ratio))
     steps.append(v2.RandomHorizontalFlip(flip_prob))
     if photometric:

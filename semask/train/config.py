@@ -35,6 +35,7 @@ class TrainConfig:
     crop_size: list[int] = field(default_factory=lambda: [128, 128])            # h, w
     img_scale: list[int] | None = field(default_factory=lambda: [256, 128])     # long, short edge
     ratio_range: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    ratio_choices: list[float] | None = None    # drawn from instead of U(ratio_range)
     cat_max_ratio: float = 0.75
     photometric: bool = True
     num_workers: int = 0
@@ -42,6 +43,7 @@ class TrainConfig:
     variant: str = "micro"                # micro | tiny | small | base | large
     semantic: bool = True
     head_channels: int = 64
+    ohem_min_kept: int | None = None       # hard pixel mining on the main loss
     drop_path_rate: float = 0.1
     window_size: int | None = None
     fused: bool = False
@@ -101,12 +103,17 @@ FIELD_HELP = {
     "crop_size": "h,w training crop",
     "img_scale": "long,short keep-ratio resize before the crop (none: no resize)",
     "ratio_range": "min,max random factor on img_scale",
+    "ratio_choices": "random factors on img_scale, one drawn per image, instead of ratio_range "
+                     "(the release's ADE20K list 0.5,0.75,1,1.25,1.5,1.75; none: ratio_range)",
     "cat_max_ratio": "crop retries while one class covers more than this share (1: off)",
     "photometric": "brightness / contrast / saturation / hue distortion (true/false)",
     "num_workers": "data-loader worker processes",
     "variant": "micro | tiny | small | base | large",
     "semantic": "SeMask layers (false: the plain Swin + FPN baseline)",
     "head_channels": "Semantic FPN channels (256 in the paper)",
+    "ohem_min_kept": "online hard pixel mining on the main loss (mmseg OHEMPixelSampler): only "
+                     "the N x batch non-ignored pixels of largest loss count (the release's "
+                     "SeMask-L ADE20K config: 100000); none: off",
     "drop_path_rate": "stochastic depth rate of the backbone",
     "window_size": "attention window (none: the variant's 7 or 12)",
     "fused": "fused attention kernels (true: the best backend for the device; SEMASK_BACKEND picks one)",
@@ -203,8 +210,12 @@ def config_errors(cfg: TrainConfig) -> list[str]:
         value = getattr(cfg, k)
         if value is not None and (len(value) != 2 or not all(x > 0 for x in value)):
             errors.append(f"{k} must be two positive numbers, got {value!r}")
+    if cfg.ratio_choices is not None and (not cfg.ratio_choices or not all(x > 0 for x in cfg.ratio_choices)):
+        errors.append(f"ratio_choices must be positive numbers, got {cfg.ratio_choices!r}")
     errors += [f"{k} must be at least 1, got {getattr(cfg, k)!r}" for k in AT_LEAST_ONE
                if getattr(cfg, k) < 1]
+    if cfg.ohem_min_kept is not None and cfg.ohem_min_kept < 1:
+        errors.append(f"ohem_min_kept must be at least 1 or none, got {cfg.ohem_min_kept!r}")
     errors += [f"{k} must be at least 0, got {getattr(cfg, k)!r}" for k in AT_LEAST_ZERO
                if getattr(cfg, k) < 0]
     return errors

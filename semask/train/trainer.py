@@ -56,7 +56,7 @@ def compile_backend(name: str | None) -> str | None:
 def build_model(cfg: TrainConfig, num_classes: int) -> SeMaskSwin:
     return SeMaskSwin(cfg.variant, num_classes=num_classes, semantic=cfg.semantic, fused=cfg.fused,
                       drop_path_rate=cfg.drop_path_rate, window_size=cfg.window_size,
-                      head_channels=cfg.head_channels)
+                      head_channels=cfg.head_channels, ohem_min_kept=cfg.ohem_min_kept)
 
 
 def autocast_factory(cfg: TrainConfig, device: torch.device):
@@ -137,7 +137,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     if num_classes != cfg.num_classes:
         raise ValueError(f"{cfg.dataset} has {num_classes} classes but the config says num_classes={cfg.num_classes}")
     transforms = train_transforms(tuple(cfg.crop_size), cfg.img_scale and tuple(cfg.img_scale),
-                                  tuple(cfg.ratio_range), cfg.cat_max_ratio, photometric=cfg.photometric)
+                                  tuple(cfg.ratio_range), cfg.cat_max_ratio, photometric=cfg.photometric,
+                                  ratio_choices=cfg.ratio_choices)
     say(f"data: {cfg.dataset}, {len(train_raw)} train / {len(val_raw)} val images, {num_classes} classes")
 
     # model

@@ -1,12 +1,11 @@
 """Synthetic data set, recipe augmentations (joint image / mask) and the resumable sampler."""
 import numpy as np
-import pytest
 import torch
 from torchvision import tv_tensors
 
 from semask.data import (IMAGENET_MEAN, IMAGENET_STD, InfiniteShardedSampler, SyntheticShapes,
                          TransformedDataset, keep_ratio_size, render_sample, train_transforms)
-from semask.data.transforms import CatMaxRatioCrop, PadTo
+from semask.data.transforms import CatMaxRatioCrop, PadTo, RandomResize
 
 
 def test_synthetic_is_deterministic_varied_and_uses_every_class():
@@ -68,6 +67,21 @@ def test_keep_ratio_size_by_hand():
     assert keep_ratio_size(512, 683, (2048, 512)) == (512, 683)
     assert keep_ratio_size(1000, 500, (2048, 512)) == (1024, 512)
     assert keep_ratio_size(256, 2048, (2048, 512), ratio=0.5) == (128, 1024)   # long edge binds
+    # mmseg scales the edges to int(512 * 0.701) = 358 first (not 358.912 -> 359 pixels)
+    assert keep_ratio_size(1000, 1000, (2048, 512), ratio=0.701) == (358, 358)
+
+
+def test_random_resize_draws_from_ratio_choices():
+    """With choices the ratio is one of them (mmseg Resize with a list ratio_range), each
+    drawn; without, any ratio of the range."""
+    image = tv_tensors.Image(torch.zeros(3, 100, 100, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.zeros(100, 100, dtype=torch.long))
+    torch.manual_seed(0)
+    listed = RandomResize((400, 100), (0.5, 2.0), choices=(0.5, 2.0))
+    sides = {listed(image, mask)[0].shape[-1] for _ in range(40)}
+    assert sides == {50, 200}
+    ranged = RandomResize((400, 100), (0.5, 2.0))
+    assert len({ranged(image, mask)[0].shape[-1] for _ in range(40)}) > 10
 
 
 def _colour_coded(label: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import torch
 
 import semask
 from semask.train.config import CONFIG_DIR, TrainConfig, apply_overrides, load_config, load_preset
+from semask.train.trainer import build_model
 from semask.train.optim import build_optimizer, build_scheduler, param_groups, poly_warmup_factor
 
 
@@ -18,7 +19,16 @@ def test_every_preset_loads(path):
     cfg = load_preset(str(path))
     assert cfg.name == path.stem
     if cfg.dataset == "ade20k":
-        assert (cfg.num_classes, cfg.lr, cfg.weight_decay, cfg.warmup_iters, cfg.crop_size) == (150, 1e-4, 1e-4, 1500, [512, 512])
+        # official SeMask-FPN configs semfpn_semask_swin_*_80k_ade20k.py and their datasets/semask
+        # bases (ade20k_tiny.py, ade20k.py, ade20k_640x640.py)
+        large = cfg.variant == "large"
+        assert (cfg.num_classes, cfg.lr, cfg.weight_decay, cfg.warmup_iters) == (150, 1e-4, 1e-4, 1500)
+        assert cfg.crop_size == ([640, 640] if large else [512, 512])
+        assert cfg.img_scale == cfg.test_scale == ([2560, 640] if large else [2048, 512])
+        assert cfg.ratio_choices == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+        assert cfg.cat_max_ratio == (0.75 if cfg.variant == "tiny" else 1.0)
+        assert cfg.ohem_min_kept == (100000 if large else None)
+        assert cfg.batch_size == (4 if large else 8)  # samples_per_gpu
     if cfg.dataset == "cityscapes":
         # official SeMask-FPN configs semfpn_semask_swin_*_768x768_80k_cityscapes.py
         assert (cfg.num_classes, cfg.lr, cfg.weight_decay, cfg.crop_size) == (19, 1e-3, 0.05, [768, 768])
@@ -38,6 +48,17 @@ def test_overrides_parse_types_and_reject_unknown():
     with pytest.raises(ValueError, match="unknown config"):
         load_config(None, bogus=1)
     assert json.loads(TrainConfig().to_json())["variant"] == "micro"
+
+
+def test_ratio_choices_and_ohem_options():
+    cfg = apply_overrides(TrainConfig(), {"ratio-choices": "0.5,1.75", "ohem-min-kept": "1000"})
+    assert (cfg.ratio_choices, cfg.ohem_min_kept) == ([0.5, 1.75], 1000)
+    assert build_model(cfg, 6).ohem_min_kept == 1000
+    for key, text, message in (("ratio_choices", "[]", "ratio_choices must be positive"),
+                               ("ratio_choices", "0.5,-1", "ratio_choices must be positive"),
+                               ("ohem_min_kept", "0", "ohem_min_kept must be at least 1")):
+        with pytest.raises(ValueError, match=message):
+            apply_overrides(TrainConfig(), {key: text})
 
 
 def test_no_decay_groups():
