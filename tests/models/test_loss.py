@@ -267,3 +267,11 @@ def test_ohem_on_the_main_loss_only():
     torch.testing.assert_close(hard["loss_semantic"], plain["loss_semantic"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="ohem_min_kept"):
         semask.SeMaskSwin("micro", num_classes=4, ohem_min_kept=0)
+
+
+def test_ohem_compiles_fullgraph():
+    """Fixed shapes: no graph break (a boolean-mask selection would have one)."""
+    logits, target = make(dtype=torch.float32)
+    compiled = torch.compile(lambda x, t: ohem_cross_entropy(x, t, IGNORE, 37), fullgraph=True,
+                             backend="aot_eager")
+    torch.testing.assert_close(compiled(logits, target), ohem_cross_entropy(logits, target, IGNORE, 37))

@@ -69,14 +69,15 @@ def test_capture_leaves_inputs_statistics_and_rng_as_they_were(monkeypatch):
         step(images[:1], labels[:1])
 
 
-def _deterministic_model(fused):
+def _deterministic_model(fused, ohem_min_kept=None):
     """The fused model with its LayerNorms on the Triton kernels in eager steps too
     (fused_norm=True): by default (fused_norm="graphs") the eager steps run PyTorch's
     LayerNorm and the replays the kernels, whose last bits differ, and a gradient summed
     with cancellation (a zero-initialised gamma's) then differs by several percent."""
     torch.manual_seed(0)
     model = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=0.0,
-                              fused=fused, fused_norm=True if fused else None).cuda().train()
+                              fused=fused, fused_norm=True if fused else None,
+                              ohem_min_kept=ohem_min_kept).cuda().train()
     for m in model.modules():
         if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d)):
             m.p = 0.0
@@ -84,14 +85,15 @@ def _deterministic_model(fused):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fused", [False, True])
-def test_gpu_replays_equal_eager_steps(fused):
+@pytest.mark.parametrize("fused, ohem", [(False, None), (True, None), (True, 1000)])
+def test_gpu_replays_equal_eager_steps(fused, ohem):
     """Same weights, no dropout: each replay on new images gives the eager step's losses and
     parameter gradients (bf16 autocast without its cache), also after the eager model's
     AdamW steps are copied into the graphed model's parameters in place (as its optimizer
     would write them); capture leaves the BatchNorm statistics and the sample tensors as
-    they were, and replays update the statistics as eager steps do."""
-    graph_model, eager_model = _deterministic_model(fused), _deterministic_model(fused)
+    they were, and replays update the statistics as eager steps do. ``ohem``: the main loss
+    with hard pixel mining (its top-k captures)."""
+    graph_model, eager_model = _deterministic_model(fused, ohem), _deterministic_model(fused, ohem)
     opt = torch.optim.AdamW(eager_model.parameters(), lr=1e-3)
 
     def autocast():
