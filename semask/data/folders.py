@@ -35,6 +35,16 @@ CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "
                       "truck", "bus", "train", "motorcycle", "bicycle")
 
 
+def rgb_array(im: Image.Image) -> np.ndarray:
+    """[H, W, 3] uint8 of an image of any mode. 16-bit greyscale keeps its high byte, as
+    OpenCV's colour read (mmcv.imread, the release's loader) does; PIL's RGB conversion
+    would clip it at 255."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = (np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.array(im.convert("RGB"))
+
+
 class DataError(ValueError):
     """A dataset file is missing or malformed; the message names the file."""
 
@@ -62,7 +72,7 @@ class SegmentationFolder:
         image_path, label_path = self.pairs[index]
         try:
             with Image.open(image_path) as im:
-                image = np.array(im.convert("RGB"))
+                image = rgb_array(im)
         except OSError as exc:
             raise DataError(f"cannot read image {image_path}: {exc}") from exc
         try:

@@ -57,7 +57,8 @@ class RandomResize:
             lo, hi = self.ratio_range
             ratio = lo + (hi - lo) * float(torch.rand(()))
         size = list(keep_ratio_size(*image.shape[-2:], self.scale, ratio))
-        return TF.resize(image, size, antialias=True), TF.resize(mask, size)
+        # bilinear without antialiasing, as mmcv.imrescale (cv2 INTER_LINEAR) in the recipe
+        return TF.resize(image, size, antialias=False), TF.resize(mask, size)
 
 
 class CatMaxRatioCrop:

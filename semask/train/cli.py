@@ -82,7 +82,7 @@ def eval_main(argv=None) -> None:
     from .evaluate import evaluate
     from .metrics import markdown_table
     parser = argparse.ArgumentParser(prog="semask-eval", description="Evaluate a semask-train checkpoint: "
-                                     "mIoU, per-class IoU, pixel accuracy (JSON + markdown table).")
+                                     "mIoU, mAcc, per-class IoU and accuracy, pixel accuracy (JSON + markdown table).")
     parser.add_argument("checkpoint", help="model.safetensors / last.safetensors or a run folder")
     parser.add_argument("--mode", choices=("whole", "slide", "ms_flip"), default=None,
                         help="inference mode (default: the training config's eval_mode)")
@@ -92,6 +92,9 @@ def eval_main(argv=None) -> None:
     parser.add_argument("--ms-ratios", default=None, help="comma-separated ratios for ms_flip")
     parser.add_argument("--slide-crop", default=None, help="h,w")
     parser.add_argument("--slide-stride", default=None, help="h,w")
+    parser.add_argument("--pad-multiple", default=None,
+                        help="pad inputs to a multiple of N, or none (default: the training config's "
+                             "eval_pad_multiple; none = unpadded, as mmseg)")
     parser.add_argument("--out", default=None, help="write the JSON here (default: next to the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--cuda-graphs", action="store_true",
@@ -108,11 +111,13 @@ def eval_main(argv=None) -> None:
     ratios = parse_value("ms_ratios", args.ms_ratios) if args.ms_ratios else cfg.ms_ratios
     crop = parse_value("slide_crop", args.slide_crop) if args.slide_crop else cfg.slide_crop
     stride = parse_value("slide_stride", args.slide_stride) if args.slide_stride else cfg.slide_stride
+    pad = (parse_value("eval_pad_multiple", args.pad_multiple) if args.pad_multiple is not None
+           else cfg.eval_pad_multiple)
     raw = build_raw_dataset(cfg.dataset, args.split, args.data_root or cfg.data_root, cfg.num_classes, cfg.seed,
                             cfg.synthetic_val_size, cfg.synthetic_size)
     t0 = time.perf_counter()
     res = evaluate(model, raw, cfg.num_classes, device, mode, test_scale, ratios, tuple(crop), tuple(stride),
-                   progress=True, cuda_graphs=args.cuda_graphs)
+                   progress=True, cuda_graphs=args.cuda_graphs, pad_multiple=pad)
     res["eval_s"] = time.perf_counter() - t0
     run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
     out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_{mode}.json"
@@ -140,9 +145,9 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 def infer_main(argv=None) -> None:
-    from PIL import Image
+    from PIL import Image, ImageOps
     from ..data import eval_transforms
-    from ..data.folders import IMAGE_SUFFIXES
+    from ..data.folders import IMAGE_SUFFIXES, rgb_array
     from ..data.transforms import to_tv_tensors
     from .inference import predict_probs
     parser = argparse.ArgumentParser(prog="semask-infer", description="Segment images: writes <name>.png "
@@ -171,26 +176,33 @@ def infer_main(argv=None) -> None:
             raise FileNotFoundError(f"input not found: {item}")
     if not files:
         sys.exit("no images found in the given inputs")
-    stems = collections.Counter(p.stem for p in files)
-    clashes = sorted(str(p) for p in files if stems[p.stem] > 1)
-    if clashes:  # outputs are named by stem: one would overwrite another
-        parser.error("inputs with the same name would write the same outputs: " + ", ".join(clashes[:8]))
+    out = Path(args.out_dir)
+    outputs = {p: (out / f"{p.stem}.png", out / f"{p.stem}_overlay.png") for p in files}
+    written = collections.Counter(o.resolve() for pair in outputs.values() for o in pair)
+    clashes = sorted(str(p) for p, pair in outputs.items() if any(written[o.resolve()] > 1 for o in pair))
+    if clashes:  # "a.png" and "a_overlay.jpg" both write a_overlay.png, "a/x.png" and "b/x.png" x.png
+        parser.error("inputs whose outputs would have the same name: " + ", ".join(clashes[:8]))
+    inputs = {p.resolve() for p in files}
+    overwritten = sorted(str(o) for o in written if o in inputs)
+    if overwritten:
+        parser.error("outputs would overwrite inputs (choose another --out-dir): " + ", ".join(overwritten[:8]))
     model, cfg = _load_model(args.checkpoint, device)
     if args.cuda_graphs:
         from .cuda_graphs import GraphedInference
         model = GraphedInference(model)
-    out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     colours, norm = palette(cfg.num_classes), eval_transforms()
     for path in files:
         with Image.open(path) as im:
-            rgb = np.array(im.convert("RGB"))
+            rgb = rgb_array(ImageOps.exif_transpose(im))  # as displayed (EXIF orientation)
         image, _ = norm(*to_tv_tensors(rgb, np.zeros(rgb.shape[:2], np.uint8)))
         probs = predict_probs(model, image.as_subclass(torch.Tensor)[None].to(device), rgb.shape[:2],
                               args.mode or cfg.eval_mode, cfg.test_scale, cfg.ms_ratios,
-                              tuple(cfg.slide_crop), tuple(cfg.slide_stride))
+                              tuple(cfg.slide_crop), tuple(cfg.slide_stride),
+                              pad_multiple=cfg.eval_pad_multiple)
         pred = probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        Image.fromarray(pred).save(out / f"{path.stem}.png")
+        ids, overlay = outputs[path]
+        Image.fromarray(pred).save(ids)
         blend = (1 - args.alpha) * rgb + args.alpha * colours[pred]
-        Image.fromarray(blend.clip(0, 255).astype(np.uint8)).save(out / f"{path.stem}_overlay.png")
-        print(f"{path} -> {out / (path.stem + '.png')}, {out / (path.stem + '_overlay.png')}")
+        Image.fromarray(blend.clip(0, 255).astype(np.uint8)).save(overlay)
+        print(f"{path} -> {ids}, {overlay}")

@@ -1,4 +1,5 @@
-"""Evaluate a model on a dataset: confusion matrix -> mIoU, per-class IoU, pixel accuracy."""
+"""Evaluate a model on a dataset: confusion matrix -> mIoU, mAcc, per-class IoU and accuracy,
+pixel accuracy."""
 from __future__ import annotations
 
 import torch
@@ -15,14 +16,15 @@ from .metrics import best_constant_miou, confusion_matrix, summarize
 def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", test_scale=None,
              ms_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), crop=(512, 512), stride=(341, 341),
              info: DistInfo | None = None, progress: bool = False, autocast=None,
-             cuda_graphs: bool = False) -> dict:
+             cuda_graphs: bool = False, pad_multiple: int | None = None) -> dict:
     """Score ``raw_dataset`` (items image, label, name) at each label's own size.
 
     Returns summarize()'s dict plus ``confusion`` (list of lists), ``mode`` and the best
     constant-class baseline (``baseline_class``, ``baseline_mIoU``). Under DDP every rank
     scores a shard and the confusion matrices are summed. ``cuda_graphs``: the forwards
     replay CUDA graphs (:class:`~semask.train.cuda_graphs.GraphedInference`), dropped at
-    the end.
+    the end. ``pad_multiple``: pad each forward's input to a multiple of it
+    (:func:`~semask.train.inference.predict_probs`; None: as mmseg).
     """
     info = info or DistInfo(device=torch.device(device))
     if cuda_graphs and info.device.type != "cuda":
@@ -37,7 +39,8 @@ def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", 
                                 leave=False, dynamic_ncols=True):
         image = image.to(device)
         with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
-            probs = predict_probs(runner, image, label.shape[-2:], mode, test_scale, ms_ratios, crop, stride)
+            probs = predict_probs(runner, image, label.shape[-2:], mode, test_scale, ms_ratios, crop, stride,
+                                  pad_multiple=pad_multiple)
         conf += confusion_matrix(probs.argmax(1).cpu(), label, num_classes)
     conf = all_reduce_sum(conf.to(info.device), info).cpu()
     model.train(was_training)

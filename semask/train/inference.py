@@ -13,7 +13,6 @@ from torch import Tensor
 from ..data.transforms import keep_ratio_size
 
 MIN_SIZE = 32  # the model's smallest input
-PAD_MULTIPLE = 32  # the backbone's total stride
 
 
 def logits_of(out) -> Tensor:
@@ -21,13 +20,17 @@ def logits_of(out) -> Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-def _logits(model, x: Tensor) -> Tensor:
-    """Logits [1, K, H, W] for x [1, 3, H, W]. x is zero-padded (zero = the mean colour after
-    normalisation, like the training crops' padding) right / bottom to a multiple of 32 and
-    the logits cropped back, so that the stride-4 logit grid stays aligned with the pixels
-    (the model itself pads to 4 and resizes the stride-4 logits over the padded extent)."""
+def _logits(model, x: Tensor, pad_multiple: int | None = None) -> Tensor:
+    """Logits [1, K, H, W] for x [1, 3, H, W], run as it is (mmseg's whole / slide
+    inference: the backbone pads inside, and its coarse maps, of odd sizes, are upsampled
+    onto the stride-4 grid). ``pad_multiple`` (e.g. 32, the backbone's total stride): x is
+    zero-padded (zero = the mean colour after normalisation, like the training crops'
+    padding) right / bottom to a multiple of it and the logits cropped back, so that every
+    stage's map stays aligned with the pixels; not what the released models were scored
+    with."""
     H, W = x.shape[-2:]
-    x = F.pad(x, (0, (-W) % PAD_MULTIPLE, 0, (-H) % PAD_MULTIPLE))
+    if pad_multiple:
+        x = F.pad(x, (0, (-W) % pad_multiple, 0, (-H) % pad_multiple))
     out = model(x)
     return logits_of(out).float()[:, :, :H, :W]
 
@@ -47,7 +50,7 @@ def scaled_size(h: int, w: int, test_scale=None, ratio: float = 1.0) -> tuple[in
     return max(nh, MIN_SIZE), max(nw, MIN_SIZE)
 
 
-def slide_logits(model, x: Tensor, crop, stride) -> Tensor:
+def slide_logits(model, x: Tensor, crop, stride, pad_multiple: int | None = None) -> Tensor:
     """Logits [1, K, H, W] averaged over overlapping crop windows (mmseg slide_inference:
     the last window in each direction is aligned to the border)."""
     _, _, H, W = x.shape
@@ -60,7 +63,7 @@ def slide_logits(model, x: Tensor, crop, stride) -> Tensor:
         for c in range(cols):
             y2, x2 = min(r * sh + ch, H), min(c * sw + cw, W)
             y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
-            logits = _logits(model, x[:, :, y1:y2, x1:x2])
+            logits = _logits(model, x[:, :, y1:y2, x1:x2], pad_multiple)
             if total is None:
                 total = x.new_zeros(1, logits.shape[1], H, W)
             total[:, :, y1:y2, x1:x2] += logits
@@ -69,11 +72,15 @@ def slide_logits(model, x: Tensor, crop, stride) -> Tensor:
 
 
 def single_scale_probs(model, image: Tensor, out_size, mode: str = "whole", test_scale=None,
-                       ratio: float = 1.0, flip: bool = False, crop=(512, 512), stride=(341, 341)) -> Tensor:
+                       ratio: float = 1.0, flip: bool = False, crop=(512, 512), stride=(341, 341),
+                       pad_multiple: int | None = None) -> Tensor:
     x = _resize(image, scaled_size(*image.shape[-2:], test_scale, ratio))
     if flip:
         x = x.flip(-1)
-    logits = slide_logits(model, x, crop, stride) if mode == "slide" else _logits(model, x)
+    if mode == "slide":
+        logits = slide_logits(model, x, crop, stride, pad_multiple)
+    else:
+        logits = _logits(model, x, pad_multiple)
     if flip:
         logits = logits.flip(-1)
     return _resize(logits, out_size).softmax(1)
@@ -82,17 +89,20 @@ def single_scale_probs(model, image: Tensor, out_size, mode: str = "whole", test
 @torch.no_grad()
 def predict_probs(model, image: Tensor, out_size=None, mode: str = "whole", test_scale=None,
                   ms_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), crop=(512, 512), stride=(341, 341),
-                  ms_base: str = "whole") -> Tensor:
+                  ms_base: str = "whole", pad_multiple: int | None = None) -> Tensor:
     """mode: ``whole`` | ``slide`` | ``ms_flip`` (every ratio, plain and flipped, each run
-    as ``ms_base``) -> probabilities [1, K, *out_size]."""
+    as ``ms_base``) -> probabilities [1, K, *out_size]. ``pad_multiple``: see
+    :func:`_logits` (None: as mmseg)."""
     out_size = tuple(out_size or image.shape[-2:])
     if mode in ("whole", "slide"):
-        return single_scale_probs(model, image, out_size, mode, test_scale, 1.0, False, crop, stride)
+        return single_scale_probs(model, image, out_size, mode, test_scale, 1.0, False, crop, stride,
+                                  pad_multiple)
     if mode != "ms_flip":
         raise ValueError(f"unknown eval mode {mode!r}; choose whole, slide or ms_flip")
     probs = None
     for ratio in ms_ratios:
         for flip in (False, True):
-            p = single_scale_probs(model, image, out_size, ms_base, test_scale, ratio, flip, crop, stride)
+            p = single_scale_probs(model, image, out_size, ms_base, test_scale, ratio, flip, crop, stride,
+                                   pad_multiple)
             probs = p if probs is None else probs + p
     return probs / (2 * len(ms_ratios))

@@ -1,4 +1,5 @@
-"""Confusion-matrix metrics: IoU per class, mIoU, pixel accuracy (mmseg definitions)."""
+"""Confusion-matrix metrics: IoU and accuracy per class, mIoU, mAcc, pixel accuracy (mmseg's
+definitions, mmseg/core/evaluation/metrics.py)."""
 from __future__ import annotations
 
 import math
@@ -20,20 +21,36 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
     return torch.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes).cpu()
 
 
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """num / den per class, NaN where den is 0 (mmseg's 0 / 0)."""
+    return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, float("nan")))
+
+
+def _nanmean(x: Tensor) -> float:
+    valid = ~torch.isnan(x)
+    return float(x[valid].mean()) if valid.any() else float("nan")
+
+
+def _by_name(names: list[str], x: Tensor) -> dict:
+    return {n: (None if math.isnan(v) else v) for n, v in zip(names, x.tolist())}
+
+
 def summarize(conf: Tensor, class_names=None) -> dict:
-    """IoU_c = TP / (TP + FP + FN); classes absent from labels and predictions get NaN and
-    are left out of the mean (as mmseg). Pixel accuracy = trace / total."""
+    """IoU_c = TP / (TP + FP + FN), Acc_c = TP / (TP + FN); a class without union (IoU) or
+    without labelled pixels (Acc) gets NaN (None per class) and is left out of the mean
+    (mmseg's nanmean). aAcc = trace / total."""
     conf = conf.double()
-    tp = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - tp
-    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-    valid = ~torch.isnan(iou)
+    tp, labelled = conf.diag(), conf.sum(1)
+    iou = _ratio(tp, conf.sum(0) + labelled - tp)
+    acc = _ratio(tp, labelled)
     total = conf.sum()
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(tp))]
     return dict(
-        mIoU=float(iou[valid].mean()) if valid.any() else float("nan"),
+        mIoU=_nanmean(iou),
+        mAcc=_nanmean(acc),
         aAcc=float(tp.sum() / total) if total > 0 else float("nan"),
-        IoU={n: (None if math.isnan(v) else v) for n, v in zip(names, iou.tolist())},
+        IoU=_by_name(names, iou),
+        Acc=_by_name(names, acc),
         pixels=int(total),
     )
 
@@ -49,10 +66,17 @@ def best_constant_miou(conf: Tensor) -> tuple[int, float]:
     return c, float(gt[c] / gt.sum()) / present
 
 
+def _percent(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}"
+
+
 def markdown_table(result: dict) -> str:
-    lines = ["| class | IoU |", "|---|---|"]
+    """Per-class IoU and Acc, then mIoU / mAcc and aAcc (results of earlier versions,
+    without Acc, show n/a there)."""
+    acc = result.get("Acc", {})
+    lines = ["| class | IoU | Acc |", "|---|---|---|"]
     for name, v in result["IoU"].items():
-        lines.append(f"| {name} | {'n/a' if v is None else f'{100 * v:.2f}'} |")
-    lines.append(f"| **mIoU** | **{100 * result['mIoU']:.2f}** |")
-    lines.append(f"| pixel accuracy | {100 * result['aAcc']:.2f} |")
+        lines.append(f"| {name} | {_percent(v)} | {_percent(acc.get(name))} |")
+    lines.append(f"| **mean** | **{_percent(result['mIoU'])}** | **{_percent(result.get('mAcc'))}** |")
+    lines.append(f"| pixel accuracy (aAcc) | {_percent(result['aAcc'])} | |")
     return "\n".join(lines)

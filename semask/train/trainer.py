@@ -298,4 +298,4 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
 def _evaluate(cfg, model, val_raw, num_classes, info, autocast) -> dict:
     return evaluate(model, val_raw, num_classes, info.device, cfg.eval_mode, cfg.test_scale, cfg.ms_ratios,
                     tuple(cfg.slide_crop), tuple(cfg.slide_stride), info, progress=cfg.progress,
-                    autocast=autocast, cuda_graphs=cfg.cuda_graphs)
+                    autocast=autocast, cuda_graphs=cfg.cuda_graphs, pad_multiple=cfg.eval_pad_multiple)

@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from semask.data import DataError, ade20k, cityscapes
+from semask.data.folders import rgb_array
 
 
 def test_ade20k_loads_with_reduce_zero_label(ade_root):
@@ -67,3 +68,17 @@ def test_rgb_label_and_missing_folder(ade_root, tmp_path):
         ade20k(ade_root, "train")[0]
     with pytest.raises(DataError, match="ADE20K images folder not found"):
         ade20k(tmp_path / "nowhere", "train")
+
+
+def test_rgb_array_of_16_bit_grey_keeps_the_high_byte(tmp_path):
+    """OpenCV's colour read (the release's loader) shifts 16-bit values right by 8; PIL's
+    RGB conversion would clip them at 255."""
+    grey = np.array([[0, 255, 256 * 27 + 200], [256 * 200, 65535, 1000]], np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        rgb = rgb_array(im)
+    want = np.array([[0, 0, 27], [200, 255, 3]], np.uint8)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
+    assert (rgb == want[..., None]).all()
+    colour = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    assert np.array_equal(rgb_array(Image.fromarray(colour)), colour)

@@ -46,8 +46,12 @@ def test_train_eval_infer(tmp_path, capsys):
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images / f"im{i}.png")
     single = tmp_path / "single.jpg"
     Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(single)
-    infer_main([str(run), str(images), str(single), "--out-dir", str(tmp_path / "pred")])
-    for stem, size in (("im0", (40, 56)), ("im1", (70, 33)), ("single", (48, 48))):
+    rotated = tmp_path / "rotated.jpg"   # stored 36 x 52, shown 52 x 36 (EXIF orientation 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 256, (36, 52, 3), dtype=np.uint8)).save(rotated, exif=exif)
+    infer_main([str(run), str(images), str(single), str(rotated), "--out-dir", str(tmp_path / "pred")])
+    for stem, size in (("im0", (40, 56)), ("im1", (70, 33)), ("single", (48, 48)), ("rotated", (52, 36))):
         label = np.asarray(Image.open(tmp_path / "pred" / f"{stem}.png"))
         overlay = np.asarray(Image.open(tmp_path / "pred" / f"{stem}_overlay.png"))
         assert label.shape == size and label.max() < 6 and overlay.shape == (*size, 3)
@@ -82,7 +86,7 @@ def test_palette_distinct():
 @pytest.mark.parametrize("main, expected", [
     (train_main, ["synthetic_cpu", "ade20k_semask_tiny_fpn", "--resume", "torchrun", "--lr", "AdamW peak learning rate",
                   "--pretrained", "ImageNet Swin", "--eval-mode", "whole | slide | ms_flip"]),
-    (eval_main, ["mIoU, per-class IoU, pixel accuracy", "--mode {whole,slide,ms_flip}", "--data-root", "--split"]),
+    (eval_main, ["mIoU, mAcc, per-class IoU and accuracy, pixel accuracy", "--mode {whole,slide,ms_flip}", "--data-root", "--split"]),
     (infer_main, ["_overlay.png", "--out-dir", "--alpha", "--mode"]),
 ])
 def test_help_texts(main, expected, capsys):
@@ -127,3 +131,18 @@ def test_infer_refuses_inputs_that_would_overwrite_each_other(tmp_path, capsys):
         infer_main([str(tmp_path / "missing-run"), str(tmp_path / "a"), str(tmp_path / "b"),
                     "--out-dir", str(tmp_path / "pred")])
     assert "a/x.png" in capsys.readouterr().err and not (tmp_path / "pred").exists()
+
+
+def test_infer_refuses_outputs_that_clash_or_overwrite_inputs(tmp_path, capsys):
+    """a.png and a_overlay.jpg would both write a_overlay.png; --out-dir = the input folder
+    would replace a.png by its class map. Both refused before anything is read or written."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a_overlay.jpg")
+    with pytest.raises(SystemExit):
+        infer_main([str(tmp_path / "missing-run"), str(tmp_path / "a.png"), str(tmp_path / "a_overlay.jpg"),
+                    "--out-dir", str(tmp_path / "pred")])
+    assert "a_overlay.jpg" in capsys.readouterr().err and not (tmp_path / "pred").exists()
+    with pytest.raises(SystemExit):
+        infer_main([str(tmp_path / "missing-run"), str(tmp_path / "a.png"), "--out-dir", str(tmp_path)])
+    assert "overwrite inputs" in capsys.readouterr().err
+    assert np.asarray(Image.open(tmp_path / "a.png")).shape == (8, 8, 3)

@@ -74,3 +74,40 @@ def test_evaluate_scores_every_mode():
     assert 0.97 < ms["mIoU"] <= 1.0 and ms["pixels"] == whole["pixels"]
     with pytest.raises(ValueError, match="unknown eval mode"):
         predict_probs(model, normalised(samples[0][0]), mode="tiles")
+
+
+class ShapeRecorder(nn.Module):
+    """The colour model, recording the input sizes it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.sizes = colour_model(), []
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape[-2:]))
+        return self.conv(x)
+
+
+def test_inputs_run_unpadded_unless_a_pad_multiple_is_given():
+    """As mmseg's whole / slide inference, the image goes to the model at its own size;
+    pad_multiple=32 pads each forward's input right / bottom and crops the logits back."""
+    image, _, _ = quadrant_sample(0)
+    x, model = normalised(image), ShapeRecorder()
+    plain = predict_probs(model, x, mode="whole")
+    padded = predict_probs(model, x, mode="whole", pad_multiple=32)
+    predict_probs(model, x, mode="slide", crop=(40, 48), stride=(25, 30), pad_multiple=32)
+    assert model.sizes[:2] == [(H, W), (96, 128)]
+    assert set(model.sizes[2:]) == {(64, 64)}
+    torch.testing.assert_close(padded, plain, rtol=0, atol=0)   # per-pixel model: padding changes nothing
+
+
+def test_whole_mode_is_the_softmax_of_the_model_logits():
+    """A SeMask model on an odd size: whole mode = softmax of its logits at the input size
+    (mmseg's encode_decode + inference), with no padding around it."""
+    import semask
+    torch.manual_seed(0)
+    model = semask.SeMaskSwin("micro", num_classes=4, head_channels=16).eval()
+    x = torch.randn(1, 3, 75, 101)
+    with torch.no_grad():
+        want = model(x).logits.float().softmax(1)
+    torch.testing.assert_close(predict_probs(model, x, mode="whole"), want, rtol=0, atol=0)

@@ -1,4 +1,4 @@
-"""mIoU / pixel accuracy against a confusion matrix and IoUs computed by hand."""
+"""mIoU, mAcc, pixel accuracy against a confusion matrix and IoUs / accuracies computed by hand."""
 import math
 
 import pytest
@@ -20,7 +20,11 @@ def test_confusion_and_iou_by_hand():
     assert res["mIoU"] == pytest.approx((0.5 + 1 / 3 + 0.5) / 3)
     assert res["aAcc"] == pytest.approx(5 / 8)
     assert res["pixels"] == 8
-    assert "| **mIoU** | **44.44** |" in markdown_table(res)
+    # Acc = TP / labelled: a 2/3, b 1/2, c 2/3 (mmseg's per-class accuracy)
+    assert res["Acc"] == pytest.approx({"a": 2 / 3, "b": 1 / 2, "c": 2 / 3})
+    assert res["mAcc"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    assert "| **mean** | **44.44** | **61.11** |" in markdown_table(res)
+    assert "| b | 33.33 | 50.00 |" in markdown_table(res)
 
 
 def test_absent_class_is_left_out_of_the_mean():
@@ -29,6 +33,10 @@ def test_absent_class_is_left_out_of_the_mean():
     res = summarize(confusion_matrix(pred, target, 3))
     assert res["IoU"]["2"] is None  # never in labels nor predictions
     assert res["mIoU"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # predicted but never labelled: IoU 0, Acc undefined (0 / 0) and left out of mAcc
+    res = summarize(confusion_matrix(torch.tensor([0, 2, 1, 1]), target, 3))
+    assert res["IoU"]["2"] == 0.0 and res["Acc"]["2"] is None
+    assert res["mAcc"] == pytest.approx((1 / 2 + 1) / 2)
 
 
 def test_best_constant_baseline():
