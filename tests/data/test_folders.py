@@ -17,6 +17,9 @@ def test_ade20k_loads_with_reduce_zero_label(ade_root):
     assert label[0, :4].tolist() == [255, 0, 149, 74]          # 0 -> ignore, k -> k - 1
     expected = np.where(raw == 0, 255, raw.astype(np.int64) - 1)
     np.testing.assert_array_equal(label, expected)
+    # class names in label order (objectInfo150): 1 wall, 8 bed, 150 flag
+    assert (train.classes[0], train.classes[7], train.classes[149]) == ("wall", "bed", "flag")
+    assert len(set(train.classes)) == 150
 
 
 def test_cityscapes_loads_train_ids(cityscapes_root):
