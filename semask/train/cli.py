@@ -151,7 +151,8 @@ def infer_main(argv=None) -> None:
     from ..data.transforms import to_tv_tensors
     from .inference import predict_probs
     parser = argparse.ArgumentParser(prog="semask-infer", description="Segment images: writes <name>.png "
-                                     "(class ids, uint8) and <name>_overlay.png (colour blend) per image.")
+                                     "(class ids as a palette PNG: the values are the ids, viewers show "
+                                     "colours) and <name>_overlay.png (colour blend) per image.")
     parser.add_argument("checkpoint", help="model.safetensors / last.safetensors or a run folder")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out-dir", default="predictions", help="output folder (default predictions/)")
@@ -202,7 +203,9 @@ def infer_main(argv=None) -> None:
                               pad_multiple=cfg.eval_pad_multiple)
         pred = probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
         ids, overlay = outputs[path]
-        Image.fromarray(pred).save(ids)
+        ids_image = Image.fromarray(pred)
+        ids_image.putpalette(colours.tobytes())  # palette PNG: the pixel values stay the class ids
+        ids_image.save(ids)
         blend = (1 - args.alpha) * rgb + args.alpha * colours[pred]
         Image.fromarray(blend.clip(0, 255).astype(np.uint8)).save(overlay)
         print(f"{path} -> {ids}, {overlay}")

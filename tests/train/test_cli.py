@@ -52,7 +52,9 @@ def test_train_eval_infer(tmp_path, capsys):
     Image.fromarray(rng.integers(0, 256, (36, 52, 3), dtype=np.uint8)).save(rotated, exif=exif)
     infer_main([str(run), str(images), str(single), str(rotated), "--out-dir", str(tmp_path / "pred")])
     for stem, size in (("im0", (40, 56)), ("im1", (70, 33)), ("single", (48, 48)), ("rotated", (52, 36))):
-        label = np.asarray(Image.open(tmp_path / "pred" / f"{stem}.png"))
+        ids = Image.open(tmp_path / "pred" / f"{stem}.png")
+        assert ids.mode == "P" and ids.getpalette()[3:6] == palette(6)[1].tolist()
+        label = np.asarray(ids)
         overlay = np.asarray(Image.open(tmp_path / "pred" / f"{stem}_overlay.png"))
         assert label.shape == size and label.max() < 6 and overlay.shape == (*size, 3)
 
