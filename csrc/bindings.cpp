@@ -20,4 +20,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("semantic_attention_bwd", &semask::semantic_attention_bwd, "-> (dq, dk, dv)",
         py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("lse"), py::arg("window"));
+  m.def("window_attention_shared_memory", &semask::window_attention_shared_memory,
+        "dynamic shared memory per block (bytes) of the largest window attention kernel",
+        py::arg("window"), py::arg("head_dim"));
+  m.def("semantic_attention_shared_memory", &semask::semantic_attention_shared_memory,
+        "dynamic shared memory per block (bytes) of the largest semantic attention kernel",
+        py::arg("classes"));
 }

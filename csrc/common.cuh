@@ -14,7 +14,10 @@
 #include <cuda_runtime.h>
 
 #include <initializer_list>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 #define SEMASK_SHARED_MEMORY(name) extern __shared__ __align__(16) float name[]
 #endif
 
@@ -116,7 +119,9 @@ inline void check_shape(const char* op, const char* name, const at::Tensor& t,
 }
 
 // Allow `bytes` of dynamic shared memory for `kernel` on the current device (opt-in above
-// 48 KB), with a clear error when the device has less.
+// 48 KB), with a clear error when the device has less. The allowance is a property of the
+// kernel on a device, so it is only ever raised, under a lock: a launch with fewer bytes
+// from another host thread never lowers it between this thread's set-up and launch.
 template <typename Kernel>
 void allow_shared_memory(const char* op, Kernel kernel, size_t bytes) {
   int device = 0, optin = 0;
@@ -124,8 +129,15 @@ void allow_shared_memory(const char* op, Kernel kernel, size_t bytes) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   TORCH_CHECK(bytes <= static_cast<size_t>(optin), op, ": needs ", num(bytes),
               " bytes of shared memory per block for these shapes, the device allows ", num(optin));
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
+  static std::mutex lock;
+  static std::map<std::pair<const void*, int>, size_t> allowed;  // (kernel, device) -> bytes
+  const std::lock_guard<std::mutex> hold(lock);
+  size_t& current = allowed[{reinterpret_cast<const void*>(kernel), device}];
+  if (bytes > current) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bytes)));
+    current = bytes;
+  }
 }
 
 #endif  // SEMASK_CPU_EMULATION

@@ -506,6 +506,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_attention_bwd(
   return {dq, dk, dv};
 }
 
+int64_t semantic_attention_shared_memory(int64_t classes) {
+  const SemGeom g = semantic_geom(1, 1, classes, 1, 0);
+  return static_cast<int64_t>(
+      std::max({fwd_smem_bytes(g), dq_smem_bytes(g), dk_smem_bytes(g), dv_smem_bytes(g)}));
+}
+
 #endif  // SEMASK_CPU_EMULATION
 
 }  // namespace semask

@@ -7,7 +7,7 @@
   :data:`CXX_FLAGS` and :func:`nvcc_flags`.
 
 Flags: ``-O3 -lineinfo`` and one ``-gencode`` per entry of ``TORCH_CUDA_ARCH_LIST``
-(default ``8.0;9.0``; ``+PTX`` adds PTX, ``9.0a`` gives ``sm_90a``). No
+(default ``8.0;9.0+PTX``; ``+PTX`` adds PTX, ``9.0a`` gives ``sm_90a``). No
 ``--use_fast_math``: the kernels keep the accurate ``expf``/``logf`` so that fp32 results
 stay within a few ulps of the PyTorch reference.
 
@@ -25,7 +25,7 @@ CSRC = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ("bindings.cpp", "window_attention.cu", "semantic_attention.cu")
 HEADERS = ("common.cuh", "semask_ops.h")
 EXTENSION_NAME = "semask._C"
-DEFAULT_ARCHS = "8.0;9.0"
+DEFAULT_ARCHS = "8.0;9.0+PTX"  # PTX of the newest for later GPUs (the driver compiles it)
 CXX_FLAGS = ["-O3"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 

@@ -27,4 +27,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_attention_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, int64_t window);
 
+// Dynamic shared memory per block (bytes) the largest of each op's kernels needs, forward
+// and backward: window attention for a window and head dim, semantic attention for K classes
+int64_t window_attention_shared_memory(int64_t window, int64_t head_dim);
+int64_t semantic_attention_shared_memory(int64_t classes);
+
 }  // namespace semask

@@ -28,6 +28,7 @@
 #include "semask_ops.h"
 #endif
 
+#include <algorithm>
 #include <climits>
 
 namespace semask {
@@ -410,6 +411,9 @@ std::tuple<at::Tensor, at::Tensor> window_attention_bwd(
     const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& table, const at::Tensor& out,
     const at::Tensor& lse, int64_t num_heads, int64_t window, int64_t shift, double scale) {
   const char* op = "semask window_attention_bwd";
+  // the bias-table gradient is summed with float atomics (as PyTorch's own such ops: raise or
+  // warn under torch.use_deterministic_algorithms)
+  at::globalContext().alertNotDeterministic("semask window_attention_bwd (cuda: bias-table gradient)");
   check_cuda(op, "dout", dout);
   check_inputs(op, qkv, table);
   check_cuda(op, "out", out);
@@ -447,6 +451,12 @@ std::tuple<at::Tensor, at::Tensor> window_attention_bwd(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dqkv, dtable.to(table.scalar_type())};
+}
+
+int64_t window_attention_shared_memory(int64_t window, int64_t head_dim) {
+  const WinGeom g = window_geom(window, window, window, window, head_dim, 1, window, 0, 1.0f);
+  const int nwarps = block_threads(g.N) / kWarp;
+  return static_cast<int64_t>(std::max(fwd_smem_bytes(g, nwarps), bwd_smem_bytes(g, nwarps)));
 }
 
 #endif  // SEMASK_CPU_EMULATION

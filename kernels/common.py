@@ -1,10 +1,25 @@
 """Helpers shared by the kernels: fp32-accumulating dots, head + tail tiles, blocks of
-whole rows, the bilinear weights and the launch device."""
+whole rows, the bilinear weights, the launch device and the determinism alert."""
 import contextlib
+import warnings
 
 import torch
 import triton
 import triton.language as tl
+
+
+def alert_not_deterministic(what: str) -> None:
+    """As PyTorch's own ops that sum with atomics: under
+    ``torch.use_deterministic_algorithms(True)`` raise that ``what`` (its float atomic sums
+    change their last bits from run to run), or warn with ``warn_only=True``."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = (f"{what} sums with float atomics, so its last bits vary from run to run, but "
+               "torch.use_deterministic_algorithms(True) is set (fused=False runs the reference)")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, stacklevel=3)
+    else:
+        raise RuntimeError(message)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -83,7 +83,8 @@ import triton
 import triton.language as tl
 
 from . import common, semantic_gemm, semantic_window
-from .common import cdiv, dot, head_tail, next_pow2, on_device, row_tail, step_tail, warps
+from .common import (alert_not_deterministic, cdiv, dot, head_tail, next_pow2, on_device, row_tail,
+                     step_tail, warps)
 from .semantic_window import _load, _rows, _scores, _store
 
 MAX_K = 256
@@ -775,6 +776,8 @@ def backward(dout, q, k, v, out, lse, window: int):
     num_n = cdiv(N, cfg["BLOCK_N"])
     num_c = cdiv(C, cfg["BLOCK_C"])
     dk_atomic = num_c > 1 and not scratch
+    if dk_atomic:
+        alert_not_deterministic("semask semantic_attention backward (triton: dk by channel chunk)")
     dq, dv = torch.empty_like(q), torch.empty_like(v)
     dk = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if dk_atomic else torch.empty_like(k)
     delta = torch.empty_like(lse)

@@ -54,7 +54,8 @@ import triton
 import triton.language as tl
 
 from . import common
-from .common import bilinear_axis, bilinear_source, cdiv, dot, head_tail, next_pow2, on_device
+from .common import (alert_not_deterministic, bilinear_axis, bilinear_source, cdiv, dot, head_tail,
+                     next_pow2, on_device)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SLOTS = 128  # low-resolution box per tile; larger boxes (downsampling) are refused
@@ -282,6 +283,8 @@ def upsample_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_in
     logits, target = logits.contiguous(), target.contiguous()
     B, K, h, w = logits.shape
     H, W = target.shape[1:]
+    if grad:
+        alert_not_deterministic("semask fused upsample + cross-entropy loss gradient (triton)")
     cfg = _config(h, w, H, W, K, logits.dtype)
     n_ty, n_tx = cdiv(H, cfg["TILE_Y"]), cdiv(W, cfg["TILE_X"])
     partial = torch.empty(B * n_ty * n_tx, device=logits.device, dtype=torch.float32)

@@ -82,7 +82,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, dot, head_tail, next_pow2, on_device, row_tail
+from .common import alert_not_deterministic, cdiv, dot, head_tail, next_pow2, on_device, row_tail
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HEAD_DIMS = (16, 32, 64)
@@ -560,6 +560,7 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, out: to
     """Gradients of :func:`forward`: dout [B, H, W, C] (out's shape) -> (dqkv like qkv,
     dtable like table). ``out`` is not read (D comes from P and dP in fp32, see the module
     docstring); ``windows_per_program`` overrides the grouping heuristic."""
+    alert_not_deterministic("semask window_attention backward (triton: bias-table gradient)")
     n_windows, nW, nWw, Hp, Wp = _geometry(qkv, window)
     H, W = dout.shape[1:3]
     C = qkv.shape[-1] // 3

@@ -6,7 +6,7 @@
 :func:`load_extension` returns the ahead-of-time build ``semask._C`` when it is installed
 (``SEMASK_BUILD_CUDA=1 pip install -e .``), else builds the sources in ``csrc/`` just in
 time with ``torch.utils.cpp_extension.load`` and ninja. The JIT build targets
-``TORCH_CUDA_ARCH_LIST`` if set, else the visible GPU, else ``8.0;9.0``; it is cached in
+``TORCH_CUDA_ARCH_LIST`` if set, else the visible GPUs, else ``8.0;9.0+PTX``; it is cached in
 :func:`build_directory` (``$SEMASK_CUDA_BUILD_DIR``, else
 ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, under ``py<ver>_cu<ver>/``)
 and rebuilt only when sources or flags change. Sources, flags and arch handling come from
@@ -67,13 +67,14 @@ def build_definition():
 
 
 def jit_archs(build) -> list[str]:
-    """``TORCH_CUDA_ARCH_LIST`` if set, else the current GPU's arch, else the default list."""
+    """``TORCH_CUDA_ARCH_LIST`` if set, else the archs of every visible GPU, else the
+    default list."""
     import torch
 
     if os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or not torch.cuda.is_available():
         return build.arch_list()
-    major, minor = torch.cuda.get_device_capability()
-    return [f"{major}.{minor}"]
+    caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+    return [f"{major}.{minor}" for major, minor in sorted(caps)]
 
 
 def module_name(archs: list[str]) -> str:
@@ -133,9 +134,11 @@ def jit_build(archs: list[str] | None = None, verbose: bool = False):
     name = module_name(archs)
     directory = build_directory(name)
     os.makedirs(directory, exist_ok=True)
-    return load(name=name, sources=build.source_paths(), extra_cflags=list(build.CXX_FLAGS),
-                extra_cuda_cflags=build.nvcc_flags(archs), extra_include_paths=[build.CSRC],
-                build_directory=directory, with_cuda=True, verbose=verbose)
+    module = load(name=name, sources=build.source_paths(), extra_cflags=list(build.CXX_FLAGS),
+                  extra_cuda_cflags=build.nvcc_flags(archs), extra_include_paths=[build.CSRC],
+                  build_directory=directory, with_cuda=True, verbose=verbose)
+    module.semask_archs = ";".join(archs)  # what the provider checks a GPU against
+    return module
 
 
 def _warn_if_building() -> None:
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         prog=BUILD_COMMAND,
         description="Build the semask CUDA extension just in time (torch.utils.cpp_extension "
                     "+ ninja) and print where it went. Targets TORCH_CUDA_ARCH_LIST if set, else "
-                    "the visible GPU, else 8.0;9.0. Cached: a second run with unchanged sources "
+                    "the visible GPUs, else 8.0;9.0+PTX. Cached: a second run with unchanged sources "
                     f"and flags only loads it. The ahead-of-time alternative is `{AOT_COMMAND}`.")
     parser.add_argument("--arch", help="arch list overriding TORCH_CUDA_ARCH_LIST, e.g. '9.0' "
                                        "or '8.0;9.0'")

@@ -4,9 +4,15 @@ Answers the shared launcher signatures with the extension built from ``csrc/``
 (:mod:`semask.ops.build_cuda`: the installed ``semask._C`` or a just-in-time build on first
 use). :meth:`CudaProvider.reasons` never compiles for inputs it cannot run anyway.
 Limits: CUDA tensors of float32/float16/bfloat16; window attention with window <= 12 and
-head dim <= 64; semantic attention with K <= 256 classes (any C, any window, or global).
+head dim <= 64; semantic attention with K <= 256 classes (any C, any window, or global);
+the kernels' shared memory within the device's opt-in limit per block (window 12 with head
+dim 64 needs 169 KiB: sm_90, not sm_80 or sm_86/89); a GPU whose arch the build holds.
 """
 from __future__ import annotations
+
+import re
+
+import torch
 
 from .build_cuda import ExtensionUnavailable, load_extension
 
@@ -19,8 +25,7 @@ MAX_CLASSES = 256
 
 def _shape_reasons(op: str, tensors, params: dict) -> list[str]:
     if op == "window_attention":
-        heads, window = params["num_heads"], params["window"]
-        head_dim = tensors[0].shape[-1] // 3 // max(heads, 1)
+        window, head_dim = params["window"], _head_dim(tensors, params)
         why = []
         if window > MAX_WINDOW:
             why.append(f"window {window} > {MAX_WINDOW} is not supported")
@@ -29,6 +34,47 @@ def _shape_reasons(op: str, tensors, params: dict) -> list[str]:
         return why
     classes = tensors[0].shape[-1]
     return [f"K={classes} classes > {MAX_CLASSES} is not supported"] if classes > MAX_CLASSES else []
+
+
+def _device_reasons(op: str, tensors, params: dict, ext) -> list[str]:
+    """What the GPU of the inputs lacks: the arch the extension was built for, or the shared
+    memory per block its largest kernel for these sizes needs (reported instead of failing
+    at launch, possibly in the backward after the forward ran)."""
+    device = tensors[0].device
+    major, minor = torch.cuda.get_device_capability(device)
+    built = getattr(ext, "semask_archs", None)  # "8.0;9.0+PTX", set by build_cuda
+    if built is not None and not _runs_on(built, (major, minor)):
+        return [f"the extension was built for {built}, not for this GPU's sm_{major}{minor} "
+                f"(rebuild with TORCH_CUDA_ARCH_LIST={major}.{minor})"]
+    if op == "window_attention":
+        need = ext.window_attention_shared_memory(params["window"], _head_dim(tensors, params))
+    else:
+        need = ext.semantic_attention_shared_memory(tensors[0].shape[-1])
+    props = torch.cuda.get_device_properties(device)
+    allowed = getattr(props, "shared_memory_per_block_optin", None)  # torch >= 2.5
+    if allowed is not None and need > allowed:
+        return [f"needs {need} bytes of shared memory per block, {props.name} allows {allowed}"]
+    return []
+
+
+def _runs_on(archs: str, capability: tuple[int, int]) -> bool:
+    """Whether a build for ``archs`` ("8.0;9.0+PTX") runs on a GPU of ``capability`` (8, 6):
+    machine code of the same major at most its minor (sm_80 runs on 8.6; sm_90a only on
+    9.0), or PTX of an arch at most the GPU's, which the driver compiles."""
+    for arch in re.split(r"[;,\s]+", archs.strip()):
+        match = re.fullmatch(r"(\d+)\.(\d+)([af]?)(\+PTX)?", arch)
+        if not match:
+            continue
+        built = (int(match[1]), int(match[2]))
+        if match[4] and built <= capability:
+            return True
+        if built[0] == capability[0] and (built[1] == capability[1] if match[3] else built[1] <= capability[1]):
+            return True
+    return False
+
+
+def _head_dim(tensors, params: dict) -> int:
+    return tensors[0].shape[-1] // 3 // max(params["num_heads"], 1)
 
 
 class CudaProvider:
@@ -48,7 +94,7 @@ class CudaProvider:
         why += _shape_reasons(op, tensors, params)
         if not why:  # only now may the first use build the extension
             try:
-                load_extension()
+                why += _device_reasons(op, tensors, params, load_extension())
             except ExtensionUnavailable as exc:
                 why.append(str(exc))
         return why

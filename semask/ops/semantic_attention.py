@@ -157,9 +157,11 @@ class SemanticAttention(nn.Module):
 
     def class_pad(self, y: Tensor) -> int:
         """Zero classes appended to q and k of input ``y`` (see ``pad_classes``): none for
-        CPU tensors on "auto", which runs the reference there."""
+        CPU tensors on "auto", which runs the reference there, nor where the Triton backend
+        does not load (auto then runs the CUDA extension, which gains nothing from them)."""
         padded = (self.pad_classes and self.backend in PADDED_BACKENDS
-                  and (self.backend != "auto" or y.is_cuda))
+                  and (self.backend != "auto"
+                       or y.is_cuda and _backend.get_provider("triton") is not None))
         return class_padding(self.mlp_cls_q.out_features) if padded else 0
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -58,9 +58,10 @@ def _skip_or_fail(reason):
 def test_gencode_flags_follow_the_arch_list(monkeypatch):
     build = _build_module()
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
-    assert build.arch_list() == ["8.0", "9.0"]
+    assert build.arch_list() == ["8.0", "9.0+PTX"]
     assert build.gencode_flags(build.arch_list()) == [
-        "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+        "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_90,code=compute_90"]
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0a 8.6+PTX")
     assert build.gencode_flags(build.arch_list()) == [
         "-gencode=arch=compute_90a,code=sm_90a", "-gencode=arch=compute_86,code=sm_86",
@@ -143,8 +144,48 @@ def test_reasons_name_unsupported_shapes(monkeypatch):
     why = PROVIDER.reasons("semantic_attention", [_fake((1, 8, 8, 300))] * 2 + [_fake((1, 8, 8, 4))],
                            dict(window=0))
     assert why == ["K=300 classes > 256 is not supported"]
+    monkeypatch.setattr("semask.ops.cuda_provider.load_extension",
+                        lambda: SimpleNamespace(window_attention_shared_memory=lambda w, d: 0))
+    _fake_gpu(monkeypatch, (9, 0), 232448)
     assert PROVIDER.reasons("window_attention", [_fake((1, 7, 7, 96)), _fake((169, 3))],
                             dict(num_heads=3, window=7, shift=0)) == []
+
+
+def _fake_gpu(monkeypatch, capability, optin, name="fake GPU"):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(name=name, shared_memory_per_block_optin=optin))
+
+
+def test_reasons_name_a_gpu_without_enough_shared_memory(monkeypatch):
+    """The extension's own byte counts against the device's opt-in limit: window 12 with
+    head dim 64 (169 KiB in the backward) is refused on an sm_86 (99 KiB), accepted on an
+    sm_90 (227 KiB); reported by reasons() instead of failing at launch."""
+    ext = SimpleNamespace(window_attention_shared_memory=lambda w, d: 173000 if d == 64 else 99272,
+                          semantic_attention_shared_memory=lambda k: 73472)
+    monkeypatch.setattr("semask.ops.cuda_provider.load_extension", lambda: ext)
+    args = ([_fake((1, 12, 12, 3 * 128)), _fake((529, 2))], dict(num_heads=2, window=12, shift=0))
+    _fake_gpu(monkeypatch, (8, 6), 101376, "RTX 3090")
+    assert PROVIDER.reasons("window_attention", *args) == [
+        "needs 173000 bytes of shared memory per block, RTX 3090 allows 101376"]
+    assert PROVIDER.reasons("semantic_attention", [_fake((1, 8, 8, 150))] * 2 + [_fake((1, 8, 8, 4))],
+                            dict(window=0)) == []
+    _fake_gpu(monkeypatch, (9, 0), 232448)
+    assert PROVIDER.reasons("window_attention", *args) == []
+
+
+def test_reasons_name_a_gpu_the_build_has_no_code_for(monkeypatch):
+    ext = SimpleNamespace(window_attention_shared_memory=lambda w, d: 0, semask_archs="8.0;9.0+PTX")
+    monkeypatch.setattr("semask.ops.cuda_provider.load_extension", lambda: ext)
+    args = ([_fake((1, 7, 7, 96)), _fake((169, 3))], dict(num_heads=3, window=7, shift=0))
+    for capability, runs in (((8, 0), True), ((8, 6), True), ((9, 0), True), ((12, 0), True),
+                             ((7, 5), False)):
+        _fake_gpu(monkeypatch, capability, 232448)
+        why = PROVIDER.reasons("window_attention", *args)
+        assert (why == []) == runs, (capability, why)
+    ext.semask_archs = "9.0a"   # arch-specific code runs on 9.0 only
+    _fake_gpu(monkeypatch, (10, 0), 232448)
+    assert "not for this GPU's sm_100" in PROVIDER.reasons("window_attention", *args)[0]
 
 
 def test_reasons_when_the_extension_cannot_build(monkeypatch):
@@ -210,6 +251,18 @@ def test_compiled_module_exposes_the_four_launchers(extension):
              "semantic_attention_bwd"}
     assert names <= set(dir(extension))
     assert "qkv" in extension.window_attention_fwd.__doc__
+
+
+@pytest.mark.slow
+def test_compiled_module_reports_its_shared_memory(extension):
+    """The byte counts reasons() compares with the device: window 12 needs 97 KiB (head dim
+    32) and 169 KiB (64) in the backward, as csrc/window_attention.cu's header states; the
+    semantic kernels' largest tile set grows with K."""
+    assert round(extension.window_attention_shared_memory(12, 32) / 1024) == 97
+    assert round(extension.window_attention_shared_memory(12, 64) / 1024) == 169
+    assert extension.window_attention_shared_memory(7, 32) < extension.window_attention_shared_memory(12, 32)
+    sizes = [extension.semantic_attention_shared_memory(k) for k in (19, 150, 256)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1] <= 101376  # K <= 256 fits an sm_86
 
 
 # ---------------------------------------------------------------- device code on the CPU

@@ -34,6 +34,10 @@ def test_only_the_triton_backends_pad(monkeypatch):
                     ("cuda", True): 0, ("cuda", False): 0}
     monkeypatch.setattr(sem_op.SemanticAttention, "pad_classes", False)
     assert sem_op.SemanticAttention(8, 150, 7, backend="triton").class_pad(on_cpu) == 0
+    monkeypatch.setattr(sem_op.SemanticAttention, "pad_classes", True)
+    # Triton does not load: auto runs the CUDA extension on CUDA tensors, unpadded
+    monkeypatch.setattr(sem_op._backend, "get_provider", lambda name: None)
+    assert sem_op.SemanticAttention(8, 150, 7, backend="auto").class_pad(on_cuda) == 0
 
 
 @pytest.mark.parametrize("K,window", [(19, 7), (150, 12), (150, 0)])
