@@ -21,9 +21,14 @@ Bytes model (the fewest bytes a fused kernel must move; PERF_MODEL.md):
     upsample fwd: read x, write y                      5 * B*C*h*w * e
              fwd_bwd: also read dy, write dx            + 5 * B*C*h*w * e
     norm     fwd: read x, write y                      2 * T*C * e
-             fwd_bwd: also read x, dy, write dx, stats  + 3 * T*C * e + T * 8
+             fwd_bwd: also read x, dy, write dx;        + 3 * T*C * e + T * 16
+                      stats written and read back
 T = B * Hp * Wp tokens (padding included), e = bytes per element; the float32 log-sum-exp
-is written by the forward when a backward follows. The small bias table is left out.
+(and a LayerNorm's mean and rstd) is written by the forward when a backward follows. The
+small bias table is left out.
+
+The floor of a case is the larger of its bytes at the peak bandwidth and its FLOPs at the
+measured matmul rate (:func:`floor_time_s`): memory- or compute-bound.
 """
 from __future__ import annotations
 
@@ -171,7 +176,7 @@ def bytes_moved(case: Case, dtype_name: str) -> int | None:
         return 5 * x if case.mode == "fwd" else 10 * x
     e, T, p = element_size(dtype_name), case.tokens(), case.params
     if case.kind == "norm":
-        return 2 * T * p["C"] * e if case.mode == "fwd" else 5 * T * p["C"] * e + 8 * T
+        return 2 * T * p["C"] * e if case.mode == "fwd" else 5 * T * p["C"] * e + 16 * T
     if case.kind == "window":
         fwd, lse, bwd = T * 4 * p["C"] * e, T * p["heads"] * 4, T * 8 * p["C"] * e + T * p["heads"] * 4
     else:
@@ -276,8 +281,37 @@ def select(cases: list[Case], patterns: list[str] | None) -> list[Case]:
     return [c for c in cases if any(p in c.name for p in patterns)]
 
 
+def floor_time_s(nbytes: int | None, flops: int | None, bandwidth: float | None,
+                 matmul_rate: float | None) -> tuple[float | None, str | None]:
+    """(fewest seconds, "memory" | "compute"): the larger of ``nbytes`` at ``bandwidth``
+    (bytes/s) and ``flops`` at ``matmul_rate`` (FLOP/s); a part without its figure or rate
+    is left out; (None, None) when neither is known."""
+    bounds = {"memory": nbytes / bandwidth if nbytes and bandwidth else 0.0,
+              "compute": flops / matmul_rate if flops and matmul_rate else 0.0}
+    bound = max(bounds, key=bounds.get)
+    return (bounds[bound], bound) if bounds[bound] else (None, None)
+
+
 # ----------------------------------------------------------------------------- perf model
-PEAK_BANDWIDTH = {"H100": 3.0e12, "H200": 4.3e12}  # measured d2d copy, PERF_MODEL.md
+# Bandwidth of the floor (bytes/s), by the short names of PERF_MODEL.md: the device-to-device
+# copy measured on the lent machines (bytes read + written per second), about 90% of the HBM
+# bandwidth of NVIDIA's datasheets (H100 SXM5 80 GB: 3.35 TB/s; H200: 4.8 TB/s).
+PEAK_BANDWIDTH = {"H100": 3.0e12, "H200": 4.3e12}
+# exact torch.cuda.get_device_name() of those GPUs; others (datasheets: H100 PCIe 2.0 TB/s,
+# H100 NVL 3.9 TB/s, GH200 4.0 or 4.9 TB/s; H200 NVL, not measured here) use the copy
+# bandwidth measured in the run
+DEVICE_NAMES = {"NVIDIA H100 80GB HBM3": "H100", "NVIDIA H200": "H200"}
+
+
+def floor_bandwidth(device_name: str, measured_gbps: float | None) -> tuple[float | None, str]:
+    """(bytes/s of the floor, its source): PERF_MODEL.md's figure for a GPU of
+    :data:`DEVICE_NAMES` (exact name), else the copy bandwidth measured in the run."""
+    short = DEVICE_NAMES.get(device_name.strip())
+    if short:
+        return PEAK_BANDWIDTH[short], f"PERF_MODEL.md ({short}: measured d2d copy)"
+    if measured_gbps:
+        return measured_gbps * 1e9, "measured here (d2d copy; device not in the table)"
+    return None, "none (device not in the table, nothing measured)"
 
 
 def perf_model_rows(dtype_name: str = "bf16") -> list[dict]:

@@ -17,9 +17,11 @@
 # Every stage has a hard time limit and its failure is recorded; the later stages still run.
 #
 # Usage, from the repository root:
-#   SEMASK_COMMIT=<hash> bash benchmarks/gpu_suite.sh                           # all stages
-# (give the hash of the checkout that was sent: the device machine's copy of .git can be
-# stale, and the results record SEMASK_COMMIT)
+#   SEMASK_COMMIT=<commit> bash benchmarks/gpu_suite.sh                         # all stages
+# (give the commit of the checkout that was sent, computed where it was made, e.g.
+# `git describe --always --dirty --abbrev=40`: the device machine's copy of .git can be
+# stale or missing, and the results record SEMASK_COMMIT as given; unset, it is HEAD with
+# "-dirty" when `git status --porcelain` lists anything, untracked files included)
 #   bash benchmarks/gpu_suite.sh setup bench                                    # some stages
 # Environment: OUT (results go to $OUT/<device>-<date>/, default benchmarks/results/),
 #   SUITE_BUDGET (seconds for the whole suite, default 560), TESTS (pytest arguments that
@@ -45,6 +47,9 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_
 unset TRITON_INTERPRET
 if [ -z "${SEMASK_COMMIT:-}" ]; then
   SEMASK_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+  if [ "$SEMASK_COMMIT" != unknown ] && [ -n "$(git status --porcelain 2>/dev/null)" ]; then
+    SEMASK_COMMIT="$SEMASK_COMMIT-dirty"
+  fi
 fi
 export SEMASK_COMMIT
 

@@ -1,12 +1,15 @@
 """Timing, peak memory, FLOP counting and the environment (device, versions, commit).
 
-GPU: ``triton.testing.do_bench`` (CUDA events, L2 flushed, median) after its warm-up, or
-a CUDA-event loop when Triton is missing or for long steps; CPU: repeated
-``time.perf_counter`` after warm-up, median. Both GPU timings include the gaps in which
-the GPU waits for the host to launch the next kernel; :func:`graph_time_ms` times CUDA
-graph replays instead, which leaves out the host (its GPU time per call). Peak memory:
-``torch.cuda.max_memory_allocated`` on GPU; on CPU the process peak RSS (VmHWM, reset
-through /proc/self/clear_refs so each measurement has its own peak).
+GPU: per call, an L2 flush that the host waits for, then CUDA events around the call
+(median), after a warm-up; a CUDA-event loop of back-to-back calls for long steps. CPU:
+repeated ``time.perf_counter`` after warm-up, median. Both GPU timings include the time
+the GPU waits for the host to launch the step's kernels (a flushed call starts on an idle
+GPU, so its whole launch cost counts); :func:`graph_time_ms` times CUDA graph replays
+instead, which leaves out the host (its GPU time per call). Peak memory:
+``torch.cuda.max_memory_allocated`` on GPU, with cuBLAS's workspaces and the allocator
+cache freed first, and its growth over what was allocated before the call; on CPU the
+process peak RSS (VmHWM, reset through /proc/self/clear_refs so each measurement has its
+own peak).
 """
 from __future__ import annotations
 
@@ -24,8 +27,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import semask.ops.flops  # noqa: F401  (FLOP formulas of the fused custom ops)
 
-from .cases import PEAK_BANDWIDTH
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -40,15 +41,9 @@ def time_ms(fn: Callable[[], object], device: str, target_s: float = 0.3, max_re
     if device.startswith("cuda"):
         fn()  # first call outside the timing: autotuning, compilation, lazy init
         torch.cuda.synchronize()
-        if not long_step:
-            try:
-                from triton.testing import do_bench
-            except Exception:
-                pass
-            else:
-                return float(do_bench(fn, warmup=25, rep=max(1, int(target_s * 1e3)),
-                                      return_mode="median"))
-        return _cuda_event_loop(fn, max(target_s, 0.5 if long_step else 0.0), max_reps)
+        if long_step:
+            return _cuda_event_loop(fn, max(target_s, 0.5), max_reps)
+        return _flushed_calls_ms(fn, target_s)
     if max_reps > 1:
         fn()  # warm-up (a single-shot measurement, e.g. the Triton interpreter, has none)
     times, start = [], time.perf_counter()
@@ -57,6 +52,40 @@ def time_ms(fn: Callable[[], object], device: str, target_s: float = 0.3, max_re
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def _l2_flush_buffer() -> torch.Tensor:
+    """int32 buffer of twice the L2 size (at least 64 MiB): zeroing it evicts the L2."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return torch.empty(max(2 * getattr(props, "L2_cache_size", 0), 64 << 20) // 4,
+                       dtype=torch.int32, device="cuda")
+
+
+def _flushed_calls_ms(fn, target_s: float, warmup_s: float = 0.025, max_reps: int = 1000) -> float:
+    """Median over calls of ``fn``, each timed by CUDA events from an idle GPU with a cold
+    L2: flush, wait for it, start event, ``fn()``, end event. The wait puts the whole host
+    launch cost of a call in its time (``do_bench`` records the start while the flush
+    still runs, hiding up to a flush's duration of it). Warm-up ~``warmup_s``, then calls
+    for ~``target_s`` of wall time, flushes and waits included (5 to ``max_reps``)."""
+    cache = _l2_flush_buffer()
+
+    def timed(reps: int) -> list[float]:
+        pairs = []
+        for _ in range(reps):
+            cache.zero_()
+            torch.cuda.synchronize()
+            pairs.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            pairs[-1][0].record()
+            fn()
+            pairs[-1][1].record()
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) for start, end in pairs]
+
+    t0 = time.perf_counter()
+    timed(3)
+    per_call = max((time.perf_counter() - t0) / 3, 1e-6)  # seconds of wall time
+    timed(int(min(max_reps, warmup_s / per_call)))
+    return statistics.median(timed(int(min(max_reps, max(5, target_s / per_call)))))
 
 
 def _cuda_event_loop(fn, target_s: float, max_reps: int) -> float:
@@ -82,7 +111,7 @@ def graph_time_ms(fn: Callable[[], object], estimate_ms: float, graph_ms: float 
                   replays: int = 20, device: str = "cuda") -> float:
     """GPU time of one call of ``fn`` in ms, without host launch gaps: ``fn`` is captured
     into a CUDA graph n times (n * estimate_ms ~ graph_ms), each call after an L2 flush (a
-    zero fill of twice the L2 size; ``do_bench`` flushes too), and a second graph holds the
+    zero fill of twice the L2 size, as :func:`time_ms` flushes), and a second graph holds the
     n flushes alone; the graphs' replays alternate and the result is (median of the first -
     median of the second) / n. For many small launches METHOD.md advises graph replays:
     they measure what the kernels cost when the host keeps ahead of the GPU, as in a
@@ -90,13 +119,11 @@ def graph_time_ms(fn: Callable[[], object], estimate_ms: float, graph_ms: float 
     stream and memory restored."""
     n = int(min(50, max(1, round(graph_ms / max(estimate_ms, 1e-3)))))
     with torch.cuda.device(torch.device(device)):
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        l2 = getattr(props, "L2_cache_size", 0)
-        cache = torch.empty(max(2 * l2, 64 << 20) // 4, dtype=torch.int32, device="cuda")
+        cache = _l2_flush_buffer()
         home = torch.cuda.current_stream()
         graphs = []
         try:
-            side = torch.cuda.Stream()
+            side = _side_stream()
             side.wait_stream(home)
             with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
                 for _ in range(2):
@@ -117,6 +144,19 @@ def graph_time_ms(fn: Callable[[], object], estimate_ms: float, graph_ms: float 
             del graphs
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def _side_stream() -> torch.cuda.Stream:
+    """One side stream per device, made once: each new stream gets its own cuBLAS
+    workspace from PyTorch's allocator, which would stay allocated (and inflate peak
+    memory) for every graph timing otherwise."""
+    index = torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream()
+    return _SIDE_STREAMS[index]
 
 
 def _replay_difference_ms(graphs: list, replays: int) -> float:
@@ -155,22 +195,38 @@ def _reset_rss_peak() -> None:
         pass  # then the peak is the process's lifetime peak
 
 
-def peak_memory_mb(fn: Callable[[], object], device: str, reserved: bool = False) -> float | None:
-    """Peak memory of one call of ``fn`` (GPU allocator peak, or process peak RSS);
-    ``reserved``: on a GPU the peak reserved instead, with the cache emptied first (what a
-    CUDA graph's pool holds is reserved, not allocated, while it replays)."""
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return None
+
+
+def peak_memory_mb(fn: Callable[[], object], device: str,
+                   reserved: bool = False) -> tuple[float | None, float | None]:
+    """(peak, growth) in MiB of one call of ``fn``: the GPU allocator's peak and its growth
+    over what was allocated just before the call (cuBLAS's workspaces, one per stream
+    that ran a matmul, and the cache freed first, so earlier work does not count), or the
+    process's peak RSS and its growth over the RSS before; ``reserved``: on a GPU the peak
+    reserved instead (what a CUDA graph's pool holds is reserved, not allocated, while it
+    replays)."""
     if device.startswith("cuda"):
         synchronize(device)
-        if reserved:
-            torch.cuda.empty_cache()
+        if hasattr(torch._C, "_cuda_clearCublasWorkspaces"):
+            torch._C._cuda_clearCublasWorkspaces()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_reserved() if reserved else torch.cuda.memory_allocated()
         fn()
         synchronize(device)
         peak = torch.cuda.max_memory_reserved() if reserved else torch.cuda.max_memory_allocated()
-        return peak / 2 ** 20
+        return peak / 2 ** 20, (peak - before) / 2 ** 20
     _reset_rss_peak()
+    before = _rss_mb()
     fn()
-    return _rss_peak_mb()
+    peak = _rss_peak_mb()
+    return peak, None if peak is None or before is None else max(peak - before, 0.0)
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -183,16 +239,18 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 # ----------------------------------------------------------------------------- environment
 def git_commit() -> str:
-    """$SEMASK_COMMIT when set (a copied checkout, as on a lent GPU machine, can carry stale
-    git metadata), else HEAD (with '-dirty' when the tree has changes), else 'unknown'."""
+    """$SEMASK_COMMIT as given when set (a copied checkout, as on a lent GPU machine, can
+    carry stale git metadata or none), else HEAD, with '-dirty' when ``git status
+    --porcelain`` lists anything (changes or untracked files, ignored ones not), else
+    'unknown'."""
     if os.environ.get("SEMASK_COMMIT"):
         return os.environ["SEMASK_COMMIT"]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        sha = git("rev-parse", "HEAD")
+        return sha + ("-dirty" if git("status", "--porcelain") else "")
     except Exception:
         return "unknown"
 
@@ -217,17 +275,6 @@ def device_slug(device: str) -> str:
     name = device_name(device)
     match = re.search(r"\b([A-Z]\d{2,4}[A-Z]?)\b", name.upper())
     return (match.group(1) if match else re.sub(r"[^A-Za-z0-9]+", "-", name)).lower()
-
-
-def nominal_bandwidth(device: str) -> float | None:
-    """Copy bandwidth PERF_MODEL.md gives for this GPU (bytes/s), None if unknown."""
-    if not device.startswith("cuda"):
-        return None
-    name = device_name(device).upper()
-    for key, bw in PEAK_BANDWIDTH.items():
-        if key in name:
-            return bw
-    return None
 
 
 def measure_device(device: str) -> dict:

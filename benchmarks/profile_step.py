@@ -6,8 +6,9 @@ backend, kernels grouped by what they do.
     python benchmarks/profile_step.py --model semask_swin_micro_fpn --img 64 --batch 2   # CPU smoke run
 
 For each backend (``--fused``: reference = the eager PyTorch model, triton, cuda, auto;
-with ``-compile`` appended, e.g. ``triton-compile``, the model runs under ``torch.compile``
-and the warm-up steps include the compilation) the step (forward under autocast, loss,
+with ``-compile`` appended, e.g. ``triton-compile``, the model runs under ``torch.compile``,
+forward and loss compiled as one function unless the loss is the fused Triton kernel, which
+runs eagerly; the warm-up steps include the compilation) the step (forward under autocast, loss,
 backward, the trainer's AdamW step: fused on a GPU) runs ``--warmup`` times, then
 ``--timed`` times from an idle GPU for its wall time and its host time (until ``step()``
 returns, before the GPU is waited for), then ``--timed`` times back to back (as the
@@ -41,6 +42,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import semask  # noqa: E402
 from benchmarks.measure import device_slug  # noqa: E402
+from benchmarks.providers import compiled_training_loss, training_loss  # noqa: E402
 from semask.train.optim import build_optimizer  # noqa: E402
 
 # Kernel (or CPU op) name patterns per group, tried in order; the first match wins.
@@ -60,7 +62,7 @@ GROUPS = (
 
 
 BACKENDS = ("reference", "triton", "cuda", "auto")  # --fused values; "-compile" appended:
-# the same model under torch.compile (its loss stays eager)
+# the same model under torch.compile (benchmarks.providers.compiled_training_loss)
 
 
 def group_of(name: str) -> str:
@@ -72,19 +74,19 @@ def group_of(name: str) -> str:
     return "other elementwise"
 
 
-def step_fn(model, images, target, device: str, dtype: torch.dtype, forward=None):
+def step_fn(model, images, target, device: str, dtype: torch.dtype, loss_of=None):
     """One training step (autocast forward and loss, backward, AdamW step as the trainer
-    builds it: fused on a GPU); ``forward``: what runs the model (default the model itself;
-    a compiled model, say)."""
+    builds it: fused on a GPU); ``loss_of(images, target)``: what computes the loss
+    (default the eager model's; a compiled one, say)."""
     opt = build_optimizer(model, lr=1e-4, weight_decay=1e-4,
                           fused=True if device.startswith("cuda") else None)
     autocast = (torch.autocast(device_type=device.split(":")[0], dtype=dtype)
                 if dtype != torch.float32 else contextlib.nullcontext())
-    forward = forward or model
+    loss_of = training_loss(model) if loss_of is None else loss_of
 
     def step():
         with autocast:
-            loss = model.loss(forward(images), target)["loss"]
+            loss = loss_of(images, target)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -149,11 +151,11 @@ def profile_backend(args, fused: str) -> tuple[list, float, tuple, dict]:
     model = model.to(args.device).train()
     images = torch.randn(args.batch, 3, args.img, args.img, device=args.device)
     target = torch.randint(0, args.num_classes, (args.batch, args.img, args.img), device=args.device)
-    forward = model
+    loss_of = None
     if backend != fused:  # "-compile"
         torch._dynamo.reset()
-        forward = torch.compile(model)
-    step = step_fn(model, images, target, args.device, args.dtype, forward)
+        loss_of = compiled_training_loss(model)
+    step = step_fn(model, images, target, args.device, args.dtype, loss_of)
     cuda = args.device.startswith("cuda")
     for _ in range(args.warmup):
         step()

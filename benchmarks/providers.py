@@ -4,10 +4,11 @@ reference  eager PyTorch (``semask.ops.reference``; models with ``fused=False``)
 sdpa       the same roll / pad / partition, with the attention call done by
            ``F.scaled_dot_product_attention`` (bias + shift mask as ``attn_mask``); models:
            the reference model with its attention calls swapped for these
-compile    ``torch.compile`` of the reference function / model
+compile    ``torch.compile`` of the reference function / model (training steps: forward
+           and loss compiled as one function)
 triton     ``backend="triton"`` (models: ``fused="triton"``)
 triton-compile  ``torch.compile`` of the ``fused="triton"`` model (model cases only; the
-           fused custom ops trace into the graph, the loss stays outside as for compile)
+           fused custom ops trace into the graph; the fused loss kernel runs eagerly)
 cuda       ``backend="cuda"``   (models: ``fused="cuda"``)
 
 ``prepare(case, provider, ...)`` returns a :class:`Prepared` step (one forward, or one
@@ -397,7 +398,6 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
     patch = sdpa_in_reference_model if provider == "sdpa" else contextlib.nullcontext
     if provider in COMPILED:
         torch._dynamo.reset()
-    runner = torch.compile(model) if provider in COMPILED else model
 
     if case.mode == "fwd":
         model.eval()
@@ -407,6 +407,8 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                 with patch(), torch.no_grad(), autocast():
                     return net(images).logits
             return step
+        eager = model
+        runner = torch.compile(model) if provider in COMPILED else eager
         if cuda_graphs:
             timed = _graphed_forward(model, images, autocast, patch)
     else:
@@ -415,17 +417,18 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
         opt = build_optimizer(model, lr=1e-4, weight_decay=1e-4,
                               fused=True if device.startswith("cuda") else None)
 
-        def make(net, patch=patch):
+        def make(loss_of, patch=patch):
             def step():
                 with patch():
                     with autocast():
-                        out = net(images)
-                        loss = model.loss(out, target)["loss"]
+                        loss = loss_of(images, target)
                     loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 return loss
             return step
+        eager = training_loss(model)
+        runner = compiled_training_loss(model) if provider in COMPILED else eager
         if cuda_graphs:
             with patch():  # sdpa: the reference model captured with its SDPA attention
                 timed = _graphed_training_step(model, images, target, opt,
@@ -438,6 +441,9 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                 f"chunked loss (loss_chunk={model.loss_chunk})" if model.loss_chunk else "")
         note = join_notes(note, "training step: forward, loss, backward, AdamW step "
                                 "(fused on a GPU)", loss)
+        if provider in COMPILED:
+            note = join_notes(note, "compiled: the forward (the fused loss kernel runs eagerly)"
+                              if model.fused_loss else "compiled: forward and loss as one function")
     # the Triton upsampling and LayerNorm run in eager mode only (torch.compile traces
     # PyTorch's ops instead): not named for the compiled providers
     if model.fused_upsample and provider not in COMPILED:
@@ -451,13 +457,33 @@ def prepare_model(case: Case, provider: str, device: str, dtype_name: str,
                 "the logits out)")
         note = join_notes(note, f"CUDA graphs: {what}; memory: peak reserved in a call, the "
                                 "graph's pool included")
-        return Prepared(timed, unpadded_classes(make(model, contextlib.nullcontext)),
+        return Prepared(timed, unpadded_classes(make(eager, contextlib.nullcontext)),
                         long_step=True, note=note, peak_reserved=True)
     # FLOPs of compile and sdpa are counted on the eager reference model (the same work;
     # FlopCounterMode cannot see into compiled code or SDPA's CPU flash kernel), of the
     # fused ones for the K classes (unpadded)
-    return Prepared(make(runner), unpadded_classes(make(model, contextlib.nullcontext)),
+    return Prepared(make(runner), unpadded_classes(make(eager, contextlib.nullcontext)),
                     long_step=True, note=note)
+
+
+def training_loss(model, forward=None) -> Callable:
+    """images, target -> the model's training loss, the images run through ``forward``
+    (default: the model itself)."""
+    forward = model if forward is None else forward
+
+    def loss_of(images, target):
+        return model.loss(forward(images), target)["loss"]
+    return loss_of
+
+
+def compiled_training_loss(model) -> Callable:
+    """:func:`training_loss` under ``torch.compile``: forward and loss compiled as one
+    function, as the eager reference runs them; a model that computes its loss with the
+    fused Triton kernel (eager only: compiled, the loss would be PyTorch's one-piece loss)
+    gets its forward compiled and keeps that kernel."""
+    if model.fused_loss:
+        return training_loss(model, torch.compile(model))
+    return torch.compile(training_loss(model))
 
 
 def _graphed_forward(model, images, autocast, patch) -> Callable[[], object]:

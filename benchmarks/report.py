@@ -16,7 +16,9 @@ import sys
 PROVIDER_ORDER = ("reference", "sdpa", "compile", "triton", "triton-compile", "cuda")
 COLORS = {"reference": "#7f7f7f", "sdpa": "#1f77b4", "compile": "#2ca02c", "triton": "#d62728",
           "triton-compile": "#ff7f0e", "cuda": "#9467bd"}
-# issue 4's speed goals (H100, bf16, batch 16, 512x512): (label, kind, mode, figure, bound)
+# issue 4's speed goals (H100, bf16, batch 16, 512x512): (label, kind, mode, figure, bound);
+# the memory goal compares the absolute peaks (peak_mem_mb) of the two providers' steps
+GOAL_DTYPE, GOAL_BATCH = "bf16", 16
 GOALS = (
     ("window attention fwd >= 4x eager", "window", "fwd", "speedup", 4.0),
     ("window attention fwd >= 1.5x SDPA", "window", "fwd", "vs_sdpa", 1.5),
@@ -83,12 +85,19 @@ def markdown(results: dict) -> str:
               f"(read + write); {measured.get('matmul', 'matmul')}: "
               f"{_fmt(measured.get('matmul_tflops'), '.1f')} TFLOP/s |",
               f"| bandwidth of the floor | {_fmt(bw.get('gbps'), '.0f')} GB/s, {bw.get('source', '')} |",
+              f"| compute of the floor | {_fmt(measured.get('matmul_tflops'), '.1f')} TFLOP/s "
+              f"(the matmul measured above) |",
               ""]
-    lines += ["Times are medians after warm-up (GPU: `triton.testing.do_bench` / CUDA events; "
-              "CPU: `time.perf_counter`). FLOPs are counted with `FlopCounterMode` (2 per "
+    lines += ["Times are medians after warm-up (GPU ops: CUDA events around each call, started "
+              "once an L2 flush has finished, so a call's whole launch cost counts; model steps: "
+              "a CUDA-event loop; CPU: `time.perf_counter`). FLOPs are counted with `FlopCounterMode` (2 per "
               "multiply-add; fused ops through the formulas in `semask/ops/flops.py`, equal to "
-              "the reference's matmuls). GB/s and % floor use the bytes model of "
-              "`shared/PERF_MODEL.md` (see `benchmarks/cases.py`). Model `fwd_bwd` is a whole "
+              "the reference's matmuls). GB/s uses the bytes model of "
+              "`shared/PERF_MODEL.md` (see `benchmarks/cases.py`); % floor is the larger of "
+              "its bytes at the floor's bandwidth and its FLOPs at the measured matmul rate "
+              "over the time (bound: memory or compute). Peak MB: the allocator's peak in a "
+              "call (inputs, weights, optimizer state included), growth MB: its rise over what "
+              "was allocated before the call. Model `fwd_bwd` is a whole "
               "training step (forward, loss, backward, AdamW). Rel. err (op cases): "
               "max |out - ref| / max |ref| of the output (fwd) or of every input gradient "
               "(fwd_bwd) against the float32 reference on the same inputs.", "",
@@ -161,25 +170,29 @@ def _fmt_ms(t: float) -> str:
 
 def goal_values(records, field: str = "time_ms") -> list[dict]:
     """Each goal of issue 4 per fused provider: geometric mean, min and count over the
-    matching 512x512 cases that ran (model goals: SeMask-T only), from the stream times
-    (``field="time_ms"``) or the CUDA graph times (``"graph_ms"``: op goals only)."""
+    matching 512x512 cases that ran at the goals' dtype and batch (bf16, 16; model goals:
+    SeMask-T only), from the stream times (``field="time_ms"``) or the CUDA graph times
+    (``"graph_ms"``: op goals only). ``other_settings``: cases ran, none at those settings."""
     idx, out = _index(records), []
     for label, kind, mode, figure, bound in GOALS:
         if field == "graph_ms" and kind == "model":
             continue
         for prov in ("triton", "cuda", "triton-compile"):
-            vals = []
+            vals, other_settings = [], False
             for r in records:
                 if r["provider"] != prov or r["kind"] != kind or r["mode"] != mode or r["time_ms"] is None:
                     continue
                 if "-512" not in r["case"] or (kind == "model" and "tiny" not in r["case"]):
                     continue
+                if r["dtype"] != GOAL_DTYPE or r["batch"] != GOAL_BATCH:
+                    other_settings = True
+                    continue
                 v = _goal_figure(r, idx, figure, field)
                 if v is not None:
                     vals.append(v)
             if not vals:
-                if prov != "triton-compile":  # a model-only provider: no empty op rows
-                    out.append(dict(goal=label, provider=prov, n=0))
+                if prov != "triton-compile" or other_settings:  # a model-only provider: no empty op rows
+                    out.append(dict(goal=label, provider=prov, n=0, other_settings=other_settings))
                 continue
             geo = math.exp(sum(math.log(v) for v in vals) / len(vals))
             worst = max(vals) if figure == "mem_ratio" else min(vals)
@@ -209,8 +222,10 @@ def _goals(results) -> list[str]:
     if _is_cpu(results):
         return out + ["The goals are defined on an H100 (bf16, batch 16, 512x512); this is a CPU run, "
                       "so they are not evaluated here.", ""]
-    out += ["Over the 512x512 cases that ran (worst case decides; the goals are set for an H100, "
-            "bf16, batch 16)."]
+    device = results["environment"]["device"]
+    on = "" if "H100" in device else f" on {device}"
+    out += [f"Over the 512x512 cases that ran at bf16, batch 16 (worst case decides; the goals "
+            f"are set for an H100, bf16, batch 16){'' if not on else f'; measured{on}, not an H100'}."]
     fields = ["time_ms"] + (["graph_ms"] if _has_graph_times(results["records"]) else [])
     for field in fields:
         if field == "graph_ms":
@@ -218,10 +233,11 @@ def _goals(results) -> list[str]:
         out += ["", "| goal | provider | cases | geo-mean | worst | met |", "|---|---|---|---|---|---|"]
         for g in goal_values(results["records"], field):
             if g["n"] == 0:
-                out.append(f"| {g['goal']} | {g['provider']} | 0 | – | – | not measured |")
+                why = "not the goal's settings" if g["other_settings"] else "not measured"
+                out.append(f"| {g['goal']} | {g['provider']} | 0 | – | – | {why} |")
             else:
                 out.append(f"| {g['goal']} | {g['provider']} | {g['n']} | {g['geomean']:.2f} | "
-                           f"{g['worst']:.2f} | {'yes' if g['met'] else 'no'} |")
+                           f"{g['worst']:.2f} | {'yes' if g['met'] else 'no'}{on} |")
     return out + [""]
 
 
@@ -276,7 +292,7 @@ def _per_image(results) -> list[str]:
 def _details(records) -> list[str]:
     out = ["## All records", "",
            "| case | mode | provider | shape | time | graph time | img/s | GFLOP | TFLOP/s | GB/s | "
-           "% floor | peak MB | speed-up | rel. err |", "|" + "---|" * 14]
+           "% floor | bound | peak MB | growth MB | speed-up | rel. err |", "|" + "---|" * 16]
     for r in records:
         if r["time_ms"] is None:
             continue
@@ -286,7 +302,8 @@ def _details(records) -> list[str]:
                    f"{_fmt(r['flops'] / 1e9 if r['flops'] else None, '.4g')} | "
                    f"{_fmt(r['tflops'], '.3g')} | {_fmt(r['gbps'], '.4g')} | "
                    f"{_fmt(r['floor_frac'] * 100 if r['floor_frac'] else None, '.1f')} | "
-                   f"{_fmt(r['peak_mem_mb'], '.0f')} | {_fmt(r['speedup'], '.2f')} | "
+                   f"{r.get('floor_bound') or '–'} | {_fmt(r['peak_mem_mb'], '.0f')} | "
+                   f"{_fmt(r.get('peak_mem_growth_mb'), '.0f')} | {_fmt(r['speedup'], '.2f')} | "
                    f"{_fmt(r.get('max_rel_err'), '.1e')} |")
     return out + [""]
 
@@ -426,17 +443,29 @@ def plot_memory(results: dict, path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
+def _run_identity(run: dict) -> dict:
+    """What runs must share to be merged: device, torch, Triton, commit and dtype."""
+    dtype = ((run.get("settings") or {}).get("dtype")
+             or "/".join(sorted({r["dtype"] for r in run["records"]})))
+    return dict({k: run["environment"].get(k) for k in ("device", "torch", "triton", "commit")},
+                dtype=dtype)
+
+
 def merge(paths: list[str]) -> dict:
-    """Records of several results.json of one device in one results dict (the first
-    file's environment). Per case, mode and provider a measured record wins over a
-    skipped one, and a later file over an earlier; speed-ups are recomputed by the caller."""
+    """Records of several results.json of one device, dtype, torch, Triton and commit (any
+    difference is refused, naming the field) in one results dict (the first file's
+    environment). Per case, mode and provider a measured record wins over a skipped one,
+    and a later file over an earlier; speed-ups are recomputed by the caller."""
     runs = []
     for p in paths:
         with open(os.path.join(p, "results.json") if os.path.isdir(p) else p) as f:
             runs.append(json.load(f))
-    devices = {r["environment"]["device"] for r in runs}
-    if len(devices) > 1:
-        raise SystemExit(f"refusing to merge results of different devices: {sorted(devices)}")
+    first = _run_identity(runs[0])
+    for path, run in zip(paths[1:], runs[1:]):
+        for field, value in _run_identity(run).items():
+            if value != first[field]:
+                raise SystemExit(f"refusing to merge runs of different {field}: {first[field]!r} "
+                                 f"({paths[0]}) and {value!r} ({path})")
     merged, chosen = dict(runs[0]), {}
     for run in runs:
         for rec in run["records"]:
@@ -456,9 +485,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.merge:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from benchmarks.run import finalize
+        from benchmarks.run import finalize, measured_matmul_rate
         results = merge(args.inputs)
-        finalize(results["records"], (results.get("peak_bandwidth") or {}).get("gbps", 0) * 1e9 or None)
+        gbps = (results.get("peak_bandwidth") or {}).get("gbps")
+        finalize(results["records"], gbps * 1e9 if gbps else None, measured_matmul_rate(results))
         os.makedirs(args.merge, exist_ok=True)
         with open(os.path.join(args.merge, "results.json"), "w") as f:
             json.dump(results, f, indent=1)

@@ -37,8 +37,8 @@ from benchmarks import measure, providers, report  # noqa: E402
 SCHEMA_VERSION = 1
 RECORD_FIELDS = ("case", "kind", "shape", "dtype", "mode", "provider", "batch", "time_ms",
                  "graph_ms", "graph_speedup", "throughput", "flops", "flops_source", "tflops",
-                 "bytes", "gbps", "floor_frac",
-                 "peak_mem_mb", "speedup", "max_rel_err", "skipped_reason", "note")
+                 "bytes", "gbps", "floor_frac", "floor_bound",
+                 "peak_mem_mb", "peak_mem_growth_mb", "speedup", "max_rel_err", "skipped_reason", "note")
 
 
 def _loss_chunk(text: str):
@@ -193,8 +193,8 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
         if args.device.startswith("cuda") and case.kind != "model":
             _graph_time(prepared, rec, args.device)
         if prepared.peak_memory:
-            rec["peak_mem_mb"] = measure.peak_memory_mb(prepared.step, args.device,
-                                                        reserved=prepared.peak_reserved)
+            rec["peak_mem_mb"], rec["peak_mem_growth_mb"] = measure.peak_memory_mb(
+                prepared.step, args.device, reserved=prepared.peak_reserved)
         if prepared.count is not None:
             rec["flops"] = measure.count_flops(prepared.count)
         if prepared.error is not None:
@@ -210,7 +210,8 @@ def measure_one(case, provider: str, args, rec: dict) -> None:
         rec["skipped_reason"] = f"error: {_short(exc)}"
     finally:
         if rec["skipped_reason"]:
-            rec["time_ms"] = rec["graph_ms"] = rec["peak_mem_mb"] = rec["max_rel_err"] = None
+            rec["time_ms"] = rec["graph_ms"] = rec["max_rel_err"] = None
+            rec["peak_mem_mb"] = rec["peak_mem_growth_mb"] = None
         del prepared
         gc.collect()
         if args.device.startswith("cuda"):
@@ -288,15 +289,19 @@ def _print_record(rec: dict, elapsed: float) -> None:
               flush=True)
     else:
         mem = "" if rec["peak_mem_mb"] is None else f"  peak {rec['peak_mem_mb']:9.1f} MB"
+        if rec.get("peak_mem_growth_mb") is not None:
+            mem += f" (+{rec['peak_mem_growth_mb']:.1f} MB in the call)"
         graph = "" if rec.get("graph_ms") is None else f"  graph {rec['graph_ms']:8.3f} ms"
         print(f"[{elapsed:6.1f}s] {what:42s} {rec['provider']:9s} {rec['time_ms']:10.3f} ms{graph}{mem}",
               flush=True)
 
 
-def finalize(records: list[dict], peak_bandwidth: float | None) -> None:
-    """Derived figures: throughput, TFLOP/s, GB/s, fraction of the bandwidth floor, speed-up
-    over the reference of the same case and mode (of the stream times, and of the CUDA
-    graph times where both have one)."""
+def finalize(records: list[dict], peak_bandwidth: float | None,
+             matmul_rate: float | None = None) -> None:
+    """Derived figures: throughput, TFLOP/s, GB/s, fraction of the floor (the larger of
+    the bytes at ``peak_bandwidth`` and the FLOPs at ``matmul_rate``, FLOP/s; which one in
+    ``floor_bound``), speed-up over the reference of the same case and mode (of the stream
+    times, and of the CUDA graph times where both have one)."""
     ref = {(r["case"], r["mode"]): r["time_ms"] for r in records
            if r["provider"] == "reference" and r["time_ms"]}
     ref_graph = {(r["case"], r["mode"]): r.get("graph_ms") for r in records
@@ -307,14 +312,22 @@ def finalize(records: list[dict], peak_bandwidth: float | None) -> None:
         t = r["time_ms"]
         if not t:
             r["throughput"] = r["tflops"] = r["gbps"] = r["floor_frac"] = r["speedup"] = None
+            r["floor_bound"] = None
             continue
         r["throughput"] = r["batch"] / (t * 1e-3)
         r["tflops"] = r["flops"] / (t * 1e-3) / 1e12 if r["flops"] else None
         r["gbps"] = r["bytes"] / (t * 1e-3) / 1e9 if r["bytes"] else None
-        r["floor_frac"] = (r["bytes"] / peak_bandwidth / (t * 1e-3)
-                           if r["bytes"] and peak_bandwidth else None)
+        floor_s, r["floor_bound"] = (_cases.floor_time_s(r["bytes"], r["flops"], peak_bandwidth,
+                                                        matmul_rate) if r["bytes"] else (None, None))
+        r["floor_frac"] = floor_s / (t * 1e-3) if floor_s else None
         base = ref.get((r["case"], r["mode"]))
         r["speedup"] = base / t if base else None
+
+
+def measured_matmul_rate(results: dict) -> float | None:
+    """FLOP/s of the compute floor: the matmul measured at the start of the run."""
+    tflops = (results.get("measured") or {}).get("matmul_tflops")
+    return tflops * 1e12 if tflops else None
 
 
 # ----------------------------------------------------------------------------- whole runs
@@ -444,14 +457,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     results = run_isolated(args, cases) if args.isolate else run_in_process(args, cases, out)
     env, measured = results["environment"], results["measured"]
-    nominal = _cases.PEAK_BANDWIDTH.get(next((k for k in _cases.PEAK_BANDWIDTH
-                                              if k in env["device"].upper()), ""), None)
-    peak_bw = nominal or (measured.get("copy_gbps", 0) * 1e9 or None)
-    finalize(results["records"], peak_bw)
+    peak_bw, source = _cases.floor_bandwidth(env["device"], measured.get("copy_gbps"))
+    finalize(results["records"], peak_bw, measured_matmul_rate(results))
     results.update(settings=settings(args, cases),
-                   peak_bandwidth=dict(gbps=peak_bw / 1e9 if peak_bw else None,
-                                       source="PERF_MODEL.md (measured d2d copy)" if nominal
-                                       else "measured here (d2d copy)"),
+                   peak_bandwidth=dict(gbps=peak_bw / 1e9 if peak_bw else None, source=source),
                    perf_model=_cases.perf_model_rows("bf16"),
                    wall_s=None)
     if not args.no_model_flops:

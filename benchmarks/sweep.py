@@ -245,10 +245,10 @@ _GRAPH_TIMING = {"on": True}  # off after a default configuration failed to capt
 def _time_ms(fn, device: str, default: bool = False) -> float:
     """GPU: the kernel's time under CUDA graph replay (``measure.graph_time_ms``: no host
     launch gaps, which would hide the differences between configurations of the small
-    late-stage kernels), estimated first by a short ``do_bench``. A candidate that fails to
-    capture raises (its row records the error); a default that fails switches the rest of
-    the sweep to ``do_bench`` medians, so each case compares like with like. CPU: a single
-    call in the interpreter."""
+    late-stage kernels), estimated first by a short ``measure.time_ms``. A candidate that
+    fails to capture raises (its row records the error); a default that fails switches the
+    rest of the sweep to ``measure.time_ms`` medians, so each case compares like with like.
+    CPU: a single call in the interpreter."""
     estimate = measure.time_ms(fn, device, target_s=0.02, max_reps=1, min_reps=1)
     if not device.startswith("cuda") or not _GRAPH_TIMING["on"]:
         return estimate
@@ -259,7 +259,7 @@ def _time_ms(fn, device: str, default: bool = False) -> float:
             raise
         _GRAPH_TIMING["on"] = False
         print(f"sweep: CUDA graph capture failed ({type(exc).__name__}: {exc}); timing with "
-              f"do_bench from here on", flush=True)
+              f"measure.time_ms from here on", flush=True)
         return estimate
 
 

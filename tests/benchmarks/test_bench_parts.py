@@ -111,11 +111,74 @@ def test_bytes_model_reproduces_perf_model():
 
 def test_norm_case_bytes_by_hand():
     """Swin-T stage 1 at 512, batch 16: x [16, 64, 64, 192] bf16; forward reads x and writes
-    y (4 bytes per element); fwd_bwd adds x, dy, dx (6 bytes) and the fp32 mean and rstd."""
+    y (4 bytes per element); fwd_bwd adds x, dy, dx (6 bytes) and the fp32 mean and rstd,
+    written by the forward and read by the backward (16 bytes per token)."""
     fwd, both = (C.norm_case("swin_t", 512, 1, mode, 16) for mode in C.MODES)
     n = 16 * 64 * 64 * 192
     assert (fwd.params["C"], C.bytes_moved(fwd, "bf16")) == (192, 4 * n)
-    assert C.bytes_moved(both, "bf16") == 10 * n + 8 * 16 * 64 * 64
+    assert C.bytes_moved(both, "bf16") == 10 * n + 16 * 16 * 64 * 64
+
+
+def test_floor_is_the_larger_of_memory_and_compute():
+    """Global semantic attention of SeMask-B stage 2 (about 512 flop/B) is compute-bound at
+    an H200's 4.3 TB/s and a measured ~700 TFLOP/s; window attention stays memory-bound."""
+    semantic = C.semantic_case("semask_b", 512, 2, "fwd", 16, windowed=False)
+    window = C.window_case("swin_t", 512, 0, True, "fwd", 16)
+    records = []
+    for case in (semantic, window):
+        records.append(dict(R.new_record(case, "triton", "bf16"), time_ms=1.0,
+                            flops=C.attention_flops(case)))
+    R.finalize(records, 4.3e12, 700e12)
+    sem, win = records
+    assert sem["flops"] / sem["bytes"] > 400
+    assert sem["floor_bound"] == "compute"
+    assert sem["floor_frac"] == pytest.approx(sem["flops"] / 700e12 / 1e-3)
+    assert win["floor_bound"] == "memory"
+    assert win["floor_frac"] == pytest.approx(win["bytes"] / 4.3e12 / 1e-3)
+    assert C.floor_time_s(None, None, 1e12, 1e12) == (None, None)
+    assert C.floor_time_s(10, 10 ** 6, 1.0, None) == (10.0, "memory")  # no matmul rate
+
+
+@pytest.mark.parametrize("name,gbps,source", [
+    ("NVIDIA H100 80GB HBM3", 3000.0, "PERF_MODEL.md"), ("NVIDIA H200", 4300.0, "PERF_MODEL.md"),
+    ("NVIDIA H100 PCIe", 1800.0, "measured"), ("NVIDIA H100 NVL", 1800.0, "measured"),
+    ("NVIDIA GH200 480GB", 1800.0, "measured"), ("NVIDIA H200 NVL", 1800.0, "measured")])
+def test_floor_bandwidth_by_exact_device_name(name, gbps, source):
+    bps, said = C.floor_bandwidth(name, 1800.0)
+    assert bps == pytest.approx(gbps * 1e9) and said.startswith(source)
+
+
+def test_floor_bandwidth_unknown_and_unmeasured():
+    assert C.floor_bandwidth("CPU: AMD EPYC (2 cores)", None)[0] is None
+
+
+def test_compile_baseline_compiles_forward_and_loss_as_one_function(monkeypatch):
+    """compile's training step: one compiled callable taking images and labels, whose
+    graph holds the cross-entropy; same loss as the eager model. A model with the fused
+    loss kernel (eager only) gets its forward compiled instead."""
+    compiled, graphs = [], []
+    real_compile = torch.compile
+
+    def recording_compile(fn, **kwargs):
+        compiled.append(fn)
+        return real_compile(fn, backend=lambda gm, inputs: graphs.append(gm) or gm.forward)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    torch.manual_seed(0)
+    model = semask.create_model("semask_swin_micro_fpn", num_classes=5, fused=False,
+                                drop_path_rate=0.0).train()
+    images, target = torch.randn(1, 3, 64, 64), torch.randint(0, 5, (1, 64, 64))
+    try:
+        loss_of = P.compiled_training_loss(model)
+        assert len(compiled) == 1 and not isinstance(compiled[0], torch.nn.Module)
+        loss = loss_of(images, target)
+        torch.testing.assert_close(loss, P.training_loss(model)(images, target), rtol=1e-4, atol=1e-4)
+        assert any("cross_entropy" in str(gm.graph) or "nll_loss" in str(gm.graph) for gm in graphs)
+        model.fused_loss = True
+        P.compiled_training_loss(model)
+        assert compiled[-1] is model
+    finally:
+        torch._dynamo.reset()
 
 
 class _ReferenceAsFused:

@@ -83,7 +83,8 @@ def test_report_host_section():
 
 def test_compile_suffix_runs_the_model_through_torch_compile(tmp_path, monkeypatch):
     """--fused X-compile profiles the X model called through torch.compile (stubbed here:
-    inductor on a CPU takes minutes); unknown names are refused."""
+    inductor on a CPU takes minutes), the reference's forward and loss as one compiled
+    function; unknown names are refused."""
     import pytest
 
     compiled = []
@@ -97,5 +98,6 @@ def test_compile_suffix_runs_the_model_through_torch_compile(tmp_path, monkeypat
                    "--batch", "1", "--num-classes", "5", "--fused", "reference-compile",
                    "--warmup", "1", "--timed", "1", "--rows", "3", "--out", str(tmp_path)])
     assert len(compiled) == 1 and "## reference-compile: " in text
+    assert not isinstance(compiled[0], P.torch.nn.Module)  # images, target -> loss
     with pytest.raises(SystemExit):
         P.parse_args(["--fused", "bogus-compile"])

@@ -125,7 +125,9 @@ def test_derived_figures(quick):
             assert r["flops"] == 0 and r["tflops"] is None
         else:
             assert r["tflops"] == pytest.approx(r["flops"] / seconds / 1e12)
-        assert r["floor_frac"] == pytest.approx(r["gbps"] / bw)
+        floor_s = max(r["bytes"] / (bw * 1e9), (r["flops"] or 0) / (res["measured"]["matmul_tflops"] * 1e12))
+        assert r["floor_frac"] == pytest.approx(floor_s / seconds)
+        assert r["floor_bound"] == ("memory" if floor_s == r["bytes"] / (bw * 1e9) else "compute")
 
 
 def test_model_flops_match_published(quick):
