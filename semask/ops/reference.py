@@ -14,7 +14,6 @@ Layouts (shared by every backend):
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -62,20 +61,29 @@ def relative_position_index(window: int) -> Tensor:
     return _relative_position_index_cached(window, torch.device("cpu")).clone()
 
 
-@functools.lru_cache(maxsize=16)
+_INDEX_CACHE: dict = {}  # (window, device) -> [N, N] index, made in plain eager mode
+
+
 def _relative_position_index_cached(window: int, device: torch.device) -> Tensor:
-    with torch.inference_mode(False):  # usable in and out of inference mode
-        return _build_relative_position_index(window, device)
+    key = (window, device)
+    if key not in _INDEX_CACHE:
+        with torch.inference_mode(False):  # usable in and out of inference mode
+            _INDEX_CACHE[key] = _build_relative_position_index(window, device)
+    return _INDEX_CACHE[key]
 
 
 def _relative_position_index_on(window: int, device: torch.device) -> Tensor:
     """The [N, N] index on ``device`` without a host-to-device copy per call (one would wait
     for the GPU and cannot be graph-captured): in plain eager mode one cached copy per
     (window, device), as the official Swin keeps it in a buffer; outside plain eager mode
-    (``backend.eager_dispatch``: compile, fake tensors, dispatch modes, other tracers) or
-    while capturing a CUDA graph (whose memory pool the cached copy must not live in)
-    built on the device, never cached."""
-    if not eager_dispatch() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+    (``backend.eager_dispatch``: compile, fake tensors, dispatch modes, other tracers)
+    built on the device, never cached. While a CUDA graph is captured a copy cached
+    before is read (the cache keeps it alive, outside the graph's pool); none is made
+    there (it would live in the graph's memory pool): the index is built in the graph."""
+    if not eager_dispatch():
+        return _build_relative_position_index(window, device)
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if capturing and (window, device) not in _INDEX_CACHE:
         return _build_relative_position_index(window, device)
     return _relative_position_index_cached(window, device)
 

@@ -31,6 +31,23 @@ def test_relative_position_index_by_hand():
     assert torch.equal(ref.relative_position_index(2), expected)
 
 
+def test_index_under_graph_capture_reads_the_cached_copy(monkeypatch):
+    """While a CUDA graph is captured the index cached before is read (no rebuild: the
+    benchmarks' graphed reference timed 18 index ops per call); with none cached it is
+    built and not cached (it would live in the graph's pool). Capture is simulated."""
+    built = []
+    monkeypatch.setattr(ref, "_build_relative_position_index",
+                        lambda window, device: built.append(window) or torch.zeros(1))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    monkeypatch.setattr(ref, "_INDEX_CACHE", {})
+    cuda = torch.device("cuda")
+    ref._relative_position_index_on(5, cuda)
+    assert built == [5] and ref._INDEX_CACHE == {}
+    cached = torch.ones(1)
+    ref._INDEX_CACHE[(5, cuda)] = cached
+    assert ref._relative_position_index_on(5, cuda) is cached and built == [5]
+
+
 def test_window_partition_roundtrip():
     x = torch.randn(2, 14, 21, 5)
     parts = ref.window_partition(x, 7)
@@ -110,13 +127,13 @@ def test_pad_to_multiple_pads_right_bottom_with_zeros():
     assert ref.pad_to_multiple(F.pad(x, (0, 0, 0, 6, 0, 2)), 7).shape == (1, 7, 14, 2)
 
 
-def test_bias_index_cache_survives_fake_tensors_and_inference_mode():
+def test_bias_index_cache_survives_fake_tensors_and_inference_mode(monkeypatch):
     """The index cached per device in eager mode: a first call under FakeTensorMode must not
     cache a fake tensor, and one under inference mode no inference tensor (either would
     break later training calls)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    ref._relative_position_index_cached.cache_clear()
+    monkeypatch.setattr(ref, "_INDEX_CACHE", {})
     with FakeTensorMode() as mode:
         ref.relative_position_bias(mode.from_tensor(torch.randn(169, 3)), 7)
     with torch.inference_mode():
