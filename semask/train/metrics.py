@@ -77,6 +77,6 @@ def markdown_table(result: dict) -> str:
     lines = ["| class | IoU | Acc |", "|---|---|---|"]
     for name, v in result["IoU"].items():
         lines.append(f"| {name} | {_percent(v)} | {_percent(acc.get(name))} |")
-    lines.append(f"| **mean** | **{_percent(result['mIoU'])}** | **{_percent(result.get('mAcc'))}** |")
+    lines.append(f"| **mIoU / mAcc** | **{_percent(result['mIoU'])}** | **{_percent(result.get('mAcc'))}** |")
     lines.append(f"| pixel accuracy (aAcc) | {_percent(result['aAcc'])} | |")
     return "\n".join(lines)

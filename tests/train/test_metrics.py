@@ -23,7 +23,7 @@ def test_confusion_and_iou_by_hand():
     # Acc = TP / labelled: a 2/3, b 1/2, c 2/3 (mmseg's per-class accuracy)
     assert res["Acc"] == pytest.approx({"a": 2 / 3, "b": 1 / 2, "c": 2 / 3})
     assert res["mAcc"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
-    assert "| **mean** | **44.44** | **61.11** |" in markdown_table(res)
+    assert "| **mIoU / mAcc** | **44.44** | **61.11** |" in markdown_table(res)
     assert "| b | 33.33 | 50.00 |" in markdown_table(res)
 
 

@@ -38,7 +38,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_config):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert full["mIoU"] == resumed["mIoU"]
     assert (tmp_path / "full" / "curves.png").stat().st_size > 1000
-    assert "| **mIoU** |" in (tmp_path / "full" / "eval.md").read_text()
+    assert "| **mIoU / mAcc** |" in (tmp_path / "full" / "eval.md").read_text()
 
 
 def test_nonfinite_loss_skips_then_stops(tmp_path, tiny_config, monkeypatch):
