@@ -33,10 +33,25 @@ def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _pixel_loss(logits: Tensor, target: Tensor, ignore_index: int, reduction: str) -> Tensor:
+    """Per-pixel cross-entropy of the upsampled logits (ignored pixels 0), in fp32 or fp64,
+    reduced by ``reduction`` ("sum", or "none": [B, H, W])."""
+    up = resize(logits, target.shape[1:]).to(_loss_dtype(logits.dtype))
+    return F.cross_entropy(up, target.long(), ignore_index=ignore_index, reduction=reduction)
+
+
 def _pixel_loss_sum(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
     """Sum over pixels of the per-pixel cross-entropy (ignored pixels 0), in fp32 or fp64."""
-    up = resize(logits, target.shape[1:]).to(_loss_dtype(logits.dtype))
-    return F.cross_entropy(up, target.long(), ignore_index=ignore_index, reduction="sum")
+    return _pixel_loss(logits, target, ignore_index, "sum")
+
+
+def _mean(total: Tensor, target: Tensor, ignore_index: int, avg_non_ignore: bool) -> Tensor:
+    """``total`` over all pixels of ``target``, or over its counted ones; 0 when there is
+    none, as mmseg's weight_reduce_loss (a crop of ignored pixels alone must not turn the
+    loss into NaN)."""
+    if not avg_non_ignore:
+        return total / target.numel()
+    return total / (target != ignore_index).sum().clamp_min(1)
 
 
 def _chunked_sum(logits: Tensor, target: Tensor, ignore_index: int, chunk: int) -> Tensor:
@@ -148,11 +163,7 @@ def upsampled_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 
         total = _ChunkedLossSum.apply(logits, target, ignore_index, chunk, graph_anchor(logits))
     else:  # no gradient wanted: nothing to take in the forward
         total = _chunked_sum(logits, target, ignore_index, chunk)
-    if not avg_non_ignore:
-        return total / target.numel()
-    # mean over the counted pixels; 0 when there is none, as mmseg's weight_reduce_loss
-    # (a crop of ignored pixels alone must not turn the loss into NaN)
-    return total / (target != ignore_index).sum().clamp_min(1)
+    return _mean(total, target, ignore_index, avg_non_ignore)
 
 
 def ohem_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int, min_kept: int,
@@ -167,10 +178,8 @@ def ohem_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int, min_ke
     (top-k over all pixels, ignored ones at -inf), so it runs under CUDA graphs and
     torch.compile; the full-size maps exist as in the unchunked loss.
     """
-    up = resize(logits, target.shape[1:]).to(_loss_dtype(logits.dtype))
-    pixel = F.cross_entropy(up, target.long(), ignore_index=ignore_index, reduction="none")
-    counted = target != ignore_index
-    scores = torch.where(counted, pixel, -torch.inf).flatten()
+    pixel = _pixel_loss(logits, target, ignore_index, "none")
+    scores = torch.where(target != ignore_index, pixel, -torch.inf).flatten()
     top = scores.topk(min(min_kept * target.shape[0], scores.numel()), sorted=False).values
     total = torch.where(top > -torch.inf, top, 0.0).sum()
-    return total / (counted.sum().clamp_min(1) if avg_non_ignore else target.numel())
+    return _mean(total, target, ignore_index, avg_non_ignore)

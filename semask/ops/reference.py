@@ -14,7 +14,6 @@ Layouts (shared by every backend):
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

@@ -203,6 +203,7 @@ PAIRS = ("synthetic_size", "crop_size", "img_scale", "ratio_range", "betas", "te
          "slide_stride")  # two numbers each (or none where optional)
 AT_LEAST_ONE = ("num_classes", "synthetic_train_size", "synthetic_val_size", "iters", "batch_size",
                 "accum_steps", "log_interval")
+AT_LEAST_ONE_OR_NONE = ("eval_pad_multiple", "ohem_min_kept")
 AT_LEAST_ZERO = ("num_workers", "warmup_iters", "max_nonfinite", "eval_interval", "ckpt_interval")
 
 
@@ -220,10 +221,8 @@ def config_errors(cfg: TrainConfig) -> list[str]:
         errors.append(f"ratio_choices must be positive numbers, got {cfg.ratio_choices!r}")
     errors += [f"{k} must be at least 1, got {getattr(cfg, k)!r}" for k in AT_LEAST_ONE
                if getattr(cfg, k) < 1]
-    if cfg.eval_pad_multiple is not None and cfg.eval_pad_multiple < 1:
-        errors.append(f"eval_pad_multiple must be at least 1 or none, got {cfg.eval_pad_multiple!r}")
-    if cfg.ohem_min_kept is not None and cfg.ohem_min_kept < 1:
-        errors.append(f"ohem_min_kept must be at least 1 or none, got {cfg.ohem_min_kept!r}")
+    errors += [f"{k} must be at least 1 or none, got {getattr(cfg, k)!r}" for k in AT_LEAST_ONE_OR_NONE
+               if getattr(cfg, k) is not None and getattr(cfg, k) < 1]
     errors += [f"{k} must be at least 0, got {getattr(cfg, k)!r}" for k in AT_LEAST_ZERO
                if getattr(cfg, k) < 0]
     return errors
