@@ -41,17 +41,24 @@ def arch_list(default: str = DEFAULT_ARCHS) -> list[str]:
     return [a for a in re.split(r"[;,\s]+", raw) if a]
 
 
+def parse_arch(arch: str) -> tuple[int, int, str, bool]:
+    """(major, minor, suffix "", "a" or "f", with PTX) of an entry such as ``8.0``,
+    ``9.0a`` or ``9.0+PTX``."""
+    match = re.fullmatch(r"(\d+)\.(\d+)([af]?)(\+PTX)?", arch)
+    if not match:
+        raise ValueError(f"TORCH_CUDA_ARCH_LIST entry {arch!r} is not of the form 9.0, 9.0a "
+                         f"or 9.0+PTX")
+    return int(match[1]), int(match[2]), match[3], bool(match[4])
+
+
 def gencode_flags(archs: list[str]) -> list[str]:
     """nvcc ``-gencode`` flags for entries such as ``8.0``, ``9.0+PTX`` or ``9.0a``."""
     flags = []
     for arch in archs:
-        match = re.fullmatch(r"(\d+)\.(\d+)([af]?)(\+PTX)?", arch)
-        if not match:
-            raise ValueError(f"TORCH_CUDA_ARCH_LIST entry {arch!r} is not of the form 9.0, 9.0a "
-                             f"or 9.0+PTX")
-        num = match[1] + match[2] + match[3]
+        major, minor, suffix, ptx = parse_arch(arch)
+        num = f"{major}{minor}{suffix}"
         flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
-        if match[4]:
+        if ptx:
             flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
     return flags
 

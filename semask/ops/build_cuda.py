@@ -137,7 +137,8 @@ def jit_build(archs: list[str] | None = None, verbose: bool = False):
     module = load(name=name, sources=build.source_paths(), extra_cflags=list(build.CXX_FLAGS),
                   extra_cuda_cflags=build.nvcc_flags(archs), extra_include_paths=[build.CSRC],
                   build_directory=directory, with_cuda=True, verbose=verbose)
-    module.semask_archs = ";".join(archs)  # what the provider checks a GPU against
+    # what the provider checks a GPU against: (major, minor, suffix, with PTX) per arch
+    module.semask_archs = tuple(build.parse_arch(a) for a in archs)
     return module
 
 

@@ -10,8 +10,6 @@ dim 64 needs 169 KiB: sm_90, not sm_80 or sm_86/89); a GPU whose arch the build 
 """
 from __future__ import annotations
 
-import re
-
 import torch
 
 from .build_cuda import ExtensionUnavailable, load_extension
@@ -42,9 +40,10 @@ def _device_reasons(op: str, tensors, params: dict, ext) -> list[str]:
     at launch, possibly in the backward after the forward ran)."""
     device = tensors[0].device
     major, minor = torch.cuda.get_device_capability(device)
-    built = getattr(ext, "semask_archs", None)  # "8.0;9.0+PTX", set by build_cuda
+    built = getattr(ext, "semask_archs", None)  # set by build_cuda's JIT build
     if built is not None and not _runs_on(built, (major, minor)):
-        return [f"the extension was built for {built}, not for this GPU's sm_{major}{minor} "
+        names = ";".join(f"{a}.{b}{s}" + ("+PTX" if ptx else "") for a, b, s, ptx in built)
+        return [f"the extension was built for {names}, not for this GPU's sm_{major}{minor} "
                 f"(rebuild with TORCH_CUDA_ARCH_LIST={major}.{minor})"]
     if op == "window_attention":
         need = ext.window_attention_shared_memory(params["window"], _head_dim(tensors, params))
@@ -57,18 +56,15 @@ def _device_reasons(op: str, tensors, params: dict, ext) -> list[str]:
     return []
 
 
-def _runs_on(archs: str, capability: tuple[int, int]) -> bool:
-    """Whether a build for ``archs`` ("8.0;9.0+PTX") runs on a GPU of ``capability`` (8, 6):
-    machine code of the same major at most its minor (sm_80 runs on 8.6; sm_90a only on
-    9.0), or PTX of an arch at most the GPU's, which the driver compiles."""
-    for arch in re.split(r"[;,\s]+", archs.strip()):
-        match = re.fullmatch(r"(\d+)\.(\d+)([af]?)(\+PTX)?", arch)
-        if not match:
-            continue
-        built = (int(match[1]), int(match[2]))
-        if match[4] and built <= capability:
+def _runs_on(archs: tuple, capability: tuple[int, int]) -> bool:
+    """Whether a build for ``archs`` ((major, minor, suffix, with PTX) each, as
+    ``semask_build.parse_arch`` gives) runs on a GPU of ``capability`` (8, 6): machine code
+    of the same major at most its minor (sm_80 runs on 8.6; sm_90a only on 9.0), or PTX of
+    an arch at most the GPU's, which the driver compiles."""
+    for major, minor, suffix, ptx in archs:
+        if ptx and (major, minor) <= capability:
             return True
-        if built[0] == capability[0] and (built[1] == capability[1] if match[3] else built[1] <= capability[1]):
+        if major == capability[0] and (minor == capability[1] if suffix else minor <= capability[1]):
             return True
     return False
 

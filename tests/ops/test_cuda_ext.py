@@ -175,7 +175,9 @@ def test_reasons_name_a_gpu_without_enough_shared_memory(monkeypatch):
 
 
 def test_reasons_name_a_gpu_the_build_has_no_code_for(monkeypatch):
-    ext = SimpleNamespace(window_attention_shared_memory=lambda w, d: 0, semask_archs="8.0;9.0+PTX")
+    build = _build_module()
+    ext = SimpleNamespace(window_attention_shared_memory=lambda w, d: 0,
+                          semask_archs=tuple(map(build.parse_arch, ["8.0", "9.0+PTX"])))
     monkeypatch.setattr("semask.ops.cuda_provider.load_extension", lambda: ext)
     args = ([_fake((1, 7, 7, 96)), _fake((169, 3))], dict(num_heads=3, window=7, shift=0))
     for capability, runs in (((8, 0), True), ((8, 6), True), ((9, 0), True), ((12, 0), True),
@@ -183,7 +185,7 @@ def test_reasons_name_a_gpu_the_build_has_no_code_for(monkeypatch):
         _fake_gpu(monkeypatch, capability, 232448)
         why = PROVIDER.reasons("window_attention", *args)
         assert (why == []) == runs, (capability, why)
-    ext.semask_archs = "9.0a"   # arch-specific code runs on 9.0 only
+    ext.semask_archs = (build.parse_arch("9.0a"),)   # arch-specific code runs on 9.0 only
     _fake_gpu(monkeypatch, (10, 0), 232448)
     assert "not for this GPU's sm_100" in PROVIDER.reasons("window_attention", *args)[0]
 
