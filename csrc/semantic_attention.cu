@@ -82,7 +82,9 @@ __device__ __forceinline__ void load_tile(float* dst, int ld, const T* src, int 
 }
 
 // s[r] += dot(rows[(r0 + r) * ld ..], lane_row[..]) over n4 float4 chunks, for the warp's
-// kRows rows (row operand broadcast, lane operand per lane; summed in column order).
+// kRows rows (row operand broadcast, lane operand per lane). Each chunk's four products are
+// summed first and the chunk sum added to s[r]: the running sum takes n4 roundings instead
+// of 4 n4 (one chain of 256 fmas missed the fp32 accuracy rule at K = 256, logits ~ +-60).
 __device__ __forceinline__ void tile_dots(float (&s)[kRows], const float* rows, int ld, int r0,
                                           const float* lane_row, int n4) {
   const float4* x4 = reinterpret_cast<const float4*>(lane_row);
@@ -91,10 +93,7 @@ __device__ __forceinline__ void tile_dots(float (&s)[kRows], const float* rows, 
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const float4 y = reinterpret_cast<const float4*>(rows + (r0 + r) * ld)[c];
-      s[r] = fmaf(y.x, x.x, s[r]);
-      s[r] = fmaf(y.y, x.y, s[r]);
-      s[r] = fmaf(y.z, x.z, s[r]);
-      s[r] = fmaf(y.w, x.w, s[r]);
+      s[r] += fmaf(y.w, x.w, fmaf(y.z, x.z, fmaf(y.y, x.y, y.x * x.x)));
     }
   }
 }

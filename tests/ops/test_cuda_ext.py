@@ -344,6 +344,7 @@ def _semantic_grads(q, k, v, dout, window):
 @pytest.mark.parametrize("B, Hp, Wp, K, C, window", [
     (1, 14, 7, 19, 40, 7),       # two windows of 49 (a partial key/query tile)
     (1, 12, 12, 150, 20, 12),    # K = 150 (ADE20K), one window of 144
+    (1, 12, 12, 256, 20, 12),    # K = 256: logits ~ +-60 (one fma chain per dot failed here)
     (2, 6, 11, 19, 136, 0)])     # global, 66 tokens, two channel chunks, batch 2
 def test_semantic_kernels_on_cpu_emulator(emulator, tmp_path, B, Hp, Wp, K, C, window):
     q, k = torch.randn(2, B, Hp, Wp, K, dtype=torch.float64)
