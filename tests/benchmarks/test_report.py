@@ -47,7 +47,9 @@ def test_goals_at_their_settings_name_a_device_other_than_an_h100():
     assert f"| {GOAL} | triton | 1 | 5.00 | 5.00 | yes |" in report.markdown(_results(_records("bf16", 16)))
     md = report.markdown(_results(_records("bf16", 16), device="NVIDIA H200"))
     assert f"| {GOAL} | triton | 1 | 5.00 | 5.00 | yes on NVIDIA H200 |" in md
-    assert "measured on NVIDIA H200, not an H100" in md
+    assert "measured on NVIDIA H200, not an H100 SXM" in md
+    md = report.markdown(_results(_records("bf16", 16), device="NVIDIA H100 PCIe"))  # 2.0 TB/s
+    assert "measured on NVIDIA H100 PCIe, not an H100 SXM" in md
 
 
 def _write(path, results):
