@@ -78,13 +78,18 @@ def graphed_loss_step(model: nn.Module, images: Tensor, labels: Tensor,
     # back, so replays draw what eager steps from here would (and a resumed run what an
     # uninterrupted one did)
     cuda = [images.device] if images.is_cuda else []  # (CPU: the plumbing's test)
-    with torch.random.fork_rng(devices=cuda), _gc_paused(), graph_capture():
-        graphed = torch.cuda.make_graphed_callables(_LossStep(model, autocast), static,
-                                                    allow_unused_input=True)  # e.g. frozen parts
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            b.copy_(saved[name])
+    # capture on the inputs' GPU (its streams and its default generator), as _capture does
+    on_device = torch.cuda.device(images.device) if images.is_cuda else contextlib.nullcontext()
+    try:
+        with on_device, torch.random.fork_rng(devices=cuda), _gc_paused(), graph_capture():
+            graphed = torch.cuda.make_graphed_callables(_LossStep(model, autocast), static,
+                                                        allow_unused_input=True)  # e.g. frozen parts
+    finally:  # also when the capture fails: the warm-ups moved the BatchNorm statistics
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(saved[name])
     shapes = (images.shape, images.dtype, labels.shape, labels.dtype)
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
     def step(images: Tensor, labels: Tensor) -> dict:
         if (images.shape, images.dtype, labels.shape, labels.dtype) != shapes:
@@ -92,6 +97,12 @@ def graphed_loss_step(model: nn.Module, images: Tensor, labels: Tensor,
                              f"{shapes[1]} and labels {tuple(shapes[2])} {shapes[3]}, got "
                              f"{tuple(images.shape)} {images.dtype} and {tuple(labels.shape)} "
                              f"{labels.dtype}")
+        # a replay's backward writes the static gradient buffers that .grad then holds
+        # (AccumulateGrad takes them over): with a .grad left from the last replay, backward
+        # would add the buffer to itself (2x the gradient) without an error
+        if any(p.grad is not None for p in trainable):
+            raise RuntimeError("CUDA-graphed step: parameters still hold gradients; call "
+                               "optimizer.zero_grad(set_to_none=True) before each step")
         loss, loss_main, loss_semantic = graphed(images, labels)
         return dict(loss=loss, loss_main=loss_main, loss_semantic=loss_semantic)
 

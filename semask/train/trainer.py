@@ -7,6 +7,7 @@ by torchrun), logs JSON lines, checkpoints, and evaluates at the end.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import time
 import warnings
@@ -274,6 +275,13 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     bar.close()
     train_s = time.perf_counter() - t_start
     it_per_s = (cfg.iters - start_iter) / max(time.perf_counter() - t_loop, 1e-9)
+    if graphed is not None:
+        # the training graphs' memory pool (a whole step's activations) is not needed by the
+        # final evaluation; make_graphed_callables' module sits in a reference cycle, so only
+        # a collection frees it
+        graphed = losses = loss = None
+        gc.collect()
+        torch.cuda.empty_cache()
 
     # final evaluation, artefacts
     res = _evaluate(cfg, model, val_raw, num_classes, info, autocast)

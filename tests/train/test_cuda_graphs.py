@@ -67,6 +67,30 @@ def test_capture_leaves_inputs_statistics_and_rng_as_they_were(monkeypatch):
     assert got["loss"].item() == want["loss"].item()
     with pytest.raises(ValueError, match="captured for images"):
         step(images[:1], labels[:1])
+    # a replay's backward hands its static gradient buffers to .grad: a step before the
+    # gradients are set to None would double them, so it raises
+    got["loss"].backward()
+    with pytest.raises(RuntimeError, match="zero_grad"):
+        step(images, labels)
+    model.zero_grad(set_to_none=True)
+    step(images, labels)
+
+
+def test_failed_capture_leaves_the_statistics_as_they_were(monkeypatch):
+    """The warm-up runs move the BatchNorm statistics; a capture that fails afterwards
+    still puts them back."""
+    def capture(module, sample_args, allow_unused_input):
+        module(*sample_args)
+        raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
+    model = semask.SeMaskSwin("micro", num_classes=5, head_channels=16).train()
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 64, 64))
+    with pytest.raises(RuntimeError, match="capture failed"):
+        graphed_loss_step(model, images, labels, contextlib.nullcontext)
+    for n, b in model.named_buffers():
+        assert torch.equal(b, buffers[n]), n
 
 
 def _deterministic_model(fused, ohem_min_kept=None):
