@@ -222,7 +222,7 @@ def write_atomically(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp)`` to a new file next to ``path``, then rename it to ``path``: a failure
     leaves no partial file and any old ``path`` untouched. The file gets the permissions
     ``open`` gives (0666 less the umask), where ``tempfile.mkstemp`` and safetensors 0.8's
-    writer give 0600."""
+    writer give 0600. The file and the rename are flushed to disk."""
     for attempt in itertools.count():
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{attempt}.tmp")
         try:
@@ -234,7 +234,26 @@ def write_atomically(path: Path, write: Callable[[str], None]) -> None:
         mode = os.stat(tmp).st_mode  # as the umask made it
         write(str(tmp))
         os.chmod(tmp, mode)
+        _fsync(tmp)  # the data on disk before the rename makes it the file (a crash or power loss)
         os.replace(tmp, path)
+        _fsync(path.parent, folder=True)  # and the rename itself
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _fsync(path, folder: bool = False) -> None:
+    """Flush a file's data (or a folder's entries, where the system allows it) to disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if folder:  # folders cannot be opened on Windows
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)

@@ -131,7 +131,7 @@ FIELD_HELP = {
     "batch_size": "images per process and micro-step",
     "accum_steps": "micro-steps accumulated per optimizer step",
     "lr": "AdamW peak learning rate",
-    "weight_decay": "AdamW weight decay (norms, biases, tables, gamma: none)",
+    "weight_decay": "AdamW weight decay (none on names containing norm, relative_position_bias_table or absolute_pos_embed, as the release)",
     "betas": "AdamW betas",
     "warmup_iters": "linear warmup steps",
     "warmup_ratio": "lr factor at step 0 of the warmup",
@@ -207,12 +207,59 @@ AT_LEAST_ONE_OR_NONE = ("eval_pad_multiple", "ohem_min_kept")
 AT_LEAST_ZERO = ("num_workers", "warmup_iters", "max_nonfinite", "eval_interval", "ckpt_interval")
 
 
+def _type_error(name: str, value) -> str | None:
+    """Why ``value`` (from JSON or Python) does not fit field ``name``'s declared type: a
+    JSON "false" is a string, and would switch a bool option on."""
+    tp, optional = _strip_optional(_field_types()[name])
+    if value is None:
+        return None if optional else f"{name} must not be none"
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, (list, tuple)):
+            return f"{name} must be a list, got {value!r}"
+        (tp,), items = typing.get_args(tp), value
+    else:
+        items = [value]
+    fits = {bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}[tp]
+    return None if all(fits(v) for v in items) else f"{name} must be {tp.__name__}, got {value!r}"
+
+
+def _device_error(device: str) -> str | None:
+    if device == "auto":
+        return None
+    import torch
+    try:
+        torch.device(device)
+    except RuntimeError:
+        return f"device must be auto, cpu, cuda or cuda:N, got {device!r}"
+    return None
+
+
 def config_errors(cfg: TrainConfig) -> list[str]:
     """What is wrong with ``cfg`` (empty: nothing), so that a run fails before it trains."""
     from ..models import VARIANTS
+    errors = [e for e in (_type_error(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)) if e]
+    if errors:  # the checks below assume the declared types
+        return errors
     choices = dict(CHOICES, variant=tuple(VARIANTS))
     errors = [f"{k} must be one of {', '.join(v)}, got {getattr(cfg, k)!r}"
               for k, v in choices.items() if getattr(cfg, k) not in v]
+    ranges = {  # field: (holds, what it must be)
+        "lr": (cfg.lr >= 0, "at least 0"), "weight_decay": (cfg.weight_decay >= 0, "at least 0"),
+        "min_lr": (0 <= cfg.min_lr <= cfg.lr, "between 0 and lr"),
+        "warmup_ratio": (0 <= cfg.warmup_ratio <= 1, "between 0 and 1"),
+        "poly_power": (cfg.poly_power >= 0, "at least 0"),
+        "grad_clip": (cfg.grad_clip is None or cfg.grad_clip > 0, "positive or none (a negative norm "
+                      "limit flips the gradient)"),
+        "betas": (all(0 <= b < 1 for b in cfg.betas), "in [0, 1)"),
+        "drop_path_rate": (0 <= cfg.drop_path_rate < 1, "in [0, 1)"),
+        "cat_max_ratio": (0 < cfg.cat_max_ratio <= 1, "in (0, 1]"),
+        "synthetic_size": (list(cfg.synthetic_size) == sorted(cfg.synthetic_size), "min, max"),
+        "ratio_range": (list(cfg.ratio_range) == sorted(cfg.ratio_range), "low, high")}
+    errors += [f"{k} must be {what}, got {getattr(cfg, k)!r}" for k, (holds, what) in ranges.items()
+               if not holds]
+    errors += [e for e in [_device_error(cfg.device)] if e]
     for k in PAIRS:
         value = getattr(cfg, k)
         if value is not None and (len(value) != 2 or not all(x > 0 for x in value)):

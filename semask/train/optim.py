@@ -6,27 +6,23 @@ import inspect
 import torch
 from torch import nn
 
-# Names the official SeMask / Swin configs exempt from weight decay (paramwise custom_keys).
-NO_DECAY_KEYWORDS = ("relative_position_bias_table", "absolute_pos_embed")
+# The official configs' paramwise_cfg custom_keys with decay_mult 0 (SeMask-FPN configs, as
+# Swin's mmseg configs): mmcv's DefaultOptimizerConstructor matches them as substrings of
+# the parameter's full name; every other parameter decays (bias_decay_mult and
+# norm_decay_mult default to 1), biases, the semantic layers' gamma and the head's
+# BatchNorm (ConvModule names it "bn") included.
+NO_DECAY_KEYS = ("absolute_pos_embed", "relative_position_bias_table", "norm")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decay for weight matrices / conv kernels; no decay for the bias
-    tables, position embeddings and every 1-d tensor (LayerNorm / BatchNorm weights and
-    biases, Linear / conv biases, the semantic layers' gamma).
-
-    The official configs exempt only ``norm`` layers and the two tables; we also exempt
-    biases and gamma, as Swin's own ImageNet recipe does (decaying a bias or a residual
-    gate toward 0 has no regularising purpose).
-    """
+    """Two AdamW groups as the official configs make them: no decay for parameters whose
+    name contains one of :data:`NO_DECAY_KEYS` (position embeddings, bias tables, the
+    LayerNorms), decay for all others."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or any(k in name for k in NO_DECAY_KEYWORDS):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        (no_decay if any(k in name for k in NO_DECAY_KEYS) else decay).append(p)
     return [dict(params=decay, weight_decay=weight_decay, name="decay"),
             dict(params=no_decay, weight_decay=0.0, name="no_decay")]
 

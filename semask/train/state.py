@@ -27,7 +27,8 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     return dict(
         torch=torch.get_rng_state(),
-        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # this process's GPU only (a resume with fewer visible GPUs has no others to set)
+        cuda=[torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
         numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
                    has_gauss=int(np_state[3]), cached=float(np_state[4])),
         python=[list(x) if isinstance(x, tuple) else x for x in random.getstate()],
@@ -36,8 +37,10 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"]
+    if cuda and torch.cuda.is_available():  # files of earlier versions: every visible GPU's
+        device = torch.cuda.current_device()
+        torch.cuda.set_rng_state(cuda[device] if len(cuda) > 1 and device < len(cuda) else cuda[0])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     version, internal, gauss = state["python"]
@@ -69,11 +72,23 @@ def resolve_resume(path: str | Path) -> Path:
     return path
 
 
+def _read_state(path: Path, **kwargs) -> dict:
+    """The state file at ``path``; a clear error for a truncated or foreign file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except Exception as exc:  # cut short by a kill, or not a torch file (last.safetensors, say)
+        raise ValueError(f"{path} is not a readable training state file ({STATE_NAME}): "
+                         f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
+    missing = {"iteration", "config", "optimizer", "scheduler"} - set(state if isinstance(state, dict) else ())
+    if missing:
+        raise ValueError(f"{path} is not a training state file ({STATE_NAME}): it has no {sorted(missing)}")
+    return state
+
+
 def stored_config(path: str | Path):
     """The :class:`~semask.train.config.TrainConfig` a run's state file was written with."""
     from .config import from_dict
-    path = resolve_resume(path)
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors not read
+    state = _read_state(resolve_resume(path), mmap=True)  # tensors not read
     return from_dict(json.loads(state["config"]), str(path))
 
 
@@ -83,7 +98,7 @@ def load_training_state(path: str | Path, model, optimizer, scheduler, scaler) -
     State files of earlier versions hold no weights: those come from the weights file
     written with them."""
     path = resolve_resume(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_state(path)
     if "model" in state:
         load_checkpoint(model, state["model"])
     else:
@@ -93,8 +108,22 @@ def load_training_state(path: str | Path, model, optimizer, scheduler, scaler) -
             raise ValueError(f"{weights} holds iteration {meta_iter} but {path} iteration "
                              f"{state['iteration']}: the pair was not written together")
         load_checkpoint(model, weights)
-    optimizer.load_state_dict(state["optimizer"])
+    # the stored optimizer and scheduler states carry the stored run's lr, betas and weight
+    # decay; this run's config decides them (options given with --resume: --lr, --iters,
+    # ...), so its groups keep their settings and the lr is its schedule's at the iteration
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as exc:  # other parameter groups: another model, or an earlier no-decay rule
+        raise ValueError(f"{path}: its optimizer state does not fit this model's parameter groups "
+                         f"({exc})") from exc
     scheduler.load_state_dict(state["scheduler"])
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
     return state

@@ -26,7 +26,7 @@ from .evaluate import evaluate
 from .metrics import markdown_table
 from .optim import build_optimizer, build_scheduler
 from .plot import plot_metrics
-from .state import (load_training_state, resolve_resume, rng_state, save_training_state,
+from .state import (STATE_NAME, load_training_state, resolve_resume, rng_state, save_training_state,
                     set_rng_state)
 
 PRETRAINED_WARNING = (
@@ -91,8 +91,13 @@ def config_changes(stored: dict, now: dict) -> dict:
 def _continue_metrics(source: Path, target: Path, start_iter: int) -> None:
     """``target`` = the records of ``source`` up to ``start_iter`` (a resumed run's history,
     without what the interrupted run logged after its checkpoint)."""
-    lines = source.read_text().splitlines() if source.is_file() else []
-    kept = [line for line in lines if line.strip() and json.loads(line)["iter"] <= start_iter]
+    kept = []
+    for line in source.read_text().splitlines() if source.is_file() else []:
+        try:
+            if line.strip() and json.loads(line)["iter"] <= start_iter:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a record cut short when the run was killed
+            warnings.warn(f"{source}: dropped an unreadable record {line[:80]!r}", stacklevel=2)
     target.write_text("".join(line + "\n" for line in kept))
 
 
@@ -173,6 +178,9 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         if info.is_main:
             _continue_metrics(resolve_resume(resume).parent / metrics_path.name, metrics_path, start_iter)
     elif info.is_main:
+        if (out / STATE_NAME).is_file():
+            warnings.warn(f"{out} holds a training run ({STATE_NAME}): this run starts at iteration 0 and "
+                          "replaces its metrics and checkpoints (--resume continues it)", stacklevel=2)
         metrics_path.write_text("")
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.enabled else model
@@ -194,12 +202,17 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     # loop
     model.train()
     nonfinite_in_row = 0
+    # a forward that goes non-finite has written NaN / inf into the BatchNorm statistics:
+    # a skipped step puts them back (the head's few KB), or every eval forward is NaN
+    norm_stats = [b for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                  for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     bar = tqdm(total=cfg.iters, initial=start_iter, desc="train", dynamic_ncols=True,
                disable=not (cfg.progress and info.is_main))
     t_loop = t_log = time.perf_counter()
     imgs_since_log = 0
     for it in range(start_iter, cfg.iters):
         sums = torch.zeros(3, device=info.device)
+        saved_stats = [b.clone() for b in norm_stats]
         for micro in range(cfg.accum_steps):
             images, labels, _ = next(batches)
             images, labels = images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
@@ -222,6 +235,9 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         if not bool(torch.isfinite(sums).all()):
             nonfinite_in_row += 1
             optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for stat, saved in zip(norm_stats, saved_stats):
+                    stat.copy_(saved)
             warnings.warn(f"iteration {it + 1}: non-finite loss {sums[0].item()}; step skipped "
                           f"({nonfinite_in_row} in a row, limit {cfg.max_nonfinite})", stacklevel=2)
             if nonfinite_in_row >= cfg.max_nonfinite:

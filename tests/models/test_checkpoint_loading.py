@@ -90,6 +90,18 @@ def test_safetensors_roundtrip_is_atomic(tmp_path):
     assert torch.equal(model.decode_head.conv_seg.weight, src.decode_head.conv_seg.weight)
 
 
+def test_checkpoint_is_on_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """The new file is flushed before the rename and the folder after it: a crash
+    in between leaves the old file or the whole new one, never an empty one."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
+    path = semask.save_checkpoint(micro(), tmp_path / "m.safetensors")
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].endswith(".tmp") and events[1][1] == str(path) and events[2][1] == str(tmp_path)
+
+
 def test_bare_and_ddp_prefixed_state_dicts():
     src, dst = micro(), micro()
     report = semask.load_checkpoint(dst, {"module." + k: v for k, v in src.state_dict().items()})

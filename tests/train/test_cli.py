@@ -76,6 +76,12 @@ def test_resume_without_checkpoint_and_bad_config(tmp_path, capsys):
                                  ("--amp", "xyz", "amp must be one of auto")):
         _usage_error(capsys, [*TINY, option, value, "--out-dir", str(tmp_path / "bad")], match)
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+    run = tmp_path / "cut"
+    run.mkdir()
+    (run / "last_state.pt").write_bytes(b"PK\x03\x04 cut short")  # a state file the kill cut short
+    _usage_error(capsys, [*TINY, "--out-dir", str(run), "--resume"], "not a readable training state file")
+    (run / "last.safetensors").write_bytes(b"{}")
+    _usage_error(capsys, [*TINY, "--resume", str(run / "last.safetensors")], "not a readable training state")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         eval_main([str(tmp_path / "missing.safetensors")])
 

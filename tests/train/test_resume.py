@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from semask.models.semask import SeMaskSwin
+from semask.train.optim import poly_warmup_factor
 from semask.train.plot import read_metrics
 from semask.train.state import STATE_NAME, read_metadata
 from semask.train.trainer import NonFiniteLossError, train
@@ -87,3 +88,73 @@ def test_state_files_of_the_earlier_layout_still_resume(tmp_path):
     torch.save(dict(old, iteration=8), tmp_path / STATE_NAME)
     with pytest.raises(ValueError, match="not written together"):
         load_training_state(tmp_path, *parts(2), None)
+
+
+def test_resume_runs_the_options_given_with_it(tmp_path, tiny_config):
+    """--lr, --weight-decay, --iters given on resume: the stored optimizer and scheduler
+    states do not bring back the old values; the lr is the new schedule's from the next
+    iteration on. A record cut short by the kill is dropped with a warning."""
+    train(tiny_config(tmp_path, iters=6), stop_at=3)
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"iter": 4, "lo')
+    cfg = tiny_config(tmp_path, iters=8, lr=1e-2, weight_decay=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg, resume=str(tmp_path))
+    assert any("dropped an unreadable record" in str(w.message) for w in caught)
+    lrs = {i: lr for i, _, lr in _losses(tmp_path)}
+    assert sorted(lrs) == list(range(1, 9))
+    for i in range(4, 9):  # the lr of iteration i is the schedule's at step i - 1
+        want = 1e-2 * poly_warmup_factor(i - 1, 8, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power)
+        assert lrs[i] == pytest.approx(want, rel=1e-12), i
+    groups = torch.load(tmp_path / STATE_NAME, weights_only=True)["optimizer"]["param_groups"]
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.5]
+
+
+def test_skipped_step_puts_the_batchnorm_statistics_back(tmp_path, tiny_config, monkeypatch):
+    """A NaN forward writes NaN into the head's BatchNorm statistics; the skipped step
+    restores them, so the final model (and its evaluation) stays finite."""
+    real_forward = SeMaskSwin.forward
+    calls = {"n": 0}
+
+    def flaky_forward(self, images, *args, **kwargs):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                images = images * float("nan")
+        return real_forward(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(SeMaskSwin, "forward", flaky_forward)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = train(tiny_config(tmp_path, iters=4))
+    weights = load_file(tmp_path / "model.safetensors")
+    assert any("bn.running_mean" in k for k in weights)
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())
+    assert res["mIoU"] == res["mIoU"]
+
+
+def test_a_new_run_in_a_run_folder_says_it_replaces_it(tmp_path, tiny_config):
+    cfg = tiny_config(tmp_path, iters=1)
+    train(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg)
+    assert any("--resume continues it" in str(w.message) for w in caught)
+
+
+def test_cuda_rng_state_is_this_gpus_only(monkeypatch):
+    """Saved: the current GPU's generator state only, so a resume with fewer visible GPUs
+    has nothing to set on GPUs it lacks; files of earlier versions (every visible GPU's
+    state) give the current GPU its own entry. CUDA stubbed (no GPU needed)."""
+    from semask.train import state as S
+    set_to = []
+    for name, fn in dict(is_available=lambda: True, is_initialized=lambda: True, current_device=lambda: 1,
+                         get_rng_state=lambda: torch.tensor([7], dtype=torch.uint8),
+                         set_rng_state=lambda s: set_to.append(int(s[0]))).items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    saved = S.rng_state()
+    assert [int(t[0]) for t in saved["cuda"]] == [7]
+    S.set_rng_state(saved)
+    S.set_rng_state(dict(saved, cuda=[torch.tensor([3], dtype=torch.uint8), torch.tensor([4], dtype=torch.uint8)]))
+    assert set_to == [7, 4]
