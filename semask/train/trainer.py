@@ -210,6 +210,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
                disable=not (cfg.progress and info.is_main))
     t_loop = t_log = time.perf_counter()
     imgs_since_log = 0
+    # logged losses: the mean over the log interval's finite steps (as mmcv's log buffer)
+    interval_sums, interval_steps = torch.zeros(3, device=info.device), 0
     for it in range(start_iter, cfg.iters):
         sums = torch.zeros(3, device=info.device)
         saved_stats = [b.clone() for b in norm_stats]
@@ -245,6 +247,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
                                          "lower the lr, check the data or use --amp bf16/none")
         else:
             nonfinite_in_row = 0
+            interval_sums += sums
+            interval_steps += 1
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if cfg.grad_clip:
@@ -264,14 +268,17 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
             now = time.perf_counter()
             ips = imgs_since_log / max(now - t_log, 1e-9)
             t_log, imgs_since_log = now, 0
-            record = dict(iter=done, loss=sums[0].item(), loss_main=sums[1].item(),
-                          loss_semantic=sums[2].item(), lr=lr, img_per_s=ips,
-                          elapsed_s=now - t_start)
+            mean = (interval_sums / interval_steps if interval_steps else sums).tolist()
+            interval_sums.zero_()
+            interval_steps = 0
+            record = dict(iter=done, loss=mean[0], loss_main=mean[1], loss_semantic=mean[2], lr=lr,
+                          img_per_s=ips, elapsed_s=now - t_start)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
             if info.is_main:
                 _log(metrics_path, record)
         evaluate_now = cfg.eval_interval and done % cfg.eval_interval == 0 and done != cfg.iters
         save_now = (cfg.ckpt_interval and done % cfg.ckpt_interval == 0) or done in (cfg.iters, stop_at)
+        t_pause = time.perf_counter()  # evaluation and checkpoints: not in img/s and it/s
         if evaluate_now or save_now:  # rank-independent BatchNorm statistics for eval / checkpoints
             distributed.broadcast_buffers(model, info)
         if evaluate_now:
@@ -284,6 +291,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
             if info.is_main:
                 save_training_state(out, model, optimizer, scheduler, scaler, done, cfg.to_dict(), rngs)
             distributed.barrier(info)
+        paused = time.perf_counter() - t_pause
+        t_log, t_loop = t_log + paused, t_loop + paused
         if done == stop_at:
             bar.close()
             distributed.cleanup(info)

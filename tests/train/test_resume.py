@@ -158,3 +158,15 @@ def test_cuda_rng_state_is_this_gpus_only(monkeypatch):
     S.set_rng_state(saved)
     S.set_rng_state(dict(saved, cuda=[torch.tensor([3], dtype=torch.uint8), torch.tensor([4], dtype=torch.uint8)]))
     assert set_to == [7, 4]
+
+
+def test_logged_losses_are_the_means_over_the_log_interval(tmp_path, tiny_config):
+    """As mmcv's log buffer: the record of iteration 4 with log_interval 2 holds the mean of
+    iterations 3 and 4 (the same run logged every iteration gives them)."""
+    train(tiny_config(tmp_path / "a", iters=4))
+    every = {i: loss for i, loss, _ in _losses(tmp_path / "a")}
+    train(tiny_config(tmp_path / "b", iters=4, log_interval=2))
+    records = {r["iter"]: r for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "loss" in r}
+    assert sorted(records) == [2, 4]
+    for i in (2, 4):
+        assert records[i]["loss"] == pytest.approx((every[i - 1] + every[i]) / 2, rel=1e-6)
