@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 COMPUTED_SUFFIXES = ("relative_position_index", "attn_mask")  # recomputed, never loaded
+OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BatchNorm counter: unused with a fixed momentum
 CLASS_DEPENDENT = ("decode_head.conv_seg.", ".mlp_cls_q.", ".mlp_cls_k.")
 IMAGENET_DROPPED_PREFIXES = ("head.", "norm.")  # classifier and final norm of Swin ImageNet
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
@@ -65,6 +67,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], str]:
             return load_file(str(path)), "safetensors"
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+            raise ValueError(f"checkpoint {path} holds objects torch.load(weights_only=True) "
+                             f"refuses (e.g. numpy scalars in mmcv 'meta'); if you trust it, "
+                             f"re-save its state dict or allowlist them with torch.serialization"
+                             f".add_safe_globals ({exc})") from exc
         raise ValueError(f"could not read checkpoint {path}: it is corrupt or not a PyTorch "
                          f"/ safetensors file ({type(exc).__name__}: {exc})") from exc
     return unwrap_state_dict(raw, str(path))
@@ -181,7 +188,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bo
                 continue
         to_load[key] = value.to(target.dtype)
     report.missing = [k for k in own if k not in to_load and k not in report.skipped
-                      and not k.endswith(COMPUTED_SUFFIXES)]
+                      and not k.endswith(COMPUTED_SUFFIXES + OPTIONAL_SUFFIXES)]
     if problems:
         raise ValueError("checkpoint does not match this architecture (variant / window / "
                          "semantic layers?):\n  " + "\n  ".join(problems[:10]))

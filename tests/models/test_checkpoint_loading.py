@@ -53,8 +53,8 @@ def test_official_swin_imagenet_checkpoint_loads_into_backbone(tmp_path):
     assert report.source == "swin_imagenet" and not report.unexpected
     assert {"norm.weight", "norm.bias", "head.weight", "head.bias"} <= set(report.dropped)
     assert any(k.endswith("attn_mask") for k in report.dropped)
-    expected_missing = {k for k in src.state_dict() if "semantic_layer" in k or k.startswith("decode_head.")
-                        or re.match(r"backbone\.norm\d", k)}
+    expected_missing = {k for k in src.state_dict() if ("semantic_layer" in k or k.startswith("decode_head.")
+                        or re.match(r"backbone\.norm\d", k)) and not k.endswith("num_batches_tracked")}
     assert set(report.missing) == expected_missing
     dst.load_state_dict({k: src.state_dict()[k] for k in report.missing}, strict=False)
     x = torch.randn(1, 3, 64, 64)
@@ -162,6 +162,25 @@ def test_full_checkpoint_missing_tensors_is_an_error_unless_not_strict():
         semask.load_checkpoint(dst, sd)
     report = semask.load_checkpoint(dst, sd, strict=False)
     assert report.missing and all("semantic_layer" in k for k in report.missing)
+
+
+def test_checkpoint_without_batchnorm_counters_loads_strictly():
+    """num_batches_tracked is unused with a fixed momentum (stripped or converted files lack it)."""
+    src, dst = micro(), micro()
+    sd = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(sd) < len(src.state_dict())
+    report = semask.load_checkpoint(dst, sd)
+    assert not report.missing
+    assert torch.equal(dst.decode_head.conv_seg.weight, src.decode_head.conv_seg.weight)
+
+
+def test_checkpoint_with_objects_weights_only_refuses_says_so(tmp_path):
+    """An mmcv 'meta' with numpy scalars (newer eval hooks' best_score) is not 'corrupt'."""
+    import numpy as np
+    path = tmp_path / "with_meta.pth"
+    torch.save({"state_dict": micro().state_dict(), "meta": {"best_score": np.float64(0.5)}}, path)
+    with pytest.raises(ValueError, match="holds objects torch.load"):
+        semask.load_checkpoint(micro(), path)
 
 
 def test_backbone_checkpoint_lacking_swin_blocks_is_an_error_unless_not_strict():
