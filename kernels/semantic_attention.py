@@ -723,10 +723,10 @@ def reasons(tensors, params: dict) -> list[str]:
         why.append("empty input")
     if not all(t.is_contiguous() for t in (q, k, v)):
         why.append("q, k, v must be contiguous")
+    # (the map being a multiple of the window is the op's input check: backend choice sees
+    # the map sizes as ops.backend.MAP_DIM, a multiple of windows up to 16 only)
     if not isinstance(window, int) or window < 0:
         why.append(f"window must be an int >= 0, got {window!r}")
-    elif window and (q.shape[1] % window or q.shape[2] % window):
-        why.append(f"map {tuple(q.shape[1:3])} is not a multiple of window {window}")
     elif q.dtype == torch.float32 and common.old_triton_on_hopper(q) and \
             _online(_geometry(q, window)[1], window):
         why.append("fp32 on sm_90 with windows > 8 or global maps needs Triton >= 3.3 (3.2 "

@@ -130,9 +130,12 @@ def _upsample_ce_kernel(X, T, DX, PARTIAL, BAD, K, h, w, H, W, scale_y, scale_x,
     y = ty * TILE_Y + p // TILE_X
     x = tx * TILE_X + p % TILE_X
     valid = (y < H) & (x < W)
-    t = tl.load(T + b64 * H * W + y * W + x, mask=valid, other=ignore_index).to(tl.int32)
+    # ignored and out-of-range labels judged in the target's dtype (an int64 label of
+    # 2^32 + 1 must not pass as class 1), then int32
+    t = tl.load(T + b64 * H * W + y * W + x, mask=valid, other=ignore_index)
     counted = valid & (t != ignore_index)
     tl.store(BAD + pid, tl.sum((counted & ((t < 0) | (t >= K))).to(tl.int32), 0))
+    t = t.to(tl.int32)
 
     # the low-resolution box and the tile's interpolation matrix Wt [P, SLOTS]
     y_base = bilinear_source(ty * TILE_Y, scale_y).to(tl.int32)  # the box's first row (floor)

@@ -84,6 +84,16 @@ def not_supported_reasons(name: str, op: str, tensors: list[Tensor], params: dic
     return list(provider.reasons(op, tensors, params))
 
 
+def int_arguments(op: str, **values) -> list[int]:
+    """The values as Python ints (numpy integers included: the kernels' launchers take
+    ints only); a TypeError naming the argument for anything else (a float, a bool)."""
+    bad = [f"{name} must be an int, got {value!r}" for name, value in values.items()
+           if isinstance(value, bool) or not hasattr(value, "__index__")]
+    if bad:
+        raise TypeError(f"{op}: " + "; ".join(bad))
+    return [value.__index__() for value in values.values()]
+
+
 def check_inputs(op: str, tensors: dict[str, Tensor]) -> None:
     """The error every backend shares: inputs on more than one device."""
     devices = {t.device for t in tensors.values()}
@@ -231,7 +241,7 @@ def _describe(t: Tensor) -> tuple:
     sizes: the batch and map sizes of a [B, Hp, Wp, X] activation stand in as
     :data:`MAP_DIM` (the ops' input checks have tested the real ones); X and the sizes of
     other tensors (parameters) are static."""
-    shape = (MAP_DIM,) * 3 + (t.shape[-1],) if t.dim() == 4 else tuple(t.shape)
+    shape = (MAP_DIM,) * 3 + (int(t.shape[-1]),) if t.dim() == 4 else tuple(t.shape)
     empty = True if t.numel() == 0 else False  # a branch: dynamo guards and folds it
     return shape, t.dtype, t.device, t.is_contiguous(), empty
 

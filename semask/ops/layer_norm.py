@@ -123,6 +123,9 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
         out_dtype = torch.float32
     else:
         out_dtype = x.dtype
+    # the kernels read x, weight and bias with unit stride (views of a wider tensor, expanded
+    # scalars: copies; the gradients flow back through .contiguous)
+    weight, bias = (None if t is None else t.contiguous() for t in (weight, bias))
     return _LayerNorm.apply(x.contiguous(), weight, bias, eps, out_dtype, pad_multiple)
 
 

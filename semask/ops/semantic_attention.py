@@ -20,6 +20,9 @@ OP = "semantic_attention"
 
 @torch.library.custom_op("semask::semantic_attention_fwd", mutates_args=())
 def _fwd(q: Tensor, k: Tensor, v: Tensor, window: int, provider: str) -> tuple[Tensor, Tensor]:
+    # the providers read their inputs with the strides of contiguous tensors: a direct call
+    # of the op (or a compiler's layout) may pass others
+    q, k, v = (t.contiguous() for t in (q, k, v))
     return _backend.get_provider(provider).semantic_attention_fwd(q, k, v, window)
 
 
@@ -33,6 +36,7 @@ def _fwd_fake(q, k, v, window, provider):
 @torch.library.custom_op("semask::semantic_attention_bwd", mutates_args=())
 def _bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, window: int,
          provider: str) -> tuple[Tensor, Tensor, Tensor]:
+    dout, q, k, v, out, lse = (t.contiguous() for t in (dout, q, k, v, out, lse))
     return _backend.get_provider(provider).semantic_attention_bwd(dout, q, k, v, out, lse, window)
 
 
@@ -120,6 +124,7 @@ def semantic_attention(q: Tensor, k: Tensor, v: Tensor, window: int, backend: st
     """q, k [B, Hp, Wp, K], v [B, Hp, Wp, C] -> [B, Hp, Wp, C]; window 0 = global. The Triton
     kernels load q and k rows as vectors only when K is a multiple of CLASS_MULTIPLE (zero
     classes appended change nothing; :class:`SemanticAttention` appends them)."""
+    (window,) = _backend.int_arguments(OP, window=window)
     check_semantic_attention_inputs(q, k, v, window)
     if backend == "torch":
         return semantic_attention_reference(q, k, v, window)

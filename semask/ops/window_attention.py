@@ -19,8 +19,10 @@ OP = "window_attention"
 @torch.library.custom_op("semask::window_attention_fwd", mutates_args=())
 def _fwd(qkv: Tensor, table: Tensor, num_heads: int, window: int, shift: int, scale: float,
          height: int, width: int, provider: str) -> tuple[Tensor, Tensor]:
+    # the providers read their inputs with the strides of contiguous tensors: a direct call
+    # of the op (or a compiler's layout) may pass others
     return _backend.get_provider(provider).window_attention_fwd(
-        qkv, table, num_heads, window, shift, scale, height, width)
+        qkv.contiguous(), table.contiguous(), num_heads, window, shift, scale, height, width)
 
 
 @_fwd.register_fake
@@ -35,6 +37,7 @@ def _fwd_fake(qkv, table, num_heads, window, shift, scale, height, width, provid
 @torch.library.custom_op("semask::window_attention_bwd", mutates_args=())
 def _bwd(dout: Tensor, qkv: Tensor, table: Tensor, out: Tensor, lse: Tensor, num_heads: int,
          window: int, shift: int, scale: float, provider: str) -> tuple[Tensor, Tensor]:
+    dout, qkv, table, out, lse = (t.contiguous() for t in (dout, qkv, table, out, lse))
     return _backend.get_provider(provider).window_attention_bwd(
         dout, qkv, table, out, lse, num_heads, window, shift, scale)
 
@@ -97,6 +100,7 @@ def window_attention(qkv: Tensor, table: Tensor, num_heads: int, window: int, sh
     the first (H, W) = ``size`` rows and columns of the output map (default: all of it;
     the fused kernels write only those). ``backend`` is one of ``backend.CHOICES``.
     """
+    num_heads, window, shift = _backend.int_arguments(OP, num_heads=num_heads, window=window, shift=shift)
     check_window_attention_inputs(qkv, table, num_heads, window, shift, size)
     if backend == "torch":
         return _crop(window_attention_reference(qkv, table, num_heads, window, shift, scale),

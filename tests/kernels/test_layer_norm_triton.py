@@ -188,6 +188,25 @@ def test_graphs_only_runs_the_kernels_inside_graph_capture(monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("layout", ["every other element", "column", "expanded"])
+def test_weight_and_bias_views_match_pytorch(layout):
+    """The kernels read weight and bias with unit stride: views of wider tensors and
+    expanded scalars (stride 0) are copied first (they gave errors of 11.5 and 1e35)."""
+    C = 24
+    x = torch.randn(5, C)
+    if layout == "every other element":
+        w, b = torch.randn(2 * C)[::2], torch.randn(2 * C)[::2]
+    elif layout == "column":
+        table = torch.randn(C, 2)
+        w, b = table[:, 0], table[:, 1]
+    else:
+        w, b = torch.full((1,), 2.0).expand(C), torch.zeros(1).expand(C)
+    assert not w.is_contiguous() and not b.is_contiguous()
+    got = layer_norm(x, w, b, 1e-5, backend="triton")
+    want = F.layer_norm(x.double(), (C,), w.double(), b.double(), 1e-5)
+    assert (got.double() - want).abs().max().item() < 1e-5
+
+
 def test_reasons_name_what_is_missing():
     x = torch.randn(2, 8)
     assert ln.reasons([x, torch.ones(8), torch.zeros(8)], {}) == []

@@ -120,6 +120,15 @@ def test_without_gradient_and_int32_target():
     assert abs(loss.item() - truth) <= 1e-5 * abs(truth)
 
 
+@pytest.mark.parametrize("label", [2 ** 32 + 1, 2 ** 32 + IGNORE])
+def test_int64_labels_beyond_int32_are_out_of_range(label):
+    """Judged in the target's dtype: 2^32 + 1 is not class 1, 2^32 + ignore not ignored."""
+    logits, target = make_inputs(1, 4, 3, 3, 6, 6)
+    target[0, 1, 1] = label
+    with pytest.raises(RuntimeError, match=r"labels outside \[0, 4\)"):
+        uce.upsample_cross_entropy(logits.float(), target, IGNORE, grad=False)
+
+
 def test_all_pixels_ignored_gives_zero():
     logits, target = make_inputs(1, 4, 4, 4, 16, 16)
     loss, grad = uce.upsample_cross_entropy(logits.float(), torch.full_like(target, IGNORE),

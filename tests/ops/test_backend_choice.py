@@ -1,6 +1,7 @@
 """Backend choice: fused=/SEMASK_BACKEND mapping, auto fallback, explicit errors."""
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,7 +97,6 @@ def test_bad_shapes_raise_clear_errors():
 def test_fused_choice_is_remembered_per_inputs(monkeypatch):
     """Eager calls ask the provider once per input description; another last dim, another
     TRITON_INTERPRET or another provider object asks again."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(backend, "_choices", {})
     provider = backend.get_provider("triton")
     asked = []
@@ -119,7 +119,6 @@ def test_eager_fused_ops_differentiate_once(monkeypatch):
     """The eager path (a plain autograd Function): create_graph works where nothing
     differentiates through the fused backward, and differentiating its gradients raises
     (instead of dropping the second-order terms of a gradient penalty)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     qkv = torch.randn(1, 7, 7, 3 * 16, requires_grad=True)
     table = torch.randn(169, 1)
     q, k, v = (torch.randn(1, 7, 7, n, requires_grad=True) for n in (5, 5, 16))
@@ -139,7 +138,6 @@ def test_gradient_penalty_wrt_an_upstream_weight_raises(monkeypatch):
     """torch.autograd.grad runs only the nodes on a path to what it is asked about: the
     second derivative with respect to a weight upstream of a fused op must still reach the
     node that raises (it had returned the first-order part alone: 305 instead of 723)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     torch.manual_seed(0)
     lin = torch.nn.Linear(8, 3 * 16)
     x = torch.randn(1, 7, 7, 8, requires_grad=True)
@@ -160,7 +158,6 @@ def test_eager_backward_under_flop_counting_goes_through_the_custom_op(monkeypat
     from torch.utils.flop_counter import FlopCounterMode
 
     from semask.ops.flops import window_attention_flops
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     qkv = torch.randn(1, 7, 14, 3 * 16, requires_grad=True)
     y = semask.ops.window_attention(qkv, torch.randn(169, 1), 1, 7, 0, 0.25, backend="triton")
     with FlopCounterMode(display=False) as counter:
@@ -169,7 +166,6 @@ def test_eager_backward_under_flop_counting_goes_through_the_custom_op(monkeypat
 
 
 def test_cached_choice_tells_int_from_float_params(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(backend, "_choices", {})
     q, v = torch.randn(1, 7, 7, 5), torch.randn(1, 7, 7, 8)
     assert backend.choose("triton", "semantic_attention", [q, q, v], dict(window=7)) == "triton"
@@ -212,6 +208,44 @@ def test_every_backend_checks_its_inputs(backend):
             sa(*args, backend)
 
 
+def test_semantic_windows_above_16_run_on_the_kernels():
+    """Backend choice sees map sizes as MAP_DIM (a multiple of windows up to 16 only): a
+    window of 17 on a 17 x 34 map was refused as 'not a multiple of window 17'."""
+    q, k = torch.randn(2, 1, 17, 34, 3) * 0.5
+    v = torch.randn(1, 17, 34, 8)
+    got = semask.ops.semantic_attention(q, k, v, 17, backend="triton")
+    want = semantic_attention_reference(q.double(), k.double(), v.double(), 17)
+    assert ((got.double() - want).abs().max() / want.abs().max()).item() < 1e-5
+
+
+def test_registered_ops_take_non_contiguous_inputs():
+    """torch.ops.semask.* called directly (or with a compiler's layout): inputs with other
+    strides give the result of their values (a transposed qkv view was off by 2.3)."""
+    heads, hd = 2, 16
+    qkv, table = torch.randn(1, 7, 7, 3 * heads * hd), torch.randn(13 * 13, heads)
+    view = qkv.transpose(1, 2).contiguous().transpose(1, 2)
+    assert torch.equal(view, qkv) and not view.is_contiguous()
+    out, _ = torch.ops.semask.window_attention_fwd(view, table, heads, 7, 3, hd ** -0.5, 7, 7, "triton")
+    want = window_attention_reference(qkv.double(), table.double(), heads, 7, 3, hd ** -0.5)
+    assert (out.double() - want).abs().max().item() < 1e-5
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in torch.randn(3, 1, 7, 14, 16))
+    out, _ = torch.ops.semask.semantic_attention_fwd(q, k, v, 7, "triton")
+    want = semantic_attention_reference(q.double(), k.double(), v.double(), 7)
+    assert (out.double() - want).abs().max().item() < 1e-5
+
+
+def test_numpy_integer_arguments_and_floats_named():
+    qkv, table = torch.randn(1, 7, 7, 96), torch.randn(13 * 13, 2)
+    got = semask.ops.window_attention(qkv, table, np.int64(2), np.int64(7), np.int64(3), 0.25, "triton")
+    want = semask.ops.window_attention(qkv, table, 2, 7, 3, 0.25, "torch")
+    assert (got - want).abs().max().item() < 1e-5
+    with pytest.raises(TypeError, match="window must be an int, got 7.0"):
+        semask.ops.window_attention(qkv, table, 2, 7.0, 3, 0.25, "torch")
+    q = torch.randn(1, 7, 7, 5)
+    with pytest.raises(TypeError, match="window must be an int"):
+        semask.ops.semantic_attention(q, q, q, True, "torch")
+
+
 def test_reference_takes_a_table_of_another_dtype():
     """Half qkv with an fp32 table (as the fused kernels read it) on the reference path."""
     torch.manual_seed(0)
@@ -224,7 +258,6 @@ def test_reference_takes_a_table_of_another_dtype():
 def test_functorch_transforms_take_the_reference(monkeypatch):
     """torch.func.grad through a fused op (PyTorch cannot run the custom op's autograd under
     functorch) gives the reference's gradient; vmap too."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     torch.manual_seed(0)
     qkv, table = torch.randn(1, 7, 7, 48), torch.randn(169, 1) * 0.1
 
