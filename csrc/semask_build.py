@@ -1,6 +1,6 @@
 """One definition of the semask CUDA extension, shared by both build routes.
 
-* ahead of time: ``SEMASK_BUILD_CUDA=1 pip install -e .`` (setup.py calls
+* ahead of time: ``SEMASK_BUILD_CUDA=1 pip install --no-build-isolation -e .`` (setup.py calls
   :func:`cuda_extension`; the module is ``semask._C``);
 * just in time: :mod:`semask.ops.build_cuda` (``torch.utils.cpp_extension.load`` with
   ninja; the module is ``semask_cuda_<archs>``) uses :func:`source_paths`,

@@ -72,7 +72,9 @@ stage 0 (K 160 padded, C 128, one chunk) 736 against 1024 N^2, stage 3 (C 1024, 
 
 Limits: K <= 256 (class tiles in registers); any C (chunked); fp32, fp16,
 bf16 (q, k, v of one dtype); contiguous inputs; int32 offsets (int64 when a tensor has
->= 2^31 elements). In Triton's CPU interpreter bf16 dots are wrong (Triton 3.8), so there
+>= 2^31 elements); fp32 on sm_90 with Triton < 3.3 is refused where the online-softmax
+kernels would run (neither the GEMM path nor the whole-row kernels take the sequence):
+3.2 fails to build the online dk/dv kernel. In Triton's CPU interpreter bf16 dots are wrong (Triton 3.8), so there
 the already-rounded bf16 operands are widened to fp32 before each dot (``UPCAST``);
 compiled GPU code uses bf16 dots.
 """

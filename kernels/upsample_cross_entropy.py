@@ -44,6 +44,13 @@ low mantissa bits, finer than the bf16 rounding of the unfused loss's upsampled 
 gradient; the weights of 2x, 4x, 8x upsampling are exact) and, for fp32 logits, three tf32
 products per product (``tf32x3``: operands split into high and low tf32 parts, about fp32
 accuracy; not on ROCm, where fp32 logits take the unfused loss).
+
+Limits (``reasons``): fp32, fp16 or bf16 logits [B, K, h, w] and an int64 or int32 target
+[B, H, W] with H >= h, W >= w (upsampling only) and at most MAX_SLOTS source pixels per
+tile (no large downsampling ratios); fewer than 2^31 elements per tensor; ignore_index in
+the int32 range; fp32 logits not on ROCm and not on sm_90 with Triton < 3.3 (3.2 fails to
+build the kernel); labels are tested in the target's dtype (an int64 label beyond int32 is
+out of range). The gradient is the loss's own (no double backward).
 """
 from __future__ import annotations
 

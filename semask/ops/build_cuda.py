@@ -4,8 +4,9 @@
     python -m semask.ops.build_cuda --help
 
 :func:`load_extension` returns the ahead-of-time build ``semask._C`` when it is installed
-(``SEMASK_BUILD_CUDA=1 pip install -e .``), else builds the sources in ``csrc/`` just in
-time with ``torch.utils.cpp_extension.load`` and ninja. The JIT build targets
+(``SEMASK_BUILD_CUDA=1 pip install --no-build-isolation -e .``: setup.py needs the installed
+torch), else builds the sources in ``csrc/`` just in time with
+``torch.utils.cpp_extension.load`` and ninja. The JIT build targets
 ``TORCH_CUDA_ARCH_LIST`` if set, else the visible GPUs, else ``8.0;9.0+PTX``; it is cached in
 :func:`build_directory` (``$SEMASK_CUDA_BUILD_DIR``, else
 ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, under ``py<ver>_cu<ver>/``)
@@ -27,7 +28,7 @@ import warnings
 from pathlib import Path
 
 BUILD_COMMAND = "python -m semask.ops.build_cuda"
-AOT_COMMAND = "SEMASK_BUILD_CUDA=1 pip install -e ."
+AOT_COMMAND = "SEMASK_BUILD_CUDA=1 pip install --no-build-isolation -e ."
 AOT_MODULE = "semask._C"
 
 _loaded = None

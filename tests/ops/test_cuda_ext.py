@@ -199,7 +199,7 @@ def test_reasons_when_the_extension_cannot_build(monkeypatch):
                            dict(window=7))
     assert len(why) == 1 and "nvcc is missing" in why[0]
     assert "`python -m semask.ops.build_cuda`" in why[0]
-    assert "SEMASK_BUILD_CUDA=1 pip install -e ." in why[0]
+    assert "SEMASK_BUILD_CUDA=1 pip install --no-build-isolation -e ." in why[0]
 
 
 # ---------------------------------------------------------------- nvcc build (CPU CI)
