@@ -192,11 +192,14 @@ def _losses(out_dir):
 
 
 @pytest.mark.gpu
-def test_gpu_training_run_with_cuda_graphs(tmp_path, tiny_config):
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_gpu_training_run_with_cuda_graphs(tmp_path, tiny_config, amp):
     """With dropout and drop path on, a run with graphs gives the eager run's losses (the
     capture puts the RNG state back, so replays draw the eager run's masks), and so does a
-    run with graphs stopped after two iterations and resumed (captured again on resuming)."""
-    kw = dict(iters=4, device="cuda", amp="bf16")
+    run with graphs stopped after two iterations and resumed (captured again on resuming).
+    fp16: the GradScaler's scaled loss enters the graphed backward; an evaluation at
+    iteration 2 runs between replays."""
+    kw = dict(iters=4, device="cuda", amp=amp, eval_interval=2)
     train(tiny_config(tmp_path / "eager", **kw))
     train(tiny_config(tmp_path / "graphs", cuda_graphs=True, **kw))
     train(tiny_config(tmp_path / "split", cuda_graphs=True, **kw), stop_at=2)
