@@ -208,10 +208,10 @@ AT_LEAST_ONE_OR_NONE = ("eval_pad_multiple", "ohem_min_kept")
 AT_LEAST_ZERO = ("num_workers", "warmup_iters", "max_nonfinite", "eval_interval", "ckpt_interval")
 
 
-def _type_error(name: str, value) -> str | None:
-    """Why ``value`` (from JSON or Python) does not fit field ``name``'s declared type: a
+def _type_error(name: str, value, declared) -> str | None:
+    """Why ``value`` (from JSON or Python) does not fit field ``name``'s ``declared`` type: a
     JSON "false" is a string, and would switch a bool option on."""
-    tp, optional = _strip_optional(_field_types()[name])
+    tp, optional = _strip_optional(declared)
     if value is None:
         return None if optional else f"{name} must not be none"
     if typing.get_origin(tp) is list:
@@ -240,7 +240,8 @@ def _device_error(device: str) -> str | None:
 def config_errors(cfg: TrainConfig) -> list[str]:
     """What is wrong with ``cfg`` (empty: nothing), so that a run fails before it trains."""
     from ..models import VARIANTS
-    errors = [e for e in (_type_error(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)) if e]
+    declared = _field_types()
+    errors = [e for e in (_type_error(name, getattr(cfg, name), tp) for name, tp in declared.items()) if e]
     if errors:  # the checks below assume the declared types
         return errors
     choices = dict(CHOICES, variant=tuple(VARIANTS))

@@ -206,6 +206,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     # a skipped step puts them back (the head's few KB), or every eval forward is NaN
     norm_stats = [b for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                   for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    saved_stats = [torch.empty_like(b) for b in norm_stats]  # refilled each step in one launch
     bar = tqdm(total=cfg.iters, initial=start_iter, desc="train", dynamic_ncols=True,
                disable=not (cfg.progress and info.is_main))
     t_loop = t_log = time.perf_counter()
@@ -214,7 +215,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     interval_sums, interval_steps = torch.zeros(3, device=info.device), 0
     for it in range(start_iter, cfg.iters):
         sums = torch.zeros(3, device=info.device)
-        saved_stats = [b.clone() for b in norm_stats]
+        if norm_stats:
+            torch._foreach_copy_(saved_stats, norm_stats)
         for micro in range(cfg.accum_steps):
             images, labels, _ = next(batches)
             images, labels = images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
@@ -237,9 +239,9 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         if not bool(torch.isfinite(sums).all()):
             nonfinite_in_row += 1
             optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for stat, saved in zip(norm_stats, saved_stats):
-                    stat.copy_(saved)
+            if norm_stats:
+                with torch.no_grad():
+                    torch._foreach_copy_(norm_stats, saved_stats)
             warnings.warn(f"iteration {it + 1}: non-finite loss {sums[0].item()}; step skipped "
                           f"({nonfinite_in_row} in a row, limit {cfg.max_nonfinite})", stacklevel=2)
             if nonfinite_in_row >= cfg.max_nonfinite:
