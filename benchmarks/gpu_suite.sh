@@ -14,6 +14,10 @@
 #             a default stage
 #   host      host time per call of each fused op and its reference, and where it goes
 #             (benchmarks/host_time.py --profile, host_time.md); not a default stage
+#   trainer   img/s of the whole training loop (semask-train: data loader workers, pinned
+#             batches copied ahead, optimizer, logging) for SeMask-T at 512x512 crops, batch
+#             16, on synthetic images, eager and CUDA-graphed (trainer_*/metrics.jsonl);
+#             compare with the bench stage's training step; not a default stage
 # Every stage has a hard time limit and its failure is recorded; the later stages still run.
 #
 # Usage, from the repository root:
@@ -30,7 +34,8 @@
 #   arguments, e.g. "--cases window/swin_t-512"), SWEEP_ARGS (extra sweep.py arguments),
 #   PROFILE_ARGS (extra profile_step.py arguments, e.g. "--fused reference,triton,cuda"),
 #   GRAPHS_ARGS (run.py arguments of the graphs stage, default "--providers
-#   reference,triton --cases model/semask_swin_tiny"),
+#   reference,triton --cases model/semask_swin_tiny"), TRAINER_WORKERS (the trainer stage's
+#   data-loader workers, default 12),
 #   PYTHON (default python3).
 # Output folder: suite.log (all output), suite_summary.txt (one line per stage), and the
 # benchmark's results.json, results.md, speedup.png, memory.png; the sweep's sweep.json, sweep.md;
@@ -56,9 +61,9 @@ export SEMASK_COMMIT
 # planned seconds per stage; a stage gets min(plan, what is left after the minimum of the
 # stages still to come), so a fast early stage leaves more time to the benchmarks
 declare -A PLAN=([setup]=90 [build]=200 [tests]=240 [memcheck]=90 [bench]=600 [sweep]=600 [profile]=300
-                 [graphs]=200 [host]=120)
+                 [graphs]=200 [host]=120 [trainer]=180)
 declare -A MIN=([setup]=20 [build]=30 [tests]=30 [memcheck]=20 [bench]=120 [sweep]=60 [profile]=40
-                [graphs]=90 [host]=40)
+                [graphs]=90 [host]=40 [trainer]=60)
 
 slug=$(timeout 60 "$PY" -c "from benchmarks.measure import device_slug; print(device_slug('cuda'))" 2>/dev/null | tail -n 1)
 [ -n "$slug" ] || slug=gpu
@@ -185,13 +190,27 @@ stage_host() {
   "$PY" benchmarks/host_time.py --device cuda --profile 20 --out "$RES/host_time.md"
 }
 
+stage_trainer() {  # 80 iterations; the intervals after the first (warm-up, capture) are steady
+  local rc=0 graphs
+  for graphs in false true; do
+    echo "--- cuda_graphs $graphs"
+    "$PY" -m semask.train ade20k_semask_tiny_fpn --dataset synthetic --num-classes 6 --pretrained none \
+      --synthetic-size 512,683 --synthetic-train-size 128 --synthetic-val-size 2 --batch-size 16 \
+      --iters 80 --log-interval 20 --eval-interval 0 --ckpt-interval 0 --progress false \
+      --num-workers "${TRAINER_WORKERS:-12}" --cuda-graphs "$graphs" --out-dir "$RES/trainer_graphs_$graphs" \
+      >"$RES/trainer_graphs_$graphs.log" 2>&1 || { rc=1; tail -n 20 "$RES/trainer_graphs_$graphs.log"; }
+    grep img_per_s "$RES/trainer_graphs_$graphs/metrics.jsonl"
+  done
+  return $rc
+}
+
 export PY RES
 export -f stage_setup stage_build stage_tests stage_memcheck stage_bench stage_sweep stage_profile \
-  stage_graphs stage_host
+  stage_graphs stage_host stage_trainer
 for s in "${STAGES[@]}"; do
   case "$s" in
-    setup|build|tests|memcheck|bench|sweep|profile|graphs|host) run_stage "$s" ;;
-    *) echo "unknown stage $s (setup build tests memcheck bench sweep profile graphs host)" | tee -a "$SUMMARY"; FAILED=1 ;;
+    setup|build|tests|memcheck|bench|sweep|profile|graphs|host|trainer) run_stage "$s" ;;
+    *) echo "unknown stage $s (setup build tests memcheck bench sweep profile graphs host trainer)" | tee -a "$SUMMARY"; FAILED=1 ;;
   esac
 done
 echo "total $(( $(date +%s) - START ))s; results in $RES" | tee -a "$SUMMARY" "$LOG"

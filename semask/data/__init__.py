@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .folders import CITYSCAPES_CLASSES, DataError, SegmentationFolder, ade20k, cityscapes
-from .loading import InfiniteShardedSampler, TransformedDataset, collate, eval_loader, train_loader
+from .loading import (DevicePrefetcher, InfiniteShardedSampler, TransformedDataset, collate, eval_loader,
+                      train_loader)
 from .synthetic import SYNTHETIC_CLASSES, SyntheticShapes, render_sample
 from .transforms import (IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, eval_transforms, keep_ratio_size,
                          train_transforms)
@@ -24,7 +25,7 @@ def build_raw_dataset(name: str, split: str, root: str | None = None, num_classe
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-__all__ = ["CITYSCAPES_CLASSES", "DATASETS", "DataError", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD",
-           "InfiniteShardedSampler", "SYNTHETIC_CLASSES", "SegmentationFolder", "SyntheticShapes",
+__all__ = ["CITYSCAPES_CLASSES", "DATASETS", "DataError", "DevicePrefetcher", "IGNORE_INDEX", "IMAGENET_MEAN",
+           "IMAGENET_STD", "InfiniteShardedSampler", "SYNTHETIC_CLASSES", "SegmentationFolder", "SyntheticShapes",
            "TransformedDataset", "ade20k", "build_raw_dataset", "cityscapes", "collate", "eval_loader",
            "eval_transforms", "keep_ratio_size", "render_sample", "train_loader", "train_transforms"]

@@ -79,16 +79,62 @@ def collate(batch):
 
 
 def train_loader(dataset: TransformedDataset, batch_size: int, seed: int, rank: int, world_size: int,
-                 start_sample: int, num_workers: int) -> DataLoader:
+                 start_sample: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """Endless batches of ``dataset`` (:class:`InfiniteShardedSampler`); ``pin_memory``: in
+    page-locked host memory, so that a copy to the GPU can run asynchronously."""
     sampler = InfiniteShardedSampler(len(dataset), seed, rank, world_size, start_sample)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                       num_workers=num_workers, persistent_workers=num_workers > 0,
-                      generator=torch.Generator().manual_seed(seed), drop_last=True)
+                      generator=torch.Generator().manual_seed(seed), drop_last=True,
+                      pin_memory=pin_memory)
+
+
+class DevicePrefetcher:
+    """The batches (images, labels, names) of ``loader`` on ``device``, one batch ahead.
+
+    On a GPU (give it a ``pin_memory`` loader) :meth:`prefetch` starts the next batch's
+    host-to-device copy on a side stream: called once a step's work is queued, the copy
+    overlaps that work instead of stalling the GPU between steps (an unpinned batch of 16
+    512x512 crops, 84 MB with int64 labels, is a synchronous copy of several ms).
+    :meth:`next` makes the current stream wait for the copy. Elsewhere a plain ``.to``.
+    """
+
+    def __init__(self, loader, device):
+        self.batches = iter(loader)
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.ahead = None
+
+    def prefetch(self) -> None:
+        """Fetch the next batch and start its copy (no-op when one is already fetched)."""
+        if self.ahead is not None:
+            return
+        images, labels, names = next(self.batches)
+        if self.stream is None:
+            self.ahead = images, labels, names
+            return
+        with torch.cuda.stream(self.stream):
+            self.ahead = (images.to(self.device, non_blocking=True),
+                          labels.to(self.device, non_blocking=True), names)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """The next batch, on ``device``, ready for the current stream."""
+        self.prefetch()
+        (images, labels, names), self.ahead = self.ahead, None
+        if self.stream is None:
+            return images.to(self.device), labels.to(self.device), names
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.stream)
+        # allocated on the side stream: their memory is not reused before the current
+        # stream's work on them is done
+        images.record_stream(current)
+        labels.record_stream(current)
+        return images, labels, names
 
 
 def eval_loader(dataset: TransformedDataset, num_workers: int = 0, rank: int = 0,
-                world_size: int = 1) -> DataLoader:
+                world_size: int = 1, pin_memory: bool = False) -> DataLoader:
     """Batch size 1 (images keep their own size); rank r takes samples r, r + w, ..."""
     indices = list(range(rank, len(dataset), world_size))
     return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=1, collate_fn=collate,
-                      num_workers=num_workers)
+                      num_workers=num_workers, pin_memory=pin_memory)

@@ -97,6 +97,8 @@ def eval_main(argv=None) -> None:
                              "eval_pad_multiple; none = unpadded, as mmseg)")
     parser.add_argument("--out", default=None, help="write the JSON here (default: next to the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="data-loader worker processes (default: the training config's num_workers)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the forwards from CUDA graphs, one per input size that "
                         "repeats (GPU; a sliding-window eval repeats its crop)")
@@ -104,6 +106,8 @@ def eval_main(argv=None) -> None:
     device = _device(args.device)
     if args.cuda_graphs and device.type != "cuda":
         parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
+    if args.num_workers is not None and args.num_workers < 0:
+        parser.error(f"--num-workers must be at least 0, got {args.num_workers}")
     model, cfg = _load_model(args.checkpoint, device)
     from .config import parse_value
     mode = args.mode or cfg.eval_mode
@@ -117,7 +121,8 @@ def eval_main(argv=None) -> None:
                             cfg.synthetic_val_size, cfg.synthetic_size)
     t0 = time.perf_counter()
     res = evaluate(model, raw, cfg.num_classes, device, mode, test_scale, ratios, tuple(crop), tuple(stride),
-                   progress=True, cuda_graphs=args.cuda_graphs, pad_multiple=pad)
+                   progress=True, cuda_graphs=args.cuda_graphs, pad_multiple=pad,
+                   num_workers=cfg.num_workers if args.num_workers is None else args.num_workers)
     res["eval_s"] = time.perf_counter() - t0
     run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
     out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_{mode}.json"

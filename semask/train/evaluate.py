@@ -9,14 +9,14 @@ from ..data import TransformedDataset, eval_loader, eval_transforms
 from .cuda_graphs import GraphedInference
 from .distributed import DistInfo, all_reduce_sum
 from .inference import predict_probs
-from .metrics import best_constant_miou, confusion_matrix, summarize
+from .metrics import best_constant_miou, check_labels, confusion_matrix, summarize
 
 
 @torch.no_grad()
 def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", test_scale=None,
              ms_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), crop=(512, 512), stride=(341, 341),
              info: DistInfo | None = None, progress: bool = False, autocast=None,
-             cuda_graphs: bool = False, pad_multiple: int | None = None) -> dict:
+             cuda_graphs: bool = False, pad_multiple: int | None = None, num_workers: int = 0) -> dict:
     """Score ``raw_dataset`` (items image, label, name) at each label's own size.
 
     Returns summarize()'s dict plus ``confusion`` (list of lists), ``mode`` and the best
@@ -24,7 +24,9 @@ def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", 
     scores a shard and the confusion matrices are summed. ``cuda_graphs``: the forwards
     replay CUDA graphs (:class:`~semask.train.cuda_graphs.GraphedInference`), dropped at
     the end. ``pad_multiple``: pad each forward's input to a multiple of it
-    (:func:`~semask.train.inference.predict_probs`; None: as mmseg).
+    (:func:`~semask.train.inference.predict_probs`; None: as mmseg). ``num_workers``: data
+    loader processes. The loop never waits for the GPU (the confusion matrix is summed
+    there), so loading the next image overlaps this one's forward.
     """
     info = info or DistInfo(device=torch.device(device))
     if cuda_graphs and info.device.type != "cuda":
@@ -33,16 +35,17 @@ def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", 
     model.eval()
     runner = GraphedInference(model) if cuda_graphs else model
     dataset = TransformedDataset(raw_dataset, eval_transforms())
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    loader = eval_loader(dataset, rank=info.rank, world_size=info.world_size)
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=info.device)
+    loader = eval_loader(dataset, num_workers, info.rank, info.world_size, pin_memory=info.device.type == "cuda")
     for image, label, _ in tqdm(loader, desc=f"eval ({mode})", disable=not (progress and info.is_main),
                                 leave=False, dynamic_ncols=True):
-        image = image.to(device)
+        check_labels(label, num_classes)  # on the host
+        image, label = image.to(info.device, non_blocking=True), label.to(info.device, non_blocking=True)
         with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
             probs = predict_probs(runner, image, label.shape[-2:], mode, test_scale, ms_ratios, crop, stride,
                                   pad_multiple=pad_multiple)
-        conf += confusion_matrix(probs.argmax(1).cpu(), label, num_classes)
-    conf = all_reduce_sum(conf.to(info.device), info).cpu()
+        conf += confusion_matrix(probs.argmax(1), label, num_classes, checked=True)
+    conf = all_reduce_sum(conf, info).cpu()
     model.train(was_training)
     result = summarize(conf, getattr(raw_dataset, "classes", None))
     cls, base = best_constant_miou(conf)

@@ -10,15 +10,28 @@ from torch import Tensor
 IGNORE_INDEX = 255
 
 
-def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """[K, K] int64 counts, rows = ground truth, columns = prediction; ignored pixels skipped."""
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(target.shape)} differ in shape")
-    keep = target != ignore_index
-    t, p = target[keep].long(), pred[keep].long()
+def check_labels(target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
+    """ValueError for a label that is neither a class nor ``ignore_index`` (reads the values:
+    a host sync for a GPU tensor)."""
+    t = target[target != ignore_index]
     if t.numel() and (t.max() >= num_classes or t.min() < 0):
         raise ValueError(f"label values outside 0..{num_classes - 1} (and {ignore_index} = ignore)")
-    return torch.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes).cpu()
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX,
+                     checked: bool = False) -> Tensor:
+    """[K, K] int64 counts on pred's device, rows = ground truth, columns = prediction;
+    ignored pixels skipped. ``checked``: the labels have passed :func:`check_labels`, and
+    nothing here waits for the device (no bincount, no boolean indexing)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(target.shape)} differ in shape")
+    if not checked:
+        check_labels(target, num_classes, ignore_index)
+    target, pred = target.flatten().long(), pred.flatten().long()
+    keep = target != ignore_index
+    cell = torch.where(keep, target * num_classes + pred, 0)  # ignored pixels add 0 to cell 0
+    counts = torch.zeros(num_classes ** 2, dtype=torch.long, device=pred.device)
+    return counts.index_add_(0, cell, keep.long()).view(num_classes, num_classes)
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:

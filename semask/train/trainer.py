@@ -17,7 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..data import TransformedDataset, build_raw_dataset, train_loader, train_transforms
+from ..data import DevicePrefetcher, TransformedDataset, build_raw_dataset, train_loader, train_transforms
 from ..models import SeMaskSwin, load_checkpoint, save_checkpoint
 from . import distributed
 from .config import TrainConfig
@@ -190,8 +190,9 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         say(f"torch.compile of the training forward, backend {backend}")
     per_step = cfg.batch_size * cfg.accum_steps
     loader = train_loader(TransformedDataset(train_raw, transforms), cfg.batch_size, cfg.seed, info.rank,
-                          info.world_size, start_iter * per_step, cfg.num_workers)
-    batches = iter(loader)
+                          info.world_size, start_iter * per_step, cfg.num_workers,
+                          pin_memory=info.device.type == "cuda")
+    batches = DevicePrefetcher(loader, info.device)
     graphed = None  # the CUDA-graphed loss step, captured on the first batch
     # RNG last: nothing above may draw from it after a resume (dropout / drop path use it)
     if resume:
@@ -218,8 +219,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         if norm_stats:
             torch._foreach_copy_(saved_stats, norm_stats)
         for micro in range(cfg.accum_steps):
-            images, labels, _ = next(batches)
-            images, labels = images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
+            images, labels, _ = batches.next()
             sync = contextlib.nullcontext() if (not info.enabled or micro == cfg.accum_steps - 1) else ddp.no_sync()
             with sync:
                 if cfg.cuda_graphs:
@@ -234,6 +234,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
                         losses = model.loss(forward(images), labels)
                 loss = losses["loss"] / cfg.accum_steps
                 (scaler.scale(loss) if scaler is not None else loss).backward()
+            batches.prefetch()  # the next batch's copy overlaps this backward on a GPU
             sums += torch.stack([losses["loss"], losses["loss_main"], losses["loss_semantic"]]).detach().float()
         sums = distributed.all_reduce_sum(sums, info) / (cfg.accum_steps * info.world_size)
         if not bool(torch.isfinite(sums).all()):
@@ -333,4 +334,5 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
 def _evaluate(cfg, model, val_raw, num_classes, info, autocast) -> dict:
     return evaluate(model, val_raw, num_classes, info.device, cfg.eval_mode, cfg.test_scale, cfg.ms_ratios,
                     tuple(cfg.slide_crop), tuple(cfg.slide_stride), info, progress=cfg.progress,
-                    autocast=autocast, cuda_graphs=cfg.cuda_graphs, pad_multiple=cfg.eval_pad_multiple)
+                    autocast=autocast, cuda_graphs=cfg.cuda_graphs, pad_multiple=cfg.eval_pad_multiple,
+                    num_workers=cfg.num_workers)

@@ -76,6 +76,32 @@ def test_evaluate_scores_every_mode():
         predict_probs(model, normalised(samples[0][0]), mode="tiles")
 
 
+def _mixing_model() -> nn.Module:
+    """A 1x1 convolution that mixes the colours at random: imperfect predictions."""
+    torch.manual_seed(5)
+    return nn.Conv2d(3, K, 1).eval()
+
+
+def test_evaluate_with_loader_workers_counts_the_same():
+    samples = [quadrant_sample(s)[:2] + (f"s{s}",) for s in range(3)]
+    model = _mixing_model()
+    plain = evaluate(model, samples, K, "cpu", "whole")
+    assert 0 < plain["mIoU"] < 1  # off-diagonal counts to get right
+    assert evaluate(model, samples, K, "cpu", "whole", num_workers=1)["confusion"] == plain["confusion"]
+
+
+@pytest.mark.gpu
+def test_gpu_evaluate_counts_as_on_cpu(no_tf32):
+    samples = [quadrant_sample(s)[:2] + (f"s{s}",) for s in range(3)]
+    model = _mixing_model()
+    on_cpu = evaluate(model, samples, K, "cpu", "slide", crop=(40, 48), stride=(25, 30))
+    on_gpu = evaluate(model.cuda(), samples, K, "cuda", "slide", crop=(40, 48), stride=(25, 30), num_workers=1)
+    assert 0 < on_cpu["mIoU"] < 1
+    # fp32 convolutions on either side: at most a few pixels with near-tied logits may differ
+    diff = torch.tensor(on_gpu["confusion"]) - torch.tensor(on_cpu["confusion"])
+    assert diff.abs().sum() <= 4 and on_gpu["pixels"] == on_cpu["pixels"]
+
+
 class ShapeRecorder(nn.Module):
     """The colour model, recording the input sizes it is given."""
 

@@ -55,3 +55,16 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="outside 0..1"):
         confusion_matrix(torch.zeros(4), torch.tensor([0, 1, 2, 255]), 2)
     assert math.isnan(summarize(torch.zeros(2, 2, dtype=torch.long))["mIoU"])
+
+
+@pytest.mark.parametrize("checked", [False, True])
+def test_confusion_counts_every_pixel_pair(checked):
+    g = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 5, (3, 17, 23), generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.2] = 255
+    pred = torch.randint(0, 5, target.shape, generator=g)
+    expected = [[0] * 5 for _ in range(5)]
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
+        if t != 255:
+            expected[t][p] += 1
+    assert confusion_matrix(pred, target.to(torch.uint8), 5, checked=checked).tolist() == expected
