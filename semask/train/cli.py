@@ -54,9 +54,12 @@ def train_main(argv=None) -> None:
     train(cfg, resume=str(resume) if resume else None, stop_at=args.stop_at)
 
 
-def _load_model(checkpoint: str, device: torch.device):
-    """Rebuild the model from the config stored in our checkpoint, then load its weights."""
+def _load_model(checkpoint: str, device: torch.device, config: str | None = None):
+    """Model and config of ``checkpoint``: the config our checkpoints store, or ``config``
+    (a preset name or JSON file; it wins over a stored one), which files without one need
+    (an official mmseg SeMask ``.pth``, a bare state dict)."""
     from ..models import load_checkpoint
+    from .config import load_preset
     from .state import read_metadata
     from .trainer import build_model
     path = Path(checkpoint)
@@ -64,13 +67,22 @@ def _load_model(checkpoint: str, device: torch.device):
         path = path / "model.safetensors" if (path / "model.safetensors").is_file() else path / "last.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    meta = read_metadata(path) if path.suffix == ".safetensors" else {}
-    if "config" not in meta:
-        raise ValueError(f"{path} has no stored training config; use a checkpoint written by semask-train")
-    cfg = from_dict(json.loads(meta["config"]), str(path))
+    if config is not None:
+        cfg = load_preset(config)
+    else:
+        meta = read_metadata(path) if path.suffix == ".safetensors" else {}
+        if "config" not in meta:
+            raise ValueError(f"{path} stores no training config (an official mmseg checkpoint or another "
+                             "file not written by semask-train): give the model's config with --config, "
+                             f"a preset ({', '.join(preset_names())}) or a JSON file")
+        cfg = from_dict(json.loads(meta["config"]), str(path))
     model = build_model(cfg, cfg.num_classes)
     load_checkpoint(model, path)
     return model.to(device).eval(), cfg
+
+
+CONFIG_HELP = ("the model's config, a preset name or JSON file (default: the one stored in the checkpoint; "
+               "needed for an official mmseg SeMask .pth)")
 
 
 def _device(name: str) -> torch.device:
@@ -83,7 +95,9 @@ def eval_main(argv=None) -> None:
     from .metrics import markdown_table
     parser = argparse.ArgumentParser(prog="semask-eval", description="Evaluate a semask-train checkpoint: "
                                      "mIoU, mAcc, per-class IoU and accuracy, pixel accuracy (JSON + markdown table).")
-    parser.add_argument("checkpoint", help="model.safetensors / last.safetensors or a run folder")
+    parser.add_argument("checkpoint", help="model.safetensors / last.safetensors, a run folder, or an "
+                        "official SeMask .pth (with --config)")
+    parser.add_argument("--config", default=None, help=CONFIG_HELP)
     parser.add_argument("--mode", choices=("whole", "slide", "ms_flip"), default=None,
                         help="inference mode (default: the training config's eval_mode)")
     parser.add_argument("--data-root", default=None, help="dataset root (default: the training config's)")
@@ -108,7 +122,10 @@ def eval_main(argv=None) -> None:
         parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
     if args.num_workers is not None and args.num_workers < 0:
         parser.error(f"--num-workers must be at least 0, got {args.num_workers}")
-    model, cfg = _load_model(args.checkpoint, device)
+    try:
+        model, cfg = _load_model(args.checkpoint, device, args.config)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
     from .config import parse_value
     mode = args.mode or cfg.eval_mode
     test_scale = parse_value("test_scale", args.test_scale) if args.test_scale is not None else cfg.test_scale
@@ -158,8 +175,10 @@ def infer_main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="semask-infer", description="Segment images: writes <name>.png "
                                      "(class ids as a palette PNG: the values are the ids, viewers show "
                                      "colours) and <name>_overlay.png (colour blend) per image.")
-    parser.add_argument("checkpoint", help="model.safetensors / last.safetensors or a run folder")
+    parser.add_argument("checkpoint", help="model.safetensors / last.safetensors, a run folder, or an "
+                        "official SeMask .pth (with --config)")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--config", default=None, help=CONFIG_HELP)
     parser.add_argument("--out-dir", default="predictions", help="output folder (default predictions/)")
     parser.add_argument("--mode", choices=("whole", "slide", "ms_flip"), default=None,
                         help="inference mode (default: the training config's eval_mode)")
@@ -192,7 +211,10 @@ def infer_main(argv=None) -> None:
     overwritten = sorted(str(o) for o in written if o in inputs)
     if overwritten:
         parser.error("outputs would overwrite inputs (choose another --out-dir): " + ", ".join(overwritten[:8]))
-    model, cfg = _load_model(args.checkpoint, device)
+    try:
+        model, cfg = _load_model(args.checkpoint, device, args.config)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
     if args.cuda_graphs:
         from .cuda_graphs import GraphedInference
         model = GraphedInference(model)

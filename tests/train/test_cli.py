@@ -6,9 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from semask.models import save_checkpoint
 from semask.train.cli import eval_main, infer_main, palette, train_main
+from semask.train.config import load_config
+from semask.train.trainer import build_model
 
 TINY = ["--variant", "micro", "--head-channels", "8", "--crop-size", "64,64", "--img-scale", "96,64",
         "--synthetic-size", "64,80", "--synthetic-train-size", "8", "--synthetic-val-size", "2",
@@ -82,8 +86,34 @@ def test_resume_without_checkpoint_and_bad_config(tmp_path, capsys):
     _usage_error(capsys, [*TINY, "--out-dir", str(run), "--resume"], "not a readable training state file")
     (run / "last.safetensors").write_bytes(b"{}")
     _usage_error(capsys, [*TINY, "--resume", str(run / "last.safetensors")], "not a readable training state")
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(SystemExit):
         eval_main([str(tmp_path / "missing.safetensors")])
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_eval_and_infer_take_an_official_checkpoint_with_its_config(tmp_path, capsys):
+    """An official mmseg SeMask .pth holds no config: refused without --config, naming it;
+    with --config it scores exactly as the same weights in our format with a stored config."""
+    cfg = load_config("synthetic_cpu", variant="micro", head_channels=8, synthetic_val_size=2,
+                      synthetic_size=(64, 80), progress=False)
+    config = tmp_path / "micro.json"
+    config.write_text(cfg.to_json())
+    torch.manual_seed(3)
+    model = build_model(cfg, cfg.num_classes).eval()
+    ours, official = tmp_path / "ours.safetensors", tmp_path / "semask_official.pth"
+    save_checkpoint(model, ours, {"config": cfg.to_json()})
+    torch.save({"meta": {"iter": 80000}, "state_dict": model.state_dict()}, official)
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(tmp_path / "im.png")
+    for main, extra in ((eval_main, []), (infer_main, [str(tmp_path / "im.png")])):
+        with pytest.raises(SystemExit):
+            main([str(official), *extra, "--out-dir" if main is infer_main else "--out", str(tmp_path / "x")])
+        assert "stores no training config" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    eval_main([str(ours), "--out", str(tmp_path / "ours.json")])
+    eval_main([str(official), "--config", str(config), "--out", str(tmp_path / "official.json")])
+    scored = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("ours", "official")]
+    assert scored[0]["pixels"] > 0 and scored[1]["confusion"] == scored[0]["confusion"]
+    infer_main([str(official), str(tmp_path / "im.png"), "--config", str(config), "--out-dir", str(tmp_path / "pred")])
+    assert np.asarray(Image.open(tmp_path / "pred" / "im.png")).shape == (40, 56)
 
 
 def test_palette_distinct():
@@ -94,8 +124,9 @@ def test_palette_distinct():
 @pytest.mark.parametrize("main, expected", [
     (train_main, ["synthetic_cpu", "ade20k_semask_tiny_fpn", "--resume", "torchrun", "--lr", "AdamW peak learning rate",
                   "--pretrained", "ImageNet Swin", "--eval-mode", "whole | slide | ms_flip"]),
-    (eval_main, ["mIoU, mAcc, per-class IoU and accuracy, pixel accuracy", "--mode {whole,slide,ms_flip}", "--data-root", "--split"]),
-    (infer_main, ["_overlay.png", "--out-dir", "--alpha", "--mode"]),
+    (eval_main, ["mIoU, mAcc, per-class IoU and accuracy, pixel accuracy", "--mode {whole,slide,ms_flip}", "--data-root", "--split",
+                "official mmseg SeMask .pth", "--num-workers"]),
+    (infer_main, ["_overlay.png", "--out-dir", "--alpha", "--mode", "official mmseg SeMask .pth"]),
 ])
 def test_help_texts(main, expected, capsys):
     with pytest.raises(SystemExit) as done:
