@@ -77,7 +77,12 @@ def _load_model(checkpoint: str, device: torch.device, config: str | None = None
                              f"a preset ({', '.join(preset_names())}) or a JSON file")
         cfg = from_dict(json.loads(meta["config"]), str(path))
     model = build_model(cfg, cfg.num_classes)
-    load_checkpoint(model, path)
+    report = load_checkpoint(model, path)
+    if report.missing:  # a backbone-only file (Swin ImageNet) would leave the head at its init
+        raise ValueError(f"{path} is not a whole model ({report.source}): it lacks {len(report.missing)} of "
+                         f"its tensors, e.g. {', '.join(report.missing[:3])}; an ImageNet backbone starts "
+                         "training (--pretrained), it cannot be evaluated")
+    print(report)
     return model.to(device).eval(), cfg
 
 

@@ -279,6 +279,8 @@ def config_errors(cfg: TrainConfig) -> list[str]:
 
 def from_dict(values: dict, where: str = "config") -> TrainConfig:
     """Build a config and check its values; keys starting with "_" are comments and ignored."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: a config is a JSON object of fields, got {type(values).__name__}")
     values = {k: v for k, v in values.items() if not k.startswith("_")}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - names)

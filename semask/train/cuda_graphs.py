@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 from typing import Callable
 
 import torch
@@ -28,6 +29,20 @@ from torch import Tensor, nn
 
 from ..ops.layer_norm import graph_capture
 from .inference import logits_of
+
+# The training capture in thread-local mode where torch offers it: in the default global
+# mode a CUDA call of another thread during the capture (a pinned loader's thread:
+# cudaHostAlloc, event queries) fails it. Without it, the trainer does not pin batches
+# under CUDA graphs (``pinned_batches_allowed``).
+THREAD_LOCAL_CAPTURE = ({"capture_error_mode": "thread_local"}
+                        if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters
+                        else {})
+
+
+def pinned_batches_allowed(cuda_graphs: bool) -> bool:
+    """Whether a training loader may pin its batches (in a thread of its own) alongside
+    the step's capture."""
+    return not cuda_graphs or bool(THREAD_LOCAL_CAPTURE)
 
 
 def graph_support_errors(device: torch.device, distributed: bool, compiled: bool,
@@ -83,7 +98,8 @@ def graphed_loss_step(model: nn.Module, images: Tensor, labels: Tensor,
     try:
         with on_device, torch.random.fork_rng(devices=cuda), _gc_paused(), graph_capture():
             graphed = torch.cuda.make_graphed_callables(_LossStep(model, autocast), static,
-                                                        allow_unused_input=True)  # e.g. frozen parts
+                                                        allow_unused_input=True,  # e.g. frozen parts
+                                                        **THREAD_LOCAL_CAPTURE)
     finally:  # also when the capture fails: the warm-ups moved the BatchNorm statistics
         with torch.no_grad():
             for name, b in model.named_buffers():

@@ -44,6 +44,9 @@ def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", 
         with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
             probs = predict_probs(runner, image, label.shape[-2:], mode, test_scale, ms_ratios, crop, stride,
                                   pad_multiple=pad_multiple)
+        if probs.shape[1] != num_classes:  # an index past the matrix: a device-side assert
+            raise ValueError(f"evaluate: the model predicts {probs.shape[1]} classes, the "
+                             f"evaluation counts {num_classes}")
         conf += confusion_matrix(probs.argmax(1), label, num_classes, checked=True)
     conf = all_reduce_sum(conf, info).cpu()
     model.train(was_training)

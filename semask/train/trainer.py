@@ -21,7 +21,7 @@ from ..data import DevicePrefetcher, TransformedDataset, build_raw_dataset, trai
 from ..models import SeMaskSwin, load_checkpoint, save_checkpoint
 from . import distributed
 from .config import TrainConfig
-from .cuda_graphs import graph_support_errors, graphed_loss_step
+from .cuda_graphs import graph_support_errors, graphed_loss_step, pinned_batches_allowed
 from .evaluate import evaluate
 from .metrics import markdown_table
 from .optim import build_optimizer, build_scheduler
@@ -191,7 +191,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     per_step = cfg.batch_size * cfg.accum_steps
     loader = train_loader(TransformedDataset(train_raw, transforms), cfg.batch_size, cfg.seed, info.rank,
                           info.world_size, start_iter * per_step, cfg.num_workers,
-                          pin_memory=info.device.type == "cuda")
+                          pin_memory=info.device.type == "cuda" and pinned_batches_allowed(cfg.cuda_graphs))
     batches = DevicePrefetcher(loader, info.device)
     graphed = None  # the CUDA-graphed loss step, captured on the first batch
     # RNG last: nothing above may draw from it after a resume (dropout / drop path use it)
@@ -303,12 +303,15 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     bar.close()
     train_s = time.perf_counter() - t_start
     it_per_s = (cfg.iters - start_iter) / max(time.perf_counter() - t_loop, 1e-9)
+    # not needed by the final evaluation: the last batches (and the one fetched ahead, on
+    # the device), the loader's workers and pinned buffers, and the training graphs' memory
+    # pool (a whole step's activations; make_graphed_callables' module sits in a reference
+    # cycle, so only a collection frees it)
+    batches = loader = images = labels = losses = loss = None
     if graphed is not None:
-        # the training graphs' memory pool (a whole step's activations) is not needed by the
-        # final evaluation; make_graphed_callables' module sits in a reference cycle, so only
-        # a collection frees it
-        graphed = losses = loss = None
+        graphed = None
         gc.collect()
+    if info.device.type == "cuda":
         torch.cuda.empty_cache()
 
     # final evaluation, artefacts

@@ -91,6 +91,24 @@ def test_resume_without_checkpoint_and_bad_config(tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+def test_eval_passes_num_workers_on(tmp_path, monkeypatch):
+    from semask.train import evaluate as evaluate_module
+    cfg = load_config("synthetic_cpu", variant="micro", head_channels=8, num_workers=3)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(build_model(cfg, cfg.num_classes), path, {"config": cfg.to_json()})
+    given = []
+
+    def record(*args, **kwargs):
+        given.append(kwargs["num_workers"])
+        raise KeyboardInterrupt  # enough: nothing to score
+
+    monkeypatch.setattr(evaluate_module, "evaluate", record)
+    for argv, workers in (([], 3), (["--num-workers", "1"], 1)):
+        with pytest.raises(KeyboardInterrupt):
+            eval_main([str(path), *argv])
+        assert given.pop() == workers
+
+
 def test_eval_and_infer_take_an_official_checkpoint_with_its_config(tmp_path, capsys):
     """An official mmseg SeMask .pth holds no config: refused without --config, naming it;
     with --config it scores exactly as the same weights in our format with a stored config."""
@@ -108,8 +126,19 @@ def test_eval_and_infer_take_an_official_checkpoint_with_its_config(tmp_path, ca
         with pytest.raises(SystemExit):
             main([str(official), *extra, "--out-dir" if main is infer_main else "--out", str(tmp_path / "x")])
         assert "stores no training config" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    backbone = tmp_path / "backbone_only.pth"  # loads into the backbone; the head would stay at its init
+    torch.save({"model": {k[len("backbone."):]: v for k, v in model.state_dict().items()
+                          if k.startswith("backbone.")}}, backbone)
+    not_a_config = tmp_path / "list.json"
+    not_a_config.write_text("[1, 2]")
+    for path, cfg_file, match in ((backbone, config, "is not a whole model"),
+                                  (official, not_a_config, "a config is a JSON object")):
+        with pytest.raises(SystemExit):
+            eval_main([str(path), "--config", str(cfg_file), "--out", str(tmp_path / "x")])
+        assert match in capsys.readouterr().err and not (tmp_path / "x").exists()
     eval_main([str(ours), "--out", str(tmp_path / "ours.json")])
     eval_main([str(official), "--config", str(config), "--out", str(tmp_path / "official.json")])
+    assert "checkpoint (semask_mmseg)" in capsys.readouterr().out
     scored = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("ours", "official")]
     assert scored[0]["pixels"] > 0 and scored[1]["confusion"] == scored[0]["confusion"]
     infer_main([str(official), str(tmp_path / "im.png"), "--config", str(config), "--out-dir", str(tmp_path / "pred")])

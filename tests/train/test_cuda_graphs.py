@@ -7,13 +7,15 @@ gradients on new inputs and draw its dropout masks, short runs (one resumed) tra
 eager one, and replayed eval forwards give the eager logits.
 """
 import contextlib
+import inspect
 
 import pytest
 import torch
 
 import semask
 from semask.ops import layer_norm
-from semask.train.cuda_graphs import graph_support_errors, graphed_loss_step
+from semask.train import cuda_graphs as cg
+from semask.train.cuda_graphs import graph_support_errors, graphed_loss_step, pinned_batches_allowed
 from semask.train.plot import read_metrics
 from semask.train.trainer import train
 
@@ -24,6 +26,14 @@ def test_unsupported_settings_are_named():
     assert len(graph_support_errors(cuda, True, True, True, 2)) == 4
     why = " ".join(graph_support_errors(cpu, False, False, False, 1))
     assert "CUDA device" in why
+
+
+def test_batches_are_pinned_under_graphs_only_with_a_thread_local_capture(monkeypatch):
+    assert pinned_batches_allowed(False)
+    monkeypatch.setattr(cg, "THREAD_LOCAL_CAPTURE", {})
+    assert not pinned_batches_allowed(True) and pinned_batches_allowed(False)
+    monkeypatch.setattr(cg, "THREAD_LOCAL_CAPTURE", {"capture_error_mode": "thread_local"})
+    assert pinned_batches_allowed(True)
 
 
 def test_refused_on_cpu_before_anything_is_written(tmp_path, tiny_config):
@@ -40,13 +50,19 @@ def test_capture_leaves_inputs_statistics_and_rng_as_they_were(monkeypatch):
     layer_norm.graph_capture."""
     calls = []
 
-    def capture(module, sample_args, allow_unused_input):
+    def capture(module, sample_args, allow_unused_input, **kwargs):
         assert layer_norm._captures == 1  # fused models' LayerNorms take the Triton kernels
+        # thread-local where torch has it: a pinning loader thread's CUDA calls would fail a
+        # global-mode capture
+        assert kwargs == cg.THREAD_LOCAL_CAPTURE
+        if "capture_error_mode" in inspect.signature(real_capture).parameters:
+            assert kwargs == {"capture_error_mode": "thread_local"}
         module(*sample_args)
         sample_args[0].add_(1.0)  # a replay copies new inputs into the static ones
         calls.append(sample_args)
         return module
 
+    real_capture = torch.cuda.make_graphed_callables
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
     torch.manual_seed(0)
     model = semask.SeMaskSwin("micro", num_classes=5, head_channels=16, drop_path_rate=0.3).train()
@@ -79,7 +95,7 @@ def test_capture_leaves_inputs_statistics_and_rng_as_they_were(monkeypatch):
 def test_failed_capture_leaves_the_statistics_as_they_were(monkeypatch):
     """The warm-up runs move the BatchNorm statistics; a capture that fails afterwards
     still puts them back."""
-    def capture(module, sample_args, allow_unused_input):
+    def capture(module, sample_args, allow_unused_input, **kwargs):
         module(*sample_args)
         raise RuntimeError("capture failed")
 
@@ -198,12 +214,14 @@ def test_gpu_training_run_with_cuda_graphs(tmp_path, tiny_config, amp):
     capture puts the RNG state back, so replays draw the eager run's masks), and so does a
     run with graphs stopped after two iterations and resumed (captured again on resuming).
     fp16: the GradScaler's scaled loss enters the graphed backward; an evaluation at
-    iteration 2 runs between replays."""
+    iteration 2 runs between replays. The graphed runs load with worker processes, whose
+    batches a thread pins (CUDA calls) while the step is captured."""
     kw = dict(iters=4, device="cuda", amp=amp, eval_interval=2)
     train(tiny_config(tmp_path / "eager", **kw))
-    train(tiny_config(tmp_path / "graphs", cuda_graphs=True, **kw))
-    train(tiny_config(tmp_path / "split", cuda_graphs=True, **kw), stop_at=2)
-    train(tiny_config(tmp_path / "split", cuda_graphs=True, **kw), resume=str(tmp_path / "split"))
+    kw.update(cuda_graphs=True, num_workers=2)
+    train(tiny_config(tmp_path / "graphs", **kw))
+    train(tiny_config(tmp_path / "split", **kw), stop_at=2)
+    train(tiny_config(tmp_path / "split", **kw), resume=str(tmp_path / "split"))
     eager, graphs, split = (_losses(tmp_path / d) for d in ("eager", "graphs", "split"))
     assert len(graphs) == len(split) == 4
     assert graphs == pytest.approx(eager, rel=5e-3)

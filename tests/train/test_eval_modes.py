@@ -3,6 +3,8 @@ scale-invariant by construction: a 1x1 convolution (identity on the normalised R
 channels). Bilinear resizing commutes with a per-pixel affine map, so every mode must
 reproduce the whole-image result, except within a few pixels of colour edges, where
 down- and up-sampling blurs."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -88,6 +90,32 @@ def test_evaluate_with_loader_workers_counts_the_same():
     plain = evaluate(model, samples, K, "cpu", "whole")
     assert 0 < plain["mIoU"] < 1  # off-diagonal counts to get right
     assert evaluate(model, samples, K, "cpu", "whole", num_workers=1)["confusion"] == plain["confusion"]
+
+
+def test_evaluate_refuses_a_model_of_another_class_count():
+    samples = [quadrant_sample(0)[:2] + ("s0",)]
+    with pytest.raises(ValueError, match="predicts 3 classes, the evaluation counts 4"):
+        evaluate(colour_model(), samples, K + 1, "cpu", "whole")
+
+
+@pytest.mark.gpu
+def test_gpu_evaluate_does_not_wait_for_the_gpu_per_image():
+    """The loop queues image after image: the synchronising calls (flagged by the sync
+    debug mode) are as many for three images as for one."""
+    samples = [quadrant_sample(s)[:2] + (f"s{s}",) for s in range(3)]
+    model = _mixing_model().cuda()
+    evaluate(model, samples[:1], K, "cuda", "whole")  # lazy initialisation out of the way
+    counts = []
+    for n in (1, 3):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                evaluate(model, samples[:n], K, "cuda", "whole")
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in seen))
+    assert counts[0] == counts[1], counts
 
 
 @pytest.mark.gpu

@@ -59,12 +59,12 @@ def test_bad_inputs():
 
 @pytest.mark.parametrize("checked", [False, True])
 def test_confusion_counts_every_pixel_pair(checked):
-    g = torch.Generator().manual_seed(1)
-    target = torch.randint(0, 5, (3, 17, 23), generator=g)
+    g, K = torch.Generator().manual_seed(1), 20  # uint8 labels: t * K + p overflows 8 bits
+    target = torch.randint(0, K, (3, 17, 23), generator=g)
     target[torch.rand(target.shape, generator=g) < 0.2] = 255
-    pred = torch.randint(0, 5, target.shape, generator=g)
-    expected = [[0] * 5 for _ in range(5)]
+    pred = torch.randint(0, K, target.shape, generator=g)
+    expected = [[0] * K for _ in range(K)]
     for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
         if t != 255:
             expected[t][p] += 1
-    assert confusion_matrix(pred, target.to(torch.uint8), 5, checked=checked).tolist() == expected
+    assert confusion_matrix(pred, target.to(torch.uint8), K, checked=checked).tolist() == expected
