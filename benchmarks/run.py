@@ -426,16 +426,33 @@ def run_isolated(args, cases) -> dict:
     return results
 
 
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # gone already
+        pass
+
+
 def _run_child(argv: list[str], timeout: float | None) -> str | None:
     """Run one provider's process (its own session, so a kill takes its compile workers
-    too); the reason its records may be missing, or None."""
+    too); the reason its records may be missing, or None. A SIGTERM to this process (a
+    time limit around the benchmark) kills the child's group too: in a session of its own
+    it would otherwise go on using the GPU."""
     proc = subprocess.Popen(argv, start_new_session=True)
+
+    def terminate(signum, frame):
+        _kill_group(proc.pid)
+        sys.exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc.pid)
         proc.wait()
         return f"provider process killed after {timeout:.0f} s"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return f"provider process exited with code {rc}" if rc else None
 
 

@@ -6,8 +6,10 @@ them in the interpreter on the (small) op cases; until then it is skipped with t
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -145,3 +147,35 @@ def test_report_files(quick):
     assert "CPU numbers" in md and "Model FLOPs" in md
     for name in ("speedup.png", "memory.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_terminated_benchmark_takes_its_isolated_child_along(tmp_path):
+    """A time limit's SIGTERM to run.py (the GPU suite's `timeout`) also kills the provider
+    process, which runs in a session of its own and would go on using the GPU."""
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    parent = ("import sys; sys.path.insert(0, {repo!r}); from benchmarks.run import _run_child; "
+              "_run_child([sys.executable, '-c', {child!r}], 120)").format(repo=REPO, child=child)
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _alive(pid)
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, killed but not yet reaped by init, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
