@@ -56,3 +56,20 @@ def test_gpu_prefetcher_copies_pinned_batches_and_orders_the_streams():
         sums = torch.stack([images.double().sum(), labels.double().sum()])  # on the current stream
         assert sums.tolist() == [images_ref.double().sum().item(), labels_ref.double().sum().item()]
         assert torch.equal(images.cpu(), images_ref) and torch.equal(labels.cpu(), labels_ref)
+
+
+@pytest.mark.gpu
+def test_gpu_batch_memory_is_not_reused_while_the_current_stream_reads_it():
+    """The next batch's copy, on the side stream, must not land in the memory of a batch
+    that the current stream's queued work still reads (record_stream): the read is held up
+    by a sleep, the batch is released, the next one is fetched."""
+    direct = iter(_loader())
+    first = next(direct)
+    prefetcher = DevicePrefetcher(_loader(pin_memory=True), "cuda")
+    images, labels, _ = prefetcher.next()
+    torch.cuda._sleep(100_000_000)
+    snapshot = (images.clone(), labels.clone())  # queued behind the sleep
+    del images, labels
+    prefetcher.prefetch()
+    torch.cuda.synchronize()
+    assert torch.equal(snapshot[0].cpu(), first[0]) and torch.equal(snapshot[1].cpu(), first[1])
