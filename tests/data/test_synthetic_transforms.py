@@ -134,6 +134,25 @@ def test_pad_and_cat_max_ratio_crop():
     assert balanced >= 25
 
 
+def test_cat_max_ratio_leaves_ignored_pixels_out(monkeypatch):
+    """mmseg's RandomCrop: the class ratio counts labelled pixels only (np.unique's counts
+    without the ignore index), and a crop with a single class (or none) is redrawn. A label
+    80% ignored with classes 0 and 1 at 10% each: every crop is balanced (0.5 < 0.75), so the
+    first draw is kept; counting the 255s (0.8) would redraw 10 times."""
+    label = torch.full((50, 50), 255, dtype=torch.long)
+    label[:5], label[5:10] = 0, 1
+    crop = CatMaxRatioCrop((50, 50), 0.75)
+    draws = []
+    real = crop._offsets
+    monkeypatch.setattr(crop, "_offsets", lambda h, w: draws.append(1) or real(h, w))
+    crop(torch.zeros(3, 50, 50), tv_tensors.Mask(label))
+    assert len(draws) == 1
+    # nothing but ignored pixels in every crop: redrawn up to 10 times, then kept, no error
+    draws.clear()
+    out = crop(torch.zeros(3, 80, 80), tv_tensors.Mask(torch.full((80, 80), 255)))[1]
+    assert out.shape == (50, 50) and len(draws) == 11
+
+
 def test_sampler_shards_and_resumes():
     full = InfiniteShardedSampler(7, seed=1)
     it = iter(full)

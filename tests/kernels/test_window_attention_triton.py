@@ -13,6 +13,7 @@ from semask.kernels import window_attention as kernels
 from semask.ops import BackendUnavailable
 from semask.ops.reference import (pad_to_multiple, window_attention_lse_reference,
                                   window_attention_reference)
+from rule import check_rule
 from sm90 import compile_sm90, replicated_mma_tiles, run_without_interpreter, spill_bytes
 
 wa_op = importlib.import_module("semask.ops.window_attention")  # the name is shadowed in semask.ops
@@ -93,6 +94,29 @@ def test_fp32_forward_backward_match_reference(case):
                             ("dtable", dtable, dtable_ref)):
         assert max_rel_err(got, want) < 1e-5, name
 
+
+@pytest.mark.xfail(strict=True, reason="known defect: the backward recomputes P = exp2(s - lse "
+                   "* log2 e) with lse stored in natural units; the round trip's per-row error "
+                   "(~1e-4 at lse ~400) passes through D = rowsum(P dP) into dq and dk, 16x the "
+                   "fp32 reference's error at score std ~100 (3x+ from std ~30)")
+def test_fp32_large_scores_shifted_window_12():
+    """Scores of std ~100 (q and k scaled by 7): masked keys (-100) across shift regions
+    still take real weight where they out-score a row's own region by more than ~20, as in
+    the official Swin; row maxima often lie in the 16-key tail tile, and exp2 overflows if
+    a tile's max is left out. fp32 kernels by the accuracy rule (scores of ~300 lose
+    digits in fp32) against float64 autograd, with the fp32 reference as the same-dtype
+    run."""
+    heads, head_dim, window, shift = 1, 32, 12, 6
+    scale = head_dim ** -0.5
+    qkv, table = make_inputs(1, 24, 24, heads, head_dim, window)
+    qkv[..., :2 * heads * head_dim] *= 7.0
+    dout = torch.randn(1, 24, 24, heads * head_dim, dtype=torch.float64)
+    truth = reference_grads(qkv, table, dout, heads, window, shift, scale)
+    fp32 = reference_grads(qkv.float(), table.float(), dout.float(), heads, window, shift, scale)
+    out, _, dqkv, dtable = run_kernels(qkv.float(), table.float(), dout.float(), heads,
+                                       window, shift, scale)
+    for name, got, same, want in zip(("out", "dqkv", "dtable"), (out, dqkv, dtable), fp32, truth):
+        check_rule(name, got, same, want, torch.float32)
 
 def test_forward_row_tail_with_masked_rows(monkeypatch):
     """Window 9 forward in 64-row blocks: the last block's 17 rows run as a 32-row tile

@@ -252,3 +252,83 @@ def test_saved_files_follow_the_umask(tmp_path):
 def test_directory_is_not_a_checkpoint(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a directory"):
         semask.load_checkpoint(micro(), tmp_path)
+
+
+def _keys_cubic_resize(grid, new: int):
+    """Independent bicubic resize of the last two axes of a float64 numpy array, as
+    F.interpolate(mode="bicubic", align_corners=False): half-pixel centres, Keys' cubic
+    convolution with a = -0.75, borders clamped (one axis at a time)."""
+    import numpy as np
+
+    def weights(t):
+        a = -0.75
+        t = abs(t)
+        if t <= 1:
+            return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+        if t < 2:
+            return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+        return 0.0
+
+    def axis(x, ax):
+        old = x.shape[ax]
+        out = np.zeros(x.shape[:ax] + (new,) + x.shape[ax + 1:])
+        for i in range(new):
+            src = (i + 0.5) * old / new - 0.5
+            base = int(np.floor(src))
+            acc = 0
+            for tap in range(base - 1, base + 3):
+                acc = acc + weights(src - tap) * np.take(x, min(max(tap, 0), old - 1), axis=ax)
+            out[(slice(None),) * ax + (i,)] = acc
+        return out
+
+    return axis(axis(grid, grid.ndim - 2), grid.ndim - 1)
+
+
+def test_table_resize_is_bicubic_with_half_pixel_centres():
+    """Window 7 -> 12 (13 x 13 -> 23 x 23 grid), every entry against an independent bicubic
+    (the centre alone holds for align_corners True as well)."""
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(13 * 13, 3, generator=g, dtype=torch.float64)
+    grid = table.T.reshape(3, 13, 13).numpy()
+    want = torch.from_numpy(_keys_cubic_resize(grid, 23)).reshape(3, -1).T
+    torch.testing.assert_close(resize_relative_position_table(table, 12), want,
+                               rtol=1e-5, atol=1e-5)  # resized in fp32
+
+
+def test_state_dict_keys_are_the_official_semask_layout():
+    """The keys of SeMask-T FPN (K 150) against the official mmseg layout written out from
+    SEMASK_SPEC.md and mmseg's FPNHead (scale head i: ConvModule 'conv' + 'bn' at every
+    second index when it upsamples), not from the model: a renamed attribute would load
+    official files only through the converter's guesswork."""
+    depths = (2, 2, 6, 2)
+    want = {f"backbone.patch_embed.{m}.{p}" for m in ("proj", "norm") for p in ("weight", "bias")}
+    for i, depth in enumerate(depths):
+        pre = f"backbone.layers.{i}"
+        for j in range(depth):
+            blk = f"{pre}.blocks.{j}"
+            want |= {f"{blk}.{m}.{p}" for m in ("norm1", "norm2", "attn.qkv", "attn.proj",
+                                                 "mlp.fc1", "mlp.fc2") for p in ("weight", "bias")}
+            want |= {f"{blk}.attn.relative_position_bias_table",
+                     f"{blk}.attn.relative_position_index"}
+        inj = f"{pre}.semantic_layer.class_injection.0"
+        want |= {f"{inj}.{m}.{p}" for m in ("mlp_cls_q", "mlp_cls_k", "mlp_v", "mlp_res")
+                 for p in ("weight", "bias")}
+        want |= {f"{inj}.gamma", f"{pre}.semantic_layer.norm1.weight",
+                 f"{pre}.semantic_layer.norm1.bias", f"backbone.norm{i}.weight",
+                 f"backbone.norm{i}.bias"}
+        if i < 3:
+            want |= {f"{pre}.downsample.reduction.weight", f"{pre}.downsample.norm.weight",
+                     f"{pre}.downsample.norm.bias"}
+    for i, convs in enumerate((1, 1, 2, 3)):
+        for n in range(convs):
+            idx = 2 * n if i > 0 else 0
+            base = f"decode_head.scale_heads.{i}.{idx}"
+            want |= {f"{base}.conv.weight"} | {f"{base}.bn.{p}" for p in (
+                "weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    want |= {"decode_head.conv_seg.weight", "decode_head.conv_seg.bias"}
+    sd = semask.SeMaskSwin("tiny", num_classes=150).state_dict()
+    assert set(sd) == want, (sorted(set(sd) - want)[:5], sorted(want - set(sd))[:5])
+    assert sd["backbone.layers.0.semantic_layer.class_injection.0.gamma"].shape == (1,)
+    assert sd["backbone.layers.1.downsample.reduction.weight"].shape == (384, 768)
+    assert sd["backbone.layers.2.blocks.0.attn.relative_position_bias_table"].shape == (169, 12)
+    assert sd["decode_head.conv_seg.weight"].shape == (150, 256, 1, 1)

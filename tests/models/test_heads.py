@@ -88,3 +88,26 @@ def test_fused_head_and_decoder_trace_in_one_graph():
     out, total = compiled(feats, priors)
     torch.testing.assert_close(out, head(feats), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(total, semantic_decoder(priors), rtol=1e-5, atol=1e-6)
+
+
+def test_fpn_head_drops_channels_of_the_sum_before_the_classifier():
+    """Train mode: Dropout2d(0.1) on the summed 256-channel map, then the 1x1 classifier (as
+    mmseg's cls_seg), against the same computation by hand with the same random draw; the
+    classifier's bias set non-zero, so dropping its output channels instead would show."""
+    torch.manual_seed(0)
+    head = FPNHead([8, 16, 32, 64], num_classes=5, channels=16).train()
+    with torch.no_grad():
+        head.conv_seg.bias.uniform_(1.0, 2.0)
+    feats = features(SIZES["chain"], [8, 16, 32, 64], torch.float64)
+    head = head.double()
+    summed = head.scale_heads[0](feats[0])
+    for scale_head, feat in zip(head.scale_heads[1:], feats[1:]):
+        summed = summed + torch.nn.functional.interpolate(scale_head(feat), summed.shape[2:],
+                                                          mode="bilinear", align_corners=False)
+    torch.manual_seed(1)
+    want = head.conv_seg(torch.nn.functional.dropout2d(summed, 0.1, training=True))
+    # scale heads again (their BatchNorm statistics moved once more: the batch statistics,
+    # which train mode uses, are the same)
+    torch.manual_seed(1)
+    got = head(feats)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

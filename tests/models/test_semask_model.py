@@ -360,3 +360,29 @@ def test_patch_merging_equals_official_strided_concat(H, W):
     got_grad, = torch.autograd.grad(captured["x"], x, g)
     want_grad, = torch.autograd.grad(want, x, g)
     assert torch.equal(got_grad, want_grad)
+
+
+@pytest.mark.parametrize("variant,window", [("tiny", 7), ("base", 12)])
+def test_blocks_and_semantic_layers_as_the_spec(variant, window):
+    """SEMASK_SPEC: W-MSA and SW-MSA alternate, the odd blocks shifted by window // 2 (the
+    fused-against-reference comparisons share any mistake here); every semantic layer starts
+    with gamma = 0 and drops its mlp_res output with p = 0.1 in training."""
+    model = semask.SeMaskSwin(variant, num_classes=150)
+    depths = {"tiny": (2, 2, 6, 2), "base": (2, 2, 18, 2)}[variant]
+    for layer, depth in zip(model.backbone.layers, depths):
+        assert [blk.attn.shift for blk in layer.blocks] == [0, window // 2] * (depth // 2)
+        assert all(blk.attn.window == window for blk in layer.blocks)
+        injection = layer.semantic_layer.class_injection[0]
+        assert torch.equal(injection.gamma, torch.zeros(1))
+        assert isinstance(injection.proj_drop, torch.nn.Dropout) and injection.proj_drop.p == 0.1
+
+
+def test_fresh_semantic_layer_passes_its_normed_input_on():
+    """gamma = 0 at init: the stage output is LN(x) exactly (the residual is on LN(x),
+    not on x), whatever the attention computes."""
+    torch.manual_seed(0)
+    layer = semask.SeMaskSwin("micro", num_classes=5).backbone.layers[0].semantic_layer.eval()
+    x = torch.randn(1, 14, 14, layer.norm1.normalized_shape[0])
+    out = layer(x)[0]
+    torch.testing.assert_close(out, torch.nn.functional.layer_norm(
+        x, layer.norm1.normalized_shape, layer.norm1.weight, layer.norm1.bias, layer.norm1.eps))

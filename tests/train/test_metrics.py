@@ -49,6 +49,15 @@ def test_best_constant_baseline():
     assert summarize(confusion_matrix(torch.zeros_like(target), target, 3))["mIoU"] == pytest.approx(miou)
 
 
+def test_best_constant_baseline_averages_over_present_classes():
+    # class 2 never labelled: the mean runs over the 2 present classes (mmseg's nanmean)
+    conf = torch.tensor([[6, 0, 0], [0, 4, 0], [0, 0, 0]])
+    cls, miou = best_constant_miou(conf)
+    assert cls == 0 and miou == pytest.approx(0.6 / 2)
+    target = torch.tensor([0] * 6 + [1] * 4)
+    assert summarize(confusion_matrix(torch.zeros_like(target), target, 3))["mIoU"] == pytest.approx(miou)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="differ in shape"):
         confusion_matrix(torch.zeros(2, 3), torch.zeros(3, 2), 2)
