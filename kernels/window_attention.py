@@ -60,13 +60,18 @@ q, k and the saved lse:
     dtable[index(i, j), head] += sum over batch and windows of dS(i, j).
 D equals flash attention's rowsum(dO * O) (since O = P v); as a program holds whole score
 rows it is taken from P and dP in fp32, so the rounding of a fp16/bf16 ``out`` never enters
-dS (``out`` is not read). ``_window_bwd_dq_kernel`` (query rows x all keys) writes dq straight into
+dS (``out`` is not read). The recomputed P is divided by its row sum (which the exact P has
+equal to 1): lse, stored in natural units and taken back to log2 units, is off by up to
+~1e-4 per row in fp32 at lse ~400, and through D a row-wide error of P enters dq and dk many
+times over (16x the fp32 reference's error at score std ~100 before this).
+``_window_bwd_dq_kernel`` (query rows x all keys) writes dq straight into
 dqkv at the shifted positions and sums dS over its windows in registers, then adds that
 tile to an fp32 [(2w-1)^2, heads] buffer with one masked ``tl.atomic_add`` per program
 (duplicate indices inside the tile are summed by the atomics), cast to the table's dtype at
 the end. When one query block covers the window (w = 7 in half precision) it also writes dk and dv;
-otherwise it stores D (fp32, lse's layout) and ``_window_bwd_dkdv_kernel`` (key rows x all
-queries, the transposed tile) writes dk and dv. The atomics make dtable's last bits depend
+otherwise it stores D and log2 of the row sums (fp32, lse's layout) and
+``_window_bwd_dkdv_kernel`` (key rows x all queries, the transposed tile; P normalised as
+the dq kernel's) writes dk and dv. The atomics make dtable's last bits depend
 on the order of programs.
 
 Limits: head_dim in {16, 32, 64}; window <= 16 (N <= 256); qkv fp32/fp16/bf16, table
@@ -288,7 +293,7 @@ def _probs(q, k, v, do, bias, q_y, q_x, k_y, k_x, ey, ex, row_lse, ok, scale_log
 
 
 @triton.jit
-def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, scale_log2,
+def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, norm, dqkv, dtable, scale, scale_log2,
                           n_windows, nW, nWw, Hp, Wp, H, W, shift, wpp,
                           HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
@@ -335,7 +340,6 @@ def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, sca
         row_lse = tl.load(lse + stat_rows, mask=q_ok, other=0.0)
         p, dp = _probs(q, k, v, do, bias, q_y, q_x, k_y, k_x, ey, ex, row_lse,
                        q_ok[:, None] & k_ok[None, :], scale_log2, SHIFTED, DOT_PREC, UPCAST)
-        row_delta = tl.sum(p * dp, 1)  # = rowsum(dO * O), without O's rounding
         if TAIL:
             k2_rows = _window_rows(wid, cols2, nW, nWw, Hp, Wp, shift, WINDOW, SHIFTED)
             k2_ok = col2_ok & live
@@ -343,6 +347,17 @@ def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, sca
             v2 = _head_rows(qkv, k2_rows, k2_ok, 2 * C, 3 * C, h, HEAD_DIM)
             p2, dp2 = _probs(q, k2, v2, do, bias2, q_y, q_x, k2_y, k2_x, ey, ex, row_lse,
                              q_ok[:, None] & k2_ok[None, :], scale_log2, SHIFTED, DOT_PREC, UPCAST)
+        # P renormalised by its recomputed row sum: lse, stored in natural units and taken
+        # back to log2 units, is off by ~1e-4 per row at lse ~400 (fp32), and D below passes
+        # a row-wide error of P into dS = P (dP - D) many times over
+        row_sum = tl.sum(p, 1)
+        if TAIL:
+            row_sum += tl.sum(p2, 1)
+        row_sum = tl.where(row_sum > 0, row_sum, 1.0)  # rows of padding or masked windows
+        p = p / row_sum[:, None]
+        row_delta = tl.sum(p * dp, 1)  # = rowsum(dO * O), without O's rounding
+        if TAIL:
+            p2 = p2 / row_sum[:, None]
             row_delta += tl.sum(p2 * dp2, 1)
         ds = p * (dp - row_delta[:, None])
         dbias += ds
@@ -364,24 +379,26 @@ def _window_bwd_dq_kernel(dout, qkv, table, lse, delta, dqkv, dtable, scale, sca
                 _store_head_rows(dqkv, dv2, k2_rows, k2_ok, 2 * C, 3 * C, h, HEAD_DIM)
         else:
             tl.store(delta + stat_rows, row_delta, mask=q_ok)
+            tl.store(norm + stat_rows, tl.log2(row_sum), mask=q_ok)
     tl.atomic_add(dtable + index, dbias, mask=tile_ok)
     if TAIL:
         tl.atomic_add(dtable + index2, dbias2, mask=tile2_ok)
 
 
 @triton.jit
-def _key_grads(k, v, q, do, bias, k_y, k_x, q_y, q_x, ey, ex, col_lse, col_delta, ok, scale_log2,
-               SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _key_grads(k, v, q, do, bias, k_y, k_x, q_y, q_x, ey, ex, col_lse, col_norm, col_delta, ok,
+               scale_log2, SHIFTED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     """Key-major tile (keys x queries): the unscaled dk = dS^T q and dv = P^T dO terms of
     these queries, fp32."""
     s_t = _scores(k, q, bias, k_y, k_x, q_y, q_x, ey, ex, scale_log2, SHIFTED, DOT_PREC, UPCAST)
-    p_t = tl.where(ok, tl.exp2(s_t - col_lse[None, :] * _LOG2E), 0.0)
+    # normalised as the dq kernel's P (col_norm: log2 of its recomputed row sums)
+    p_t = tl.where(ok, tl.exp2(s_t - col_lse[None, :] * _LOG2E - col_norm[None, :]), 0.0)
     ds_t = p_t * (dot(v, tl.trans(do), DOT_PREC, UPCAST) - col_delta[None, :])
     return dot(ds_t.to(q.dtype), q, DOT_PREC, UPCAST), dot(p_t.to(do.dtype), do, DOT_PREC, UPCAST)
 
 
 @triton.jit
-def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log2,
+def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, norm, dqkv, scale, scale_log2,
                             n_windows, nW, nWw, Hp, Wp, H, W, shift, wpp,
                             HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
@@ -425,6 +442,7 @@ def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log
         do = _head_rows(dout, q_out, q_ok & q_in, 0, C, h, HEAD_DIM)
         dk, dv = _key_grads(k, v, q, do, bias, k_y, k_x, q_y, q_x, ey, ex,
                             tl.load(lse + stats + queries, mask=q_ok, other=0.0),
+                            tl.load(norm + stats + queries, mask=q_ok, other=0.0),
                             tl.load(delta + stats + queries, mask=q_ok, other=0.0),
                             k_ok[:, None] & q_ok[None, :], scale_log2, SHIFTED, DOT_PREC, UPCAST)
         if TAIL:
@@ -436,6 +454,7 @@ def _window_bwd_dkdv_kernel(dout, qkv, table, lse, delta, dqkv, scale, scale_log
             do2 = _head_rows(dout, q2_out, q2_ok & q2_in, 0, C, h, HEAD_DIM)
             dk2, dv2 = _key_grads(k, v, q2, do2, bias2, k_y, k_x, q2_y, q2_x, ey, ex,
                                   tl.load(lse + stats + queries2, mask=q2_ok, other=0.0),
+                                  tl.load(norm + stats + queries2, mask=q2_ok, other=0.0),
                                   tl.load(delta + stats + queries2, mask=q2_ok, other=0.0),
                                   k_ok[:, None] & q2_ok[None, :], scale_log2, SHIFTED, DOT_PREC,
                                   UPCAST)
@@ -578,11 +597,12 @@ def backward(dout: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor, out: to
     # D (lse's layout) is only stored for the dk/dv pass; with one query block the argument
     # is a placeholder the kernel never touches.
     delta = torch.empty_like(lse) if num_qb > 1 else lse
+    norm = torch.empty_like(lse) if num_qb > 1 else lse
     with on_device(qkv):
-        _window_bwd_dq_kernel[grid](dout, qkv, table, lse, delta, dqkv, dtable, scale,
+        _window_bwd_dq_kernel[grid](dout, qkv, table, lse, delta, norm, dqkv, dtable, scale,
                                     scale * LOG2E, *geometry, NUM_QB=num_qb,
                                     WITH_DKDV=num_qb == 1, **common)
         if num_qb > 1:
-            _window_bwd_dkdv_kernel[grid](dout, qkv, table, lse, delta, dqkv, scale,
+            _window_bwd_dkdv_kernel[grid](dout, qkv, table, lse, delta, norm, dqkv, scale,
                                           scale * LOG2E, *geometry, NUM_KB=num_qb, **common)
     return dqkv, dtable.to(table.dtype)
