@@ -98,8 +98,7 @@ def test_fp32_forward_backward_match_reference(case):
 def test_fp32_large_scores_shifted_window_12():
     """Scores of std ~100 (q and k scaled by 7): masked keys (-100) across shift regions
     still take real weight where they out-score a row's own region by more than ~20, as in
-    the official Swin; row maxima often lie in the 16-key tail tile, and exp2 overflows if
-    a tile's max is left out; and the backward's P, recomputed from lse, must sum to 1 per
+    the official Swin; and the backward's P, recomputed from lse, must sum to 1 per
     row (a row-wide error passes through D into dq and dk many times over: 16x the fp32
     reference's error before the renormalisation). fp32 kernels by the accuracy rule
     (scores of ~300 lose digits in fp32) against float64 autograd, with the fp32 reference
@@ -116,6 +115,25 @@ def test_fp32_large_scores_shifted_window_12():
                                        window, shift, scale)
     for name, got, same, want in zip(("out", "dqkv", "dtable"), (out, dqkv, dtable), fp32, truth):
         check_rule(name, got, same, want, torch.float32)
+
+def test_tail_key_dominates_every_row():
+    """Window 12 (keys 128 + 16): a key of the 16-key tail tile out-scores every other key
+    by ~170 (245 in log2 units), so each row's max lies in the tail tile and exp2 of a
+    head-tile-only max would overflow. Softmax is then one-hot on that key: by hand, every
+    query's output is that key's v, to fp32 rounding (the other weights are < e^-150)."""
+    torch.manual_seed(1)
+    heads, head_dim, window = 2, 32, 12
+    C = heads * head_dim
+    qkv = torch.randn(1, 12, 12, 3 * C)
+    u = torch.ones(C)
+    qkv[..., :C] = u + 0.1 * torch.randn(1, 12, 12, C)     # q close to u
+    key = (11, 8)                                          # token 140 >= 128: the tail tile
+    qkv[0, key[0], key[1], C:2 * C] = 30 * u
+    table = torch.randn((2 * window - 1) ** 2, heads)
+    out, _ = kernels.forward(qkv, table, heads, window, 0, head_dim ** -0.5, 12, 12)
+    v_key = qkv[0, key[0], key[1], 2 * C:]
+    torch.testing.assert_close(out, v_key.expand_as(out), rtol=1e-6, atol=1e-6)
+
 
 def test_forward_row_tail_with_masked_rows(monkeypatch):
     """Window 9 forward in 64-row blocks: the last block's 17 rows run as a 32-row tile
