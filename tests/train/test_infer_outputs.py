@@ -1,0 +1,31 @@
+"""Proposed additions to tests/train/test_cli.py."""
+import numpy as np
+from PIL import Image
+
+from semask.models import save_checkpoint
+from semask.train.cli import infer_main, palette
+from semask.train.config import load_config
+from semask.train.trainer import build_model
+
+
+def test_palette_is_the_pascal_colour_map_from_its_second_entry():
+    # PASCAL VOC colours 1..6 (class k gets VOC colour k + 1), by hand
+    assert palette(6).tolist() == [[128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128],
+                                   [128, 0, 128], [0, 128, 128]]
+    assert palette(9)[7].tolist() == [64, 0, 0]  # VOC colour 8
+
+
+def test_infer_overlay_blends_with_alpha(tmp_path):
+    """overlay = (1 - alpha) * image + alpha * colour of the predicted class (alpha 0.25)."""
+    cfg = load_config("synthetic_cpu", variant="micro", head_channels=8)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(build_model(cfg, cfg.num_classes), ckpt, {"config": cfg.to_json()})
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "im.png")
+    infer_main([str(ckpt), str(tmp_path / "im.png"), "--out-dir", str(tmp_path / "out"), "--alpha", "0.25",
+                "--device", "cpu"])
+    ids = np.asarray(Image.open(tmp_path / "out" / "im.png"))
+    overlay = np.asarray(Image.open(tmp_path / "out" / "im_overlay.png")).astype(np.int64)
+    colours = np.array([[128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128], [128, 0, 128], [0, 128, 128]])
+    want = (0.75 * rgb + 0.25 * colours[ids]).astype(np.int64)
+    assert np.abs(overlay - want).max() <= 1
