@@ -131,18 +131,26 @@ def eval_main(argv=None) -> None:
         model, cfg = _load_model(args.checkpoint, device, args.config)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
-    from .config import parse_value
-    mode = args.mode or cfg.eval_mode
-    test_scale = parse_value("test_scale", args.test_scale) if args.test_scale is not None else cfg.test_scale
-    ratios = parse_value("ms_ratios", args.ms_ratios) if args.ms_ratios else cfg.ms_ratios
-    crop = parse_value("slide_crop", args.slide_crop) if args.slide_crop else cfg.slide_crop
-    stride = parse_value("slide_stride", args.slide_stride) if args.slide_stride else cfg.slide_stride
-    pad = (parse_value("eval_pad_multiple", args.pad_multiple) if args.pad_multiple is not None
-           else cfg.eval_pad_multiple)
-    raw = build_raw_dataset(cfg.dataset, args.split, args.data_root or cfg.data_root, cfg.num_classes, cfg.seed,
-                            cfg.synthetic_val_size, cfg.synthetic_size)
+    from .config import apply_overrides
+    overrides = {k: v for k, v in (("eval_mode", args.mode), ("test_scale", args.test_scale),
+                                   ("ms_ratios", args.ms_ratios), ("slide_crop", args.slide_crop),
+                                   ("slide_stride", args.slide_stride),
+                                   ("eval_pad_multiple", args.pad_multiple)) if v is not None}
+    try:  # the training config's checks, on the options given here as well
+        cfg = apply_overrides(cfg, overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
+    mode, pad = cfg.eval_mode, cfg.eval_pad_multiple
+    try:
+        raw = build_raw_dataset(cfg.dataset, args.split, args.data_root or cfg.data_root, cfg.num_classes,
+                                cfg.seed, cfg.synthetic_val_size, cfg.synthetic_size)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if cfg.dataset != "ade20k" and len(raw.classes) != cfg.num_classes:
+        parser.error(f"the model has {cfg.num_classes} classes but {cfg.dataset} has {len(raw.classes)}")
     t0 = time.perf_counter()
-    res = evaluate(model, raw, cfg.num_classes, device, mode, test_scale, ratios, tuple(crop), tuple(stride),
+    res = evaluate(model, raw, cfg.num_classes, device, mode, cfg.test_scale, cfg.ms_ratios,
+                   tuple(cfg.slide_crop), tuple(cfg.slide_stride),
                    progress=True, cuda_graphs=args.cuda_graphs, pad_multiple=pad,
                    num_workers=cfg.num_workers if args.num_workers is None else args.num_workers)
     res["eval_s"] = time.perf_counter() - t0

@@ -257,6 +257,9 @@ def config_errors(cfg: TrainConfig) -> list[str]:
         "betas": (all(0 <= b < 1 for b in cfg.betas), "in [0, 1)"),
         "drop_path_rate": (0 <= cfg.drop_path_rate < 1, "in [0, 1)"),
         "cat_max_ratio": (0 < cfg.cat_max_ratio <= 1, "in (0, 1]"),
+        "ms_ratios": (bool(cfg.ms_ratios) and all(r > 0 for r in cfg.ms_ratios), "positive numbers"),
+        "slide_stride": (all(s <= c for s, c in zip(cfg.slide_stride, cfg.slide_crop)),
+                         "at most slide_crop (else pixels between windows get no score)"),
         "synthetic_size": (list(cfg.synthetic_size) == sorted(cfg.synthetic_size), "min, max"),
         "ratio_range": (list(cfg.ratio_range) == sorted(cfg.ratio_range), "low, high")}
     errors += [f"{k} must be {what}, got {getattr(cfg, k)!r}" for k, (holds, what) in ranges.items()
