@@ -130,5 +130,12 @@ def load_training_state(path: str | Path, model, optimizer, scheduler, scaler) -
 
 
 def read_metadata(path: str | Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    """The string metadata of a .safetensors file; ValueError naming it when unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own error type for a broken header
+        raise ValueError(f"could not read checkpoint {path}: it is corrupt or truncated "
+                         f"({exc})") from exc

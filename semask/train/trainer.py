@@ -171,6 +171,9 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     if resume:
         state = load_training_state(resume, model, optimizer, scheduler, scaler)
         start_iter = state["iteration"]
+        if start_iter > cfg.iters:
+            raise ValueError(f"{resume}: the run is already at iteration {start_iter}, past iters="
+                             f"{cfg.iters}: nothing to train (give --iters above {start_iter})")
         say(f"resumed from {resume} at iteration {start_iter}")
         changed = config_changes(json.loads(state["config"]), cfg.to_dict())
         if changed and info.is_main:

@@ -240,3 +240,19 @@ def test_infer_refuses_outputs_that_clash_or_overwrite_inputs(tmp_path, capsys):
         infer_main([str(tmp_path / "missing-run"), str(tmp_path / "a.png"), "--out-dir", str(tmp_path)])
     assert "overwrite inputs" in capsys.readouterr().err
     assert np.asarray(Image.open(tmp_path / "a.png")).shape == (8, 8, 3)
+
+
+def test_eval_and_infer_name_a_truncated_checkpoint(tmp_path, capsys):
+    """A model.safetensors cut short (a copy interrupted): a usage error naming the file,
+    not the safetensors library's header error."""
+    cfg = load_config("synthetic_cpu", variant="micro", head_channels=8)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(build_model(cfg, cfg.num_classes), path, {"config": cfg.to_json()})
+    path.write_bytes(path.read_bytes()[:100])
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(tmp_path / "im.png")
+    for main, extra in ((eval_main, ["--out", str(tmp_path / "x")]),
+                        (infer_main, [str(tmp_path / "im.png"), "--out-dir", str(tmp_path / "x")])):
+        with pytest.raises(SystemExit):
+            main([str(path), *extra])
+        assert f"could not read checkpoint {path}: it is corrupt" in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()

@@ -170,3 +170,13 @@ def test_logged_losses_are_the_means_over_the_log_interval(tmp_path, tiny_config
     assert sorted(records) == [2, 4]
     for i in (2, 4):
         assert records[i]["loss"] == pytest.approx((every[i - 1] + every[i]) / 2, rel=1e-6)
+
+
+def test_resume_past_the_last_iteration_is_refused(tmp_path, tiny_config):
+    """A run at iteration 2 resumed with iters 1 would train nothing and log iteration 1
+    over it: refused, naming both, with the run's files untouched."""
+    train(tiny_config(tmp_path, iters=2, eval_interval=0))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="already at iteration 2, past iters=1"):
+        train(tiny_config(tmp_path, iters=1, eval_interval=0), resume=str(tmp_path))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
