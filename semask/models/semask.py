@@ -147,6 +147,10 @@ class SeMaskSwin(nn.Module):
             self.load_report = load_checkpoint(self, pretrained)
 
     def forward(self, images: Tensor) -> SegOutput:
+        if not isinstance(images, Tensor) or not images.is_floating_point():
+            what = images.dtype if isinstance(images, Tensor) else type(images).__name__
+            raise TypeError(f"images must be a float tensor (RGB, normalised with ImageNet mean/std "
+                            f"on the 0-255 scale: semask.data.eval_transforms), got {what}")
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
             raise ValueError(f"images must be [B, 3, H, W] with B >= 1, got {tuple(images.shape)}")
         if min(images.shape[2:]) < 32:

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +33,14 @@ def test_empty_batch_and_float_targets_are_refused():
     out = model(torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match="integer class indices"):
         model.loss(out, torch.zeros(1, 64, 64))
+
+
+def test_integer_and_numpy_images_are_refused_naming_the_input():
+    model = micro().eval()
+    with pytest.raises(TypeError, match="float tensor .* got torch.uint8"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="float tensor .* got ndarray"):
+        model(np.zeros((1, 3, 64, 64), np.float32))
 
 
 def test_predict_runs_in_eval_mode_and_restores_the_mode():
