@@ -10,21 +10,32 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import create_model, list_models
 from .ops.semantic_attention import classes_unpadded
+from .train.distributed import pick_device
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m semask", description=__doc__)
-    parser.add_argument("--model", default="semask_swin_tiny_fpn", choices=list_models())
-    parser.add_argument("--num-classes", type=int, default=150)
-    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--fused", action="store_true", help="use the fused kernels (auto backend)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="semask_swin_tiny_fpn", choices=list_models(),
+                        help="registered model (default semask_swin_tiny_fpn)")
+    parser.add_argument("--num-classes", type=int, default=150, help="classes K (default 150, ADE20K)")
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
+                        help="input height and width (default 512 512; at least 32 each)")
+    parser.add_argument("--batch", type=int, default=1, help="images per batch (default 1)")
+    parser.add_argument("--fused", action="store_true",
+                        help="use the fused kernels (auto backend; SEMASK_BACKEND picks one)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, default), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
+    if args.num_classes < 1 or args.batch < 1 or min(args.size) < 32:
+        parser.error(f"--num-classes and --batch must be at least 1 and --size at least 32 32, got "
+                     f"{args.num_classes}, {args.batch}, {' '.join(map(str, args.size))}")
 
     model = create_model(args.model, num_classes=args.num_classes, fused=args.fused)
-    model = model.to(args.device).eval()
-    images = torch.randn(args.batch, 3, *args.size, device=args.device)
+    model = model.to(device).eval()
+    images = torch.randn(args.batch, 3, *args.size, device=device)
     params = sum(p.numel() for p in model.parameters())
     sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
     with torch.no_grad():
@@ -46,7 +57,7 @@ def main(argv=None) -> None:
     print(f"logits {tuple(out.logits.shape)}")
     if out.semantic_logits is not None:
         print("semantic prior maps " + ", ".join(str(tuple(p.shape)) for p in out.semantic_logits))
-    print(f"forward {elapsed * 1e3:.1f} ms on {args.device}")
+    print(f"forward {elapsed * 1e3:.1f} ms on {device}")
 
 
 if __name__ == "__main__":

@@ -43,9 +43,12 @@ class LoadReport:
     converted: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    recomputed: list[str] = field(default_factory=list)  # index / mask buffers the model builds
 
     def __str__(self) -> str:
         lines = [f"checkpoint ({self.source}): {len(self.loaded)} tensors loaded"]
+        if self.recomputed:
+            lines[0] += f" ({len(self.recomputed)} index / mask buffers not read: the model computes them)"
         for name in ("missing", "unexpected", "converted", "dropped", "skipped"):
             keys = getattr(self, name)
             if keys:
@@ -139,7 +142,7 @@ def _normalise_keys(sd: dict[str, Tensor], source: str, report: LoadReport) -> d
                 continue
             key = "backbone." + key
         if key.endswith(COMPUTED_SUFFIXES):
-            report.dropped.append(key)
+            report.recomputed.append(key)
             continue
         out[key] = value
     report.source = source if full_model or source == "swin_imagenet" else source + " (backbone)"
@@ -201,7 +204,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bo
                          "architecture?): " + ", ".join(report.unexpected[:10]))
     if not to_load:
         raise ValueError(f"checkpoint ({report.source}) holds no tensor of this model "
-                         f"({len(sd)} tensors after dropping {len(report.dropped)})")
+                         f"({len(sd)} tensors after dropping {len(report.dropped) + len(report.recomputed)})")
     lacking = report.missing if full_model else [k for k in report.missing if SWIN_KEY.match(k)]
     if strict and lacking:
         what = "tensors of this model" if full_model else "Swin backbone tensors (another variant?)"

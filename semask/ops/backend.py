@@ -55,13 +55,14 @@ class BackendUnavailable(RuntimeError):
 
 def requested_backend(fused: bool | str) -> str:
     """Map the ``fused=`` argument (and ``SEMASK_BACKEND``) to one of :data:`CHOICES`."""
+    where = "fused="
     if not isinstance(fused, str):  # True / False, and 1 / 0
         if not fused:
             return "torch"
-        fused = os.environ.get(BACKEND_ENV, "").strip() or "auto"
+        fused, where = os.environ.get(BACKEND_ENV, "").strip() or "auto", f"{BACKEND_ENV}="
     choice = fused.strip().lower()
     if choice not in CHOICES:
-        raise ValueError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
+        raise ValueError(f"{where}{fused!r}: unknown backend; choose one of {', '.join(CHOICES)}")
     return choice
 
 

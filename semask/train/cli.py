@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 
 from .config import (DEFAULT_PRESET, add_config_arguments, apply_overrides, command_line_overrides,
                      config_from_args, from_dict, preset_names)
-from .state import resolve_resume, stored_config
+from .state import FINAL_NAME, WEIGHTS_NAME, read_metadata, resolve_resume, stored_config, training_state
 
 TRAIN_EPILOG = """examples:
   semask-train                                   # synthetic CPU preset: 7-12 min on 2 cores, mIoU ~0.80
@@ -25,7 +26,10 @@ TRAIN_EPILOG = """examples:
 
 
 def train_main(argv=None) -> None:
-    from .trainer import train
+    from ..ops.backend import BackendUnavailable
+    from .trainer import NonFiniteLossError, train
+    # a bad data folder, checkpoint, device or diverging run: its message, without a traceback
+    run_errors = (ValueError, OSError, BackendUnavailable, NonFiniteLossError)
     parser = argparse.ArgumentParser(
         prog="semask-train", epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train SeMask-Swin + Semantic FPN, then evaluate (default: the synthetic CPU preset).")
@@ -45,43 +49,63 @@ def train_main(argv=None) -> None:
         if args.resume is not None:
             resume = resolve_resume(args.resume or cfg.out_dir)
             overrides = command_line_overrides(args)
-            cfg = apply_overrides(stored_config(resume), overrides)
+            # the run continues in the folder it is in now (it may have been moved or copied),
+            # not in the out_dir it was started with, unless --out-dir says otherwise
+            cfg = apply_overrides(stored_config(resume), {"out_dir": str(resume.parent), **overrides})
             print(f"resuming {resume} with its stored config"
                   + (", overridden by " + ", ".join("--" + k.replace("_", "-") for k in overrides)
-                     if overrides else ""))
+                     if overrides else "") + f"; writing to {cfg.out_dir}")
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
-    train(cfg, resume=str(resume) if resume else None, stop_at=args.stop_at)
+    try:
+        train(cfg, resume=str(resume) if resume else None, stop_at=args.stop_at)
+    except run_errors as exc:
+        sys.exit(f"semask-train: error: {exc}")
+
+
+def checkpoint_file(path: Path) -> Path:
+    """The file a checkpoint argument names. A run folder: the newer (by stored iteration)
+    of its finished model and its last checkpoint, the finished model on a tie."""
+    if not path.is_dir():
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return path
+    found = [p for p in (path / FINAL_NAME, path / WEIGHTS_NAME) if p.is_file()]
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {path} (neither {FINAL_NAME} nor {WEIGHTS_NAME})")
+    return max(found, key=lambda p: int(read_metadata(p).get("iteration", -1)))  # first of equals
 
 
 def _load_model(checkpoint: str, device: torch.device, config: str | None = None):
-    """Model and config of ``checkpoint``: the config our checkpoints store, or ``config``
-    (a preset name or JSON file; it wins over a stored one), which files without one need
-    (an official mmseg SeMask ``.pth``, a bare state dict)."""
+    """Model and config of ``checkpoint``: the config our checkpoints store (weights files
+    and last_state.pt), or ``config`` (a preset name or JSON file; it wins over a stored
+    one), which files without one need (an official mmseg SeMask ``.pth``, a bare state dict)."""
     from ..models import load_checkpoint
     from .config import load_preset
-    from .state import read_metadata
     from .trainer import build_model
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "model.safetensors" if (path / "model.safetensors").is_file() else path / "last.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    path = checkpoint_file(Path(checkpoint))
+    weights, meta = path, {}
+    state = training_state(path) if path.suffix != ".safetensors" else None
+    if state is not None:  # a run's last_state.pt (of earlier versions: its weights file holds the weights)
+        weights = state["model"] if "model" in state else path.parent / state["weights"]
+        meta = {"config": state["config"], "iteration": state["iteration"]}
+    elif path.suffix == ".safetensors":
+        meta = read_metadata(path)
     if config is not None:
         cfg = load_preset(config)
-    else:
-        meta = read_metadata(path) if path.suffix == ".safetensors" else {}
-        if "config" not in meta:
-            raise ValueError(f"{path} stores no training config (an official mmseg checkpoint or another "
-                             "file not written by semask-train): give the model's config with --config, "
-                             f"a preset ({', '.join(preset_names())}) or a JSON file")
+    elif "config" in meta:
         cfg = from_dict(json.loads(meta["config"]), str(path))
+    else:
+        raise ValueError(f"{path} stores no training config (an official mmseg checkpoint or another "
+                         "file not written by semask-train): give the model's config with --config, "
+                         f"a preset ({', '.join(preset_names())}) or a JSON file")
     model = build_model(cfg, cfg.num_classes)
-    report = load_checkpoint(model, path)
+    report = load_checkpoint(model, weights)
     if report.missing:  # a backbone-only file (Swin ImageNet) would leave the head at its init
         raise ValueError(f"{path} is not a whole model ({report.source}): it lacks {len(report.missing)} of "
                          f"its tensors, e.g. {', '.join(report.missing[:3])}; an ImageNet backbone starts "
                          "training (--pretrained), it cannot be evaluated")
+    print(f"model: {path}" + (f", iteration {meta['iteration']}" if "iteration" in meta else ""))
     print(report)
     return model.to(device).eval(), cfg
 
@@ -90,8 +114,12 @@ CONFIG_HELP = ("the model's config, a preset name or JSON file (default: the one
                "needed for an official mmseg SeMask .pth)")
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+def _device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    from .distributed import pick_device
+    try:
+        return pick_device(name)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
 
 
 def eval_main(argv=None) -> None:
@@ -106,7 +134,8 @@ def eval_main(argv=None) -> None:
     parser.add_argument("--mode", choices=("whole", "slide", "ms_flip"), default=None,
                         help="inference mode (default: the training config's eval_mode)")
     parser.add_argument("--data-root", default=None, help="dataset root (default: the training config's)")
-    parser.add_argument("--split", default="val", help="val (default), train or test (synthetic / Cityscapes)")
+    parser.add_argument("--split", default="val", choices=("val", "train", "test"),
+                        help="val (default), train or test (synthetic / Cityscapes)")
     parser.add_argument("--test-scale", default=None, help="long,short keep-ratio resize, or none")
     parser.add_argument("--ms-ratios", default=None, help="comma-separated ratios for ms_flip")
     parser.add_argument("--slide-crop", default=None, help="h,w")
@@ -122,7 +151,7 @@ def eval_main(argv=None) -> None:
                         help="replay the forwards from CUDA graphs, one per input size that "
                         "repeats (GPU; a sliding-window eval repeats its crop)")
     args = parser.parse_args(argv)
-    device = _device(args.device)
+    device = _device(parser, args.device)
     if args.cuda_graphs and device.type != "cuda":
         parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
     if args.num_workers is not None and args.num_workers < 0:
@@ -141,6 +170,15 @@ def eval_main(argv=None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     mode, pad = cfg.eval_mode, cfg.eval_pad_multiple
+    run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
+    out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_{mode}.json"
+    try:  # a result that cannot be written is refused before the scoring, not after it
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for target in (out, out.with_suffix(".md")):
+            if target.is_dir() or not os.access(target if target.exists() else target.parent, os.W_OK):
+                raise OSError(f"cannot write {target}")
+    except OSError as exc:
+        parser.error(f"--out: {exc}")
     try:
         raw = build_raw_dataset(cfg.dataset, args.split, args.data_root or cfg.data_root, cfg.num_classes,
                                 cfg.seed, cfg.synthetic_val_size, cfg.synthetic_size)
@@ -154,9 +192,6 @@ def eval_main(argv=None) -> None:
                    progress=True, cuda_graphs=args.cuda_graphs, pad_multiple=pad,
                    num_workers=cfg.num_workers if args.num_workers is None else args.num_workers)
     res["eval_s"] = time.perf_counter() - t0
-    run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
-    out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_{mode}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     out.with_suffix(".md").write_text(markdown_table(res) + "\n")
     print(markdown_table(res))
@@ -179,6 +214,17 @@ def palette(num_classes: int) -> np.ndarray:
     return colours
 
 
+def class_id_image(pred: np.ndarray, colours: np.ndarray):
+    """[H, W] class ids -> a PIL image whose pixel values are the ids: a palette PNG (viewers
+    show the colours) up to 256 classes, a 16-bit grey PNG beyond (a palette holds 256)."""
+    from PIL import Image
+    if len(colours) > 256:
+        return Image.fromarray(pred.astype(np.uint16))
+    image = Image.fromarray(pred.astype(np.uint8))
+    image.putpalette(colours.tobytes())
+    return image
+
+
 def infer_main(argv=None) -> None:
     from PIL import Image, ImageOps
     from ..data import eval_transforms
@@ -187,7 +233,8 @@ def infer_main(argv=None) -> None:
     from .inference import predict_probs
     parser = argparse.ArgumentParser(prog="semask-infer", description="Segment images: writes <name>.png "
                                      "(class ids as a palette PNG: the values are the ids, viewers show "
-                                     "colours) and <name>_overlay.png (colour blend) per image.")
+                                     "colours; over 256 classes a 16-bit grey PNG) and <name>_overlay.png "
+                                     "(colour blend) per image.")
     parser.add_argument("checkpoint", help="model.safetensors / last.safetensors, a run folder, or an "
                         "official SeMask .pth (with --config)")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
@@ -195,15 +242,17 @@ def infer_main(argv=None) -> None:
     parser.add_argument("--out-dir", default="predictions", help="output folder (default predictions/)")
     parser.add_argument("--mode", choices=("whole", "slide", "ms_flip"), default=None,
                         help="inference mode (default: the training config's eval_mode)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour map")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour map (0 to 1)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the forwards from CUDA graphs, one per input size that "
                         "repeats (GPU; images of one size, or the sliding-window crop)")
     args = parser.parse_args(argv)
-    device = _device(args.device)
+    device = _device(parser, args.device)
     if args.cuda_graphs and device.type != "cuda":
         parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
+    if not 0 <= args.alpha <= 1:
+        parser.error(f"--alpha must be between 0 and 1, got {args.alpha}")
     files = []
     for item in map(Path, args.inputs):
         if item.is_dir():
@@ -211,7 +260,7 @@ def infer_main(argv=None) -> None:
         elif item.is_file():
             files.append(item)
         else:
-            raise FileNotFoundError(f"input not found: {item}")
+            parser.error(f"input not found: {item}")
     if not files:
         sys.exit("no images found in the given inputs")
     out = Path(args.out_dir)
@@ -233,19 +282,26 @@ def infer_main(argv=None) -> None:
         model = GraphedInference(model)
     out.mkdir(parents=True, exist_ok=True)
     colours, norm = palette(cfg.num_classes), eval_transforms()
+    unreadable = []
     for path in files:
-        with Image.open(path) as im:
-            rgb = rgb_array(ImageOps.exif_transpose(im))  # as displayed (EXIF orientation)
+        try:
+            with Image.open(path) as im:
+                rgb = rgb_array(ImageOps.exif_transpose(im))  # as displayed (EXIF orientation)
+        except (OSError, ValueError) as exc:  # not an image, truncated, unreadable: the others go on
+            print(f"{path}: skipped, not a readable image ({exc})", file=sys.stderr)
+            unreadable.append(str(path))
+            continue
         image, _ = norm(*to_tv_tensors(rgb, np.zeros(rgb.shape[:2], np.uint8)))
         probs = predict_probs(model, image.as_subclass(torch.Tensor)[None].to(device), rgb.shape[:2],
                               args.mode or cfg.eval_mode, cfg.test_scale, cfg.ms_ratios,
                               tuple(cfg.slide_crop), tuple(cfg.slide_stride),
                               pad_multiple=cfg.eval_pad_multiple)
-        pred = probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        pred = probs.argmax(1)[0].cpu().numpy()
         ids, overlay = outputs[path]
-        ids_image = Image.fromarray(pred)
-        ids_image.putpalette(colours.tobytes())  # palette PNG: the pixel values stay the class ids
-        ids_image.save(ids)
+        class_id_image(pred, colours).save(ids)
         blend = (1 - args.alpha) * rgb + args.alpha * colours[pred]
         Image.fromarray(blend.clip(0, 255).astype(np.uint8)).save(overlay)
         print(f"{path} -> {ids}, {overlay}")
+    if unreadable:
+        sys.exit(f"semask-infer: {len(unreadable)} of {len(files)} inputs were not readable images: "
+                 + ", ".join(unreadable[:8]))

@@ -48,6 +48,7 @@ class TrainConfig:
     window_size: int | None = None
     fused: bool = False
     pretrained: str | None = None          # ImageNet Swin checkpoint for the backbone
+    skip_mismatched: bool = False          # pretrained of another class count: its class tensors skipped
     grad_checkpointing: list[int] = field(default_factory=list)   # backbone stages to recompute
     sync_bn: bool = True                   # SyncBatchNorm in the head under multi-GPU DDP
     compile: str | None = None             # torch.compile of the training forward: none | default | a backend
@@ -119,6 +120,9 @@ FIELD_HELP = {
     "window_size": "attention window (none: the variant's 7 or 12)",
     "fused": "fused attention kernels (true: the best backend for the device; SEMASK_BACKEND picks one)",
     "pretrained": "ImageNet Swin (or SeMask) checkpoint for the model; none: from scratch",
+    "skip_mismatched": "with a pretrained SeMask checkpoint of another class count (fine-tuning an "
+                       "ADE20K model on other data): keep its class-dependent tensors (classifier, "
+                       "semantic layers' class projections) at their init instead of refusing it",
     "grad_checkpointing": "backbone stages to recompute in backward, e.g. 0,1,2,3",
     "sync_bn": "SyncBatchNorm in the head under multi-GPU DDP",
     "compile": "torch.compile the training forward: none (eager), default (inductor) or a "
@@ -203,8 +207,9 @@ CHOICES = dict(dataset=("synthetic", "ade20k", "cityscapes"), eval_mode=("whole"
 PAIRS = ("synthetic_size", "crop_size", "img_scale", "ratio_range", "betas", "test_scale", "slide_crop",
          "slide_stride")  # two numbers each (or none where optional)
 AT_LEAST_ONE = ("num_classes", "synthetic_train_size", "synthetic_val_size", "iters", "batch_size",
-                "accum_steps", "log_interval")
-AT_LEAST_ONE_OR_NONE = ("eval_pad_multiple", "ohem_min_kept")
+                "accum_steps", "log_interval", "head_channels")
+AT_LEAST_ONE_OR_NONE = ("eval_pad_multiple", "ohem_min_kept", "window_size")
+MIN_CROP = 32  # the backbone's total stride: a smaller training crop has no stage-4 token
 AT_LEAST_ZERO = ("num_workers", "warmup_iters", "max_nonfinite", "eval_interval", "ckpt_interval")
 
 
@@ -261,6 +266,8 @@ def config_errors(cfg: TrainConfig) -> list[str]:
         "slide_stride": (all(s <= c for s, c in zip(cfg.slide_stride, cfg.slide_crop)),
                          "at most slide_crop (else pixels between windows get no score)"),
         "synthetic_size": (list(cfg.synthetic_size) == sorted(cfg.synthetic_size), "min, max"),
+        "crop_size": (all(x >= MIN_CROP for x in cfg.crop_size), f"at least {MIN_CROP} a side (the "
+                      "backbone's total stride)"),
         "ratio_range": (list(cfg.ratio_range) == sorted(cfg.ratio_range), "low, high")}
     errors += [f"{k} must be {what}, got {getattr(cfg, k)!r}" for k, (holds, what) in ranges.items()
                if not holds]
@@ -314,7 +321,11 @@ def resolve_preset(name_or_path: str) -> Path:
 
 def load_preset(name_or_path: str) -> TrainConfig:
     path = resolve_preset(name_or_path)
-    return from_dict(json.loads(path.read_text()), str(path))
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not a JSON config ({exc})") from exc
+    return from_dict(values, str(path))
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, str]) -> TrainConfig:

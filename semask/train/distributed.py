@@ -24,17 +24,30 @@ class DistInfo:
         return self.rank == 0
 
 
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` (this process's GPU) or
+    ``cuda:N``; ValueError for another name or a GPU this machine lacks."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA GPU is available here (use cpu or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Read torchrun's environment, pick the device, init the process group if world > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device(device)
+    dev = pick_device(device, local_rank)
     if dev.type == "cuda":  # also cuda:N: CUDA graphs capture on the current device's streams
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

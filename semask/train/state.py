@@ -21,6 +21,7 @@ from safetensors import safe_open
 from ..models.checkpoint import load_checkpoint, save_checkpoint, unwrap_model, write_atomically
 
 WEIGHTS_NAME, STATE_NAME = "last.safetensors", "last_state.pt"
+FINAL_NAME = "model.safetensors"  # the finished run's weights
 
 
 def rng_state() -> dict:
@@ -83,6 +84,15 @@ def _read_state(path: Path, **kwargs) -> dict:
     if missing:
         raise ValueError(f"{path} is not a training state file ({STATE_NAME}): it has no {sorted(missing)}")
     return state
+
+
+def training_state(path: str | Path) -> dict | None:
+    """The state in ``path`` when it is a run's state file (last_state.pt; tensors memory-mapped),
+    else None (another checkpoint, or no PyTorch file)."""
+    try:
+        return _read_state(Path(path), mmap=True)
+    except ValueError:
+        return None
 
 
 def stored_config(path: str | Path):

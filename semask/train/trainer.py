@@ -26,8 +26,8 @@ from .evaluate import evaluate
 from .metrics import markdown_table
 from .optim import build_optimizer, build_scheduler
 from .plot import plot_metrics
-from .state import (STATE_NAME, load_training_state, resolve_resume, rng_state, save_training_state,
-                    set_rng_state)
+from .state import (FINAL_NAME, STATE_NAME, WEIGHTS_NAME, load_training_state, resolve_resume, rng_state,
+                    save_training_state, set_rng_state)
 
 PRETRAINED_WARNING = (
     "\n" + "!" * 78 + "\n"
@@ -79,7 +79,11 @@ def autocast_factory(cfg: TrainConfig, device: torch.device):
 # fields that may change when a run is resumed without changing what it trains
 RESUME_FREE = ("out_dir", "iters", "progress", "log_interval", "ckpt_interval", "eval_interval",
                "num_workers", "device", "eval_mode", "test_scale", "slide_crop", "slide_stride",
-               "ms_ratios", "max_nonfinite", "name")
+               "ms_ratios", "max_nonfinite", "name", "pretrained", "skip_mismatched")
+# what a run writes into its folder (semask-eval: eval_<split>_<mode>.*); a new run there
+# removes the earlier run's, which would otherwise pass for its own
+RUN_FILES = (STATE_NAME, WEIGHTS_NAME, FINAL_NAME, "eval.json", "eval.md", "metrics.jsonl", "curves.png",
+             "eval_*_*.json", "eval_*_*.md")
 
 
 def config_changes(stored: dict, now: dict) -> dict:
@@ -149,8 +153,10 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
 
     # model
     model = build_model(cfg, num_classes)
-    if cfg.pretrained:
-        say(load_checkpoint(model, cfg.pretrained))
+    if resume:  # the weights come from the run's state (the pretrained file may be gone)
+        pass
+    elif cfg.pretrained:
+        say(load_checkpoint(model, cfg.pretrained, skip_mismatched=cfg.skip_mismatched))
     elif cfg.dataset != "synthetic" and info.is_main:
         warnings.warn(PRETRAINED_WARNING, stacklevel=2)
     if cfg.grad_checkpointing:
@@ -181,9 +187,12 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         if info.is_main:
             _continue_metrics(resolve_resume(resume).parent / metrics_path.name, metrics_path, start_iter)
     elif info.is_main:
-        if (out / STATE_NAME).is_file():
-            warnings.warn(f"{out} holds a training run ({STATE_NAME}): this run starts at iteration 0 and "
-                          "replaces its metrics and checkpoints (--resume continues it)", stacklevel=2)
+        earlier = sorted({p for pattern in RUN_FILES for p in out.glob(pattern) if p.is_file()})
+        if any(p.name != "metrics.jsonl" or p.stat().st_size for p in earlier):
+            warnings.warn(f"{out} holds an earlier run's files: this run starts at iteration 0 and removes "
+                          f"them ({', '.join(p.name for p in earlier)}; --resume continues a run)", stacklevel=2)
+        for p in earlier:
+            p.unlink()
         metrics_path.write_text("")
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.enabled else model
@@ -323,7 +332,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     res.update(iteration=cfg.iters, train_s=train_s, it_per_s=it_per_s, total_s=total_s, amp=amp_name)
     if info.is_main:
         _log(metrics_path, dict(iter=cfg.iters, mIoU=res["mIoU"], aAcc=res["aAcc"]))
-        save_checkpoint(model, out / "model.safetensors", {"config": cfg.to_json(), "iteration": cfg.iters})
+        save_checkpoint(model, out / FINAL_NAME, {"config": cfg.to_json(), "iteration": cfg.iters})
         (out / "eval.json").write_text(json.dumps(res, indent=1))
         (out / "eval.md").write_text(markdown_table(res) + "\n")
         plot_metrics(metrics_path, out / "curves.png")

@@ -39,7 +39,8 @@ def test_official_semask_checkpoint_loads_strictly(tmp_path):
     torch.save({"meta": {"iter": 80000}, "state_dict": src.state_dict()}, path)
     report = semask.load_checkpoint(dst, path)
     assert report.source == "semask_mmseg" and not report.missing and not report.unexpected
-    assert all(k.endswith("relative_position_index") for k in report.dropped)
+    assert not report.dropped and report.recomputed
+    assert all(k.endswith("relative_position_index") for k in report.recomputed)
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
         assert torch.equal(src(x).logits, dst(x).logits)
@@ -52,7 +53,7 @@ def test_official_swin_imagenet_checkpoint_loads_into_backbone(tmp_path):
     report = semask.load_checkpoint(dst, path)
     assert report.source == "swin_imagenet" and not report.unexpected
     assert {"norm.weight", "norm.bias", "head.weight", "head.bias"} <= set(report.dropped)
-    assert any(k.endswith("attn_mask") for k in report.dropped)
+    assert any(k.endswith("attn_mask") for k in report.recomputed)
     expected_missing = {k for k in src.state_dict() if ("semantic_layer" in k or k.startswith("decode_head.")
                         or re.match(r"backbone\.norm\d", k)) and not k.endswith("num_batches_tracked")}
     assert set(report.missing) == expected_missing

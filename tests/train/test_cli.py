@@ -208,7 +208,8 @@ def test_resume_takes_the_stored_config_and_may_move_the_run(tmp_path, capsys):
     train_main(["--out-dir", str(run), "--resume", "--progress", "false", "--log-interval", "2"])
     printed = capsys.readouterr().out
     line = next(x for x in printed.splitlines() if "with its stored config, overridden by" in x)
-    assert sorted(line.split("overridden by ")[1].split(", ")) == ["--log-interval", "--out-dir", "--progress"]
+    given, writes = line.split("overridden by ")[1].split("; writing to ")
+    assert sorted(given.split(", ")) == ["--log-interval", "--out-dir", "--progress"] and writes == str(run)
     assert "iters                = 4" in printed
     logged = [json.loads(line)["iter"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged[:3] == [1, 2, 4] and json.loads((run / "eval.json").read_text())["iteration"] == 4

@@ -1,0 +1,215 @@
+"""What the command lines do with run folders, copied runs, bad inputs and unusual models."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semask.models import save_checkpoint
+from semask.models.checkpoint import CLASS_DEPENDENT
+from semask.ops.backend import requested_backend
+from semask.train import evaluate as evaluate_module
+from semask.train.cli import class_id_image, eval_main, infer_main, palette, train_main
+from semask.train.config import load_config, load_preset
+from semask.train.optim import build_optimizer, build_scheduler
+from semask.train.state import save_training_state
+from semask.train.trainer import build_model
+
+from test_cli import TINY
+
+
+def _micro(**overrides):
+    return load_config("synthetic_cpu", variant="micro", head_channels=8, synthetic_val_size=2,
+                       synthetic_size=(64, 80), progress=False, **overrides)
+
+
+def _save(model, path, cfg, iteration):
+    save_checkpoint(model, path, {"config": cfg.to_json(), "iteration": iteration})
+
+
+def _exit(main, argv, capsys, code=2) -> str:
+    """main(argv) stops: a usage error (exit 2), or ``code=1``: sys.exit(message); what it said."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    if code == 2:
+        assert exc.value.code == 2
+        return capsys.readouterr().err
+    assert isinstance(exc.value.code, str)  # sys.exit(message) exits with status 1
+    return capsys.readouterr().err + exc.value.code
+
+
+def test_eval_of_a_run_folder_takes_its_newest_weights(tmp_path, monkeypatch, capsys):
+    """A finished run resumed for more iterations and killed: model.safetensors (iteration
+    3) is older than last.safetensors (5), which is scored and named with its iteration; on
+    a tie the finished model is."""
+    cfg = _micro()
+    torch.manual_seed(0)
+    old, new = build_model(cfg, 6), build_model(cfg, 6)
+    _save(old, tmp_path / "model.safetensors", cfg, 3)
+    _save(new, tmp_path / "last.safetensors", cfg, 5)
+    scored = []
+
+    def record(model, *args, **kwargs):
+        scored.append(model.state_dict())
+        raise KeyboardInterrupt  # enough: the model it was given
+
+    monkeypatch.setattr(evaluate_module, "evaluate", record)
+    with pytest.raises(KeyboardInterrupt):
+        eval_main([str(tmp_path)])
+    assert f"model: {tmp_path / 'last.safetensors'}, iteration 5" in capsys.readouterr().out
+    assert all(torch.equal(scored[0][k], v) for k, v in new.state_dict().items())
+    assert not all(torch.equal(scored[0][k], v) for k, v in old.state_dict().items())
+    _save(new, tmp_path / "model.safetensors", cfg, 5)
+    with pytest.raises(KeyboardInterrupt):
+        eval_main([str(tmp_path)])
+    assert f"model: {tmp_path / 'model.safetensors'}, iteration 5" in capsys.readouterr().out
+
+
+def test_eval_and_infer_take_a_runs_state_file(tmp_path, capsys):
+    """last_state.pt holds the config and the weights: eval and infer read both from it
+    and score as its weights file does."""
+    cfg = _micro()
+    torch.manual_seed(1)
+    model = build_model(cfg, 6)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
+    scheduler = build_scheduler(optimizer, 10, 1, 0.1, 1.0, 0.0, cfg.lr)
+    save_training_state(tmp_path, model, optimizer, scheduler, None, 7, cfg.to_dict())
+    eval_main([str(tmp_path / "last_state.pt"), "--out", str(tmp_path / "state.json")])
+    assert f"model: {tmp_path / 'last_state.pt'}, iteration 7" in capsys.readouterr().out
+    eval_main([str(tmp_path / "last.safetensors"), "--out", str(tmp_path / "weights.json")])
+    results = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("state", "weights")]
+    assert results[0]["pixels"] > 0 and results[0]["confusion"] == results[1]["confusion"]
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(tmp_path / "im.png")
+    infer_main([str(tmp_path / "last_state.pt"), str(tmp_path / "im.png"), "--out-dir", str(tmp_path / "p")])
+    assert np.asarray(Image.open(tmp_path / "p" / "im.png")).shape == (40, 56)
+
+
+@pytest.mark.slow
+def test_resume_of_a_copied_run_writes_into_the_copy(tmp_path, capsys):
+    """--resume <copy> continues in the copy, not in the out_dir the run was started with,
+    which stays as it was."""
+    run, copy = tmp_path / "run", tmp_path / "copy"
+    train_main([*TINY, "--iters", "3", "--out-dir", str(run), "--stop-at", "2"])
+    shutil.copytree(run, copy)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    train_main(["--resume", str(copy)])
+    assert f"writing to {copy}" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert json.loads((copy / "eval.json").read_text())["iteration"] == 3
+    assert [json.loads(x)["iter"] for x in (copy / "metrics.jsonl").read_text().splitlines()][:3] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--head-channels", "0", "head_channels must be at least 1"),
+    ("--window-size", "0", "window_size must be at least 1 or none"),
+    ("--crop-size", "16,64", "crop_size must be at least 32 a side")])
+def test_train_refuses_model_sizes_that_cannot_run(tmp_path, capsys, option, value, message):
+    assert message in _exit(train_main, [*TINY, option, value, "--out-dir", str(tmp_path / "r")], capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_errors_inside_the_run_are_messages(tmp_path, capsys):
+    """A missing data folder or pretrained file, or a GPU the machine lacks, stop the run
+    with one line naming the problem (exit 1), not a traceback."""
+    err = _exit(train_main, [*TINY, "--dataset", "ade20k", "--num-classes", "150", "--data-root",
+                             str(tmp_path / "no_ade"), "--out-dir", str(tmp_path / "r")], capsys, code=1)
+    assert err.startswith("semask-train: error: ") and "no_ade" in err and "Traceback" not in err
+    err = _exit(train_main, [*TINY, "--pretrained", str(tmp_path / "none.pth"), "--out-dir",
+                             str(tmp_path / "r")], capsys, code=1)
+    assert "checkpoint not found" in err and "none.pth" in err
+    if not torch.cuda.is_available():
+        err = _exit(train_main, [*TINY, "--device", "cuda", "--out-dir", str(tmp_path / "r")], capsys, code=1)
+        assert "no CUDA GPU is available" in err
+
+
+def _class_tensor(key: str) -> bool:
+    return any(c in key for c in CLASS_DEPENDENT)
+
+
+@pytest.mark.slow
+def test_pretrained_of_another_class_count_and_a_resume_without_it(tmp_path, capsys):
+    """A 7-class SeMask checkpoint fine-tunes a 6-class model only with --skip-mismatched:
+    every other parameter starts from it (lr 0 keeps them), the class tensors from their
+    init. A resume needs no pretrained file: the weights come from the run's state."""
+    cfg7 = _micro(num_classes=7)
+    torch.manual_seed(5)
+    source = build_model(cfg7, 7)
+    pretrained = tmp_path / "ade_model.pth"
+    torch.save({"state_dict": source.state_dict()}, pretrained)
+    argv = [*TINY, "--pretrained", str(pretrained), "--lr", "0", "--min-lr", "0", "--iters", "2"]
+    err = _exit(train_main, [*argv, "--out-dir", str(tmp_path / "r")], capsys, code=1)
+    assert "another number of classes" in err
+    run = tmp_path / "run"
+    train_main([*argv, "--skip-mismatched", "true", "--out-dir", str(run), "--stop-at", "1"])
+    assert "skipped (" in capsys.readouterr().out
+    pretrained.unlink()
+    train_main(["--resume", str(run)])
+    from safetensors.torch import load_file
+    trained = load_file(run / "model.safetensors")
+    params = dict(source.named_parameters())
+    shared = [k for k in params if not _class_tensor(k)]
+    assert len(shared) > 100 and all(torch.equal(trained[k], params[k].detach()) for k in shared)
+    assert any(_class_tensor(k) and trained[k].shape[0] == 6 for k in trained)
+
+
+def test_infer_goes_on_past_an_unreadable_image(tmp_path, capsys):
+    cfg = _micro()
+    _save(build_model(cfg, 6), tmp_path / "m.safetensors", cfg, 1)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(images / "a.png")
+    (images / "b.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(np.full((33, 47, 3), 20, np.uint8)).save(images / "c.png")
+    err = _exit(infer_main, [str(tmp_path / "m.safetensors"), str(images), "--out-dir", str(tmp_path / "p")],
+                capsys, code=1)
+    assert "b.jpg: skipped" in err and "1 of 3 inputs were not readable" in err
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a.png", "a_overlay.png", "c.png",
+                                                                 "c_overlay.png"]
+    assert "input not found" in _exit(infer_main, [str(tmp_path / "m.safetensors"), str(tmp_path / "no.png")],
+                                      capsys)
+
+
+@pytest.mark.parametrize("device", ["nvidia", "cuda:7", "meta"])
+def test_bad_devices_are_usage_errors(tmp_path, capsys, device):
+    from semask.__main__ import main as summary_main
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    for main, argv in ((eval_main, [str(tmp_path / "m.safetensors")]),
+                       (infer_main, [str(tmp_path / "m.safetensors"), str(tmp_path)]),
+                       (summary_main, ["--model", "semask_swin_tiny_fpn"])):
+        err = _exit(main, [*argv, "--device", device], capsys)
+        assert f"--device: device {device!r}" in err or f"got {device!r}" in err
+
+
+@pytest.mark.parametrize("num_classes", [150, 300])
+def test_class_id_images_keep_every_id(tmp_path, num_classes):
+    """Up to 256 classes a palette PNG, beyond a 16-bit one: read back, the pixel values
+    are the ids (a uint8 image wrapped class 300 to 44)."""
+    pred = np.arange(num_classes).repeat(3).reshape(num_classes, 3)[::-1].copy()
+    class_id_image(pred, palette(num_classes)).save(tmp_path / "ids.png")
+    back = Image.open(tmp_path / "ids.png")
+    assert back.mode == ("P" if num_classes <= 256 else "I;16")
+    assert np.array_equal(np.asarray(back).astype(np.int64), pred)
+
+
+def test_config_and_backend_messages_name_their_source(tmp_path, monkeypatch):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"lr": 0.1,}')
+    with pytest.raises(ValueError, match=f"{broken}: not a JSON config"):
+        load_preset(str(broken))
+    monkeypatch.setenv("SEMASK_BACKEND", "fast")
+    with pytest.raises(ValueError, match="SEMASK_BACKEND='fast': unknown backend"):
+        requested_backend(True)
+
+
+def test_eval_refuses_split_and_out_it_cannot_use_before_scoring(tmp_path, monkeypatch, capsys):
+    cfg = _micro()
+    _save(build_model(cfg, 6), tmp_path / "m.safetensors", cfg, 1)
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: pytest.fail("scored"))
+    assert "invalid choice: 'validation'" in _exit(eval_main, [str(tmp_path / "m.safetensors"), "--split",
+                                                               "validation"], capsys)
+    (tmp_path / "taken").mkdir()
+    err = _exit(eval_main, [str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "taken")], capsys)
+    assert f"--out: cannot write {tmp_path / 'taken'}" in err
