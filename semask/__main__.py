@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import create_model, list_models
+from .ops.backend import BackendUnavailable
 from .ops.semantic_attention import classes_unpadded
 from .train.distributed import pick_device
 
@@ -29,10 +31,17 @@ def main(argv=None) -> None:
         device = pick_device(args.device)
     except ValueError as exc:
         parser.error(f"--device: {exc}")
-    if args.num_classes < 1 or args.batch < 1 or min(args.size) < 32:
-        parser.error(f"--num-classes and --batch must be at least 1 and --size at least 32 32, got "
+    if args.num_classes < 2 or args.batch < 1 or min(args.size) < 32:
+        parser.error(f"--num-classes must be at least 2, --batch at least 1 and --size at least 32 32, got "
                      f"{args.num_classes}, {args.batch}, {' '.join(map(str, args.size))}")
+    try:
+        summarize(args, device)
+    except (ValueError, BackendUnavailable) as exc:  # SEMASK_BACKEND, a backend that cannot run here
+        sys.exit(f"python -m semask: error: {exc}")
 
+
+def summarize(args, device: torch.device) -> None:
+    """Build the model, count its FLOPs on a random batch, time a warm forward, print."""
     model = create_model(args.model, num_classes=args.num_classes, fused=args.fused)
     model = model.to(device).eval()
     images = torch.randn(args.batch, 3, *args.size, device=device)

@@ -91,6 +91,8 @@ def _is_safetensors(path: Path) -> bool:
 def unwrap_state_dict(raw, where: str = "checkpoint") -> tuple[dict[str, Tensor], str]:
     """Find the state dict inside an mmseg / Swin ImageNet / bare checkpoint object."""
     if isinstance(raw, dict):
+        if isinstance(raw.get("model"), dict) and {"iteration", "optimizer"} <= set(raw):
+            return dict(raw["model"]), "semask_training_state"  # semask-train's last_state.pt
         for key, source in (("state_dict", "semask_mmseg"), ("model", "swin_imagenet")):
             if isinstance(raw.get(key), dict):
                 return dict(raw[key]), source

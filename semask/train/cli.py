@@ -12,9 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..ops.backend import BackendUnavailable
 from .config import (DEFAULT_PRESET, add_config_arguments, apply_overrides, command_line_overrides,
                      config_from_args, from_dict, preset_names)
-from .state import FINAL_NAME, WEIGHTS_NAME, read_metadata, resolve_resume, stored_config, training_state
+from .state import FINAL_NAME, STATE_NAME, WEIGHTS_NAME, read_metadata, resolve_resume, stored_config, training_state
+
+# what a user's data, checkpoint, device or backend choice raises: said in one line, no traceback
+INPUT_ERRORS = (ValueError, OSError, BackendUnavailable)
 
 TRAIN_EPILOG = """examples:
   semask-train                                   # synthetic CPU preset: 7-12 min on 2 cores, mIoU ~0.80
@@ -22,14 +26,12 @@ TRAIN_EPILOG = """examples:
                --pretrained swin_tiny_patch4_window7_224.pth
   torchrun --nproc_per_node 2 -m semask.train --config ade20k_semask_tiny_fpn --data-root ...  # the release's 2 GPUs
   semask-train --out-dir runs/x --resume          # continue runs/x from its last checkpoint
+  semask-train --overwrite                       # the default job again, replacing runs/synthetic_cpu
 """
 
 
 def train_main(argv=None) -> None:
-    from ..ops.backend import BackendUnavailable
     from .trainer import NonFiniteLossError, train
-    # a bad data folder, checkpoint, device or diverging run: its message, without a traceback
-    run_errors = (ValueError, OSError, BackendUnavailable, NonFiniteLossError)
     parser = argparse.ArgumentParser(
         prog="semask-train", epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train SeMask-Swin + Semantic FPN, then evaluate (default: the synthetic CPU preset).")
@@ -41,12 +43,18 @@ def train_main(argv=None) -> None:
                         help="continue from PATH (a run folder or its last_state.pt; bare: the out "
                              "dir) with the run's stored config; --field options given override it")
     parser.add_argument("--stop-at", type=int, default=None, help="stop after this iteration (checkpointed)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start (or resume) in an out dir that holds another run: its checkpoints, "
+                             "metrics and results are removed (without it such a folder is refused)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     args.config = args.config_opt or args.config
     try:
         cfg, resume = config_from_args(args), None
         if args.resume is not None:
+            if args.config:
+                raise ValueError(f"--resume continues with the run's stored config, not {args.config}: "
+                                 "give changes as --field options")
             resume = resolve_resume(args.resume or cfg.out_dir)
             overrides = command_line_overrides(args)
             # the run continues in the folder it is in now (it may have been moved or copied),
@@ -58,29 +66,34 @@ def train_main(argv=None) -> None:
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     try:
-        train(cfg, resume=str(resume) if resume else None, stop_at=args.stop_at)
-    except run_errors as exc:
+        train(cfg, resume=str(resume) if resume else None, stop_at=args.stop_at, overwrite=args.overwrite)
+    except (*INPUT_ERRORS, NonFiniteLossError) as exc:
         sys.exit(f"semask-train: error: {exc}")
 
 
 def checkpoint_file(path: Path) -> Path:
     """The file a checkpoint argument names. A run folder: the newer (by stored iteration)
-    of its finished model and its last checkpoint, the finished model on a tie."""
+    of its finished model and its last checkpoint, the finished model on a tie (else its
+    state file)."""
     if not path.is_dir():
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         return path
     found = [p for p in (path / FINAL_NAME, path / WEIGHTS_NAME) if p.is_file()]
+    if not found and (path / STATE_NAME).is_file():
+        return path / STATE_NAME
     if not found:
-        raise FileNotFoundError(f"no checkpoint in {path} (neither {FINAL_NAME} nor {WEIGHTS_NAME})")
+        raise FileNotFoundError(f"no checkpoint in {path} (none of {FINAL_NAME}, {WEIGHTS_NAME}, {STATE_NAME})")
     return max(found, key=lambda p: int(read_metadata(p).get("iteration", -1)))  # first of equals
 
 
 def _load_model(checkpoint: str, device: torch.device, config: str | None = None):
-    """Model and config of ``checkpoint``: the config our checkpoints store (weights files
-    and last_state.pt), or ``config`` (a preset name or JSON file; it wins over a stored
-    one), which files without one need (an official mmseg SeMask ``.pth``, a bare state dict)."""
+    """Model, config and {checkpoint file, iteration} of ``checkpoint``: the config our
+    checkpoints store (weights files and last_state.pt), or ``config`` (a preset name or
+    JSON file; it wins over a stored one), which files without one need (an official
+    mmseg SeMask ``.pth``, a bare state dict)."""
     from ..models import load_checkpoint
+    from ..models.checkpoint import read_checkpoint
     from .config import load_preset
     from .trainer import build_model
     path = checkpoint_file(Path(checkpoint))
@@ -96,6 +109,9 @@ def _load_model(checkpoint: str, device: torch.device, config: str | None = None
     elif "config" in meta:
         cfg = from_dict(json.loads(meta["config"]), str(path))
     else:
+        if path.name == STATE_NAME:  # a state file training_state could not read: say why
+            stored_config(path)
+        read_checkpoint(path)  # a file cut short or of another kind: its own error
         raise ValueError(f"{path} stores no training config (an official mmseg checkpoint or another "
                          "file not written by semask-train): give the model's config with --config, "
                          f"a preset ({', '.join(preset_names())}) or a JSON file")
@@ -105,9 +121,10 @@ def _load_model(checkpoint: str, device: torch.device, config: str | None = None
         raise ValueError(f"{path} is not a whole model ({report.source}): it lacks {len(report.missing)} of "
                          f"its tensors, e.g. {', '.join(report.missing[:3])}; an ImageNet backbone starts "
                          "training (--pretrained), it cannot be evaluated")
-    print(f"model: {path}" + (f", iteration {meta['iteration']}" if "iteration" in meta else ""))
+    source = dict(checkpoint=str(path), iteration=int(meta["iteration"]) if "iteration" in meta else None)
+    print(f"model: {path}" + (f", iteration {source['iteration']}" if "iteration" in meta else ""))
     print(report)
-    return model.to(device).eval(), cfg
+    return model.to(device).eval(), cfg, source
 
 
 CONFIG_HELP = ("the model's config, a preset name or JSON file (default: the one stored in the checkpoint; "
@@ -143,7 +160,8 @@ def eval_main(argv=None) -> None:
     parser.add_argument("--pad-multiple", default=None,
                         help="pad inputs to a multiple of N, or none (default: the training config's "
                              "eval_pad_multiple; none = unpadded, as mmseg)")
-    parser.add_argument("--out", default=None, help="write the JSON here (default: next to the checkpoint)")
+    parser.add_argument("--out", default=None, help="write the JSON here, a .json path, and the markdown table "
+                        "next to it as .md (default: eval_<split>_<mode>.json next to the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="data-loader worker processes (default: the training config's num_workers)")
@@ -157,7 +175,7 @@ def eval_main(argv=None) -> None:
     if args.num_workers is not None and args.num_workers < 0:
         parser.error(f"--num-workers must be at least 0, got {args.num_workers}")
     try:
-        model, cfg = _load_model(args.checkpoint, device, args.config)
+        model, cfg, source = _load_model(args.checkpoint, device, args.config)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     from .config import apply_overrides
@@ -172,6 +190,8 @@ def eval_main(argv=None) -> None:
     mode, pad = cfg.eval_mode, cfg.eval_pad_multiple
     run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
     out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_{mode}.json"
+    if out.suffix != ".json":  # the table goes to .md next to it: "res.md" wrote both there
+        parser.error(f"--out must name a .json file, got {out}")
     try:  # a result that cannot be written is refused before the scoring, not after it
         out.parent.mkdir(parents=True, exist_ok=True)
         for target in (out, out.with_suffix(".md")):
@@ -181,17 +201,21 @@ def eval_main(argv=None) -> None:
         parser.error(f"--out: {exc}")
     try:
         raw = build_raw_dataset(cfg.dataset, args.split, args.data_root or cfg.data_root, cfg.num_classes,
-                                cfg.seed, cfg.synthetic_val_size, cfg.synthetic_size)
+                                cfg.seed, cfg.synthetic_train_size if args.split == "train"
+                                else cfg.synthetic_val_size, cfg.synthetic_size)
     except ValueError as exc:
         parser.error(str(exc))
     if cfg.dataset != "ade20k" and len(raw.classes) != cfg.num_classes:
         parser.error(f"the model has {cfg.num_classes} classes but {cfg.dataset} has {len(raw.classes)}")
     t0 = time.perf_counter()
-    res = evaluate(model, raw, cfg.num_classes, device, mode, cfg.test_scale, cfg.ms_ratios,
-                   tuple(cfg.slide_crop), tuple(cfg.slide_stride),
-                   progress=True, cuda_graphs=args.cuda_graphs, pad_multiple=pad,
-                   num_workers=cfg.num_workers if args.num_workers is None else args.num_workers)
-    res["eval_s"] = time.perf_counter() - t0
+    try:
+        res = evaluate(model, raw, cfg.num_classes, device, mode, cfg.test_scale, cfg.ms_ratios,
+                       tuple(cfg.slide_crop), tuple(cfg.slide_stride),
+                       progress=True, cuda_graphs=args.cuda_graphs, pad_multiple=pad,
+                       num_workers=cfg.num_workers if args.num_workers is None else args.num_workers)
+    except INPUT_ERRORS as exc:  # a bad label file, a backend that cannot run here, ...
+        sys.exit(f"semask-eval: error: {exc}")
+    res.update(source, split=args.split, dataset=cfg.dataset, pad_multiple=pad, eval_s=time.perf_counter() - t0)
     out.write_text(json.dumps(res, indent=1))
     out.with_suffix(".md").write_text(markdown_table(res) + "\n")
     print(markdown_table(res))
@@ -228,7 +252,7 @@ def class_id_image(pred: np.ndarray, colours: np.ndarray):
 def infer_main(argv=None) -> None:
     from PIL import Image, ImageOps
     from ..data import eval_transforms
-    from ..data.folders import IMAGE_SUFFIXES, rgb_array
+    from ..data.folders import rgb_array
     from ..data.transforms import to_tv_tensors
     from .inference import predict_probs
     parser = argparse.ArgumentParser(prog="semask-infer", description="Segment images: writes <name>.png "
@@ -253,17 +277,21 @@ def infer_main(argv=None) -> None:
         parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
     if not 0 <= args.alpha <= 1:
         parser.error(f"--alpha must be between 0 and 1, got {args.alpha}")
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
     files = []
     for item in map(Path, args.inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if item.is_dir():  # the files Pillow can open, by suffix
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in readable and p.is_file())
         elif item.is_file():
             files.append(item)
         else:
             parser.error(f"input not found: {item}")
     if not files:
-        sys.exit("no images found in the given inputs")
+        parser.error("no images in the given folders (no file with a suffix Pillow reads, such as .png, "
+                     ".jpg, .webp, .bmp or .tif)")
     out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out-dir {out} is a file")
     outputs = {p: (out / f"{p.stem}.png", out / f"{p.stem}_overlay.png") for p in files}
     written = collections.Counter(o.resolve() for pair in outputs.values() for o in pair)
     clashes = sorted(str(p) for p, pair in outputs.items() if any(written[o.resolve()] > 1 for o in pair))
@@ -274,28 +302,33 @@ def infer_main(argv=None) -> None:
     if overwritten:
         parser.error("outputs would overwrite inputs (choose another --out-dir): " + ", ".join(overwritten[:8]))
     try:
-        model, cfg = _load_model(args.checkpoint, device, args.config)
+        model, cfg, source = _load_model(args.checkpoint, device, args.config)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     if args.cuda_graphs:
         from .cuda_graphs import GraphedInference
         model = GraphedInference(model)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.num_classes > 65536:  # a 16-bit PNG holds ids up to 65535
+        parser.error(f"class-id maps hold at most 65536 classes, the model has {cfg.num_classes}")
     colours, norm = palette(cfg.num_classes), eval_transforms()
     unreadable = []
     for path in files:
         try:
             with Image.open(path) as im:
                 rgb = rgb_array(ImageOps.exif_transpose(im))  # as displayed (EXIF orientation)
-        except (OSError, ValueError) as exc:  # not an image, truncated, unreadable: the others go on
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # the others go on
             print(f"{path}: skipped, not a readable image ({exc})", file=sys.stderr)
             unreadable.append(str(path))
             continue
         image, _ = norm(*to_tv_tensors(rgb, np.zeros(rgb.shape[:2], np.uint8)))
-        probs = predict_probs(model, image.as_subclass(torch.Tensor)[None].to(device), rgb.shape[:2],
-                              args.mode or cfg.eval_mode, cfg.test_scale, cfg.ms_ratios,
-                              tuple(cfg.slide_crop), tuple(cfg.slide_stride),
-                              pad_multiple=cfg.eval_pad_multiple)
+        try:
+            probs = predict_probs(model, image.as_subclass(torch.Tensor)[None].to(device), rgb.shape[:2],
+                                  args.mode or cfg.eval_mode, cfg.test_scale, cfg.ms_ratios,
+                                  tuple(cfg.slide_crop), tuple(cfg.slide_stride),
+                                  pad_multiple=cfg.eval_pad_multiple)
+        except INPUT_ERRORS as exc:  # a backend that cannot run here, an image the model refuses
+            sys.exit(f"semask-infer: error: {path}: {exc}")
         pred = probs.argmax(1)[0].cpu().numpy()
         ids, overlay = outputs[path]
         class_id_image(pred, colours).save(ids)

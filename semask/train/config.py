@@ -209,7 +209,8 @@ PAIRS = ("synthetic_size", "crop_size", "img_scale", "ratio_range", "betas", "te
 AT_LEAST_ONE = ("num_classes", "synthetic_train_size", "synthetic_val_size", "iters", "batch_size",
                 "accum_steps", "log_interval", "head_channels")
 AT_LEAST_ONE_OR_NONE = ("eval_pad_multiple", "ohem_min_kept", "window_size")
-MIN_CROP = 32  # the backbone's total stride: a smaller training crop has no stage-4 token
+MIN_CROP = 32  # the backbone's total stride: a smaller input has no stage-4 token
+NUM_STAGES = 4  # of every Swin variant
 AT_LEAST_ZERO = ("num_workers", "warmup_iters", "max_nonfinite", "eval_interval", "ckpt_interval")
 
 
@@ -268,6 +269,10 @@ def config_errors(cfg: TrainConfig) -> list[str]:
         "synthetic_size": (list(cfg.synthetic_size) == sorted(cfg.synthetic_size), "min, max"),
         "crop_size": (all(x >= MIN_CROP for x in cfg.crop_size), f"at least {MIN_CROP} a side (the "
                       "backbone's total stride)"),
+        "slide_crop": (cfg.eval_pad_multiple is not None or all(x >= MIN_CROP for x in cfg.slide_crop),
+                       f"at least {MIN_CROP} a side when eval_pad_multiple is none"),
+        "grad_checkpointing": (all(0 <= s < NUM_STAGES for s in cfg.grad_checkpointing),
+                               f"stage indices 0 to {NUM_STAGES - 1}"),
         "ratio_range": (list(cfg.ratio_range) == sorted(cfg.ratio_range), "low, high")}
     errors += [f"{k} must be {what}, got {getattr(cfg, k)!r}" for k, (holds, what) in ranges.items()
                if not holds]
@@ -310,7 +315,9 @@ def preset_names() -> list[str]:
 
 def resolve_preset(name_or_path: str) -> Path:
     path = Path(name_or_path)
-    if path.suffix == ".json" and path.is_file():
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
         return path
     candidate = CONFIG_DIR / f"{name_or_path}.json"
     if candidate.is_file():

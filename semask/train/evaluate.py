@@ -6,6 +6,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import TransformedDataset, eval_loader, eval_transforms
+from ..data.folders import DataError
 from .cuda_graphs import GraphedInference
 from .distributed import DistInfo, all_reduce_sum
 from .inference import predict_probs
@@ -50,6 +51,9 @@ def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", 
         conf += confusion_matrix(probs.argmax(1), label, num_classes, checked=True)
     conf = all_reduce_sum(conf, info).cpu()
     model.train(was_training)
+    if not conf.sum():  # mIoU would be NaN (0 / 0)
+        raise DataError(f"evaluate: the {len(raw_dataset)} labels hold no labelled pixel (every pixel is the "
+                        "ignore index 255; the Cityscapes test split's labels are not public): nothing to score")
     result = summarize(conf, getattr(raw_dataset, "classes", None))
     cls, base = best_constant_miou(conf)
     classes = getattr(raw_dataset, "classes", None)

@@ -80,8 +80,8 @@ def autocast_factory(cfg: TrainConfig, device: torch.device):
 RESUME_FREE = ("out_dir", "iters", "progress", "log_interval", "ckpt_interval", "eval_interval",
                "num_workers", "device", "eval_mode", "test_scale", "slide_crop", "slide_stride",
                "ms_ratios", "max_nonfinite", "name", "pretrained", "skip_mismatched")
-# what a run writes into its folder (semask-eval: eval_<split>_<mode>.*); a new run there
-# removes the earlier run's, which would otherwise pass for its own
+# what a run writes into its folder (semask-eval: eval_<split>_<mode>.*); a run started
+# there with overwrite=True removes the earlier run's, which would otherwise pass for its own
 RUN_FILES = (STATE_NAME, WEIGHTS_NAME, FINAL_NAME, "eval.json", "eval.md", "metrics.jsonl", "curves.png",
              "eval_*_*.json", "eval_*_*.md")
 
@@ -105,6 +105,15 @@ def _continue_metrics(source: Path, target: Path, start_iter: int) -> None:
     target.write_text("".join(line + "\n" for line in kept))
 
 
+def _remove_run(files: list[Path]) -> None:
+    """Remove an earlier run's files (``train(overwrite=True)``), saying which."""
+    if files:
+        warnings.warn(f"overwrite: removing the earlier run's files in {files[0].parent}: "
+                      + ", ".join(p.name for p in files), stacklevel=3)
+    for p in files:
+        p.unlink()
+
+
 def _rank_rng(saved, info, say) -> dict:
     """This process's RNG state from a checkpoint's (one per rank; a dict in older files)."""
     if isinstance(saved, dict):
@@ -120,10 +129,34 @@ def _log(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = None) -> dict:
+def earlier_run_files(out: Path, resume: str | None = None) -> list[Path]:
+    """The files of a run that ``out`` holds, other than the one ``resume`` continues
+    there (empty: none). A run: a state, weights or final model file."""
+    if resume and resolve_resume(resume).parent.resolve() == out.resolve():
+        return []
+    if not any((out / name).is_file() for name in (STATE_NAME, WEIGHTS_NAME, FINAL_NAME)):
+        return []
+    return sorted({p for pattern in RUN_FILES for p in out.glob(pattern) if p.is_file()})
+
+
+def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = None,
+          overwrite: bool = False) -> dict:
     """Run training (and the final evaluation); returns the evaluation result (rank 0:
     also written to ``<out_dir>/eval.json``). ``stop_at``: leave after that iteration's
-    checkpoint, as an interrupted run would (tests)."""
+    checkpoint, as an interrupted run would. A folder that holds another run is refused
+    unless ``overwrite``: then that run's files are removed (two runs' files side by side
+    pass for one run)."""
+    out = Path(cfg.out_dir)
+    earlier = earlier_run_files(out, resume)
+    if earlier and not overwrite:
+        raise ValueError(f"{out} holds another run ({', '.join(p.name for p in earlier)}): --resume "
+                         f"continues it, --overwrite replaces it (removes these files), or choose another "
+                         "--out-dir")
+    if cfg.pretrained and Path(cfg.pretrained).resolve() in {p.resolve() for p in earlier}:
+        raise ValueError(f"the pretrained file {cfg.pretrained} is one of the earlier run's files that "
+                         "overwrite removes: copy it elsewhere first")
+    if stop_at is not None and not (resume or 1 <= stop_at <= cfg.iters):
+        raise ValueError(f"stop_at must be between 1 and iters={cfg.iters}, got {stop_at}")
     backend = compile_backend(cfg.compile)
     info = distributed.setup(cfg.device)
     if cfg.cuda_graphs:
@@ -133,7 +166,6 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
             distributed.cleanup(info)
             raise ValueError("--cuda-graphs: " + "; ".join(why))
     t_start = time.perf_counter()
-    out = Path(cfg.out_dir)
     say = print if info.is_main else (lambda *a, **k: None)
     say(f"semask-train  world size {info.world_size}, device {info.device}\nconfig:\n{cfg.describe()}")
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -180,19 +212,18 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         if start_iter > cfg.iters:
             raise ValueError(f"{resume}: the run is already at iteration {start_iter}, past iters="
                              f"{cfg.iters}: nothing to train (give --iters above {start_iter})")
+        if stop_at is not None and not start_iter < stop_at <= cfg.iters:
+            raise ValueError(f"stop_at must be after the run's iteration {start_iter} and at most "
+                             f"iters={cfg.iters}, got {stop_at}")
         say(f"resumed from {resume} at iteration {start_iter}")
         changed = config_changes(json.loads(state["config"]), cfg.to_dict())
         if changed and info.is_main:
             warnings.warn(f"resuming with a config that differs from the run's: {changed}", stacklevel=2)
         if info.is_main:
+            _remove_run(earlier)
             _continue_metrics(resolve_resume(resume).parent / metrics_path.name, metrics_path, start_iter)
     elif info.is_main:
-        earlier = sorted({p for pattern in RUN_FILES for p in out.glob(pattern) if p.is_file()})
-        if any(p.name != "metrics.jsonl" or p.stat().st_size for p in earlier):
-            warnings.warn(f"{out} holds an earlier run's files: this run starts at iteration 0 and removes "
-                          f"them ({', '.join(p.name for p in earlier)}; --resume continues a run)", stacklevel=2)
-        for p in earlier:
-            p.unlink()
+        _remove_run(earlier)
         metrics_path.write_text("")
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.enabled else model

@@ -21,8 +21,8 @@ from test_cli import TINY
 
 
 def _micro(**overrides):
-    return load_config("synthetic_cpu", variant="micro", head_channels=8, synthetic_val_size=2,
-                       synthetic_size=(64, 80), progress=False, **overrides)
+    return load_config("synthetic_cpu", **{**dict(variant="micro", head_channels=8, synthetic_val_size=2,
+                                                   synthetic_size=(64, 80), progress=False), **overrides})
 
 
 def _save(model, path, cfg, iteration):
@@ -210,6 +210,111 @@ def test_eval_refuses_split_and_out_it_cannot_use_before_scoring(tmp_path, monke
     monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: pytest.fail("scored"))
     assert "invalid choice: 'validation'" in _exit(eval_main, [str(tmp_path / "m.safetensors"), "--split",
                                                                "validation"], capsys)
-    (tmp_path / "taken").mkdir()
-    err = _exit(eval_main, [str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "taken")], capsys)
-    assert f"--out: cannot write {tmp_path / 'taken'}" in err
+    (tmp_path / "taken.json").mkdir()
+    err = _exit(eval_main, [str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "taken.json")], capsys)
+    assert f"--out: cannot write {tmp_path / 'taken.json'}" in err
+    # the table goes next to the JSON as .md: "res.md" wrote both to one file
+    assert "--out must name a .json file" in _exit(eval_main, [str(tmp_path / "m.safetensors"), "--out",
+                                                              str(tmp_path / "res.md")], capsys)
+    assert not (tmp_path / "res.md").exists()
+
+
+def test_eval_records_what_it_scored_and_takes_the_train_split_whole(tmp_path, monkeypatch, capsys):
+    """The JSON names the checkpoint, iteration, split and padding; --split train scores the
+    synthetic training set (synthetic_train_size images), not a val-sized part of it."""
+    cfg = _micro(synthetic_train_size=5, synthetic_val_size=2)
+    _save(build_model(cfg, 6), tmp_path / "m.safetensors", cfg, 4)
+    real = evaluate_module.evaluate
+    sizes = []
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda m, raw, *a, **k: sizes.append(len(raw)) or real(m, raw, *a, **k))
+    eval_main([str(tmp_path / "m.safetensors"), "--split", "train", "--out", str(tmp_path / "r.json")])
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert sizes == [5]
+    assert (res["checkpoint"], res["iteration"], res["split"], res["pad_multiple"]) == (
+        str(tmp_path / "m.safetensors"), 4, "train", 32)
+
+
+def test_resume_refuses_a_config_it_would_ignore(tmp_path, capsys):
+    err = _exit(train_main, ["ade20k_semask_tiny_fpn", "--resume", str(tmp_path)], capsys)
+    assert "--resume continues with the run's stored config, not ade20k_semask_tiny_fpn" in err
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--slide-crop", "16,16", "slide_crop must be at least 32 a side when eval_pad_multiple is none"),
+    ("--grad-checkpointing", "7,-1", "grad_checkpointing must be stage indices 0 to 3")])
+def test_train_refuses_settings_that_fail_only_at_the_end(tmp_path, capsys, option, value, message):
+    argv = [*TINY, "--eval-pad-multiple", "none", "--slide-stride", "16,16", option, value]
+    assert message in _exit(train_main, [*argv, "--out-dir", str(tmp_path / "r")], capsys)
+    assert "config file not found: nope.json" in _exit(train_main, ["nope.json"], capsys)
+
+
+def test_evaluate_refuses_labels_without_a_labelled_pixel(ade_fixture):
+    """All-ignored labels (ADE 0 = other, as the Cityscapes test split): no mIoU to give,
+    not NaN written as a result."""
+    from semask.data import build_raw_dataset
+    from semask.data.folders import DataError
+    for label in (ade_fixture / "annotations" / "validation").iterdir():
+        Image.fromarray(np.zeros((48, 60), np.uint8)).save(label)
+    raw = build_raw_dataset("ade20k", "val", str(ade_fixture), 150)
+    model = build_model(_micro(num_classes=150), 150)
+    with pytest.raises(DataError, match="the 2 labels hold no labelled pixel"):
+        evaluate_module.evaluate(model, raw, 150, "cpu")
+
+
+def test_eval_infer_and_summary_say_backend_errors_in_a_line(tmp_path, monkeypatch, capsys):
+    """A model trained fused, scored where its backend cannot run: a message, no traceback."""
+    from semask.__main__ import main as summary_main
+    cfg = _micro(fused=True)
+    _save(build_model(cfg, 6), tmp_path / "m.safetensors", cfg, 1)
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(tmp_path / "im.png")
+    monkeypatch.setenv("SEMASK_BACKEND", "cuda")
+    if torch.cuda.is_available():
+        pytest.skip("the cuda backend may run here")
+    for main, argv in ((eval_main, ["--out", str(tmp_path / "e.json")]),
+                       (infer_main, [str(tmp_path / "im.png"), "--out-dir", str(tmp_path / "p")])):
+        err = _exit(main, [str(tmp_path / "m.safetensors"), *argv, "--device", "cpu"], capsys, code=1)
+        assert "error:" in err and "cuda" in err and "Traceback" not in err
+    monkeypatch.setenv("SEMASK_BACKEND", "bogus")
+    err = _exit(summary_main, ["--fused", "--size", "32", "32", "--device", "cpu"], capsys, code=1)
+    assert "SEMASK_BACKEND='bogus': unknown backend" in err
+    assert "--num-classes must be at least 2" in _exit(summary_main, ["--num-classes", "1"], capsys)
+
+
+def test_infer_reads_every_pillow_format_and_skips_oversized_images(tmp_path, monkeypatch, capsys):
+    cfg = _micro()
+    _save(build_model(cfg, 6), tmp_path / "m.safetensors", cfg, 1)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.webp", "b.bmp", "c.tif", "d.png"):
+        Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(images / name)
+    Image.fromarray(np.full((60, 60, 3), 9, np.uint8)).save(images / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1300)  # 3600 pixels: over twice the limit
+    err = _exit(infer_main, [str(tmp_path / "m.safetensors"), str(images), "--out-dir", str(tmp_path / "p")],
+                capsys, code=1)
+    assert "huge.png: skipped" in err and "1 of 5 inputs" in err
+    assert sorted(p.name for p in (tmp_path / "p").iterdir() if "overlay" not in p.name) == [
+        "a.png", "b.png", "c.png", "d.png"]
+    (tmp_path / "afile").write_text("")
+    assert "--out-dir" in _exit(infer_main, [str(tmp_path / "m.safetensors"), str(images), "--out-dir",
+                                             str(tmp_path / "afile")], capsys)
+    assert "no images in the given folders" in _exit(infer_main, [str(tmp_path / "m.safetensors"),
+                                                                  str(tmp_path / "p" / "..")], capsys)
+
+
+def test_state_files_load_and_name_their_problems(tmp_path, capsys):
+    """A folder holding only last_state.pt is scored from it; a truncated one says so (not
+    'no config'); as --pretrained it is reported as a training state."""
+    from semask import load_checkpoint
+    cfg = _micro()
+    model = build_model(cfg, 6)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
+    scheduler = build_scheduler(optimizer, 10, 1, 0.1, 1.0, 0.0, cfg.lr)
+    save_training_state(tmp_path, model, optimizer, scheduler, None, 3, cfg.to_dict())
+    (tmp_path / "last.safetensors").unlink()
+    eval_main([str(tmp_path), "--out", str(tmp_path / "e.json")])
+    assert f"model: {tmp_path / 'last_state.pt'}, iteration 3" in capsys.readouterr().out
+    assert load_checkpoint(build_model(cfg, 6), tmp_path / "last_state.pt").source == "semask_training_state"
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "last_state.pt").write_bytes((tmp_path / "last_state.pt").read_bytes()[:5000])
+    assert "not a readable training state file" in _exit(eval_main, [str(cut)], capsys)

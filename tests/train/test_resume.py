@@ -134,25 +134,6 @@ def test_skipped_step_puts_the_batchnorm_statistics_back(tmp_path, tiny_config, 
     assert res["mIoU"] == res["mIoU"]
 
 
-def test_a_new_run_in_a_run_folder_removes_the_earlier_runs_files(tmp_path, tiny_config):
-    """A new run (not --resume) in a finished run's folder warns and removes that run's
-    files: killed before its end, it left the old model.safetensors and eval.json next to
-    its own checkpoint, and semask-eval <folder> scored the old model. Other files stay."""
-    from semask.train.cli import checkpoint_file
-    train(tiny_config(tmp_path, iters=2))
-    (tmp_path / "eval_val_whole.json").write_text("{}")  # semask-eval's result for that model
-    (tmp_path / "notes.txt").write_text("mine")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train(tiny_config(tmp_path, iters=3), stop_at=1)
-    said = [str(w.message) for w in caught if "earlier run" in str(w.message)]
-    assert len(said) == 1 and "model.safetensors" in said[0] and "--resume continues" in said[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors", "last_state.pt", "metrics.jsonl",
-                                                          "notes.txt"]
-    assert [json.loads(line)["iter"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
-    assert checkpoint_file(tmp_path) == tmp_path / "last.safetensors"
-
-
 def test_cuda_rng_state_is_this_gpus_only(monkeypatch):
     """Saved: the current GPU's generator state only, so a resume with fewer visible GPUs
     has nothing to set on GPUs it lacks; files of earlier versions (every visible GPU's
