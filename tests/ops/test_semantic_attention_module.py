@@ -17,7 +17,8 @@ def test_linear_padded_appends_zero_features():
     x = torch.randn(2, 3, 7)
     out = sem_op.linear_padded(layer, x, 3)
     assert out.shape == (2, 3, 8)
-    torch.testing.assert_close(out[..., :5], layer(x), rtol=0, atol=0)
+    # a GEMM of another output width may round differently (BLAS kernels): a few ulp
+    torch.testing.assert_close(out[..., :5], layer(x), rtol=1e-6, atol=1e-6)
     assert (out[..., 5:] == 0).all()
     layer.bias = None
     assert (sem_op.linear_padded(layer, x, 3)[..., 5:] == 0).all()
