@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 ADE20K_SPLITS = {"train": "training", "val": "validation"}
 CITYSCAPES_SPLITS = ("train", "val", "test")
@@ -75,8 +75,9 @@ class DataError(ValueError):
 class SegmentationFolder:
     """(image path, label path) pairs -> (image [H, W, 3] uint8, label [H, W] uint8, name).
 
-    Labels are checked on read: same size as the image, values in 0..num_classes-1 or 255
-    (after ``reduce_zero_label``).
+    Images are read as displayed (EXIF orientation applied). Labels are checked on read:
+    same size as the image, values in 0..num_classes-1 or 255 (in the file: 1..num_classes,
+    0 or 255 with ``reduce_zero_label``); 16-bit label PNGs are checked before the cast.
     """
 
     ignore_index = 255
@@ -85,6 +86,12 @@ class SegmentationFolder:
                  classes: tuple[str, ...] | None = None):
         if not pairs:
             raise DataError("no samples found")
+        # class ids are stored in uint8 with 255 = ignore; reduce_zero_label stores class c as c + 1
+        most = self.ignore_index - int(reduce_zero_label)
+        if not 1 <= num_classes <= most:
+            raise DataError(f"num_classes={num_classes}: labels read from folders hold 1..{most} classes "
+                            f"({self.ignore_index} is the ignore index"
+                            + (", class c is stored as c + 1)" if reduce_zero_label else ")"))
         self.pairs, self.num_classes, self.reduce_zero_label = pairs, num_classes, reduce_zero_label
         self.classes = classes or tuple(f"class_{i}" for i in range(num_classes))
 
@@ -95,7 +102,9 @@ class SegmentationFolder:
         image_path, label_path = self.pairs[index]
         try:
             with Image.open(image_path) as im:
-                image = rgb_array(im)
+                # as displayed (EXIF orientation), as OpenCV's colour read in the release's
+                # loader and semask-infer
+                image = rgb_array(ImageOps.exif_transpose(im))
         except OSError as exc:
             raise DataError(f"cannot read image {image_path}: {exc}") from exc
         try:
@@ -109,22 +118,16 @@ class SegmentationFolder:
         if label.shape != image.shape[:2]:
             raise DataError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image "
                             f"{image_path} is {image.shape[1]}x{image.shape[0]} (W x H)")
-        label = self._convert(label.astype(np.int64))
-        bad = (label >= self.num_classes) & (label != self.ignore_index)
-        if bad.any() or (label < 0).any():
-            values = np.unique(label[bad | (label < 0)])[:8]
-            raise DataError(f"label {label_path} has values {values.tolist()} outside 0..{self.num_classes - 1} "
-                            f"(and {self.ignore_index} = ignore)"
-                            + (" after reduce_zero_label" if self.reduce_zero_label else ""))
+        raw = label.astype(np.int64)  # 16-bit PNGs hold values past 255: checked before any cast
+        ignored = (raw == self.ignore_index) | ((raw == 0) if self.reduce_zero_label else False)
+        label = np.where(ignored, self.ignore_index, raw - 1 if self.reduce_zero_label else raw)
+        bad = ((label < 0) | (label >= self.num_classes)) & ~ignored
+        if bad.any():
+            first = int(self.reduce_zero_label)
+            raise DataError(f"label {label_path} has values {np.unique(raw[bad])[:8].tolist()} outside "
+                            f"{first}..{self.num_classes - 1 + first} (and {self.ignore_index} = ignore"
+                            + (", 0 = other: reduce_zero_label)" if self.reduce_zero_label else ")"))
         return image, label.astype(np.uint8), image_path.stem
-
-    def _convert(self, label: np.ndarray) -> np.ndarray:
-        if not self.reduce_zero_label:
-            return label
-        out = label - 1
-        out[label == 0] = self.ignore_index
-        out[label == self.ignore_index] = self.ignore_index
-        return out
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -141,8 +144,12 @@ def ade20k(root: str | Path, split: str = "train", num_classes: int = 150) -> Se
     sub = ADE20K_SPLITS[split]
     image_dir = _require_dir(root / "images" / sub, "ADE20K images")
     label_dir = _require_dir(root / "annotations" / sub, "ADE20K annotations")
-    pairs = []
+    pairs, seen = [], {}
     for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        if image.stem in seen:  # both would pair with the one <stem>.png: a sample counted twice
+            raise DataError(f"images {seen[image.stem].name} and {image.name} in {image_dir} share the "
+                            f"label {image.stem}.png: keep one of them")
+        seen[image.stem] = image
         label = label_dir / (image.stem + ".png")
         if not label.is_file():
             raise DataError(f"missing label for image {image}: expected {label}")
@@ -172,6 +179,9 @@ def cityscapes(root: str | Path, split: str = "train") -> SegmentationFolder:
         stem = image.name[: -len("_leftImg8bit.png")]
         label = label_dir / image.parent.name / f"{stem}_gtFine_labelTrainIds.png"
         if not label.is_file():
-            raise DataError(f"missing label for image {image}: expected {label}")
+            ids = label.with_name(f"{stem}_gtFine_labelIds.png")
+            raise DataError(f"missing label for image {image}: expected {label}"
+                            + (f" ({ids.name} is there: convert every labelIds file with cityscapesscripts' "
+                               "csCreateTrainIdLabelImgs)" if ids.is_file() else ""))
         pairs.append((image, label))
     return SegmentationFolder(pairs, len(CITYSCAPES_CLASSES), classes=CITYSCAPES_CLASSES)

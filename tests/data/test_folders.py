@@ -56,7 +56,7 @@ def test_label_values_out_of_range_name_the_file(ade_root, cityscapes_root, writ
     label = np.full((8, 8), 151, np.uint8)    # -> 150 after reduce_zero_label: outside 0..149
     write_pair(ade_root / "images" / "validation" / "ADE_validation_00000001.jpg",
                ade_root / "annotations" / "validation" / "ADE_validation_00000001.png", label)
-    with pytest.raises(DataError, match=r"ADE_validation_00000001.png has values \[150\] outside 0..149"):
+    with pytest.raises(DataError, match=r"ADE_validation_00000001.png has values \[151\] outside 1..150"):
         ade20k(ade_root, "val")[1]
     bad = next((cityscapes_root / "gtFine" / "val").rglob("*.png"))
     Image.fromarray(np.full((32, 64), 19, np.uint8)).save(bad)
@@ -85,3 +85,51 @@ def test_rgb_array_of_16_bit_grey_keeps_the_high_byte(tmp_path):
     assert (rgb == want[..., None]).all()
     colour = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
     assert np.array_equal(rgb_array(Image.fromarray(colour)), colour)
+
+
+def test_16_bit_labels_past_255_are_refused_not_wrapped(ade_root):
+    """A 16-bit label PNG: 256 would become the ignore index after reduce_zero_label and
+    257 / 300 would wrap to 0 / 43 in uint8; they are errors. Valid 16-bit ids read as is."""
+    path = ade_root / "annotations" / "training" / "ADE_training_00000000.png"
+    label = np.asarray(Image.open(path)).astype(np.uint16)
+    Image.fromarray(label).save(path)
+    assert Image.open(path).mode.startswith("I")
+    np.testing.assert_array_equal(ade20k(ade_root, "train")[0][1],
+                                  np.where(label == 0, 255, label.astype(np.int64) - 1))
+    label[3, :3] = [256, 257, 300]
+    Image.fromarray(label).save(path)
+    with pytest.raises(DataError, match=r"ADE_training_00000000.png has values \[256, 257, 300\] outside 1..150"):
+        ade20k(ade_root, "train")[0]
+    with pytest.raises(DataError, match="num_classes=255: labels read from folders hold 1..254 classes"):
+        ade20k(ade_root, "train", num_classes=255)
+
+
+def test_image_with_exif_orientation_is_read_as_displayed(ade_root, tmp_path):
+    """EXIF orientation 6 (displayed turned 90 degrees clockwise), as semask-infer and the
+    release's OpenCV read show it; the label is of the displayed size."""
+    image_path = ade_root / "images" / "training" / "ADE_training_00000000.jpg"
+    stored = np.random.default_rng(3).integers(0, 256, (36, 52, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(image_path, exif=exif)
+    decoded = np.asarray(Image.open(image_path).convert("RGB"))   # stored orientation
+    Image.fromarray(np.ones((52, 36), np.uint8)).save(ade_root / "annotations" / "training" / "ADE_training_00000000.png")
+    image, label, _ = ade20k(ade_root, "train")[0]
+    assert image.shape == (52, 36, 3) and label.shape == (52, 36)
+    np.testing.assert_array_equal(image, np.rot90(decoded, k=-1))
+
+
+def test_two_images_of_one_stem_are_refused(ade_root, write_pair):
+    """x.jpg and x.png would both pair with x.png (one sample counted twice)."""
+    label = np.ones((40, 50), np.uint8)
+    write_pair(ade_root / "images" / "training" / "ADE_training_00000001.png",
+               ade_root / "annotations" / "training" / "ADE_training_00000001.png", label)
+    with pytest.raises(DataError, match="ADE_training_00000001.jpg and ADE_training_00000001.png .* share the label"):
+        ade20k(ade_root, "train")
+
+
+def test_partly_converted_cityscapes_names_the_conversion(cityscapes_root):
+    label = next((cityscapes_root / "gtFine" / "train").rglob("*_labelTrainIds.png"))
+    label.rename(label.with_name(label.name.replace("labelTrainIds", "labelIds")))
+    with pytest.raises(DataError, match="missing label .*labelIds.png is there: convert .*csCreateTrainIdLabelImgs"):
+        cityscapes(cityscapes_root, "train")
