@@ -48,8 +48,8 @@ class InfiniteShardedSampler(Sampler):
     """Endless stream of ``(index, augmentation seed)``.
 
     The global stream is epoch after epoch of ``randperm(n)`` drawn from ``seed + epoch``;
-    rank r of w takes positions r, r + w, r + 2w, ...; ``start`` skips that many of this
-    rank's samples (resume).
+    after ``start`` positions of it (drawn before a resume, by any number of processes),
+    rank r of w takes positions start + r, start + r + w, start + r + 2w, ...
     """
 
     def __init__(self, length: int, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -58,7 +58,7 @@ class InfiniteShardedSampler(Sampler):
         self.start, self.shuffle = start, shuffle
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        position = self.rank + self.start * self.world_size
+        position = self.start + self.rank
         while True:
             epoch, offset = divmod(position, self.length)
             if self.shuffle:
@@ -80,8 +80,9 @@ def collate(batch):
 
 def train_loader(dataset: TransformedDataset, batch_size: int, seed: int, rank: int, world_size: int,
                  start_sample: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """Endless batches of ``dataset`` (:class:`InfiniteShardedSampler`); ``pin_memory``: in
-    page-locked host memory, so that a copy to the GPU can run asynchronously."""
+    """Endless batches of ``dataset`` (:class:`InfiniteShardedSampler`) after ``start_sample``
+    samples of the global stream (all ranks'); ``pin_memory``: in page-locked host memory,
+    so that a copy to the GPU can run asynchronously."""
     sampler = InfiniteShardedSampler(len(dataset), seed, rank, world_size, start_sample)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                       num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -136,5 +137,7 @@ def eval_loader(dataset: TransformedDataset, num_workers: int = 0, rank: int = 0
                 world_size: int = 1, pin_memory: bool = False) -> DataLoader:
     """Batch size 1 (images keep their own size); rank r takes samples r, r + w, ..."""
     indices = list(range(rank, len(dataset), world_size))
+    # its own generator: the workers' base seed is drawn from it, not from the global RNG
+    # (an evaluation during training would shift the training's dropout stream)
     return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=1, collate_fn=collate,
-                      num_workers=num_workers, pin_memory=pin_memory)
+                      num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))

@@ -124,6 +124,19 @@ def _rank_rng(saved, info, say) -> dict:
     return saved[info.rank % len(saved)]
 
 
+def _consumed_samples(stored: dict, state: dict, cfg: TrainConfig, info) -> int:
+    """Samples of the global training stream the resumed run drew, at its own world size
+    (one RNG state per process) and batch; warns when this run's effective batch differs."""
+    world = len(state["rng"]) if isinstance(state["rng"], list) else 1  # a dict: older 1-process files
+    before = stored["batch_size"] * stored.get("accum_steps", 1) * world
+    now = cfg.batch_size * cfg.accum_steps * info.world_size
+    if now != before and info.is_main:
+        warnings.warn(f"the effective batch changes from {before} images per step (the run's: {world} "
+                      f"process(es) x {before // world}) to {now} ({info.world_size} x "
+                      f"{now // info.world_size}); the lr schedule is not rescaled", stacklevel=3)
+    return state["iteration"] * before
+
+
 def _log(path: Path, record: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -202,7 +215,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
                                 fused=True if info.device.type == "cuda" else None)
     scheduler = build_scheduler(optimizer, cfg.iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power,
                                 cfg.min_lr, cfg.lr)
-    start_iter = 0
+    start_iter = consumed = 0  # consumed: samples of the global training stream already drawn
     metrics_path = out / "metrics.jsonl"
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -216,9 +229,11 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
             raise ValueError(f"stop_at must be after the run's iteration {start_iter} and at most "
                              f"iters={cfg.iters}, got {stop_at}")
         say(f"resumed from {resume} at iteration {start_iter}")
-        changed = config_changes(json.loads(state["config"]), cfg.to_dict())
+        stored = json.loads(state["config"])
+        changed = config_changes(stored, cfg.to_dict())
         if changed and info.is_main:
             warnings.warn(f"resuming with a config that differs from the run's: {changed}", stacklevel=2)
+        consumed = _consumed_samples(stored, state, cfg, info)
         if info.is_main:
             _remove_run(earlier)
             _continue_metrics(resolve_resume(resume).parent / metrics_path.name, metrics_path, start_iter)
@@ -233,7 +248,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         say(f"torch.compile of the training forward, backend {backend}")
     per_step = cfg.batch_size * cfg.accum_steps
     loader = train_loader(TransformedDataset(train_raw, transforms), cfg.batch_size, cfg.seed, info.rank,
-                          info.world_size, start_iter * per_step, cfg.num_workers,
+                          info.world_size, consumed, cfg.num_workers,
                           pin_memory=info.device.type == "cuda" and pinned_batches_allowed(cfg.cuda_graphs))
     batches = DevicePrefetcher(loader, info.device)
     graphed = None  # the CUDA-graphed loss step, captured on the first batch
@@ -327,16 +342,16 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         t_pause = time.perf_counter()  # evaluation and checkpoints: not in img/s and it/s
         if evaluate_now or save_now:  # rank-independent BatchNorm statistics for eval / checkpoints
             distributed.broadcast_buffers(model, info)
+        if save_now:  # before the evaluation: a failed or interrupted one loses no training
+            rngs = distributed.gather_to_all(rng_state(), info)  # every rank's dropout streams
+            if info.is_main:
+                save_training_state(out, model, optimizer, scheduler, scaler, done, cfg.to_dict(), rngs)
+            distributed.barrier(info)
         if evaluate_now:
             res = _evaluate(cfg, model, val_raw, num_classes, info, autocast)
             if info.is_main:
                 _log(metrics_path, dict(iter=done, mIoU=res["mIoU"], aAcc=res["aAcc"]))
                 bar.write(f"iter {done}: val mIoU {100 * res['mIoU']:.2f}")
-        if save_now:
-            rngs = distributed.gather_to_all(rng_state(), info)  # every rank's dropout streams
-            if info.is_main:
-                save_training_state(out, model, optimizer, scheduler, scaler, done, cfg.to_dict(), rngs)
-            distributed.barrier(info)
         paused = time.perf_counter() - t_pause
         t_log, t_loop = t_log + paused, t_loop + paused
         if done == stop_at:

@@ -20,8 +20,8 @@ def test_ade20k_label_255_stays_ignored(tmp_path):
 
 
 def test_sampler_resumes_every_rank_and_reshuffles_each_epoch():
-    """Rank r of w after ``start`` of its own samples continues at global position
-    r + start * w; each epoch is randperm(n) from seed + epoch; augmentation seeds differ
+    """Rank r of w after ``start`` samples of the global stream continues at global
+    position start + r; each epoch is randperm(n) from seed + epoch; augmentation seeds differ
     between epochs (a sample seen again gets new augmentation)."""
     n, seed = 7, 1
     it = iter(InfiniteShardedSampler(n, seed=seed))
@@ -31,7 +31,7 @@ def test_sampler_resumes_every_rank_and_reshuffles_each_epoch():
         assert [i for i, _ in stream[epoch * n:(epoch + 1) * n]] == want
     assert len({s for _, s in stream}) == len(stream)
     for rank in (0, 1):
-        resumed = iter(InfiniteShardedSampler(n, seed, rank=rank, world_size=2, start=3))
+        resumed = iter(InfiniteShardedSampler(n, seed, rank=rank, world_size=2, start=6))
         assert [next(resumed) for _ in range(5)] == stream[rank + 6:rank + 16:2]
 
 

@@ -171,3 +171,53 @@ def test_resume_past_the_last_iteration_is_refused(tmp_path, tiny_config):
     with pytest.raises(ValueError, match="already at iteration 2, past iters=1"):
         train(tiny_config(tmp_path, iters=1, eval_interval=0), resume=str(tmp_path))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_checkpoint_of_an_iteration_is_written_before_its_evaluation(tmp_path, tiny_config, monkeypatch):
+    """With eval_interval = ckpt_interval (the presets), an evaluation that fails or is
+    interrupted loses no training: that iteration's checkpoint is already written."""
+    from semask.train import trainer
+
+    def failing_evaluation(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_evaluate", failing_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path, iters=4, ckpt_interval=2, eval_interval=2))
+    assert torch.load(tmp_path / STATE_NAME, weights_only=True)["iteration"] == 2
+    assert read_metadata(tmp_path / "last.safetensors")["iteration"] == "2"
+
+
+def test_evaluations_during_training_leave_its_trajectory_alone(tmp_path, tiny_config):
+    """eval_interval may change on resume (RESUME_FREE): evaluating every iteration gives
+    the same losses and weights as evaluating at the end only (drop path draws from the
+    global RNG, which the evaluation's loader must not touch)."""
+    train(tiny_config(tmp_path / "a", iters=3, eval_interval=0, drop_path_rate=0.3))
+    train(tiny_config(tmp_path / "b", iters=3, eval_interval=1, drop_path_rate=0.3))
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_at_another_world_size_continues_the_global_sample_stream(tmp_path, tiny_config, monkeypatch):
+    """A run of 2 processes x batch 2 stopped at iteration 2 drew 8 samples of the global
+    stream; resumed by 1 process it starts at sample 8 (not 2 x its own batch), and the
+    change of effective batch (4 -> 2 images per step) is said."""
+    from semask.train import trainer
+    train(tiny_config(tmp_path, iters=4), stop_at=2)
+    state = torch.load(tmp_path / STATE_NAME, weights_only=True)
+    torch.save(dict(state, rng=state["rng"] * 2), tmp_path / STATE_NAME)   # as written by 2 processes
+    starts = []
+    real_loader = trainer.train_loader
+
+    def recording_loader(dataset, batch_size, seed, rank, world_size, start_sample, *args, **kwargs):
+        starts.append(start_sample)
+        return real_loader(dataset, batch_size, seed, rank, world_size, start_sample, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_loader", recording_loader)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(tiny_config(tmp_path, iters=3, eval_interval=0), resume=str(tmp_path))
+    assert starts == [8]
+    assert any("effective batch changes from 4 images per step" in str(w.message) and "to 2" in str(w.message)
+               for w in caught)
