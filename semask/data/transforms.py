@@ -43,11 +43,12 @@ def keep_ratio_size(h: int, w: int, scale: tuple[int, int], ratio: float = 1.0) 
 class RandomResize:
     """Keep-ratio resize to ``scale`` (long, short) times a random r: r ~ U(ratio_range),
     or drawn from ``choices`` when given (mmseg ``Resize`` with a tuple ``ratio_range`` /
-    with a list, as the release's ADE20K configs ``[0.5, 0.75, ..., 1.75]``)."""
+    with a list, as the release's ADE20K configs ``[0.5, 0.75, ..., 1.75]``). ``scale``
+    None: the image's own size (mmseg ``Resize(img_scale=None, ratio_range)``)."""
 
-    def __init__(self, scale: tuple[int, int], ratio_range: tuple[float, float],
+    def __init__(self, scale: tuple[int, int] | None, ratio_range: tuple[float, float],
                  choices: tuple[float, ...] | None = None):
-        self.scale, self.ratio_range = tuple(scale), tuple(ratio_range)
+        self.scale, self.ratio_range = scale and tuple(scale), tuple(ratio_range)
         self.choices = tuple(choices) if choices else None
 
     def __call__(self, image: Tensor, mask: Tensor):
@@ -56,7 +57,8 @@ class RandomResize:
         else:
             lo, hi = self.ratio_range
             ratio = lo + (hi - lo) * float(torch.rand(()))
-        size = list(keep_ratio_size(*image.shape[-2:], self.scale, ratio))
+        h, w = image.shape[-2:]
+        size = list(keep_ratio_size(h, w, self.scale or (max(h, w), min(h, w)), ratio))
         # bilinear without antialiasing, as mmcv.imrescale (cv2 INTER_LINEAR) in the recipe
         return TF.resize(image, size, antialias=False), TF.resize(mask, size)
 
@@ -128,11 +130,9 @@ def train_transforms(crop_size: tuple[int, int], img_scale: tuple[int, int] | No
                      flip_prob: float = 0.5, photometric: bool = True,
                      ratio_choices: tuple[float, ...] | None = None) -> JointCompose:
     """Resize (ratio) -> crop (cat_max_ratio) -> flip -> photometric -> normalize -> pad 255.
-    ``ratio_choices``: draw the resize ratio from these instead of U(ratio_range)."""
-    steps = []
-    if img_scale is not None:
-        steps.append(RandomResize(img_scale, ratio_range, ratio_choices))
-    steps.append(CatMaxRatioCrop(crop_size, cat_max_ratio))
+    ``img_scale`` None: the ratio scales the image's own size. ``ratio_choices``: draw the
+    resize ratio from these instead of U(ratio_range)."""
+    steps = [RandomResize(img_scale, ratio_range, ratio_choices), CatMaxRatioCrop(crop_size, cat_max_ratio)]
     steps.append(v2.RandomHorizontalFlip(flip_prob))
     if photometric:
         steps.append(PhotoMetricDistortion())

@@ -103,8 +103,9 @@ FIELD_HELP = {
     "synthetic_val_size": "synthetic validation images",
     "synthetic_size": "min,max side of the synthetic images",
     "crop_size": "h,w training crop",
-    "img_scale": "long,short keep-ratio resize before the crop (none: no resize)",
-    "ratio_range": "min,max random factor on img_scale",
+    "img_scale": "long,short keep-ratio resize before the crop (none: of the image's own size, as mmseg's "
+                 "img_scale=None; with ratio_range 1,1 no resize)",
+    "ratio_range": "min,max random factor on img_scale (img_scale none: on the image's own size)",
     "ratio_choices": "random factors on img_scale, one drawn per image, instead of ratio_range "
                      "(the release's ADE20K list 0.5,0.75,1,1.25,1.5,1.75; none: ratio_range)",
     "cat_max_ratio": "crop retries while one class covers more than this share (1: off)",
@@ -233,13 +234,12 @@ def _type_error(name: str, value, declared) -> str | None:
 
 
 def _device_error(device: str) -> str | None:
-    if device == "auto":
-        return None
-    import torch
+    """The name's error (a config may be written on a machine without the GPU it names)."""
+    from .distributed import parse_device
     try:
-        torch.device(device)
-    except RuntimeError:
-        return f"device must be auto, cpu, cuda or cuda:N, got {device!r}"
+        parse_device(device)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

@@ -163,3 +163,17 @@ def test_sampler_shards_and_resumes():
     assert [next(r1) for _ in range(10)] == stream[1:20:2]
     resumed = iter(InfiniteShardedSampler(7, 1, start=5))
     assert [next(resumed) for _ in range(15)] == stream[5:]
+
+
+def test_no_img_scale_rescales_the_image_by_its_own_size():
+    """mmseg Resize(img_scale=None, ratio_range): scale = (int(w * r), int(h * r)) of the
+    image itself. A 20x30 image at r = 2 becomes 40x60 (labelled pixels of the padded
+    crop); at r = 0.55 the edges truncate first: int(30 * 0.55) = 16, int(20 * 0.55) = 11,
+    factor min(16 / 30, 11 / 20) = 0.533 -> 11x16 (sides rounded half up; 30 * 0.55 = 16.5)."""
+    image = tv_tensors.Image(torch.zeros(3, 20, 30, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.ones(20, 30, dtype=torch.long))
+    pipeline = train_transforms((100, 100), None, (2.0, 2.0), cat_max_ratio=1.0, flip_prob=0.0, photometric=False)
+    _, out = pipeline(image, mask)
+    assert out.shape == (100, 100)
+    assert (out[:40, :60] == 1).all() and (out[40:] == 255).all() and (out[:, 60:] == 255).all()
+    assert RandomResize(None, (0.55, 0.55))(image, mask)[1].shape == (11, 16)
