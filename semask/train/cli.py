@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,29 @@ from .state import FINAL_NAME, STATE_NAME, WEIGHTS_NAME, read_metadata, resolve_
 # what a user's data, checkpoint, device or backend choice raises: said in one line, no traceback
 INPUT_ERRORS = (ValueError, OSError, BackendUnavailable)
 
+
+def error_line(exc: BaseException) -> str:
+    """``exc``'s message; of an error re-raised from a DataLoader worker, whose message holds
+    the worker's traceback, the original error's last line without its type."""
+    text = str(exc)
+    if "Original Traceback" in text:  # torch's ExceptionWrapper.reraise
+        text = re.sub(r"^[\w.]+: ", "", text.strip().splitlines()[-1])
+    return text
+
+
+def interruptible(prog: str):
+    """Entry point decorator: Ctrl-C ends ``prog`` with a line, exit status 130, no traceback."""
+    def wrap(main):
+        @functools.wraps(main)
+        def run(argv=None) -> None:
+            try:
+                main(argv)
+            except KeyboardInterrupt:
+                print(f"\n{prog}: interrupted", file=sys.stderr)
+                sys.exit(130)
+        return run
+    return wrap
+
 TRAIN_EPILOG = """examples:
   semask-train                                   # synthetic CPU preset: 7-12 min on 2 cores, mIoU ~0.80
   semask-train --config ade20k_semask_tiny_fpn --data-root data/ADEChallengeData2016 \\
@@ -30,6 +55,7 @@ TRAIN_EPILOG = """examples:
 """
 
 
+@interruptible("semask-train")
 def train_main(argv=None) -> None:
     from .trainer import NonFiniteLossError, train
     parser = argparse.ArgumentParser(
@@ -59,16 +85,24 @@ def train_main(argv=None) -> None:
             overrides = command_line_overrides(args)
             # the run continues in the folder it is in now (it may have been moved or copied),
             # not in the out_dir it was started with, unless --out-dir says otherwise
-            cfg = apply_overrides(stored_config(resume), {"out_dir": str(resume.parent), **overrides})
+            stored = stored_config(resume)
+            cfg = apply_overrides(stored, {"out_dir": str(resume.parent), **overrides})
+            changed = [k for k in overrides if getattr(cfg, k) != getattr(stored, k)]  # not those it equals
             print(f"resuming {resume} with its stored config"
-                  + (", overridden by " + ", ".join("--" + k.replace("_", "-") for k in overrides)
-                     if overrides else "") + f"; writing to {cfg.out_dir}")
+                  + (", overridden by " + ", ".join("--" + k.replace("_", "-") for k in changed)
+                     if changed else "") + f"; writing to {cfg.out_dir}")
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     try:
         train(cfg, resume=str(resume) if resume else None, stop_at=args.stop_at, overwrite=args.overwrite)
     except (*INPUT_ERRORS, NonFiniteLossError) as exc:
-        sys.exit(f"semask-train: error: {exc}")
+        sys.exit(f"semask-train: error: {error_line(exc)}")
+    except KeyboardInterrupt:
+        state = training_state(Path(cfg.out_dir) / STATE_NAME)
+        print("\nsemask-train: interrupted; " + (
+            f"{cfg.out_dir} holds the checkpoint of iteration {state['iteration']}: continue with "
+            f"semask-train --resume {cfg.out_dir}" if state else "no checkpoint was written"), file=sys.stderr)
+        sys.exit(130)
 
 
 def checkpoint_file(path: Path) -> Path:
@@ -139,6 +173,7 @@ def _device(parser: argparse.ArgumentParser, name: str) -> torch.device:
         parser.error(f"--device: {exc}")
 
 
+@interruptible("semask-eval")
 def eval_main(argv=None) -> None:
     from ..data import build_raw_dataset
     from .evaluate import evaluate
@@ -214,7 +249,7 @@ def eval_main(argv=None) -> None:
                        progress=True, cuda_graphs=args.cuda_graphs, pad_multiple=pad,
                        num_workers=cfg.num_workers if args.num_workers is None else args.num_workers)
     except INPUT_ERRORS as exc:  # a bad label file, a backend that cannot run here, ...
-        sys.exit(f"semask-eval: error: {exc}")
+        sys.exit(f"semask-eval: error: {error_line(exc)}")
     res.update(source, split=args.split, dataset=cfg.dataset, pad_multiple=pad, eval_s=time.perf_counter() - t0)
     out.write_text(json.dumps(res, indent=1))
     out.with_suffix(".md").write_text(markdown_table(res) + "\n")
@@ -249,6 +284,7 @@ def class_id_image(pred: np.ndarray, colours: np.ndarray):
     return image
 
 
+@interruptible("semask-infer")
 def infer_main(argv=None) -> None:
     from PIL import Image, ImageOps
     from ..data import eval_transforms

@@ -24,9 +24,9 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
+def parse_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` (this process's GPU) or
-    ``cuda:N``; ValueError for another name or a GPU this machine lacks."""
+    ``cuda:N``; ValueError for another name (whether this machine has the GPU is not checked)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -35,6 +35,12 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return dev
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """:func:`parse_device`, and a ValueError for a GPU this machine lacks."""
+    dev = parse_device(name, local_rank)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r}: no CUDA GPU is available here (use cpu or auto)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

@@ -17,7 +17,7 @@ from semask.train.optim import build_optimizer, build_scheduler
 from semask.train.state import save_training_state
 from semask.train.trainer import build_model
 
-from test_cli import TINY
+from test_cli import TINY, Scored
 
 
 def _micro(**overrides):
@@ -53,16 +53,16 @@ def test_eval_of_a_run_folder_takes_its_newest_weights(tmp_path, monkeypatch, ca
 
     def record(model, *args, **kwargs):
         scored.append(model.state_dict())
-        raise KeyboardInterrupt  # enough: the model it was given
+        raise Scored  # enough: the model it was given
 
     monkeypatch.setattr(evaluate_module, "evaluate", record)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Scored):
         eval_main([str(tmp_path)])
     assert f"model: {tmp_path / 'last.safetensors'}, iteration 5" in capsys.readouterr().out
     assert all(torch.equal(scored[0][k], v) for k, v in new.state_dict().items())
     assert not all(torch.equal(scored[0][k], v) for k, v in old.state_dict().items())
     _save(new, tmp_path / "model.safetensors", cfg, 5)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Scored):
         eval_main([str(tmp_path)])
     assert f"model: {tmp_path / 'model.safetensors'}, iteration 5" in capsys.readouterr().out
 
@@ -318,3 +318,38 @@ def test_state_files_load_and_name_their_problems(tmp_path, capsys):
     cut.mkdir()
     (cut / "last_state.pt").write_bytes((tmp_path / "last_state.pt").read_bytes()[:5000])
     assert "not a readable training state file" in _exit(eval_main, [str(cut)], capsys)
+
+
+def test_data_loader_worker_errors_and_ctrl_c_are_one_line(tmp_path, ade_fixture, monkeypatch, capsys):
+    """A bad label read in a DataLoader worker: its message, not the worker's traceback.
+    Ctrl-C: exit status 130 and a line saying whether a checkpoint resumes the run."""
+    Image.fromarray(np.full((48, 60), 200, np.uint8)).save(ade_fixture / "annotations" / "validation" / "1.png")
+    cfg = _micro(dataset="ade20k", data_root=str(ade_fixture), num_classes=150, num_workers=1)
+    path = tmp_path / "m.safetensors"
+    _save(build_model(cfg, 150), path, cfg, 1)
+    said = _exit(eval_main, [str(path)], capsys, code=1)
+    assert "1.png has values [200] outside 1..150" in said
+    assert "Traceback" not in said and "DataLoader worker" not in said
+
+    from semask.train import trainer
+    real_train = trainer.train
+
+    def interrupted(cfg, **kwargs):
+        if kwargs.get("stop_at") is None:
+            real_train(cfg, stop_at=2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    out = tmp_path / "run"
+    for argv, wanted in ((["--stop-at", "1"], "no checkpoint was written"),
+                         ([], f"{out} holds the checkpoint of iteration 2: continue with semask-train --resume {out}")):
+        with pytest.raises(SystemExit) as exc:
+            train_main([*TINY, "--iters", "3", "--out-dir", str(out), *argv])
+        assert exc.value.code == 130 and wanted in capsys.readouterr().err
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_module, "evaluate", ctrl_c)
+    with pytest.raises(SystemExit) as exc:
+        eval_main([str(out)])
+    assert exc.value.code == 130 and "semask-eval: interrupted" in capsys.readouterr().err

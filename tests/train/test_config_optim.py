@@ -59,7 +59,8 @@ def test_overrides_parse_types_and_reject_unknown():
     (dict(min_lr=1.0), "min_lr must be between 0 and lr"), (dict(lr=-1e-4), "lr must be at least 0"),
     (dict(betas=[0.9, 1.5]), r"betas must be in \[0, 1\)"), (dict(drop_path_rate=1.0), "drop_path_rate"),
     (dict(warmup_ratio=2.0), "warmup_ratio"), (dict(cat_max_ratio=0.0), "cat_max_ratio"),
-    (dict(synthetic_size=[192, 96]), "synthetic_size must be min, max"), (dict(device="gpu"), "device must be")])
+    (dict(synthetic_size=[192, 96]), "synthetic_size must be min, max"), (dict(device="gpu"), "device must be"),
+    (dict(device="mps"), "device must be auto, cpu, cuda or cuda:N, got 'mps'")])  # training runs on cpu / cuda
 def test_config_values_of_the_wrong_type_or_range_are_named(values, message):
     with pytest.raises(ValueError, match=message):
         load_config(None, **values)
