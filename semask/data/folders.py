@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 ADE20K_SPLITS = {"train": "training", "val": "validation"}
 CITYSCAPES_SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag ImageOps.exif_transpose applies
 
 # The 150 ADE20K (SceneParsing) class names in label order 1..150 (0 = other), as the
 # dataset's objectInfo150 and mmseg's ADE20KDataset name them
@@ -104,6 +105,7 @@ class SegmentationFolder:
             with Image.open(image_path) as im:
                 # as displayed (EXIF orientation), as OpenCV's colour read in the release's
                 # loader and semask-infer
+                orientation = im.getexif().get(EXIF_ORIENTATION, 1)
                 image = rgb_array(ImageOps.exif_transpose(im))
         except OSError as exc:
             raise DataError(f"cannot read image {image_path}: {exc}") from exc
@@ -117,7 +119,9 @@ class SegmentationFolder:
                             f"got shape {label.shape} (mode {im.mode})")
         if label.shape != image.shape[:2]:
             raise DataError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image "
-                            f"{image_path} is {image.shape[1]}x{image.shape[0]} (W x H)")
+                            f"{image_path} is {image.shape[1]}x{image.shape[0]} (W x H)"
+                            + (f", as displayed: its EXIF orientation {orientation} is applied"
+                               if orientation != 1 else ""))
         raw = label.astype(np.int64)  # 16-bit PNGs hold values past 255: checked before any cast
         ignored = (raw == self.ignore_index) | ((raw == 0) if self.reduce_zero_label else False)
         label = np.where(ignored, self.ignore_index, raw - 1 if self.reduce_zero_label else raw)

@@ -130,9 +130,12 @@ def train_transforms(crop_size: tuple[int, int], img_scale: tuple[int, int] | No
                      flip_prob: float = 0.5, photometric: bool = True,
                      ratio_choices: tuple[float, ...] | None = None) -> JointCompose:
     """Resize (ratio) -> crop (cat_max_ratio) -> flip -> photometric -> normalize -> pad 255.
-    ``img_scale`` None: the ratio scales the image's own size. ``ratio_choices``: draw the
-    resize ratio from these instead of U(ratio_range)."""
-    steps = [RandomResize(img_scale, ratio_range, ratio_choices), CatMaxRatioCrop(crop_size, cat_max_ratio)]
+    ``img_scale`` None: the ratio scales the image's own size (ratio_range (1, 1): no
+    resize). ``ratio_choices``: draw the resize ratio from these instead of U(ratio_range)."""
+    steps = []
+    if img_scale is not None or ratio_choices or tuple(ratio_range) != (1, 1):  # else: no resize
+        steps.append(RandomResize(img_scale, ratio_range, ratio_choices))
+    steps.append(CatMaxRatioCrop(crop_size, cat_max_ratio))
     steps.append(v2.RandomHorizontalFlip(flip_prob))
     if photometric:
         steps.append(PhotoMetricDistortion())

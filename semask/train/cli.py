@@ -25,11 +25,18 @@ INPUT_ERRORS = (ValueError, OSError, BackendUnavailable)
 
 def error_line(exc: BaseException) -> str:
     """``exc``'s message; of an error re-raised from a DataLoader worker, whose message holds
-    the worker's traceback, the original error's last line without its type."""
+    the worker's traceback, the original error's message (after the traceback's last
+    ``<module.>Type: ``)."""
     text = str(exc)
-    if "Original Traceback" in text:  # torch's ExceptionWrapper.reraise
-        text = re.sub(r"^[\w.]+: ", "", text.strip().splitlines()[-1])
+    if "Original Traceback" in text:  # torch's ExceptionWrapper.reraise: the same type
+        found = list(re.finditer(rf"(?m)^(?:[\w.]+\.)?{re.escape(type(exc).__name__)}: ", text))
+        text = text[found[-1].end():].strip() if found else text
     return text
+
+
+def _main_process() -> bool:
+    """Not a torchrun process of rank > 0 (each would say the same)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def interruptible(prog: str):
@@ -40,7 +47,8 @@ def interruptible(prog: str):
             try:
                 main(argv)
             except KeyboardInterrupt:
-                print(f"\n{prog}: interrupted", file=sys.stderr)
+                if _main_process():
+                    print(f"\n{prog}: interrupted", file=sys.stderr)
                 sys.exit(130)
         return run
     return wrap
@@ -98,11 +106,20 @@ def train_main(argv=None) -> None:
     except (*INPUT_ERRORS, NonFiniteLossError) as exc:
         sys.exit(f"semask-train: error: {error_line(exc)}")
     except KeyboardInterrupt:
-        state = training_state(Path(cfg.out_dir) / STATE_NAME)
-        print("\nsemask-train: interrupted; " + (
-            f"{cfg.out_dir} holds the checkpoint of iteration {state['iteration']}: continue with "
-            f"semask-train --resume {cfg.out_dir}" if state else "no checkpoint was written"), file=sys.stderr)
+        if _main_process():
+            print(f"\nsemask-train: interrupted; {resume_hint(Path(cfg.out_dir), resume)}", file=sys.stderr)
         sys.exit(130)
+
+
+def resume_hint(out: Path, resume: Path | None) -> str:
+    """What continues a run that stopped writing into ``out`` (resumed from ``resume``)."""
+    state = training_state(out / STATE_NAME)
+    if state:
+        return (f"{out} holds the checkpoint of iteration {state['iteration']}: continue with "
+                f"semask-train --resume {out}")
+    if resume and resume.parent.resolve() != out.resolve():
+        return f"no checkpoint was written in {out}: semask-train --resume {resume} --out-dir {out} starts over"
+    return "no checkpoint was written"
 
 
 def checkpoint_file(path: Path) -> Path:

@@ -2,7 +2,7 @@
 
 ``<out>/last_state.pt``      everything a resume needs, in one file: model weights,
                               optimizer, scheduler, grad scaler, the RNG states of every
-                              process, iteration, config; plain tensors / containers only, so
+                              process, iteration, samples drawn, config; plain tensors / containers only, so
                               ``torch.load(path, weights_only=True)`` reads it
 ``<out>/last.safetensors``   model weights (semask.save_checkpoint; for semask-eval and
                               semask-infer), metadata: config JSON, iteration; written
@@ -49,9 +49,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_training_state(out_dir: str | Path, model, optimizer, scheduler, scaler, iteration: int,
-                        config: dict, rng_states: list[dict] | None = None) -> Path:
+                        config: dict, rng_states: list[dict] | None = None, samples: int | None = None) -> Path:
     """Write the state file, then the weights (each atomically); returns the state path.
-    ``rng_states``: :func:`rng_state` of every process, by rank (default: this one's)."""
+    ``rng_states``: :func:`rng_state` of every process, by rank (default: this one's);
+    ``samples``: how many samples of the global training stream the run has drawn."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
@@ -59,6 +60,8 @@ def save_training_state(out_dir: str | Path, model, optimizer, scheduler, scaler
                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                  scaler=scaler.state_dict() if scaler is not None else {},
                  rng=rng_states or [rng_state()])
+    if samples is not None:
+        state["samples"] = samples
     write_atomically(out / STATE_NAME, lambda tmp: torch.save(state, tmp))
     save_checkpoint(model, out / WEIGHTS_NAME, {"config": json.dumps(config), "iteration": iteration})
     return out / STATE_NAME

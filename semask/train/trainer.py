@@ -125,16 +125,18 @@ def _rank_rng(saved, info, say) -> dict:
 
 
 def _consumed_samples(stored: dict, state: dict, cfg: TrainConfig, info) -> int:
-    """Samples of the global training stream the resumed run drew, at its own world size
-    (one RNG state per process) and batch; warns when this run's effective batch differs."""
-    world = len(state["rng"]) if isinstance(state["rng"], list) else 1  # a dict: older 1-process files
+    """Samples of the global training stream the resumed run drew (stored since they are
+    counted; before: its iteration times its effective batch, whose number of processes
+    is that of its RNG states, or this run's for a file with one); warns when this run's
+    effective batch differs from the run's last one."""
+    world = len(state["rng"]) if isinstance(state["rng"], list) else info.world_size
     before = stored["batch_size"] * stored.get("accum_steps", 1) * world
     now = cfg.batch_size * cfg.accum_steps * info.world_size
     if now != before and info.is_main:
         warnings.warn(f"the effective batch changes from {before} images per step (the run's: {world} "
                       f"process(es) x {before // world}) to {now} ({info.world_size} x "
                       f"{now // info.world_size}); the lr schedule is not rescaled", stacklevel=3)
-    return state["iteration"] * before
+    return state.get("samples", state["iteration"] * before)
 
 
 def _log(path: Path, record: dict) -> None:
@@ -324,6 +326,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         scheduler.step()
         done = it + 1
         imgs_since_log += per_step * info.world_size
+        consumed += per_step * info.world_size
         bar.update(1)
         if done % cfg.log_interval == 0 or done == cfg.iters:
             now = time.perf_counter()
@@ -345,7 +348,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         if save_now:  # before the evaluation: a failed or interrupted one loses no training
             rngs = distributed.gather_to_all(rng_state(), info)  # every rank's dropout streams
             if info.is_main:
-                save_training_state(out, model, optimizer, scheduler, scaler, done, cfg.to_dict(), rngs)
+                save_training_state(out, model, optimizer, scheduler, scaler, done, cfg.to_dict(), rngs, consumed)
             distributed.barrier(info)
         if evaluate_now:
             res = _evaluate(cfg, model, val_raw, num_classes, info, autocast)

@@ -113,7 +113,11 @@ def test_image_with_exif_orientation_is_read_as_displayed(ade_root, tmp_path):
     exif[0x0112] = 6
     Image.fromarray(stored).save(image_path, exif=exif)
     decoded = np.asarray(Image.open(image_path).convert("RGB"))   # stored orientation
-    Image.fromarray(np.ones((52, 36), np.uint8)).save(ade_root / "annotations" / "training" / "ADE_training_00000000.png")
+    label_path = ade_root / "annotations" / "training" / "ADE_training_00000000.png"
+    Image.fromarray(np.ones((36, 52), np.uint8)).save(label_path)   # of the stored size: said so
+    with pytest.raises(DataError, match="is 52x36 but image .* is 36x52 .*as displayed: its EXIF orientation 6"):
+        ade20k(ade_root, "train")[0]
+    Image.fromarray(np.ones((52, 36), np.uint8)).save(label_path)
     image, label, _ = ade20k(ade_root, "train")[0]
     assert image.shape == (52, 36, 3) and label.shape == (52, 36)
     np.testing.assert_array_equal(image, np.rot90(decoded, k=-1))

@@ -177,3 +177,14 @@ def test_no_img_scale_rescales_the_image_by_its_own_size():
     assert out.shape == (100, 100)
     assert (out[:40, :60] == 1).all() and (out[40:] == 255).all() and (out[:, 60:] == 255).all()
     assert RandomResize(None, (0.55, 0.55))(image, mask)[1].shape == (11, 16)
+    # ratio 1: no resize, and no random draw for one (the crop's offsets are its first draws)
+    textured = tv_tensors.Image(torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        kept = train_transforms((10, 10), None, (1.0, 1.0), cat_max_ratio=1.0, flip_prob=0.0,
+                                photometric=False)(textured, mask)[0]
+        torch.manual_seed(seed)
+        top, left = CatMaxRatioCrop((10, 10), 1.0)._offsets(20, 30)
+        want = (textured[:, top:top + 10, left:left + 10].float() - torch.tensor(IMAGENET_MEAN)[:, None, None]) \
+            / torch.tensor(IMAGENET_STD)[:, None, None]
+        torch.testing.assert_close(kept, want)

@@ -353,3 +353,46 @@ def test_data_loader_worker_errors_and_ctrl_c_are_one_line(tmp_path, ade_fixture
     with pytest.raises(SystemExit) as exc:
         eval_main([str(out)])
     assert exc.value.code == 130 and "semask-eval: interrupted" in capsys.readouterr().err
+
+
+def test_worker_errors_keep_their_whole_message_and_ctrl_c_names_the_resume(tmp_path, monkeypatch, capsys):
+    """error_line: the original message of an error raised in a DataLoader worker, all its
+    lines (not only the last, nor cut at a "word: "); other errors as they are. Ctrl-C in a
+    resume into another folder before its first checkpoint: the command that starts it
+    again. Under torchrun only rank 0 says it."""
+    from torch.utils.data import DataLoader
+    from semask.data import DataError
+    from semask.train.cli import error_line
+
+    message = "label x.png is bad:\n  values [300]\nhint: check the file"
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise DataError(message)
+
+    with pytest.raises(DataError) as caught:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value) and error_line(caught.value) == message
+    assert error_line(ValueError("a: b")) == "a: b"
+
+    from semask.train import trainer
+    train_main([*TINY, "--out-dir", str(tmp_path / "a")])
+    capsys.readouterr()
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", ctrl_c)
+    argv = ["--resume", str(tmp_path / "a"), "--out-dir", str(tmp_path / "b"), "--iters", "4"]
+    with pytest.raises(SystemExit) as exc:
+        train_main(argv)
+    wanted = (f"no checkpoint was written in {tmp_path / 'b'}: semask-train --resume "
+              f"{tmp_path / 'a' / 'last_state.pt'} --out-dir {tmp_path / 'b'} starts over")
+    assert exc.value.code == 130 and wanted in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as exc:
+        train_main(argv)
+    assert exc.value.code == 130 and "interrupted" not in capsys.readouterr().err

@@ -199,14 +199,13 @@ def test_evaluations_during_training_leave_its_trajectory_alone(tmp_path, tiny_c
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_at_another_world_size_continues_the_global_sample_stream(tmp_path, tiny_config, monkeypatch):
-    """A run of 2 processes x batch 2 stopped at iteration 2 drew 8 samples of the global
-    stream; resumed by 1 process it starts at sample 8 (not 2 x its own batch), and the
-    change of effective batch (4 -> 2 images per step) is said."""
+def test_resumes_continue_the_global_sample_stream_where_it_stopped(tmp_path, tiny_config, monkeypatch):
+    """The state file counts the samples drawn: batch 2 for 2 iterations (4 samples), then
+    resumed with accum 2 (4 per step) to iteration 4 (12), then resumed again: at 12, not
+    4 x 4 = 16. The change of effective batch (2 -> 4 images per step) is said. Files
+    without the count: iteration x batch x processes (one RNG state each; a single dict:
+    this run's number) - iteration 4 at batch 2 x accum 2 by 2 processes starts at 32."""
     from semask.train import trainer
-    train(tiny_config(tmp_path, iters=4), stop_at=2)
-    state = torch.load(tmp_path / STATE_NAME, weights_only=True)
-    torch.save(dict(state, rng=state["rng"] * 2), tmp_path / STATE_NAME)   # as written by 2 processes
     starts = []
     real_loader = trainer.train_loader
 
@@ -215,9 +214,18 @@ def test_resume_at_another_world_size_continues_the_global_sample_stream(tmp_pat
         return real_loader(dataset, batch_size, seed, rank, world_size, start_sample, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "train_loader", recording_loader)
+    train(tiny_config(tmp_path, iters=6, eval_interval=0), stop_at=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train(tiny_config(tmp_path, iters=3, eval_interval=0), resume=str(tmp_path))
-    assert starts == [8]
-    assert any("effective batch changes from 4 images per step" in str(w.message) and "to 2" in str(w.message)
+        train(tiny_config(tmp_path, iters=6, eval_interval=0, accum_steps=2), resume=str(tmp_path), stop_at=4)
+    assert any("effective batch changes from 2 images per step" in str(w.message) and "to 4" in str(w.message)
                for w in caught)
+    state = torch.load(tmp_path / STATE_NAME, weights_only=True)
+    assert state["samples"] == 12
+    train(tiny_config(tmp_path, iters=5, eval_interval=0, accum_steps=2), resume=str(tmp_path), stop_at=5)
+    assert starts == [0, 4, 12]
+    del state["samples"]
+    for rng, start in ((state["rng"] * 2, 4 * 4 * 2), (state["rng"][0], 4 * 4)):
+        torch.save(dict(state, rng=rng), tmp_path / STATE_NAME)   # as written by 2 processes / before
+        train(tiny_config(tmp_path, iters=5, eval_interval=0, accum_steps=2), resume=str(tmp_path), stop_at=5)
+        assert starts[-1] == start
