@@ -12,6 +12,7 @@ Relative position bias tables of another window size are resized bicubically ove
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import pickle
 import re
@@ -103,6 +104,12 @@ def unwrap_state_dict(raw, where: str = "checkpoint") -> tuple[dict[str, Tensor]
                      f"dict of tensors; found {keys})")
 
 
+def _window_grid(rows: int) -> bool:
+    """Whether a bias table of ``rows`` rows is a (2w - 1) x (2w - 1) grid of some window w."""
+    side = math.isqrt(rows)
+    return side * side == rows and side % 2 == 1
+
+
 def resize_relative_position_table(table: Tensor, window: int) -> Tensor:
     """[(2w'-1)^2, heads] -> [(2w-1)^2, heads] by bicubic interpolation on the grid."""
     old = int(round(table.shape[0] ** 0.5))
@@ -180,7 +187,8 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bo
             continue
         target = own[key]
         if value.shape != target.shape:
-            if key.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]:
+            if (key.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]
+                    and _window_grid(value.shape[0])):
                 window = (int(round(target.shape[0] ** 0.5)) + 1) // 2
                 value = resize_relative_position_table(value, window)
                 report.converted.append(key)

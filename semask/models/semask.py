@@ -1,6 +1,7 @@
 """SeMask-Swin (or plain Swin) + Semantic FPN: the segmentation model users build."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -65,6 +66,25 @@ class SegOutput:
     @cached_property
     def logits(self) -> Tensor:
         return resize(self.decode_logits, self.size)
+
+
+# torch.export (and other pytree users) take SegOutput apart as its fields
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # torch 2.6 registers through a deprecated alias
+    torch.export.register_dataclass(SegOutput, serialized_type_name="semask.SegOutput")
+
+
+def _checked(images: Tensor) -> Tensor:
+    """``images`` when they are what the model takes: float [B, 3, H, W], B >= 1, H, W >= 32."""
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        what = images.dtype if isinstance(images, Tensor) else type(images).__name__
+        raise TypeError(f"images must be a float tensor (RGB on the 0-255 scale, normalised per "
+                        f"channel: (x - semask.data.IMAGENET_MEAN) / semask.data.IMAGENET_STD), got {what}")
+    if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise ValueError(f"images must be [B, 3, H, W] with B >= 1, got {tuple(images.shape)}")
+    if min(images.shape[2:]) < 32:
+        raise ValueError(f"images must be at least 32x32, got {tuple(images.shape[2:])}")
+    return images
 
 
 class SeMaskSwin(nn.Module):
@@ -147,19 +167,22 @@ class SeMaskSwin(nn.Module):
             self.load_report = load_checkpoint(self, pretrained)
 
     def forward(self, images: Tensor) -> SegOutput:
-        if not isinstance(images, Tensor) or not images.is_floating_point():
-            what = images.dtype if isinstance(images, Tensor) else type(images).__name__
-            raise TypeError(f"images must be a float tensor (RGB, normalised with ImageNet mean/std "
-                            f"on the 0-255 scale: semask.data.eval_transforms), got {what}")
-        if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-            raise ValueError(f"images must be [B, 3, H, W] with B >= 1, got {tuple(images.shape)}")
-        if min(images.shape[2:]) < 32:
-            raise ValueError(f"images must be at least 32x32, got {tuple(images.shape[2:])}")
-        weights = self._autocast_weights(images)
+        weights = self._autocast_weights(_checked(images))
         feats: BackboneOutput = call_with(self.backbone, "backbone", weights, images)
         fused = self.fused_upsample and self._triton_here(images)
         logits = call_with(self.decode_head, "decode_head", weights, feats.features, fused)
         return SegOutput(logits, tuple(images.shape[2:]), feats.semantic_logits)
+
+    def forward_features(self, images: Tensor) -> list[Tensor]:
+        """[B, 3, H, W] -> the backbone's 4 maps [B, C_i, H / 2^(i+2), W / 2^(i+2)] (padded
+        sizes rounded up; after its norm_i, as the FPN head reads them)."""
+        weights = self._autocast_weights(_checked(images))
+        return call_with(self.backbone, "backbone", weights, images).features
+
+    def set_grad_checkpointing(self, stages: bool | tuple[int, ...] = True) -> None:
+        """Recompute the backbone's given stages in backward: True (all), False (none) or
+        stage indices 0..3 (as timm's ``set_grad_checkpointing``)."""
+        self.backbone.set_grad_checkpointing(stages)
 
     @property
     def fused_norm(self) -> bool | str:

@@ -140,6 +140,8 @@ def choose(requested: str, op: str, tensors: list[Tensor], params: dict) -> str:
     params with their types, TRITON_INTERPRET, the loaded provider objects), so repeated
     calls skip the providers' checks; fallbacks to the reference are not remembered (they
     warn once on their own)."""
+    if not isinstance(requested, str) or requested not in CHOICES:
+        raise ValueError(f"{op}: unknown backend {requested!r}; choose one of {', '.join(CHOICES)}")
     if requested == "torch" or torch._C._are_functorch_transforms_active():
         # torch.func.grad / jacrev cannot differentiate the custom ops' autograd (PyTorch
         # asks for a setup_context it generates itself): the reference path under functorch

@@ -20,13 +20,19 @@ def check_labels(target: Tensor, num_classes: int, ignore_index: int = IGNORE_IN
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX,
                      checked: bool = False) -> Tensor:
-    """[K, K] int64 counts on pred's device, rows = ground truth, columns = prediction;
-    ignored pixels skipped. ``checked``: the labels have passed :func:`check_labels`, and
-    nothing here waits for the device (no bincount, no boolean indexing)."""
+    """[K, K] int64 counts on pred's device, rows = ground truth, columns = prediction (class
+    ids, an integer tensor); ignored pixels skipped. ``checked``: the labels have passed
+    :func:`check_labels` and ``pred`` is an argmax over K classes, and nothing here waits for
+    the device (no bincount, no boolean indexing)."""
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(target.shape)} differ in shape")
+    if pred.is_floating_point() or pred.is_complex():
+        raise TypeError(f"pred must hold class ids (an integer tensor, e.g. logits.argmax(1)), got {pred.dtype}")
     if not checked:
         check_labels(target, num_classes, ignore_index)
+        if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):  # would count in another row
+            raise ValueError(f"predicted class ids outside 0..{num_classes - 1}: "
+                             f"{pred.min().item()}..{pred.max().item()}")
     target, pred = target.flatten().long(), pred.flatten().long()
     keep = target != ignore_index
     cell = torch.where(keep, target * num_classes + pred, 0)  # ignored pixels add 0 to cell 0

@@ -133,6 +133,19 @@ def test_other_architecture_raises_and_writes_nothing():
     assert unchanged(dst, before)
 
 
+def test_bias_table_that_is_no_window_grid_raises():
+    """A table of the right head count but 10 rows (no (2w - 1)^2 grid) is a mismatch,
+    not something to resize."""
+    dst = micro()
+    sd = {k: v.clone() for k, v in dst.state_dict().items()}
+    key = next(k for k in sd if k.endswith("relative_position_bias_table"))
+    sd[key] = torch.zeros(10, sd[key].shape[1])
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match=f"(?s)does not match this architecture.*{re.escape(key)}: checkpoint .10, 1."):
+        semask.load_checkpoint(dst, sd)
+    assert unchanged(dst, before)
+
+
 def test_other_depth_or_width_raises():
     with torch.device("meta"):
         tiny_sd = semask.SeMaskSwin("tiny", num_classes=11).state_dict()

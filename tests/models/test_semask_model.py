@@ -386,3 +386,49 @@ def test_fresh_semantic_layer_passes_its_normed_input_on():
     out = layer(x)[0]
     torch.testing.assert_close(out, torch.nn.functional.layer_norm(
         x, layer.norm1.normalized_shape, layer.norm1.weight, layer.norm1.bias, layer.norm1.eps))
+
+
+def test_uint8_images_are_refused_with_the_normalisation_to_apply():
+    """The message's recipe is runnable: the names it gives exist, and applying it gives a
+    float input the model takes."""
+    import semask.data
+    model = semask.SeMaskSwin("micro", num_classes=4, head_channels=8).eval()
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"\(x - semask.data.IMAGENET_MEAN\) / semask.data.IMAGENET_STD"):
+        model(image)
+    mean, std = (torch.tensor(v)[:, None, None] for v in (semask.data.IMAGENET_MEAN, semask.data.IMAGENET_STD))
+    assert model((image - mean) / std).decode_logits.shape == (1, 4, 8, 8)
+
+
+def test_torch_export_returns_the_model_output():
+    """torch.export of the model (SegOutput registered as a pytree): the exported program
+    gives the eager model's output, at the traced size."""
+    model = semask.SeMaskSwin("micro", num_classes=4, head_channels=8).eval()
+    x = torch.randn(1, 3, 64, 96)
+    out = torch.export.export(model, (x,)).module()(x)
+    want = model(x)
+    assert out.size == want.size == (64, 96)
+    torch.testing.assert_close(out.decode_logits, want.decode_logits)
+    assert all(torch.allclose(a, b) for a, b in zip(out.semantic_logits, want.semantic_logits))
+
+
+def test_forward_features_and_grad_checkpointing_on_the_model():
+    """forward_features: the backbone's 4 normed maps, at ceil(H / 4), then halved rounding
+    up (odd maps are padded before each merge); set_grad_checkpointing reaches the stages."""
+    model = semask.SeMaskSwin("micro", num_classes=4, head_channels=8).eval()
+    x = torch.randn(2, 3, 33, 45)
+    feats = model.forward_features(x)
+    sizes, h, w = [], math.ceil(33 / 4), math.ceil(45 / 4)
+    for _ in range(4):
+        sizes.append((h, w))
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    assert [tuple(f.shape[2:]) for f in feats] == sizes
+    assert [f.shape[1] for f in feats] == list(model.backbone.channels)
+    for a, b in zip(feats, model.backbone(x).features):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="images must be a float tensor"):
+        model.forward_features(x.to(torch.uint8))
+    model.set_grad_checkpointing((1, 3))
+    assert [layer.grad_checkpointing for layer in model.backbone.layers] == [False, True, False, True]
+    model.set_grad_checkpointing(False)
+    assert not any(layer.grad_checkpointing for layer in model.backbone.layers)

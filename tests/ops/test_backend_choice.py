@@ -1,4 +1,5 @@
 """Backend choice: fused=/SEMASK_BACKEND mapping, auto fallback, explicit errors."""
+import re
 import warnings
 
 import numpy as np
@@ -57,6 +58,19 @@ def test_explicit_triton_on_cpu_without_interpreter_raises(monkeypatch):
     with pytest.raises(backend.BackendUnavailable, match="TRITON_INTERPRET"):
         semask.ops.window_attention(torch.randn(1, 7, 7, 96), torch.randn(169, 1), 1, 7, 0, 0.2,
                                     backend="triton")
+
+
+@pytest.mark.parametrize("name", ["Triton", True, "", None])
+def test_unknown_backend_names_of_the_ops_are_named(name):
+    """The functional ops take the lower-case names of backend.CHOICES (the model maps
+    fused=True / "Triton" itself); anything else is refused with the choices."""
+    qkv, table = torch.randn(1, 7, 7, 3 * 32), torch.randn(169, 1)
+    q, k, v = torch.randn(1, 7, 7, 5), torch.randn(1, 7, 7, 5), torch.randn(1, 7, 7, 32)
+    message = f"unknown backend {name!r}; choose one of auto, torch, triton, cuda"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        semask.ops.window_attention(qkv, table, 1, 7, 3, 0.2, backend=name)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        semask.ops.semantic_attention(q, k, v, 7, backend=name)
 
 
 def test_explicit_cuda_on_cpu_raises():

@@ -62,7 +62,14 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="differ in shape"):
         confusion_matrix(torch.zeros(2, 3), torch.zeros(3, 2), 2)
     with pytest.raises(ValueError, match="outside 0..1"):
-        confusion_matrix(torch.zeros(4), torch.tensor([0, 1, 2, 255]), 2)
+        confusion_matrix(torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 255]), 2)
+    # a prediction id of K would be counted as (ground truth + 1, 0); floats would be cut
+    with pytest.raises(ValueError, match="predicted class ids outside 0..4: 0..5"):
+        confusion_matrix(torch.tensor([5, 0, 1, 2]), torch.tensor([0, 0, 1, 2]), 5)
+    with pytest.raises(ValueError, match="predicted class ids outside 0..4: -1..2"):
+        confusion_matrix(torch.tensor([-1, 0, 1, 2]), torch.tensor([0, 0, 1, 2]), 5)
+    with pytest.raises(TypeError, match="pred must hold class ids"):
+        confusion_matrix(torch.tensor([0.7, 0.0, 1.0, 2.0]), torch.tensor([0, 0, 1, 2]), 5)
     assert math.isnan(summarize(torch.zeros(2, 2, dtype=torch.long))["mIoU"])
 
 
