@@ -29,6 +29,7 @@ OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BatchNorm counter: unused with a
 CLASS_DEPENDENT = ("decode_head.conv_seg.", ".mlp_cls_q.", ".mlp_cls_k.")
 IMAGENET_DROPPED_PREFIXES = ("head.", "norm.")  # classifier and final norm of Swin ImageNet
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
+DOWNSAMPLE_KEY = re.compile(r"layers\.(\d+)\.downsample\.")  # patch merging of a backbone-only dict
 # The plain Swin tensors, which a backbone-only checkpoint (Swin ImageNet) must all hold
 SWIN_KEY = re.compile(r"backbone\.(patch_embed\.|layers\.\d+\.(blocks|downsample)\.)")
 
@@ -138,11 +139,34 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def _from_timm_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """A timm (>= 0.9) Swin state dict puts patch merging at the start of stages 1..3
+    (``layers.{i}.downsample``), the official layout at the end of stages 0..2: renumbered
+    to the official one (the merged channel order is the same). -> (dict, renamed keys);
+    other dicts unchanged."""
+    stages = {int(m.group(1)) for k in sd if (m := DOWNSAMPLE_KEY.match(k))}
+    if not stages or 0 in stages:
+        return sd, []
+    out, renamed = {}, []
+    for key, value in sd.items():
+        m = DOWNSAMPLE_KEY.match(key)
+        if m:
+            key = f"layers.{int(m.group(1)) - 1}.downsample." + key[m.end():]
+            renamed.append("backbone." + key)
+        out[key] = value
+    return out, renamed
+
+
 def _normalise_keys(sd: dict[str, Tensor], source: str, report: LoadReport) -> dict[str, Tensor]:
-    """Strip DDP / compile prefixes, map backbone-only dicts under ``backbone.``, drop
-    computed keys."""
+    """Strip DDP / compile prefixes, map backbone-only dicts (official or timm Swin layout)
+    under ``backbone.``, drop computed keys."""
     sd = {strip_wrapper_prefixes(k): v for k, v in sd.items()}
     full_model = any(k.startswith(("backbone.", "decode_head.")) for k in sd)
+    if not full_model:
+        sd, renamed = _from_timm_layout(sd)
+        if renamed:
+            report.converted += renamed
+            source = "timm_swin"
     out = {}
     for key, value in sd.items():
         if not full_model:

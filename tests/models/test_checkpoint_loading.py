@@ -63,6 +63,36 @@ def test_official_swin_imagenet_checkpoint_loads_into_backbone(tmp_path):
         assert torch.equal(src(x).logits, dst(x).logits)
 
 
+def test_timm_layout_swin_loads_into_backbone():
+    """timm >= 0.9 numbers patch merging as the start of the next stage (layers.{i+1}.
+    downsample) and names the classifier head.fc; its index buffers are computed here.
+    The same weights in that layout give the same model as the official layout."""
+    src, dst = micro(), micro()
+    official = official_imagenet_dict(src)["model"]
+    timm = {}
+    for key, value in official.items():
+        m = re.match(r"layers\.(\d+)\.downsample\.(.*)", key)
+        if m:
+            key = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}"
+        elif key.startswith("head."):
+            key = "head.fc." + key[len("head."):]
+        elif key.endswith("attn_mask"):
+            continue
+        timm[key] = value
+    for i, layer in enumerate(src.backbone.layers):
+        for j in range(len(layer.blocks)):
+            timm[f"layers.{i}.blocks.{j}.attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
+    report = semask.load_checkpoint(dst, timm)
+    assert report.source == "timm_swin (backbone)" and not report.unexpected
+    merges = sum(1 for k in official if "downsample" in k)
+    assert merges and len(report.converted) == merges
+    assert all(re.match(r"backbone\.layers\.[0-2]\.downsample\.", k) for k in report.converted)
+    dst.load_state_dict({k: src.state_dict()[k] for k in report.missing}, strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(src(x).logits, dst(x).logits)
+
+
 def test_window_7_table_resized_to_window_12_keeps_centre(tmp_path):
     src, dst = micro(), micro(window_size=12)
     report = semask.load_checkpoint(dst, official_imagenet_dict(src))
