@@ -18,6 +18,7 @@ for _variant in VARIANTS:
 
 
 def list_models() -> list[str]:
+    """The names :func:`create_model` builds, sorted."""
     return sorted(_REGISTRY)
 
 

@@ -98,7 +98,10 @@ def window_attention(qkv: Tensor, table: Tensor, num_heads: int, window: int, sh
 
     qkv [B, Hp, Wp, 3C] of the zero-padded map, table [(2w-1)^2, heads] -> [B, H, W, C],
     the first (H, W) = ``size`` rows and columns of the output map (default: all of it;
-    the fused kernels write only those). ``backend`` is one of ``backend.CHOICES``.
+    the fused kernels write only those). Windows of ``window`` x ``window`` tokens after a
+    cyclic shift of the map by ``shift`` (0: none; Swin's odd blocks: window // 2, with
+    the shift mask); q is multiplied by ``scale`` (Swin: head_dim ** -0.5) before q k^T.
+    ``backend`` is one of ``backend.CHOICES``.
     """
     num_heads, window, shift = _backend.int_arguments(OP, num_heads=num_heads, window=window, shift=shift)
     check_window_attention_inputs(qkv, table, num_heads, window, shift, size)
