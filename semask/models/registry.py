@@ -23,7 +23,14 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, **kwargs) -> SeMaskSwin:
-    """Build a registered model; ``kwargs`` override the :class:`SeMaskSwin` arguments."""
+    """Build a registered model; ``kwargs`` are further :class:`SeMaskSwin` arguments (not
+    the variant and semantic layers the name fixes)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    fixed = _REGISTRY[name].keywords
+    clash = {k: v for k, v in kwargs.items() if k in fixed and v != fixed[k]}
+    if clash:
+        raise ValueError(f"{name} is built with {', '.join(f'{k}={fixed[k]!r}' for k in clash)}, not "
+                         f"{', '.join(f'{k}={v!r}' for k, v in clash.items())}: choose another name "
+                         "(semask.list_models()) or build semask.SeMaskSwin(...)")
     return _REGISTRY[name](**kwargs)

@@ -48,6 +48,11 @@ def test_registry_and_default_semantic_rule():
     assert b.window == 12 and plain.backbone.layers[0].semantic_layer is None
     with pytest.raises(ValueError, match="unknown model"):
         semask.create_model("semask_swin_huge_fpn")
+    # what the name fixes cannot be overridden (a "semask" model without semantic layers)
+    with pytest.raises(ValueError, match="semask_swin_tiny_fpn is built with semantic=True, not semantic=False"):
+        semask.create_model("semask_swin_tiny_fpn", semantic=False)
+    with pytest.raises(ValueError, match="built with variant='tiny', not variant='base'"):
+        semask.create_model("swin_tiny_fpn", variant="base")
     with pytest.raises(ValueError, match="variant"):
         semask.SeMaskSwin("huge")
     with pytest.raises(ValueError, match="head"):
