@@ -225,7 +225,12 @@ def test_resumes_continue_the_global_sample_stream_where_it_stopped(tmp_path, ti
     train(tiny_config(tmp_path, iters=5, eval_interval=0, accum_steps=2), resume=str(tmp_path), stop_at=5)
     assert starts == [0, 4, 12]
     del state["samples"]
-    for rng, start in ((state["rng"] * 2, 4 * 4 * 2), (state["rng"][0], 4 * 4)):
+    for rng, start, batch_warning in ((state["rng"] * 2, 4 * 4 * 2, True), (state["rng"][0], 4 * 4, False)):
         torch.save(dict(state, rng=rng), tmp_path / STATE_NAME)   # as written by 2 processes / before
-        train(tiny_config(tmp_path, iters=5, eval_interval=0, accum_steps=2), resume=str(tmp_path), stop_at=5)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(tiny_config(tmp_path, iters=5, eval_interval=0, accum_steps=2), resume=str(tmp_path), stop_at=5)
         assert starts[-1] == start
+        said = [str(w.message) for w in caught if "effective batch" in str(w.message)]
+        assert said == (["the effective batch changes from 8 images per step (the run's: 2 process(es) x 4) to 4 "
+                         "(1 x 4); the lr schedule is not rescaled"] if batch_warning else [])
