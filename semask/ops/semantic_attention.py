@@ -75,7 +75,9 @@ def check_semantic_attention_inputs(q: Tensor, k: Tensor, v: Tensor, window: int
         raise ValueError(f"{OP}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.shape[0] == 0:
         raise ValueError(f"{OP}: empty batch, q {tuple(q.shape)}")
-    if window < 0 or (window and (q.shape[1] % window or q.shape[2] % window)):
+    if window < 0:
+        raise ValueError(f"{OP}: window must be at least 1 (windowed) or 0 (global attention), got {window}")
+    if window and (q.shape[1] % window or q.shape[2] % window):
         raise ValueError(f"{OP}: map {tuple(q.shape[1:3])} is not a multiple of window {window}")
 
 
