@@ -124,14 +124,13 @@ def _rank_rng(saved, info, say) -> dict:
     return saved[info.rank % len(saved)]
 
 
-def _consumed_samples(stored: dict, state: dict, cfg: TrainConfig, info) -> int:
+def _consumed_samples(stored: dict, state: dict, now: int, info) -> int:
     """Samples of the global training stream the resumed run drew (stored since they are
     counted; before: its iteration times its effective batch, whose number of processes
     is that of its RNG states, or this run's for a file with one); warns when this run's
-    effective batch differs from the run's last one."""
+    effective batch (``now`` images per step) differs from the run's last one."""
     world = len(state["rng"]) if isinstance(state["rng"], list) else info.world_size
     before = stored["batch_size"] * stored.get("accum_steps", 1) * world
-    now = cfg.batch_size * cfg.accum_steps * info.world_size
     if now != before and info.is_main:
         warnings.warn(f"the effective batch changes from {before} images per step (the run's: {world} "
                       f"process(es) x {before // world}) to {now} ({info.world_size} x "
@@ -217,7 +216,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
                                 fused=True if info.device.type == "cuda" else None)
     scheduler = build_scheduler(optimizer, cfg.iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power,
                                 cfg.min_lr, cfg.lr)
-    start_iter = consumed = 0  # consumed: samples of the global training stream already drawn
+    start_iter = start_sample = 0  # start_sample: samples of the global training stream already drawn
+    step_images = cfg.batch_size * cfg.accum_steps * info.world_size
     metrics_path = out / "metrics.jsonl"
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +235,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         changed = config_changes(stored, cfg.to_dict())
         if changed and info.is_main:
             warnings.warn(f"resuming with a config that differs from the run's: {changed}", stacklevel=2)
-        consumed = _consumed_samples(stored, state, cfg, info)
+        start_sample = _consumed_samples(stored, state, step_images, info)
         if info.is_main:
             _remove_run(earlier)
             _continue_metrics(resolve_resume(resume).parent / metrics_path.name, metrics_path, start_iter)
@@ -248,9 +248,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     forward = torch.compile(ddp, backend=backend) if backend else ddp
     if backend:
         say(f"torch.compile of the training forward, backend {backend}")
-    per_step = cfg.batch_size * cfg.accum_steps
     loader = train_loader(TransformedDataset(train_raw, transforms), cfg.batch_size, cfg.seed, info.rank,
-                          info.world_size, consumed, cfg.num_workers,
+                          info.world_size, start_sample, cfg.num_workers,
                           pin_memory=info.device.type == "cuda" and pinned_batches_allowed(cfg.cuda_graphs))
     batches = DevicePrefetcher(loader, info.device)
     graphed = None  # the CUDA-graphed loss step, captured on the first batch
@@ -325,8 +324,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         done = it + 1
-        imgs_since_log += per_step * info.world_size
-        consumed += per_step * info.world_size
+        imgs_since_log += step_images
         bar.update(1)
         if done % cfg.log_interval == 0 or done == cfg.iters:
             now = time.perf_counter()
@@ -348,7 +346,8 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
         if save_now:  # before the evaluation: a failed or interrupted one loses no training
             rngs = distributed.gather_to_all(rng_state(), info)  # every rank's dropout streams
             if info.is_main:
-                save_training_state(out, model, optimizer, scheduler, scaler, done, cfg.to_dict(), rngs, consumed)
+                save_training_state(out, model, optimizer, scheduler, scaler, done, cfg.to_dict(), rngs,
+                                    start_sample + (done - start_iter) * step_images)
             distributed.barrier(info)
         if evaluate_now:
             res = _evaluate(cfg, model, val_raw, num_classes, info, autocast)
