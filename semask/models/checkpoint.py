@@ -157,10 +157,22 @@ def _from_timm_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[st
     return out, renamed
 
 
+def _strip_owner_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A whole model saved as an attribute of another module (a Lightning module's
+    ``model.``, say): the prefix every key shares is dropped when the keys under it are a
+    whole model's (``backbone.*`` / ``decode_head.*``); other dicts unchanged."""
+    heads = {k.split(".", 1)[0] for k in sd}
+    if len(heads) != 1 or heads & {"backbone", "decode_head"}:
+        return sd
+    stripped = {k.split(".", 1)[1]: v for k, v in sd.items() if "." in k}
+    full = len(stripped) == len(sd) and any(k.startswith(("backbone.", "decode_head.")) for k in stripped)
+    return stripped if full else sd
+
+
 def _normalise_keys(sd: dict[str, Tensor], source: str, report: LoadReport) -> dict[str, Tensor]:
-    """Strip DDP / compile prefixes, map backbone-only dicts (official or timm Swin layout)
-    under ``backbone.``, drop computed keys."""
-    sd = {strip_wrapper_prefixes(k): v for k, v in sd.items()}
+    """Strip DDP / compile / owner-module prefixes, map backbone-only dicts (official or
+    timm Swin layout) under ``backbone.``, drop computed keys."""
+    sd = _strip_owner_prefix({strip_wrapper_prefixes(k): v for k, v in sd.items()})
     full_model = any(k.startswith(("backbone.", "decode_head.")) for k in sd)
     if not full_model:
         sd, renamed = _from_timm_layout(sd)
@@ -187,10 +199,12 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bo
     """Load weights into ``model`` (a :class:`~semask.SeMaskSwin`, also wrapped by DDP or
     torch.compile) and report key by key.
 
-    Full-model checkpoints must cover every parameter (``strict``); backbone-only ones
-    (Swin ImageNet) must hold every Swin tensor of the backbone (``strict``: patch
-    embedding, blocks, patch merging), and what they lack (semantic layers, norms, head)
-    is reported as missing. A checkpoint with no tensor of the model raises. A shape
+    Full-model checkpoints must cover every parameter and hold no other (``strict``);
+    backbone-only ones (Swin ImageNet) must hold every Swin tensor of the backbone
+    (``strict``: patch embedding, blocks, patch merging), and what they lack (semantic
+    layers, norms, head) is reported as missing. ``strict=False`` loads what matches and
+    reports the rest as missing / unexpected (SeMask weights into a plain Swin, say). A
+    checkpoint with no tensor of the model raises. A shape
     mismatch raises, except for class-dependent tensors with ``skip_mismatched=True``
     (they keep their init) and relative position tables of another window size (resized).
     Nothing is written into the model unless the whole check passes.
@@ -233,9 +247,9 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bo
         raise ValueError("checkpoint was trained for another number of classes; pass "
                          "skip_mismatched=True to keep these tensors freshly initialised:\n  "
                          + "\n  ".join(class_problems))
-    if report.unexpected:
-        raise ValueError("checkpoint has tensors this model does not own (another "
-                         "architecture?): " + ", ".join(report.unexpected[:10]))
+    if strict and report.unexpected:
+        raise ValueError("checkpoint has tensors this model does not own (another architecture?): "
+                         + ", ".join(report.unexpected[:10]) + " (pass strict=False to skip them)")
     if not to_load:
         raise ValueError(f"checkpoint ({report.source}) holds no tensor of this model "
                          f"({len(sd)} tensors after dropping {len(report.dropped) + len(report.recomputed)})")

@@ -376,3 +376,42 @@ def test_state_dict_keys_are_the_official_semask_layout():
     assert sd["backbone.layers.1.downsample.reduction.weight"].shape == (384, 768)
     assert sd["backbone.layers.2.blocks.0.attn.relative_position_bias_table"].shape == (169, 12)
     assert sd["decode_head.conv_seg.weight"].shape == (150, 256, 1, 1)
+
+
+def test_semask_weights_into_plain_swin_need_not_strict():
+    """A SeMask checkpoint holds semantic layers a plain Swin lacks: strict loading refuses
+    them by name; strict=False loads every other tensor and reports them as unexpected."""
+    src, dst = micro(), micro(semantic=False)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match=r"does not own.*semantic_layer.*strict=False"):
+        semask.load_checkpoint(dst, src.state_dict())
+    assert unchanged(dst, before)
+    report = semask.load_checkpoint(dst, src.state_dict(), strict=False)
+    assert report.unexpected and all(".semantic_layer." in k for k in report.unexpected)
+    assert not report.missing
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, src.state_dict()[k]), k
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():  # no semantic layer: the plain Swin's logits differ from SeMask's
+        assert not torch.allclose(dst(x).logits, src(x).logits)
+
+
+def test_whole_model_under_an_owner_prefix_loads():
+    """A Lightning module keeps the model as ``self.model``: its checkpoint's keys are
+    ``model.backbone.*``; they load as the model's own (same logits)."""
+    src, dst = micro(), micro()
+    ckpt = {"state_dict": {"model." + k: v for k, v in src.state_dict().items()}, "epoch": 3}
+    report = semask.load_checkpoint(dst, ckpt)
+    assert not report.missing and not report.unexpected
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(dst(x).logits, src(x).logits)
+
+
+def test_owner_prefix_is_kept_when_other_modules_share_the_file():
+    """Keys under two owners are no whole model: nothing is stripped, nothing loads."""
+    src = micro()
+    sd = {"model." + k: v for k, v in src.state_dict().items()}
+    sd["teacher.backbone.patch_embed.proj.weight"] = src.backbone.patch_embed.proj.weight
+    with pytest.raises(ValueError, match="does not own"):
+        semask.load_checkpoint(micro(), sd)
