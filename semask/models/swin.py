@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops.layer_norm import LayerNorm
+from ..ops.reference import padding_to_multiple
 from ..ops.window_attention import WindowAttention
 from .semantic_layer import SemanticLayer
 
@@ -95,7 +96,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _, _, H, W = x.shape
         if H % self.patch or W % self.patch:  # F.pad copies even when it pads nothing
-            x = F.pad(x, (0, (-W) % self.patch, 0, (-H) % self.patch))
+            x = F.pad(x, (0, padding_to_multiple(W, self.patch), 0, padding_to_multiple(H, self.patch)))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 

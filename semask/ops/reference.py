@@ -23,10 +23,17 @@ from .backend import eager_dispatch
 SHIFT_MASK_VALUE = -100.0  # value the official Swin adds between shift regions
 
 
+def padding_to_multiple(size: int, multiple: int) -> int:
+    """What ``size`` lacks to a multiple of ``multiple`` (``(-size) % multiple``, written with
+    floor division: inductor's tensorify pass cannot evaluate a Python modulo of a dynamic
+    size, torch 2.14)."""
+    return (size + multiple - 1) // multiple * multiple - size
+
+
 def pad_to_multiple(x: Tensor, window: int) -> Tensor:
     """Zero-pad a [B, H, W, C] map on the right/bottom to multiples of ``window``."""
     _, H, W, _ = x.shape
-    pad_b, pad_r = (-H) % window, (-W) % window
+    pad_b, pad_r = padding_to_multiple(H, window), padding_to_multiple(W, window)
     if pad_b or pad_r:
         x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
     return x

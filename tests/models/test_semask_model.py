@@ -437,3 +437,21 @@ def test_forward_features_and_grad_checkpointing_on_the_model():
     assert [layer.grad_checkpointing for layer in model.backbone.layers] == [False, True, False, True]
     model.set_grad_checkpointing(False)
     assert not any(layer.grad_checkpointing for layer in model.backbone.layers)
+
+
+def test_compiled_patch_embedding_recompiles_for_new_sizes():
+    """torch.compile's default recompiles with dynamic sizes at a second input size; the
+    patch embedding's padding then flows into the resize back to the image size (as in
+    the model). Inductor's float pass of torch 2.14 failed on a Python modulo there."""
+    torch._dynamo.reset()
+    embed = swin_mod.PatchEmbed(8).eval()
+
+    def embed_and_resize(x):
+        y = embed(x).permute(0, 3, 1, 2)
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    compiled = torch.compile(embed_and_resize)
+    with torch.no_grad():
+        for size in [(64, 96), (70, 50), (45, 33)]:
+            x = torch.randn(1, 3, *size)
+            torch.testing.assert_close(compiled(x), embed_and_resize(x), rtol=1e-5, atol=1e-5)
