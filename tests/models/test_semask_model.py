@@ -455,3 +455,41 @@ def test_compiled_patch_embedding_recompiles_for_new_sizes():
         for size in [(64, 96), (70, 50), (45, 33)]:
             x = torch.randn(1, 3, *size)
             torch.testing.assert_close(compiled(x), embed_and_resize(x), rtol=1e-5, atol=1e-5)
+
+
+def _dynamo_leaves_unknown_sizes_untested() -> bool:
+    """Whether this torch's dynamo answers statically_known_true of a dynamic size without
+    guarding on it (torch 2.6's guards: one graph per answer)."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+    graphs = []
+
+    def odd_or_even(x):
+        return x * 2 if statically_known_true(x.shape[0] % 2 == 0) else x * 3
+
+    compiled = torch.compile(odd_or_even, backend=lambda gm, _: graphs.append(gm) or gm.forward,
+                             dynamic=True)
+    compiled(torch.ones(5)), compiled(torch.ones(6))
+    return len(graphs) == 1
+
+
+def test_dynamic_compile_serves_every_padding_pattern():
+    """torch.compile with dynamic sizes: inputs whose stage maps are padded or not (patch,
+    window, odd merge) and whose head resizes are exact x2 chains or not share one graph
+    (each size test there would be a guard, one recompilation per pattern), and give the
+    eager outputs. The sizes stay clear of PyTorch's own guards: a square first input
+    (duck sizing), one window per side in a stage (size 1) and its conv's size bounds
+    (stride-32 maps of 8 or 9 per side, at most 80 tokens)."""
+    torch._dynamo.reset()
+    model = semask.SeMaskSwin("micro", num_classes=5, head_channels=8).eval()
+    graphs = []
+    compiled = torch.compile(model, backend=lambda gm, _: graphs.append(gm) or gm.forward,
+                             dynamic=True)
+    with torch.no_grad():
+        for size in [(236, 250), (231, 244), (256, 272), (280, 225)]:
+            x = torch.randn(1, 3, *size)
+            got, want = compiled(x), model(x)
+            torch.testing.assert_close(got.logits, want.logits, rtol=1e-6, atol=1e-6)
+            for a, b in zip(got.semantic_logits, want.semantic_logits):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    if _dynamo_leaves_unknown_sizes_untested():
+        assert len(graphs) == 1
