@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..ops.upsample import upsample2x
 
@@ -88,15 +87,13 @@ def _run(layers: nn.Sequential, x: Tensor) -> Tensor:
 
 
 def _half_of(x: Tensor, size) -> bool:
-    """Whether x2 upsampling takes map x [B, C, h, w] exactly to ``size`` (False where
-    symbolic sizes leave it open: the general path serves every size without a guard)."""
-    return all(statically_known_true(2 * n == m) for n, m in zip(x.shape[2:], size))
+    """Whether x2 upsampling takes map x [B, C, h, w] exactly to ``size``."""
+    return tuple(2 * n for n in x.shape[2:]) == tuple(size)
 
 
 def resize(x: Tensor, size) -> Tensor:
-    """Bilinear resize (align_corners False) that is a no-op at the same size (where the
-    sizes are known to be equal; at equal sizes the interpolation weights are 1 and 0)."""
-    if all(statically_known_true(n == m) for n, m in zip(x.shape[2:], size)):
+    """Bilinear resize (align_corners False) that is a no-op at the same size."""
+    if tuple(x.shape[2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 

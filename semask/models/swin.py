@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops.layer_norm import LayerNorm
-from ..ops.reference import needs_padding, padding_to_multiple
+from ..ops.reference import padding_to_multiple
 from ..ops.window_attention import WindowAttention
 from .semantic_layer import SemanticLayer
 
@@ -95,9 +95,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _, _, H, W = x.shape
-        pad_b, pad_r = padding_to_multiple(H, self.patch), padding_to_multiple(W, self.patch)
-        if needs_padding(pad_b, pad_r):
-            x = F.pad(x, (0, pad_r, 0, pad_b))
+        if H % self.patch or W % self.patch:  # F.pad copies even when it pads nothing
+            x = F.pad(x, (0, padding_to_multiple(W, self.patch), 0, padding_to_multiple(H, self.patch)))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
@@ -111,9 +110,8 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, H, W, C = x.shape
-        pad_b, pad_r = padding_to_multiple(H, 2), padding_to_multiple(W, 2)
-        if needs_padding(pad_b, pad_r):
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         # channels [x(2i, 2j), x(2i+1, 2j), x(2i, 2j+1), x(2i+1, 2j+1)] as the official cat of
         # four strided slices, in one copy (whose backward is one copy, not 8 slice_backward)
         x = x.reshape(B, (H + 1) // 2, 2, (W + 1) // 2, 2, C).permute(0, 1, 3, 4, 2, 5)

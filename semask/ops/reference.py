@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .backend import eager_dispatch
 
@@ -31,34 +30,13 @@ def padding_to_multiple(size: int, multiple: int) -> int:
     return (size + multiple - 1) // multiple * multiple - size
 
 
-def needs_padding(*amounts: int) -> bool:
-    """Whether to pad by ``amounts``: unless all are known to be 0 (F.pad copies even when
-    it pads nothing). Symbolic sizes (torch.compile with dynamic shapes) are padded
-    untested: a test would become a guard, one recompilation per pattern of padded and
-    unpadded maps (statically_known_true tests without guarding)."""
-    return not all(statically_known_true(a == 0) for a in amounts)
-
-
 def pad_to_multiple(x: Tensor, window: int) -> Tensor:
     """Zero-pad a [B, H, W, C] map on the right/bottom to multiples of ``window``."""
     _, H, W, _ = x.shape
     pad_b, pad_r = padding_to_multiple(H, window), padding_to_multiple(W, window)
-    if needs_padding(pad_b, pad_r):
+    if pad_b or pad_r:
         x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
     return x
-
-
-def crop(x: Tensor, H, W) -> Tensor:
-    """[B, Hp, Wp, C] -> its first H rows and W columns, [B, H, W, C]: a view; a contiguous
-    copy where symbolic sizes leave open whether it crops (what reads a view tests whether
-    it is contiguous: a guard, see :func:`needs_padding`)."""
-    Hp, Wp = x.shape[1:3]
-    if statically_known_true(H == Hp) and statically_known_true(W == Wp):
-        return x
-    x = x[:, :H, :W]
-    if statically_known_true(H != Hp) or statically_known_true(W != Wp):
-        return x
-    return x.clone(memory_format=torch.contiguous_format)
 
 
 def window_partition(x: Tensor, window: int) -> Tensor:

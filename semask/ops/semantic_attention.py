@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backend as _backend
-from .reference import crop, pad_to_multiple, semantic_attention_reference
+from .reference import pad_to_multiple, semantic_attention_reference
 
 OP = "semantic_attention"
 
@@ -179,8 +179,8 @@ class SemanticAttention(nn.Module):
         q = linear_padded(self.mlp_cls_q, yp, pad)
         k = linear_padded(self.mlp_cls_k, yp, pad)
         out = semantic_attention(q, k, self.mlp_v(yp), self.window, self.backend)
-        z = self.proj_drop(self.mlp_res(crop(out, H, W)))
-        return self.gamma * z + y, crop(q, H, W)[..., :K]
+        z = self.proj_drop(self.mlp_res(out[:, :H, :W]))
+        return self.gamma * z + y, q[:, :H, :W, :K]
 
     def extra_repr(self) -> str:
         mode = f"window={self.window}" if self.window else "global"

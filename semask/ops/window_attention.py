@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import backend as _backend
-from .reference import crop, pad_to_multiple, relative_position_index, window_attention_reference
+from .reference import pad_to_multiple, relative_position_index, window_attention_reference
 
 OP = "window_attention"
 
@@ -122,8 +122,8 @@ def window_attention(qkv: Tensor, table: Tensor, num_heads: int, window: int, sh
 
 
 def _crop(out: Tensor, size: tuple[int, int] | None) -> Tensor:
-    """out [B, Hp, Wp, C] -> its first size = (H, W) rows and columns (:func:`crop`)."""
-    return out if size is None else crop(out, *size)
+    """out [B, Hp, Wp, C] -> its first size = (H, W) rows and columns (a view)."""
+    return out if size is None else out[:, :size[0], :size[1]]
 
 
 class WindowAttention(nn.Module):
