@@ -29,6 +29,7 @@ OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BatchNorm counter: unused with a
 CLASS_DEPENDENT = ("decode_head.conv_seg.", ".mlp_cls_q.", ".mlp_cls_k.")
 IMAGENET_DROPPED_PREFIXES = ("head.", "norm.")  # classifier and final norm of Swin ImageNet
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
+MODEL_PREFIXES = ("backbone.", "decode_head.")  # the keys of a whole model
 DOWNSAMPLE_KEY = re.compile(r"layers\.(\d+)\.downsample\.")  # patch merging of a backbone-only dict
 # The plain Swin tensors, which a backbone-only checkpoint (Swin ImageNet) must all hold
 SWIN_KEY = re.compile(r"backbone\.(patch_embed\.|layers\.\d+\.(blocks|downsample)\.)")
@@ -161,11 +162,11 @@ def _strip_owner_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """A whole model saved as an attribute of another module (a Lightning module's
     ``model.``, say): the prefix every key shares is dropped when the keys under it are a
     whole model's (``backbone.*`` / ``decode_head.*``); other dicts unchanged."""
-    heads = {k.split(".", 1)[0] for k in sd}
-    if len(heads) != 1 or heads & {"backbone", "decode_head"}:
+    heads = {k.split(".", 1)[0] + "." for k in sd}
+    if len(heads) != 1 or heads & set(MODEL_PREFIXES):
         return sd
     stripped = {k.split(".", 1)[1]: v for k, v in sd.items() if "." in k}
-    full = len(stripped) == len(sd) and any(k.startswith(("backbone.", "decode_head.")) for k in stripped)
+    full = len(stripped) == len(sd) and any(k.startswith(MODEL_PREFIXES) for k in stripped)
     return stripped if full else sd
 
 
@@ -173,7 +174,7 @@ def _normalise_keys(sd: dict[str, Tensor], source: str, report: LoadReport) -> d
     """Strip DDP / compile / owner-module prefixes, map backbone-only dicts (official or
     timm Swin layout) under ``backbone.``, drop computed keys."""
     sd = _strip_owner_prefix({strip_wrapper_prefixes(k): v for k, v in sd.items()})
-    full_model = any(k.startswith(("backbone.", "decode_head.")) for k in sd)
+    full_model = any(k.startswith(MODEL_PREFIXES) for k in sd)
     if not full_model:
         sd, renamed = _from_timm_layout(sd)
         if renamed:
