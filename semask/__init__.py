@@ -1,7 +1,7 @@
 """semask: SeMask-Swin semantic segmentation on fused GPU kernels."""
-from .models import (LoadReport, SegOutput, SeMaskSwin, create_model, list_models,
+from .models import (CheckpointMismatch, LoadReport, SegOutput, SeMaskSwin, create_model, list_models,
                      load_checkpoint, save_checkpoint)
 
 __version__ = "0.1.0"
-__all__ = ["LoadReport", "SegOutput", "SeMaskSwin", "__version__", "create_model", "list_models",
+__all__ = ["CheckpointMismatch", "LoadReport", "SegOutput", "SeMaskSwin", "__version__", "create_model", "list_models",
            "load_checkpoint", "save_checkpoint"]

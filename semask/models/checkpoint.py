@@ -35,6 +35,18 @@ DOWNSAMPLE_KEY = re.compile(r"layers\.(\d+)\.downsample\.")  # patch merging of 
 SWIN_KEY = re.compile(r"backbone\.(patch_embed\.|layers\.\d+\.(blocks|downsample)\.)")
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint that does not fit the model as asked (``problem``, naming ``keys``) but
+    loads with the keyword ``option`` of :func:`load_checkpoint` (``strict=False``,
+    ``skip_mismatched=True``), which ``effect``. Callers re-raise it with their own
+    ``problem`` prefix and ``option`` spelling (None: no option fits their use)."""
+
+    def __init__(self, problem: str, option: str | None, effect: str, keys: list[str]):
+        self.problem, self.option, self.effect, self.keys = problem, option, effect, keys
+        super().__init__(problem + (f"; {option} {effect}" if option else "") + ":\n  " + "\n  ".join(keys[:10])
+                         + (f"\n  ... and {len(keys) - 10} more" if len(keys) > 10 else ""))
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_checkpoint` did, key by key."""
@@ -245,20 +257,19 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bo
         raise ValueError("checkpoint does not match this architecture (variant / window / "
                          "semantic layers?):\n  " + "\n  ".join(problems[:10]))
     if class_problems and not skip_mismatched:
-        raise ValueError("checkpoint was trained for another number of classes; pass "
-                         "skip_mismatched=True to keep these tensors freshly initialised:\n  "
-                         + "\n  ".join(class_problems))
+        raise CheckpointMismatch("checkpoint was trained for another number of classes", "skip_mismatched=True",
+                                 "keeps these tensors freshly initialised", class_problems)
     if strict and report.unexpected:
-        raise ValueError("checkpoint has tensors this model does not own (another architecture?): "
-                         + ", ".join(report.unexpected[:10]) + " (pass strict=False to skip them)")
+        raise CheckpointMismatch("checkpoint has tensors this model does not own (another architecture?)",
+                                 "strict=False", "skips them", report.unexpected)
     if not to_load:
         raise ValueError(f"checkpoint ({report.source}) holds no tensor of this model "
                          f"({len(sd)} tensors after dropping {len(report.dropped) + len(report.recomputed)})")
     lacking = report.missing if full_model else [k for k in report.missing if SWIN_KEY.match(k)]
     if strict and lacking:
         what = "tensors of this model" if full_model else "Swin backbone tensors (another variant?)"
-        raise ValueError(f"checkpoint lacks {len(lacking)} {what}: "
-                         + ", ".join(lacking[:10]) + " (pass strict=False to allow)")
+        raise CheckpointMismatch(f"checkpoint lacks {len(lacking)} {what}", "strict=False",
+                                 "leaves them at their init", lacking)
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     return report

@@ -36,7 +36,8 @@ def error_line(exc: BaseException) -> str:
 
 def _main_process() -> bool:
     """Not a torchrun process of rank > 0 (each would say the same)."""
-    return os.environ.get("RANK", "0") == "0"
+    from .distributed import env_rank
+    return env_rank() == 0
 
 
 def interruptible(prog: str):
@@ -143,7 +144,7 @@ def _load_model(checkpoint: str, device: torch.device, config: str | None = None
     checkpoints store (weights files and last_state.pt), or ``config`` (a preset name or
     JSON file; it wins over a stored one), which files without one need (an official
     mmseg SeMask ``.pth``, a bare state dict)."""
-    from ..models import load_checkpoint
+    from ..models import CheckpointMismatch, load_checkpoint
     from ..models.checkpoint import read_checkpoint
     from .config import load_preset
     from .trainer import build_model
@@ -167,7 +168,12 @@ def _load_model(checkpoint: str, device: torch.device, config: str | None = None
                          "file not written by semask-train): give the model's config with --config, "
                          f"a preset ({', '.join(preset_names())}) or a JSON file")
     model = build_model(cfg, cfg.num_classes)
-    report = load_checkpoint(model, weights)
+    try:
+        report = load_checkpoint(model, weights)
+    except CheckpointMismatch as exc:  # loading part of it would score another model
+        raise CheckpointMismatch(f"{path} does not fit the {'--config' if config else 'stored config'}'s model "
+                                 f"(variant {cfg.variant}, semantic {cfg.semantic}, {cfg.num_classes} classes): "
+                                 + exc.problem, None, "", exc.keys) from None
     if report.missing:  # a backbone-only file (Swin ImageNet) would leave the head at its init
         raise ValueError(f"{path} is not a whole model ({report.source}): it lacks {len(report.missing)} of "
                          f"its tensors, e.g. {', '.join(report.missing[:3])}; an ImageNet backbone starts "

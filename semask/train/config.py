@@ -49,6 +49,7 @@ class TrainConfig:
     fused: bool = False
     pretrained: str | None = None          # ImageNet Swin checkpoint for the backbone
     skip_mismatched: bool = False          # pretrained of another class count: its class tensors skipped
+    pretrained_strict: bool = True         # false: pretrained tensors the model lacks / owns alone are allowed
     grad_checkpointing: list[int] = field(default_factory=list)   # backbone stages to recompute
     sync_bn: bool = True                   # SyncBatchNorm in the head under multi-GPU DDP
     compile: str | None = None             # torch.compile of the training forward: none | default | a backend
@@ -124,6 +125,9 @@ FIELD_HELP = {
     "skip_mismatched": "with a pretrained SeMask checkpoint of another class count (fine-tuning an "
                        "ADE20K model on other data): keep its class-dependent tensors (classifier, "
                        "semantic layers' class projections) at their init instead of refusing it",
+    "pretrained_strict": "false: load the pretrained tensors that fit the model and report the rest "
+                         "(a SeMask checkpoint into --semantic false, a checkpoint lacking some of "
+                         "the model's tensors, which keep their init); true refuses such a file",
     "grad_checkpointing": "backbone stages to recompute in backward, e.g. 0,1,2,3",
     "sync_bn": "SyncBatchNorm in the head under multi-GPU DDP",
     "compile": "torch.compile the training forward: none (eager), default (inductor) or a "

@@ -48,10 +48,15 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun sets it (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Read torchrun's environment, pick the device, init the process group if world > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
     if dev.type == "cuda":  # also cuda:N: CUDA graphs capture on the current device's streams

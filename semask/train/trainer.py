@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..data import DevicePrefetcher, TransformedDataset, build_raw_dataset, train_loader, train_transforms
-from ..models import SeMaskSwin, load_checkpoint, save_checkpoint
+from ..models import CheckpointMismatch, LoadReport, SeMaskSwin, load_checkpoint, save_checkpoint
 from . import distributed
 from .config import TrainConfig
 from .cuda_graphs import graph_support_errors, graphed_loss_step, pinned_batches_allowed
@@ -79,11 +79,26 @@ def autocast_factory(cfg: TrainConfig, device: torch.device):
 # fields that may change when a run is resumed without changing what it trains
 RESUME_FREE = ("out_dir", "iters", "progress", "log_interval", "ckpt_interval", "eval_interval",
                "num_workers", "device", "eval_mode", "test_scale", "slide_crop", "slide_stride",
-               "ms_ratios", "max_nonfinite", "name", "pretrained", "skip_mismatched")
+               "ms_ratios", "max_nonfinite", "name", "pretrained", "skip_mismatched",
+               "pretrained_strict")
 # what a run writes into its folder (semask-eval: eval_<split>_<mode>.*); a run started
 # there with overwrite=True removes the earlier run's, which would otherwise pass for its own
 RUN_FILES = (STATE_NAME, WEIGHTS_NAME, FINAL_NAME, "eval.json", "eval.md", "metrics.jsonl", "curves.png",
              "eval_*_*.json", "eval_*_*.md")
+
+
+# load_checkpoint's keywords as the config options that set them
+CONFIG_OPTIONS = {"strict=False": "--pretrained-strict false", "skip_mismatched=True": "--skip-mismatched true"}
+
+
+def load_pretrained(model: SeMaskSwin, cfg: TrainConfig) -> LoadReport:
+    """Load ``cfg.pretrained`` into ``model``; a mismatch names the config option that allows it."""
+    try:
+        return load_checkpoint(model, cfg.pretrained, skip_mismatched=cfg.skip_mismatched,
+                               strict=cfg.pretrained_strict)
+    except CheckpointMismatch as exc:
+        raise CheckpointMismatch(f"--pretrained {cfg.pretrained}: {exc.problem}", CONFIG_OPTIONS[exc.option],
+                                 exc.effect, exc.keys) from None
 
 
 def config_changes(stored: dict, now: dict) -> dict:
@@ -202,7 +217,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     if resume:  # the weights come from the run's state (the pretrained file may be gone)
         pass
     elif cfg.pretrained:
-        say(load_checkpoint(model, cfg.pretrained, skip_mismatched=cfg.skip_mismatched))
+        say(load_pretrained(model, cfg))
     elif cfg.dataset != "synthetic" and info.is_main:
         warnings.warn(PRETRAINED_WARNING, stacklevel=2)
     if cfg.grad_checkpointing:

@@ -120,24 +120,32 @@ def test_eval_passes_num_workers_on(tmp_path, monkeypatch):
     (["--slide-stride", "0,0"], "slide_stride must be two positive numbers"),
     (["--pad-multiple", "-5"], "eval_pad_multiple must be at least 1 or none"),
     (["--mode", "ms_flip", "--ms-ratios", "0,-1"], "ms_ratios must be positive numbers"),
-    (["--config", "CFG7"], "the model has 7 classes but synthetic has 6")])
+    (["--config", "CFG7"], "the model has 7 classes but synthetic has 6"),
+    (["--config", "PLAIN"], "does not fit the --config's model (variant micro, semantic False, 6 classes): "
+                            "checkpoint has tensors this model does not own (another architecture?):\n  "
+                            "backbone.layers.0.semantic_layer.")])
 def test_eval_refuses_bad_options_before_scoring(tmp_path, monkeypatch, capsys, argv, message):
     """Options that would score pixels no window covers (0/0), crop instead of pad, or
-    score a model against another class count: a usage error naming the value, no output."""
+    score a model against another class count or architecture (a SeMask file with a plain
+    Swin config, which loading only the shared tensors would score): a usage error naming
+    the value, no output."""
     from semask.train import evaluate as evaluate_module
     cfg = load_config("synthetic_cpu", variant="micro", head_channels=8)
     path = tmp_path / "m.safetensors"
     save_checkpoint(build_model(cfg, cfg.num_classes), path, {"config": cfg.to_json()})
-    if "CFG7" in argv:  # an official-style file (weights only) with a 7-class config
-        cfg7 = load_config("synthetic_cpu", variant="micro", head_channels=8, num_classes=7)
-        (tmp_path / "cfg7.json").write_text(cfg7.to_json())
-        path = tmp_path / "m7.pth"
-        torch.save({"state_dict": build_model(cfg7, 7).state_dict()}, path)
-        argv = [str(tmp_path / "cfg7.json") if a == "CFG7" else a for a in argv]
+    given = {"CFG7": dict(num_classes=7), "PLAIN": dict(semantic=False)}
+    for name, changes in given.items():
+        if name in argv:  # an official-style file (weights only of cfg's model) with another config
+            other = load_config("synthetic_cpu", variant="micro", head_channels=8, **changes)
+            (tmp_path / "other.json").write_text(other.to_json())
+            path = tmp_path / "official.pth"
+            torch.save({"state_dict": build_model(cfg, 7 if name == "CFG7" else 6).state_dict()}, path)
+            argv = [str(tmp_path / "other.json") if a == name else a for a in argv]
     monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: pytest.fail("scored"))
     with pytest.raises(SystemExit):
         eval_main([str(path), *argv, "--out", str(tmp_path / "ev.json")])
-    assert message in capsys.readouterr().err and not (tmp_path / "ev.json").exists()
+    err = capsys.readouterr().err
+    assert message in err and "strict=False" not in err and not (tmp_path / "ev.json").exists()
 
 
 def test_eval_and_infer_take_an_official_checkpoint_with_its_config(tmp_path, capsys):

@@ -154,6 +154,30 @@ def test_pretrained_of_another_class_count_and_a_resume_without_it(tmp_path, cap
     assert any(_class_tensor(k) and trained[k].shape[0] == 6 for k in trained)
 
 
+def test_semask_checkpoint_into_plain_swin_with_pretrained_strict_false(tmp_path, capsys):
+    """A SeMask checkpoint holds semantic layers a plain Swin (--semantic false) lacks: the
+    run is refused with the option that allows it, which then loads every shared tensor
+    (lr 0 keeps them) and names the semantic layers as unexpected."""
+    torch.manual_seed(3)
+    source = build_model(_micro(), 6)
+    pretrained = tmp_path / "semask.pth"
+    torch.save({"state_dict": source.state_dict()}, pretrained)
+    argv = [*TINY, "--semantic", "false", "--pretrained", str(pretrained), "--lr", "0", "--min-lr", "0",
+            "--iters", "1", "--eval-interval", "0"]
+    err = _exit(train_main, [*argv, "--out-dir", str(tmp_path / "refused")], capsys, code=1)
+    assert f"--pretrained {pretrained}" in err and "does not own" in err
+    assert "--pretrained-strict false skips them" in err and "semantic_layer" in err
+    run = tmp_path / "run"
+    train_main([*argv, "--pretrained-strict", "false", "--out-dir", str(run)])
+    assert "unexpected (" in capsys.readouterr().out
+    from safetensors.torch import load_file
+    trained = load_file(run / "model.safetensors")
+    own = {k: v for k, v in source.state_dict().items() if ".semantic_layer." not in k}
+    assert trained.keys() == own.keys()
+    assert all(torch.equal(trained[k], own[k]) for k in trained if not k.endswith(("running_mean", "running_var",
+                                                                                    "num_batches_tracked")))
+
+
 def test_infer_goes_on_past_an_unreadable_image(tmp_path, capsys):
     cfg = _micro()
     _save(build_model(cfg, 6), tmp_path / "m.safetensors", cfg, 1)
