@@ -52,6 +52,18 @@ def test_size_mismatch_names_the_files(ade_root, write_pair):
         ade20k(ade_root, "train")[0]
 
 
+def test_size_mismatch_of_an_image_without_exif_orientation_says_nothing_of_one(ade_root, write_pair):
+    """The EXIF note is for images turned as displayed (orientation != 1): a plain JPEG's
+    mismatch ends with the sizes."""
+    write_pair(ade_root / "images" / "training" / "ADE_training_00000000.jpg",
+               ade_root / "annotations" / "training" / "ADE_training_00000000.png",
+               np.ones((10, 12), np.uint8), image_size=(11, 12))
+    with pytest.raises(DataError) as exc:
+        ade20k(ade_root, "train")[0]
+    assert str(exc.value).endswith("ADE_training_00000000.jpg is 12x11 (W x H)")
+    assert "EXIF" not in str(exc.value)
+
+
 def test_label_values_out_of_range_name_the_file(ade_root, cityscapes_root, write_pair):
     label = np.full((8, 8), 151, np.uint8)    # -> 150 after reduce_zero_label: outside 0..149
     write_pair(ade_root / "images" / "validation" / "ADE_validation_00000001.jpg",

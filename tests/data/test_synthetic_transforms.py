@@ -1,5 +1,6 @@
 """Synthetic data set, recipe augmentations (joint image / mask) and the resumable sampler."""
 import numpy as np
+import pytest
 import torch
 from torchvision import tv_tensors
 
@@ -189,3 +190,16 @@ def test_no_img_scale_rescales_the_image_by_its_own_size():
         want = (textured[:, top:top + 10, left:left + 10].float() - torch.tensor(IMAGENET_MEAN)[:, None, None]) \
             / torch.tensor(IMAGENET_STD)[:, None, None]
         torch.testing.assert_close(kept, want)
+
+
+@pytest.mark.parametrize("img_scale,ratio_choices", [((60, 40), None), (None, (2.0,))])
+def test_ratio_range_1_still_resizes_to_an_img_scale_or_a_ratio_choice(img_scale, ratio_choices):
+    """ratio_range (1, 1) skips the resize only when nothing else asks for one: an
+    img_scale (60, 40) keep-ratio rescales a 20x30 image by min(60 / 30, 40 / 20) = 2, and
+    ratio_choices (2.0,) scale its own size by 2: 40x60 labelled pixels in the 100x100 crop."""
+    image = tv_tensors.Image(torch.zeros(3, 20, 30, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.ones(20, 30, dtype=torch.long))
+    _, out = train_transforms((100, 100), img_scale, (1.0, 1.0), cat_max_ratio=1.0, flip_prob=0.0,
+                              photometric=False, ratio_choices=ratio_choices)(image, mask)
+    assert out.shape == (100, 100)
+    assert (out[:40, :60] == 1).all() and (out[40:] == 255).all() and (out[:, 60:] == 255).all()

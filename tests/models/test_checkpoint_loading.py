@@ -415,3 +415,73 @@ def test_owner_prefix_is_kept_when_other_modules_share_the_file():
     sd["teacher.backbone.patch_embed.proj.weight"] = src.backbone.patch_embed.proj.weight
     with pytest.raises(ValueError, match="does not own"):
         semask.load_checkpoint(micro(), sd)
+
+
+@pytest.mark.parametrize("rows", [16, 4])
+def test_bias_table_of_an_even_square_is_no_window_grid(rows):
+    """(2w - 1)^2 is an odd square (1, 9, 25, 49, 169, ...): a table of 16 (4 x 4) or 4
+    (2 x 2) rows is square but no window's grid, so it is a mismatch, not resized."""
+    dst = micro()
+    sd = {k: v.clone() for k, v in dst.state_dict().items()}
+    key = next(k for k in sd if k.endswith("relative_position_bias_table"))
+    sd[key] = torch.zeros(rows, sd[key].shape[1])
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match=f"(?s)does not match this architecture.*{re.escape(key)}: checkpoint .{rows}, "):
+        semask.load_checkpoint(dst, sd)
+    assert unchanged(dst, before)
+
+
+def _owned_by_two_modules(sd):
+    """model.* plus an EMA's update count under ema.* (no key collides once stripped)."""
+    return {**{"model." + k: v for k, v in sd.items()}, "ema.backbone.num_updates": torch.tensor(3)}
+
+
+def _owner_with_a_bare_key(sd):
+    """model.* plus a tensor named "model" itself: not every key lies under "model."."""
+    return {**{"model." + k: v for k, v in sd.items()}, "model": torch.zeros(1)}
+
+
+def _swin_imagenet_under_an_owner(sd):
+    """A backbone-only (Swin ImageNet) dict kept as encoder.*: no whole model under it."""
+    return {"encoder." + k: v for k, v in official_imagenet_dict(micro())["model"].items()}
+
+
+@pytest.mark.parametrize("layout", [_owned_by_two_modules, _owner_with_a_bare_key, _swin_imagenet_under_an_owner])
+def test_owner_prefix_is_stripped_only_from_a_whole_model_holding_every_key(layout):
+    """_strip_owner_prefix's rule: one prefix shared by every key, and backbone.* /
+    decode_head.* under it. Otherwise the keys stay as they are, none of them is the
+    model's, and even strict=False has nothing to load."""
+    with pytest.raises(ValueError, match="holds no tensor of this model"):
+        semask.load_checkpoint(micro(), layout(micro().state_dict()), strict=False)
+
+
+def test_head_only_checkpoint_is_in_the_models_own_layout():
+    """decode_head.* keys are a whole model's keys (MODEL_PREFIXES): a head-only file loads
+    into the head with strict=False, the backbone reported missing; strict refuses it."""
+    src, dst = micro(), micro()
+    head = {k: v for k, v in src.state_dict().items() if k.startswith("decode_head.")}
+    with pytest.raises(ValueError, match="lacks"):
+        semask.load_checkpoint(dst, head)
+    report = semask.load_checkpoint(dst, head, strict=False)
+    assert not report.unexpected and report.loaded
+    assert set(report.missing) == {k for k in dst.state_dict() if k.startswith("backbone.")
+                                   and not k.endswith(("relative_position_index", "attn_mask", "num_batches_tracked"))}
+    for k, v in head.items():
+        assert torch.equal(dst.state_dict()[k], v), k
+
+
+def test_full_checkpoint_with_an_auxiliary_head_is_still_a_whole_model():
+    """mmseg files of UperNet-style configs add auxiliary_head.* beside backbone.* and
+    decode_head.*: still the model's own layout (not a backbone-only dict), so strict names
+    the extra tensors and strict=False loads every other one."""
+    src, dst = micro(), micro()
+    sd = {**src.state_dict(), "auxiliary_head.conv_seg.weight": torch.zeros(11, 8, 1, 1),
+          "auxiliary_head.conv_seg.bias": torch.zeros(11)}
+    with pytest.raises(ValueError, match=r"(?s)does not own.*[\s,:]auxiliary_head\.conv_seg"):
+        semask.load_checkpoint(dst, sd)
+    report = semask.load_checkpoint(dst, sd, strict=False)
+    assert sorted(report.unexpected) == ["auxiliary_head.conv_seg.bias", "auxiliary_head.conv_seg.weight"]
+    assert not report.missing and report.source == "state_dict"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(dst(x).logits, src(x).logits)

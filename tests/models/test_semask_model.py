@@ -455,3 +455,20 @@ def test_compiled_patch_embedding_recompiles_for_new_sizes():
         for size in [(64, 96), (70, 50), (45, 33)]:
             x = torch.randn(1, 3, *size)
             torch.testing.assert_close(compiled(x), embed_and_resize(x), rtol=1e-5, atol=1e-5)
+
+
+def test_create_model_takes_the_values_its_name_fixes():
+    """Only overriding what the name fixes is refused: giving the same variant and
+    semantic flag builds the named model."""
+    with torch.device("meta"):
+        model = semask.create_model("semask_swin_tiny_fpn", variant="tiny", semantic=True, num_classes=150)
+        plain = semask.create_model("swin_tiny_fpn", variant="tiny", semantic=False, num_classes=150)
+    assert model.backbone.layers[0].semantic_layer is not None and model.backbone.channels[0] == 96
+    assert plain.backbone.layers[0].semantic_layer is None
+
+
+def test_empty_batch_is_refused_by_forward_and_forward_features():
+    model = semask.SeMaskSwin("micro", num_classes=4, head_channels=8).eval()
+    for call in (model, model.forward_features):
+        with pytest.raises(ValueError, match=r"\[B, 3, H, W\] with B >= 1, got \(0, 3, 64, 64\)"):
+            call(torch.randn(0, 3, 64, 64))

@@ -420,3 +420,69 @@ def test_worker_errors_keep_their_whole_message_and_ctrl_c_names_the_resume(tmp_
     with pytest.raises(SystemExit) as exc:
         train_main(argv)
     assert exc.value.code == 130 and "interrupted" not in capsys.readouterr().err
+
+
+def test_error_line_of_a_chained_worker_error_is_the_last_raised():
+    """A worker error raised from another of its type: the worker's traceback shows both
+    (the cause first); the message is that of the error raised last, the one re-raised.
+    torch's ExceptionWrapper is what a DataLoader worker sends and the loader re-raises
+    (built here in-process: no worker to start and stop)."""
+    from torch._utils import ExceptionWrapper
+    from semask.data import DataError
+    from semask.train.cli import error_line
+
+    try:
+        try:
+            raise DataError("cannot decode x.png")
+        except DataError as exc:
+            raise DataError("label x.png is unreadable") from exc
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DataError) as caught:
+        wrapped.reraise()
+    text = str(caught.value)
+    assert "Original Traceback" in text and text.index("cannot decode x.png") < text.index("is unreadable")
+    assert error_line(caught.value) == "label x.png is unreadable"
+
+
+def test_ctrl_c_of_eval_and_infer_is_said_by_rank_0_only(monkeypatch, capsys):
+    """interruptible (semask-eval / -infer): status 130 on every rank; the line only where
+    RANK is unset or 0 (torchrun's other ranks would each repeat it)."""
+    from semask.train.cli import interruptible
+
+    @interruptible("semask-x")
+    def main(argv=None):
+        raise KeyboardInterrupt
+
+    for rank, said in ((None, True), ("0", True), ("1", False)):
+        if rank is None:
+            monkeypatch.delenv("RANK", raising=False)
+        else:
+            monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exc:
+            main([])
+        assert exc.value.code == 130
+        assert ("semask-x: interrupted" in capsys.readouterr().err) == said, rank
+
+
+def test_ctrl_c_in_a_resume_into_another_folder_after_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """Resumed from a into b and stopped after b's first checkpoint (iteration 2): b's own
+    checkpoint continues the run, not a restart from a."""
+    from semask.train import trainer
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_main([*TINY, "--out-dir", str(a), "--stop-at", "1"])   # a checkpoint of iteration 1, no evaluation
+    capsys.readouterr()
+    real_train = trainer.train
+
+    def interrupted(cfg, **kwargs):
+        real_train(cfg, resume=kwargs["resume"], stop_at=2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        train_main(["--resume", str(a), "--out-dir", str(b), "--iters", "4"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 130
+    assert f"{b} holds the checkpoint of iteration 2: continue with semask-train --resume {b}" in err
+    assert "no checkpoint was written" not in err

@@ -84,3 +84,15 @@ def test_confusion_counts_every_pixel_pair(checked):
         if t != 255:
             expected[t][p] += 1
     assert confusion_matrix(pred, target.to(torch.uint8), K, checked=checked).tolist() == expected
+
+
+def test_empty_prediction_counts_nothing():
+    """No pixel (an empty crop or batch): the K x K matrix of zeros, checked or not."""
+    for checked in (False, True):
+        conf = confusion_matrix(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 3, checked=checked)
+        assert conf.dtype == torch.int64 and conf.tolist() == [[0] * 3] * 3
+
+
+def test_complex_predictions_are_refused_as_no_class_ids():
+    with pytest.raises(TypeError, match="pred must hold class ids .* got torch.complex64"):
+        confusion_matrix(torch.tensor([0, 1, 2], dtype=torch.complex64), torch.tensor([0, 1, 2]), 3)

@@ -234,3 +234,21 @@ def test_resumes_continue_the_global_sample_stream_where_it_stopped(tmp_path, ti
         said = [str(w.message) for w in caught if "effective batch" in str(w.message)]
         assert said == (["the effective batch changes from 8 images per step (the run's: 2 process(es) x 4) to 4 "
                          "(1 x 4); the lr schedule is not rescaled"] if batch_warning else [])
+
+
+def test_state_file_with_one_rng_state_takes_this_runs_process_count():
+    """A file without the sample count and with one RNG state (a dict, the earlier layout,
+    whatever number of processes wrote it) is read at this run's number of processes:
+    iteration 3 at batch 2 x accum 1, resumed by 2 processes, drew 3 x 2 x 2 = 12 samples,
+    and the effective batch (4 now, 4 then) does not change. With the count stored, the
+    count."""
+    from semask.train.distributed import DistInfo
+    from semask.train.trainer import _consumed_samples
+    stored = {"batch_size": 2, "accum_steps": 1}
+    state = {"rng": {"torch": torch.get_rng_state()}, "iteration": 3}
+    info = DistInfo(rank=0, world_size=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _consumed_samples(stored, state, 2 * 1 * 2, info) == 12
+        assert _consumed_samples(stored, dict(state, samples=10), 2 * 1 * 2, info) == 10
+    assert not [str(w.message) for w in caught if "effective batch" in str(w.message)]
