@@ -4,4 +4,12 @@ from .models import (CheckpointMismatch, LoadReport, SegOutput, SeMaskSwin, crea
 
 __version__ = "0.1.0"
 __all__ = ["CheckpointMismatch", "LoadReport", "SegOutput", "SeMaskSwin", "__version__", "create_model", "list_models",
-           "load_checkpoint", "save_checkpoint"]
+           "load_checkpoint", "predict", "save_checkpoint"]
+
+
+def __getattr__(name: str):
+    """``semask.predict`` is imported on first use (it brings torchvision's transforms)."""
+    if name == "predict":
+        from .train.inference import predict
+        return predict
+    raise AttributeError(f"module 'semask' has no attribute {name!r}")

@@ -309,11 +309,8 @@ def class_id_image(pred: np.ndarray, colours: np.ndarray):
 
 @interruptible("semask-infer")
 def infer_main(argv=None) -> None:
-    from PIL import Image, ImageOps
-    from ..data import eval_transforms
-    from ..data.folders import rgb_array
-    from ..data.transforms import to_tv_tensors
-    from .inference import predict_probs
+    from PIL import Image
+    from .inference import predict, rgb_image
     parser = argparse.ArgumentParser(prog="semask-infer", description="Segment images: writes <name>.png "
                                      "(class ids as a palette PNG: the values are the ids, viewers show "
                                      "colours; over 256 classes a 16-bit grey PNG) and <name>_overlay.png "
@@ -370,25 +367,21 @@ def infer_main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.num_classes > 65536:  # a 16-bit PNG holds ids up to 65535
         parser.error(f"class-id maps hold at most 65536 classes, the model has {cfg.num_classes}")
-    colours, norm = palette(cfg.num_classes), eval_transforms()
+    colours = palette(cfg.num_classes)
     unreadable = []
     for path in files:
         try:
-            with Image.open(path) as im:
-                rgb = rgb_array(ImageOps.exif_transpose(im))  # as displayed (EXIF orientation)
+            rgb = rgb_image(path)  # as displayed (EXIF orientation)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:  # the others go on
             print(f"{path}: skipped, not a readable image ({exc})", file=sys.stderr)
             unreadable.append(str(path))
             continue
-        image, _ = norm(*to_tv_tensors(rgb, np.zeros(rgb.shape[:2], np.uint8)))
         try:
-            probs = predict_probs(model, image.as_subclass(torch.Tensor)[None].to(device), rgb.shape[:2],
-                                  args.mode or cfg.eval_mode, cfg.test_scale, cfg.ms_ratios,
-                                  tuple(cfg.slide_crop), tuple(cfg.slide_stride),
-                                  pad_multiple=cfg.eval_pad_multiple)
+            pred = predict(model, rgb, mode=args.mode or cfg.eval_mode, test_scale=cfg.test_scale,
+                           crop=cfg.slide_crop, stride=cfg.slide_stride, ms_ratios=cfg.ms_ratios,
+                           pad_multiple=cfg.eval_pad_multiple, device=device).cpu().numpy()
         except INPUT_ERRORS as exc:  # a backend that cannot run here, an image the model refuses
             sys.exit(f"semask-infer: error: {path}: {exc}")
-        pred = probs.argmax(1)[0].cpu().numpy()
         ids, overlay = outputs[path]
         class_id_image(pred, colours).save(ids)
         blend = (1 - args.alpha) * rgb + args.alpha * colours[pred]

@@ -6,9 +6,12 @@ multi-scale + flip averages the probabilities of every scale and flip).
 """
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..data.transforms import keep_ratio_size
 
@@ -98,7 +101,7 @@ def predict_probs(model, image: Tensor, out_size=None, mode: str = "whole", test
         return single_scale_probs(model, image, out_size, mode, test_scale, 1.0, False, crop, stride,
                                   pad_multiple)
     if mode != "ms_flip":
-        raise ValueError(f"unknown eval mode {mode!r}; choose whole, slide or ms_flip")
+        raise ValueError(f"unknown inference mode {mode!r}; choose whole, slide or ms_flip")
     probs = None
     for ratio in ms_ratios:
         for flip in (False, True):
@@ -106,3 +109,51 @@ def predict_probs(model, image: Tensor, out_size=None, mode: str = "whole", test
                                    pad_multiple)
             probs = p if probs is None else probs + p
     return probs / (2 * len(ms_ratios))
+
+
+def rgb_image(image) -> np.ndarray:
+    """[H, W, 3] uint8 RGB of a file path, a PIL image (as displayed: its EXIF orientation
+    applied) or an [H, W, 3] uint8 NumPy array / tensor."""
+    from PIL import Image, ImageOps
+
+    from ..data.folders import rgb_array
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as im:
+            return rgb_array(ImageOps.exif_transpose(im))
+    if isinstance(image, Image.Image):
+        return rgb_array(ImageOps.exif_transpose(image))
+    if isinstance(image, Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        what = (f"{image.dtype} array {tuple(image.shape)}" if hasattr(image, "shape") and hasattr(image, "dtype")
+                else type(image).__name__)
+        raise TypeError(f"image must be a file path, a PIL image or an [H, W, 3] uint8 RGB array, got {what} "
+                        "(a normalised float batch goes to model(x) directly)")
+    return image
+
+
+def predict(model, image, *, mode: str = "whole", test_scale=None, crop=(512, 512), stride=(341, 341),
+            ms_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), pad_multiple: int | None = None,
+            probabilities: bool = False, device=None) -> Tensor:
+    """Segment one RGB image (see :func:`rgb_image`: a path, a PIL image or [H, W, 3] uint8)
+    as semask-infer does: ImageNet-normalised, then ``mode`` whole / slide (``crop``,
+    ``stride``) / ms_flip (``ms_ratios``), optionally rescaled keep-ratio to ``test_scale``
+    (long, short) first, the logits resized back to the image's size. Returns class ids
+    [H, W] int64, or with ``probabilities`` [K, H, W] float32, on ``device`` (default: the
+    model's). ``model`` runs in eval mode (a training-mode model is switched for the call)."""
+    from ..data import eval_transforms
+    from ..data.transforms import to_tv_tensors
+    rgb = rgb_image(image)
+    if device is None:
+        device = next(model.parameters()).device
+    x, _ = eval_transforms()(*to_tv_tensors(rgb, np.zeros(rgb.shape[:2], np.uint8)))
+    was_training = isinstance(model, nn.Module) and model.training
+    if was_training:
+        model.eval()
+    try:
+        probs = predict_probs(model, x.as_subclass(Tensor)[None].to(device), rgb.shape[:2], mode, test_scale,
+                              ms_ratios, tuple(crop), tuple(stride), pad_multiple=pad_multiple)[0]
+    finally:
+        if was_training:
+            model.train()
+    return probs if probabilities else probs.argmax(0)

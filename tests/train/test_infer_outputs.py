@@ -1,4 +1,4 @@
-"""Proposed additions to tests/train/test_cli.py."""
+"""semask-infer outputs: the palette of its class-id PNGs and its overlays."""
 import numpy as np
 from PIL import Image
 

@@ -1,0 +1,78 @@
+"""semask.predict: one RGB image (array, PIL image or file) -> class ids at its size."""
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import semask
+
+MEAN = torch.tensor([123.675, 116.28, 103.53])  # mmseg's img_norm_cfg (RGB, 0-255), by hand
+STD = torch.tensor([58.395, 57.12, 57.375])
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return semask.SeMaskSwin("micro", num_classes=5, head_channels=8).eval()
+
+
+@pytest.fixture(scope="module")
+def rgb():
+    return np.random.default_rng(1).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+
+
+def _by_hand(model, rgb):
+    """Logits of the normalised image, computed here: [K, H, W]."""
+    x = (torch.from_numpy(rgb).float() - MEAN) / STD
+    with torch.no_grad():
+        return model(x.permute(2, 0, 1)[None]).logits[0]
+
+
+def test_ids_and_probabilities_of_an_array_are_the_normalised_forward(model, rgb):
+    logits = _by_hand(model, rgb)
+    ids = semask.predict(model, rgb)
+    assert ids.shape == (45, 61) and ids.dtype == torch.int64
+    assert torch.equal(ids, logits.argmax(0))
+    probs = semask.predict(model, torch.from_numpy(rgb), probabilities=True)
+    torch.testing.assert_close(probs, logits.softmax(0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_file_is_read_as_displayed(model, rgb, tmp_path):
+    """A PNG with EXIF orientation 6 (turn 90 degrees clockwise to display) stores the
+    image turned counter-clockwise; predict reads it turned back, as a viewer shows it."""
+    stored = Image.fromarray(np.rot90(rgb, k=1).copy())  # 90 degrees counter-clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "turned.png", exif=exif.tobytes())
+    for image in (tmp_path / "turned.png", str(tmp_path / "turned.png"), Image.open(tmp_path / "turned.png")):
+        assert torch.equal(semask.predict(model, image), _by_hand(model, rgb).argmax(0))
+
+
+def test_slide_with_a_crop_covering_the_image_is_whole(model, rgb):
+    assert torch.equal(semask.predict(model, rgb, mode="slide", crop=(64, 64), stride=(32, 32)),
+                       semask.predict(model, rgb))
+
+
+def test_a_training_mode_model_is_run_in_eval_mode_and_left_training(rgb):
+    torch.manual_seed(0)
+    model = semask.SeMaskSwin("micro", num_classes=5, head_channels=8, drop_path_rate=0.3)
+    model.train()
+    ids = semask.predict(model, rgb)
+    assert model.training and model.decode_head.training
+    assert torch.equal(ids, _by_hand(model.eval(), rgb).argmax(0))
+
+
+@pytest.mark.parametrize("image,named", [
+    (np.zeros((8, 8, 3), np.float32), "float32 array (8, 8, 3)"),
+    (np.zeros((3, 8, 8), np.uint8), "uint8 array (3, 8, 8)"),
+    ([[0, 1]], "list")])
+def test_other_inputs_are_refused_by_name(model, image, named):
+    with pytest.raises(TypeError, match=r"\[H, W, 3\] uint8 RGB array, got " + re.escape(named)):
+        semask.predict(model, image)
+
+
+def test_unknown_mode_is_named(model, rgb):
+    with pytest.raises(ValueError, match="unknown inference mode 'sliding'"):
+        semask.predict(model, rgb, mode="sliding")
