@@ -13,3 +13,7 @@ def __getattr__(name: str):
         from .train.inference import predict
         return predict
     raise AttributeError(f"module 'semask' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "predict"])

@@ -36,15 +36,21 @@ SWIN_KEY = re.compile(r"backbone\.(patch_embed\.|layers\.\d+\.(blocks|downsample
 
 
 class CheckpointMismatch(ValueError):
-    """A checkpoint that does not fit the model as asked (``problem``, naming ``keys``) but
-    loads with the keyword ``option`` of :func:`load_checkpoint` (``strict=False``,
+    """A checkpoint that does not fit the model as asked (``problem``, with the model's
+    ``keys`` concerned; ``lines``: how the message lists them, default the keys) but loads
+    with the keyword ``option`` of :func:`load_checkpoint` (``strict=False``,
     ``skip_mismatched=True``), which ``effect``. Callers re-raise it with their own
     ``problem`` prefix and ``option`` spelling (None: no option fits their use)."""
 
-    def __init__(self, problem: str, option: str | None, effect: str, keys: list[str]):
-        self.problem, self.option, self.effect, self.keys = problem, option, effect, keys
-        super().__init__(problem + (f"; {option} {effect}" if option else "") + ":\n  " + "\n  ".join(keys[:10])
-                         + (f"\n  ... and {len(keys) - 10} more" if len(keys) > 10 else ""))
+    def __init__(self, problem: str, option: str | None, effect: str, keys: list[str],
+                 lines: list[str] | None = None):
+        self.problem, self.option, self.effect, self.keys, self.lines = problem, option, effect, keys, lines
+        shown = lines or keys
+        super().__init__(problem + (f"; {option} {effect}" if option else "") + ":\n  " + "\n  ".join(shown[:10])
+                         + (f"\n  ... and {len(shown) - 10} more" if len(shown) > 10 else ""))
+
+    def __reduce__(self):  # pickle / copy (a DataLoader worker or another process re-raising it)
+        return type(self), (self.problem, self.option, self.effect, self.keys, self.lines)
 
 
 @dataclass
@@ -258,7 +264,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bo
                          "semantic layers?):\n  " + "\n  ".join(problems[:10]))
     if class_problems and not skip_mismatched:
         raise CheckpointMismatch("checkpoint was trained for another number of classes", "skip_mismatched=True",
-                                 "keeps these tensors freshly initialised", class_problems)
+                                 "keeps these tensors freshly initialised", report.skipped, class_problems)
     if strict and report.unexpected:
         raise CheckpointMismatch("checkpoint has tensors this model does not own (another architecture?)",
                                  "strict=False", "skips them", report.unexpected)

@@ -173,7 +173,7 @@ def _load_model(checkpoint: str, device: torch.device, config: str | None = None
     except CheckpointMismatch as exc:  # loading part of it would score another model
         raise CheckpointMismatch(f"{path} does not fit the {'--config' if config else 'stored config'}'s model "
                                  f"(variant {cfg.variant}, semantic {cfg.semantic}, {cfg.num_classes} classes): "
-                                 + exc.problem, None, "", exc.keys) from None
+                                 + exc.problem, None, "", exc.keys, exc.lines) from None
     if report.missing:  # a backbone-only file (Swin ImageNet) would leave the head at its init
         raise ValueError(f"{path} is not a whole model ({report.source}): it lacks {len(report.missing)} of "
                          f"its tensors, e.g. {', '.join(report.missing[:3])}; an ImageNet backbone starts "
@@ -377,9 +377,7 @@ def infer_main(argv=None) -> None:
             unreadable.append(str(path))
             continue
         try:
-            pred = predict(model, rgb, mode=args.mode or cfg.eval_mode, test_scale=cfg.test_scale,
-                           crop=cfg.slide_crop, stride=cfg.slide_stride, ms_ratios=cfg.ms_ratios,
-                           pad_multiple=cfg.eval_pad_multiple, device=device).cpu().numpy()
+            pred = predict(model, rgb, cfg, mode=args.mode, device=device).cpu().numpy()
         except INPUT_ERRORS as exc:  # a backend that cannot run here, an image the model refuses
             sys.exit(f"semask-infer: error: {path}: {exc}")
         ids, overlay = outputs[path]

@@ -125,9 +125,10 @@ FIELD_HELP = {
     "skip_mismatched": "with a pretrained SeMask checkpoint of another class count (fine-tuning an "
                        "ADE20K model on other data): keep its class-dependent tensors (classifier, "
                        "semantic layers' class projections) at their init instead of refusing it",
-    "pretrained_strict": "false: load the pretrained tensors that fit the model and report the rest "
-                         "(a SeMask checkpoint into --semantic false, a checkpoint lacking some of "
-                         "the model's tensors, which keep their init); true refuses such a file",
+    "pretrained_strict": "false: allow tensors only one side has: the model loads the pretrained "
+                         "tensors it owns and reports the rest (a SeMask checkpoint into --semantic "
+                         "false; a checkpoint lacking some of the model's tensors, which keep their "
+                         "init); tensors of another shape are still refused; true refuses such a file",
     "grad_checkpointing": "backbone stages to recompute in backward, e.g. 0,1,2,3",
     "sync_bn": "SyncBatchNorm in the head under multi-GPU DDP",
     "compile": "torch.compile the training forward: none (eager), default (inductor) or a "

@@ -50,7 +50,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 def env_rank() -> int:
     """This process's rank as torchrun sets it (0 outside torchrun)."""
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ.get("RANK") or 0)
 
 
 def setup(device: str = "auto") -> DistInfo:

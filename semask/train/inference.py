@@ -113,7 +113,7 @@ def predict_probs(model, image: Tensor, out_size=None, mode: str = "whole", test
 
 def rgb_image(image) -> np.ndarray:
     """[H, W, 3] uint8 RGB of a file path, a PIL image (as displayed: its EXIF orientation
-    applied) or an [H, W, 3] uint8 NumPy array / tensor."""
+    applied) or an [H, W, 3] uint8 NumPy array / tensor (any strides: ``bgr[..., ::-1]``)."""
     from PIL import Image, ImageOps
 
     from ..data.folders import rgb_array
@@ -129,31 +129,63 @@ def rgb_image(image) -> np.ndarray:
                 else type(image).__name__)
         raise TypeError(f"image must be a file path, a PIL image or an [H, W, 3] uint8 RGB array, got {what} "
                         "(a normalised float batch goes to model(x) directly)")
-    return image
+    return np.ascontiguousarray(image)
 
 
-def predict(model, image, *, mode: str = "whole", test_scale=None, crop=(512, 512), stride=(341, 341),
-            ms_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), pad_multiple: int | None = None,
-            probabilities: bool = False, device=None) -> Tensor:
-    """Segment one RGB image (see :func:`rgb_image`: a path, a PIL image or [H, W, 3] uint8)
-    as semask-infer does: ImageNet-normalised, then ``mode`` whole / slide (``crop``,
-    ``stride``) / ms_flip (``ms_ratios``), optionally rescaled keep-ratio to ``test_scale``
-    (long, short) first, the logits resized back to the image's size. Returns class ids
-    [H, W] int64, or with ``probabilities`` [K, H, W] float32, on ``device`` (default: the
-    model's). ``model`` runs in eval mode (a training-mode model is switched for the call)."""
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+# predict's settings without a config: mmseg's test-time defaults with no resize
+PREDICT_DEFAULTS = dict(mode="whole", test_scale=None, crop=(512, 512), stride=(341, 341),
+                        ms_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), pad_multiple=None)
+
+
+def _predict_settings(config, given: dict) -> dict:
+    """PREDICT_DEFAULTS, then what ``config`` (TrainConfig, preset or JSON file) sets, then
+    the arguments ``given`` (those not None)."""
+    from .config import TrainConfig, load_preset
+    settings = dict(PREDICT_DEFAULTS)
+    if config is not None:
+        cfg = config if isinstance(config, TrainConfig) else load_preset(str(config))
+        settings.update(mode=cfg.eval_mode, test_scale=cfg.test_scale, crop=cfg.slide_crop,
+                        stride=cfg.slide_stride, ms_ratios=cfg.ms_ratios, pad_multiple=cfg.eval_pad_multiple)
+    settings.update({k: v for k, v in given.items() if v is not None})
+    return settings
+
+
+def predict(model, image, config=None, *, mode: str | None = None, test_scale=None, crop=None, stride=None,
+            ms_ratios=None, pad_multiple: int | None = None, probabilities: bool = False, device=None) -> Tensor:
+    """Segment one RGB image (see :func:`rgb_image`: a path, a PIL image or [H, W, 3] uint8):
+    ImageNet-normalised, then ``mode`` whole / slide (``crop``, ``stride``) / ms_flip
+    (``ms_ratios``), rescaled keep-ratio to ``test_scale`` (long, short) first if given,
+    each input zero-padded to a multiple of ``pad_multiple`` if given, the probabilities
+    resized back to the image's size. Returns class ids [H, W] int64, or with
+    ``probabilities`` [K, H, W] float32, on ``device`` (default: the model's; CPU for a
+    callable without parameters), the image cast to the model's dtype.
+
+    ``config`` (a TrainConfig, a preset name such as "ade20k_semask_tiny_fpn" or a JSON
+    file) supplies what semask-infer takes from a run's config (eval_mode, test_scale: the
+    ADE20K presets' (2048, 512), slide_crop, slide_stride, ms_ratios, eval_pad_multiple);
+    arguments given win. Without it: PREDICT_DEFAULTS, the whole image at its own size,
+    unpadded. ``model`` runs in eval mode; each of its modules' mode is restored after."""
     from ..data import eval_transforms
     from ..data.transforms import to_tv_tensors
+    opts = _predict_settings(config, dict(mode=mode, test_scale=test_scale, crop=crop, stride=stride,
+                                          ms_ratios=ms_ratios, pad_multiple=pad_multiple))
     rgb = rgb_image(image)
-    if device is None:
-        device = next(model.parameters()).device
+    params = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    dtype = params.dtype if params is not None and params.is_floating_point() else torch.float32
+    device = device if device is not None else params.device if params is not None else "cpu"
     x, _ = eval_transforms()(*to_tv_tensors(rgb, np.zeros(rgb.shape[:2], np.uint8)))
-    was_training = isinstance(model, nn.Module) and model.training
-    if was_training:
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    if modes:
         model.eval()
     try:
-        probs = predict_probs(model, x.as_subclass(Tensor)[None].to(device), rgb.shape[:2], mode, test_scale,
-                              ms_ratios, tuple(crop), tuple(stride), pad_multiple=pad_multiple)[0]
+        probs = predict_probs(model, x.as_subclass(Tensor)[None].to(device, dtype), rgb.shape[:2], opts["mode"],
+                              opts["test_scale"], opts["ms_ratios"], _pair(opts["crop"]), _pair(opts["stride"]),
+                              pad_multiple=opts["pad_multiple"])[0]
     finally:
-        if was_training:
-            model.train()
+        for module, training in modes:
+            module.training = training
     return probs if probabilities else probs.argmax(0)

@@ -98,7 +98,7 @@ def load_pretrained(model: SeMaskSwin, cfg: TrainConfig) -> LoadReport:
                                strict=cfg.pretrained_strict)
     except CheckpointMismatch as exc:
         raise CheckpointMismatch(f"--pretrained {cfg.pretrained}: {exc.problem}", CONFIG_OPTIONS[exc.option],
-                                 exc.effect, exc.keys) from None
+                                 exc.effect, exc.keys, exc.lines) from None
 
 
 def config_changes(stored: dict, now: dict) -> dict:

@@ -189,8 +189,10 @@ def test_other_depth_or_width_raises():
 def test_other_number_of_classes():
     src, dst = micro(num_classes=150), micro(num_classes=19)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
-    with pytest.raises(ValueError, match="number of classes.*skip_mismatched"):
+    with pytest.raises(semask.CheckpointMismatch, match=r"number of classes.*skip_mismatched(?s:.*)"
+                       r"mlp_cls_q\.weight: checkpoint \(150, 32\) vs model \(19, 32\)") as caught:
         semask.load_checkpoint(dst, src.state_dict())
+    assert set(caught.value.keys) <= set(dst.state_dict()) and "decode_head.conv_seg.weight" in caught.value.keys
     assert unchanged(dst, before)
     report = semask.load_checkpoint(dst, src.state_dict(), skip_mismatched=True)
     assert report.skipped and all(("conv_seg" in k or "mlp_cls" in k) for k in report.skipped)
@@ -485,3 +487,15 @@ def test_full_checkpoint_with_an_auxiliary_head_is_still_a_whole_model():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(dst(x).logits, src(x).logits)
+
+
+def test_mismatch_error_survives_pickle_and_copy():
+    """A CheckpointMismatch raised in another process (a DataLoader worker, a spawned
+    evaluation) is pickled: it comes back whole, message and fields."""
+    import copy
+    import pickle
+    with pytest.raises(semask.CheckpointMismatch) as caught:
+        semask.load_checkpoint(micro(semantic=False), micro().state_dict())
+    for back in (pickle.loads(pickle.dumps(caught.value)), copy.copy(caught.value)):
+        assert type(back) is semask.CheckpointMismatch and str(back) == str(caught.value)
+        assert back.option == "strict=False" and back.keys == caught.value.keys

@@ -454,7 +454,7 @@ def test_ctrl_c_of_eval_and_infer_is_said_by_rank_0_only(monkeypatch, capsys):
     def main(argv=None):
         raise KeyboardInterrupt
 
-    for rank, said in ((None, True), ("0", True), ("1", False)):
+    for rank, said in ((None, True), ("0", True), ("", True), ("1", False)):
         if rank is None:
             monkeypatch.delenv("RANK", raising=False)
         else:

@@ -76,3 +76,54 @@ def test_other_inputs_are_refused_by_name(model, image, named):
 def test_unknown_mode_is_named(model, rgb):
     with pytest.raises(ValueError, match="unknown inference mode 'sliding'"):
         semask.predict(model, rgb, mode="sliding")
+
+
+def test_a_config_gives_semask_infers_settings(model, rgb):
+    """With a run's config, predict resizes to its test_scale and pads as semask-infer
+    does: equal to the normalised image resized by hand to the keep-ratio size, padded
+    to 32, the logits cropped and resized back; arguments given win over the config."""
+    from semask.train.config import load_config
+    cfg = load_config("synthetic_cpu", test_scale=[80, 40], eval_pad_multiple=32)
+    x = ((torch.from_numpy(rgb).float() - MEAN) / STD).permute(2, 0, 1)[None]
+    # keep-ratio (long 80, short 40) of 45 x 61: scale min(80 / 61, 40 / 45) -> 40 x 54
+    scale = min(80 / 61, 40 / 45)
+    size = (int(45 * scale + 0.5), int(61 * scale + 0.5))
+    small = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    padded = torch.nn.functional.pad(small, (0, 64 - size[1], 0, 64 - size[0]))
+    with torch.no_grad():
+        logits = model(padded).logits[:, :, :size[0], :size[1]]
+    want = torch.nn.functional.interpolate(logits, size=(45, 61), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(semask.predict(model, rgb, cfg, probabilities=True), want.softmax(0),
+                               rtol=1e-5, atol=1e-6)
+    assert torch.equal(semask.predict(model, rgb, cfg, test_scale=(61, 45), pad_multiple=1),
+                       semask.predict(model, rgb))
+
+
+def test_flipped_views_bf16_models_and_plain_callables(model, rgb):
+    """cv2's BGR -> RGB view (negative strides) reads as its copy; a bf16 model gets a bf16
+    image; a callable without parameters runs on the CPU; crop / stride take one int."""
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    assert torch.equal(semask.predict(model, bgr[..., ::-1]), semask.predict(model, rgb))
+    half = semask.SeMaskSwin("micro", num_classes=5, head_channels=8).eval()
+    half.load_state_dict(model.state_dict())
+    half.to(torch.bfloat16)
+    ids = semask.predict(half, rgb)
+    agree = (ids == semask.predict(model, rgb)).float().mean()
+    assert agree > 0.9, agree  # bf16 rounding flips the argmax of near ties only
+    assert torch.equal(semask.predict(lambda x: model(x), rgb, mode="slide", crop=32, stride=16),
+                       semask.predict(model, rgb, mode="slide", crop=(32, 32), stride=(16, 16)))
+
+
+def test_the_modes_of_every_module_are_restored():
+    """A training model with frozen BatchNorms (mmseg's norm_eval) keeps them frozen."""
+    model = semask.SeMaskSwin("micro", num_classes=5, head_channels=8).train()
+    frozen = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in frozen:
+        m.eval()
+    before = [m.training for m in model.modules()]
+    semask.predict(model, np.zeros((33, 40, 3), np.uint8))
+    assert [m.training for m in model.modules()] == before and frozen and model.training
+
+
+def test_predict_is_listed_by_dir():
+    assert "predict" in dir(semask) and "SeMaskSwin" in dir(semask)
