@@ -9,7 +9,7 @@ from ..data import TransformedDataset, eval_loader, eval_transforms
 from ..data.folders import DataError
 from .cuda_graphs import GraphedInference
 from .distributed import DistInfo, all_reduce_sum
-from .inference import predict_probs
+from .inference import eval_mode, predict_probs
 from .metrics import best_constant_miou, check_labels, confusion_matrix, summarize
 
 
@@ -32,25 +32,23 @@ def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", 
     info = info or DistInfo(device=torch.device(device))
     if cuda_graphs and info.device.type != "cuda":
         raise ValueError(f"evaluate: CUDA graphs need a CUDA device, got {info.device}")
-    was_training = model.training
-    model.eval()
-    runner = GraphedInference(model) if cuda_graphs else model
-    dataset = TransformedDataset(raw_dataset, eval_transforms())
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=info.device)
-    loader = eval_loader(dataset, num_workers, info.rank, info.world_size, pin_memory=info.device.type == "cuda")
-    for image, label, _ in tqdm(loader, desc=f"eval ({mode})", disable=not (progress and info.is_main),
-                                leave=False, dynamic_ncols=True):
-        check_labels(label, num_classes)  # on the host
-        image, label = image.to(info.device, non_blocking=True), label.to(info.device, non_blocking=True)
-        with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
-            probs = predict_probs(runner, image, label.shape[-2:], mode, test_scale, ms_ratios, crop, stride,
-                                  pad_multiple=pad_multiple)
-        if probs.shape[1] != num_classes:  # an index past the matrix: a device-side assert
-            raise ValueError(f"evaluate: the model predicts {probs.shape[1]} classes, the "
-                             f"evaluation counts {num_classes}")
-        conf += confusion_matrix(probs.argmax(1), label, num_classes, checked=True)
+    with eval_mode(model):
+        runner = GraphedInference(model) if cuda_graphs else model
+        dataset = TransformedDataset(raw_dataset, eval_transforms())
+        conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=info.device)
+        loader = eval_loader(dataset, num_workers, info.rank, info.world_size, pin_memory=info.device.type == "cuda")
+        for image, label, _ in tqdm(loader, desc=f"eval ({mode})", disable=not (progress and info.is_main),
+                                    leave=False, dynamic_ncols=True):
+            check_labels(label, num_classes)  # on the host
+            image, label = image.to(info.device, non_blocking=True), label.to(info.device, non_blocking=True)
+            with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
+                probs = predict_probs(runner, image, label.shape[-2:], mode, test_scale, ms_ratios, crop, stride,
+                                      pad_multiple=pad_multiple)
+            if probs.shape[1] != num_classes:  # an index past the matrix: a device-side assert
+                raise ValueError(f"evaluate: the model predicts {probs.shape[1]} classes, the "
+                                 f"evaluation counts {num_classes}")
+            conf += confusion_matrix(probs.argmax(1), label, num_classes, checked=True)
     conf = all_reduce_sum(conf, info).cpu()
-    model.train(was_training)
     if not conf.sum():  # mIoU would be NaN (0 / 0)
         raise DataError(f"evaluate: the {len(raw_dataset)} labels hold no labelled pixel (every pixel is the "
                         "ignore index 255; the Cityscapes test split's labels are not public): nothing to score")

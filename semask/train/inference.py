@@ -6,6 +6,7 @@ multi-scale + flip averages the probabilities of every scale and flip).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -132,6 +133,30 @@ def rgb_image(image) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """``model`` (an nn.Module; anything else is left alone) in eval mode inside; after,
+    each of its modules back in its own mode (a frozen BatchNorm of a training model
+    stays frozen, which ``model.train()`` would undo)."""
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    if modes:
+        model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def autocast_context(amp: str, device) -> contextlib.AbstractContextManager:
+    """Inference autocast: ``amp`` none (fp32) | bf16 | fp16 on ``device``'s type."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be none, bf16 or fp16, got {amp!r}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
 def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
@@ -178,14 +203,8 @@ def predict(model, image, config=None, *, mode: str | None = None, test_scale=No
     dtype = params.dtype if params is not None and params.is_floating_point() else torch.float32
     device = device if device is not None else params.device if params is not None else "cpu"
     x, _ = eval_transforms()(*to_tv_tensors(rgb, np.zeros(rgb.shape[:2], np.uint8)))
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
-    if modes:
-        model.eval()
-    try:
+    with eval_mode(model):
         probs = predict_probs(model, x.as_subclass(Tensor)[None].to(device, dtype), rgb.shape[:2], opts["mode"],
                               opts["test_scale"], opts["ms_ratios"], _pair(opts["crop"]), _pair(opts["stride"]),
                               pad_multiple=opts["pad_multiple"])[0]
-    finally:
-        for module, training in modes:
-            module.training = training
     return probs if probabilities else probs.argmax(0)

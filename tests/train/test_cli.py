@@ -148,6 +148,40 @@ def test_eval_refuses_bad_options_before_scoring(tmp_path, monkeypatch, capsys, 
     assert message in err and "strict=False" not in err and not (tmp_path / "ev.json").exists()
 
 
+def test_eval_and_infer_run_under_the_autocast_amp_names(tmp_path, capsys):
+    """--amp bf16 / fp16: every forward of semask-eval and semask-infer runs under autocast
+    of that dtype (seen by a global forward hook), none under no autocast; the eval JSON
+    records it and the bf16 score stays near the fp32 one."""
+    cfg = load_config("synthetic_cpu", variant="micro", head_channels=8, synthetic_val_size=2,
+                      synthetic_size=(64, 80), progress=False)
+    torch.manual_seed(3)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(build_model(cfg, cfg.num_classes), path, {"config": cfg.to_json()})
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(tmp_path / "im.png")
+    seen = []
+
+    def record(module, args):
+        if module.__class__.__name__ == "SeMaskSwin":
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        scores = {}
+        for amp, dtype in (("none", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            eval_main([str(path), "--amp", amp, "--device", "cpu", "--out", str(tmp_path / f"{amp}.json")])
+            scores[amp] = json.loads((tmp_path / f"{amp}.json").read_text())
+            assert scores[amp]["amp"] == amp and seen and set(seen) == {dtype}, (amp, seen)
+            seen.clear()
+            infer_main([str(path), str(tmp_path / "im.png"), "--amp", amp, "--device", "cpu",
+                        "--out-dir", str(tmp_path / amp)])
+            assert seen and set(seen) == {dtype}, (amp, seen)
+            seen.clear()
+    finally:
+        hook.remove()
+    capsys.readouterr()
+    assert abs(scores["bf16"]["aAcc"] - scores["none"]["aAcc"]) < 0.05
+
+
 def test_eval_and_infer_take_an_official_checkpoint_with_its_config(tmp_path, capsys):
     """An official mmseg SeMask .pth holds no config: refused without --config, naming it;
     with --config it scores exactly as the same weights in our format with a stored config."""

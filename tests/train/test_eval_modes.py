@@ -74,7 +74,7 @@ def test_evaluate_scores_every_mode():
     assert whole["mIoU"] == 1.0 and whole["aAcc"] == 1.0 and slide["confusion"] == whole["confusion"]
     assert whole["pixels"] == 3 * H * W
     assert 0.97 < ms["mIoU"] <= 1.0 and ms["pixels"] == whole["pixels"]
-    with pytest.raises(ValueError, match="unknown eval mode"):
+    with pytest.raises(ValueError, match="unknown inference mode"):
         predict_probs(model, normalised(samples[0][0]), mode="tiles")
 
 
@@ -90,6 +90,19 @@ def test_evaluate_with_loader_workers_counts_the_same():
     plain = evaluate(model, samples, K, "cpu", "whole")
     assert 0 < plain["mIoU"] < 1  # off-diagonal counts to get right
     assert evaluate(model, samples, K, "cpu", "whole", num_workers=1)["confusion"] == plain["confusion"]
+
+
+def test_evaluate_gives_each_module_its_own_mode_back():
+    """A training model with a frozen BatchNorm (mmseg's norm_eval) is scored in eval mode
+    and left as it was: training, its BatchNorm frozen (model.train() would unfreeze it)."""
+    samples = [quadrant_sample(0)[:2] + ("s0",)]
+    model = nn.Sequential(nn.Conv2d(3, K, 1), nn.BatchNorm2d(K)).train()
+    model[1].eval()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append([x.training for x in m.modules()]))
+    evaluate(model, samples, K, "cpu", "whole")
+    assert seen == [[False, False, False]]
+    assert [m.training for m in model.modules()] == [True, True, False]
 
 
 def test_evaluate_refuses_a_model_of_another_class_count():
