@@ -139,11 +139,11 @@ def checkpoint_file(path: Path) -> Path:
     return max(found, key=lambda p: int(read_metadata(p).get("iteration", -1)))  # first of equals
 
 
-def _load_model(checkpoint: str, device: torch.device, config: str | None = None):
+def _load_model(checkpoint: str, device: torch.device, config: str | None = None, say=print):
     """Model, config and {checkpoint file, iteration} of ``checkpoint``: the config our
     checkpoints store (weights files and last_state.pt), or ``config`` (a preset name or
     JSON file; it wins over a stored one), which files without one need (an official
-    mmseg SeMask ``.pth``, a bare state dict)."""
+    mmseg SeMask ``.pth``, a bare state dict). ``say`` prints what was loaded."""
     from ..models import CheckpointMismatch, load_checkpoint
     from ..models.checkpoint import read_checkpoint
     from .config import load_preset
@@ -179,8 +179,8 @@ def _load_model(checkpoint: str, device: torch.device, config: str | None = None
                          f"its tensors, e.g. {', '.join(report.missing[:3])}; an ImageNet backbone starts "
                          "training (--pretrained), it cannot be evaluated")
     source = dict(checkpoint=str(path), iteration=int(meta["iteration"]) if "iteration" in meta else None)
-    print(f"model: {path}" + (f", iteration {source['iteration']}" if "iteration" in meta else ""))
-    print(report)
+    say(f"model: {path}" + (f", iteration {source['iteration']}" if "iteration" in meta else ""))
+    say(report)
     return model.to(device).eval(), cfg, source
 
 
@@ -201,11 +201,14 @@ def _device(parser: argparse.ArgumentParser, name: str) -> torch.device:
 @interruptible("semask-eval")
 def eval_main(argv=None) -> None:
     from ..data import build_raw_dataset
+    from . import distributed
     from .evaluate import evaluate
     from .inference import autocast_context
     from .metrics import markdown_table
     parser = argparse.ArgumentParser(prog="semask-eval", description="Evaluate a semask-train checkpoint: "
-                                     "mIoU, mAcc, per-class IoU and accuracy, pixel accuracy (JSON + markdown table).")
+                                     "mIoU, mAcc, per-class IoU and accuracy, pixel accuracy (JSON + markdown table). "
+                                     "Under torchrun (torchrun --nproc_per_node N --no-python semask-eval ...) each "
+                                     "process scores every N-th image and rank 0 writes the summed result.")
     parser.add_argument("checkpoint", help="model.safetensors / last.safetensors, a run folder, or an "
                         "official SeMask .pth (with --config)")
     parser.add_argument("--config", default=None, help=CONFIG_HELP)
@@ -231,13 +234,18 @@ def eval_main(argv=None) -> None:
                         "repeats (GPU; a sliding-window eval repeats its crop)")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help=AMP_HELP)
     args = parser.parse_args(argv)
-    device = _device(parser, args.device)
+    try:  # under torchrun: a process group, this rank's GPU
+        info = distributed.setup(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
+    device = info.device
     if args.cuda_graphs and device.type != "cuda":
         parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
     if args.num_workers is not None and args.num_workers < 0:
         parser.error(f"--num-workers must be at least 0, got {args.num_workers}")
     try:
-        model, cfg, source = _load_model(args.checkpoint, device, args.config)
+        model, cfg, source = _load_model(args.checkpoint, device, args.config,
+                                         say=print if info.is_main else lambda *a: None)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     from .config import apply_overrides
@@ -275,11 +283,15 @@ def eval_main(argv=None) -> None:
                        tuple(cfg.slide_crop), tuple(cfg.slide_stride),
                        progress=True, cuda_graphs=args.cuda_graphs, pad_multiple=pad,
                        num_workers=cfg.num_workers if args.num_workers is None else args.num_workers,
-                       autocast=lambda: autocast_context(args.amp, device))
+                       autocast=lambda: autocast_context(args.amp, device), info=info)
     except INPUT_ERRORS as exc:  # a bad label file, a backend that cannot run here, ...
         sys.exit(f"semask-eval: error: {error_line(exc)}")
+    finally:
+        distributed.cleanup(info)
+    if not info.is_main:  # every rank holds the summed result; rank 0 writes it
+        return
     res.update(source, split=args.split, dataset=cfg.dataset, pad_multiple=pad, amp=args.amp,
-               eval_s=time.perf_counter() - t0)
+               processes=info.world_size, eval_s=time.perf_counter() - t0)
     out.write_text(json.dumps(res, indent=1))
     out.with_suffix(".md").write_text(markdown_table(res) + "\n")
     print(markdown_table(res))

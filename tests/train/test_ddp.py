@@ -53,3 +53,32 @@ def test_two_process_resume_continues_every_rank_stream(tmp_path):
     full, split = ([(r["iter"], r["loss"]) for r in read_metrics(tmp_path / d / "metrics.jsonl") if "loss" in r]
                    for d in ("full", "split"))
     assert [i for i, _ in full] == [1, 2, 3, 4] and full == split
+
+
+@pytest.mark.slow
+def test_two_process_semask_eval_scores_every_image_once(tmp_path):
+    """semask-eval under torchrun: each process scores every 2nd of 5 images, the confusion
+    matrices are summed and rank 0 alone writes and prints: the JSON equals a one-process
+    evaluation's, and the result line comes once."""
+    import json
+
+    from semask.models import save_checkpoint
+    from semask.train.cli import eval_main
+    from semask.train.config import load_config
+    from semask.train.trainer import build_model
+    cfg = load_config(None, variant="micro", head_channels=8, synthetic_val_size=5, synthetic_size=[64, 80],
+                      progress=False)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(build_model(cfg, cfg.num_classes), ckpt, {"config": cfg.to_json()})
+    eval_main([str(ckpt), "--device", "cpu", "--out", str(tmp_path / "one.json")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = f"from semask.train.cli import eval_main; eval_main([{str(ckpt)!r}, '--out', {str(tmp_path / 'two.json')!r}])"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "--no-python", sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["confusion"] == one["confusion"] and two["pixels"] == one["pixels"] > 0
+    assert proc.stdout.count("val, whole: mIoU") == 1 and proc.stdout.count("model: ") == 1
