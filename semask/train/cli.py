@@ -190,14 +190,6 @@ CONFIG_HELP = ("the model's config, a preset name or JSON file (default: the one
                "needed for an official mmseg SeMask .pth)")
 
 
-def _device(parser: argparse.ArgumentParser, name: str) -> torch.device:
-    from .distributed import pick_device
-    try:
-        return pick_device(name)
-    except ValueError as exc:
-        parser.error(f"--device: {exc}")
-
-
 @interruptible("semask-eval")
 def eval_main(argv=None) -> None:
     from ..data import build_raw_dataset
@@ -332,7 +324,8 @@ def infer_main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="semask-infer", description="Segment images: writes <name>.png "
                                      "(class ids as a palette PNG: the values are the ids, viewers show "
                                      "colours; over 256 classes a 16-bit grey PNG) and <name>_overlay.png "
-                                     "(colour blend) per image.")
+                                     "(colour blend) per image. Under torchrun (torchrun --nproc_per_node N "
+                                     "--no-python semask-infer ...) each process segments every N-th image.")
     parser.add_argument("checkpoint", help="model.safetensors / last.safetensors, a run folder, or an "
                         "official SeMask .pth (with --config)")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
@@ -347,7 +340,12 @@ def infer_main(argv=None) -> None:
                         "repeats (GPU; images of one size, or the sliding-window crop)")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help=AMP_HELP)
     args = parser.parse_args(argv)
-    device = _device(parser, args.device)
+    from . import distributed
+    try:  # under torchrun: this rank's GPU and share of the images
+        info = distributed.setup(args.device, process_group=False)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
+    device = info.device
     if args.cuda_graphs and device.type != "cuda":
         parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
     if not 0 <= args.alpha <= 1:
@@ -377,9 +375,11 @@ def infer_main(argv=None) -> None:
     if overwritten:
         parser.error("outputs would overwrite inputs (choose another --out-dir): " + ", ".join(overwritten[:8]))
     try:
-        model, cfg, source = _load_model(args.checkpoint, device, args.config)
+        model, cfg, source = _load_model(args.checkpoint, device, args.config,
+                                         say=print if info.is_main else lambda *a: None)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
+    files = files[info.rank::info.world_size]
     if args.cuda_graphs:
         from .cuda_graphs import GraphedInference
         model = GraphedInference(model)

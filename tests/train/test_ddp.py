@@ -82,3 +82,38 @@ def test_two_process_semask_eval_scores_every_image_once(tmp_path):
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["confusion"] == one["confusion"] and two["pixels"] == one["pixels"] > 0
     assert proc.stdout.count("val, whole: mIoU") == 1 and proc.stdout.count("model: ") == 1
+
+
+@pytest.mark.slow
+def test_two_process_semask_infer_segments_each_image_once(tmp_path):
+    """semask-infer under torchrun: rank r segments images r, r + 2, ...: every output is
+    written once, equal to a one-process run's, and each input is named by one rank."""
+    import numpy as np
+    from PIL import Image
+
+    from semask.models import save_checkpoint
+    from semask.train.cli import infer_main
+    from semask.train.config import load_config
+    from semask.train.trainer import build_model
+    cfg = load_config(None, variant="micro", head_channels=8, progress=False)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(build_model(cfg, cfg.num_classes), ckpt, {"config": cfg.to_json()})
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+    infer_main([str(ckpt), str(images), "--device", "cpu", "--out-dir", str(tmp_path / "one")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = (f"from semask.train.cli import infer_main; "
+            f"infer_main([{str(ckpt)!r}, {str(images)!r}, '--out-dir', {str(tmp_path / 'two')!r}])")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "--no-python", sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    for i in range(5):
+        assert proc.stdout.count(f"im{i}.png -> ") == 1
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "two" / f"im{i}.png")),
+                              np.asarray(Image.open(tmp_path / "one" / f"im{i}.png")))
