@@ -342,7 +342,7 @@ def infer_main(argv=None) -> None:
     args = parser.parse_args(argv)
     from . import distributed
     try:  # under torchrun: this rank's GPU and share of the images
-        info = distributed.setup(args.device, process_group=False)
+        info = distributed.setup(args.device)
     except ValueError as exc:
         parser.error(f"--device: {exc}")
     device = info.device
@@ -379,7 +379,7 @@ def infer_main(argv=None) -> None:
                                          say=print if info.is_main else lambda *a: None)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
-    files = files[info.rank::info.world_size]
+    total, files = len(files), files[info.rank::info.world_size]
     if args.cuda_graphs:
         from .cuda_graphs import GraphedInference
         model = GraphedInference(model)
@@ -405,6 +405,8 @@ def infer_main(argv=None) -> None:
         blend = (1 - args.alpha) * rgb + args.alpha * colours[pred]
         Image.fromarray(blend.clip(0, 255).astype(np.uint8)).save(overlay)
         print(f"{path} -> {ids}, {overlay}")
+    unreadable = sum(distributed.gather_to_all(unreadable, info), [])  # waits for every rank
+    distributed.cleanup(info)
     if unreadable:
-        sys.exit(f"semask-infer: {len(unreadable)} of {len(files)} inputs were not readable images: "
-                 + ", ".join(unreadable[:8]))
+        sys.exit(f"semask-infer: {len(unreadable)} of {total} inputs were not readable images: "
+                 + ", ".join(unreadable[:8]) if info.is_main else 1)

@@ -8,7 +8,7 @@ from tqdm import tqdm
 from ..data import TransformedDataset, eval_loader, eval_transforms
 from ..data.folders import DataError
 from .cuda_graphs import GraphedInference
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_reduce_sum, gather_to_all
 from .inference import eval_mode, predict_probs
 from .metrics import best_constant_miou, check_labels, confusion_matrix, summarize
 
@@ -32,6 +32,34 @@ def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", 
     info = info or DistInfo(device=torch.device(device))
     if cuda_graphs and info.device.type != "cuda":
         raise ValueError(f"evaluate: CUDA graphs need a CUDA device, got {info.device}")
+    try:
+        conf = _confusion(model, raw_dataset, num_classes, mode, test_scale, ms_ratios, crop, stride, info,
+                          progress, autocast, cuda_graphs, pad_multiple, num_workers)
+        error = None
+    except Exception as exc:  # the other processes would wait in all_reduce for this one
+        if not info.enabled:
+            raise
+        error = exc
+    failed = [e for e in gather_to_all(None if error is None else f"{type(error).__name__}: {error}", info) if e]
+    if error is not None:
+        raise error
+    if failed:
+        raise DataError(f"evaluate: another process failed ({failed[0]})")
+    conf = all_reduce_sum(conf, info).cpu()
+    if not conf.sum():  # mIoU would be NaN (0 / 0)
+        raise DataError(f"evaluate: the {len(raw_dataset)} labels hold no labelled pixel (every pixel is the "
+                        "ignore index 255; the Cityscapes test split's labels are not public): nothing to score")
+    result = summarize(conf, getattr(raw_dataset, "classes", None))
+    cls, base = best_constant_miou(conf)
+    classes = getattr(raw_dataset, "classes", None)
+    result.update(mode=mode, confusion=conf.tolist(), baseline_mIoU=base,
+                  baseline_class=classes[cls] if classes else cls)
+    return result
+
+
+def _confusion(model, raw_dataset, num_classes, mode, test_scale, ms_ratios, crop, stride, info, progress,
+               autocast, cuda_graphs, pad_multiple, num_workers) -> torch.Tensor:
+    """This process's share of the [K, K] confusion matrix (on info.device); see evaluate."""
     with eval_mode(model):
         runner = GraphedInference(model) if cuda_graphs else model
         dataset = TransformedDataset(raw_dataset, eval_transforms())
@@ -48,13 +76,4 @@ def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", 
                 raise ValueError(f"evaluate: the model predicts {probs.shape[1]} classes, the "
                                  f"evaluation counts {num_classes}")
             conf += confusion_matrix(probs.argmax(1), label, num_classes, checked=True)
-    conf = all_reduce_sum(conf, info).cpu()
-    if not conf.sum():  # mIoU would be NaN (0 / 0)
-        raise DataError(f"evaluate: the {len(raw_dataset)} labels hold no labelled pixel (every pixel is the "
-                        "ignore index 255; the Cityscapes test split's labels are not public): nothing to score")
-    result = summarize(conf, getattr(raw_dataset, "classes", None))
-    cls, base = best_constant_miou(conf)
-    classes = getattr(raw_dataset, "classes", None)
-    result.update(mode=mode, confusion=conf.tolist(), baseline_mIoU=base,
-                  baseline_class=classes[cls] if classes else cls)
-    return result
+    return conf

@@ -117,3 +117,59 @@ def test_two_process_semask_infer_segments_each_image_once(tmp_path):
         assert proc.stdout.count(f"im{i}.png -> ") == 1
         assert np.array_equal(np.asarray(Image.open(tmp_path / "two" / f"im{i}.png")),
                               np.asarray(Image.open(tmp_path / "one" / f"im{i}.png")))
+
+
+def _run_two(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "--no-python", sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=240)
+
+
+@pytest.mark.slow
+def test_two_process_eval_error_on_one_rank_is_one_line_on_each(tmp_path, ade_fixture):
+    """A bad label in rank 1's share: rank 1 names it, rank 0 says another process failed
+    (it waited for rank 1 in the confusion matrix sum: a gloo traceback before)."""
+    import numpy as np
+    from PIL import Image
+
+    from semask.models import save_checkpoint
+    from semask.train.config import load_config
+    from semask.train.trainer import build_model
+    Image.fromarray(np.zeros((48, 60, 3), np.uint8)).save(ade_fixture / "annotations" / "validation" / "1.png")
+    cfg = load_config(None, variant="micro", head_channels=8, dataset="ade20k", data_root=str(ade_fixture),
+                      num_classes=150, progress=False)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(build_model(cfg, 150), ckpt, {"config": cfg.to_json()})
+    proc = _run_two(f"from semask.train.cli import eval_main; eval_main([{str(ckpt)!r}, '--out', "
+                    f"{str(tmp_path / 'e.json')!r}])")
+    assert proc.returncode != 0 and not (tmp_path / "e.json").exists()
+    assert "semask-eval: error: label" in proc.stderr and "1.png must be a single-channel PNG" in proc.stderr
+    assert "semask-eval: error: evaluate: another process failed (DataError: label" in proc.stderr
+    assert "[rank0]:" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_process_infer_counts_unreadable_inputs_of_every_rank(tmp_path):
+    """An unreadable image in rank 1's share: every readable image is still written (rank 1
+    no longer exits while rank 0 works) and rank 0 counts the unreadable among all inputs."""
+    import numpy as np
+    from PIL import Image
+
+    from semask.models import save_checkpoint
+    from semask.train.config import load_config
+    from semask.train.trainer import build_model
+    cfg = load_config(None, variant="micro", head_channels=8, progress=False)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(build_model(cfg, cfg.num_classes), ckpt, {"config": cfg.to_json()})
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((40, 50, 3), 30 * i, np.uint8)).save(images / f"im{i}.png")
+    (images / "im1.png").write_bytes(b"not a png")
+    proc = _run_two(f"from semask.train.cli import infer_main; infer_main([{str(ckpt)!r}, {str(images)!r}, "
+                    f"'--out-dir', {str(tmp_path / 'out')!r}])")
+    assert proc.returncode == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"im{i}{s}.png" for i in (0, 2, 3) for s in ("", "_overlay"))
+    assert proc.stderr.count("semask-infer: 1 of 4 inputs were not readable images") == 1
