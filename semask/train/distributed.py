@@ -53,9 +53,9 @@ def env_rank() -> int:
     return int(os.environ.get("RANK") or 0)
 
 
-def setup(device: str = "auto", process_group: bool = True) -> DistInfo:
+def setup(device: str = "auto") -> DistInfo:
     """Read torchrun's environment, pick this process's device, init the process group if
-    world > 1 and ``process_group`` (work shared out without communication needs none)."""
+    world > 1."""
     world = int(os.environ.get("WORLD_SIZE") or 1)
     rank = env_rank()
     local_rank = int(os.environ.get("LOCAL_RANK") or 0)
@@ -65,7 +65,7 @@ def setup(device: str = "auto", process_group: bool = True) -> DistInfo:
     if world > 1 and dev.type == "cpu":  # share the cores between the local processes
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or world)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    if world > 1 and process_group and not dist.is_initialized():
+    if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(rank, world, local_rank, dev)
 
