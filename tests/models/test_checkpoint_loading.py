@@ -499,3 +499,29 @@ def test_mismatch_error_survives_pickle_and_copy():
     for back in (pickle.loads(pickle.dumps(caught.value)), copy.copy(caught.value)):
         assert type(back) is semask.CheckpointMismatch and str(back) == str(caught.value)
         assert back.option == "strict=False" and back.keys == caught.value.keys
+
+
+def test_mismatch_message_shows_ten_keys_then_how_many_more():
+    """The message lists the first ten of the keys (or lines), then '... and N more'; ten
+    or fewer: all, with no count."""
+    keys = [f"backbone.k{i}" for i in range(11)]
+    eleven = semask.CheckpointMismatch("checkpoint lacks 11 tensors", "strict=False", "leaves them at their init",
+                                       keys)
+    assert str(eleven) == ("checkpoint lacks 11 tensors; strict=False leaves them at their init:\n  "
+                           + "\n  ".join(keys[:10]) + "\n  ... and 1 more")
+    ten = semask.CheckpointMismatch("problem", None, "", keys[:10])
+    assert str(ten) == "problem:\n  " + "\n  ".join(keys[:10])
+
+
+def test_class_count_mismatch_survives_pickle_with_its_shape_lines():
+    """The class-count refusal lists 'key: checkpoint shape vs model shape' lines (``lines``);
+    pickled (another process re-raising it) it keeps them, not the bare keys."""
+    import pickle
+    with pytest.raises(semask.CheckpointMismatch) as caught:
+        semask.load_checkpoint(micro(num_classes=19), micro(num_classes=150).state_dict())
+    back = pickle.loads(pickle.dumps(caught.value))
+    assert str(back) == str(caught.value)
+    assert re.search(r"\n  \S+: checkpoint \(150, \d+.*\) vs model \(19, \d+", str(back))
+    assert back.lines == caught.value.lines and back.keys == caught.value.keys
+    # micro: conv_seg weight + bias and the 4 stages' mlp_cls_q / mlp_cls_k weight + bias: 18 tensors
+    assert str(back).endswith("\n  ... and 8 more")

@@ -306,3 +306,40 @@ def test_eval_and_infer_name_a_truncated_checkpoint(tmp_path, capsys):
             main([str(path), *extra])
         assert f"could not read checkpoint {path}: it is corrupt" in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
+
+
+def test_eval_of_a_file_with_another_class_count_lists_the_shapes(tmp_path, monkeypatch, capsys):
+    """A 6-class weights file with a 7-class --config: the usage error lists each class
+    tensor with its two shapes (checkpoint 6 vs model 7), as load_checkpoint does, and
+    names no option (loading part of it would score another model)."""
+    from semask.train import evaluate as evaluate_module
+    cfg = load_config("synthetic_cpu", variant="micro", head_channels=8)
+    path = tmp_path / "official.pth"
+    torch.save({"state_dict": build_model(cfg, 6).state_dict()}, path)
+    (tmp_path / "seven.json").write_text(load_config("synthetic_cpu", variant="micro", head_channels=8,
+                                                     num_classes=7).to_json())
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: pytest.fail("scored"))
+    with pytest.raises(SystemExit):
+        eval_main([str(path), "--config", str(tmp_path / "seven.json"), "--out", str(tmp_path / "ev.json")])
+    err = capsys.readouterr().err
+    assert ("does not fit the --config's model (variant micro, semantic True, 7 classes): checkpoint was "
+            "trained for another number of classes:\n  ") in err, err
+    assert re.search(r"\n  \S+: checkpoint \(6, \d+.*\) vs model \(7, \d+", err), err
+    assert "skip_mismatched" not in err and not (tmp_path / "ev.json").exists()
+
+
+def test_infer_in_one_process_segments_every_input(tmp_path, capsys):
+    """Outside torchrun (one process: rank 0 of 1) semask-infer's share is every image:
+    a folder of 3 writes 3 id maps and 3 overlays, each named once."""
+    cfg = load_config("synthetic_cpu", variant="micro", head_channels=8)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(build_model(cfg, cfg.num_classes), path, {"config": cfg.to_json()})
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((33, 40, 3), 60 * i, np.uint8)).save(images / f"im{i}.png")
+    infer_main([str(path), str(images), "--device", "cpu", "--out-dir", str(tmp_path / "out")])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"im{i}{s}.png" for i in range(3) for s in ("", "_overlay"))
+    out = capsys.readouterr().out
+    assert all(out.count(f"im{i}.png -> ") == 1 for i in range(3)), out

@@ -3,6 +3,7 @@ scale-invariant by construction: a 1x1 convolution (identity on the normalised R
 channels). Bilinear resizing commutes with a per-pixel affine map, so every mode must
 reproduce the whole-image result, except within a few pixels of colour edges, where
 down- and up-sampling blurs."""
+import re
 import warnings
 
 import numpy as np
@@ -178,3 +179,12 @@ def test_whole_mode_is_the_softmax_of_the_model_logits():
     with torch.no_grad():
         want = model(x).logits.float().softmax(1)
     torch.testing.assert_close(predict_probs(model, x, mode="whole"), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("amp", ["fp32", "bfloat16", "", None])
+def test_autocast_context_refuses_other_names(amp):
+    """autocast_context takes none, bf16 or fp16 only (semask-eval / -infer's --amp choices):
+    another name is a ValueError naming it, not a silent fp16 autocast."""
+    from semask.train.inference import autocast_context
+    with pytest.raises(ValueError, match=re.escape(f"amp must be none, bf16 or fp16, got {amp!r}")):
+        autocast_context(amp, "cpu")
