@@ -188,3 +188,31 @@ def test_autocast_context_refuses_other_names(amp):
     from semask.train.inference import autocast_context
     with pytest.raises(ValueError, match=re.escape(f"amp must be none, bf16 or fp16, got {amp!r}")):
         autocast_context(amp, "cpu")
+
+
+def test_a_failure_of_one_process_reaches_the_others_before_the_sum(monkeypatch):
+    """Under DDP a process whose share fails re-raises its own error, and a healthy one
+    raises 'another process failed (...)' instead of waiting in the confusion matrix's
+    all_reduce (simulated here: gather_to_all returns both processes' outcomes)."""
+    from semask.data import DataError
+    from semask.train import evaluate as evaluate_module
+    from semask.train.distributed import DistInfo
+    samples = [quadrant_sample(0)[:2] + ("s0",)]
+    shared = []
+
+    def gather(obj, info):
+        shared.append(obj)
+        return [obj, "DataError: label b.png is unreadable"]
+
+    def no_sum(t, info):
+        raise AssertionError("all_reduce reached after a failure")
+
+    monkeypatch.setattr(evaluate_module, "gather_to_all", gather)
+    monkeypatch.setattr(evaluate_module, "all_reduce_sum", no_sum)
+    info = DistInfo(rank=0, world_size=2)
+    with pytest.raises(DataError, match=re.escape("another process failed (DataError: label b.png is unreadable)")):
+        evaluate(colour_model(), samples, K, "cpu", "whole", info=info)
+    assert shared == [None]  # this process's share went through
+    with pytest.raises(ValueError, match="predicts 3 classes, the evaluation counts 4"):
+        evaluate(colour_model(), samples, K + 1, "cpu", "whole", info=info)
+    assert shared[1] == "ValueError: evaluate: the model predicts 3 classes, the evaluation counts 4"
