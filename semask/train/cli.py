@@ -190,6 +190,19 @@ CONFIG_HELP = ("the model's config, a preset name or JSON file (default: the one
                "needed for an official mmseg SeMask .pth)")
 
 
+def _process_setup(parser: argparse.ArgumentParser, args):
+    """This process's DistInfo (under torchrun: a process group, this rank's GPU) for
+    semask-eval / -infer, with their --device and --cuda-graphs checks as usage errors."""
+    from . import distributed
+    try:
+        info = distributed.setup(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
+    if args.cuda_graphs and info.device.type != "cuda":
+        parser.error(f"--cuda-graphs needs a CUDA device, got {info.device}")
+    return info
+
+
 @interruptible("semask-eval")
 def eval_main(argv=None) -> None:
     from ..data import build_raw_dataset
@@ -226,13 +239,8 @@ def eval_main(argv=None) -> None:
                         "repeats (GPU; a sliding-window eval repeats its crop)")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help=AMP_HELP)
     args = parser.parse_args(argv)
-    try:  # under torchrun: a process group, this rank's GPU
-        info = distributed.setup(args.device)
-    except ValueError as exc:
-        parser.error(f"--device: {exc}")
+    info = _process_setup(parser, args)
     device = info.device
-    if args.cuda_graphs and device.type != "cuda":
-        parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
     if args.num_workers is not None and args.num_workers < 0:
         parser.error(f"--num-workers must be at least 0, got {args.num_workers}")
     try:
@@ -320,6 +328,7 @@ def class_id_image(pred: np.ndarray, colours: np.ndarray):
 @interruptible("semask-infer")
 def infer_main(argv=None) -> None:
     from PIL import Image
+    from . import distributed
     from .inference import autocast_context, predict, rgb_image
     parser = argparse.ArgumentParser(prog="semask-infer", description="Segment images: writes <name>.png "
                                      "(class ids as a palette PNG: the values are the ids, viewers show "
@@ -340,14 +349,8 @@ def infer_main(argv=None) -> None:
                         "repeats (GPU; images of one size, or the sliding-window crop)")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help=AMP_HELP)
     args = parser.parse_args(argv)
-    from . import distributed
-    try:  # under torchrun: this rank's GPU and share of the images
-        info = distributed.setup(args.device)
-    except ValueError as exc:
-        parser.error(f"--device: {exc}")
+    info = _process_setup(parser, args)
     device = info.device
-    if args.cuda_graphs and device.type != "cuda":
-        parser.error(f"--cuda-graphs needs a CUDA device, got {device}")
     if not 0 <= args.alpha <= 1:
         parser.error(f"--alpha must be between 0 and 1, got {args.alpha}")
     readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
