@@ -65,7 +65,8 @@ def _confusion(model, raw_dataset, num_classes, mode, test_scale, ms_ratios, cro
         dataset = TransformedDataset(raw_dataset, eval_transforms())
         conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=info.device)
         loader = eval_loader(dataset, num_workers, info.rank, info.world_size, pin_memory=info.device.type == "cuda")
-        for image, label, _ in tqdm(loader, desc=f"eval ({mode})", disable=not (progress and info.is_main),
+        share = f", rank 0's {len(loader)} of {len(dataset)} images" if info.enabled else ""  # rank 0 alone shows one
+        for image, label, _ in tqdm(loader, desc=f"eval ({mode}{share})", disable=not (progress and info.is_main),
                                     leave=False, dynamic_ncols=True):
             check_labels(label, num_classes)  # on the host
             image, label = image.to(info.device, non_blocking=True), label.to(info.device, non_blocking=True)

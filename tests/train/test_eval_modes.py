@@ -216,3 +216,16 @@ def test_a_failure_of_one_process_reaches_the_others_before_the_sum(monkeypatch)
     with pytest.raises(ValueError, match="predicts 3 classes, the evaluation counts 4"):
         evaluate(colour_model(), samples, K + 1, "cpu", "whole", info=info)
     assert shared[1] == "ValueError: evaluate: the model predicts 3 classes, the evaluation counts 4"
+
+
+def test_under_ddp_the_bar_names_rank_0s_share(monkeypatch, capsys):
+    """Only rank 0 draws a bar, over its share: it says how many of the split's images."""
+    from semask.train import evaluate as evaluate_module
+    from semask.train.distributed import DistInfo
+    samples = [quadrant_sample(s)[:2] + (f"s{s}",) for s in range(5)]
+    monkeypatch.setattr(evaluate_module, "gather_to_all", lambda obj, info: [obj, None])
+    monkeypatch.setattr(evaluate_module, "all_reduce_sum", lambda t, info: t)
+    evaluate(colour_model(), samples, K, "cpu", "whole", info=DistInfo(rank=0, world_size=2), progress=True)
+    assert "eval (whole, rank 0's 3 of 5 images)" in capsys.readouterr().err
+    evaluate(colour_model(), samples, K, "cpu", "whole", progress=True)
+    assert "eval (whole):" in capsys.readouterr().err
