@@ -166,21 +166,35 @@ PREDICT_DEFAULTS = dict(mode="whole", test_scale=None, crop=(512, 512), stride=(
                         ms_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), pad_multiple=None)
 
 
+class _FromConfig:
+    """predict's default for a setting: the config's value, PREDICT_DEFAULTS' without one."""
+
+    def __repr__(self) -> str:
+        return "FROM_CONFIG"
+
+
+FROM_CONFIG = _FromConfig()
+OFF_BY_NONE = ("test_scale", "pad_multiple")  # None turns these off; the others have no off
+
+
 def _predict_settings(config, given: dict) -> dict:
     """PREDICT_DEFAULTS, then what ``config`` (TrainConfig, preset or JSON file) sets, then
-    the arguments ``given`` (those not None)."""
+    the arguments ``given``: those not FROM_CONFIG, and of mode, crop, stride and
+    ms_ratios not None (test_scale / pad_multiple None: no resize / no padding)."""
     from .config import TrainConfig, load_preset
     settings = dict(PREDICT_DEFAULTS)
     if config is not None:
         cfg = config if isinstance(config, TrainConfig) else load_preset(str(config))
         settings.update(mode=cfg.eval_mode, test_scale=cfg.test_scale, crop=cfg.slide_crop,
                         stride=cfg.slide_stride, ms_ratios=cfg.ms_ratios, pad_multiple=cfg.eval_pad_multiple)
-    settings.update({k: v for k, v in given.items() if v is not None})
+    settings.update({k: v for k, v in given.items()
+                     if v is not FROM_CONFIG and (v is not None or k in OFF_BY_NONE)})
     return settings
 
 
-def predict(model, image, config=None, *, mode: str | None = None, test_scale=None, crop=None, stride=None,
-            ms_ratios=None, pad_multiple: int | None = None, probabilities: bool = False, device=None) -> Tensor:
+def predict(model, image, config=None, *, mode=FROM_CONFIG, test_scale=FROM_CONFIG, crop=FROM_CONFIG,
+            stride=FROM_CONFIG, ms_ratios=FROM_CONFIG, pad_multiple=FROM_CONFIG, probabilities: bool = False,
+            device=None) -> Tensor:
     """Segment one RGB image (see :func:`rgb_image`: a path, a PIL image or [H, W, 3] uint8):
     ImageNet-normalised, then ``mode`` whole / slide (``crop``, ``stride``) / ms_flip
     (``ms_ratios``), rescaled keep-ratio to ``test_scale`` (long, short) first if given,
@@ -192,8 +206,9 @@ def predict(model, image, config=None, *, mode: str | None = None, test_scale=No
     ``config`` (a TrainConfig, a preset name such as "ade20k_semask_tiny_fpn" or a JSON
     file) supplies what semask-infer takes from a run's config (eval_mode, test_scale: the
     ADE20K presets' (2048, 512), slide_crop, slide_stride, ms_ratios, eval_pad_multiple);
-    arguments given win. Without it: PREDICT_DEFAULTS, the whole image at its own size,
-    unpadded. ``model`` runs in eval mode; each of its modules' mode is restored after."""
+    arguments given win, ``test_scale=None`` / ``pad_multiple=None`` turning off a config's
+    resize / padding (None for the others: as not given). Without it: PREDICT_DEFAULTS,
+    the whole image at its own size, unpadded. ``model`` runs in eval mode; each of its modules' mode is restored after."""
     from ..data import eval_transforms
     from ..data.transforms import to_tv_tensors
     opts = _predict_settings(config, dict(mode=mode, test_scale=test_scale, crop=crop, stride=stride,

@@ -99,6 +99,26 @@ def test_a_config_gives_semask_infers_settings(model, rgb):
                        semask.predict(model, rgb))
 
 
+def test_none_turns_off_a_configs_resize_and_padding(model, rgb):
+    """test_scale=None / pad_multiple=None override a config's resize and padding (the
+    model then sees the image at its own size, as without a config); None for mode,
+    crop, stride or ms_ratios, which have no off, leaves the config's."""
+    from semask.train.config import load_config
+    cfg = load_config("synthetic_cpu", test_scale=[80, 40], eval_pad_multiple=32, eval_mode="slide",
+                      slide_crop=[32, 32], slide_stride=[16, 16])
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        plain = semask.predict(model, rgb, cfg, mode="whole", test_scale=None, pad_multiple=None)
+        assert seen == [(45, 61)]
+        assert torch.equal(plain, semask.predict(model, rgb))
+        seen.clear()
+        semask.predict(model, rgb, cfg, mode=None, crop=None, stride=None, test_scale=None, pad_multiple=None)
+        assert seen and all(shape == (32, 32) for shape in seen)  # the config's slide crops, unpadded
+    finally:
+        hook.remove()
+
+
 def test_flipped_views_bf16_models_and_plain_callables(model, rgb):
     """cv2's BGR -> RGB view (negative strides) reads as its copy; a bf16 model gets a bf16
     image; a callable without parameters runs on the CPU; crop / stride take one int."""
