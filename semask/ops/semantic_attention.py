@@ -73,8 +73,9 @@ def check_semantic_attention_inputs(q: Tensor, k: Tensor, v: Tensor, window: int
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if not q.dtype == k.dtype == v.dtype:
         raise ValueError(f"{OP}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.shape[0] == 0:
-        raise ValueError(f"{OP}: empty batch, q {tuple(q.shape)}")
+    if 0 in q.shape or v.shape[-1] == 0:  # the reference's reshapes would fail without a word on the cause
+        what = "batch" if q.shape[0] == 0 else "map, classes or channels"
+        raise ValueError(f"{OP}: empty {what}, q {tuple(q.shape)}, v {tuple(v.shape)}")
     if window < 0:
         raise ValueError(f"{OP}: window must be at least 1 (windowed) or 0 (global attention), got {window}")
     if window and (q.shape[1] % window or q.shape[2] % window):

@@ -76,8 +76,9 @@ def check_window_attention_inputs(qkv: Tensor, table: Tensor, num_heads: int, wi
     if qkv.dim() != 4 or qkv.shape[-1] % 3 or (qkv.shape[-1] // 3) % num_heads:
         raise ValueError(f"{OP}: qkv must be [B, Hp, Wp, 3C] with C divisible by "
                          f"num_heads={num_heads}, got {tuple(qkv.shape)}")
-    if qkv.shape[0] == 0:
-        raise ValueError(f"{OP}: empty batch, qkv {tuple(qkv.shape)}")
+    if 0 in qkv.shape:  # the reference's reshapes would fail without a word on the cause
+        what = "batch" if qkv.shape[0] == 0 else "map or channels"
+        raise ValueError(f"{OP}: empty {what}, qkv {tuple(qkv.shape)}")
     if window < 1 or qkv.shape[1] % window or qkv.shape[2] % window:
         raise ValueError(f"{OP}: padded map {tuple(qkv.shape[1:3])} is not a multiple of "
                          f"window {window}")

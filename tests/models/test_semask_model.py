@@ -101,7 +101,7 @@ def official_block_attention(attn, x):
     xw = ref.window_partition(x, w)
     N = w * w
     qkv = attn.qkv(xw).reshape(-1, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0] * attn.scale, qkv[1], qkv[2]
+    q, k, v = qkv[0] * (C // heads) ** -0.5, qkv[1], qkv[2]  # head_dim ** -0.5 (Swin)
     a = q @ k.transpose(-2, -1)
     idx = attn.relative_position_index.view(-1)
     a = a + attn.relative_position_bias_table[idx].view(N, N, -1).permute(2, 0, 1)

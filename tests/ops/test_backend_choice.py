@@ -283,3 +283,150 @@ def test_functorch_transforms_take_the_reference(monkeypatch):
     torch.testing.assert_close(torch.func.grad(f)(qkv, "triton"), want)
     batched = torch.func.vmap(lambda x: f(x[None], "triton"))(qkv.expand(2, -1, -1, -1))
     torch.testing.assert_close(batched, f(qkv, "torch").expand(2))
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_every_backend_refuses_malformed_inputs_by_name(backend):
+    """Inputs no backend can run raise the op's ValueError on every backend (the reference
+    path had raised a bare view/matmul/reshape error, or for a negative shift or an
+    out-of-map size returned a result); each case breaks one rule of the docstrings."""
+    wa, sa = semask.ops.window_attention, semask.ops.semantic_attention
+    qkv, table = torch.randn(1, 8, 8, 48), torch.randn(49, 1)
+    for args, kwargs, match in (
+            ((torch.randn(1, 8, 8, 49), table, 1, 4, 0), {}, r"qkv must be \[B, Hp, Wp, 3C\]"),
+            ((torch.randn(1, 8, 8, 48), torch.randn(49, 3), 3, 4, 0), {}, "C divisible by num_heads=3"),
+            ((qkv, torch.randn(1, 1), 1, 0, 0), {}, "not a multiple of window 0"),
+            ((qkv[:, :, :6], table, 1, 4, 0), {}, r"padded map \(8, 6\) is not a multiple of window 4"),
+            ((qkv, table, 1, 4, -1), {}, r"shift -1 must lie in \[0, window=4\)"),
+            ((qkv, table, 1, 4, 2), dict(size=(0, 8)), r"size \(0, 8\) must lie within"),
+            ((qkv, table, 1, 4, 2), dict(size=(8, 9)), r"size \(8, 9\) must lie within"),
+            ((qkv.to("meta"), table, 1, 4, 2), {}, "all inputs must be on one device"),
+            ((qkv[:, :0], table, 1, 4, 2), {}, r"empty map or channels, qkv \(1, 0, 8, 48\)"),
+            ((qkv[..., :0], table, 1, 4, 2), {}, r"empty map or channels, qkv \(1, 8, 8, 0\)")):
+        with pytest.raises(ValueError, match=match):
+            wa(*args, 0.25, backend, **kwargs)
+    q, v = torch.randn(1, 8, 8, 5), torch.randn(1, 8, 8, 16)
+    for args, match in (((q, q, v[:, :, :4], 4), r"q, k \[B, Hp, Wp, K\] and v \[B, Hp, Wp, C\]"),
+                        ((q, q, v.half(), 4), "must share a dtype"),
+                        ((q[:, :, :6], q[:, :, :6], v[:, :, :6], 4), r"map \(8, 6\) is not a multiple of window 4"),
+                        ((q, q.to("meta"), v, 4), "all inputs must be on one device"),
+                        ((q[..., :0], q[..., :0], v, 4), r"empty map, classes or channels, q \(1, 8, 8, 0\)"),
+                        ((q, q, v[..., :0], 0), r"empty map, classes or channels"),
+                        ((q[:, :0], q[:, :0], v[:, :0], 0), r"empty map, classes or channels")):
+        with pytest.raises(ValueError, match=match):
+            sa(*args, backend)
+
+
+def test_auto_prefers_triton_then_cuda_then_the_reference(monkeypatch):
+    """auto takes the first fused provider that supports the inputs, in the documented
+    order (Triton, then the CUDA extension), else the reference with one warning naming
+    every provider's reasons; dtypes no provider supports are refused before asking any.
+    CUDA inputs are described as the ops hand them over (no GPU needed: providers faked)."""
+    refusals = {"triton": [], "cuda": []}
+    asked = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def reasons(self, op, tensors, params):
+            asked.append(self.name)
+            return refusals[self.name]
+
+    monkeypatch.setattr(backend, "get_provider", lambda name: Fake(name))
+    monkeypatch.setattr(backend, "_warned", set())
+    cuda = torch.device("cuda")
+    infos = (((backend.MAP_DIM,) * 3 + (96,), torch.float16, cuda, True, False),
+             ((169, 1), torch.float32, cuda, True, False))
+    params = (("num_heads", 1), ("shift", 0), ("window", 7))
+    assert backend._choose("auto", "window_attention", infos, params) == "triton"
+    assert asked == ["triton"]
+    refusals["triton"] = ["no triton today"]
+    assert backend._choose("auto", "window_attention", infos, params) == "cuda"
+    assert backend._choose("cuda", "window_attention", infos, params) == "cuda"
+    refusals["cuda"] = ["no extension"]
+    with pytest.warns(UserWarning, match="triton: no triton today; cuda: no extension"):
+        assert backend._choose("auto", "window_attention", infos, params) == "torch"
+    asked.clear()
+    doubles = tuple((shape, torch.float64, dev, c, e) for shape, _, dev, c, e in infos)
+    with pytest.warns(UserWarning, match="float64"):
+        assert backend._choose("auto", "window_attention", doubles, params) == "torch"
+    assert asked == []
+
+
+@pytest.mark.parametrize("op", ["window", "semantic_windowed", "semantic_global"])
+def test_fused_ops_count_the_references_flops_forward_and_backward(op):
+    """FlopCounterMode over forward and backward: a fused op counts what the PyTorch
+    reference's matmuls count (semask/ops/flops.py), backward included, also for global
+    semantic attention (N = Hp * Wp keys)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    if op == "window":
+        inputs = [torch.randn(2, 7, 14, 3 * 32, requires_grad=True), torch.randn(169, 2)]
+        run = lambda b: semask.ops.window_attention(*inputs, 2, 7, 3, 0.25, backend=b)  # noqa: E731
+    else:
+        window = 7 if op == "semantic_windowed" else 0
+        inputs = [torch.randn(1, 7, 14, n, requires_grad=True) for n in (5, 5, 16)]
+        run = lambda b: semask.ops.semantic_attention(*inputs, window, backend=b)  # noqa: E731
+    counts = {}
+    for b in ("torch", "triton"):
+        with FlopCounterMode(display=False) as counter:
+            run(b).square().sum().backward()
+        counts[b] = counter.get_total_flops()
+    assert counts["triton"] == counts["torch"] > 0
+
+
+def test_public_ops_take_non_contiguous_inputs_on_an_explicit_backend():
+    """Views with other strides (slices of one projection, transposed maps) reach the fused
+    kernels through the public ops as their values: an explicit request must not be refused
+    for the layout (the kernels need contiguous inputs: the ops make them so)."""
+    torch.manual_seed(0)
+    qkv = torch.randn(1, 7, 7, 3 * 32).transpose(1, 2)
+    table = torch.randn(2, 169).t()
+    assert not qkv.is_contiguous() and not table.is_contiguous()
+    got = semask.ops.window_attention(qkv, table, 2, 7, 3, 16 ** -0.5, backend="triton")
+    want = window_attention_reference(qkv.double(), table.double(), 2, 7, 3, 16 ** -0.5)
+    assert (got.double() - want).abs().max().item() < 1e-5
+    x = torch.randn(1, 7, 14, 5 + 5 + 16)
+    q, k, v = x[..., :5], x[..., 5:10], x[..., 10:]
+    assert not q.is_contiguous()
+    got = semask.ops.semantic_attention(q, k, v, 7, backend="triton")
+    want = semantic_attention_reference(q.double(), k.double(), v.double(), 7)
+    assert (got.double() - want).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fake_implementations_match_the_real_ops(dtype):
+    """What torch.compile / FakeTensorMode see of the custom ops (their fake
+    implementations) is what the kernels return: shapes (the cropped out, the lse layout)
+    and dtypes (lse float32 whatever the inputs; half qkv with an fp32 table)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.manual_seed(0)
+    qkv, table = torch.randn(2, 14, 7, 3 * 32).to(dtype), torch.randn(169, 2)
+    q, k, v = (torch.randn(1, 7, 14, n).to(dtype) for n in (5, 5, 16))
+    calls = []
+    out, lse = torch.ops.semask.window_attention_fwd(qkv, table, 2, 7, 3, 0.25, 10, 5, "triton")
+    dout = torch.randn_like(out)
+    calls.append((torch.ops.semask.window_attention_fwd, (qkv, table, 2, 7, 3, 0.25, 10, 5, "triton")))
+    calls.append((torch.ops.semask.window_attention_bwd, (dout, qkv, table, out, lse, 2, 7, 3, 0.25, "triton")))
+    for window in (7, 0):
+        sout, slse = torch.ops.semask.semantic_attention_fwd(q, k, v, window, "triton")
+        calls.append((torch.ops.semask.semantic_attention_fwd, (q, k, v, window, "triton")))
+        calls.append((torch.ops.semask.semantic_attention_bwd,
+                      (torch.randn_like(sout), q, k, v, sout, slse, window, "triton")))
+    for op, args in calls:
+        real = op(*args)
+        with FakeTensorMode(allow_non_fake_inputs=False) as mode:
+            fake = op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
+        assert [(tuple(t.shape), t.dtype) for t in fake] == [(tuple(t.shape), t.dtype) for t in real], op
+
+
+def test_empty_maps_are_refused_by_name_on_an_explicit_backend():
+    """A map of no tokens stands in as MAP_DIM for backend choice; the choice must still
+    see it empty and refuse by name (the kernels' launch had divided by zero)."""
+    with pytest.raises((ValueError, backend.BackendUnavailable), match="empty"):
+        semask.ops.window_attention(torch.randn(1, 0, 7, 96), torch.randn(169, 2), 2, 7, 3, 0.25, "triton")
+    with pytest.raises((ValueError, backend.BackendUnavailable), match="empty"):
+        semask.ops.semantic_attention(*torch.randn(3, 1, 7, 0, 4), 0, "triton")

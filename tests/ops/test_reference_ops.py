@@ -145,3 +145,25 @@ def test_bias_index_cache_survives_fake_tensors_and_inference_mode(monkeypatch):
     counts = torch.tensor([(7 - abs(dh)) * (7 - abs(dw)) for dh in range(-6, 7) for dw in range(-6, 7)],
                           dtype=torch.float32)
     torch.testing.assert_close(table.grad, counts[:, None].expand(169, 3))
+
+
+def test_reference_layer_norm_honours_eps_and_pads_by_hand():
+    """The torch path of semask.ops.layer_norm (and the LayerNorm module) against the
+    definition in float64, with an eps large enough to matter, and its zero padding."""
+    from semask.ops.layer_norm import LayerNorm, layer_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, 4, dtype=torch.float64) * 0.3
+    weight, bias = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)  # biased variance
+    want = (x - mean) / torch.sqrt(var + 0.25) * weight + bias
+    torch.testing.assert_close(layer_norm(x, weight, bias, 0.25), want)
+    padded = layer_norm(x, weight, bias, 0.25, pad_multiple=4)
+    assert padded.shape == (2, 8, 8, 4) and padded[:, 5:].abs().sum() == 0 and padded[:, :, 6:].abs().sum() == 0
+    torch.testing.assert_close(padded[:, :5, :6], want)
+    module = LayerNorm(4, eps=0.25).double()
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        module.bias.copy_(bias)
+    torch.testing.assert_close(module(x), want)
