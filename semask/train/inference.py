@@ -208,7 +208,8 @@ def predict(model, image, config=None, *, mode=FROM_CONFIG, test_scale=FROM_CONF
     ADE20K presets' (2048, 512), slide_crop, slide_stride, ms_ratios, eval_pad_multiple);
     arguments given win, ``test_scale=None`` / ``pad_multiple=None`` turning off a config's
     resize / padding (None for the others: as not given). Without it: PREDICT_DEFAULTS,
-    the whole image at its own size, unpadded. ``model`` runs in eval mode; each of its modules' mode is restored after."""
+    the whole image at its own size, unpadded. ``model`` runs in eval mode; each of its
+    modules' mode is restored after."""
     from ..data import eval_transforms
     from ..data.transforms import to_tv_tensors
     opts = _predict_settings(config, dict(mode=mode, test_scale=test_scale, crop=crop, stride=stride,

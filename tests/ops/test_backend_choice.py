@@ -216,7 +216,8 @@ def test_every_backend_checks_its_inputs(backend):
             wa(*args, 0.25, backend)
     q, v = torch.randn(1, 8, 8, 5), torch.randn(1, 8, 8, 16)
     sa = semask.ops.semantic_attention
-    for args, match in (((q.half(), q, v, 4), "must share a dtype"), ((q, q, v, -1), r"window must be at least 1 \(windowed\) or 0 \(global attention\), got -1"),
+    for args, match in (((q.half(), q, v, 4), "must share a dtype"),
+                        ((q, q, v, -1), r"window must be at least 1 \(windowed\) or 0 \(global attention\), got -1"),
                         ((q[:, :7], q[:, :7], v[:, :7], 4), "not a multiple of window 4"),
                         ((q[:0], q[:0], v[:0], 0), "empty batch")):
         with pytest.raises(ValueError, match=match):
