@@ -203,23 +203,44 @@ def test_eager_dispatch_defers_to_tracing_modes_and_subclasses():
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_every_backend_checks_its_inputs(backend):
-    """The reference path refuses what the fused ones refuse (it had returned a result with
-    the batch doubled for a table of 2 heads at num_heads=1, and one for shift >= window)."""
+    """Inputs no backend can run raise the op's ValueError on every backend, each case
+    breaking one rule of the docstrings. The reference path had returned a result with the
+    batch doubled for a table of 2 heads at num_heads=1, and results for a shift outside
+    [0, window) or a size outside the map; others it met with a bare view, matmul or
+    reshape error."""
     qkv, table = torch.randn(1, 8, 8, 48), torch.randn(49, 1)
     wa = semask.ops.window_attention
-    for args, match in (((qkv, table, 1, 4, 4), "shift 4 must lie in"),
-                        ((qkv, torch.randn(49, 2), 1, 4, 2), "table must be"),
-                        ((qkv, table, 0, 4, 2), "num_heads must be at least 1"),
-                        ((qkv[:0], table, 1, 4, 2), "empty batch"),
-                        ((qkv[:, :7], table, 1, 4, 2), "not a multiple of window")):
+    for args, kwargs, match in (
+            ((qkv, table, 1, 4, 4), {}, "shift 4 must lie in"),
+            ((qkv, torch.randn(49, 2), 1, 4, 2), {}, "table must be"),
+            ((qkv, table, 0, 4, 2), {}, "num_heads must be at least 1"),
+            ((qkv[:0], table, 1, 4, 2), {}, "empty batch"),
+            ((qkv[:, :7], table, 1, 4, 2), {}, "not a multiple of window"),
+            ((torch.randn(1, 8, 8, 49), table, 1, 4, 0), {}, r"qkv must be \[B, Hp, Wp, 3C\]"),
+            ((torch.randn(1, 8, 8, 48), torch.randn(49, 3), 3, 4, 0), {}, "C divisible by num_heads=3"),
+            ((qkv, torch.randn(1, 1), 1, 0, 0), {}, "not a multiple of window 0"),
+            ((qkv[:, :, :6], table, 1, 4, 0), {}, r"padded map \(8, 6\) is not a multiple of window 4"),
+            ((qkv, table, 1, 4, -1), {}, r"shift -1 must lie in \[0, window=4\)"),
+            ((qkv, table, 1, 4, 2), dict(size=(0, 8)), r"size \(0, 8\) must lie within"),
+            ((qkv, table, 1, 4, 2), dict(size=(8, 9)), r"size \(8, 9\) must lie within"),
+            ((qkv.to("meta"), table, 1, 4, 2), {}, "all inputs must be on one device"),
+            ((qkv[:, :0], table, 1, 4, 2), {}, r"empty map or channels, qkv \(1, 0, 8, 48\)"),
+            ((qkv[..., :0], table, 1, 4, 2), {}, r"empty map or channels, qkv \(1, 8, 8, 0\)")):
         with pytest.raises(ValueError, match=match):
-            wa(*args, 0.25, backend)
+            wa(*args, 0.25, backend, **kwargs)
     q, v = torch.randn(1, 8, 8, 5), torch.randn(1, 8, 8, 16)
     sa = semask.ops.semantic_attention
     for args, match in (((q.half(), q, v, 4), "must share a dtype"),
                         ((q, q, v, -1), r"window must be at least 1 \(windowed\) or 0 \(global attention\), got -1"),
                         ((q[:, :7], q[:, :7], v[:, :7], 4), "not a multiple of window 4"),
-                        ((q[:0], q[:0], v[:0], 0), "empty batch")):
+                        ((q[:0], q[:0], v[:0], 0), "empty batch"),
+                        ((q, q, v[:, :, :4], 4), r"q, k \[B, Hp, Wp, K\] and v \[B, Hp, Wp, C\]"),
+                        ((q, q, v.half(), 4), "must share a dtype"),
+                        ((q[:, :, :6], q[:, :, :6], v[:, :, :6], 4), r"map \(8, 6\) is not a multiple of window 4"),
+                        ((q, q.to("meta"), v, 4), "all inputs must be on one device"),
+                        ((q[..., :0], q[..., :0], v, 4), r"empty map, classes or channels, q \(1, 8, 8, 0\)"),
+                        ((q, q, v[..., :0], 0), r"empty map, classes or channels"),
+                        ((q[:, :0], q[:, :0], v[:, :0], 0), r"empty map, classes or channels")):
         with pytest.raises(ValueError, match=match):
             sa(*args, backend)
 
@@ -284,38 +305,6 @@ def test_functorch_transforms_take_the_reference(monkeypatch):
     torch.testing.assert_close(torch.func.grad(f)(qkv, "triton"), want)
     batched = torch.func.vmap(lambda x: f(x[None], "triton"))(qkv.expand(2, -1, -1, -1))
     torch.testing.assert_close(batched, f(qkv, "torch").expand(2))
-
-
-@pytest.mark.parametrize("backend", ["torch", "auto"])
-def test_every_backend_refuses_malformed_inputs_by_name(backend):
-    """Inputs no backend can run raise the op's ValueError on every backend (the reference
-    path had raised a bare view/matmul/reshape error, or for a negative shift or an
-    out-of-map size returned a result); each case breaks one rule of the docstrings."""
-    wa, sa = semask.ops.window_attention, semask.ops.semantic_attention
-    qkv, table = torch.randn(1, 8, 8, 48), torch.randn(49, 1)
-    for args, kwargs, match in (
-            ((torch.randn(1, 8, 8, 49), table, 1, 4, 0), {}, r"qkv must be \[B, Hp, Wp, 3C\]"),
-            ((torch.randn(1, 8, 8, 48), torch.randn(49, 3), 3, 4, 0), {}, "C divisible by num_heads=3"),
-            ((qkv, torch.randn(1, 1), 1, 0, 0), {}, "not a multiple of window 0"),
-            ((qkv[:, :, :6], table, 1, 4, 0), {}, r"padded map \(8, 6\) is not a multiple of window 4"),
-            ((qkv, table, 1, 4, -1), {}, r"shift -1 must lie in \[0, window=4\)"),
-            ((qkv, table, 1, 4, 2), dict(size=(0, 8)), r"size \(0, 8\) must lie within"),
-            ((qkv, table, 1, 4, 2), dict(size=(8, 9)), r"size \(8, 9\) must lie within"),
-            ((qkv.to("meta"), table, 1, 4, 2), {}, "all inputs must be on one device"),
-            ((qkv[:, :0], table, 1, 4, 2), {}, r"empty map or channels, qkv \(1, 0, 8, 48\)"),
-            ((qkv[..., :0], table, 1, 4, 2), {}, r"empty map or channels, qkv \(1, 8, 8, 0\)")):
-        with pytest.raises(ValueError, match=match):
-            wa(*args, 0.25, backend, **kwargs)
-    q, v = torch.randn(1, 8, 8, 5), torch.randn(1, 8, 8, 16)
-    for args, match in (((q, q, v[:, :, :4], 4), r"q, k \[B, Hp, Wp, K\] and v \[B, Hp, Wp, C\]"),
-                        ((q, q, v.half(), 4), "must share a dtype"),
-                        ((q[:, :, :6], q[:, :, :6], v[:, :, :6], 4), r"map \(8, 6\) is not a multiple of window 4"),
-                        ((q, q.to("meta"), v, 4), "all inputs must be on one device"),
-                        ((q[..., :0], q[..., :0], v, 4), r"empty map, classes or channels, q \(1, 8, 8, 0\)"),
-                        ((q, q, v[..., :0], 0), r"empty map, classes or channels"),
-                        ((q[:, :0], q[:, :0], v[:, :0], 0), r"empty map, classes or channels")):
-        with pytest.raises(ValueError, match=match):
-            sa(*args, backend)
 
 
 def test_auto_prefers_triton_then_cuda_then_the_reference(monkeypatch):
