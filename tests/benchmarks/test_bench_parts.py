@@ -96,7 +96,8 @@ def test_sdpa_model_patch_is_exact_and_restored():
 
 
 def test_bytes_model_reproduces_perf_model():
-    """Numbers as printed in shared/PERF_MODEL.md (MB, GFLOP, H100 floor in us)."""
+    """Numbers as printed in shared/PERF_MODEL.md (MB, GFLOP, H100 floor in us; H200 floors
+    at its 4.3 TB/s)."""
     published = {"swin_t-224": (11.4, 0.28, 3.8), "swin_t-512": (70.2, 1.72, 23.4),
                  "swin_b-224": (57.5, 4.14, 19.2), "swin_b-512": (161.9, 11.66, 54.0),
                  "semask_t-512": (27.2, 1.83, 9.1), "semask_b-512": (33.9, 2.44, 11.3)}
@@ -105,6 +106,8 @@ def test_bytes_model_reproduces_perf_model():
         assert round(rows[name]["bytes"] / 1e6, 1) == mb, name
         assert rows[name]["flops"] / 1e9 == pytest.approx(gflop, abs=0.006), name
         assert round(rows[name]["floor_us"]["H100"], 1) == floor, name
+    for name, floor in (("swin_t-224", 2.7), ("swin_t-512", 16.3), ("swin_b-512", 37.7)):
+        assert round(rows[name]["floor_us"]["H200"], 1) == floor, name
     stage0 = rows["swin_t-512"]["stages"][0]
     assert (stage0["side"], stage0["padded"], round(stage0["bytes"] / 1e6, 2)) == (128, 133, 27.17)
 
