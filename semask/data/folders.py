@@ -1,4 +1,4 @@
-"""Readers for the ADE20K and Cityscapes folder layouts.
+"""Readers for the ADE20K and Cityscapes folder layouts, and for a folder of your own data.
 
 ADE20K (ADEChallengeData2016)::
 
@@ -16,11 +16,20 @@ The ``*_labelTrainIds.png`` files are made from the released ``*_labelIds.png`` 
 cityscapesscripts' ``createTrainIdLabelImgs``; a folder that only has labelIds gets an
 error saying so.
 
+Your own data (``custom_folder``, mmseg's CustomDataset layout)::
+
+    root/<image dir>/[subfolders/]<stem><image suffix>
+    root/<label dir>/[subfolders/]<stem><label suffix>      0..K-1 and 255 (ignore)
+
+with an image and a label folder per split (``images/train`` and ``annotations/train`` by
+default); ``reduce_zero_label`` reads 0 as ignore and k as class k - 1, as ADE20K.
+
 Every problem with a sample (missing label, image / label size mismatch, label values
 outside the class range) raises :class:`DataError` naming the file.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +38,9 @@ from PIL import Image, ImageOps
 ADE20K_SPLITS = {"train": "training", "val": "validation"}
 CITYSCAPES_SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# images of a custom folder without an image suffix: the extensions Pillow reads that
+# segmentation datasets ship
+FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 EXIF_ORIENTATION = 0x0112  # the EXIF tag ImageOps.exif_transpose applies
 
 # The 150 ADE20K (SceneParsing) class names in label order 1..150 (0 = other), as the
@@ -189,3 +201,70 @@ def cityscapes(root: str | Path, split: str = "train") -> SegmentationFolder:
                                "csCreateTrainIdLabelImgs)" if ids.is_file() else ""))
         pairs.append((image, label))
     return SegmentationFolder(pairs, len(CITYSCAPES_CLASSES), classes=CITYSCAPES_CLASSES)
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """Where a custom folder keeps each split and how its files are named (:func:`custom_folder`)."""
+
+    # split name -> (image dir, label dir), under the data root
+    splits: dict = field(default_factory=lambda: {s: (f"images/{s}", f"annotations/{s}") for s in ("train", "val")})
+    image_suffix: str | None = None
+    label_suffix: str = ".png"
+    reduce_zero_label: bool = False
+    classes: tuple[str, ...] | None = None
+
+    def read(self, root: str | Path, split: str, num_classes: int) -> SegmentationFolder:
+        if split not in self.splits:
+            raise ValueError(f"the folder dataset has the splits {', '.join(self.splits)}, not {split!r}")
+        image_dir, label_dir = self.splits[split]
+        return custom_folder(root, image_dir, label_dir, num_classes, image_suffix=self.image_suffix,
+                             label_suffix=self.label_suffix, reduce_zero_label=self.reduce_zero_label,
+                             classes=self.classes)
+
+
+def custom_folder(root: str | Path, image_dir: str, label_dir: str, num_classes: int, *,
+                  image_suffix: str | None = None, label_suffix: str = ".png", reduce_zero_label: bool = False,
+                  classes: tuple[str, ...] | None = None) -> SegmentationFolder:
+    """A folder of your own data, paired as mmseg's CustomDataset pairs ``img_suffix`` and
+    ``seg_map_suffix``: every image under ``root/image_dir`` (subfolders included) with
+    ``root/label_dir/<same subfolder>/<stem><label_suffix>``. ``stem`` is the file name less
+    ``image_suffix`` (e.g. "_leftImg8bit.png"); without one, less its extension, any of
+    ``FOLDER_IMAGE_SUFFIXES``. ``classes``: names of the ``num_classes`` classes (tables)."""
+    root = Path(root)
+    images = _require_dir(root / image_dir, "image")
+    labels = _require_dir(root / label_dir, "label")
+    if classes is not None and len(classes) != num_classes:
+        raise DataError(f"{len(classes)} class names for num_classes={num_classes}")
+    if not label_suffix:
+        raise DataError("label_suffix is empty: it ends a label's file name, e.g. .png")
+    shared = images.resolve() == labels.resolve()
+    if shared and (image_suffix is None or image_suffix == label_suffix):
+        raise DataError(f"images and labels share the folder {images}: set an image suffix other than the "
+                        f"label suffix {label_suffix!r} (e.g. .jpg), so that labels are not read as images")
+
+    def stem_of(path: Path) -> str | None:
+        if shared and path.name.endswith(label_suffix):  # a label beside the images
+            return None
+        if image_suffix is None:
+            return path.stem if path.suffix.lower() in FOLDER_IMAGE_SUFFIXES else None
+        stem = path.name[: -len(image_suffix)] if path.name.endswith(image_suffix) else ""
+        return stem or None  # a file named just the suffix has no stem
+
+    pairs, seen = [], {}
+    for image in sorted(p for p in images.rglob("*") if p.is_file()):
+        stem = stem_of(image)
+        if stem is None:
+            continue
+        label = labels / image.parent.relative_to(images) / (stem + label_suffix)
+        if label in seen:  # both would pair with one label: a sample counted twice
+            raise DataError(f"images {seen[label].name} and {image.name} in {image.parent} share the label "
+                            f"{label.name}: keep one of them, or set an image suffix")
+        seen[label] = image
+        if not label.is_file():
+            raise DataError(f"missing label for image {image}: expected {label}")
+        pairs.append((image, label))
+    if not pairs:
+        wanted = f"*{image_suffix}" if image_suffix else " / ".join(f"*{s}" for s in FOLDER_IMAGE_SUFFIXES)
+        raise DataError(f"no images ({wanted}) in {images} or its subfolders")
+    return SegmentationFolder(pairs, num_classes, reduce_zero_label, tuple(classes) if classes else None)

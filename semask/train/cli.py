@@ -205,11 +205,11 @@ def _process_setup(parser: argparse.ArgumentParser, args):
 
 @interruptible("semask-eval")
 def eval_main(argv=None) -> None:
-    from ..data import build_raw_dataset
     from . import distributed
     from .evaluate import evaluate
     from .inference import autocast_context
     from .metrics import markdown_table
+    from .trainer import raw_dataset
     parser = argparse.ArgumentParser(prog="semask-eval", description="Evaluate a semask-train checkpoint: "
                                      "mIoU, mAcc, per-class IoU and accuracy, pixel accuracy (JSON + markdown table). "
                                      "Under torchrun (torchrun --nproc_per_node N --no-python semask-eval ...) each "
@@ -221,7 +221,8 @@ def eval_main(argv=None) -> None:
                         help="inference mode (default: the training config's eval_mode)")
     parser.add_argument("--data-root", default=None, help="dataset root (default: the training config's)")
     parser.add_argument("--split", default="val", choices=("val", "train", "test"),
-                        help="val (default), train or test (synthetic / Cityscapes)")
+                        help="val (default), train, or test (synthetic and Cityscapes only); a folder dataset "
+                        "reads its folder_val or folder_train")
     parser.add_argument("--test-scale", default=None, help="long,short keep-ratio resize, or none")
     parser.add_argument("--ms-ratios", default=None, help="comma-separated ratios for ms_flip")
     parser.add_argument("--slide-crop", default=None, help="h,w")
@@ -270,9 +271,7 @@ def eval_main(argv=None) -> None:
     except OSError as exc:
         parser.error(f"--out: {exc}")
     try:
-        raw = build_raw_dataset(cfg.dataset, args.split, args.data_root or cfg.data_root, cfg.num_classes,
-                                cfg.seed, cfg.synthetic_train_size if args.split == "train"
-                                else cfg.synthetic_val_size, cfg.synthetic_size)
+        raw = raw_dataset(cfg, args.split, args.data_root)
     except ValueError as exc:
         parser.error(str(exc))
     if cfg.dataset != "ade20k" and len(raw.classes) != cfg.num_classes:

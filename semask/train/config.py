@@ -26,9 +26,16 @@ class TrainConfig:
 
     name: str = "synthetic_cpu"
     # data
-    dataset: str = "synthetic"            # synthetic | ade20k | cityscapes
+    dataset: str = "synthetic"            # synthetic | ade20k | cityscapes | folder
     data_root: str | None = None
     num_classes: int = 6
+    # dataset folder (your own data; semask.data.FolderLayout): image dir, label dir per split
+    folder_train: list[str] = field(default_factory=lambda: ["images/train", "annotations/train"])
+    folder_val: list[str] = field(default_factory=lambda: ["images/val", "annotations/val"])
+    image_suffix: str | None = None
+    label_suffix: str = ".png"
+    reduce_zero_label: bool = False
+    class_names: list[str] | None = None
     synthetic_train_size: int = 2000
     synthetic_val_size: int = 100
     synthetic_size: list[int] = field(default_factory=lambda: [96, 192])      # min, max image side
@@ -97,9 +104,20 @@ class TrainConfig:
 
 FIELD_HELP = {
     "name": "run name (stored in checkpoints)",
-    "dataset": "synthetic | ade20k | cityscapes",
-    "data_root": "dataset folder (ADEChallengeData2016 or the Cityscapes root); not used by synthetic",
-    "num_classes": "number of classes (ADE20K 150, Cityscapes 19, synthetic 6)",
+    "dataset": "synthetic | ade20k | cityscapes | folder (your own data: images and label PNGs of class ids, "
+               "mmseg's CustomDataset layout; see the folder_* fields)",
+    "data_root": "dataset folder (ADEChallengeData2016, the Cityscapes root or your folder); not used by synthetic",
+    "num_classes": "number of classes (ADE20K 150, Cityscapes 19, synthetic 6; folder: the labels' 0..N-1)",
+    "folder_train": "dataset folder: the training split's image folder,label folder under data_root "
+                    "(subfolders are searched; an image's label has its relative path and stem)",
+    "folder_val": "dataset folder: the validation split's image folder,label folder under data_root",
+    "image_suffix": "dataset folder: the end of an image's file name, cut to give its stem (e.g. .jpg or "
+                    "_leftImg8bit.png); none: any of .jpg .jpeg .png .bmp .tif .tiff .webp, less its extension",
+    "label_suffix": "dataset folder: a label's file name is the image's stem + this (e.g. .png or "
+                    "_gtFine_labelTrainIds.png)",
+    "reduce_zero_label": "dataset folder: label 0 is ignored and k is class k - 1 (as ADE20K's); false: "
+                         "labels are the class ids 0..N-1, 255 is ignored",
+    "class_names": "dataset folder: num_classes names for the per-class tables (none: class_0, class_1, ...)",
     "synthetic_train_size": "synthetic training images (rendered once, then cached)",
     "synthetic_val_size": "synthetic validation images",
     "synthetic_size": "min,max side of the synthetic images",
@@ -208,7 +226,7 @@ def _scalar(name: str, tp, text: str):
         raise ValueError(f"--{name.replace('_', '-')}: expected {tp.__name__}, got {text!r}") from exc
 
 
-CHOICES = dict(dataset=("synthetic", "ade20k", "cityscapes"), eval_mode=("whole", "slide", "ms_flip"),
+CHOICES = dict(dataset=("synthetic", "ade20k", "cityscapes", "folder"), eval_mode=("whole", "slide", "ms_flip"),
                amp=("auto", "bf16", "fp16", "none"))
 PAIRS = ("synthetic_size", "crop_size", "img_scale", "ratio_range", "betas", "test_scale", "slide_crop",
          "slide_stride")  # two numbers each (or none where optional)
@@ -218,6 +236,23 @@ AT_LEAST_ONE_OR_NONE = ("eval_pad_multiple", "ohem_min_kept", "window_size")
 MIN_CROP = 32  # the backbone's total stride: a smaller input has no stage-4 token
 NUM_STAGES = 4  # of every Swin variant
 AT_LEAST_ZERO = ("num_workers", "warmup_iters", "max_nonfinite", "eval_interval", "ckpt_interval")
+FOLDER_FIELDS = ("folder_train", "folder_val", "image_suffix", "label_suffix", "reduce_zero_label", "class_names")
+
+
+def _folder_errors(cfg: TrainConfig) -> list[str]:
+    """The folder dataset's fields: set only for it (elsewhere they would be ignored), and whole."""
+    if cfg.dataset != "folder":
+        defaults = TrainConfig()
+        changed = [k for k in FOLDER_FIELDS if getattr(cfg, k) != getattr(defaults, k)]
+        return [f"{', '.join(changed)}: settings of dataset folder, not of {cfg.dataset}"] if changed else []
+    errors = [f"{k} must be an image folder and a label folder, got {getattr(cfg, k)!r}"
+              for k in ("folder_train", "folder_val")
+              if len(getattr(cfg, k)) != 2 or not all(d.strip() for d in getattr(cfg, k))]
+    if not cfg.label_suffix or cfg.image_suffix == "":
+        errors.append("label_suffix and image_suffix must not be empty (image_suffix none: any image extension)")
+    if cfg.class_names is not None and len(set(cfg.class_names)) != cfg.num_classes:  # tables key by name
+        errors.append(f"class_names must be num_classes={cfg.num_classes} distinct names, got {cfg.class_names!r}")
+    return errors
 
 
 def _type_error(name: str, value, declared) -> str | None:
@@ -294,7 +329,7 @@ def config_errors(cfg: TrainConfig) -> list[str]:
                if getattr(cfg, k) is not None and getattr(cfg, k) < 1]
     errors += [f"{k} must be at least 0, got {getattr(cfg, k)!r}" for k in AT_LEAST_ZERO
                if getattr(cfg, k) < 0]
-    return errors
+    return errors + _folder_errors(cfg)
 
 
 def from_dict(values: dict, where: str = "config") -> TrainConfig:

@@ -17,7 +17,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..data import DevicePrefetcher, TransformedDataset, build_raw_dataset, train_loader, train_transforms
+from ..data import (DevicePrefetcher, FolderLayout, TransformedDataset, build_raw_dataset, train_loader,
+                    train_transforms)
 from ..models import CheckpointMismatch, LoadReport, SeMaskSwin, load_checkpoint, save_checkpoint
 from . import distributed
 from .config import TrainConfig
@@ -80,7 +81,7 @@ def autocast_factory(cfg: TrainConfig, device: torch.device):
 RESUME_FREE = ("out_dir", "iters", "progress", "log_interval", "ckpt_interval", "eval_interval",
                "num_workers", "device", "eval_mode", "test_scale", "slide_crop", "slide_stride",
                "ms_ratios", "max_nonfinite", "name", "pretrained", "skip_mismatched",
-               "pretrained_strict")
+               "pretrained_strict", "class_names")
 # what a run writes into its folder (semask-eval: eval_<split>_<mode>.*); a run started
 # there with overwrite=True removes the earlier run's, which would otherwise pass for its own
 RUN_FILES = (STATE_NAME, WEIGHTS_NAME, FINAL_NAME, "eval.json", "eval.md", "metrics.jsonl", "curves.png",
@@ -158,6 +159,15 @@ def _log(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def raw_dataset(cfg: TrainConfig, split: str, data_root: str | None = None):
+    """The raw ``split`` of the dataset ``cfg`` names (``data_root`` in place of the config's)."""
+    layout = FolderLayout({"train": tuple(cfg.folder_train), "val": tuple(cfg.folder_val)}, cfg.image_suffix,
+                          cfg.label_suffix, cfg.reduce_zero_label, cfg.class_names and tuple(cfg.class_names))
+    return build_raw_dataset(cfg.dataset, split, data_root or cfg.data_root, cfg.num_classes, cfg.seed,
+                             cfg.synthetic_train_size if split == "train" else cfg.synthetic_val_size,
+                             cfg.synthetic_size, layout)
+
+
 def earlier_run_files(out: Path, resume: str | None = None) -> list[Path]:
     """The files of a run that ``out`` holds, other than the one ``resume`` continues
     there (empty: none). A run: a state, weights or final model file."""
@@ -200,10 +210,7 @@ def train(cfg: TrainConfig, resume: str | None = None, stop_at: int | None = Non
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
     # data
-    train_raw = build_raw_dataset(cfg.dataset, "train", cfg.data_root, cfg.num_classes, cfg.seed,
-                                  cfg.synthetic_train_size, cfg.synthetic_size)
-    val_raw = build_raw_dataset(cfg.dataset, "val", cfg.data_root, cfg.num_classes, cfg.seed,
-                                cfg.synthetic_val_size, cfg.synthetic_size)
+    train_raw, val_raw = raw_dataset(cfg, "train"), raw_dataset(cfg, "val")
     num_classes = len(train_raw.classes) if cfg.dataset != "ade20k" else cfg.num_classes
     if num_classes != cfg.num_classes:
         raise ValueError(f"{cfg.dataset} has {num_classes} classes but the config says num_classes={cfg.num_classes}")
