@@ -132,14 +132,21 @@ def test_merge_later_measured_record_wins(tmp_path):
     assert [r["time_ms"] for r in merged["records"]] == [0.5]
 
 
-def test_cpu_time_is_the_median(monkeypatch):
-    """CPU timing: median of the timed calls (1, 1, 1, 1, 100 ms -> 1 ms; the mean is 20.8)."""
+def _fake_clock(monkeypatch, module, durations):
+    """module.time.perf_counter reads a clock that each call of the returned fn advances by the
+    next of ``durations`` (s)."""
     clock = {"t": 0.0}
-    durations = iter([0.0, 0.001, 0.001, 0.001, 0.001, 0.1])  # warm-up, then 5 timed calls
-    monkeypatch.setattr(M, "time", types.SimpleNamespace(perf_counter=lambda: clock["t"]))
+    steps = iter(durations)
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: clock["t"]))
 
     def fn():
-        clock["t"] += next(durations)
+        clock["t"] += next(steps)
+    return fn
+
+
+def test_cpu_time_is_the_median(monkeypatch):
+    """CPU timing: median of the timed calls (1, 1, 1, 1, 100 ms -> 1 ms; the mean is 20.8)."""
+    fn = _fake_clock(monkeypatch, M, [0.0, 0.001, 0.001, 0.001, 0.001, 0.1])  # warm-up, then 5 timed calls
     assert M.time_ms(fn, "cpu", target_s=0.0, max_reps=5, min_reps=5) == pytest.approx(1.0)
 
 
@@ -150,3 +157,31 @@ def test_measure_device_rates_by_hand(monkeypatch):
     got = M.measure_device("cpu")
     assert got["copy_gbps"] == pytest.approx(2 * 2 ** 27 / 2e-3 / 1e9)
     assert got["matmul_tflops"] == pytest.approx(2 * 1024 ** 3 / 2e-3 / 1e12)
+
+
+def test_profile_step_times_are_medians_then_a_mean_in_ms(monkeypatch):
+    """step_times: wall and host are medians of the timed steps (1, 5, 2 ms -> 2 ms; the
+    mean would be 2.67), back-to-back the mean of the next three (3, 3, 6 ms -> 4 ms)."""
+    from benchmarks import profile_step as P
+    step = _fake_clock(monkeypatch, P, [0.001, 0.005, 0.002, 0.003, 0.003, 0.006])
+    wall, host, chained = P.step_times(step, 3, cuda=False)
+    assert (wall, host, chained) == pytest.approx((2.0, 2.0, 4.0))
+
+
+def test_host_time_is_microseconds_per_timed_call(monkeypatch):
+    """host_us: max(5, calls // 10) = 5 untimed warm-up calls, then 20 calls of 2 ms each
+    (the warm-ups take 1 s each and must not count): 2000 us per call."""
+    from benchmarks import host_time as H
+    fn = _fake_clock(monkeypatch, H, [1.0] * 5 + [0.002] * 20)
+    assert H.host_us(fn, 20, lambda: None) == pytest.approx(2000.0)
+
+
+def test_cpu_peak_memory_is_in_mib():
+    """A 64 MiB and a 128 MiB tensor (ones: every page touched) grow the resident set by
+    about 64 and 128 MiB (growth over the RSS before the call)."""
+    import torch
+    growth = [M.peak_memory_mb(lambda: torch.ones(n << 20, dtype=torch.uint8), "cpu")[1] for n in (64, 128)]
+    resettable = os.access("/proc/self/clear_refs", os.W_OK)   # else the peak is the process's lifetime peak
+    assert growth[0] >= 56 and growth[1] >= 120
+    if resettable:
+        assert growth[0] <= 72 and growth[1] <= 136
