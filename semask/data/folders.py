@@ -29,6 +29,7 @@ outside the class range) raises :class:`DataError` naming the file.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +147,26 @@ class SegmentationFolder:
         return image, label.astype(np.uint8), image_path.stem
 
 
+def _hidden(path: Path) -> bool:
+    """A hidden file (.DS_Store, macOS's ._x.jpg copies of resource forks) is no sample."""
+    return path.name.startswith(".")
+
+
+def _files(folder: Path, skip: Path | None = None) -> list[Path]:
+    """The files under ``folder``, sorted, as mmcv.scandir lists them: symlinked subfolders
+    followed (each real folder once), hidden files (.DS_Store, macOS's ._x.jpg) left out;
+    nothing under ``skip`` (a label folder inside the image folder)."""
+    found, visited = [], set()
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in visited or (skip is not None and real == os.path.realpath(skip)):
+            dirs.clear()
+            continue
+        visited.add(real)
+        found += [p for p in (Path(parent, n) for n in names) if not _hidden(p) and p.is_file()]
+    return sorted(found)
+
+
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{what} folder not found: {path}")
@@ -161,7 +182,7 @@ def ade20k(root: str | Path, split: str = "train", num_classes: int = 150) -> Se
     image_dir = _require_dir(root / "images" / sub, "ADE20K images")
     label_dir = _require_dir(root / "annotations" / sub, "ADE20K annotations")
     pairs, seen = [], {}
-    for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p)):
         if image.stem in seen:  # both would pair with the one <stem>.png: a sample counted twice
             raise DataError(f"images {seen[image.stem].name} and {image.name} in {image_dir} share the "
                             f"label {image.stem}.png: keep one of them")
@@ -183,7 +204,7 @@ def cityscapes(root: str | Path, split: str = "train") -> SegmentationFolder:
     root = Path(root)
     image_dir = _require_dir(root / "leftImg8bit" / split, "Cityscapes leftImg8bit")
     label_dir = _require_dir(root / "gtFine" / split, "Cityscapes gtFine")
-    images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
+    images = sorted(p for p in image_dir.glob("*/*_leftImg8bit.png") if not _hidden(p))
     if not images:
         raise DataError(f"no *_leftImg8bit.png images in {image_dir}/<city>/")
     if not any(label_dir.glob("*/*_gtFine_labelTrainIds.png")) and any(label_dir.glob("*/*_gtFine_labelIds.png")):
@@ -227,7 +248,7 @@ def custom_folder(root: str | Path, image_dir: str, label_dir: str, num_classes:
                   image_suffix: str | None = None, label_suffix: str = ".png", reduce_zero_label: bool = False,
                   classes: tuple[str, ...] | None = None) -> SegmentationFolder:
     """A folder of your own data, paired as mmseg's CustomDataset pairs ``img_suffix`` and
-    ``seg_map_suffix``: every image under ``root/image_dir`` (subfolders included) with
+    ``seg_map_suffix``: every image under ``root/image_dir`` (subfolders included: :func:`_files`) with
     ``root/label_dir/<same subfolder>/<stem><label_suffix>``. ``stem`` is the file name less
     ``image_suffix`` (e.g. "_leftImg8bit.png"); without one, less its extension, any of
     ``FOLDER_IMAGE_SUFFIXES``. ``classes``: names of the ``num_classes`` classes (tables)."""
@@ -244,7 +265,8 @@ def custom_folder(root: str | Path, image_dir: str, label_dir: str, num_classes:
                         f"label suffix {label_suffix!r} (e.g. .jpg), so that labels are not read as images")
 
     def stem_of(path: Path) -> str | None:
-        if shared and path.name.endswith(label_suffix):  # a label beside the images
+        # a label beside the images; a name ending in both suffixes has the longer one
+        if shared and path.name.endswith(label_suffix) and len(label_suffix) > len(image_suffix):
             return None
         if image_suffix is None:
             return path.stem if path.suffix.lower() in FOLDER_IMAGE_SUFFIXES else None
@@ -252,7 +274,7 @@ def custom_folder(root: str | Path, image_dir: str, label_dir: str, num_classes:
         return stem or None  # a file named just the suffix has no stem
 
     pairs, seen = [], {}
-    for image in sorted(p for p in images.rglob("*") if p.is_file()):
+    for image in _files(images, skip=None if shared else labels):
         stem = stem_of(image)
         if stem is None:
             continue

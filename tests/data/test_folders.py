@@ -149,3 +149,12 @@ def test_partly_converted_cityscapes_names_the_conversion(cityscapes_root):
     label.rename(label.with_name(label.name.replace("labelTrainIds", "labelIds")))
     with pytest.raises(DataError, match="missing label .*labelIds.png is there: convert .*csCreateTrainIdLabelImgs"):
         cityscapes(cityscapes_root, "train")
+
+
+def test_hidden_files_are_no_samples(ade_root, cityscapes_root):
+    """macOS leaves ._<name> files beside copied ones: ADE20K and Cityscapes readers skip them."""
+    junk = [ade_root / "images" / "training" / "._ADE_training_00000000.jpg",
+            cityscapes_root / "leftImg8bit" / "train" / "aachen" / "._aachen_000000_000019_leftImg8bit.png"]
+    for path in junk:
+        path.write_bytes(b"\0\5\26\7")
+    assert len(ade20k(ade_root, "train")) == 3 and len(cityscapes(cityscapes_root, "train")) == 3

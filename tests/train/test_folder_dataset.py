@@ -44,16 +44,21 @@ def test_folder_copy_of_the_synthetic_data_trains_step_for_step(tmp_path, tiny_c
     stored = json.loads((tmp_path / "folder" / "eval.json").read_text())
     assert list(stored["IoU"]) == names
     capsys.readouterr()
-    eval_main([str(tmp_path / "folder"), "--split", "train", "--out", str(tmp_path / "train.json")])
+    moved = root.rename(tmp_path / "moved")   # the data elsewhere now: --data-root finds it
+    eval_main([str(tmp_path / "folder"), "--split", "train", "--data-root", str(moved),
+               "--out", str(tmp_path / "train.json")])
     assert "folder train, whole: mIoU" in capsys.readouterr().out
     scored = json.loads((tmp_path / "train.json").read_text())
     assert scored["dataset"] == "folder" and list(scored["IoU"]) == names
 
 
 @pytest.mark.parametrize("values, message", [
-    (dict(dataset="ade20k", reduce_zero_label=True, class_names=None), "reduce_zero_label: settings of dataset folder, not of ade20k"),
-    (dict(image_suffix=".jpg", folder_val=["a", "b"]), "folder_val, image_suffix: settings of dataset folder, not of synthetic"),
-    (dict(dataset="folder", folder_train=["images"]), r"folder_train must be an image folder and a label folder, got \['images'\]"),
+    (dict(dataset="ade20k", reduce_zero_label=True, class_names=None),
+     "reduce_zero_label: settings of dataset folder, not of ade20k"),
+    (dict(image_suffix=".jpg", folder_val=["a", "b"]),
+     "folder_val, image_suffix: settings of dataset folder, not of synthetic"),
+    (dict(dataset="folder", folder_train=["images"]),
+     r"folder_train must be an image folder and a label folder, got \['images'\]"),
     (dict(dataset="folder", folder_val=["a", " "]), "folder_val must be an image folder and a label folder"),
     (dict(dataset="folder", label_suffix=""), "label_suffix and image_suffix must not be empty"),
     (dict(dataset="folder", image_suffix=""), "label_suffix and image_suffix must not be empty"),
@@ -84,3 +89,10 @@ def test_eval_of_the_test_split_of_a_folder_dataset_is_a_usage_error(tmp_path, t
     with pytest.raises(SystemExit):
         eval_main([str(path), "--split", "test"])
     assert "the folder dataset has the splits train, val, not 'test'" in capsys.readouterr().err
+
+
+def test_class_names_may_change_on_resume_the_folders_may_not():
+    from semask.train.trainer import config_changes
+    stored = dict(class_names=["a", "b"], reduce_zero_label=False, folder_val=["i", "l"])
+    now = dict(class_names=["road", "sky"], reduce_zero_label=True, folder_val=["i", "l"])
+    assert config_changes(stored, now) == {"reduce_zero_label": (False, True)}
