@@ -147,7 +147,7 @@ class SegmentationFolder:
         return image, label.astype(np.uint8), image_path.stem
 
 
-def _hidden(path: Path) -> bool:
+def is_hidden(path: Path) -> bool:
     """A hidden file (.DS_Store, macOS's ._x.jpg copies of resource forks) is no sample."""
     return path.name.startswith(".")
 
@@ -163,7 +163,7 @@ def _files(folder: Path, skip: Path | None = None) -> list[Path]:
             dirs.clear()
             continue
         visited.add(real)
-        found += [p for p in (Path(parent, n) for n in names) if not _hidden(p) and p.is_file()]
+        found += [p for p in (Path(parent, n) for n in names) if not is_hidden(p) and p.is_file()]
     return sorted(found)
 
 
@@ -182,7 +182,7 @@ def ade20k(root: str | Path, split: str = "train", num_classes: int = 150) -> Se
     image_dir = _require_dir(root / "images" / sub, "ADE20K images")
     label_dir = _require_dir(root / "annotations" / sub, "ADE20K annotations")
     pairs, seen = [], {}
-    for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p)):
+    for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p)):
         if image.stem in seen:  # both would pair with the one <stem>.png: a sample counted twice
             raise DataError(f"images {seen[image.stem].name} and {image.name} in {image_dir} share the "
                             f"label {image.stem}.png: keep one of them")
@@ -204,7 +204,7 @@ def cityscapes(root: str | Path, split: str = "train") -> SegmentationFolder:
     root = Path(root)
     image_dir = _require_dir(root / "leftImg8bit" / split, "Cityscapes leftImg8bit")
     label_dir = _require_dir(root / "gtFine" / split, "Cityscapes gtFine")
-    images = sorted(p for p in image_dir.glob("*/*_leftImg8bit.png") if not _hidden(p))
+    images = sorted(p for p in image_dir.glob("*/*_leftImg8bit.png") if not is_hidden(p))
     if not images:
         raise DataError(f"no *_leftImg8bit.png images in {image_dir}/<city>/")
     if not any(label_dir.glob("*/*_gtFine_labelTrainIds.png")) and any(label_dir.glob("*/*_gtFine_labelIds.png")):

@@ -327,6 +327,7 @@ def class_id_image(pred: np.ndarray, colours: np.ndarray):
 @interruptible("semask-infer")
 def infer_main(argv=None) -> None:
     from PIL import Image
+    from ..data.folders import is_hidden
     from . import distributed
     from .inference import autocast_context, predict, rgb_image
     parser = argparse.ArgumentParser(prog="semask-infer", description="Segment images: writes <name>.png "
@@ -355,8 +356,9 @@ def infer_main(argv=None) -> None:
     readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
     files = []
     for item in map(Path, args.inputs):
-        if item.is_dir():  # the files Pillow can open, by suffix
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in readable and p.is_file())
+        if item.is_dir():  # the files Pillow can open, by suffix; not macOS's hidden ._x.jpg copies
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in readable and p.is_file()
+                            and not is_hidden(p))
         elif item.is_file():
             files.append(item)
         else:

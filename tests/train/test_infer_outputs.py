@@ -29,3 +29,16 @@ def test_infer_overlay_blends_with_alpha(tmp_path):
     colours = np.array([[128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128], [128, 0, 128], [0, 128, 128]])
     want = (0.75 * rgb + 0.25 * colours[ids]).astype(np.int64)
     assert np.abs(overlay - want).max() <= 1
+
+
+def test_infer_of_a_folder_leaves_hidden_files_out(tmp_path, capsys):
+    """macOS's ._x.png beside x.png is no image: a folder of one image gives one output pair
+    and exit 0 (it was counted unreadable, exit 1)."""
+    cfg = load_config("synthetic_cpu", variant="micro", head_channels=8)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(build_model(cfg, cfg.num_classes), ckpt, {"config": cfg.to_json()})
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((40, 36, 3), np.uint8)).save(tmp_path / "in" / "x.png")
+    (tmp_path / "in" / "._x.png").write_bytes(b"\0\5\26\7")
+    infer_main([str(ckpt), str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.png", "x_overlay.png"]
