@@ -4,6 +4,9 @@ Accepted inputs of :func:`load_checkpoint`:
   * official SeMask mmseg checkpoints (``{"state_dict": {"backbone.*", "decode_head.*"}}``),
   * official Swin ImageNet checkpoints (``{"model": {...}}``, backbone keys without
     prefix; ``attn_mask``, ``norm.*`` and ``head.*`` are dropped) -> into the backbone,
+  * timm Swin state dicts and mmseg's own Swin layout (``stages.*``, ``attn.w_msa``,
+    ``ffn.layers``: the pretrained files mmseg's swin2mmseg converter writes; bare or under
+    ``backbone.``) -> renamed to the official layout,
   * bare state dicts (full model, or backbone keys without prefix),
   * our safetensors files.
 Relative position bias tables of another window size are resized bicubically over the
@@ -33,6 +36,12 @@ MODEL_PREFIXES = ("backbone.", "decode_head.")  # the keys of a whole model
 DOWNSAMPLE_KEY = re.compile(r"layers\.(\d+)\.downsample\.")  # patch merging of a backbone-only dict
 # The plain Swin tensors, which a backbone-only checkpoint (Swin ImageNet) must all hold
 SWIN_KEY = re.compile(r"backbone\.(patch_embed\.|layers\.\d+\.(blocks|downsample)\.)")
+# patch merging's tensors over its 4C input channels
+MERGE_CHANNELS = re.compile(r"backbone\.layers\.\d+\.downsample\.(reduction\.weight|norm\.(weight|bias))$")
+MMSEG_STAGE = re.compile(r"backbone\.stages\.")  # mmseg's SwinTransformer (mmseg.models.backbones.swin)
+# its names -> the official ones: mmseg's swin2mmseg converter's renames, reversed
+MMSEG_RENAMES = ((".attn.w_msa.", ".attn."), (".ffn.layers.0.0.", ".mlp.fc1."), (".ffn.layers.1.", ".mlp.fc2."),
+                 ("backbone.patch_embed.projection.", "backbone.patch_embed.proj."))
 
 
 class CheckpointMismatch(ValueError):
@@ -176,6 +185,35 @@ def _from_timm_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[st
     return out, renamed
 
 
+def unfold_to_cat_order(value: Tensor) -> Tensor:
+    """Patch merging's 4C input channels (last dim: reduction weight [out, 4C], norm [4C])
+    from mmseg's nn.Unfold order, c * 4 + 2 * dy + dx, to the official concatenation
+    x0..x3 = (dy, dx) (0, 0), (1, 0), (0, 1), (1, 1), j * C + c: the inverse of mmseg's
+    correct_unfold_reduction_order / correct_unfold_norm_order (swin2mmseg)."""
+    *lead, channels = value.shape
+    per_offset = value.reshape(*lead, channels // 4, 4).transpose(-1, -2)  # [..., 2 * dy + dx, c]
+    return per_offset[..., [0, 2, 1, 3], :].reshape(*lead, channels)
+
+
+def _from_mmseg_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """mmseg's Swin keys (``backbone.``-prefixed here) -> the official layout, patch merging
+    tensors reordered (:func:`unfold_to_cat_order`). -> (dict, converted keys); other dicts
+    unchanged."""
+    if not any(MMSEG_STAGE.match(k) for k in sd):
+        return sd, []
+    out, converted = {}, []
+    for key, value in sd.items():
+        new = MMSEG_STAGE.sub("backbone.layers.", key, count=1)
+        for old, official in MMSEG_RENAMES:
+            new = new.replace(old, official)
+        if MERGE_CHANNELS.match(new):
+            value = unfold_to_cat_order(value)
+        if new != key:
+            converted.append(new)
+        out[new] = value
+    return out, converted
+
+
 def _strip_owner_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """A whole model saved as an attribute of another module (a Lightning module's
     ``model.``, say): the prefix every key shares is dropped when the keys under it are a
@@ -190,7 +228,7 @@ def _strip_owner_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _normalise_keys(sd: dict[str, Tensor], source: str, report: LoadReport) -> dict[str, Tensor]:
     """Strip DDP / compile / owner-module prefixes, map backbone-only dicts (official or
-    timm Swin layout) under ``backbone.``, drop computed keys."""
+    timm Swin layout) under ``backbone.``, drop computed keys, rename mmseg's Swin layout."""
     sd = _strip_owner_prefix({strip_wrapper_prefixes(k): v for k, v in sd.items()})
     full_model = any(k.startswith(MODEL_PREFIXES) for k in sd)
     if not full_model:
@@ -209,6 +247,10 @@ def _normalise_keys(sd: dict[str, Tensor], source: str, report: LoadReport) -> d
             report.recomputed.append(key)
             continue
         out[key] = value
+    out, converted = _from_mmseg_layout(out)
+    if converted:
+        report.converted += converted
+        source = "mmseg_swin"  # a bare pretrained file or an mmseg model file
     report.source = source if full_model or source == "swin_imagenet" else source + " (backbone)"
     return out
 

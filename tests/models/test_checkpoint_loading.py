@@ -5,6 +5,7 @@ import stat
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import semask
 from semask.models.checkpoint import resize_relative_position_table
@@ -91,6 +92,88 @@ def test_timm_layout_swin_loads_into_backbone():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(src(x).logits, dst(x).logits)
+
+
+def _swin2mmseg(official: dict) -> dict:
+    """mmseg's swin2mmseg converter, stated from its documented renames and reorders
+    (tools/model_converters/swin2mmseg.py): official Swin -> mmseg's SwinTransformer layout."""
+    def reduction_order(x):  # correct_unfold_reduction_order
+        out_channel, in_channel = x.shape
+        return x.reshape(out_channel, 4, in_channel // 4)[:, [0, 2, 1, 3], :].transpose(1, 2).reshape(
+            out_channel, in_channel)
+
+    def norm_order(x):  # correct_unfold_norm_order
+        return x.reshape(4, x.shape[0] // 4)[[0, 2, 1, 3], :].transpose(0, 1).reshape(x.shape[0])
+
+    out = {}
+    for k, v in official.items():
+        if k.startswith("head") or k.endswith("attn_mask"):
+            continue
+        if k.startswith("layers"):
+            k = (k.replace("attn.", "attn.w_msa.").replace("mlp.fc1.", "ffn.layers.0.0.")
+                 .replace("mlp.fc2.", "ffn.layers.1.").replace("layers", "stages", 1))
+            if ".downsample.reduction." in k:
+                v = reduction_order(v)
+            elif ".downsample.norm." in k:
+                v = norm_order(v)
+        elif k.startswith("patch_embed"):
+            k = k.replace("proj", "projection")
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("whole_model", [False, True])
+def test_mmseg_swin_layout_loads_into_backbone(whole_model):
+    """A pretrained file of mmseg's own Swin (bare dict, swin2mmseg's output) or the backbone
+    of an mmseg model file (backbone.stages..., another decode head) gives the same backbone
+    as the official layout it was converted from."""
+    src, dst = micro(), micro()
+    with torch.no_grad():   # no zero or one left from the init (LayerNorm biases, gammas)
+        for param in src.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    mmseg = _swin2mmseg(official_imagenet_dict(src)["model"])
+    assert any(".w_msa." in k for k in mmseg) and any(k.startswith("stages.0.downsample.") for k in mmseg)
+    for i, layer in enumerate(src.backbone.layers):
+        for j in range(len(layer.blocks)):
+            mmseg[f"stages.{i}.blocks.{j}.attn.w_msa.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
+    if whole_model:  # an UperNet-Swin file: the backbone's out norms, a head of its own
+        mmseg = {"backbone." + k: v for k, v in mmseg.items() if not k.startswith("norm.")}
+        mmseg.update({f"backbone.norm{i}.{p}": src.state_dict()[f"backbone.norm{i}.{p}"]
+                      for i in range(4) for p in ("weight", "bias")})
+        mmseg["decode_head.bottleneck.conv.weight"] = torch.zeros(8, 8, 3, 3)
+        report = semask.load_checkpoint(dst, {"state_dict": mmseg}, strict=False)
+        assert report.source == "mmseg_swin" and report.unexpected == ["decode_head.bottleneck.conv.weight"]
+    else:
+        report = semask.load_checkpoint(dst, mmseg)
+        assert report.source == "mmseg_swin (backbone)" and not report.unexpected
+    merges = [k for k in report.converted if ".downsample." in k]
+    assert len(merges) == 3 * 3   # reduction weight, norm weight and bias of stages 0-2
+    assert all(not (".w_msa." in k or ".ffn." in k or "stages" in k) for k in dst.state_dict())
+    assert "backbone.patch_embed.proj.weight" in report.converted
+    dst.load_state_dict({k: src.state_dict()[k] for k in report.missing}, strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(src(x).logits, dst(x).logits)
+
+
+def test_mmseg_patch_merging_order_by_unfold():
+    """mmseg's PatchMerging is nn.Unfold(2, stride 2) -> norm -> reduction: its weights,
+    reordered, make ours compute the same (channels of Unfold: c * 4 + 2 * dy + dx)."""
+    from semask.models.checkpoint import unfold_to_cat_order
+    from semask.models.swin import PatchMerging
+    torch.manual_seed(0)
+    C = 5
+    x = torch.randn(2, 6, 4, C, dtype=torch.float64)                  # [B, H, W, C]
+    norm = torch.nn.LayerNorm(4 * C).double()
+    reduction = torch.nn.Linear(4 * C, 2 * C, bias=False).double()
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    unfolded = F.unfold(x.permute(0, 3, 1, 2), kernel_size=2, stride=2).transpose(1, 2)   # [B, L, 4C]
+    want = reduction(norm(unfolded)).reshape(2, 3, 2, 2 * C)
+    ours = PatchMerging(C).double()
+    ours.norm.weight.data, ours.norm.bias.data = unfold_to_cat_order(norm.weight), unfold_to_cat_order(norm.bias)
+    ours.reduction.weight.data = unfold_to_cat_order(reduction.weight)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), want, rtol=1e-12, atol=1e-12)
 
 
 def test_window_7_table_resized_to_window_12_keeps_centre(tmp_path):
