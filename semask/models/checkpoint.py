@@ -39,6 +39,7 @@ SWIN_KEY = re.compile(r"backbone\.(patch_embed\.|layers\.\d+\.(blocks|downsample
 # patch merging's tensors over its 4C input channels
 MERGE_CHANNELS = re.compile(r"backbone\.layers\.\d+\.downsample\.(reduction\.weight|norm\.(weight|bias))$")
 MMSEG_STAGE = re.compile(r"backbone\.stages\.")  # mmseg's SwinTransformer (mmseg.models.backbones.swin)
+MMSEG_PREFIXES = ("backbone.stages.", "backbone.patch_embed.projection.")  # its own names
 # its names -> the official ones: mmseg's swin2mmseg converter's renames, reversed
 MMSEG_RENAMES = ((".attn.w_msa.", ".attn."), (".ffn.layers.0.0.", ".mlp.fc1."), (".ffn.layers.1.", ".mlp.fc2."),
                  ("backbone.patch_embed.projection.", "backbone.patch_embed.proj."))
@@ -203,13 +204,16 @@ def _from_mmseg_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[s
         return sd, []
     out, converted = {}, []
     for key, value in sd.items():
-        new = MMSEG_STAGE.sub("backbone.layers.", key, count=1)
-        for old, official in MMSEG_RENAMES:
-            new = new.replace(old, official)
-        if MERGE_CHANNELS.match(new):
-            value = unfold_to_cat_order(value)
-        if new != key:
+        new = key
+        if key.startswith(MMSEG_PREFIXES):  # official names (a merge among them) stay as they are
+            new = MMSEG_STAGE.sub("backbone.layers.", key, count=1)
+            for old, official in MMSEG_RENAMES:
+                new = new.replace(old, official)
+            if MERGE_CHANNELS.match(new):
+                value = unfold_to_cat_order(value)
             converted.append(new)
+        if new in out:
+            raise ValueError(f"checkpoint holds {new} twice: in mmseg's Swin layout and in the official one")
         out[new] = value
     return out, converted
 
@@ -290,7 +294,8 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, skip_mismatched: bo
                     and _window_grid(value.shape[0])):
                 window = (int(round(target.shape[0] ** 0.5)) + 1) // 2
                 value = resize_relative_position_table(value, window)
-                report.converted.append(key)
+                if key not in report.converted:  # renamed from mmseg's layout already
+                    report.converted.append(key)
             elif any(c in key for c in CLASS_DEPENDENT):
                 class_problems.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
                 report.skipped.append(key)

@@ -16,6 +16,15 @@ def micro(**kw):
     return semask.SeMaskSwin("micro", head_channels=16, **kw).eval()
 
 
+def randomised(model):
+    """``model`` with noise on every parameter: no zero or one left from the init (LayerNorm
+    biases, gammas), so a tensor loaded in the wrong order shows."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    return model
+
+
 def official_imagenet_dict(model):
     """Reverse mapping: our backbone weights in the layout of an official Swin ImageNet
     classification checkpoint ({"model": ...}, no prefix, attn_mask, norm, head)."""
@@ -127,10 +136,7 @@ def test_mmseg_swin_layout_loads_into_backbone(whole_model):
     """A pretrained file of mmseg's own Swin (bare dict, swin2mmseg's output) or the backbone
     of an mmseg model file (backbone.stages..., another decode head) gives the same backbone
     as the official layout it was converted from."""
-    src, dst = micro(), micro()
-    with torch.no_grad():   # no zero or one left from the init (LayerNorm biases, gammas)
-        for param in src.parameters():
-            param.add_(0.02 * torch.randn_like(param))
+    src, dst = randomised(micro()), micro()
     mmseg = _swin2mmseg(official_imagenet_dict(src)["model"])
     assert any(".w_msa." in k for k in mmseg) and any(k.startswith("stages.0.downsample.") for k in mmseg)
     for i, layer in enumerate(src.backbone.layers):
@@ -149,11 +155,30 @@ def test_mmseg_swin_layout_loads_into_backbone(whole_model):
     merges = [k for k in report.converted if ".downsample." in k]
     assert len(merges) == 3 * 3   # reduction weight, norm weight and bias of stages 0-2
     assert all(not (".w_msa." in k or ".ffn." in k or "stages" in k) for k in dst.state_dict())
-    assert "backbone.patch_embed.proj.weight" in report.converted
+    official = official_imagenet_dict(src)["model"]   # the renamed keys, buffers aside
+    assert sorted(report.converted) == sorted("backbone." + k for k in official if k.startswith(
+        ("layers.", "patch_embed.proj.")) and not k.endswith(("relative_position_index", "attn_mask")))
     dst.load_state_dict({k: src.state_dict()[k] for k in report.missing}, strict=False)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(src(x).logits, dst(x).logits)
+
+
+def test_mmseg_layout_mixed_with_official_names():
+    """A dict of mmseg's blocks beside official-named patch merging: only mmseg's own names
+    are reordered (same logits); the same tensor under both names is refused."""
+    src, dst = randomised(micro()), micro()
+    official = official_imagenet_dict(src)["model"]
+    mmseg = _swin2mmseg(official)
+    half = {k: v for k, v in mmseg.items() if ".downsample." not in k}
+    half.update({k: v for k, v in official.items() if ".downsample." in k})
+    report = semask.load_checkpoint(dst, half)
+    dst.load_state_dict({k: src.state_dict()[k] for k in report.missing}, strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(src(x).logits, dst(x).logits)
+    with pytest.raises(ValueError, match="layers.0.downsample.norm.weight twice"):
+        semask.load_checkpoint(micro(), {**mmseg, **{k: v for k, v in official.items() if ".downsample." in k}})
 
 
 def test_mmseg_patch_merging_order_by_unfold():
@@ -176,9 +201,11 @@ def test_mmseg_patch_merging_order_by_unfold():
         assert torch.allclose(ours(x), want, rtol=1e-12, atol=1e-12)
 
 
-def test_window_7_table_resized_to_window_12_keeps_centre(tmp_path):
+@pytest.mark.parametrize("mmseg", [False, True])
+def test_window_7_table_resized_to_window_12_keeps_centre(mmseg):
     src, dst = micro(), micro(window_size=12)
-    report = semask.load_checkpoint(dst, official_imagenet_dict(src))
+    official = official_imagenet_dict(src)
+    report = semask.load_checkpoint(dst, _swin2mmseg(official["model"]) if mmseg else official)
     tables = [k for k in report.converted if k.endswith("relative_position_bias_table")]
     assert len(tables) == 5
     for key in tables:
