@@ -38,10 +38,11 @@ DOWNSAMPLE_KEY = re.compile(r"layers\.(\d+)\.downsample\.")  # patch merging of 
 SWIN_KEY = re.compile(r"backbone\.(patch_embed\.|layers\.\d+\.(blocks|downsample)\.)")
 # patch merging's tensors over its 4C input channels
 MERGE_CHANNELS = re.compile(r"backbone\.layers\.\d+\.downsample\.(reduction\.weight|norm\.(weight|bias))$")
-MMSEG_STAGE = re.compile(r"backbone\.stages\.")  # mmseg's SwinTransformer (mmseg.models.backbones.swin)
-MMSEG_PREFIXES = ("backbone.stages.", "backbone.patch_embed.projection.")  # its own names
-# its names -> the official ones: mmseg's swin2mmseg converter's renames, reversed
-MMSEG_RENAMES = ((".attn.w_msa.", ".attn."), (".ffn.layers.0.0.", ".mlp.fc1."), (".ffn.layers.1.", ".mlp.fc2."),
+# mmseg's SwinTransformer (mmseg.models.backbones.swin): its own names, and those -> the
+# official ones (mmseg's swin2mmseg converter's renames, reversed)
+MMSEG_PREFIXES = ("backbone.stages.", "backbone.patch_embed.projection.")
+MMSEG_RENAMES = (("backbone.stages.", "backbone.layers."), (".attn.w_msa.", ".attn."),
+                 (".ffn.layers.0.0.", ".mlp.fc1."), (".ffn.layers.1.", ".mlp.fc2."),
                  ("backbone.patch_embed.projection.", "backbone.patch_embed.proj."))
 
 
@@ -200,13 +201,12 @@ def _from_mmseg_layout(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[s
     """mmseg's Swin keys (``backbone.``-prefixed here) -> the official layout, patch merging
     tensors reordered (:func:`unfold_to_cat_order`). -> (dict, converted keys); other dicts
     unchanged."""
-    if not any(MMSEG_STAGE.match(k) for k in sd):
+    if not any(k.startswith(MMSEG_PREFIXES[0]) for k in sd):
         return sd, []
     out, converted = {}, []
     for key, value in sd.items():
         new = key
         if key.startswith(MMSEG_PREFIXES):  # official names (a merge among them) stay as they are
-            new = MMSEG_STAGE.sub("backbone.layers.", key, count=1)
             for old, official in MMSEG_RENAMES:
                 new = new.replace(old, official)
             if MERGE_CHANNELS.match(new):
