@@ -1,10 +1,10 @@
 """semask: SeMask-Swin semantic segmentation on fused GPU kernels."""
-from .models import (CheckpointMismatch, LoadReport, SegOutput, SeMaskSwin, create_model, list_models,
+from .models import (CheckpointMismatch, LoadReport, SegOutput, SeMaskSwin, create_model, export_onnx, list_models,
                      load_checkpoint, save_checkpoint)
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointMismatch", "LoadReport", "SegOutput", "SeMaskSwin", "__version__", "create_model", "list_models",
-           "load_checkpoint", "predict", "save_checkpoint"]
+__all__ = ["CheckpointMismatch", "LoadReport", "SegOutput", "SeMaskSwin", "__version__", "create_model", "export_onnx",
+           "list_models", "load_checkpoint", "predict", "save_checkpoint"]
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Command-line entry points: ``semask-train``, ``semask-eval``, ``semask-infer``."""
+"""Command-line entry points: ``semask-train``, ``semask-eval``, ``semask-infer``, ``semask-export``."""
 from __future__ import annotations
 
 import argparse
@@ -414,3 +414,58 @@ def infer_main(argv=None) -> None:
     if unreadable:
         sys.exit(f"semask-infer: {len(unreadable)} of {total} inputs were not readable images: "
                  + ", ".join(unreadable[:8]) if info.is_main else 1)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """argparse type of --size: "h,w" or one side of a square."""
+    try:
+        sides = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sides = ()
+    if len(sides) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected h,w (or one side), got {text!r}")
+    return sides * (3 - len(sides))
+
+
+@interruptible("semask-export")
+def export_main(argv=None) -> None:
+    from ..models.export import OUTPUTS, OnnxExportError, export_onnx
+    parser = argparse.ArgumentParser(
+        prog="semask-export", description="Export a model to ONNX for images of one size: images [B, 3, H, W], "
+        "normalised as for the model, to logits [B, K, H, W] or labels [B, H, W] (int64). The graph is the "
+        "PyTorch reference path in float32 (no fused kernels). The file is written only when onnxruntime, "
+        "run on random images, agrees with PyTorch; its metadata_props hold the normalisation, the model "
+        "and the training config. Needs pip install 'semask[onnx]'.")
+    parser.add_argument("checkpoint", help="model.safetensors / last.safetensors, a run folder, or an "
+                        "official SeMask .pth (with --config)")
+    parser.add_argument("out", help="the .onnx file to write (replaced if it exists)")
+    parser.add_argument("--config", default=None, help=CONFIG_HELP)
+    parser.add_argument("--size", type=_size, default=None, metavar="H,W",
+                        help="the image size the graph takes (default: the config's crop_size); a graph "
+                        "serves one size, e.g. the sliding-window crop")
+    parser.add_argument("--output", choices=OUTPUTS, default="logits",
+                        help="logits [B, K, H, W] (default) or labels [B, H, W], their argmax")
+    parser.add_argument("--batch", default="dynamic",
+                        help="dynamic (any batch size, the default) or a fixed batch size")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch.onnx's)")
+    parser.add_argument("--no-check", action="store_true",
+                        help="write the graph without comparing onnxruntime's outputs with PyTorch's")
+    args = parser.parse_args(argv)
+    batch = args.batch
+    if batch != "dynamic":
+        if not batch.isdigit() or int(batch) < 1:
+            parser.error(f"--batch must be dynamic or a positive int, got {batch!r}")
+        batch = int(batch)
+    try:
+        model, cfg, source = _load_model(args.checkpoint, torch.device("cpu"), args.config)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    size = args.size or tuple(cfg.crop_size)
+    metadata = {"semask.config": cfg.to_json(), "semask.checkpoint": source["checkpoint"]}
+    print(f"exporting {cfg.variant} ({cfg.num_classes} classes) for images of {size[0]}x{size[1]} ...")
+    try:
+        report = export_onnx(model, args.out, size, output=args.output, batch=batch, opset=args.opset,
+                             check=not args.no_check, metadata=metadata)
+    except (OnnxExportError, ImportError, OSError, ValueError) as exc:
+        sys.exit(f"semask-export: error: {exc}")
+    print(report)
