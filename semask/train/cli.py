@@ -1,4 +1,5 @@
-"""Command-line entry points: ``semask-train``, ``semask-eval``, ``semask-infer``, ``semask-export``."""
+"""Command-line entry points: ``semask-train``, ``semask-eval``, ``semask-infer``, ``semask-export``,
+``semask-check-data``."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,14 @@ def error_line(exc: BaseException) -> str:
     return text
 
 
+def failure(prog: str, exc: BaseException) -> str:
+    """``prog``'s one-line error for ``exc``; for a bad dataset file, where to find the others."""
+    from ..data import DataError
+    hint = ("; semask-check-data with the same config and options lists every bad file"
+            if isinstance(exc, DataError) else "")
+    return f"{prog}: error: {error_line(exc)}{hint}"
+
+
 def _main_process() -> bool:
     """Not a torchrun process of rank > 0 (each would say the same)."""
     from .distributed import env_rank
@@ -54,6 +63,14 @@ def interruptible(prog: str):
         return run
     return wrap
 
+def add_preset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training config: positional or --config (read back as ``args.config_opt or args.config``)."""
+    parser.add_argument("config", nargs="?", default=None,
+                        help=f"preset name in configs/ or a JSON file (default {DEFAULT_PRESET}); "
+                             f"presets: {', '.join(preset_names())}")
+    parser.add_argument("--config", dest="config_opt", default=None, help="same as the positional config")
+
+
 TRAIN_EPILOG = """examples:
   semask-train                                   # synthetic CPU preset: 7-12 min on 2 cores, mIoU ~0.80
   semask-train --config ade20k_semask_tiny_fpn --data-root data/ADEChallengeData2016 \\
@@ -70,10 +87,7 @@ def train_main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="semask-train", epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train SeMask-Swin + Semantic FPN, then evaluate (default: the synthetic CPU preset).")
-    parser.add_argument("config", nargs="?", default=None,
-                        help=f"preset name in configs/ or a JSON file (default {DEFAULT_PRESET}); "
-                             f"presets: {', '.join(preset_names())}")
-    parser.add_argument("--config", dest="config_opt", default=None, help="same as the positional config")
+    add_preset_arguments(parser)
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                         help="continue from PATH (a run folder or its last_state.pt; bare: the out "
                              "dir) with the run's stored config; --field options given override it")
@@ -105,7 +119,7 @@ def train_main(argv=None) -> None:
     try:
         train(cfg, resume=str(resume) if resume else None, stop_at=args.stop_at, overwrite=args.overwrite)
     except (*INPUT_ERRORS, NonFiniteLossError) as exc:
-        sys.exit(f"semask-train: error: {error_line(exc)}")
+        sys.exit(failure("semask-train", exc))
     except KeyboardInterrupt:
         if _main_process():
             print(f"\nsemask-train: interrupted; {resume_hint(Path(cfg.out_dir), resume)}", file=sys.stderr)
@@ -284,7 +298,7 @@ def eval_main(argv=None) -> None:
                        num_workers=cfg.num_workers if args.num_workers is None else args.num_workers,
                        autocast=lambda: autocast_context(args.amp, device), info=info)
     except INPUT_ERRORS as exc:  # a bad label file, a backend that cannot run here, ...
-        sys.exit(f"semask-eval: error: {error_line(exc)}")
+        sys.exit(failure("semask-eval", exc))
     finally:
         distributed.cleanup(info)
     if not info.is_main:  # every rank holds the summed result; rank 0 writes it
@@ -469,3 +483,45 @@ def export_main(argv=None) -> None:
     except (OnnxExportError, ImportError, OSError, ValueError) as exc:
         sys.exit(f"semask-export: error: {exc}")
     print(report)
+
+
+@interruptible("semask-check-data")
+def check_data_main(argv=None) -> None:
+    from ..data.check import check_dataset
+    from .trainer import raw_dataset
+    parser = argparse.ArgumentParser(
+        prog="semask-check-data", description="Read every image and label of a training config's dataset as "
+        "semask-train and semask-eval read them, and list every bad file (unreadable, a label of another size "
+        "or with values outside the classes) where training stops at the first one it draws; then each "
+        "class's share of the labelled pixels and the images holding it. Takes semask-train's config and "
+        "options. Exit status 1 when a file is bad.")
+    add_preset_arguments(parser)
+    parser.add_argument("--split", choices=("train", "val", "both"), default="both",
+                        help="the split(s) to read (default both)")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    args.config = args.config_opt or args.config
+    try:
+        cfg = config_from_args(args)
+        splits = ("train", "val") if args.split == "both" else (args.split,)
+        datasets = {split: raw_dataset(cfg, split) for split in splits}
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    bad = 0
+    for split, raw in datasets.items():
+        summary = check_dataset(raw, cfg.num_classes, cfg.num_workers, cfg.progress, desc=f"read {split}")
+        labelled = int(summary.class_pixels.sum())
+        print(f"\n{cfg.dataset} {split}: {summary.samples} sample{'s' * (summary.samples != 1)}, "
+              f"{len(summary.problems)} bad; "
+              f"{labelled} labelled pixels, {summary.ignored_pixels} ignored (255)")
+        print(summary.table(getattr(raw, "classes", None)))
+        absent = [name for name, n in zip(getattr(raw, "classes", range(cfg.num_classes)), summary.class_pixels)
+                  if n == 0]
+        if absent:
+            print(f"classes without a labelled pixel in {split}: {', '.join(map(str, absent))}")
+        for _, problem in summary.problems:
+            print(problem, file=sys.stderr)
+        bad += len(summary.problems)
+    if bad:
+        sys.exit(f"semask-check-data: {bad} bad sample{'s' if bad > 1 else ''} (listed above)")
+    print("\nevery sample reads")
