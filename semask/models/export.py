@@ -24,6 +24,8 @@ from .semask import SeMaskSwin
 
 OUTPUTS = ("logits", "labels")
 INPUT_NAME = "images"
+# torch versions checked to export and agree with onnxruntime: 2.7.1, 2.8.0, 2.9.1, 2.11.0, 2.14.1
+MIN_TORCH = "2.7"
 MAX_BATCH = 1024  # the dynamic batch's bound (torch 2.6 refuses an unbounded one)
 # onnxruntime vs PyTorch (both float32): the largest |difference| allowed, relative to the
 # largest |logit| (a correct micro / tiny model differs by about 1e-6 of it)
@@ -96,7 +98,12 @@ def _checked_arguments(model, size, output: str, batch) -> tuple[int, int]:
 
 
 def _exporter(check: bool):
-    """torch.onnx.export, once the packages it (and the check) needs are known to import."""
+    """torch.onnx.export, once torch is recent enough and the packages it (and the check)
+    needs import."""
+    if torch.torch_version.TorchVersion(torch.__version__) < MIN_TORCH:
+        raise OnnxExportError(f"ONNX export needs torch >= {MIN_TORCH}, this is "
+                              f"{torch.__version__}: torch 2.6's exporter fails on the head's BatchNorm with "
+                              "onnxscript 0.7 and on saving with onnxscript 0.2")
     needed = ("onnx", "onnxscript") + (("onnxruntime",) if check else ())
     for name in needed:
         try:
@@ -121,7 +128,7 @@ def _write(graph: _Graph, example: Tensor, dynamic: dict | None, opset: int | No
         import onnxscript
         raise OnnxExportError(
             f"torch.onnx could not export the model (torch {torch.__version__}, onnxscript "
-            f"{onnxscript.__version__}; tested with torch 2.11 and 2.14 and onnxscript 0.7): "
+            f"{onnxscript.__version__}; checked with torch 2.7 to 2.14 and onnxscript 0.7): "
             f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from exc
 
 

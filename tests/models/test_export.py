@@ -3,6 +3,7 @@
 export_onnx checks its own graph too; these tests compare independently of that check, and
 test the check by giving it a graph that computes something else.
 """
+import re
 import sys
 
 import numpy as np
@@ -17,6 +18,8 @@ from semask.models import export as export_module
 from semask.models.export import OnnxExportError, export_onnx
 
 SIZE = (64, 96)
+pytestmark = pytest.mark.skipif(torch.torch_version.TorchVersion(torch.__version__) < export_module.MIN_TORCH,
+                                reason="torch 2.6's ONNX exporter fails: export_onnx refuses it")
 
 
 def micro(**kwargs):
@@ -149,3 +152,11 @@ def test_missing_packages_are_named(tmp_path, monkeypatch, missing, check):
     monkeypatch.setitem(sys.modules, missing, None)  # import raises ImportError
     with pytest.raises(ImportError, match=rf"{missing}.*pip install 'semask\[onnx\]'"):
         export_onnx(micro(), tmp_path / "m.onnx", SIZE, check=check)
+
+
+@pytest.mark.parametrize("version", ["2.6.0", "2.6.0+cu124"])
+def test_torch_older_than_2_7_is_refused_up_front(tmp_path, monkeypatch, version):
+    monkeypatch.setattr(torch, "__version__", version)
+    with pytest.raises(OnnxExportError, match=f"needs torch >= 2.7, this is {re.escape(version)}"):
+        export_onnx(micro(), tmp_path / "m.onnx", SIZE)
+    assert not list(tmp_path.iterdir())
