@@ -7,7 +7,7 @@ H and W are fixed: the backbone pads every stage's map to its window and merge m
 and the exporter would bake those paddings in for the traced size (a graph traced with
 symbolic H, W gave other numbers at other sizes), so a graph serves one size, as a
 sliding-window crop. The batch may vary. The written file is checked with onnxruntime
-against PyTorch (where onnxruntime is installed) before it replaces ``path``.
+against PyTorch before it replaces ``path``.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import write_atomically
 from .semask import SeMaskSwin
 
 OUTPUTS = ("logits", "labels")
@@ -71,7 +72,7 @@ class _Graph(nn.Module):
 def reference_copy(model: SeMaskSwin) -> SeMaskSwin:
     """A float32 CPU copy of ``model`` in eval mode that runs the PyTorch reference ops
     (same parameters and buffers); ``model`` is left as it is."""
-    ref = copy.deepcopy(model).float().cpu().eval()
+    ref = copy.deepcopy(model).cpu().float().eval()
     for module in ref.modules():  # attention ops and LayerNorms: the backend they ask for
         if hasattr(module, "backend"):
             module.backend = "torch"
@@ -97,9 +98,8 @@ def _checked_arguments(model, size, output: str, batch) -> tuple[int, int]:
     return height, width
 
 
-def _exporter(check: bool):
-    """torch.onnx.export, once torch is recent enough and the packages it (and the check)
-    needs import."""
+def _require_exporter(check: bool) -> None:
+    """Refuse a torch too old to export, or missing packages that export (and the check) need."""
     if torch.torch_version.TorchVersion(torch.__version__) < MIN_TORCH:
         raise OnnxExportError(f"ONNX export needs torch >= {MIN_TORCH}, this is "
                               f"{torch.__version__}: torch 2.6's exporter fails on the head's BatchNorm with "
@@ -111,25 +111,24 @@ def _exporter(check: bool):
         except ImportError as exc:
             raise ImportError(f"ONNX export{' and its check' if check else ''} needs {', '.join(needed)} "
                               f"({exc}): pip install 'semask[onnx]'") from None
-    return torch.onnx.export
 
 
 def _write(graph: _Graph, example: Tensor, dynamic: dict | None, opset: int | None, file: Path) -> None:
     """Export ``graph`` traced on ``example`` to ``file``; the exporter's failures (pages
-    long) as one line naming the versions, the whole error chained."""
-    export = _exporter(check=False)
+    long) as one line naming the versions, the whole error chained (the file's own, such as
+    a full disk, as they are)."""
     try:
         with torch.no_grad():
-            program = export(graph, (example,), dynamo=True, input_names=[INPUT_NAME],
+            program = torch.onnx.export(graph, (example,), dynamo=True, input_names=[INPUT_NAME],
                              output_names=[graph.output], dynamic_shapes=dynamic, opset_version=opset,
                              verbose=False)
-        program.save(str(file))
     except Exception as exc:
         import onnxscript
         raise OnnxExportError(
             f"torch.onnx could not export the model (torch {torch.__version__}, onnxscript "
             f"{onnxscript.__version__}; checked with torch 2.7 to 2.14 and onnxscript 0.7): "
             f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from exc
+    program.save(str(file))
 
 
 def _add_metadata(file: Path, model: SeMaskSwin, extra: dict[str, str]) -> int:
@@ -150,9 +149,10 @@ def _add_metadata(file: Path, model: SeMaskSwin, extra: dict[str, str]) -> int:
 
 def _compare(graph: _Graph, file: Path, height: int, width: int, batches: tuple[int, ...]) -> str | None:
     """How the graph in ``file`` (run by onnxruntime) differs from PyTorch on random images
-    of each batch size (none: not checked): None when it agrees, else what differs. Logits may differ by
-    ``CHECK_RTOL`` of the largest logit; labels must be equal where the top two logits are
-    further apart than that (elsewhere rounding may pick either)."""
+    of each batch size (none: not checked): None when it agrees, else what differs. The output
+    must have the model's shape and dtype; logits may differ by ``CHECK_RTOL`` of the largest
+    logit; labels must be equal where the top two logits are further apart than that
+    (elsewhere rounding may pick either)."""
     if not batches:
         return None
     import onnxruntime
@@ -162,15 +162,18 @@ def _compare(graph: _Graph, file: Path, height: int, width: int, batches: tuple[
         images = torch.randn(batch, 3, height, width, generator=generator)
         with torch.no_grad():
             logits = graph.model(images).logits
+        want = logits if graph.output == "logits" else logits.argmax(1)
         (got,) = session.run(None, {INPUT_NAME: images.numpy()})
         got, tol = torch.from_numpy(got), CHECK_RTOL * max(1.0, logits.abs().max().item())
+        if got.shape != want.shape or got.dtype != want.dtype:
+            return f"batch {batch}: {got.dtype} {list(got.shape)} out, the model's {want.dtype} {list(want.shape)}"
         if graph.output == "logits":
             diff = (got - logits).abs().max().item()
             if not diff <= tol:
                 return f"batch {batch}: max |logit difference| {diff:.3g}, allowed {tol:.3g}"
             continue
         top2 = logits.topk(2, dim=1).values
-        wrong = ((got != logits.argmax(1)) & (top2[:, 0] - top2[:, 1] > tol)).sum().item()
+        wrong = ((got != want) & (top2[:, 0] - top2[:, 1] > tol)).sum().item()
         if wrong:
             return f"batch {batch}: {wrong} of {got.numel()} labels differ"
     return None
@@ -183,15 +186,16 @@ def export_onnx(model: SeMaskSwin, path: str | os.PathLike, size: tuple[int, int
 
     ``output``: "logits" ([B, K, H, W] float32) or "labels" ([B, H, W] int64, their
     argmax). ``batch``: "dynamic" (any B) or a fixed B. ``opset``: the ONNX opset (default:
-    the exporter's). ``check``: run the written graph with onnxruntime on random images
-    (batch 1 and 3 when dynamic) and raise :class:`OnnxExportError` where it differs from
+    the exporter's; one it cannot convert the graph to raises :class:`OnnxExportError`).
+    ``check``: run the written graph with onnxruntime on random images
+    (batch 1 and 3 when dynamic, else the fixed batch) and raise :class:`OnnxExportError` where it differs from
     PyTorch (see :func:`_compare`). ``metadata``: more key / value strings for the file's
     metadata_props (beside the input's normalisation and the model's variant and classes,
     always stored). ``path`` is written only when export and check succeed (a file of
     the same name is replaced).
     """
     height, width = _checked_arguments(model, size, output, batch)
-    _exporter(check)
+    _require_exporter(check)
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give the .onnx file to write")
@@ -202,16 +206,19 @@ def export_onnx(model: SeMaskSwin, path: str | os.PathLike, size: tuple[int, int
     example = torch.zeros(2 if batch == "dynamic" else batch, 3, height, width)
     dynamic = {"images": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}} if batch == "dynamic" else None
     batches = ((1, 3) if batch == "dynamic" else (batch,)) if check else ()
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        _write(graph, example, dynamic, opset, partial)
-        opset_used = _add_metadata(partial, model, metadata or {})
-        problem = _compare(graph, partial, height, width, batches)
+
+    def write(file: str) -> None:  # to a new file next to path, renamed to path when it passes
+        _write(graph, example, dynamic, opset, Path(file))
+        written["opset"] = _add_metadata(Path(file), model, metadata or {})
+        if opset is not None and written["opset"] != opset:  # torch.onnx falls back to its own, only logging it
+            raise OnnxExportError(f"torch.onnx wrote ONNX opset {written['opset']}, not the {opset} asked for (it "
+                                  f"could not convert the graph); nothing written to {path}")
+        problem = _compare(graph, Path(file), height, width, batches)
         if problem:
             raise OnnxExportError(f"the exported graph does not compute what the model does (onnxruntime vs "
                                   f"PyTorch, {problem}); nothing written to {path}")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+
+    written = {}
+    write_atomically(path, write)
     return ExportReport(str(path), ("batch" if batch == "dynamic" else batch, 3, height, width), output,
-                        opset_used, batches)
+                        written["opset"], batches)

@@ -438,6 +438,8 @@ def _size(text: str) -> tuple[int, int]:
         sides = ()
     if len(sides) not in (1, 2):
         raise argparse.ArgumentTypeError(f"expected h,w (or one side), got {text!r}")
+    if min(sides) < 32:
+        raise argparse.ArgumentTypeError(f"images are at least 32x32 (the model's smallest input), got {text!r}")
     return sides * (3 - len(sides))
 
 
@@ -461,7 +463,8 @@ def export_main(argv=None) -> None:
                         help="logits [B, K, H, W] (default) or labels [B, H, W], their argmax")
     parser.add_argument("--batch", default="dynamic",
                         help="dynamic (any batch size, the default) or a fixed batch size")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch.onnx's)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 or later (default: "
+                        "torch.onnx's); one torch.onnx cannot convert the graph to is an error")
     parser.add_argument("--no-check", action="store_true",
                         help="write the graph without comparing onnxruntime's outputs with PyTorch's")
     args = parser.parse_args(argv)
@@ -470,6 +473,10 @@ def export_main(argv=None) -> None:
         if not batch.isdigit() or int(batch) < 1:
             parser.error(f"--batch must be dynamic or a positive int, got {batch!r}")
         batch = int(batch)
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        parser.error(f"{out} is a folder: give the .onnx file to write" if out.is_dir()
+                     else f"folder not found: {out.parent}")
     try:
         model, cfg, source = _load_model(args.checkpoint, torch.device("cpu"), args.config)
     except (ValueError, FileNotFoundError) as exc:
@@ -478,10 +485,10 @@ def export_main(argv=None) -> None:
     metadata = {"semask.config": cfg.to_json(), "semask.checkpoint": source["checkpoint"]}
     print(f"exporting {cfg.variant} ({cfg.num_classes} classes) for images of {size[0]}x{size[1]} ...")
     try:
-        report = export_onnx(model, args.out, size, output=args.output, batch=batch, opset=args.opset,
+        report = export_onnx(model, out, size, output=args.output, batch=batch, opset=args.opset,
                              check=not args.no_check, metadata=metadata)
-    except (OnnxExportError, ImportError, OSError, ValueError) as exc:
-        sys.exit(f"semask-export: error: {exc}")
+    except (OnnxExportError, ImportError, OSError) as exc:
+        sys.exit(failure("semask-export", exc))
     print(report)
 
 

@@ -53,11 +53,13 @@ def test_logits_graph_equals_the_model_at_other_batch_sizes(tmp_path):
         got = torch.from_numpy(run(tmp_path / "m.onnx", images))
         assert got.shape == (batch, 5, *SIZE)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert ([i.name for i in proto.graph.input], [o.name for o in proto.graph.output]) == (["images"], ["logits"])
+    props = {p.key: p.value for p in proto.metadata_props}
     assert [float(v) for v in props["semask.mean"].split(",")] == list(IMAGENET_MEAN)
     assert [float(v) for v in props["semask.std"].split(",")] == list(IMAGENET_STD)
     assert (props["semask.variant"], props["semask.num_classes"]) == ("micro", "5")
-    assert not list(tmp_path.glob(".*partial"))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]   # no temporary file left
 
 
 def test_labels_graph_of_a_fixed_batch_refuses_another(tmp_path):
@@ -96,10 +98,22 @@ def test_a_fused_model_exports_its_reference_path_and_stays_as_it_was(tmp_path):
     torch.testing.assert_close(torch.from_numpy(run(tmp_path / "m.onnx", images)), want, rtol=1e-4, atol=1e-5)
 
 
+def test_a_bfloat16_model_exports_float32_and_stays_as_it_was(tmp_path):
+    model = micro().to(torch.bfloat16)
+    export_onnx(model, tmp_path / "m.onnx", SIZE, batch=1)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    reference = SeMaskSwin("micro", num_classes=5, head_channels=8).eval()
+    reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    images = torch.randn(1, 3, *SIZE)
+    with torch.no_grad():
+        want = reference(images).logits
+    torch.testing.assert_close(torch.from_numpy(run(tmp_path / "m.onnx", images)), want, rtol=1e-4, atol=1e-5)
+
+
 def test_a_graph_that_computes_something_else_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
-    class Shifted(export_module._Graph):  # what the file holds: logits + 1e-2
+    class Shifted(export_module._Graph):  # what the file holds: logits + 2e-3 (allowed: ~3e-4)
         def forward(self, images):
-            return super().forward(images) + 1e-2
+            return super().forward(images) + 2e-3
 
     monkeypatch.setattr(export_module, "_Graph", Shifted)
     target = tmp_path / "m.onnx"
@@ -111,6 +125,58 @@ def test_a_graph_that_computes_something_else_is_refused_and_nothing_is_written(
     # without the check the same graph is written
     assert export_onnx(micro(), target, SIZE, check=False).checked_batches == ()
     assert target.read_bytes() != b"an earlier export"
+
+
+@pytest.mark.parametrize("output, change, match", [
+    ("logits", lambda y: y[:1].expand_as(y), "batch 3: max"),  # every image gets the first one's logits
+    ("labels", lambda y: (y + 1) % 5, r"batch 1: \d+ of \d+ labels differ"),
+])
+def test_other_logits_at_batch_3_and_other_labels_are_refused(tmp_path, monkeypatch, output, change, match):
+    class Changed(export_module._Graph):
+        def forward(self, images):
+            return change(super().forward(images))
+
+    monkeypatch.setattr(export_module, "_Graph", Changed)
+    with pytest.raises(OnnxExportError, match=match):
+        export_onnx(micro(), tmp_path / "m.onnx", SIZE, output=output)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("output, change", [("labels", lambda y: y.int()), ("logits", lambda y: y[None])])
+def test_a_graph_of_another_dtype_or_shape_is_refused(tmp_path, monkeypatch, output, change):
+    class Changed(export_module._Graph):  # the model's values as int32, or [1, B, K, H, W]
+        def forward(self, images):
+            return change(super().forward(images))
+
+    monkeypatch.setattr(export_module, "_Graph", Changed)
+    with pytest.raises(OnnxExportError, match=r"batch 1: torch\.\w+ \[.*\] out, the model's torch\.\w+ \["):
+        export_onnx(micro(), tmp_path / "m.onnx", SIZE, output=output)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_opset_the_exporter_does_not_write_is_refused(tmp_path):
+    """torch.onnx converts its opset 18+ graph to the one asked for; where it cannot (17, 99)
+    it logs that and returns the graph in its own opset."""
+    export_onnx(micro(), tmp_path / "m.onnx", SIZE, opset=18, check=False)
+    assert [o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import if o.domain == ""] == [18]
+    for opset in (17, 99):
+        with pytest.raises(OnnxExportError, match=f"wrote ONNX opset \\d+, not the {opset} asked for"):
+            export_onnx(micro(), tmp_path / "m.onnx", SIZE, opset=opset, check=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_a_file_that_cannot_be_written_is_an_os_error(tmp_path, monkeypatch):
+    def full(self, destination, *args, **kwargs):
+        with open(destination, "wb") as file:
+            file.write(b"half a graph")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "save", full)
+    (tmp_path / "m.onnx").write_bytes(b"an earlier export")
+    with pytest.raises(OSError, match="No space left"):  # not blamed on torch.onnx
+        export_onnx(micro(), tmp_path / "m.onnx", SIZE)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    assert (tmp_path / "m.onnx").read_bytes() == b"an earlier export"
 
 
 def test_exporter_failure_is_one_line_naming_versions(tmp_path, monkeypatch):

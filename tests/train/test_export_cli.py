@@ -38,6 +38,7 @@ def test_export_of_labels_at_the_crop_size(checkpoint, tmp_path, capsys):
     proto = onnx.load(str(out))
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 64, 96]  # the config's crop_size, without --size
+    assert [o.name for o in proto.graph.output] == ["labels"]
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["semask.config"]) == cfg.to_dict() and props["semask.checkpoint"] == str(path)
     images = torch.randn(1, 3, 64, 96)
@@ -49,6 +50,15 @@ def test_export_of_labels_at_the_crop_size(checkpoint, tmp_path, capsys):
     clear = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()
     assert clear.mean() > 0.9
     np.testing.assert_array_equal(labels[clear], logits.argmax(1).numpy()[clear])
+
+
+def test_size_opset_and_no_check(checkpoint, tmp_path, capsys):
+    out = tmp_path / "seg.onnx"
+    export_main([str(checkpoint[0]), str(out), "--size", "33,45", "--batch", "2", "--opset", "18", "--no-check"])
+    assert "images [2x3x33x45] -> logits, ONNX opset 18; not checked against PyTorch" in capsys.readouterr().out
+    proto = onnx.load(str(out))
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 33, 45]
+    assert [o.version for o in proto.opset_import if o.domain == ""] == [18]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -64,10 +74,21 @@ def test_usage_errors(checkpoint, tmp_path, capsys, argv, message):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_missing_checkpoint_and_small_size_are_named(tmp_path, checkpoint, capsys):
+@pytest.mark.parametrize("where, message", [
+    (lambda t, c: [str(t / "none.safetensors"), str(t / "x.onnx")], "checkpoint not found"),
+    (lambda t, c: [str(c), str(t / "x.onnx"), "--size", "16"], "--size: images are at least 32x32"),
+    (lambda t, c: [str(c), str(t)], "is a folder: give the .onnx file to write"),
+    (lambda t, c: [str(c), str(t / "no" / "x.onnx")], "folder not found"),
+])
+def test_paths_and_sizes_are_usage_errors(tmp_path, checkpoint, capsys, where, message):
     with pytest.raises(SystemExit) as info:
-        export_main([str(tmp_path / "none.safetensors"), str(tmp_path / "x.onnx")])
-    assert info.value.code == 2 and "checkpoint not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="semask-export: error: size must be at least 32x32"):
-        export_main([str(checkpoint[0]), str(tmp_path / "x.onnx"), "--size", "16"])
+        export_main(where(tmp_path, checkpoint[0]))
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_opset_the_exporter_cannot_write_is_one_error_line(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"^semask-export: error: torch\.onnx wrote ONNX opset \d+, not the 17 "
+                       r"asked for .*nothing written"):
+        export_main([str(checkpoint[0]), str(tmp_path / "x.onnx"), "--opset", "17", "--no-check"])
     assert not (tmp_path / "x.onnx").exists()
