@@ -135,12 +135,26 @@ def jit_build(archs: list[str] | None = None, verbose: bool = False):
     name = module_name(archs)
     directory = build_directory(name)
     os.makedirs(directory, exist_ok=True)
+    _warn_if_locked(directory)
     module = load(name=name, sources=build.source_paths(), extra_cflags=list(build.CXX_FLAGS),
                   extra_cuda_cflags=build.nvcc_flags(archs), extra_include_paths=[build.CSRC],
                   build_directory=directory, with_cuda=True, verbose=verbose)
     # what the provider checks a GPU against: (major, minor, suffix, with PTX) per arch
     module.semask_archs = tuple(build.parse_arch(a) for a in archs)
     return module
+
+
+def _warn_if_locked(directory: str) -> None:
+    """torch before 2.14 (its FileBaton) waits, silently and for ever, while a ``lock`` file
+    is in the build folder: another process's build, or one interrupted (Ctrl-C) before it
+    removed the file. Say which file, so that a stale one can be deleted."""
+    from torch.utils import cpp_extension
+
+    lock = os.path.join(directory, "lock")
+    if hasattr(cpp_extension, "FileBaton") and os.path.exists(lock):
+        warnings.warn(f"semask: {lock} exists: another process is building the CUDA extension, or an "
+                      "interrupted build left it behind; torch waits until the file is gone, so delete it "
+                      "if no build is running", stacklevel=3)
 
 
 def _warn_if_building() -> None:

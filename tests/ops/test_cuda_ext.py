@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -95,6 +96,25 @@ def test_first_use_build_warns_and_a_failed_build_is_not_retried(monkeypatch, tm
     with pytest.raises(build_cuda.ExtensionUnavailable, match="nvcc fatal"):
         build_cuda.load_extension()
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("torch_waits_for_the_file", [True, False])
+def test_a_lock_file_torch_would_wait_for_is_named(monkeypatch, tmp_path, torch_waits_for_the_file):
+    """torch before 2.14 waits while build_dir/lock exists (FileBaton); 2.14 holds an OS lock."""
+    from torch.utils import cpp_extension
+    if torch_waits_for_the_file:
+        monkeypatch.setattr(cpp_extension, "FileBaton", object, raising=False)
+    else:
+        monkeypatch.delattr(cpp_extension, "FileBaton", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_cuda._warn_if_locked(str(tmp_path))        # no lock file
+        (tmp_path / "lock").touch()
+        build_cuda._warn_if_locked(str(tmp_path))
+    assert [str(w.message) for w in caught] == (
+        [f"semask: {tmp_path / 'lock'} exists: another process is building the CUDA extension, or an "
+         "interrupted build left it behind; torch waits until the file is gone, so delete it if no build is "
+         "running"] if torch_waits_for_the_file else [])
 
 
 def test_toolkit_must_match_torchs_cuda_major(monkeypatch, tmp_path):
