@@ -222,8 +222,10 @@ def compile_all_sm90(dtype: str, window: int, heads: int = 3, head_dim: int = 32
     with their configuration, for sm_90: no warps repeating each other's tiles, and in half
     precision at most a few dozen bytes of spills (fp32, ieee dots on FMA units, is the exact
     path, not the fast one: spills not checked)."""
+    import triton
     torch_dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[dtype]
     e, n = "*" + dtype, window * window
+    limit = 96 if tuple(map(int, triton.__version__.split(".")[:2])) >= (3, 8) else 160  # spills, see below
     common = dict(HEADS=heads, HEAD_DIM=head_dim, WINDOW=window, SHIFTED=True,
                   DOT_PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
     ptrs = dict(dout=e, qkv=e, table=e, out=e, lse="*fp32", delta="*fp32", norm="*fp32", dqkv=e,
@@ -242,8 +244,9 @@ def compile_all_sm90(dtype: str, window: int, heads: int = 3, head_dim: int = 32
         built = compile_sm90(fn, {a: t for a, t in ptrs.items() if a in fn.arg_names},
                              dict(common, **cfg, **blocks), warps, floats=("scale", "scale_log2"))
         # (96 B: the fp16 window-12 forward spills 88 B with Triton 3.8 since its edge windows'
-        # shift mask is a branch of its own; bf16 0 B)
-        assert dtype == "fp32" or spill_bytes(built) <= 96, f"{fn.__name__}: {spill_bytes(built)} B"
+        # shift mask is a branch of its own, bf16 0 B; Triton 3.6, the GPU machine's, spills
+        # 148 B in both, as at 963d38c, the forward timed on the GPU: 160 B there)
+        assert dtype == "fp32" or spill_bytes(built) <= limit, f"{fn.__name__}: {spill_bytes(built)} B"
         # small tail tiles (16 x 16 keys over 4 warps) may repeat; score-sized tiles may not
         repeated = [t for t in replicated_mma_tiles(built) if t[0] * t[1] > 16 * 16]
         assert not repeated, f"{fn.__name__}: warps repeat {repeated}"
