@@ -25,11 +25,13 @@ with an image and a label folder per split (``images/train`` and ``annotations/t
 default); ``reduce_zero_label`` reads 0 as ignore and k as class k - 1, as ADE20K.
 
 Every problem with a sample (missing label, image / label size mismatch, label values
-outside the class range) raises :class:`DataError` naming the file.
+outside the class range) raises :class:`DataError` naming the file; one found on reading the
+sample's files, :class:`SampleError`.
 """
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # segmentation datasets ship
 FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 EXIF_ORIENTATION = 0x0112  # the EXIF tag ImageOps.exif_transpose applies
+# what Pillow raises on a bad file besides OSError: a broken PNG chunk (a PNG cut off past its
+# first IDAT chunk), a malformed EXIF block, an image too large to decode
+READ_ERRORS = (OSError, SyntaxError, struct.error, Image.DecompressionBombError)
 
 # The 150 ADE20K (SceneParsing) class names in label order 1..150 (0 = other), as the
 # dataset's objectInfo150 and mmseg's ADE20KDataset name them
@@ -86,6 +91,10 @@ class DataError(ValueError):
     """A dataset file is missing or malformed; the message names the file."""
 
 
+class SampleError(DataError):
+    """A sample's image or label, read, is unreadable or malformed (what semask-check-data lists)."""
+
+
 class SegmentationFolder:
     """(image path, label path) pairs -> (image [H, W, 3] uint8, label [H, W] uint8, name).
 
@@ -120,30 +129,30 @@ class SegmentationFolder:
                 # loader and semask-infer
                 orientation = im.getexif().get(EXIF_ORIENTATION, 1)
                 image = rgb_array(ImageOps.exif_transpose(im))
-        except OSError as exc:
-            raise DataError(f"cannot read image {image_path}: {exc}") from exc
+        except READ_ERRORS as exc:
+            raise SampleError(f"cannot read image {image_path}: {exc}") from exc
         try:
             with Image.open(label_path) as im:
                 label = np.array(im)
-        except OSError as exc:
-            raise DataError(f"cannot read label {label_path}: {exc}") from exc
+        except READ_ERRORS as exc:
+            raise SampleError(f"cannot read label {label_path}: {exc}") from exc
         if label.ndim != 2:
-            raise DataError(f"label {label_path} must be a single-channel PNG of class ids, "
-                            f"got shape {label.shape} (mode {im.mode})")
+            raise SampleError(f"label {label_path} must be a single-channel PNG of class ids, "
+                              f"got shape {label.shape} (mode {im.mode})")
         if label.shape != image.shape[:2]:
-            raise DataError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image "
-                            f"{image_path} is {image.shape[1]}x{image.shape[0]} (W x H)"
-                            + (f", as displayed: its EXIF orientation {orientation} is applied"
-                               if orientation != 1 else ""))
+            raise SampleError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image "
+                              f"{image_path} is {image.shape[1]}x{image.shape[0]} (W x H)"
+                              + (f", as displayed: its EXIF orientation {orientation} is applied"
+                                 if orientation != 1 else ""))
         raw = label.astype(np.int64)  # 16-bit PNGs hold values past 255: checked before any cast
         ignored = (raw == self.ignore_index) | ((raw == 0) if self.reduce_zero_label else False)
         label = np.where(ignored, self.ignore_index, raw - 1 if self.reduce_zero_label else raw)
         bad = ((label < 0) | (label >= self.num_classes)) & ~ignored
         if bad.any():
             first = int(self.reduce_zero_label)
-            raise DataError(f"label {label_path} has values {np.unique(raw[bad])[:8].tolist()} outside "
-                            f"{first}..{self.num_classes - 1 + first} (and {self.ignore_index} = ignore"
-                            + (", 0 = other: reduce_zero_label)" if self.reduce_zero_label else ")"))
+            raise SampleError(f"label {label_path} has values {np.unique(raw[bad])[:8].tolist()} outside "
+                              f"{first}..{self.num_classes - 1 + first} (and {self.ignore_index} = ignore"
+                              + (", 0 = other: reduce_zero_label)" if self.reduce_zero_label else ")"))
         return image, label.astype(np.uint8), image_path.stem
 
 

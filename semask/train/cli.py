@@ -37,9 +37,9 @@ def error_line(exc: BaseException) -> str:
 
 def failure(prog: str, exc: BaseException) -> str:
     """``prog``'s one-line error for ``exc``; for a bad dataset file, where to find the others."""
-    from ..data import DataError
+    from ..data.folders import SampleError
     hint = ("; semask-check-data with the same config and options lists every bad file"
-            if isinstance(exc, DataError) else "")
+            if isinstance(exc, SampleError) else "")
     return f"{prog}: error: {error_line(exc)}{hint}"
 
 
@@ -341,7 +341,7 @@ def class_id_image(pred: np.ndarray, colours: np.ndarray):
 @interruptible("semask-infer")
 def infer_main(argv=None) -> None:
     from PIL import Image
-    from ..data.folders import is_hidden
+    from ..data.folders import READ_ERRORS, is_hidden
     from . import distributed
     from .inference import autocast_context, predict, rgb_image
     parser = argparse.ArgumentParser(prog="semask-infer", description="Segment images: writes <name>.png "
@@ -409,7 +409,7 @@ def infer_main(argv=None) -> None:
     for path in files:
         try:
             rgb = rgb_image(path)  # as displayed (EXIF orientation)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # the others go on
+        except (*READ_ERRORS, ValueError) as exc:  # the others go on
             print(f"{path}: skipped, not a readable image ({exc})", file=sys.stderr)
             unreadable.append(str(path))
             continue
@@ -518,9 +518,10 @@ def check_data_main(argv=None) -> None:
     for split, raw in datasets.items():
         summary = check_dataset(raw, cfg.num_classes, cfg.num_workers, cfg.progress, desc=f"read {split}")
         labelled = int(summary.class_pixels.sum())
+        zero = ", or 0: reduce_zero_label" if getattr(raw, "reduce_zero_label", False) else ""
         print(f"\n{cfg.dataset} {split}: {summary.samples} sample{'s' * (summary.samples != 1)}, "
-              f"{len(summary.problems)} bad; "
-              f"{labelled} labelled pixels, {summary.ignored_pixels} ignored (255)")
+              f"{len(summary.problems)} bad; {labelled} labelled pixels, {summary.ignored_pixels} ignored "
+              f"(255{zero})")
         print(summary.table(getattr(raw, "classes", None)))
         absent = [name for name, n in zip(getattr(raw, "classes", range(cfg.num_classes)), summary.class_pixels)
                   if n == 0]

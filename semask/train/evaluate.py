@@ -6,7 +6,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import TransformedDataset, eval_loader, eval_transforms
-from ..data.folders import DataError
+from ..data.folders import DataError, SampleError
 from .cuda_graphs import GraphedInference
 from .distributed import DistInfo, all_reduce_sum, gather_to_all
 from .inference import eval_mode, predict_probs
@@ -44,7 +44,9 @@ def evaluate(model, raw_dataset, num_classes: int, device, mode: str = "whole", 
     if error is not None:
         raise error
     if failed:
-        raise DataError(f"evaluate: another process failed ({failed[0]})")
+        # a bad file in another process's share is one here too (the command's hint)
+        bad_file = failed[0].startswith(f"{SampleError.__name__}: ")
+        raise (SampleError if bad_file else DataError)(f"evaluate: another process failed ({failed[0]})")
     conf = all_reduce_sum(conf, info).cpu()
     if not conf.sum():  # mIoU would be NaN (0 / 0)
         raise DataError(f"evaluate: the {len(raw_dataset)} labels hold no labelled pixel (every pixel is the "

@@ -78,9 +78,13 @@ def test_cli_names_the_bad_files_and_exits_1(folder, capsys):
     assert "| road | 33.33% | 1 |" in out
     assert "classes without a labelled pixel in train: car" in out
     assert "folder val: 1 sample, 0 bad" in out and "| car | 66.67% | 1 |" in out
+    assert "classes without a labelled pixel in val: road\n" in out
     assert sum(name in err for name in ("c_value", "d_size", "e_rgb", "f_broken")) == 4
     check_data_main([*argv, "--split", "val"])   # val alone reads: exit 0
     assert "every sample reads" in capsys.readouterr().out
+    check_data_main([*argv, "--split", "val", "--reduce-zero-label", "true"])   # [2, 2, 0]: 0 ignored, 2 -> road
+    out = capsys.readouterr().out
+    assert "2 labelled pixels, 1 ignored (255, or 0: reduce_zero_label)" in out and "| road | 100.00% | 1 |" in out
 
 
 def test_cli_usage_errors(tmp_path, capsys):
@@ -101,3 +105,71 @@ def test_a_bad_file_that_stops_training_points_to_the_check(tmp_path, capsys):
         train_main(["--dataset", "folder", "--data-root", str(root), "--num-classes", "3", "--variant", "micro",
                     "--head-channels", "8", "--crop-size", "32,32", "--img-scale", "40,40", "--batch-size", "2",
                     "--iters", "2", "--progress", "false", "--pretrained", "none", "--out-dir", str(tmp_path / "run")])
+
+
+def cut_past_first_idat(path):
+    """``path`` (a PNG of several IDAT chunks) cut inside the second chunk's header."""
+    data = path.read_bytes()
+    path.write_bytes(data[:data.index(b"IDAT", data.index(b"IDAT") + 4)])
+
+
+def test_files_pillow_fails_on_without_an_oserror_are_listed(tmp_path, monkeypatch):
+    """A PNG cut off past its first IDAT chunk (Pillow: SyntaxError), a JPEG whose EXIF holds a
+    malformed tag (struct.error in exif_transpose), an image too large to decode
+    (DecompressionBombError): listed as unreadable, not a traceback."""
+    import io
+    from PIL import ImageFile
+    from semask.data import custom_folder
+    root = tmp_path / "data"
+    write_pair(root, "train", "a", np.zeros((8, 8), np.uint8))
+    write_pair(root, "train", "b_cut", np.zeros((16, 16), np.uint8))
+    with monkeypatch.context() as patch:
+        patch.setattr(ImageFile, "MAXBLOCK", 256)  # an IDAT chunk per 256 bytes
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), np.uint8)).save(
+            root / "images" / "train" / "b_cut.png")
+    cut_past_first_idat(root / "images" / "train" / "b_cut.png")
+    write_pair(root, "train", "c_exif", np.zeros((4, 2), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "cam"                     # rotated; Make ...
+    jpeg = io.BytesIO()
+    Image.new("RGB", (4, 2)).save(jpeg, "JPEG", exif=exif.tobytes())
+    (root / "images" / "train" / "c_exif.png").unlink()
+    (root / "images" / "train" / "c_exif.jpg").write_bytes(   # ... read as ImageWidth, a string
+        jpeg.getvalue().replace(b"\x01\x0f\x00\x02", b"\x01\x00\x00\x02"))
+    raw = custom_folder(root, "images/train", "annotations/train", 3)
+    summary = check_dataset(raw, 3, progress=False)
+    assert [index for index, _ in summary.problems] == [1, 2]
+    assert all(m.startswith("cannot read image") for _, m in summary.problems)
+    assert "b_cut.png: broken PNG file" in summary.problems[0][1]
+    assert summary.class_pixels.tolist() == [64, 0, 0]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16)        # 8 x 8 > 2 x 16
+    summary = check_dataset(raw, 3, progress=False)
+    assert [index for index, _ in summary.problems] == [0, 1, 2] and "a.png: Image size" in summary.problems[0][1]
+
+
+def test_the_hint_comes_with_bad_files_only_also_from_loader_workers(tmp_path, capsys, monkeypatch):
+    """semask-train stopped by an image Pillow raises SyntaxError on, in a DataLoader worker:
+    one line naming it, with the hint; stopped by a missing data folder: no hint (the check
+    would say the same)."""
+    from PIL import ImageFile
+    from semask.train.cli import train_main
+    root = tmp_path / "data"
+    for stem in ("a", "b"):
+        write_pair(root, "train", stem, np.ones((40, 40), np.uint8))
+        with monkeypatch.context() as patch:
+            patch.setattr(ImageFile, "MAXBLOCK", 256)
+            Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)).save(
+                root / "images" / "train" / f"{stem}.png")
+        cut_past_first_idat(root / "images" / "train" / f"{stem}.png")
+    write_pair(root, "val", "v", np.zeros((40, 40), np.uint8))
+    argv = ["--dataset", "folder", "--num-classes", "3", "--variant", "micro", "--head-channels", "8",
+            "--crop-size", "32,32", "--img-scale", "40,40", "--batch-size", "2", "--iters", "2", "--progress",
+            "false", "--pretrained", "none", "--out-dir", str(tmp_path / "run"), "--num-workers", "1"]
+    with pytest.warns(UserWarning, match="WITHOUT an ImageNet-pretrained backbone"), \
+            pytest.raises(SystemExit, match=r"^semask-train: error: cannot read image \S+[ab]\.png: broken PNG file "
+                          r"\(chunk b''\); semask-check-data with the same config and options lists every bad "
+                          r"file$"):
+        train_main([*argv, "--data-root", str(root)])
+    with pytest.raises(SystemExit) as info:
+        train_main([*argv, "--data-root", str(tmp_path / "none")])
+    assert "folder not found" in str(info.value.code) and "semask-check-data" not in str(info.value.code)

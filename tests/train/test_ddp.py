@@ -146,7 +146,7 @@ def test_two_process_eval_error_on_one_rank_is_one_line_on_each(tmp_path, ade_fi
     proc = _run_two(f"from semask.train.cli import eval_main; eval_main([{str(ckpt)!r}, '--out', "
                     f"{str(tmp_path / 'e.json')!r}])")
     assert proc.returncode != 0 and not (tmp_path / "e.json").exists()
-    said = re.findall(r"semask-eval: error: (evaluate: another process failed \(DataError: )?label \S+1\.png "
+    said = re.findall(r"semask-eval: error: (evaluate: another process failed \(SampleError: )?label \S+1\.png "
                       r"must be a single-channel PNG", proc.stderr)
     assert said, proc.stderr[-3000:]
     assert "[rank0]:" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr[-3000:]
