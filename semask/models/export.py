@@ -120,8 +120,8 @@ def _write(graph: _Graph, example: Tensor, dynamic: dict | None, opset: int | No
     try:
         with torch.no_grad():
             program = torch.onnx.export(graph, (example,), dynamo=True, input_names=[INPUT_NAME],
-                             output_names=[graph.output], dynamic_shapes=dynamic, opset_version=opset,
-                             verbose=False)
+                                        output_names=[graph.output], dynamic_shapes=dynamic,
+                                        opset_version=opset, verbose=False)
     except Exception as exc:
         import onnxscript
         raise OnnxExportError(
@@ -187,12 +187,12 @@ def export_onnx(model: SeMaskSwin, path: str | os.PathLike, size: tuple[int, int
     ``output``: "logits" ([B, K, H, W] float32) or "labels" ([B, H, W] int64, their
     argmax). ``batch``: "dynamic" (any B) or a fixed B. ``opset``: the ONNX opset (default:
     the exporter's; one it cannot convert the graph to raises :class:`OnnxExportError`).
-    ``check``: run the written graph with onnxruntime on random images
-    (batch 1 and 3 when dynamic, else the fixed batch) and raise :class:`OnnxExportError` where it differs from
+    ``check``: run the written graph with onnxruntime on random images (batch 1 and 3 when
+    dynamic, else the fixed batch) and raise :class:`OnnxExportError` where it differs from
     PyTorch (see :func:`_compare`). ``metadata``: more key / value strings for the file's
     metadata_props (beside the input's normalisation and the model's variant and classes,
-    always stored). ``path`` is written only when export and check succeed (a file of
-    the same name is replaced).
+    always stored). ``path`` is written only when export and check succeed (a file of the
+    same name is replaced).
     """
     height, width = _checked_arguments(model, size, output, batch)
     _require_exporter(check)

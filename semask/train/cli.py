@@ -522,11 +522,11 @@ def check_data_main(argv=None) -> None:
         print(f"\n{cfg.dataset} {split}: {summary.samples} sample{'s' * (summary.samples != 1)}, "
               f"{len(summary.problems)} bad; {labelled} labelled pixels, {summary.ignored_pixels} ignored "
               f"(255{zero})")
-        print(summary.table(getattr(raw, "classes", None)))
-        absent = [name for name, n in zip(getattr(raw, "classes", range(cfg.num_classes)), summary.class_pixels)
-                  if n == 0]
+        names = [str(name) for name in getattr(raw, "classes", range(cfg.num_classes))]
+        print(summary.table(names))
+        absent = [name for name, pixels in zip(names, summary.class_pixels) if pixels == 0]
         if absent:
-            print(f"classes without a labelled pixel in {split}: {', '.join(map(str, absent))}")
+            print(f"classes without a labelled pixel in {split}: {', '.join(absent)}")
         for _, problem in summary.problems:
             print(problem, file=sys.stderr)
         bad += len(summary.problems)
