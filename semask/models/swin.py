@@ -66,10 +66,13 @@ class DropPathKeeps:
 
     def draw(self, rates: tuple[float, ...], batch: int, device: torch.device,
              dtype: torch.dtype) -> Tensor:
-        keep_prob = self._keep_prob.get((rates, device))
-        if keep_prob is None:
+        if torch.compiler.is_compiling():  # a constant of the graph: dynamo would guard on the
+            # cache's contents and compile the model again at the next call, once it holds them
             keep_prob = torch.tensor([[1 - p] for p in rates], device=device)
-            self._keep_prob[(rates, device)] = keep_prob
+        else:
+            keep_prob = self._keep_prob.get((rates, device))
+            if keep_prob is None:
+                keep_prob = self._keep_prob[(rates, device)] = torch.tensor([[1 - p] for p in rates], device=device)
         return (torch.rand(len(rates), batch, device=device) < keep_prob).to(dtype)
 
 
