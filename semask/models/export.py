@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,8 +128,14 @@ def _write(graph: _Graph, example: Tensor, dynamic: dict | None, opset: int | No
         raise OnnxExportError(
             f"torch.onnx could not export the model (torch {torch.__version__}, onnxscript "
             f"{onnxscript.__version__}; checked with torch 2.7 to 2.14 and onnxscript 0.7): "
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from exc
+            f"{type(exc).__name__}: {_first_line(exc)}") from exc
     program.save(str(file))
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of ``exc``'s message, without terminal colour codes, at most 300 characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 def _add_metadata(file: Path, model: SeMaskSwin, extra: dict[str, str]) -> int:

@@ -6,7 +6,6 @@ Follows the official Swin for segmentation (Liu et al. 2021) and the SeMask rele
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +71,8 @@ class DropPathKeeps:
         else:
             keep_prob = self._keep_prob.get((rates, device))
             if keep_prob is None:
-                keep_prob = self._keep_prob[(rates, device)] = torch.tensor([[1 - p] for p in rates], device=device)
+                keep_prob = torch.tensor([[1 - p] for p in rates], device=device)
+                self._keep_prob[(rates, device)] = keep_prob
         return (torch.rand(len(rates), batch, device=device) < keep_prob).to(dtype)
 
 
@@ -231,8 +231,8 @@ class SwinBackbone(nn.Module):
         dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
                  else x.dtype)
         keeps = self.drop_path_keeps.draw(rates, x.shape[0], x.device, dtype)
-        ends = list(itertools.accumulate(2 * len(layer.blocks) for layer in self.layers))
-        return [keeps[a:b] for a, b in zip([0] + ends[:-1], ends)]
+        # split (not itertools.accumulate of a generator: a graph break in torch 2.8's dynamo)
+        return list(keeps.split([2 * len(layer.blocks) for layer in self.layers]))
 
     def forward(self, images: Tensor) -> BackboneOutput:
         x = self.patch_embed(images)

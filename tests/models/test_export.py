@@ -159,8 +159,9 @@ def test_an_opset_the_exporter_does_not_write_is_refused(tmp_path):
     it logs that and returns the graph in its own opset."""
     export_onnx(micro(), tmp_path / "m.onnx", SIZE, opset=18, check=False)
     assert [o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import if o.domain == ""] == [18]
-    for opset in (17, 99):
-        with pytest.raises(OnnxExportError, match=f"wrote ONNX opset \\d+, not the {opset} asked for"):
+    for opset in (17, 99):  # torch 2.14 writes its own opset, torch 2.8 fails to convert
+        with pytest.raises(OnnxExportError, match=f"wrote ONNX opset \\d+, not the {opset} asked for|"
+                           "could not export the model"):
             export_onnx(micro(), tmp_path / "m.onnx", SIZE, opset=opset, check=False)
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
@@ -181,7 +182,7 @@ def test_a_file_that_cannot_be_written_is_an_os_error(tmp_path, monkeypatch):
 
 def test_exporter_failure_is_one_line_naming_versions(tmp_path, monkeypatch):
     def failing(*args, **kwargs):
-        raise RuntimeError("no translation for aten::foo\n" + "page of details\n" * 50)
+        raise RuntimeError("no translation for \x1b[96maten::foo\x1b[0m\n" + "page of details\n" * 50)
 
     monkeypatch.setattr(torch.onnx, "export", failing)
     with pytest.raises(OnnxExportError, match=r"torch 2\.\d+.*onnxscript .*RuntimeError: no translation for "
